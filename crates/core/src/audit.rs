@@ -1,0 +1,91 @@
+use serde::{Deserialize, Serialize};
+
+use crate::{Grant, Timestamp};
+
+/// What happened, in the audit log's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Added,
+    Refreshed,
+    Removed,
+    Expired,
+    DriftRepaired,
+    Refused,
+    Approved,
+    Denied,
+}
+
+impl Action {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Added => "added",
+            Action::Refreshed => "refreshed",
+            Action::Removed => "removed",
+            Action::Expired => "expired",
+            Action::DriftRepaired => "drift-repaired",
+            Action::Refused => "refused",
+            Action::Approved => "approved",
+            Action::Denied => "denied",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Action> {
+        use Action::*;
+        [Added, Refreshed, Removed, Expired, DriftRepaired, Refused, Approved, Denied]
+            .into_iter()
+            .find(|a| a.as_str() == text)
+    }
+}
+
+/// The interface through which a change came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Interface {
+    Cli,
+    Http,
+    Slack,
+    Sweeper,
+    Reconciler,
+    Lambda,
+}
+
+impl Interface {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Interface::Cli => "cli",
+            Interface::Http => "http",
+            Interface::Slack => "slack",
+            Interface::Sweeper => "sweeper",
+            Interface::Reconciler => "reconciler",
+            Interface::Lambda => "lambda",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Interface> {
+        use Interface::*;
+        [Cli, Http, Slack, Sweeper, Reconciler, Lambda].into_iter().find(|i| i.as_str() == text)
+    }
+}
+
+/// One append-only record of a state change: who, what, through which interface,
+/// before and after, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Assigned by the store; 0 before it is stored.
+    #[serde(default)]
+    pub id: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: Timestamp,
+    pub actor: String,
+    pub interface: Interface,
+    pub action: Action,
+    pub environment: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Grant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Grant>,
+    pub reason: String,
+}

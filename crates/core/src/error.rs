@@ -1,0 +1,37 @@
+use thiserror::Error;
+
+use crate::{Family, Ttl};
+
+/// Input that the domain refuses. Every message says what was wrong and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ValidationError {
+    #[error("invalid address {input:?}: {reason}; give an IPv4 or IPv6 address or CIDR, e.g. 203.0.113.7 or 2001:db8::/48")]
+    InvalidAddress { input: String, reason: String },
+    #[error("{cidr} opens access to the whole internet and is always refused")]
+    WholeInternet { cidr: String },
+    #[error("{cidr} is too wide for environment {environment}: the shortest {family} prefix allowed is /{min}")]
+    PrefixTooWide { cidr: String, environment: String, family: &'static str, min: u8 },
+    #[error("{cidr} is a special-purpose range (private, loopback, documentation, …), which environment {environment} refuses")]
+    SpecialPurpose { cidr: String, environment: String },
+    #[error("invalid TTL {input:?}: use Nm (1-1440 minutes), Nh (1-24 hours) or Nd (1-365 days), e.g. 30m, 12h, 7d")]
+    InvalidTtl { input: String },
+    #[error("TTL {ttl} is longer than environment {environment} allows (at most {max})")]
+    TtlOverMaximum { ttl: Ttl, max: Ttl, environment: String },
+    #[error("invalid description: {reason}")]
+    InvalidDescription { reason: String },
+    #[error("invalid environment name {input:?}: use 1-64 characters from a-z A-Z 0-9 . _ -")]
+    InvalidEnvironmentName { input: String },
+    #[error("unknown environment {name:?}; known environments: {known}")]
+    UnknownEnvironment { name: String, known: String },
+    #[error("user {user:?} may not change grants in environment {environment}")]
+    NotAllowed { user: String, environment: String },
+    #[error("user {user:?} already holds {count} active grants in environment {environment}, the most allowed; remove one first")]
+    TooManyGrants { user: String, environment: String, count: usize },
+    #[error("security group {group} ({region}) is full: it would hold {would_hold} {family} inbound rules, over its quota of {quota}; nothing was changed")]
+    GroupFull { group: String, region: String, family: Family, would_hold: usize, quota: usize },
+    #[error("invalid port set {input:?}: {reason}; use alb, nlb or a list such as tcp:80,tcp:443,udp:500-501")]
+    InvalidPorts { input: String, reason: String },
+    #[error("no grant for {cidr} in environment {environment}")]
+    NoSuchGrant { cidr: String, environment: String },
+}
+

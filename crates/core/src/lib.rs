@@ -1,0 +1,38 @@
+//! The pure domain of portcullis: grants, policy, the ownership marker and [`plan()`].
+//!
+//! Nothing here does I/O or is async: every function is handed what it needs (including the
+//! current time) and returns values. Adapters for AWS, SQLite and Slack live in other crates.
+
+mod audit;
+mod cidr;
+mod description;
+mod environment;
+mod error;
+mod grant;
+mod marker;
+mod plan;
+mod policy;
+mod ports;
+mod target;
+mod ttl;
+
+pub use audit::{Action, AuditEvent, Interface};
+pub use cidr::{Cidr, Family};
+pub use description::Description;
+pub use environment::Environment;
+pub use error::ValidationError;
+pub use grant::{Grant, GrantKey, Owner, Source};
+pub use marker::Marker;
+pub use plan::{
+    counts_after, plan, AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld,
+};
+pub use policy::Policy;
+pub use ports::{PortRange, PortSet, Protocol};
+pub use target::{
+    resolve_targets, FamilyCounts, ObservedGroup, ObservedRule, SkippedGroup, Target, TargetId,
+    TargetSpec, TargetSelector, ENVIRONMENT_TAG, PORTS_TAG,
+};
+pub use ttl::Ttl;
+
+/// A point in time, always UTC.
+pub type Timestamp = time::OffsetDateTime;

@@ -1,0 +1,495 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::{Cidr, Environment, Family, FamilyCounts, Grant, Marker, ObservedRule, PortRange, Target, TargetId, Timestamp};
+
+/// How many inbound rules a group may hold per address family (EC2's default is 60 each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RuleQuota {
+    pub ipv4: usize,
+    pub ipv6: usize,
+}
+
+impl Default for RuleQuota {
+    fn default() -> Self {
+        RuleQuota { ipv4: 60, ipv6: 60 }
+    }
+}
+
+impl RuleQuota {
+    fn get(&self, family: Family) -> usize {
+        match family {
+            Family::Ipv4 => self.ipv4,
+            Family::Ipv6 => self.ipv6,
+        }
+    }
+}
+
+/// Everything `plan()` decides from: the desired grants, the observed targets, and the time.
+pub struct PlanInput<'a> {
+    pub grants: &'a [Grant],
+    pub targets: &'a [Target],
+    pub marker: &'a Marker,
+    /// Environments the store has ever recorded anything for; owned rules are revoked only there.
+    pub environments_with_history: &'a BTreeSet<Environment>,
+    pub quota: RuleQuota,
+    pub now: Timestamp,
+}
+
+/// One rule in an operation: what to send to the firewall.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct AppliedRule {
+    pub cidr: Cidr,
+    /// The CIDR text to send: canonical for new rules, as observed for existing ones.
+    pub ec2_cidr: String,
+    pub ports: PortRange,
+    pub description: String,
+}
+
+/// What to do to one security group: at most one call of each kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupChange {
+    pub target: TargetId,
+    pub environment: Environment,
+    pub authorize: Vec<AppliedRule>,
+    pub revoke: Vec<AppliedRule>,
+    pub update_descriptions: Vec<AppliedRule>,
+}
+
+impl GroupChange {
+    pub fn is_empty(&self) -> bool {
+        self.authorize.is_empty() && self.revoke.is_empty() && self.update_descriptions.is_empty()
+    }
+}
+
+/// A rule on a managed group that is not ours (for this environment): reported, never touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Foreign {
+    pub target: TargetId,
+    pub cidr: String,
+    pub ports: PortRange,
+    pub description: Option<String>,
+}
+
+/// An owned rule that would be revoked, held back because the store has no history for its
+/// environment (a wrong or new store must not wipe access).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Withheld {
+    pub target: TargetId,
+    pub environment: Environment,
+    pub rule: AppliedRule,
+}
+
+/// A group whose quota the desired rules would exceed; its authorizations of that family are
+/// dropped from the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Overflow {
+    pub target: TargetId,
+    pub environment: Environment,
+    pub family: Family,
+    pub would_hold: usize,
+    pub quota: usize,
+}
+
+/// The operations that bring the firewall to the desired state, and what was left alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub changes: Vec<GroupChange>,
+    /// Desired rules already in place (ours, or covered by an identical foreign rule).
+    pub unchanged: usize,
+    pub foreign: Vec<Foreign>,
+    pub withheld: Vec<Withheld>,
+    pub overflows: Vec<Overflow>,
+}
+
+impl Plan {
+    /// True when applying this plan would make no call.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn authorize_count(&self) -> usize {
+        self.changes.iter().map(|c| c.authorize.len()).sum()
+    }
+
+    pub fn revoke_count(&self) -> usize {
+        self.changes.iter().map(|c| c.revoke.len()).sum()
+    }
+
+    pub fn update_count(&self) -> usize {
+        self.changes.iter().map(|c| c.update_descriptions.len()).sum()
+    }
+}
+
+type RuleKey = (Cidr, PortRange);
+
+/// Decides what changes: the single place that does.
+///
+/// Level-triggered and idempotent: applying the result and planning again yields no changes.
+/// Only rules whose description carries our marker for the target's environment are ever
+/// revoked or edited.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let mut out = Plan::default();
+    for target in input.targets {
+        let env = &target.environment;
+        let mut desired: BTreeMap<RuleKey, (Cidr, String)> = BTreeMap::new();
+        for grant in input.grants.iter().filter(|g| &g.environment == env && g.is_live(input.now)) {
+            let description = input.marker.encode(env, &grant.owner.name, &grant.description);
+            for ports in target.ports.iter() {
+                desired.insert((grant.cidr, *ports), (grant.cidr, description.clone()));
+            }
+        }
+
+        let mut owned: BTreeMap<RuleKey, Vec<&ObservedRule>> = BTreeMap::new();
+        let mut foreign_keys: BTreeSet<RuleKey> = BTreeSet::new();
+        for rule in &target.rules {
+            let ours = rule.description.as_deref().and_then(|d| input.marker.decode(d)).as_ref() == Some(env);
+            if ours {
+                owned.entry((rule.cidr, rule.ports)).or_default().push(rule);
+            } else {
+                foreign_keys.insert((rule.cidr, rule.ports));
+                out.foreign.push(Foreign {
+                    target: target.id.clone(),
+                    cidr: rule.raw_cidr.clone(),
+                    ports: rule.ports,
+                    description: rule.description.clone(),
+                });
+            }
+        }
+
+        let mut change = GroupChange {
+            target: target.id.clone(),
+            environment: env.clone(),
+            authorize: vec![],
+            revoke: vec![],
+            update_descriptions: vec![],
+        };
+        let existing = |rule: &ObservedRule, description: &str| AppliedRule {
+            cidr: rule.cidr,
+            ec2_cidr: rule.raw_cidr.clone(),
+            ports: rule.ports,
+            description: description.to_string(),
+        };
+        let may_revoke = input.environments_with_history.contains(env);
+        let revoke = |rule: &ObservedRule, change: &mut GroupChange, out: &mut Plan| {
+            let applied = existing(rule, rule.description.as_deref().unwrap_or_default());
+            if may_revoke {
+                change.revoke.push(applied);
+            } else {
+                out.withheld.push(Withheld { target: target.id.clone(), environment: env.clone(), rule: applied });
+            }
+        };
+
+        for (key, (cidr, description)) in &desired {
+            match owned.get(key).map(Vec::as_slice) {
+                Some([first, extra @ ..]) => {
+                    if first.description.as_deref() == Some(description.as_str()) {
+                        out.unchanged += 1;
+                    } else {
+                        change.update_descriptions.push(existing(first, description));
+                    }
+                    for rule in extra {
+                        revoke(rule, &mut change, &mut out);
+                    }
+                }
+                _ if foreign_keys.contains(key) => out.unchanged += 1,
+                _ => change.authorize.push(AppliedRule {
+                    cidr: *cidr,
+                    ec2_cidr: cidr.to_string(),
+                    ports: key.1,
+                    description: description.clone(),
+                }),
+            }
+        }
+        for (key, rules) in &owned {
+            if !desired.contains_key(key) {
+                for rule in rules {
+                    revoke(rule, &mut change, &mut out);
+                }
+            }
+        }
+
+        for family in [Family::Ipv4, Family::Ipv6] {
+            let count = |rules: &[AppliedRule]| rules.iter().filter(|r| r.cidr.family() == family).count();
+            let would_hold = target.counts.get(family) + count(&change.authorize) - count(&change.revoke).min(target.counts.get(family));
+            let quota = input.quota.get(family);
+            if count(&change.authorize) > 0 && would_hold > quota {
+                change.authorize.retain(|r| r.cidr.family() != family);
+                out.overflows.push(Overflow {
+                    target: target.id.clone(),
+                    environment: env.clone(),
+                    family,
+                    would_hold,
+                    quota,
+                });
+            }
+        }
+
+        if !change.is_empty() {
+            out.changes.push(change);
+        }
+    }
+    out
+}
+
+/// Rule counts after a change, for callers that keep an observation up to date.
+pub fn counts_after(counts: FamilyCounts, change: &GroupChange) -> FamilyCounts {
+    let mut counts = counts;
+    for r in &change.authorize {
+        counts.add(r.cidr.family(), 1);
+    }
+    for r in &change.revoke {
+        counts.add(r.cidr.family(), -1);
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Description, Owner, PortSet, Protocol, Source};
+    use proptest::prelude::*;
+    use time::macros::datetime;
+
+    const NOW: Timestamp = datetime!(2026-01-01 12:00 UTC);
+
+    fn env(s: &str) -> Environment {
+        Environment::parse(s).unwrap()
+    }
+
+    fn grant(cidr: &str, e: &str, desc: &str, expires_in_min: Option<i64>) -> Grant {
+        Grant {
+            cidr: Cidr::parse(cidr).unwrap(),
+            environment: env(e),
+            owner: Owner::named("john.doe"),
+            source: Source::Manual,
+            description: Description::parse(desc).unwrap(),
+            created_at: NOW - time::Duration::hours(1),
+            expires_at: expires_in_min.map(|m| NOW + time::Duration::minutes(m)),
+        }
+    }
+
+    fn rule(cidr: &str, port: u16, desc: Option<&str>) -> ObservedRule {
+        ObservedRule {
+            cidr: Cidr::parse(cidr).unwrap(),
+            raw_cidr: cidr.to_string(),
+            ports: PortRange::single(Protocol::Tcp, port),
+            description: desc.map(str::to_string),
+        }
+    }
+
+    fn target(id: &str, e: &str, ports: PortSet, rules: Vec<ObservedRule>) -> Target {
+        let mut counts = FamilyCounts::default();
+        for r in &rules {
+            counts.add(r.cidr.family(), 1);
+        }
+        Target {
+            id: TargetId { region: "us-east-1".into(), group_id: id.into() },
+            name: id.into(),
+            environment: env(e),
+            ports,
+            rules,
+            counts,
+        }
+    }
+
+    fn run(grants: &[Grant], targets: &[Target], history: &[&str]) -> Plan {
+        let history: BTreeSet<Environment> = history.iter().map(|e| env(e)).collect();
+        plan(&PlanInput {
+            grants,
+            targets,
+            marker: &Marker::default(),
+            environments_with_history: &history,
+            quota: RuleQuota::default(),
+            now: NOW,
+        })
+    }
+
+    #[test]
+    fn authorizes_every_port_and_leaves_hand_made_rules() {
+        let grants = [grant("198.51.100.7", "dev", "Home office", Some(60))];
+        let hand = rule("192.0.2.1/32", 80, Some("office VPN"));
+        let targets = [target("sg-1", "dev", PortSet::alb(), vec![hand.clone()])];
+        let p = run(&grants, &targets, &["dev"]);
+        assert_eq!(p.changes.len(), 1);
+        let c = &p.changes[0];
+        let auth: Vec<_> = c.authorize.iter().map(|r| (r.ec2_cidr.as_str(), r.ports.from, r.description.as_str())).collect();
+        assert_eq!(
+            auth,
+            [
+                ("198.51.100.7/32", 80, "pc:dev john.doe: Home office"),
+                ("198.51.100.7/32", 443, "pc:dev john.doe: Home office")
+            ]
+        );
+        assert!(c.revoke.is_empty());
+        assert_eq!(p.foreign.len(), 1);
+    }
+
+    #[test]
+    fn expired_and_orphaned_owned_rules_go_foreign_stay() {
+        let grants = [grant("198.51.100.7", "dev", "x", Some(0))];
+        let targets = [target(
+            "sg-1",
+            "dev",
+            PortSet::nlb(),
+            vec![
+                rule("198.51.100.7/32", 7233, Some("pc:dev john.doe: x")),
+                rule("203.0.113.9/32", 7233, Some("pc:dev someone")),
+                rule("203.0.113.10/32", 7233, Some("2020-01-01")),
+                rule("203.0.113.11/32", 7233, Some("pc:prod other env")),
+            ],
+        )];
+        let p = run(&grants, &targets, &["dev"]);
+        let revoked: Vec<_> = p.changes[0].revoke.iter().map(|r| r.ec2_cidr.as_str()).collect();
+        assert_eq!(revoked, ["198.51.100.7/32", "203.0.113.9/32"]);
+        assert_eq!(p.foreign.len(), 2);
+        // Without history for dev, nothing is revoked: it is withheld and reported.
+        let p = run(&grants, &targets, &[]);
+        assert!(p.changes.is_empty());
+        assert_eq!(p.withheld.len(), 2);
+    }
+
+    #[test]
+    fn description_change_updates_in_place_and_identical_is_free() {
+        let targets = [target("sg-1", "dev", PortSet::nlb(), vec![rule("198.51.100.7/32", 7233, Some("pc:dev john.doe: old"))])];
+        let p = run(&[grant("198.51.100.7", "dev", "old", Some(5))], &targets, &["dev"]);
+        assert!(p.is_empty());
+        assert_eq!(p.unchanged, 1);
+        let p = run(&[grant("198.51.100.7", "dev", "new", Some(5))], &targets, &["dev"]);
+        assert_eq!(p.update_count(), 1);
+        assert_eq!(p.changes[0].update_descriptions[0].description, "pc:dev john.doe: new");
+    }
+
+    #[test]
+    fn quota_drops_the_overflowing_family() {
+        let rules: Vec<_> = (0..59).map(|i| rule(&format!("192.0.2.{i}/32"), 80, Some("hand"))).collect();
+        let targets = [target("sg-1", "dev", PortSet::alb(), rules)];
+        let p = run(&[grant("198.51.100.7", "dev", "", Some(5)), grant("2001:db8::1", "dev", "", Some(5))], &targets, &["dev"]);
+        assert_eq!(p.overflows.len(), 1);
+        assert_eq!(p.overflows[0].would_hold, 61);
+        assert_eq!(p.overflows[0].family, Family::Ipv4);
+        assert!(p.changes[0].authorize.iter().all(|r| r.cidr.family() == Family::Ipv6));
+    }
+
+    /// Applies a plan as a firewall would.
+    fn apply(targets: &mut [Target], p: &Plan) {
+        for change in &p.changes {
+            let t = targets.iter_mut().find(|t| t.id == change.target).unwrap();
+            for r in &change.revoke {
+                let before = t.rules.len();
+                t.rules.retain(|o| !(o.raw_cidr == r.ec2_cidr && o.ports == r.ports));
+                assert_eq!(before - 1, t.rules.len(), "revoke of a rule that is not there");
+            }
+            for r in &change.update_descriptions {
+                let o = t.rules.iter_mut().find(|o| o.raw_cidr == r.ec2_cidr && o.ports == r.ports).unwrap();
+                o.description = Some(r.description.clone());
+            }
+            for r in &change.authorize {
+                assert!(!t.rules.iter().any(|o| o.cidr == r.cidr && o.ports == r.ports), "duplicate authorize");
+                t.rules.push(ObservedRule { cidr: r.cidr, raw_cidr: r.ec2_cidr.clone(), ports: r.ports, description: Some(r.description.clone()) });
+            }
+            t.counts = counts_after(t.counts, change);
+        }
+    }
+
+    fn arb_cidr() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u8..6).prop_map(|i| format!("203.0.113.{i}/32")),
+            Just("203.0.113.0/24".to_string()),
+            Just("203.0.113.1/24".to_string()),
+            (0u8..3).prop_map(|i| format!("2001:db8::{i}/128")),
+        ]
+    }
+
+    fn arb_description() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some("hand made".to_string())),
+            Just(Some("2020-01-01".to_string())),
+            Just(Some("pc:dev john.doe: a".to_string())),
+            Just(Some("pc:dev john.doe: b".to_string())),
+            Just(Some("pc:prod john.doe: a".to_string())),
+            Just(Some("pc:dev".to_string())),
+        ]
+    }
+
+    fn arb_world() -> impl Strategy<Value = (Vec<Grant>, Vec<Target>, Vec<&'static str>, RuleQuota)> {
+        let grants = proptest::collection::vec(
+            (arb_cidr(), prop_oneof![Just("dev"), Just("prod")], prop_oneof![Just("a"), Just("b")], proptest::option::of(-5i64..5)),
+            0..8,
+        )
+        .prop_map(|gs| {
+            let mut seen = BTreeSet::new();
+            gs.into_iter()
+                .map(|(c, e, d, x)| grant(&c, e, d, x))
+                .filter(|g| seen.insert(g.key()))
+                .collect::<Vec<_>>()
+        });
+        let ports = prop_oneof![Just(PortSet::alb()), Just(PortSet::nlb()), Just(PortSet::parse("tcp:80").unwrap())];
+        let targets = proptest::collection::vec(
+            (
+                prop_oneof![Just("dev"), Just("prod")],
+                ports,
+                proptest::collection::vec((arb_cidr(), prop_oneof![Just(80u16), Just(443), Just(7233)], arb_description()), 0..10),
+            ),
+            1..4,
+        )
+        .prop_map(|ts| {
+            ts.into_iter()
+                .enumerate()
+                .map(|(i, (e, p, rules))| {
+                    let mut seen = BTreeSet::new();
+                    let rules = rules
+                        .into_iter()
+                        .filter(|(c, port, _)| seen.insert((c.clone(), *port)))
+                        .map(|(c, port, d)| rule(&c, port, d.as_deref()))
+                        .collect();
+                    target(&format!("sg-{i}"), e, p, rules)
+                })
+                .collect::<Vec<_>>()
+        });
+        let history = prop_oneof![Just(vec![]), Just(vec!["dev"]), Just(vec!["dev", "prod"])];
+        let quota = (3usize..70, 3usize..70).prop_map(|(ipv4, ipv6)| RuleQuota { ipv4, ipv6 });
+        (grants, targets, history, quota)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn plan_after_apply_is_empty((grants, mut targets, history, quota) in arb_world()) {
+            let history: BTreeSet<Environment> = history.iter().map(|e| env(e)).collect();
+            let input = |targets: &[Target]| plan(&PlanInput {
+                grants: &grants, targets, marker: &Marker::default(),
+                environments_with_history: &history, quota, now: NOW,
+            });
+            let first = input(&targets);
+            apply(&mut targets, &first);
+            let second = input(&targets);
+            prop_assert!(second.changes.is_empty(), "second plan: {:?}", second.changes);
+        }
+
+        #[test]
+        fn never_touches_a_rule_without_our_marker((grants, targets, history, quota) in arb_world()) {
+            let history: BTreeSet<Environment> = history.iter().map(|e| env(e)).collect();
+            let marker = Marker::default();
+            let p = plan(&PlanInput {
+                grants: &grants, targets: &targets, marker: &marker,
+                environments_with_history: &history, quota, now: NOW,
+            });
+            for change in &p.changes {
+                let t = targets.iter().find(|t| t.id == change.target).unwrap();
+                for r in change.revoke.iter().chain(&change.update_descriptions) {
+                    let observed = t.rules.iter().find(|o| o.raw_cidr == r.ec2_cidr && o.ports == r.ports).unwrap();
+                    let owner = observed.description.as_deref().and_then(|d| marker.decode(d));
+                    prop_assert_eq!(owner.as_ref(), Some(&t.environment));
+                }
+                for r in &change.authorize {
+                    let prefix = format!("pc:{} ", t.environment);
+                    prop_assert!(r.description.starts_with(&prefix));
+                }
+            }
+        }
+    }
+}

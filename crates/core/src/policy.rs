@@ -1,0 +1,115 @@
+use std::collections::BTreeSet;
+
+use crate::{Cidr, Environment, Family, PortSet, Ttl, ValidationError};
+
+/// What an environment allows: the rules every grant in it must satisfy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub max_ttl: Ttl,
+    pub max_grants_per_user: usize,
+    pub min_prefix_v4: u8,
+    pub min_prefix_v6: u8,
+    /// What a group's `WhitelistPorts` tag may name.
+    pub allowed_ports: PortSet,
+    /// User ids or names that may act; `None` lets anyone the interface identifies act.
+    pub allowed_users: Option<BTreeSet<String>>,
+    pub refuse_special_purpose: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_ttl: Ttl::MAX,
+            max_grants_per_user: 25,
+            min_prefix_v4: 24,
+            min_prefix_v6: 48,
+            allowed_ports: PortSet::new(
+                PortSet::alb().iter().chain(PortSet::nlb().iter()).copied(),
+            ),
+            allowed_users: None,
+            refuse_special_purpose: false,
+        }
+    }
+}
+
+impl Policy {
+    /// Refuses the whole internet, prefixes wider than allowed and (if configured)
+    /// special-purpose ranges.
+    pub fn check_cidr(&self, environment: &Environment, cidr: &Cidr) -> Result<(), ValidationError> {
+        if cidr.is_whole_internet() {
+            return Err(ValidationError::WholeInternet { cidr: cidr.to_string() });
+        }
+        let (min, family) = match cidr.family() {
+            Family::Ipv4 => (self.min_prefix_v4, "IPv4"),
+            Family::Ipv6 => (self.min_prefix_v6, "IPv6"),
+        };
+        if cidr.prefix_len() < min {
+            return Err(ValidationError::PrefixTooWide {
+                cidr: cidr.to_string(),
+                environment: environment.to_string(),
+                family,
+                min,
+            });
+        }
+        if self.refuse_special_purpose && cidr.is_special_purpose() {
+            return Err(ValidationError::SpecialPurpose {
+                cidr: cidr.to_string(),
+                environment: environment.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn check_ttl(&self, environment: &Environment, ttl: Ttl) -> Result<(), ValidationError> {
+        if ttl > self.max_ttl {
+            return Err(ValidationError::TtlOverMaximum {
+                ttl,
+                max: self.max_ttl,
+                environment: environment.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a user (by id or by name) may change grants here.
+    pub fn check_actor(&self, environment: &Environment, id: &str, name: &str) -> Result<(), ValidationError> {
+        match &self.allowed_users {
+            Some(users) if !users.contains(id) && !users.contains(name) => Err(ValidationError::NotAllowed {
+                user: name.to_string(),
+                environment: environment.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev() -> Environment {
+        Environment::parse("dev").unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let p = Policy::default();
+        let check = |s: &str| p.check_cidr(&dev(), &Cidr::parse(s).unwrap());
+        assert!(check("203.0.113.0/24").is_ok());
+        assert!(check("10.0.0.0/8").is_err());
+        assert!(matches!(check("0.0.0.0/0"), Err(ValidationError::WholeInternet { .. })));
+        assert!(matches!(check("::/0"), Err(ValidationError::WholeInternet { .. })));
+        assert!(check("2001:db8::/48").is_ok());
+        assert!(check("2001:db8::/47").is_err());
+        assert!(p.check_ttl(&dev(), Ttl::MAX).is_ok());
+        assert!(p.check_actor(&dev(), "U1", "anyone").is_ok());
+        assert_eq!(p.allowed_ports.to_string(), "tcp:80,tcp:443,tcp:7233");
+    }
+
+    #[test]
+    fn listed_users_only() {
+        let p = Policy { allowed_users: Some(["alice".to_string()].into()), ..Policy::default() };
+        assert!(p.check_actor(&dev(), "U1", "alice").is_ok());
+        assert!(p.check_actor(&dev(), "U2", "bob").is_err());
+    }
+}

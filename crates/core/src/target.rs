@@ -1,0 +1,235 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::{Cidr, Environment, Family, Policy, PortRange, PortSet};
+
+/// The tag that ties a discovered group to one environment.
+pub const ENVIRONMENT_TAG: &str = "WhitelistEnvironment";
+/// The tag naming a group's port set (`alb`, `nlb`, or a list); untrusted input.
+pub const PORTS_TAG: &str = "WhitelistPorts";
+
+/// A security group, by region and id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct TargetId {
+    pub region: String,
+    pub group_id: String,
+}
+
+impl fmt::Display for TargetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.group_id, self.region)
+    }
+}
+
+/// How the configuration names the groups of a region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSelector {
+    /// Every group carrying this tag key and value.
+    Discovery { tag_key: String, tag_value: String },
+    /// These group ids.
+    Ids(Vec<String>),
+}
+
+/// One configured source of targets: groups of one region, for one environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSpec {
+    pub region: String,
+    pub selector: TargetSelector,
+    /// The environment of explicit ids, and of discovered groups without an environment tag.
+    pub environment: Environment,
+    /// Ports of groups without a `WhitelistPorts` tag.
+    pub default_ports: PortSet,
+    /// An API endpoint override for this region (tests, VPC endpoints).
+    pub endpoint_url: Option<String>,
+}
+
+/// One inbound CIDR rule as the firewall reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObservedRule {
+    pub cidr: Cidr,
+    /// The CIDR exactly as the firewall stores it, which a revoke must repeat.
+    pub raw_cidr: String,
+    pub ports: PortRange,
+    pub description: Option<String>,
+}
+
+/// Inbound rules per address family, as counted against the group's quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FamilyCounts {
+    pub ipv4: usize,
+    pub ipv6: usize,
+}
+
+impl FamilyCounts {
+    pub fn get(&self, family: Family) -> usize {
+        match family {
+            Family::Ipv4 => self.ipv4,
+            Family::Ipv6 => self.ipv6,
+        }
+    }
+
+    pub fn add(&mut self, family: Family, delta: isize) {
+        let slot = match family {
+            Family::Ipv4 => &mut self.ipv4,
+            Family::Ipv6 => &mut self.ipv6,
+        };
+        *slot = slot.saturating_add_signed(delta);
+    }
+}
+
+/// A security group as one describe call saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedGroup {
+    pub id: TargetId,
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    /// CIDR rules on TCP or UDP ports; the only ones portcullis may ever own.
+    pub rules: Vec<ObservedRule>,
+    /// Every inbound rule, including ones on other protocols or sources.
+    pub counts: FamilyCounts,
+    /// Which spec found it (an index into the specs handed to the firewall).
+    pub spec: usize,
+}
+
+/// A managed group with its environment, port set and observed rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub id: TargetId,
+    pub name: String,
+    pub environment: Environment,
+    pub ports: PortSet,
+    pub rules: Vec<ObservedRule>,
+    pub counts: FamilyCounts,
+}
+
+/// A group that was found but is not managed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedGroup {
+    pub id: TargetId,
+    pub reason: String,
+}
+
+/// Turns observed groups into targets: each gets one environment (its `WhitelistEnvironment`
+/// tag if discovered, else its spec's) and one port set (its `WhitelistPorts` tag, which must lie
+/// within that environment's `allowed_ports`, else its spec's default). Groups in unknown
+/// environments or with refused port tags are skipped, never touched.
+pub fn resolve_targets(
+    groups: &[ObservedGroup],
+    specs: &[TargetSpec],
+    policies: &BTreeMap<Environment, Policy>,
+) -> (Vec<Target>, Vec<SkippedGroup>) {
+    let mut seen = BTreeSet::new();
+    let mut targets = Vec::new();
+    let mut skipped = Vec::new();
+    for group in groups {
+        if !seen.insert(group.id.clone()) {
+            continue;
+        }
+        let Some(spec) = specs.get(group.spec) else {
+            skipped.push(SkippedGroup { id: group.id.clone(), reason: "found by no configured target".into() });
+            continue;
+        };
+        let skip = |reason: String| SkippedGroup { id: group.id.clone(), reason };
+        let environment = match (&spec.selector, group.tags.get(ENVIRONMENT_TAG)) {
+            (TargetSelector::Discovery { .. }, Some(tag)) => match Environment::parse(tag.trim()) {
+                Ok(env) => env,
+                Err(_) => {
+                    skipped.push(skip(format!("its {ENVIRONMENT_TAG} tag {tag:?} is not an environment name")));
+                    continue;
+                }
+            },
+            _ => spec.environment.clone(),
+        };
+        let Some(policy) = policies.get(&environment) else {
+            skipped.push(skip(format!("it belongs to environment {environment}, which is not configured here")));
+            continue;
+        };
+        let ports = match group.tags.get(PORTS_TAG) {
+            None => spec.default_ports.clone(),
+            Some(tag) => match PortSet::parse(tag) {
+                Ok(ports) if ports.within(&policy.allowed_ports) => ports,
+                Ok(ports) => {
+                    skipped.push(skip(format!(
+                        "its {PORTS_TAG} tag names {ports}, outside environment {environment}'s allowed ports {}",
+                        policy.allowed_ports
+                    )));
+                    continue;
+                }
+                Err(err) => {
+                    skipped.push(skip(format!("its {PORTS_TAG} tag is refused: {err}")));
+                    continue;
+                }
+            },
+        };
+        targets.push(Target {
+            id: group.id.clone(),
+            name: group.name.clone(),
+            environment,
+            ports,
+            rules: group.rules.clone(),
+            counts: group.counts,
+        });
+    }
+    (targets, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(id: &str, tags: &[(&str, &str)], spec: usize) -> ObservedGroup {
+        ObservedGroup {
+            id: TargetId { region: "us-east-1".into(), group_id: id.into() },
+            name: id.into(),
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            rules: vec![],
+            counts: FamilyCounts::default(),
+            spec,
+        }
+    }
+
+    #[test]
+    fn environment_and_port_tags() {
+        let dev = Environment::parse("dev").unwrap();
+        let prod = Environment::parse("prod").unwrap();
+        let specs = vec![
+            TargetSpec {
+                region: "us-east-1".into(),
+                selector: TargetSelector::Discovery { tag_key: "WhitelistManaged".into(), tag_value: "true".into() },
+                environment: dev.clone(),
+                default_ports: PortSet::alb(),
+                endpoint_url: None,
+            },
+            TargetSpec {
+                region: "us-east-1".into(),
+                selector: TargetSelector::Ids(vec!["sg-x".into()]),
+                environment: dev.clone(),
+                default_ports: PortSet::alb(),
+                endpoint_url: None,
+            },
+        ];
+        let policies: BTreeMap<_, _> = [(dev.clone(), Policy::default())].into();
+        let groups = vec![
+            group("sg-plain", &[], 0),
+            group("sg-nlb", &[(PORTS_TAG, "nlb")], 0),
+            group("sg-prod", &[(ENVIRONMENT_TAG, "prod")], 0),
+            group("sg-ssh", &[(PORTS_TAG, "tcp:22")], 0),
+            group("sg-junk", &[(PORTS_TAG, "lots")], 0),
+            group("sg-x", &[(ENVIRONMENT_TAG, "prod")], 1),
+        ];
+        let (targets, skipped) = resolve_targets(&groups, &specs, &policies);
+        let names: Vec<_> = targets.iter().map(|t| (t.id.group_id.as_str(), t.ports.to_string())).collect();
+        assert_eq!(
+            names,
+            [("sg-plain", "tcp:80,tcp:443".to_string()), ("sg-nlb", "tcp:7233".into()), ("sg-x", "tcp:80,tcp:443".into())]
+        );
+        assert!(targets.iter().all(|t| t.environment == dev));
+        let skipped: Vec<_> = skipped.iter().map(|s| s.id.group_id.as_str()).collect();
+        assert_eq!(skipped, ["sg-prod", "sg-ssh", "sg-junk"]);
+        let with_prod: BTreeMap<_, _> = [(dev, Policy::default()), (prod.clone(), Policy::default())].into();
+        let (targets, _) = resolve_targets(&groups[2..3], &specs, &with_prod);
+        assert_eq!(targets[0].environment, prod);
+    }
+}
