@@ -1,0 +1,70 @@
+//! Effects behind small traits ([`Firewall`], [`Clock`]; the store's is in `portcullis-store`)
+//! and the loops that drive them: apply a change, reconcile, sweep expiries.
+//!
+//! Ordering rules live here: a change is written to the store before the firewall is touched,
+//! and a reconcile observes the firewall before it reads the store.
+
+mod clock;
+mod dry_run;
+mod engine;
+mod memory;
+
+use async_trait::async_trait;
+use portcullis_core::{GroupChange, ObservedGroup, TargetSpec};
+use serde::Serialize;
+use thiserror::Error;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use dry_run::DryRunFirewall;
+pub use engine::{
+    AddOutcome, AddRequest, Cause, Engine, EngineError, GroupOutcome, ReconcileReport, RemoveOutcome, Scope,
+    Settings, Status, SweepReport,
+};
+pub use memory::{HeldFirewall, MemoryFirewall, RecordedCall};
+
+/// What one describe pass saw.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    pub groups: Vec<ObservedGroup>,
+    /// Regions (or explicit groups) that could not be described.
+    pub failures: Vec<ObserveFailure>,
+}
+
+/// A region or group that could not be observed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObserveFailure {
+    pub region: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    pub error: String,
+}
+
+/// What one group's change did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    pub authorized: usize,
+    pub revoked: usize,
+    pub updated: usize,
+    /// Rules the firewall already had (Duplicate) or had already lost (NotFound).
+    pub already_done: usize,
+}
+
+/// A firewall call that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{message}")]
+pub struct FirewallError {
+    /// The service's error code, when it gave one (e.g. `RulesPerSecurityGroupLimitExceeded`).
+    pub code: Option<String>,
+    pub message: String,
+}
+
+/// Security groups: observe them, change them.
+#[async_trait]
+pub trait Firewall: Send + Sync {
+    /// Describes every group the specs select, with their inbound rules: one describe per region.
+    async fn observe(&self, specs: &[TargetSpec]) -> Observation;
+
+    /// Applies one group's change: at most one authorize, one revoke and one description
+    /// update call, each carrying every rule of its kind.
+    async fn apply(&self, change: &GroupChange) -> Result<Applied, FirewallError>;
+}

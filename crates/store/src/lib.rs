@@ -1,0 +1,85 @@
+//! The [`Store`] trait — desired state (grants) and the append-only audit log — and its
+//! embedded SQLite implementation.
+//!
+//! The store is the source of truth: every change is written here before the firewall is
+//! touched, and each write records its audit event in the same transaction.
+
+mod sqlite;
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use portcullis_core::{AuditEvent, Environment, Grant, GrantKey, Interface, Timestamp, ValidationError};
+use thiserror::Error;
+
+pub use sqlite::SqliteStore;
+
+/// Who is making a change, and through which interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub interface: Interface,
+}
+
+/// A request to add a grant, or refresh it if its key exists.
+#[derive(Debug, Clone)]
+pub struct Upsert {
+    /// The grant as the actor asks for it; `created_at` is the request time.
+    pub grant: Grant,
+    pub actor: Actor,
+    /// The most live grants one owner may hold in the environment (checked atomically).
+    pub max_grants_per_user: usize,
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upserted {
+    /// The grant as stored now.
+    pub grant: Grant,
+    /// The live grant it refreshed, if any.
+    pub previous: Option<Grant>,
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    #[error("store {location}: {source}")]
+    Sqlite { location: String, source: rusqlite::Error },
+    #[error("store {location}: {source}")]
+    Io { location: String, source: std::io::Error },
+    #[error("store {location}: {message}")]
+    Corrupt { location: String, message: String },
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// Where desired state and the audit log live.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Adds a grant or refreshes the live one with its key: expiry becomes the later of the
+    /// two, the description is replaced, the owner is kept, and the audit names both users.
+    async fn upsert(&self, request: Upsert) -> Result<Upserted, StoreError>;
+
+    /// Removes a grant, recording who did it; `None` when there was none.
+    async fn remove(&self, key: &GrantKey, actor: &Actor, now: Timestamp) -> Result<Option<Grant>, StoreError>;
+
+    /// Every stored grant (expired ones not yet swept included), in one environment or all.
+    async fn grants(&self, environment: Option<&Environment>) -> Result<Vec<Grant>, StoreError>;
+
+    /// Deletes the grants that expired at or before `now`, recording `expired` for each.
+    async fn expire(&self, now: Timestamp) -> Result<Vec<Grant>, StoreError>;
+
+    /// The earliest expiry of any stored grant.
+    async fn next_expiry(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Environments in which this store has ever recorded a grant change. Owned rules are only
+    /// revoked there, so a new or mistyped store never wipes access.
+    async fn environments_with_history(&self) -> Result<BTreeSet<Environment>, StoreError>;
+
+    /// Appends an audit event that goes with no grant change (`refused`, `drift-repaired`).
+    async fn record(&self, event: AuditEvent) -> Result<(), StoreError>;
+
+    /// The newest audit events first, at most `limit`.
+    async fn audit(&self, environment: Option<&Environment>, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+}

@@ -1,0 +1,66 @@
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use portcullis_core::Timestamp;
+use tokio::sync::watch;
+
+/// Where time comes from: the system in production, virtual time in tests.
+#[async_trait]
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+    /// Returns once `now() >= at`.
+    async fn sleep_until(&self, at: Timestamp);
+}
+
+/// The wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+#[async_trait]
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now_utc()
+    }
+
+    async fn sleep_until(&self, at: Timestamp) {
+        loop {
+            let left = at - self.now();
+            if left <= time::Duration::ZERO {
+                return;
+            }
+            // Re-check after waking: the wall clock may have been stepped meanwhile.
+            tokio::time::sleep(left.try_into().unwrap_or_default()).await;
+        }
+    }
+}
+
+/// Virtual time that moves only when a test advances it.
+pub struct ManualClock {
+    now: Mutex<Timestamp>,
+    changed: watch::Sender<Timestamp>,
+}
+
+impl ManualClock {
+    pub fn new(start: Timestamp) -> ManualClock {
+        ManualClock { now: Mutex::new(start), changed: watch::channel(start).0 }
+    }
+
+    /// Moves time forward, waking every sleeper whose deadline has come.
+    pub fn advance(&self, by: time::Duration) {
+        let mut now = self.now.lock().expect("clock mutex poisoned");
+        *now += by;
+        self.changed.send_replace(*now);
+    }
+}
+
+#[async_trait]
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.now.lock().expect("clock mutex poisoned")
+    }
+
+    async fn sleep_until(&self, at: Timestamp) {
+        let mut rx = self.changed.subscribe();
+        let _ = rx.wait_for(|now| *now >= at).await;
+    }
+}

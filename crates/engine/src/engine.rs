@@ -1,0 +1,592 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use portcullis_core::{
+    plan, resolve_targets, Action, AuditEvent, Cidr, Description, Environment, Foreign, Grant, GrantKey,
+    GroupChange, Interface, Marker, Overflow, Owner, Plan, PlanInput, Policy, RuleQuota, SkippedGroup, Source,
+    Target, TargetId, TargetSelector, TargetSpec, Timestamp, Ttl, ValidationError, Withheld,
+};
+use portcullis_store::{Actor, Store, StoreError, Upsert};
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::{watch, Notify};
+
+use crate::{Applied, Clock, Firewall, ObserveFailure};
+
+/// What the engine is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub specs: Vec<TargetSpec>,
+    pub policies: BTreeMap<Environment, Policy>,
+    pub marker: Marker,
+    pub quota: RuleQuota,
+}
+
+/// Which environments a reconcile covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Environment(Environment),
+}
+
+impl Scope {
+    fn covers(&self, env: &Environment) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Environment(e) => e == env,
+        }
+    }
+
+    fn environment(&self) -> Option<&Environment> {
+        match self {
+            Scope::All => None,
+            Scope::Environment(e) => Some(e),
+        }
+    }
+}
+
+/// Why a reconcile ran; drift repairs are audited only for refreshes and periodic runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    Change,
+    Refresh,
+    Periodic,
+    Sweep,
+}
+
+/// A request to add (or refresh) a grant.
+#[derive(Debug, Clone)]
+pub struct AddRequest {
+    pub cidr: Cidr,
+    pub environment: Environment,
+    /// `None` means the default (30 days).
+    pub ttl: Option<Ttl>,
+    pub description: Description,
+    pub owner: Owner,
+    pub source: Source,
+    pub interface: Interface,
+}
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Validation(v) => EngineError::Validation(v),
+            other => EngineError::Store(other),
+        }
+    }
+}
+
+/// One group's result in a reconcile.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupOutcome {
+    pub target: TargetId,
+    pub environment: Environment,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Applied>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a reconcile saw, decided and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileReport {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: Timestamp,
+    pub cause: Cause,
+    pub dry_run: bool,
+    pub targets: usize,
+    pub authorized: usize,
+    pub revoked: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    /// Rules on managed groups that are not ours: reported, never touched.
+    pub unowned_left_alone: usize,
+    pub changes: Vec<GroupChange>,
+    pub outcomes: Vec<GroupOutcome>,
+    pub observe_failures: Vec<ObserveFailure>,
+    pub skipped: Vec<SkippedGroup>,
+    pub withheld: Vec<Withheld>,
+    pub overflows: Vec<Overflow>,
+    pub unowned: Vec<Foreign>,
+}
+
+impl ReconcileReport {
+    /// True when some group or region could not be brought to the desired state.
+    pub fn failed(&self) -> bool {
+        !self.observe_failures.is_empty() || self.outcomes.iter().any(|o| o.error.is_some()) || !self.overflows.is_empty()
+    }
+
+    /// One line per failure, naming the group or region.
+    pub fn failure_messages(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .observe_failures
+            .iter()
+            .map(|f| match &f.group_id {
+                Some(g) => format!("{g} ({}): {}", f.region, f.error),
+                None => format!("region {}: {}", f.region, f.error),
+            })
+            .collect();
+        out.extend(self.outcomes.iter().filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.target))));
+        out.extend(self.overflows.iter().map(|o| {
+            format!("{}: would hold {} {} rules, over its quota of {}", o.target, o.would_hold, o.family, o.quota)
+        }));
+        out
+    }
+}
+
+/// What `add` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AddOutcome {
+    pub grant: Grant,
+    pub refreshed: bool,
+    pub report: ReconcileReport,
+}
+
+/// What `remove` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoveOutcome {
+    pub grant: Grant,
+    pub report: ReconcileReport,
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepReport {
+    pub expired: Vec<Grant>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<ReconcileReport>,
+}
+
+/// The last reconcile, for `/v1/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reconcile: Option<ReconcileSummary>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_expiry: Option<Timestamp>,
+    /// Grants past their expiry that are still stored (the sweeper has not caught up).
+    pub overdue: Vec<Grant>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileSummary {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: Timestamp,
+    pub cause: Cause,
+    pub ok: bool,
+    pub authorized: usize,
+    pub revoked: usize,
+    pub updated: usize,
+    pub failures: Vec<String>,
+}
+
+/// The targets one observation resolved to.
+struct Observed {
+    failures: Vec<ObserveFailure>,
+    targets: Vec<Target>,
+    skipped: Vec<SkippedGroup>,
+}
+
+/// Grants, firewall and time, wired together.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    firewall: Arc<dyn Firewall>,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    wake_sweeper: Notify,
+    last_reconcile: Mutex<Option<ReconcileSummary>>,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, firewall: Arc<dyn Firewall>, clock: Arc<dyn Clock>, settings: Settings) -> Engine {
+        Engine { store, firewall, clock, settings, wake_sweeper: Notify::new(), last_reconcile: Mutex::new(None) }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The policy of a known environment.
+    pub fn policy(&self, env: &Environment) -> Result<&Policy, ValidationError> {
+        self.settings.policies.get(env).ok_or_else(|| ValidationError::UnknownEnvironment {
+            name: env.to_string(),
+            known: self.settings.policies.keys().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Records a refusal in a known environment, then returns it.
+    async fn refuse(&self, err: ValidationError, env: &Environment, cidr: Option<&Cidr>, actor: &Actor) -> EngineError {
+        let event = AuditEvent {
+            id: 0,
+            at: self.clock.now(),
+            actor: actor.name.clone(),
+            interface: actor.interface,
+            action: Action::Refused,
+            environment: env.to_string(),
+            cidr: cidr.map(|c| c.to_string()),
+            before: None,
+            after: None,
+            reason: err.to_string(),
+        };
+        if let Err(store_err) = self.store.record(event).await {
+            tracing::warn!(error = %store_err, "could not audit a refusal");
+        }
+        EngineError::Validation(err)
+    }
+
+    /// Adds or refreshes a grant: checks policy and the groups' quotas, stores it, then applies
+    /// it to every target of its environment before returning.
+    pub async fn add(&self, req: AddRequest) -> Result<AddOutcome, EngineError> {
+        let env = req.environment.clone();
+        let policy = self.policy(&env)?.clone();
+        let actor = Actor { name: req.owner.name.clone(), interface: req.interface };
+        let ttl = req.ttl.unwrap_or(Ttl::DEFAULT);
+        let checks = policy
+            .check_actor(&env, &req.owner.id, &req.owner.name)
+            .and_then(|_| policy.check_cidr(&env, &req.cidr))
+            .and_then(|_| policy.check_ttl(&env, ttl));
+        if let Err(err) = checks {
+            return Err(self.refuse(err, &env, Some(&req.cidr), &actor).await);
+        }
+
+        // Observe first, so the quota check and the plan see the firewall before the store.
+        let scope = Scope::Environment(env.clone());
+        let observed = self.observe(&scope).await;
+        let now = self.clock.now();
+        let grant = Grant {
+            cidr: req.cidr,
+            environment: env.clone(),
+            owner: req.owner.clone(),
+            source: req.source,
+            description: req.description.clone(),
+            created_at: now,
+            expires_at: Some(now + ttl.duration()),
+        };
+        let history = self.store.environments_with_history().await?;
+        let mut with_new = self.store.grants(Some(&env)).await?;
+        with_new.retain(|g| g.key() != grant.key());
+        with_new.push(grant.clone());
+        if let Some(err) = self.quota_refusal(&grant, &with_new, &observed.targets, &history, now) {
+            return Err(self.refuse(err, &env, Some(&grant.cidr), &actor).await);
+        }
+
+        let upserted = match self
+            .store
+            .upsert(Upsert { grant, actor: actor.clone(), max_grants_per_user: policy.max_grants_per_user })
+            .await
+        {
+            Ok(u) => u,
+            Err(StoreError::Validation(err)) => return Err(self.refuse(err, &env, Some(&req.cidr), &actor).await),
+            Err(err) => return Err(err.into()),
+        };
+        self.wake_sweeper.notify_one();
+        tracing::info!(cidr = %upserted.grant.cidr, environment = %env, user = %actor.name,
+            refreshed = upserted.previous.is_some(), "grant stored");
+
+        let report = self.plan_and_apply(Cause::Change, &scope, observed, false).await?;
+        Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report })
+    }
+
+    fn quota_refusal(
+        &self,
+        grant: &Grant,
+        grants: &[Grant],
+        targets: &[Target],
+        history: &BTreeSet<Environment>,
+        now: Timestamp,
+    ) -> Option<ValidationError> {
+        let p = plan(&PlanInput {
+            grants,
+            targets,
+            marker: &self.settings.marker,
+            environments_with_history: history,
+            quota: self.settings.quota,
+            now,
+        });
+        p.overflows.iter().filter(|o| o.family == grant.cidr.family()).find_map(|o| {
+            let target = targets.iter().find(|t| t.id == o.target)?;
+            let missing = target
+                .ports
+                .iter()
+                .any(|ports| !target.rules.iter().any(|r| r.cidr == grant.cidr && r.ports == *ports));
+            missing.then(|| ValidationError::GroupFull {
+                group: o.target.group_id.clone(),
+                region: o.target.region.clone(),
+                family: o.family,
+                would_hold: o.would_hold,
+                quota: o.quota,
+            })
+        })
+    }
+
+    /// Removes a grant and takes its rules away.
+    pub async fn remove(&self, key: &GrantKey, owner: &Owner, interface: Interface) -> Result<RemoveOutcome, EngineError> {
+        let env = &key.environment;
+        let policy = self.policy(env)?;
+        let actor = Actor { name: owner.name.clone(), interface };
+        if let Err(err) = policy.check_actor(env, &owner.id, &owner.name) {
+            return Err(self.refuse(err, env, Some(&key.cidr), &actor).await);
+        }
+        let removed = self.store.remove(key, &actor, self.clock.now()).await?.ok_or_else(|| {
+            ValidationError::NoSuchGrant { cidr: key.cidr.to_string(), environment: env.to_string() }
+        })?;
+        tracing::info!(cidr = %key.cidr, environment = %env, user = %actor.name, "grant removed");
+        let report = self.reconcile(Scope::Environment(env.clone()), Cause::Change, false).await?;
+        Ok(RemoveOutcome { grant: removed, report })
+    }
+
+    /// Brings the firewall to the state the store describes (or, with `dry_run`, says how).
+    pub async fn reconcile(&self, scope: Scope, cause: Cause, dry_run: bool) -> Result<ReconcileReport, EngineError> {
+        if let Some(env) = scope.environment() {
+            self.policy(env)?;
+        }
+        let observed = self.observe(&scope).await;
+        self.plan_and_apply(cause, &scope, observed, dry_run).await
+    }
+
+    /// Observes the groups the scope needs; must come before any store read that feeds a plan.
+    async fn observe(&self, scope: &Scope) -> Observed {
+        let specs: Vec<TargetSpec> = self
+            .settings
+            .specs
+            .iter()
+            .filter(|s| scope.covers(&s.environment) || matches!(s.selector, TargetSelector::Discovery { .. }))
+            .cloned()
+            .collect();
+        let observation = self.firewall.observe(&specs).await;
+        let (targets, skipped) = resolve_targets(&observation.groups, &specs, &self.settings.policies);
+        let targets = targets.into_iter().filter(|t| scope.covers(&t.environment)).collect();
+        Observed { failures: observation.failures, targets, skipped }
+    }
+
+    async fn plan_and_apply(
+        &self,
+        cause: Cause,
+        scope: &Scope,
+        observed: Observed,
+        dry_run: bool,
+    ) -> Result<ReconcileReport, EngineError> {
+        let Observed { failures: observe_failures, targets, skipped } = observed;
+        let grants = self.store.grants(scope.environment()).await?;
+        let history = self.store.environments_with_history().await?;
+        let now = self.clock.now();
+        let p: Plan = plan(&PlanInput {
+            grants: &grants,
+            targets: &targets,
+            marker: &self.settings.marker,
+            environments_with_history: &history,
+            quota: self.settings.quota,
+            now,
+        });
+        for w in &p.withheld {
+            tracing::warn!(group = %w.target, cidr = %w.rule.ec2_cidr, environment = %w.environment,
+                "owned rule left in place: this store has never recorded anything for its environment; \
+                 add a grant for it to keep it, or remove the rule by hand");
+        }
+        let outcomes = if dry_run { Vec::new() } else { self.apply_all(&p.changes).await };
+        let report = ReconcileReport {
+            at: now,
+            cause,
+            dry_run,
+            targets: targets.len(),
+            authorized: p.authorize_count(),
+            revoked: p.revoke_count(),
+            updated: p.update_count(),
+            unchanged: p.unchanged,
+            unowned_left_alone: p.foreign.len(),
+            changes: p.changes,
+            outcomes,
+            observe_failures,
+            skipped,
+            withheld: p.withheld,
+            overflows: p.overflows,
+            unowned: p.foreign,
+        };
+        if !dry_run {
+            if matches!(cause, Cause::Refresh | Cause::Periodic) {
+                self.audit_drift(&report).await;
+            }
+            *self.last_reconcile.lock().expect("status mutex poisoned") = Some(ReconcileSummary {
+                at: now,
+                cause,
+                ok: !report.failed(),
+                authorized: report.authorized,
+                revoked: report.revoked,
+                updated: report.updated,
+                failures: report.failure_messages(),
+            });
+        }
+        Ok(report)
+    }
+
+    async fn apply_all(&self, changes: &[GroupChange]) -> Vec<GroupOutcome> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, change) in changes.iter().enumerate() {
+            let (firewall, change) = (self.firewall.clone(), change.clone());
+            tasks.spawn(async move { (i, firewall.apply(&change).await) });
+        }
+        let mut results = BTreeMap::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((i, result)) => {
+                    results.insert(i, result);
+                }
+                Err(err) => tracing::error!(error = %err, "a firewall task failed"),
+            }
+        }
+        changes
+            .iter()
+            .enumerate()
+            .map(|(i, change)| {
+                let result = results.remove(&i).unwrap_or_else(|| {
+                    Err(crate::FirewallError { code: None, message: "the firewall task did not finish".into() })
+                });
+                match &result {
+                    Ok(applied) => tracing::info!(group = %change.target, authorized = applied.authorized,
+                        revoked = applied.revoked, updated = applied.updated, "group changed"),
+                    Err(err) => tracing::warn!(group = %change.target, error = %err, "group change failed"),
+                }
+                GroupOutcome {
+                    target: change.target.clone(),
+                    environment: change.environment.clone(),
+                    applied: result.as_ref().ok().copied(),
+                    error: result.err().map(|e| e.to_string()),
+                }
+            })
+            .collect()
+    }
+
+    /// Records `drift-repaired` for each environment whose groups a refresh or periodic run changed.
+    async fn audit_drift(&self, report: &ReconcileReport) {
+        let mut per_env: BTreeMap<&Environment, Vec<String>> = BTreeMap::new();
+        for (change, outcome) in report.changes.iter().zip(&report.outcomes) {
+            if let Some(a) = outcome.applied {
+                per_env.entry(&change.environment).or_default().push(format!(
+                    "{}: {} restored, {} removed, {} descriptions updated",
+                    change.target, a.authorized, a.revoked, a.updated
+                ));
+            }
+        }
+        for (env, parts) in per_env {
+            let event = AuditEvent {
+                id: 0,
+                at: report.at,
+                actor: "portcullis".into(),
+                interface: Interface::Reconciler,
+                action: Action::DriftRepaired,
+                environment: env.to_string(),
+                cidr: None,
+                before: None,
+                after: None,
+                reason: parts.join("; "),
+            };
+            if let Err(err) = self.store.record(event).await {
+                tracing::warn!(error = %err, "could not audit a drift repair");
+            }
+        }
+    }
+
+    /// Revokes the rules of every grant that has expired, then records each as `expired`.
+    pub async fn sweep(&self) -> Result<SweepReport, EngineError> {
+        let now = self.clock.now();
+        let due: BTreeSet<Environment> =
+            self.store.grants(None).await?.into_iter().filter(|g| !g.is_live(now)).map(|g| g.environment).collect();
+        if due.is_empty() {
+            return Ok(SweepReport { expired: vec![], reconcile: None });
+        }
+        let scope = match due.iter().next() {
+            Some(env) if due.len() == 1 && self.settings.policies.contains_key(env) => Scope::Environment(env.clone()),
+            _ => Scope::All,
+        };
+        let report = self.reconcile(scope, Cause::Sweep, false).await?;
+        let expired = self.store.expire(now).await?;
+        for g in &expired {
+            tracing::info!(cidr = %g.cidr, environment = %g.environment,
+                expires_at = %g.expires_at.map(|t| t.to_string()).unwrap_or_default(), "grant expired");
+        }
+        Ok(SweepReport { expired, reconcile: Some(report) })
+    }
+
+    /// Sleeps until the earliest expiry and sweeps it, until shut down. Woken at once by this
+    /// process's new grants; notices other processes' grants within a second.
+    pub async fn run_sweeper(&self, mut shutdown: watch::Receiver<bool>) {
+        let poll = time::Duration::seconds(1);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let now = self.clock.now();
+            let next = match self.store.next_expiry().await {
+                Ok(next) => next,
+                Err(err) => {
+                    tracing::warn!(error = %err, "sweeper could not read the next expiry");
+                    None
+                }
+            };
+            if next.is_some_and(|at| at <= now) {
+                if let Err(err) = self.sweep().await {
+                    tracing::warn!(error = %err, "sweep failed; retrying");
+                    tokio::select! {
+                        _ = self.clock.sleep_until(now + poll) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                continue;
+            }
+            let deadline = next.map_or(now + poll, |at| at.min(now + poll));
+            tokio::select! {
+                _ = self.clock.sleep_until(deadline) => {}
+                _ = self.wake_sweeper.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Reconciles every environment now and then every `interval`, until shut down.
+    pub async fn run_reconciler(&self, interval: time::Duration, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.reconcile(Scope::All, Cause::Periodic, false).await {
+                Ok(report) if report.failed() => {
+                    tracing::warn!(failures = ?report.failure_messages(), "periodic reconcile left failures; will retry")
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "periodic reconcile failed; will retry"),
+            }
+            let next = self.clock.now() + interval;
+            tokio::select! {
+                _ = self.clock.sleep_until(next) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    pub async fn status(&self) -> Result<Status, EngineError> {
+        let now = self.clock.now();
+        let overdue = self.store.grants(None).await?.into_iter().filter(|g| !g.is_live(now)).collect();
+        Ok(Status {
+            last_reconcile: self.last_reconcile.lock().expect("status mutex poisoned").clone(),
+            next_expiry: self.store.next_expiry().await?,
+            overdue,
+        })
+    }
+}

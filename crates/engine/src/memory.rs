@@ -1,0 +1,219 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use portcullis_core::{
+    counts_after, GroupChange, ObservedGroup, ObservedRule, TargetId, TargetSelector, TargetSpec, Timestamp,
+};
+use tokio::sync::oneshot;
+
+use crate::{Applied, Clock, Firewall, FirewallError, Observation, ObserveFailure};
+
+/// One call the in-memory firewall served, with the (injected) time it was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedCall {
+    pub at: Timestamp,
+    pub action: &'static str,
+    pub group: TargetId,
+    pub rules: Vec<ObservedRule>,
+}
+
+/// Security groups in memory: for engine tests and benchmarks that must not depend on AWS.
+/// It behaves like EC2 on the points that matter (one describe per region, duplicate and
+/// missing rules, per-region failures) and records every call with its time.
+pub struct MemoryFirewall {
+    clock: Arc<dyn Clock>,
+    groups: Mutex<BTreeMap<TargetId, ObservedGroup>>,
+    calls: Mutex<Vec<RecordedCall>>,
+    failing_regions: Mutex<BTreeSet<String>>,
+}
+
+impl MemoryFirewall {
+    pub fn new(clock: Arc<dyn Clock>) -> MemoryFirewall {
+        MemoryFirewall {
+            clock,
+            groups: Mutex::default(),
+            calls: Mutex::default(),
+            failing_regions: Mutex::default(),
+        }
+    }
+
+    /// Creates (or replaces) a group with tags and no rules.
+    pub fn put_group(&self, region: &str, group_id: &str, tags: &[(&str, &str)]) {
+        let id = TargetId { region: region.into(), group_id: group_id.into() };
+        let group = ObservedGroup {
+            id: id.clone(),
+            name: group_id.into(),
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            rules: vec![],
+            counts: Default::default(),
+            spec: 0,
+        };
+        self.groups.lock().unwrap().insert(id, group);
+    }
+
+    /// Adds a rule as a person would by hand.
+    pub fn put_rule(&self, region: &str, group_id: &str, rule: ObservedRule) {
+        let id = TargetId { region: region.into(), group_id: group_id.into() };
+        let mut groups = self.groups.lock().unwrap();
+        let group = groups.get_mut(&id).expect("group exists");
+        group.counts.add(rule.cidr.family(), 1);
+        group.rules.push(rule);
+    }
+
+    /// The rules a group holds now.
+    pub fn rules(&self, region: &str, group_id: &str) -> Vec<ObservedRule> {
+        let id = TargetId { region: region.into(), group_id: group_id.into() };
+        self.groups.lock().unwrap().get(&id).map(|g| g.rules.clone()).unwrap_or_default()
+    }
+
+    /// Every call made so far.
+    pub fn calls(&self) -> Vec<RecordedCall> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Makes every call to a region fail (or succeed again).
+    pub fn set_region_failing(&self, region: &str, failing: bool) {
+        let mut set = self.failing_regions.lock().unwrap();
+        if failing {
+            set.insert(region.into());
+        } else {
+            set.remove(region);
+        }
+    }
+
+    fn record(&self, action: &'static str, group: &TargetId, rules: Vec<ObservedRule>) {
+        let at = self.clock.now();
+        self.calls.lock().unwrap().push(RecordedCall { at, action, group: group.clone(), rules });
+    }
+
+    fn failing(&self, region: &str) -> bool {
+        self.failing_regions.lock().unwrap().contains(region)
+    }
+}
+
+fn selected(group: &ObservedGroup, spec: &TargetSpec) -> bool {
+    group.id.region == spec.region
+        && match &spec.selector {
+            TargetSelector::Discovery { tag_key, tag_value } => group.tags.get(tag_key) == Some(tag_value),
+            TargetSelector::Ids(ids) => ids.contains(&group.id.group_id),
+        }
+}
+
+fn as_rule(r: &portcullis_core::AppliedRule, description: bool) -> ObservedRule {
+    ObservedRule {
+        cidr: r.cidr,
+        raw_cidr: r.ec2_cidr.clone(),
+        ports: r.ports,
+        description: description.then(|| r.description.clone()),
+    }
+}
+
+#[async_trait]
+impl Firewall for MemoryFirewall {
+    async fn observe(&self, specs: &[TargetSpec]) -> Observation {
+        let mut out = Observation::default();
+        let regions: BTreeSet<&str> = specs.iter().map(|s| s.region.as_str()).collect();
+        for region in regions {
+            let id = TargetId { region: region.into(), group_id: "*".into() };
+            self.record("DescribeSecurityGroups", &id, vec![]);
+            if self.failing(region) {
+                out.failures.push(ObserveFailure { region: region.into(), group_id: None, error: "region unreachable".into() });
+                continue;
+            }
+            let groups = self.groups.lock().unwrap();
+            for group in groups.values().filter(|g| g.id.region == region) {
+                if let Some(i) = specs.iter().position(|s| selected(group, s)) {
+                    out.groups.push(ObservedGroup { spec: i, ..group.clone() });
+                }
+            }
+        }
+        out
+    }
+
+    async fn apply(&self, change: &GroupChange) -> Result<Applied, FirewallError> {
+        if self.failing(&change.target.region) {
+            return Err(FirewallError { code: None, message: "region unreachable".into() });
+        }
+        let mut applied = Applied::default();
+        let mut groups = self.groups.lock().unwrap();
+        let group = groups
+            .get_mut(&change.target)
+            .ok_or_else(|| FirewallError { code: Some("InvalidGroup.NotFound".into()), message: "no such group".into() })?;
+        let same = |o: &ObservedRule, r: &portcullis_core::AppliedRule| o.raw_cidr == r.ec2_cidr && o.ports == r.ports;
+        for r in &change.revoke {
+            match group.rules.iter().position(|o| same(o, r)) {
+                Some(i) => {
+                    group.rules.remove(i);
+                    applied.revoked += 1;
+                }
+                None => applied.already_done += 1,
+            }
+        }
+        for r in &change.update_descriptions {
+            if let Some(o) = group.rules.iter_mut().find(|o| same(o, r)) {
+                o.description = Some(r.description.clone());
+                applied.updated += 1;
+            }
+        }
+        for r in &change.authorize {
+            if group.rules.iter().any(|o| same(o, r)) {
+                applied.already_done += 1;
+            } else {
+                group.rules.push(as_rule(r, true));
+                applied.authorized += 1;
+            }
+        }
+        group.counts = counts_after(group.counts, change);
+        drop(groups);
+        for (action, rules) in [
+            ("RevokeSecurityGroupIngress", &change.revoke),
+            ("UpdateSecurityGroupRuleDescriptionsIngress", &change.update_descriptions),
+            ("AuthorizeSecurityGroupIngress", &change.authorize),
+        ] {
+            if !rules.is_empty() {
+                self.record(action, &change.target, rules.iter().map(|r| as_rule(r, true)).collect());
+            }
+        }
+        Ok(applied)
+    }
+}
+
+/// Wraps a firewall so that a test can stop one observe mid-way: the next observe completes,
+/// signals, and returns only after the test releases it.
+pub struct HeldFirewall {
+    inner: Arc<dyn Firewall>,
+    hold: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
+}
+
+impl HeldFirewall {
+    pub fn new(inner: Arc<dyn Firewall>) -> HeldFirewall {
+        HeldFirewall { inner, hold: Mutex::new(None) }
+    }
+
+    /// Arms the hold; returns (observed, release): `observed` fires once the next observe has
+    /// seen the firewall, and that observe returns once `release` is sent.
+    pub fn hold_next_observe(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (observed_tx, observed_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel();
+        *self.hold.lock().unwrap() = Some((observed_tx, release_rx));
+        (observed_rx, release_tx)
+    }
+}
+
+#[async_trait]
+impl Firewall for HeldFirewall {
+    async fn observe(&self, specs: &[TargetSpec]) -> Observation {
+        let observation = self.inner.observe(specs).await;
+        let hold = self.hold.lock().unwrap().take();
+        if let Some((observed, release)) = hold {
+            let _ = observed.send(());
+            let _ = release.await;
+        }
+        observation
+    }
+
+    async fn apply(&self, change: &GroupChange) -> Result<Applied, FirewallError> {
+        self.inner.apply(change).await
+    }
+}

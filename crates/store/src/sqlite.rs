@@ -1,0 +1,462 @@
+use std::collections::BTreeSet;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use portcullis_core::{
+    Action, AuditEvent, Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp,
+    ValidationError,
+};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+
+use crate::{Actor, Store, StoreError, Upsert, Upserted};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE grants (
+    cidr            TEXT NOT NULL,
+    environment     TEXT NOT NULL,
+    owner_id        TEXT NOT NULL,
+    owner_name      TEXT NOT NULL,
+    owner_display   TEXT NOT NULL DEFAULT '',
+    source          TEXT NOT NULL,
+    description     TEXT NOT NULL DEFAULT '',
+    created_at_ms   INTEGER NOT NULL,
+    expires_at_ms   INTEGER,
+    updated_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (cidr, environment)
+);
+CREATE INDEX grants_expiry ON grants (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
+CREATE TABLE audit (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms       INTEGER NOT NULL,
+    actor       TEXT NOT NULL,
+    interface   TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    cidr        TEXT,
+    before_json TEXT,
+    after_json  TEXT,
+    reason      TEXT NOT NULL
+);
+CREATE INDEX audit_environment ON audit (environment, id);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#];
+
+/// The embedded store: one SQLite file in WAL mode, safe for the CLI and a running server to
+/// share (writes take the lock up front with `BEGIN IMMEDIATE` and wait for each other).
+#[derive(Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens the store, creating the file (mode 0600) and its schema on first use.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let location = path.display().to_string();
+        let io = |source| StoreError::Io { location: location.clone(), source };
+        OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(&path).map_err(io)?;
+        let sqlite = |source| StoreError::Sqlite { location: location.clone(), source };
+        let mut conn = Connection::open(&path).map_err(sqlite)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(sqlite)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sqlite)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
+        migrate(&mut conn).map_err(sqlite)?;
+        Ok(SqliteStore { path, conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version this file is at.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let conn = self.conn.lock().expect("store mutex poisoned");
+        conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| self.err(e))
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite { location: self.path.display().to_string(), source }
+    }
+
+    /// Runs blocking SQLite work off the async runtime.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().expect("store mutex poisoned");
+            work(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs a write transaction that holds the write lock from its start.
+    async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = self.clone();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| this.err(e))?;
+            let out = work(&tx)?;
+            tx.commit().map_err(|e| this.err(e))?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+    }
+    tx.commit()
+}
+
+fn ms(t: Timestamp) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_ms(ms: i64) -> Timestamp {
+    Timestamp::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).expect("stored timestamps are in range")
+}
+
+const GRANT_COLUMNS: &str =
+    "cidr, environment, owner_id, owner_name, owner_display, source, description, created_at_ms, expires_at_ms";
+
+fn grant_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Grant, String>> {
+    let cidr: String = row.get(0)?;
+    let environment: String = row.get(1)?;
+    let source: String = row.get(5)?;
+    let description: String = row.get(6)?;
+    let expires: Option<i64> = row.get(8)?;
+    let owner = Owner { id: row.get(2)?, name: row.get(3)?, display_name: row.get(4)? };
+    let created = from_ms(row.get(7)?);
+    Ok((|| {
+        Ok(Grant {
+            cidr: Cidr::parse(&cidr).map_err(|e| e.to_string())?,
+            environment: Environment::parse(&environment).map_err(|e| e.to_string())?,
+            owner,
+            source: Source::parse(&source).ok_or_else(|| format!("unknown source {source:?}"))?,
+            description: Description::parse(&description).map_err(|e| e.to_string())?,
+            created_at: created,
+            expires_at: expires.map(from_ms),
+        })
+    })())
+}
+
+impl SqliteStore {
+    fn corrupt(&self, message: String) -> StoreError {
+        StoreError::Corrupt { location: self.path.display().to_string(), message }
+    }
+
+    fn get(&self, tx: &Connection, key: &GrantKey) -> Result<Option<Grant>, StoreError> {
+        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE cidr = ?1 AND environment = ?2");
+        let row = tx
+            .query_row(&sql, params![key.cidr.to_string(), key.environment.as_str()], grant_from_row)
+            .optional()
+            .map_err(|e| self.err(e))?;
+        row.transpose().map_err(|m| self.corrupt(m))
+    }
+
+    fn put(&self, tx: &Connection, g: &Grant, now: Timestamp) -> Result<(), StoreError> {
+        tx.execute(
+            "INSERT INTO grants (cidr, environment, owner_id, owner_name, owner_display, source, description,
+                                 created_at_ms, expires_at_ms, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (cidr, environment) DO UPDATE SET
+                owner_id = excluded.owner_id, owner_name = excluded.owner_name,
+                owner_display = excluded.owner_display, source = excluded.source,
+                description = excluded.description, created_at_ms = excluded.created_at_ms,
+                expires_at_ms = excluded.expires_at_ms, updated_at_ms = excluded.updated_at_ms",
+            params![
+                g.cidr.to_string(),
+                g.environment.as_str(),
+                g.owner.id,
+                g.owner.name,
+                g.owner.display_name,
+                g.source.as_str(),
+                g.description.as_str(),
+                ms(g.created_at),
+                g.expires_at.map(ms),
+                ms(now),
+            ],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn delete(&self, tx: &Connection, key: &GrantKey) -> Result<(), StoreError> {
+        tx.execute(
+            "DELETE FROM grants WHERE cidr = ?1 AND environment = ?2",
+            params![key.cidr.to_string(), key.environment.as_str()],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn append(&self, tx: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
+        let json = |g: &Option<Grant>| g.as_ref().map(|g| serde_json::to_string(g).expect("grants serialise"));
+        tx.execute(
+            "INSERT INTO audit (at_ms, actor, interface, action, environment, cidr, before_json, after_json, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                ms(e.at),
+                e.actor,
+                e.interface.as_str(),
+                e.action.as_str(),
+                e.environment,
+                e.cidr,
+                json(&e.before),
+                json(&e.after),
+                e.reason,
+            ],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+fn event(at: Timestamp, actor: &Actor, action: Action, grant: &Grant, before: Option<Grant>, after: Option<Grant>, reason: String) -> AuditEvent {
+    AuditEvent {
+        id: 0,
+        at,
+        actor: actor.name.clone(),
+        interface: actor.interface,
+        action,
+        environment: grant.environment.to_string(),
+        cidr: Some(grant.cidr.to_string()),
+        before,
+        after,
+        reason,
+    }
+}
+
+/// The actor recorded for expiries.
+fn sweeper() -> Actor {
+    Actor { name: "portcullis".into(), interface: Interface::Sweeper }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn upsert(&self, request: Upsert) -> Result<Upserted, StoreError> {
+        let this = self.clone();
+        self.write(move |tx| {
+            let Upsert { grant: asked, actor, max_grants_per_user } = request;
+            let now = asked.created_at;
+            let existing = this.get(tx, &asked.key())?;
+            let previous = match existing {
+                Some(old) if old.is_live(now) => Some(old),
+                Some(old) => {
+                    this.delete(tx, &old.key())?;
+                    let reason = "expired before it was refreshed".to_string();
+                    this.append(tx, &event(now, &sweeper(), Action::Expired, &old, Some(old.clone()), None, reason))?;
+                    None
+                }
+                None => None,
+            };
+            let (stored, audit) = match previous.clone() {
+                Some(old) => {
+                    let expires_at = match (old.expires_at, asked.expires_at) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        _ => None,
+                    };
+                    let stored = Grant {
+                        description: asked.description.clone(),
+                        expires_at,
+                        ..old.clone()
+                    };
+                    let reason = if actor.name == old.owner.name {
+                        format!("refreshed by {}", actor.name)
+                    } else {
+                        format!("refreshed by {} (held by {})", actor.name, old.owner.name)
+                    };
+                    let e = event(now, &actor, Action::Refreshed, &stored, Some(old), Some(stored.clone()), reason);
+                    (stored, e)
+                }
+                None => {
+                    let count: i64 = tx
+                        .query_row(
+                            "SELECT COUNT(*) FROM grants WHERE environment = ?1 AND owner_id = ?2
+                               AND (expires_at_ms IS NULL OR expires_at_ms > ?3)",
+                            params![asked.environment.as_str(), asked.owner.id, ms(now)],
+                            |r| r.get(0),
+                        )
+                        .map_err(|e| this.err(e))?;
+                    let count = count as usize;
+                    if count >= max_grants_per_user {
+                        return Err(ValidationError::TooManyGrants {
+                            user: asked.owner.name.clone(),
+                            environment: asked.environment.to_string(),
+                            count,
+                        }
+                        .into());
+                    }
+                    let reason = format!("added by {}", actor.name);
+                    let e = event(now, &actor, Action::Added, &asked, None, Some(asked.clone()), reason);
+                    (asked, e)
+                }
+            };
+            this.put(tx, &stored, now)?;
+            this.append(tx, &audit)?;
+            Ok(Upserted { grant: stored, previous })
+        })
+        .await
+    }
+
+    async fn remove(&self, key: &GrantKey, actor: &Actor, now: Timestamp) -> Result<Option<Grant>, StoreError> {
+        let (this, key, actor) = (self.clone(), key.clone(), actor.clone());
+        self.write(move |tx| {
+            let Some(old) = this.get(tx, &key)? else { return Ok(None) };
+            this.delete(tx, &key)?;
+            let reason = format!("removed by {}", actor.name);
+            this.append(tx, &event(now, &actor, Action::Removed, &old, Some(old.clone()), None, reason))?;
+            Ok(Some(old))
+        })
+        .await
+    }
+
+    async fn grants(&self, environment: Option<&Environment>) -> Result<Vec<Grant>, StoreError> {
+        let (this, env) = (self.clone(), environment.map(|e| e.to_string()));
+        self.run(move |conn| {
+            let sql = format!(
+                "SELECT {GRANT_COLUMNS} FROM grants WHERE ?1 IS NULL OR environment = ?1 ORDER BY environment, cidr"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(|e| this.err(e))?;
+            let rows = stmt.query_map(params![env], grant_from_row).map_err(|e| this.err(e))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.map_err(|e| this.err(e))?.map_err(|m| this.corrupt(m))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn expire(&self, now: Timestamp) -> Result<Vec<Grant>, StoreError> {
+        let this = self.clone();
+        self.write(move |tx| {
+            let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE expires_at_ms <= ?1 ORDER BY expires_at_ms");
+            let expired: Vec<Grant> = {
+                let mut stmt = tx.prepare_cached(&sql).map_err(|e| this.err(e))?;
+                let rows = stmt.query_map(params![ms(now)], grant_from_row).map_err(|e| this.err(e))?;
+                let mut out = Vec::new();
+                for row in rows {
+                    out.push(row.map_err(|e| this.err(e))?.map_err(|m| this.corrupt(m))?);
+                }
+                out
+            };
+            for g in &expired {
+                this.delete(tx, &g.key())?;
+                let at = g.expires_at.expect("selected by expiry");
+                let reason = format!("expired at {}", at);
+                this.append(tx, &event(now, &sweeper(), Action::Expired, g, Some(g.clone()), None, reason))?;
+            }
+            Ok(expired)
+        })
+        .await
+    }
+
+    async fn next_expiry(&self) -> Result<Option<Timestamp>, StoreError> {
+        let this = self.clone();
+        self.run(move |conn| {
+            let at: Option<i64> = conn
+                .query_row("SELECT MIN(expires_at_ms) FROM grants", [], |r| r.get(0))
+                .map_err(|e| this.err(e))?;
+            Ok(at.map(from_ms))
+        })
+        .await
+    }
+
+    async fn environments_with_history(&self) -> Result<BTreeSet<Environment>, StoreError> {
+        let this = self.clone();
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT DISTINCT environment FROM audit
+                     WHERE action IN ('added', 'refreshed', 'removed', 'expired')",
+                )
+                .map_err(|e| this.err(e))?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(|e| this.err(e))?;
+            let mut out = BTreeSet::new();
+            for row in rows {
+                let name = row.map_err(|e| this.err(e))?;
+                out.insert(Environment::parse(&name).map_err(|e| this.corrupt(e.to_string()))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let this = self.clone();
+        self.write(move |tx| this.append(tx, &event)).await
+    }
+
+    async fn audit(&self, environment: Option<&Environment>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let (this, env) = (self.clone(), environment.map(|e| e.to_string()));
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, at_ms, actor, interface, action, environment, cidr, before_json, after_json, reason
+                     FROM audit WHERE ?1 IS NULL OR environment = ?1 ORDER BY id DESC LIMIT ?2",
+                )
+                .map_err(|e| this.err(e))?;
+            let rows = stmt
+                .query_map(params![env, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                        r.get::<_, Option<String>>(8)?,
+                        r.get::<_, String>(9)?,
+                    ))
+                })
+                .map_err(|e| this.err(e))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, at, actor, interface, action, environment, cidr, before, after, reason) =
+                    row.map_err(|e| this.err(e))?;
+                let grant = |json: Option<String>| -> Result<Option<Grant>, StoreError> {
+                    json.map(|j| serde_json::from_str(&j).map_err(|e| this.corrupt(format!("audit {id}: {e}"))))
+                        .transpose()
+                };
+                out.push(AuditEvent {
+                    id,
+                    at: from_ms(at),
+                    actor,
+                    interface: Interface::parse(&interface)
+                        .ok_or_else(|| this.corrupt(format!("audit {id}: unknown interface {interface:?}")))?,
+                    action: Action::parse(&action)
+                        .ok_or_else(|| this.corrupt(format!("audit {id}: unknown action {action:?}")))?,
+                    environment,
+                    cidr,
+                    before: grant(before)?,
+                    after: grant(after)?,
+                    reason,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

@@ -1,0 +1,112 @@
+//! Store tests against SQLite files on disk.
+
+use std::os::unix::fs::PermissionsExt;
+
+use portcullis_core::{Action, Cidr, Description, Environment, Grant, Interface, Owner, Source, Timestamp, ValidationError};
+use portcullis_store::{Actor, SqliteStore, Store, StoreError, Upsert};
+use time::macros::datetime;
+use time::Duration;
+
+const T0: Timestamp = datetime!(2026-03-01 09:00 UTC);
+
+fn grant(cidr: &str, owner: &str, desc: &str, at: Timestamp, ttl: Duration) -> Grant {
+    Grant {
+        cidr: Cidr::parse(cidr).unwrap(),
+        environment: Environment::parse("dev").unwrap(),
+        owner: Owner::named(owner),
+        source: Source::Manual,
+        description: Description::parse(desc).unwrap(),
+        created_at: at,
+        expires_at: Some(at + ttl),
+    }
+}
+
+fn actor(name: &str) -> Actor {
+    Actor { name: name.into(), interface: Interface::Cli }
+}
+
+fn upsert(g: Grant, who: &str) -> Upsert {
+    Upsert { grant: g, actor: actor(who), max_grants_per_user: 3 }
+}
+
+#[tokio::test]
+async fn created_private_and_migrated_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(store.schema_version().unwrap(), 1);
+    drop(store);
+    let again = SqliteStore::open(&path).unwrap();
+    assert_eq!(again.schema_version().unwrap(), 1);
+    assert!(SqliteStore::open(dir.path().join("missing/dir/p.db")).is_err());
+}
+
+#[tokio::test]
+async fn refresh_keeps_owner_takes_later_expiry_and_audits_both_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("p.db")).unwrap();
+    let first = store.upsert(upsert(grant("198.51.100.7", "alice", "home", T0, Duration::days(7)), "alice")).await.unwrap();
+    assert!(first.previous.is_none());
+    let later = T0 + Duration::hours(1);
+    let second = store.upsert(upsert(grant("198.51.100.7/32", "bob", "office", later, Duration::hours(1)), "bob")).await.unwrap();
+    assert_eq!(second.grant.owner.name, "alice");
+    assert_eq!(second.grant.description.as_str(), "office");
+    assert_eq!(second.grant.expires_at, Some(T0 + Duration::days(7)));
+    assert_eq!(store.grants(None).await.unwrap().len(), 1);
+    let audit = store.audit(None, 10).await.unwrap();
+    assert_eq!(audit[0].action, Action::Refreshed);
+    assert!(audit[0].reason.contains("bob") && audit[0].reason.contains("alice"), "{}", audit[0].reason);
+    assert_eq!(audit[1].action, Action::Added);
+    assert!(store.environments_with_history().await.unwrap().contains(&Environment::parse("dev").unwrap()));
+}
+
+#[tokio::test]
+async fn per_user_limit_is_atomic_and_expire_sweeps_exactly_the_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("p.db")).unwrap();
+    for i in 1..=3 {
+        store.upsert(upsert(grant(&format!("203.0.113.{i}"), "alice", "", T0, Duration::minutes(i)), "alice")).await.unwrap();
+    }
+    let err = store.upsert(upsert(grant("203.0.113.9", "alice", "", T0, Duration::days(1)), "alice")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Validation(ValidationError::TooManyGrants { .. })), "{err}");
+    assert_eq!(store.next_expiry().await.unwrap(), Some(T0 + Duration::minutes(1)));
+    let gone = store.expire(T0 + Duration::minutes(2)).await.unwrap();
+    assert_eq!(gone.len(), 2);
+    assert_eq!(store.grants(None).await.unwrap().len(), 1);
+    let expired = store.audit(None, 10).await.unwrap().into_iter().filter(|e| e.action == Action::Expired).count();
+    assert_eq!(expired, 2);
+    // Expired grants no longer count against the limit.
+    store.upsert(upsert(grant("203.0.113.9", "alice", "", T0 + Duration::minutes(2), Duration::days(1)), "alice")).await.unwrap();
+}
+
+#[tokio::test]
+async fn audit_log_is_append_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.upsert(upsert(grant("198.51.100.7", "alice", "", T0, Duration::days(1)), "alice")).await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert!(conn.execute("DELETE FROM audit", []).is_err());
+    assert!(conn.execute("UPDATE audit SET actor = 'mallory'", []).is_err());
+}
+
+#[tokio::test]
+async fn two_handles_on_one_file_never_lose_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let (a, b) = (SqliteStore::open(&path).unwrap(), SqliteStore::open(&path).unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..40u8 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let g = grant(&format!("203.0.113.{i}"), &format!("user{i}"), "", T0, Duration::days(1));
+            store.upsert(upsert(g, "x")).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(a.grants(None).await.unwrap().len(), 40);
+    assert_eq!(b.audit(None, 100).await.unwrap().len(), 40);
+}
