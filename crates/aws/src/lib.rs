@@ -1,0 +1,39 @@
+//! The only crate that talks to AWS: security groups through the official SDK for Rust.
+//!
+//! One `DescribeSecurityGroups` (paginated) per region per observation; per group at most one
+//! Revoke, one UpdateSecurityGroupRuleDescriptionsIngress and one Authorize call, each carrying
+//! every rule of its kind. `InvalidPermission.Duplicate` / `NotFound` mean already done; the
+//! batch is then retried rule by rule so the rest still lands. Throttling is the SDK's retry
+//! configuration's job (adaptive, with backoff).
+
+mod counter;
+mod ec2;
+
+pub use counter::CallCounter;
+pub use ec2::Ec2Firewall;
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+
+/// Loads AWS configuration the standard way (environment, profiles, instance roles;
+/// `AWS_ENDPOINT_URL` honoured), with adaptive retries for throttling and bounded timeouts.
+pub async fn load_sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::adaptive().with_max_attempts(5))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(20))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// The region the standard configuration names (`AWS_REGION`, profile), if any.
+pub fn configured_region(config: &SdkConfig) -> Option<String> {
+    config.region().map(|r| r.to_string())
+}

@@ -583,8 +583,9 @@ impl Engine {
     pub async fn status(&self) -> Result<Status, EngineError> {
         let now = self.clock.now();
         let overdue = self.store.grants(None).await?.into_iter().filter(|g| !g.is_live(now)).collect();
+        let last_reconcile = self.last_reconcile.lock().expect("status mutex poisoned").clone();
         Ok(Status {
-            last_reconcile: self.last_reconcile.lock().expect("status mutex poisoned").clone(),
+            last_reconcile,
             next_expiry: self.store.next_expiry().await?,
             overdue,
         })

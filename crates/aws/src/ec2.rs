@@ -1,0 +1,334 @@
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_ec2::config::Region;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, SecurityGroup};
+use aws_sdk_ec2::Client;
+use portcullis_core::{
+    AppliedRule, Cidr, FamilyCounts, GroupChange, ObservedGroup, ObservedRule, PortRange, Protocol, TargetId,
+    TargetSelector, TargetSpec,
+};
+use portcullis_engine::{Applied, Firewall, FirewallError, Observation, ObserveFailure};
+
+use crate::CallCounter;
+
+const DUPLICATE: &str = "InvalidPermission.Duplicate";
+const NOT_FOUND: &str = "InvalidPermission.NotFound";
+
+/// EC2 security groups as a [`Firewall`].
+pub struct Ec2Firewall {
+    base: SdkConfig,
+    counter: CallCounter,
+    clients: Mutex<HashMap<(String, Option<String>), Client>>,
+    /// The endpoint override each region was observed through, reused to apply changes.
+    endpoints: Mutex<HashMap<String, Option<String>>>,
+}
+
+impl Ec2Firewall {
+    pub fn new(base: &SdkConfig) -> Ec2Firewall {
+        Ec2Firewall {
+            base: base.clone(),
+            counter: CallCounter::default(),
+            clients: Mutex::default(),
+            endpoints: Mutex::default(),
+        }
+    }
+
+    /// Counts of the EC2 operations this firewall has made.
+    pub fn calls(&self) -> &CallCounter {
+        &self.counter
+    }
+
+    fn client(&self, region: &str, endpoint: Option<&str>) -> Client {
+        let key = (region.to_string(), endpoint.map(str::to_string));
+        let mut clients = self.clients.lock().expect("client cache poisoned");
+        clients
+            .entry(key)
+            .or_insert_with(|| {
+                let mut config = aws_sdk_ec2::config::Builder::from(&self.base)
+                    .region(Region::new(region.to_string()))
+                    .interceptor(self.counter.clone());
+                if let Some(url) = endpoint {
+                    config = config.endpoint_url(url);
+                }
+                Client::from_conf(config.build())
+            })
+            .clone()
+    }
+
+    fn client_for_apply(&self, region: &str) -> Client {
+        let endpoint = self.endpoints.lock().expect("endpoint map poisoned").get(region).cloned().flatten();
+        self.client(region, endpoint.as_deref())
+    }
+}
+
+fn firewall_error<E, R>(err: aws_sdk_ec2::error::SdkError<E, R>) -> FirewallError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let code = err.code().map(str::to_string);
+    let message = match (err.code(), err.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        _ => DisplayErrorContext(&err).to_string(),
+    };
+    FirewallError { code, message }
+}
+
+fn port_range(perm: &IpPermission) -> Option<PortRange> {
+    let protocol = Protocol::from_ec2(perm.ip_protocol()?)?;
+    let from = u16::try_from(perm.from_port()?).ok()?;
+    let to = u16::try_from(perm.to_port()?).ok()?;
+    Some(PortRange { protocol, from, to })
+}
+
+fn observed_group(sg: &SecurityGroup, region: &str, spec: usize) -> ObservedGroup {
+    let mut rules = Vec::new();
+    let mut counts = FamilyCounts::default();
+    for perm in sg.ip_permissions() {
+        let ports = port_range(perm);
+        let cidrs = perm
+            .ip_ranges()
+            .iter()
+            .map(|r| (r.cidr_ip(), r.description()))
+            .chain(perm.ipv6_ranges().iter().map(|r| (r.cidr_ipv6(), r.description())));
+        for (raw, description) in cidrs {
+            let Some(raw) = raw else { continue };
+            let parsed = Cidr::parse(raw).ok();
+            counts.add(if raw.contains(':') { portcullis_core::Family::Ipv6 } else { portcullis_core::Family::Ipv4 }, 1);
+            if let (Some(cidr), Some(ports)) = (parsed, ports) {
+                rules.push(ObservedRule {
+                    cidr,
+                    raw_cidr: raw.to_string(),
+                    ports,
+                    description: description.map(str::to_string),
+                });
+            }
+        }
+        // Group references and prefix lists count against the quota too.
+        counts.ipv4 += perm.user_id_group_pairs().len() + perm.prefix_list_ids().len();
+    }
+    ObservedGroup {
+        id: TargetId { region: region.to_string(), group_id: sg.group_id().unwrap_or_default().to_string() },
+        name: sg.group_name().unwrap_or_default().to_string(),
+        tags: sg
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
+            .collect(),
+        rules,
+        counts,
+        spec,
+    }
+}
+
+fn selects(spec: &TargetSpec, sg: &SecurityGroup) -> bool {
+    match &spec.selector {
+        TargetSelector::Discovery { tag_key, tag_value } => {
+            sg.tags().iter().any(|t| t.key() == Some(tag_key) && t.value() == Some(tag_value))
+        }
+        TargetSelector::Ids(ids) => sg.group_id().is_some_and(|id| ids.iter().any(|i| i == id)),
+    }
+}
+
+/// One region's describe: a filter when every spec there selects the same way, else all groups.
+async fn describe_region(client: Client, region: String, specs: Vec<(usize, TargetSpec)>) -> Observation {
+    let mut request = client.describe_security_groups();
+    let discovery: BTreeSet<(&str, &str)> = specs
+        .iter()
+        .filter_map(|(_, s)| match &s.selector {
+            TargetSelector::Discovery { tag_key, tag_value } => Some((tag_key.as_str(), tag_value.as_str())),
+            TargetSelector::Ids(_) => None,
+        })
+        .collect();
+    let ids: BTreeSet<&str> = specs
+        .iter()
+        .flat_map(|(_, s)| match &s.selector {
+            TargetSelector::Ids(ids) => ids.iter().map(String::as_str).collect::<Vec<_>>(),
+            TargetSelector::Discovery { .. } => vec![],
+        })
+        .collect();
+    if ids.is_empty() && discovery.len() == 1 {
+        let (key, value) = discovery.first().expect("one selector");
+        request = request.filters(Filter::builder().name(format!("tag:{key}")).values(*value).build());
+    } else if discovery.is_empty() {
+        request = request.filters(Filter::builder().name("group-id").set_values(Some(ids.iter().map(|s| s.to_string()).collect())).build());
+    }
+    let mut out = Observation::default();
+    let mut pages = request.into_paginator().send();
+    let mut found = BTreeSet::new();
+    while let Some(page) = pages.next().await {
+        match page {
+            Ok(page) => {
+                for sg in page.security_groups() {
+                    if let Some((i, _)) = specs.iter().find(|(_, s)| selects(s, sg)) {
+                        found.insert(sg.group_id().unwrap_or_default().to_string());
+                        out.groups.push(observed_group(sg, &region, *i));
+                    }
+                }
+            }
+            Err(err) => {
+                out.groups.clear();
+                out.failures.push(ObserveFailure { region: region.clone(), group_id: None, error: firewall_error(err).message });
+                return out;
+            }
+        }
+    }
+    for id in ids.iter().filter(|id| !found.contains(**id)) {
+        out.failures.push(ObserveFailure {
+            region: region.clone(),
+            group_id: Some(id.to_string()),
+            error: "security group not found".into(),
+        });
+    }
+    out
+}
+
+/// Rules grouped into one permission per port range, IPv4 and IPv6 apart.
+fn permissions(rules: &[AppliedRule], with_descriptions: bool) -> Vec<IpPermission> {
+    let mut by_ports: BTreeMap<PortRange, (Vec<IpRange>, Vec<Ipv6Range>)> = BTreeMap::new();
+    for r in rules {
+        let entry = by_ports.entry(r.ports).or_default();
+        let description = with_descriptions.then(|| r.description.clone());
+        if r.ec2_cidr.contains(':') {
+            entry.1.push(Ipv6Range::builder().cidr_ipv6(&r.ec2_cidr).set_description(description).build());
+        } else {
+            entry.0.push(IpRange::builder().cidr_ip(&r.ec2_cidr).set_description(description).build());
+        }
+    }
+    by_ports
+        .into_iter()
+        .map(|(ports, (v4, v6))| {
+            IpPermission::builder()
+                .ip_protocol(ports.protocol.as_str())
+                .from_port(i32::from(ports.from))
+                .to_port(i32::from(ports.to))
+                .set_ip_ranges((!v4.is_empty()).then_some(v4))
+                .set_ipv6_ranges((!v6.is_empty()).then_some(v6))
+                .build()
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum Call {
+    Authorize,
+    Revoke,
+    UpdateDescriptions,
+}
+
+impl Call {
+    /// The error code that means "already done" for this call.
+    fn done_code(self) -> Option<&'static str> {
+        match self {
+            Call::Authorize => Some(DUPLICATE),
+            Call::Revoke => Some(NOT_FOUND),
+            Call::UpdateDescriptions => None,
+        }
+    }
+
+    async fn send(self, client: &Client, group: &str, perms: Vec<IpPermission>) -> Result<(), FirewallError> {
+        let perms = Some(perms);
+        match self {
+            Call::Authorize => client
+                .authorize_security_group_ingress()
+                .group_id(group)
+                .set_ip_permissions(perms)
+                .send()
+                .await
+                .map(drop)
+                .map_err(firewall_error),
+            Call::Revoke => client
+                .revoke_security_group_ingress()
+                .group_id(group)
+                .set_ip_permissions(perms)
+                .send()
+                .await
+                .map(drop)
+                .map_err(firewall_error),
+            Call::UpdateDescriptions => client
+                .update_security_group_rule_descriptions_ingress()
+                .group_id(group)
+                .set_ip_permissions(perms)
+                .send()
+                .await
+                .map(drop)
+                .map_err(firewall_error),
+        }
+    }
+
+    /// Sends every rule in one call; if some were already done, retries the rest one by one.
+    /// Returns (done now, already done).
+    async fn batch(self, client: &Client, group: &str, rules: &[AppliedRule]) -> Result<(usize, usize), FirewallError> {
+        if rules.is_empty() {
+            return Ok((0, 0));
+        }
+        let with_descriptions = !matches!(self, Call::Revoke);
+        match self.send(client, group, permissions(rules, with_descriptions)).await {
+            Ok(()) => Ok((rules.len(), 0)),
+            Err(err) if err.code.is_some() && err.code.as_deref() == self.done_code() => {
+                let (mut done, mut already) = (0, 0);
+                for rule in rules {
+                    match self.send(client, group, permissions(std::slice::from_ref(rule), with_descriptions)).await {
+                        Ok(()) => done += 1,
+                        Err(e) if e.code.as_deref() == self.done_code() => already += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok((done, already))
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
+
+#[async_trait]
+impl Firewall for Ec2Firewall {
+    async fn observe(&self, specs: &[TargetSpec]) -> Observation {
+        let mut by_region: BTreeMap<String, Vec<(usize, TargetSpec)>> = BTreeMap::new();
+        for (i, spec) in specs.iter().enumerate() {
+            by_region.entry(spec.region.clone()).or_default().push((i, spec.clone()));
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (region, specs) in by_region {
+            let endpoint = specs.iter().find_map(|(_, s)| s.endpoint_url.clone());
+            self.endpoints.lock().expect("endpoint map poisoned").insert(region.clone(), endpoint.clone());
+            let client = self.client(&region, endpoint.as_deref());
+            tasks.spawn(describe_region(client, region, specs));
+        }
+        let mut out = Observation::default();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(part) => {
+                    out.groups.extend(part.groups);
+                    out.failures.extend(part.failures);
+                }
+                Err(err) => out.failures.push(ObserveFailure {
+                    region: "?".into(),
+                    group_id: None,
+                    error: format!("describe task failed: {err}"),
+                }),
+            }
+        }
+        out.groups.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    async fn apply(&self, change: &GroupChange) -> Result<Applied, FirewallError> {
+        let client = self.client_for_apply(&change.target.region);
+        let group = change.target.group_id.as_str();
+        let mut applied = Applied::default();
+        // Revoke first: it frees quota for what is authorized after.
+        let (revoked, gone) = Call::Revoke.batch(&client, group, &change.revoke).await?;
+        let (updated, _) = Call::UpdateDescriptions.batch(&client, group, &change.update_descriptions).await?;
+        let (authorized, present) = Call::Authorize.batch(&client, group, &change.authorize).await?;
+        applied.revoked = revoked;
+        applied.updated = updated;
+        applied.authorized = authorized;
+        applied.already_done = gone + present;
+        Ok(applied)
+    }
+}

@@ -1,0 +1,403 @@
+//! The command line: `--help` is the manual.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis_core::{Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp, Ttl};
+use portcullis_engine::{AddRequest, Cause, EngineError, ReconcileReport, Scope};
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError, Overrides};
+use crate::wiring::{self, WiringError};
+
+const EXAMPLES: &str = "Examples:
+  portcullis add 203.0.113.7 --ttl 7d --description 'Home office'
+  portcullis add 2001:db8:1::/48 --env prod --ttl=12h --as alice
+  portcullis list --all --json
+  portcullis remove 203.0.113.7
+  portcullis --firewall aws refresh --dry-run
+  portcullis serve --listen 127.0.0.1:8080
+
+Without a config file portcullis uses a SQLite store (portcullis.db) and the dry-run firewall,
+and manages the environment named by ENVIRONMENT (default dev).";
+
+/// Time-boxed, audited network allowlisting for AWS security groups.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, after_help = EXAMPLES)]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "PORTCULLIS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where grants live: sqlite:PATH (default sqlite:portcullis.db) or dynamodb:TABLE.
+    #[arg(long, global = true, value_name = "SPEC")]
+    store: Option<String>,
+    /// What applies changes: aws (EC2 security groups) or dry-run (print them; the default).
+    #[arg(long, global = true, value_name = "KIND")]
+    firewall: Option<String>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Allow a network for a while (adding it again refreshes it).
+    Add {
+        /// IPv4 or IPv6 address or CIDR, e.g. 203.0.113.7 or 2001:db8::/48.
+        #[arg(value_name = "IP|CIDR")]
+        cidr: String,
+        /// Environment (default: ENVIRONMENT, else dev).
+        #[arg(long, value_name = "E")]
+        env: Option<String>,
+        /// How long: Nm (1-1440), Nh (1-24) or Nd (1-365); default 30d.
+        #[arg(long, value_name = "T")]
+        ttl: Option<String>,
+        /// Why: printable text, at most 200 characters.
+        #[arg(long, value_name = "D", default_value = "")]
+        description: String,
+        /// The user acting (default: the OS user).
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
+    },
+    /// Take a network's access away now.
+    Remove {
+        #[arg(value_name = "IP|CIDR")]
+        cidr: String,
+        #[arg(long, value_name = "E")]
+        env: Option<String>,
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
+    },
+    /// Show live grants.
+    List {
+        #[arg(long, value_name = "E")]
+        env: Option<String>,
+        /// Every environment.
+        #[arg(long, conflicts_with = "env")]
+        all: bool,
+    },
+    /// Bring the security groups to the stored state now (repairs drift).
+    Refresh {
+        #[arg(long, value_name = "E")]
+        env: Option<String>,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Revoke and record every grant that has expired.
+    Sweep,
+    /// Show the audit log, newest first.
+    Audit {
+        #[arg(long, value_name = "E")]
+        env: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Create the store if it is missing (idempotent).
+    Init,
+    /// Run the HTTP API, the sweeper and the periodic reconcile.
+    Serve {
+        /// Address to listen on (PORTCULLIS_LISTEN; default 127.0.0.1:8080). Loopback only
+        /// until the API has authentication.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+}
+
+/// A failure, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Operational(String),
+}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError::Usage(e.to_string())
+    }
+}
+
+impl From<EngineError> for CliError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Validation(v) => CliError::Usage(v.to_string()),
+            other => CliError::Operational(other.to_string()),
+        }
+    }
+}
+
+impl From<WiringError> for CliError {
+    fn from(e: WiringError) -> Self {
+        match e {
+            WiringError::Unsupported(m) => CliError::Usage(m),
+            other => CliError::Operational(other.to_string()),
+        }
+    }
+}
+
+impl From<portcullis_core::ValidationError> for CliError {
+    fn from(e: portcullis_core::ValidationError) -> Self {
+        CliError::Usage(e.to_string())
+    }
+}
+
+pub async fn run(args: Args) -> ExitCode {
+    let json = args.json;
+    match execute(args).await {
+        Ok(code) => code,
+        Err(err) => {
+            let code = match err {
+                CliError::Usage(_) => 2,
+                CliError::Operational(_) => 1,
+            };
+            if json {
+                let kind = if code == 2 { "invalid" } else { "failed" };
+                println!("{}", serde_json::json!({"error": {"code": kind, "message": err.to_string()}}));
+            }
+            eprintln!("error: {err}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn environment(config: &Config, env: Option<String>) -> Result<Environment, CliError> {
+    match env {
+        Some(name) => Ok(Environment::parse(&name)?),
+        None => Ok(config.default_environment.clone()),
+    }
+}
+
+fn acting_user(as_user: Option<String>) -> Result<Owner, CliError> {
+    let name = as_user
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    if name.chars().any(char::is_control) || name.chars().count() > 100 {
+        return Err(CliError::Usage(format!("invalid user name {name:?}")));
+    }
+    Ok(Owner::named(name.trim()))
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).expect("values serialise"));
+}
+
+async fn execute(args: Args) -> Result<ExitCode, CliError> {
+    let serving = matches!(args.command, Command::Serve { .. });
+    init_logging(args.json && !serving);
+    let listen = match &args.command {
+        Command::Serve { listen } => listen.clone(),
+        _ => None,
+    };
+    let overrides = Overrides { config_file: args.config, store: args.store, firewall: args.firewall, listen };
+    let config = Config::load(&overrides, &|k| std::env::var(k).ok())?;
+    let json = args.json;
+    match args.command {
+        Command::Add { cidr, env, ttl, description, as_user } => {
+            let cidr = Cidr::parse(&cidr)?;
+            let ttl = ttl.map(|t| Ttl::parse(&t)).transpose()?;
+            let description = Description::parse(&description)?;
+            let environment = environment(&config, env)?;
+            let owner = acting_user(as_user)?;
+            let engine = wiring::engine(&config, false, json).await?;
+            let outcome = engine
+                .add(AddRequest { cidr, environment, ttl, description, owner, source: Source::Manual, interface: Interface::Cli })
+                .await?;
+            if json {
+                print_json(&outcome);
+            } else {
+                let verb = if outcome.refreshed { "refreshed" } else { "added" };
+                let g = &outcome.grant;
+                println!(
+                    "{verb} {} in {} until {} ({}), owner {}",
+                    g.cidr,
+                    g.environment,
+                    g.expires_at.map(human_time).unwrap_or_else(|| "never".into()),
+                    g.expires_at.map(|t| remaining(t, engine.clock().now())).unwrap_or_default(),
+                    g.owner.name
+                );
+                print_report(&outcome.report);
+            }
+            Ok(exit_for(&outcome.report))
+        }
+        Command::Remove { cidr, env, as_user } => {
+            let key = GrantKey { cidr: Cidr::parse(&cidr)?, environment: environment(&config, env)? };
+            let owner = acting_user(as_user)?;
+            let engine = wiring::engine(&config, false, json).await?;
+            let outcome = engine.remove(&key, &owner, Interface::Cli).await?;
+            if json {
+                print_json(&outcome);
+            } else {
+                println!("removed {} from {}", outcome.grant.cidr, outcome.grant.environment);
+                print_report(&outcome.report);
+            }
+            Ok(exit_for(&outcome.report))
+        }
+        Command::List { env, all } => {
+            let store = wiring::open_store(&config)?;
+            let scope = if all { None } else { Some(environment(&config, env)?) };
+            let now = Timestamp::now_utc();
+            let grants: Vec<Grant> = store
+                .grants(scope.as_ref())
+                .await
+                .map_err(|e| CliError::Operational(e.to_string()))?
+                .into_iter()
+                .filter(|g| g.is_live(now))
+                .collect();
+            if json {
+                print_json(&grants);
+            } else if grants.is_empty() {
+                println!("no live grants");
+            } else {
+                for g in &grants {
+                    println!(
+                        "{:<20} {:<8} {:<16} {:<24} {}",
+                        g.cidr.to_string(),
+                        g.environment.as_str(),
+                        g.owner.name,
+                        g.expires_at.map(|t| remaining(t, now)).unwrap_or_else(|| "no expiry".into()),
+                        g.description
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Refresh { env, dry_run } => {
+            let scope = match env {
+                Some(name) => Scope::Environment(Environment::parse(&name)?),
+                None => Scope::All,
+            };
+            let engine = wiring::engine(&config, dry_run, json).await?;
+            let report = engine.reconcile(scope, Cause::Refresh, false).await?;
+            if json {
+                print_json(&report);
+            } else {
+                print_report(&report);
+            }
+            Ok(exit_for(&report))
+        }
+        Command::Sweep => {
+            let engine = wiring::engine(&config, false, json).await?;
+            let report = engine.sweep().await?;
+            if json {
+                print_json(&report);
+            } else {
+                println!("{} grants expired", report.expired.len());
+                for g in &report.expired {
+                    println!("  {} in {}", g.cidr, g.environment);
+                }
+                if let Some(r) = &report.reconcile {
+                    print_report(r);
+                }
+            }
+            Ok(report.reconcile.as_ref().map(exit_for).unwrap_or(ExitCode::SUCCESS))
+        }
+        Command::Audit { env, limit } => {
+            let store = wiring::open_store(&config)?;
+            let env = env.map(|e| Environment::parse(&e)).transpose()?;
+            let events = store.audit(env.as_ref(), limit).await.map_err(|e| CliError::Operational(e.to_string()))?;
+            if json {
+                print_json(&events);
+            } else {
+                for e in &events {
+                    println!(
+                        "{} {:<14} {:<8} {:<20} {:<10} {}",
+                        human_time(e.at),
+                        e.action.as_str(),
+                        e.environment,
+                        e.cidr.as_deref().unwrap_or("-"),
+                        e.interface.as_str(),
+                        e.reason
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init => {
+            wiring::open_store(&config)?;
+            if json {
+                print_json(&serde_json::json!({"store": format!("{:?}", config.store), "ready": true}));
+            } else {
+                println!("store ready: {:?}", config.store);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { .. } => {
+            crate::http::serve(config).await.map_err(|e| match e {
+                crate::http::ServeError::Refused(m) => CliError::Usage(m),
+                other => CliError::Operational(other.to_string()),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn exit_for(report: &ReconcileReport) -> ExitCode {
+    if report.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn print_report(r: &ReconcileReport) {
+    println!(
+        "{} groups: authorized {}, revoked {}, updated {}, unchanged {}, unowned left alone {}",
+        r.targets, r.authorized, r.revoked, r.updated, r.unchanged, r.unowned_left_alone
+    );
+    for w in &r.withheld {
+        println!(
+            "left in place: {} on {} is marked for {}, but this store has never recorded anything for {}; \
+             add a grant for it to keep it, or remove the rule by hand",
+            w.rule.ec2_cidr, w.target, w.environment, w.environment
+        );
+    }
+    for s in &r.skipped {
+        println!("skipped {}: {}", s.id, s.reason);
+    }
+    for f in r.failure_messages() {
+        eprintln!("failed: {f}");
+    }
+}
+
+pub fn human_time(t: Timestamp) -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    t.format(&f).unwrap_or_else(|_| t.to_string())
+}
+
+/// "expires in 6d 23h", "expired".
+pub fn remaining(at: Timestamp, now: Timestamp) -> String {
+    let left = at - now;
+    if left <= time::Duration::ZERO {
+        return "expired".into();
+    }
+    let (d, h, m, s) = (left.whole_days(), left.whole_hours() % 24, left.whole_minutes() % 60, left.whole_seconds() % 60);
+    let text = if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {s}s")
+    } else {
+        format!("{s}s")
+    };
+    format!("expires in {text}")
+}

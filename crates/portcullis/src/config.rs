@@ -1,0 +1,432 @@
+//! Configuration: an optional TOML file, the seed's environment variables, and flags.
+//!
+//! Precedence: command-line flag, then environment variable, then file, then the defaults in
+//! DESIGN.md. Every error names the key it is about.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use portcullis_core::{Environment, Marker, Policy, PortSet, RuleQuota, TargetSelector, TargetSpec, Ttl};
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn error(key: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError { key: key.into(), message: message.to_string() }
+}
+
+/// The file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    store: Option<String>,
+    firewall: Option<String>,
+    listen: Option<String>,
+    default_environment: Option<String>,
+    marker_prefix: Option<String>,
+    rule_quota_ipv4: Option<usize>,
+    rule_quota_ipv6: Option<usize>,
+    reconcile_interval_secs: Option<u64>,
+    default_ports: Option<String>,
+    discovery_tag_key: Option<String>,
+    discovery_tag_value: Option<String>,
+    #[serde(default)]
+    environments: BTreeMap<String, FileEnvironment>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEnvironment {
+    max_ttl: Option<String>,
+    max_grants_per_user: Option<usize>,
+    min_prefix_v4: Option<u8>,
+    min_prefix_v6: Option<u8>,
+    allowed_ports: Option<String>,
+    users: Option<Vec<String>>,
+    refuse_special_purpose: Option<bool>,
+    #[serde(default)]
+    targets: Vec<FileTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTarget {
+    region: String,
+    #[serde(default)]
+    discovery: bool,
+    group_ids: Option<Vec<String>>,
+    ports: Option<String>,
+    endpoint_url: Option<String>,
+}
+
+/// Which firewall applies changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirewallKind {
+    Aws,
+    DryRun,
+}
+
+impl FirewallKind {
+    pub fn parse(text: &str) -> Option<FirewallKind> {
+        match text {
+            "aws" => Some(FirewallKind::Aws),
+            "dry-run" => Some(FirewallKind::DryRun),
+            _ => None,
+        }
+    }
+}
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Sqlite(PathBuf),
+    Dynamodb(String),
+}
+
+impl StoreSpec {
+    pub fn parse(text: &str) -> Option<StoreSpec> {
+        if let Some(path) = text.strip_prefix("sqlite:") {
+            (!path.is_empty()).then(|| StoreSpec::Sqlite(PathBuf::from(path)))
+        } else {
+            text.strip_prefix("dynamodb:").filter(|t| !t.is_empty()).map(|t| StoreSpec::Dynamodb(t.to_string()))
+        }
+    }
+}
+
+/// Everything the process runs with, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store: StoreSpec,
+    pub firewall: FirewallKind,
+    pub listen: SocketAddr,
+    pub default_environment: Environment,
+    pub policies: BTreeMap<Environment, Policy>,
+    pub specs: Vec<TargetSpec>,
+    pub marker: Marker,
+    pub quota: RuleQuota,
+    pub reconcile_interval: time::Duration,
+}
+
+/// What the command line says, before the environment and file are consulted.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub store: Option<String>,
+    pub firewall: Option<String>,
+    pub listen: Option<String>,
+}
+
+/// Reads environment variables through a function, so tests can pass their own.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Config {
+    pub fn load(overrides: &Overrides, env: Env<'_>) -> Result<Config, ConfigError> {
+        let file_path = overrides.config_file.clone().or_else(|| env("PORTCULLIS_CONFIG").map(PathBuf::from));
+        let file = match &file_path {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Config::resolve(file, overrides, env)
+    }
+
+    fn resolve(file: FileConfig, overrides: &Overrides, env: Env<'_>) -> Result<Config, ConfigError> {
+        let store_text = overrides
+            .store
+            .clone()
+            .or_else(|| env("PORTCULLIS_STORE"))
+            .or(file.store)
+            .unwrap_or_else(|| "sqlite:portcullis.db".into());
+        let store = StoreSpec::parse(&store_text)
+            .ok_or_else(|| error("store", format!("{store_text:?} is not sqlite:PATH or dynamodb:TABLE")))?;
+
+        let firewall_text = overrides.firewall.clone().or_else(|| env("PORTCULLIS_FIREWALL")).or(file.firewall);
+        let firewall = match firewall_text {
+            None => FirewallKind::DryRun,
+            Some(text) => FirewallKind::parse(&text)
+                .ok_or_else(|| error("firewall", format!("{text:?} is not aws or dry-run")))?,
+        };
+
+        let listen_text = overrides
+            .listen
+            .clone()
+            .or_else(|| env("PORTCULLIS_LISTEN"))
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr =
+            listen_text.parse().map_err(|_| error("listen", format!("{listen_text:?} is not an address:port")))?;
+
+        let marker_prefix = file.marker_prefix.unwrap_or_else(|| "pc".into());
+        let marker = Marker::new(&marker_prefix)
+            .ok_or_else(|| error("marker_prefix", "use 1-16 characters from a-z A-Z 0-9 _ -"))?;
+        let quota = RuleQuota {
+            ipv4: positive("rule_quota_ipv4", file.rule_quota_ipv4.unwrap_or(60))?,
+            ipv6: positive("rule_quota_ipv6", file.rule_quota_ipv6.unwrap_or(60))?,
+        };
+        let interval = file.reconcile_interval_secs.unwrap_or(60);
+        if interval == 0 {
+            return Err(error("reconcile_interval_secs", "must be at least 1"));
+        }
+        let default_ports = match &file.default_ports {
+            Some(text) => PortSet::parse(text).map_err(|e| error("default_ports", e))?,
+            None => PortSet::alb(),
+        };
+        let tag_key = env("SG_DISCOVERY_TAG_KEY").or(file.discovery_tag_key).unwrap_or_else(|| "WhitelistManaged".into());
+        let tag_value = env("SG_DISCOVERY_TAG_VALUE").or(file.discovery_tag_value).unwrap_or_else(|| "true".into());
+
+        let default_env_text = env("ENVIRONMENT").or(file.default_environment).unwrap_or_else(|| "dev".into());
+        let default_environment = Environment::parse(&default_env_text)
+            .map_err(|e| error(if env("ENVIRONMENT").is_some() { "ENVIRONMENT" } else { "default_environment" }, e))?;
+
+        let mut policies = BTreeMap::new();
+        let mut specs = Vec::new();
+        for (name, fe) in &file.environments {
+            let key = format!("environments.{name}");
+            let environment = Environment::parse(name).map_err(|e| error(&key, e))?;
+            let policy = policy(&key, fe)?;
+            for (i, t) in fe.targets.iter().enumerate() {
+                let tkey = format!("{key}.targets[{i}]");
+                let selector = match (&t.group_ids, t.discovery) {
+                    (Some(_), true) => return Err(error(&tkey, "give either discovery = true or group_ids, not both")),
+                    (None, false) => return Err(error(&tkey, "give discovery = true or group_ids")),
+                    (Some(ids), false) => {
+                        for id in ids {
+                            check_group_id(&format!("{tkey}.group_ids"), id)?;
+                        }
+                        TargetSelector::Ids(ids.clone())
+                    }
+                    (None, true) => TargetSelector::Discovery { tag_key: tag_key.clone(), tag_value: tag_value.clone() },
+                };
+                let ports = match &t.ports {
+                    Some(text) => PortSet::parse(text).map_err(|e| error(format!("{tkey}.ports"), e))?,
+                    None => default_ports.clone(),
+                };
+                if !ports.within(&policy.allowed_ports) {
+                    return Err(error(format!("{tkey}.ports"), format!("{ports} is outside allowed_ports {}", policy.allowed_ports)));
+                }
+                if t.region.trim().is_empty() {
+                    return Err(error(format!("{tkey}.region"), "is empty"));
+                }
+                specs.push(TargetSpec {
+                    region: t.region.clone(),
+                    selector,
+                    environment: environment.clone(),
+                    default_ports: ports,
+                    endpoint_url: t.endpoint_url.clone(),
+                });
+            }
+            policies.insert(environment, policy);
+        }
+        if policies.is_empty() {
+            policies.insert(default_environment.clone(), Policy::default());
+        } else if !policies.contains_key(&default_environment) {
+            return Err(error(
+                "ENVIRONMENT",
+                format!(
+                    "{default_environment} is not one of the configured environments ({})",
+                    policies.keys().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+
+        // The seed's variables configure the default environment when the file gives it no targets.
+        if !specs.iter().any(|s| s.environment == default_environment) {
+            let discovery = match env("ENABLE_SG_DISCOVERY").as_deref().map(str::trim) {
+                None | Some("") => false,
+                Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => true,
+                Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => false,
+                Some(v) => return Err(error("ENABLE_SG_DISCOVERY", format!("{v:?} is not true or false"))),
+            };
+            let ids = match env("MANAGED_SECURITY_GROUP_IDS").filter(|v| !v.trim().is_empty()) {
+                None => vec![],
+                Some(json) => {
+                    let ids: Vec<String> = serde_json::from_str(&json).map_err(|e| {
+                        error("MANAGED_SECURITY_GROUP_IDS", format!("must be a JSON array of group ids: {e}"))
+                    })?;
+                    for id in &ids {
+                        check_group_id("MANAGED_SECURITY_GROUP_IDS", id)?;
+                    }
+                    ids
+                }
+            };
+            let selector = if discovery {
+                Some(TargetSelector::Discovery { tag_key, tag_value })
+            } else if !ids.is_empty() {
+                Some(TargetSelector::Ids(ids))
+            } else {
+                None
+            };
+            if let Some(selector) = selector {
+                let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).ok_or_else(|| {
+                    error("AWS_REGION", "is required when ENABLE_SG_DISCOVERY or MANAGED_SECURITY_GROUP_IDS is set")
+                })?;
+                specs.push(TargetSpec {
+                    region,
+                    selector,
+                    environment: default_environment.clone(),
+                    default_ports,
+                    endpoint_url: None,
+                });
+            }
+        }
+
+        Ok(Config {
+            store,
+            firewall,
+            listen,
+            default_environment,
+            policies,
+            specs,
+            marker,
+            quota,
+            reconcile_interval: time::Duration::seconds(interval as i64),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| error(path.display().to_string(), e))?;
+    toml::from_str(&text).map_err(|e| {
+        let message = e.message().to_string();
+        let key = e
+            .span()
+            .map(|span| {
+                let line = text[..span.start].lines().count().max(1);
+                format!("{} line {line}", path.display())
+            })
+            .unwrap_or_else(|| path.display().to_string());
+        error(key, message)
+    })
+}
+
+fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 {
+        Err(error(key, "must be at least 1"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn check_group_id(key: &str, id: &str) -> Result<(), ConfigError> {
+    let ok = id.strip_prefix("sg-").is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if ok {
+        Ok(())
+    } else {
+        Err(error(key, format!("{id:?} is not a security group id (sg-…)")))
+    }
+}
+
+fn policy(key: &str, fe: &FileEnvironment) -> Result<Policy, ConfigError> {
+    let defaults = Policy::default();
+    let max_ttl = match &fe.max_ttl {
+        Some(text) => Ttl::parse(text).map_err(|e| error(format!("{key}.max_ttl"), e))?,
+        None => defaults.max_ttl,
+    };
+    let min_prefix_v4 = fe.min_prefix_v4.unwrap_or(defaults.min_prefix_v4);
+    if !(1..=32).contains(&min_prefix_v4) {
+        return Err(error(format!("{key}.min_prefix_v4"), "must be from 1 to 32"));
+    }
+    let min_prefix_v6 = fe.min_prefix_v6.unwrap_or(defaults.min_prefix_v6);
+    if !(1..=128).contains(&min_prefix_v6) {
+        return Err(error(format!("{key}.min_prefix_v6"), "must be from 1 to 128"));
+    }
+    let allowed_ports = match &fe.allowed_ports {
+        Some(text) => PortSet::parse(text).map_err(|e| error(format!("{key}.allowed_ports"), e))?,
+        None => defaults.allowed_ports,
+    };
+    Ok(Policy {
+        max_ttl,
+        max_grants_per_user: positive(&format!("{key}.max_grants_per_user"), fe.max_grants_per_user.unwrap_or(defaults.max_grants_per_user))?,
+        min_prefix_v4,
+        min_prefix_v6,
+        allowed_ports,
+        allowed_users: fe.users.as_ref().map(|u| u.iter().cloned().collect()),
+        refuse_special_purpose: fe.refuse_special_purpose.unwrap_or(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(toml_text).map_err(|e| error("file", e.message()))?;
+        let vars: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::resolve(file, &Overrides::default(), &|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.store, StoreSpec::Sqlite("portcullis.db".into()));
+        assert_eq!(c.firewall, FirewallKind::DryRun);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.default_environment.as_str(), "dev");
+        assert_eq!(c.policies.len(), 1);
+        assert!(c.specs.is_empty());
+    }
+
+    #[test]
+    fn seed_variables() {
+        let c = load("", &[("ENVIRONMENT", "staging"), ("MANAGED_SECURITY_GROUP_IDS", r#"["sg-1", "sg-2"]"#), ("AWS_REGION", "eu-west-1")]).unwrap();
+        assert_eq!(c.default_environment.as_str(), "staging");
+        assert_eq!(c.specs[0].selector, TargetSelector::Ids(vec!["sg-1".into(), "sg-2".into()]));
+        // The seed's variables alone never switch AWS on.
+        assert_eq!(c.firewall, FirewallKind::DryRun);
+        let c = load("", &[("ENABLE_SG_DISCOVERY", "true"), ("SG_DISCOVERY_TAG_KEY", "K"), ("AWS_REGION", "eu-west-1")]).unwrap();
+        assert_eq!(c.specs[0].selector, TargetSelector::Discovery { tag_key: "K".into(), tag_value: "true".into() });
+        let err = load("", &[("MANAGED_SECURITY_GROUP_IDS", "sg-1")]).unwrap_err();
+        assert_eq!(err.key, "MANAGED_SECURITY_GROUP_IDS");
+        let err = load("", &[("ENABLE_SG_DISCOVERY", "true")]).unwrap_err();
+        assert_eq!(err.key, "AWS_REGION");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = load("[environments.dev]\nmax_ttl = \"9y\"\n", &[]).unwrap_err();
+        assert_eq!(err.key, "environments.dev.max_ttl");
+        let err = load("[environments.dev]\n[[environments.dev.targets]]\nregion = \"us-east-1\"\n", &[]).unwrap_err();
+        assert_eq!(err.key, "environments.dev.targets[0]");
+        let err = load("[environments.dev]\n[[environments.dev.targets]]\nregion = \"r\"\ngroup_ids = [\"sg-1\"]\nports = \"tcp:22\"\n", &[]).unwrap_err();
+        assert_eq!(err.key, "environments.dev.targets[0].ports");
+        let err = load("[environments.prod]\n", &[]).unwrap_err();
+        assert_eq!(err.key, "ENVIRONMENT");
+        assert!(toml::from_str::<FileConfig>("colour = 1").unwrap_err().message().contains("colour"));
+    }
+
+    #[test]
+    fn a_full_file() {
+        let c = load(
+            r#"
+            firewall = "aws"
+            marker_prefix = "pcx"
+            rule_quota_ipv4 = 50
+            [environments.dev]
+            [[environments.dev.targets]]
+            region = "us-east-1"
+            discovery = true
+            [environments.prod]
+            users = ["alice"]
+            max_ttl = "7d"
+            [[environments.prod.targets]]
+            region = "eu-west-1"
+            group_ids = ["sg-0abc"]
+            ports = "nlb"
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.firewall, FirewallKind::Aws);
+        assert_eq!(c.specs.len(), 2);
+        assert_eq!(c.quota.ipv4, 50);
+        let prod = &c.policies[&Environment::parse("prod").unwrap()];
+        assert_eq!(prod.max_ttl.to_string(), "7d");
+        assert!(prod.allowed_users.as_ref().unwrap().contains("alice"));
+    }
+}
