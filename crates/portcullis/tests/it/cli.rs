@@ -1,0 +1,181 @@
+//! The CLI against moto: what a user of `portcullis add/remove/refresh` sees.
+
+use serde_json::Value;
+
+use crate::support::{text, World};
+
+const HOME: &str = "pc:dev tester: Home office";
+
+fn ok(out: &std::process::Output) {
+    assert!(out.status.success(), "{}", text(out));
+}
+
+#[tokio::test]
+async fn add_refresh_remove_on_every_managed_group_leaving_others_alone() {
+    let w = World::new().await;
+    let alb = w.group(true, &[]).await;
+    let nlb = w.group(true, &[("WhitelistPorts", "nlb")]).await;
+    let untagged = w.group(false, &[]).await;
+    w.hand_rule(&alb, "192.0.2.10/32", 80, "office VPN").await;
+    w.hand_rule(&untagged, "192.0.2.11/32", 443, "2020-01-01").await;
+    let untagged_before = w.rules(&untagged).await;
+
+    ok(&w.cli(&["add", "198.51.100.7", "--ttl", "1h", "--description", "Home office"]));
+    assert_eq!(
+        w.rules(&alb).await,
+        vec![
+            ("192.0.2.10/32".into(), 80, Some("office VPN".into())),
+            ("198.51.100.7/32".into(), 80, Some(HOME.into())),
+            ("198.51.100.7/32".into(), 443, Some(HOME.into())),
+        ]
+    );
+    assert_eq!(w.rules(&nlb).await, vec![("198.51.100.7/32".into(), 7233, Some(HOME.into()))]);
+    assert_eq!(w.rules(&untagged).await, untagged_before);
+
+    // Adding again refreshes: no duplicate, no error, the description follows.
+    let out = w.cli(&["add", "198.51.100.7/32", "--ttl=2h", "--description", "Train", "--as", "bob"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("refreshed"), "{}", text(&out));
+    let rules = w.rules(&alb).await;
+    assert_eq!(rules.len(), 3);
+    assert!(rules.contains(&("198.51.100.7/32".into(), 443, Some("pc:dev tester: Train".into()))), "{rules:?}");
+    let grants = w.grants();
+    assert_eq!(grants.as_array().unwrap().len(), 1);
+    assert_eq!(grants[0]["owner"]["name"], "tester");
+
+    // IPv6 goes to Ipv6Ranges.
+    ok(&w.cli(&["add", "2001:db8:1::1", "--ttl", "1h"]));
+    let keys = w.keys(&nlb).await;
+    assert!(keys.contains(&("2001:db8:1::1/128".into(), 7233)), "{keys:?}");
+
+    ok(&w.cli(&["remove", "198.51.100.7"]));
+    assert_eq!(
+        w.keys(&alb).await,
+        [("192.0.2.10/32".to_string(), 80), ("2001:db8:1::1/128".into(), 80), ("2001:db8:1::1/128".into(), 443)].into()
+    );
+    assert_eq!(w.rules(&untagged).await, untagged_before);
+    let again = w.cli(&["remove", "198.51.100.7"]);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+
+    let audit: Value = serde_json::from_slice(&w.cli(&["audit", "--json"]).stdout).unwrap();
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["removed", "added", "refreshed", "added"]);
+}
+
+#[tokio::test]
+async fn bad_input_exits_2_and_changes_nothing() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    w.hand_rule(&group, "192.0.2.10/32", 80, "office VPN").await;
+    let full = w.group(true, &[("WhitelistPorts", "alb")]).await;
+    for i in 0..59 {
+        w.hand_rule(&full, &format!("192.0.2.{i}/32"), 443, "hand").await;
+    }
+    let before = (w.rules(&group).await, w.rules(&full).await);
+
+    let long = "x".repeat(201);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["add", "1.2.3"], "invalid address"),
+        (vec!["add", "198.51.100.300"], "invalid address"),
+        (vec!["add", "1.2.3.4/33"], "at most 32"),
+        (vec!["add", "0.0.0.0/0"], "whole internet"),
+        (vec!["add", "::/0"], "whole internet"),
+        (vec!["add", "10.0.0.0/8"], "too wide"),
+        (vec!["add", "2001:db8::/32"], "too wide"),
+        (vec!["add", "198.51.100.7", "--ttl", "0m"], "invalid TTL"),
+        (vec!["add", "198.51.100.7", "--ttl", "1441m"], "invalid TTL"),
+        (vec!["add", "198.51.100.7", "--ttl", "366d"], "invalid TTL"),
+        (vec!["add", "198.51.100.7", "--ttl=7x"], "invalid TTL"),
+        (vec!["add", "198.51.100.7", "--env", "nope"], "unknown environment"),
+        (vec!["add", "198.51.100.7", "--env", "bad name!"], "invalid environment name"),
+        (vec!["add", "198.51.100.7", "--description", &long], "201 characters"),
+        (vec!["add", "198.51.100.7", "--description", "bell\u{7}"], "control character"),
+        (vec!["add"], "IP|CIDR"),
+        (vec!["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, expected) in &cases {
+        let out = w.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
+    }
+    // A full group refuses the grant before any call, naming the group.
+    let out = w.cli(&["add", "198.51.100.7"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&full) && stderr.contains("full"), "{stderr}");
+
+    assert_eq!(w.grants(), serde_json::json!([]));
+    assert_eq!((w.rules(&group).await, w.rules(&full).await), before);
+}
+
+#[tokio::test]
+async fn drift_is_repaired_and_a_second_refresh_changes_nothing() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    ok(&w.cli(&["add", "198.51.100.7", "--ttl", "1h", "--description", "Home office"]));
+    w.delete_rule(&group, "198.51.100.7/32", 443).await;
+    w.hand_rule(&group, "203.0.113.99/32", 80, "pc:dev ghost: no grant").await;
+    w.hand_rule(&group, "192.0.2.10/32", 80, "hand made").await;
+
+    let out = w.cli(&["refresh", "--json"]);
+    ok(&out);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["authorized"].as_u64(), report["revoked"].as_u64()), (Some(1), Some(1)), "{report}");
+    assert_eq!(report["unowned_left_alone"], 1);
+    assert_eq!(
+        w.rules(&group).await,
+        vec![
+            ("192.0.2.10/32".into(), 80, Some("hand made".into())),
+            ("198.51.100.7/32".into(), 80, Some(HOME.into())),
+            ("198.51.100.7/32".into(), 443, Some(HOME.into())),
+        ]
+    );
+    let again: Value = serde_json::from_slice(&w.cli(&["refresh", "--json"]).stdout).unwrap();
+    assert_eq!(
+        (again["authorized"].as_u64(), again["revoked"].as_u64(), again["updated"].as_u64()),
+        (Some(0), Some(0), Some(0)),
+        "{again}"
+    );
+    let audit: Value = serde_json::from_slice(&w.cli(&["audit", "--json"]).stdout).unwrap();
+    assert_eq!(audit[0]["action"], "drift-repaired", "{audit}");
+}
+
+#[tokio::test]
+async fn a_store_without_history_revokes_no_owned_rule() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    w.hand_rule(&group, "198.51.100.7/32", 80, "pc:dev alice: from another store").await;
+    let out = w.cli(&["refresh"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("left in place"), "{}", text(&out));
+    assert_eq!(w.keys(&group).await, [("198.51.100.7/32".to_string(), 80)].into());
+}
+
+#[tokio::test]
+async fn dry_run_is_the_default_and_changes_nothing() {
+    let w = World::new().await;
+    let group = w.group(false, &[]).await;
+    let mut cmd = w.command(&["add", "198.51.100.7", "--ttl", "5m"]);
+    cmd.env_remove("PORTCULLIS_FIREWALL").env_remove("ENABLE_SG_DISCOVERY").env("MANAGED_SECURITY_GROUP_IDS", format!("[\"{group}\"]"));
+    let out = cmd.output().unwrap();
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("DRY RUN - nothing is changed"), "{stdout}");
+    assert!(stdout.contains(&format!("AuthorizeSecurityGroupIngress tcp:443 198.51.100.7/32 \"pc:dev tester:\"")), "{stdout}");
+    assert!(w.rules(&group).await.is_empty());
+}
+
+#[tokio::test]
+async fn init_is_idempotent_and_private_and_bad_config_names_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new().await;
+    ok(&w.cli(&["init"]));
+    ok(&w.cli(&["init"]));
+    assert_eq!(std::fs::metadata(w.store_path()).unwrap().permissions().mode() & 0o777, 0o600);
+    let config = w.dir.path().join("bad.toml");
+    std::fs::write(&config, "[environments.dev]\nmax_ttl = \"2y\"\n").unwrap();
+    let out = w.cli(&["--config", config.to_str().unwrap(), "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("environments.dev.max_ttl"), "{}", text(&out));
+}

@@ -1,0 +1,163 @@
+//! The engine in-process against moto: call counts, virtual time, races and partial failure.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_aws::Ec2Firewall;
+use portcullis_core::{
+    Cidr, Description, Environment, Interface, Marker, Owner, Policy, PortSet, RuleQuota, Source, TargetSelector,
+    TargetSpec, Ttl,
+};
+use portcullis_engine::{AddRequest, Cause, Clock, Engine, Firewall, HeldFirewall, ManualClock, Scope, Settings};
+use portcullis_store::{SqliteStore, Store};
+use tokio::sync::watch;
+
+use crate::support::{eventually, sdk_config, World, REGION};
+
+fn dev() -> Environment {
+    Environment::parse("dev").unwrap()
+}
+
+fn settings(w: &World, extra: Vec<TargetSpec>) -> Settings {
+    let mut specs = vec![TargetSpec {
+        region: REGION.into(),
+        selector: TargetSelector::Discovery { tag_key: w.tag_key.clone(), tag_value: "true".into() },
+        environment: dev(),
+        default_ports: PortSet::alb(),
+        endpoint_url: None,
+    }];
+    specs.extend(extra);
+    Settings {
+        specs,
+        policies: BTreeMap::from([(dev(), Policy { max_grants_per_user: 100, ..Policy::default() })]),
+        marker: Marker::default(),
+        quota: RuleQuota::default(),
+    }
+}
+
+fn request(cidr: &str, ttl: &str) -> AddRequest {
+    AddRequest {
+        cidr: Cidr::parse(cidr).unwrap(),
+        environment: dev(),
+        ttl: Some(Ttl::parse(ttl).unwrap()),
+        description: Description::parse("test").unwrap(),
+        owner: Owner::named("tester"),
+        source: Source::Manual,
+        interface: Interface::Cli,
+    }
+}
+
+async fn engine(w: &World, firewall: Arc<dyn Firewall>, clock: Arc<dyn Clock>, extra: Vec<TargetSpec>) -> Engine {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(w.store_path()).unwrap());
+    Engine::new(store, firewall, clock, settings(w, extra))
+}
+
+#[tokio::test]
+async fn twenty_grants_onto_a_newly_tagged_group_cost_one_authorize() {
+    let w = World::new().await;
+    let sdk = sdk_config().await;
+    let clock = Arc::new(portcullis_engine::SystemClock);
+    let adder = engine(&w, Arc::new(Ec2Firewall::new(&sdk)), clock.clone(), vec![]).await;
+    for i in 0..20 {
+        adder.add(request(&format!("203.0.113.{i}"), "1h")).await.unwrap();
+    }
+    let group = w.group(true, &[]).await;
+
+    let counted = Arc::new(Ec2Firewall::new(&sdk));
+    let reconciler = engine(&w, counted.clone(), clock, vec![]).await;
+    let report = reconciler.reconcile(Scope::All, Cause::Refresh, false).await.unwrap();
+    assert_eq!(report.authorized, 40);
+    assert_eq!(w.rules(&group).await.len(), 40);
+    let calls = counted.calls().snapshot();
+    assert_eq!(calls.get("AuthorizeSecurityGroupIngress"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("DescribeSecurityGroups"), Some(&1), "{calls:?}");
+    assert_eq!(calls.len(), 2, "{calls:?}");
+
+    // Level-triggered: the next reconcile is one describe and nothing else.
+    reconciler.reconcile(Scope::All, Cause::Refresh, false).await.unwrap();
+    assert_eq!(counted.calls().total(), 3);
+}
+
+#[tokio::test]
+async fn expiry_on_virtual_time_revokes_exactly_when_due() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let engine = Arc::new(engine(&w, Arc::new(Ec2Firewall::new(&sdk_config().await)), clock.clone(), vec![]).await);
+    engine.add(request("198.51.100.7", "30d")).await.unwrap();
+    engine.add(request("198.51.100.8", "31d")).await.unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let sweeper = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.run_sweeper(stopped).await }
+    });
+
+    clock.advance(time::Duration::days(30) - time::Duration::seconds(1));
+    // One second early: a sweep changes nothing.
+    assert!(engine.sweep().await.unwrap().expired.is_empty());
+    assert_eq!(w.rules(&group).await.len(), 4);
+
+    clock.advance(time::Duration::seconds(1));
+    eventually(Duration::from_secs(30), "the sweeper to revoke the expired grant", || async {
+        !w.keys(&group).await.iter().any(|(c, _)| c == "198.51.100.7/32")
+    })
+    .await;
+    assert_eq!(w.keys(&group).await.len(), 2, "the other grant stays");
+    let store = engine.store();
+    eventually(Duration::from_secs(30), "the expiry to be recorded", || async {
+        store.audit(None, 10).await.unwrap().iter().any(|e| e.action == portcullis_core::Action::Expired)
+    })
+    .await;
+    stop.send(true).unwrap();
+    sweeper.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reconcile_racing_an_add_never_revokes_the_new_rule() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    let sdk = sdk_config().await;
+    let clock: Arc<dyn Clock> = Arc::new(portcullis_engine::SystemClock);
+    let held = Arc::new(HeldFirewall::new(Arc::new(Ec2Firewall::new(&sdk))));
+    let reconciler = Arc::new(engine(&w, held.clone(), clock.clone(), vec![]).await);
+    let adder = engine(&w, Arc::new(Ec2Firewall::new(&sdk)), clock, vec![]).await;
+    // Give the store history for dev, so that revoking is allowed at all.
+    adder.add(request("203.0.113.1", "1h")).await.unwrap();
+
+    let (observed, release) = held.hold_next_observe();
+    let racing = tokio::spawn({
+        let reconciler = reconciler.clone();
+        async move { reconciler.reconcile(Scope::All, Cause::Periodic, false).await.unwrap() }
+    });
+    observed.await.unwrap();
+    // The reconcile has seen the firewall; now another process adds a grant and applies it.
+    adder.add(request("198.51.100.7", "1h")).await.unwrap();
+    assert!(w.keys(&group).await.contains(&("198.51.100.7/32".to_string(), 80)));
+    release.send(()).unwrap();
+    let report = racing.await.unwrap();
+    assert_eq!(report.revoked, 0, "{report:?}");
+    assert!(w.keys(&group).await.contains(&("198.51.100.7/32".to_string(), 443)));
+}
+
+#[tokio::test]
+async fn a_failing_region_does_not_block_the_others() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let broken = TargetSpec {
+        region: "eu-west-1".into(),
+        selector: TargetSelector::Ids(vec!["sg-0123456789abcdef0".into()]),
+        environment: dev(),
+        default_ports: PortSet::alb(),
+        endpoint_url: Some(format!("http://{closed}")),
+    };
+    let clock = Arc::new(portcullis_engine::SystemClock);
+    let engine = engine(&w, Arc::new(Ec2Firewall::new(&sdk_config().await)), clock, vec![broken]).await;
+    let outcome = engine.add(request("198.51.100.7", "1h")).await.unwrap();
+    assert!(outcome.report.failed());
+    let failures = outcome.report.failure_messages();
+    assert!(failures.iter().any(|f| f.contains("eu-west-1")), "{failures:?}");
+    assert_eq!(w.keys(&group).await.len(), 2, "the reachable group is still updated");
+    assert_eq!(engine.store().grants(None).await.unwrap().len(), 1, "the grant stays stored");
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real binary, SQLite on disk, HTTP over loopback, and EC2 from moto's
+//! server (started by `scripts/test`, which sets `PORTCULLIS_TEST_MOTO`).
+
+mod support;
+
+mod cli;
+mod engine;
+mod serve;

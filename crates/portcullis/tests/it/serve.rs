@@ -1,0 +1,175 @@
+//! `portcullis serve` as a process: HTTP over loopback, real expiry, SIGTERM and SIGKILL.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{eventually, text, World};
+
+/// A running `portcullis serve`, killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(w: &World, extra_env: &[(&str, &str)]) -> Server {
+        let mut cmd = w.command(&["serve", "--listen", "127.0.0.1:0"]);
+        cmd.envs(extra_env.iter().copied()).stderr(Stdio::piped()).stdout(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let base = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("serve did not say where it listens");
+            if let Some(addr) = line.strip_prefix("portcullis listening on ") {
+                break addr.trim().to_string();
+            }
+        };
+        Server { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = std::process::Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn http_api_round_trip_with_json_errors_and_graceful_shutdown() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    let mut server = Server::start(&w, &[]);
+    let http = reqwest::Client::new();
+
+    assert_eq!(http.get(server.url("/healthz")).send().await.unwrap().status(), 200);
+    let body = json!({"cidr": "198.51.100.7", "ttl": "1h", "description": "Home office", "as": "alice"});
+    let created = http.post(server.url("/v1/grants")).json(&body).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let refreshed = http.post(server.url("/v1/grants")).json(&body).send().await.unwrap();
+    assert_eq!(refreshed.status(), 200);
+    assert_eq!(w.keys(&group).await.len(), 2);
+
+    let listed: Value = http.get(server.url("/v1/grants")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed[0]["cidr"], "198.51.100.7/32");
+    let status: Value = http.get(server.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    assert!(status["next_expiry"].is_string(), "{status}");
+
+    let errors = [
+        (http.post(server.url("/v1/grants")).json(&json!({"cidr": "0.0.0.0/0"})), 400),
+        (http.post(server.url("/v1/grants")).json(&json!({"cidr": "198.51.100.8", "env": "nope"})), 404),
+        (http.post(server.url("/v1/grants")).header("content-type", "application/json").body("{"), 400),
+        (http.post(server.url("/v1/grants")).header("content-type", "application/json").body(vec![b' '; 70 * 1024]), 413),
+        (http.delete(server.url("/v1/grants/dev/203.0.113.9")), 404),
+        (http.get(server.url("/v1/nothing")), 404),
+    ];
+    for (request, expected) in errors {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), expected);
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{body}");
+    }
+
+    let removed = http.delete(server.url("/v1/grants/dev/198.51.100.7%2F32")).send().await.unwrap();
+    assert_eq!(removed.status(), 200);
+    assert!(w.keys(&group).await.is_empty());
+    let audit: Value = http.get(server.url("/v1/audit?env=dev")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(audit[0]["action"], "removed");
+
+    signal(&server.child, "-TERM");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "serve did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn serve_refuses_a_non_loopback_address() {
+    let w = World::new().await;
+    let out = w.cli(&["serve", "--listen", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
+
+#[tokio::test]
+async fn a_grant_added_by_the_cli_expires_on_a_running_server() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    let _server = Server::start(&w, &[]);
+    let out = w.cli(&["add", "198.51.100.7", "--ttl", "1m"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(w.keys(&group).await.len(), 2, "the rule exists when add exits 0");
+    let added = Instant::now();
+    eventually(Duration::from_secs(120), "the server to revoke the expired grant", || async {
+        w.keys(&group).await.is_empty()
+    })
+    .await;
+    assert!(added.elapsed() >= Duration::from_secs(55), "revoked before it expired");
+    let audit: Value = serde_json::from_slice(&w.cli(&["audit", "--json"]).stdout).unwrap();
+    assert_eq!(audit[0]["action"], "expired", "{audit}");
+    assert_eq!(w.grants(), json!([]));
+}
+
+#[tokio::test]
+async fn serve_killed_mid_work_converges_after_restart() {
+    let w = World::new().await;
+    let group = w.group(true, &[("WhitelistPorts", "nlb")]).await;
+    let server = Server::start(&w, &[]);
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (http, url) = (http.clone(), server.url("/v1/grants"));
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"cidr": format!("203.0.113.{i}"), "ttl": "1h", "as": format!("user{i}")});
+            http.post(url).json(&body).send().await.map(|r| r.status().as_u16()).ok()
+        }));
+    }
+    // Kill once some requests have landed, while others are in flight.
+    eventually(Duration::from_secs(60), "some grants to land", || async { w.keys(&group).await.len() >= 5 }).await;
+    let mut server = server;
+    signal(&server.child, "-KILL");
+    let _ = server.child.wait();
+    let mut acknowledged = BTreeSet::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        if let Some(Some(status)) = task.await.ok() {
+            if status == 201 {
+                acknowledged.insert(format!("203.0.113.{i}/32"));
+            }
+        }
+    }
+
+    let _restarted = Server::start(&w, &[]);
+    let stored: BTreeSet<String> =
+        w.grants().as_array().unwrap().iter().map(|g| g["cidr"].as_str().unwrap().to_string()).collect();
+    assert!(acknowledged.is_subset(&stored), "an acknowledged grant was lost");
+    let want: BTreeSet<(String, i32)> = stored.iter().map(|c| (c.clone(), 7233)).collect();
+    eventually(Duration::from_secs(60), "the restarted server to converge", || async { w.keys(&group).await == want }).await;
+    let rules = w.rules(&group).await;
+    assert_eq!(rules.len(), want.len(), "no duplicate rule: {rules:?}");
+}

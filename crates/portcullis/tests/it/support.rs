@@ -1,0 +1,202 @@
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_config::BehaviorVersion;
+use aws_sdk_ec2::config::{Credentials, Region};
+use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, Tag};
+use aws_sdk_ec2::Client;
+
+pub const REGION: &str = "us-east-1";
+
+/// moto's endpoint; the suite runs through `scripts/test`, which starts moto.
+pub fn moto() -> String {
+    std::env::var("PORTCULLIS_TEST_MOTO")
+        .expect("PORTCULLIS_TEST_MOTO is not set: run the suite with scripts/test, which starts moto_server")
+}
+
+/// A name no other test (or earlier run against the same moto) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos % 1_000_000_000)
+}
+
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(moto())
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .load()
+        .await
+}
+
+pub async fn ec2() -> Client {
+    Client::new(&sdk_config().await)
+}
+
+/// One test's world: a discovery tag of its own, a store file, and helpers on moto.
+pub struct World {
+    pub ec2: Client,
+    pub tag_key: String,
+    pub dir: tempfile::TempDir,
+}
+
+/// A rule as moto reports it: (cidr, from port, description).
+pub type Rule = (String, i32, Option<String>);
+
+impl World {
+    pub async fn new() -> World {
+        World { ec2: ec2().await, tag_key: unique("pc-test"), dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("portcullis.db")
+    }
+
+    /// A new group, tagged for this world's discovery when `managed`.
+    pub async fn group(&self, managed: bool, extra_tags: &[(&str, &str)]) -> String {
+        let id = self
+            .ec2
+            .create_security_group()
+            .group_name(unique("sg"))
+            .description("portcullis test")
+            .send()
+            .await
+            .unwrap()
+            .group_id
+            .unwrap();
+        let mut tags: Vec<(&str, &str)> = extra_tags.to_vec();
+        if managed {
+            tags.push((&self.tag_key, "true"));
+        }
+        self.tag(&id, &tags).await;
+        id
+    }
+
+    pub async fn tag(&self, id: &str, tags: &[(&str, &str)]) {
+        if tags.is_empty() {
+            return;
+        }
+        let mut req = self.ec2.create_tags().resources(id);
+        for (k, v) in tags {
+            req = req.tags(Tag::builder().key(*k).value(*v).build());
+        }
+        req.send().await.unwrap();
+    }
+
+    /// Adds a rule as a person would by hand.
+    pub async fn hand_rule(&self, group: &str, cidr: &str, port: i32, description: &str) {
+        let mut perm = IpPermission::builder().ip_protocol("tcp").from_port(port).to_port(port);
+        if cidr.contains(':') {
+            perm = perm.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(cidr).description(description).build());
+        } else {
+            perm = perm.ip_ranges(IpRange::builder().cidr_ip(cidr).description(description).build());
+        }
+        self.ec2.authorize_security_group_ingress().group_id(group).ip_permissions(perm.build()).send().await.unwrap();
+    }
+
+    pub async fn delete_rule(&self, group: &str, cidr: &str, port: i32) {
+        let mut perm = IpPermission::builder().ip_protocol("tcp").from_port(port).to_port(port);
+        if cidr.contains(':') {
+            perm = perm.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(cidr).build());
+        } else {
+            perm = perm.ip_ranges(IpRange::builder().cidr_ip(cidr).build());
+        }
+        self.ec2.revoke_security_group_ingress().group_id(group).ip_permissions(perm.build()).send().await.unwrap();
+    }
+
+    /// Every inbound CIDR rule of a group, sorted.
+    pub async fn rules(&self, group: &str) -> Vec<Rule> {
+        let out = self
+            .ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("group-id").values(group).build())
+            .send()
+            .await
+            .unwrap();
+        let mut rules = Vec::new();
+        for sg in out.security_groups() {
+            for p in sg.ip_permissions() {
+                let port = p.from_port().unwrap_or(-1);
+                for r in p.ip_ranges() {
+                    rules.push((r.cidr_ip().unwrap().to_string(), port, r.description().map(str::to_string)));
+                }
+                for r in p.ipv6_ranges() {
+                    rules.push((r.cidr_ipv6().unwrap().to_string(), port, r.description().map(str::to_string)));
+                }
+            }
+        }
+        rules.sort();
+        rules
+    }
+
+    /// The (cidr, port) pairs of a group's rules.
+    pub async fn keys(&self, group: &str) -> BTreeSet<(String, i32)> {
+        self.rules(group).await.into_iter().map(|(c, p, _)| (c, p)).collect()
+    }
+
+    /// The environment a child process runs with: nothing from ours but PATH.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+            ("HOME", self.dir.path().display().to_string()),
+            ("USER", "tester".into()),
+            ("AWS_ENDPOINT_URL", moto()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", REGION.into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("PORTCULLIS_FIREWALL", "aws".into()),
+            ("PORTCULLIS_STORE", format!("sqlite:{}", self.store_path().display())),
+            ("ENABLE_SG_DISCOVERY", "true".into()),
+            ("SG_DISCOVERY_TAG_KEY", self.tag_key.clone()),
+            ("ENVIRONMENT", "dev".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        cmd.env_clear().envs(self.env()).args(args).current_dir(self.dir.path());
+        cmd
+    }
+
+    /// Runs the CLI to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Grants as `list --all --json` shows them.
+    pub fn grants(&self) -> serde_json::Value {
+        let out = self.cli(&["list", "--all", "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Polls until `check` holds, failing after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
