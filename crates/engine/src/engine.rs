@@ -148,7 +148,8 @@ impl ReconcileReport {
 pub struct AddOutcome {
     pub grant: Grant,
     pub refreshed: bool,
-    pub report: ReconcileReport,
+    /// `None` when the firewall needed no call (a refresh that changes no rule).
+    pub report: Option<ReconcileReport>,
 }
 
 /// What `remove` did.
@@ -266,6 +267,32 @@ impl Engine {
             return Err(self.refuse(err, &env, Some(&req.cidr), &actor).await);
         }
 
+        // A refresh that changes no rule description needs no firewall call: the store is the
+        // source of truth for expiry, and the periodic reconcile repairs any drift.
+        let key = GrantKey { cidr: req.cidr, environment: env.clone() };
+        let now = self.clock.now();
+        let unchanged = self.store.grants(Some(&env)).await?.into_iter().find(|g| g.key() == key).is_some_and(|g| {
+            g.is_live(now) && g.description == req.description && g.source == req.source
+        });
+        if unchanged {
+            let upserted = self.store.upsert(Upsert {
+                grant: Grant {
+                    cidr: req.cidr,
+                    environment: env.clone(),
+                    owner: req.owner.clone(),
+                    source: req.source,
+                    description: req.description.clone(),
+                    created_at: now,
+                    expires_at: Some(now + ttl.duration()),
+                },
+                actor: actor.clone(),
+                max_grants_per_user: policy.max_grants_per_user,
+            });
+            let upserted = upserted.await?;
+            self.wake_sweeper.notify_one();
+            return Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: None });
+        }
+
         // Observe first, so the quota check and the plan see the firewall before the store.
         let scope = Scope::Environment(env.clone());
         let observed = self.observe(&scope).await;
@@ -301,7 +328,7 @@ impl Engine {
             refreshed = upserted.previous.is_some(), "grant stored");
 
         let report = self.plan_and_apply(Cause::Change, &scope, observed, false).await?;
-        Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report })
+        Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: Some(report) })
     }
 
     fn quota_refusal(

@@ -1,1 +1,233 @@
-fn main() {}
+//! Figures for the README (`scripts/bench`): API calls and wall time of a reconcile on moto
+//! beside a naive one-call-per-rule baseline, `plan()` time at scale, and expiry lag.
+//! Prints figures; asserts nothing about time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_ec2::config::{Credentials, Region};
+use aws_sdk_ec2::types::{IpPermission, IpRange, Tag};
+use portcullis_aws::Ec2Firewall;
+use portcullis_core::{
+    plan, Cidr, Description, Environment, FamilyCounts, Grant, Interface, Marker, Owner, PlanInput, Policy, PortSet,
+    RuleQuota, Source, Target, TargetId, TargetSelector, TargetSpec, Timestamp,
+};
+use portcullis_engine::{Cause, Clock, Engine, MemoryFirewall, Scope, Settings, SystemClock};
+use portcullis_store::{Actor, SqliteStore, Store, Upsert};
+
+const REGION: &str = "us-east-1";
+
+fn dev() -> Environment {
+    Environment::parse("dev").unwrap()
+}
+
+fn grant(i: u32, now: Timestamp, expires_at: Timestamp) -> Grant {
+    Grant {
+        cidr: Cidr::parse(&format!("{}.{}.{}.{}", 11 + (i >> 16), (i >> 8) & 255, i & 255, 1)).unwrap(),
+        environment: dev(),
+        owner: Owner::named(&format!("user{}", i % 1000)),
+        source: Source::Manual,
+        description: Description::parse("bench").unwrap(),
+        created_at: now,
+        expires_at: Some(expires_at),
+    }
+}
+
+fn settings(specs: Vec<TargetSpec>) -> Settings {
+    Settings {
+        specs,
+        policies: BTreeMap::from([(dev(), Policy { max_grants_per_user: 100_000, ..Policy::default() })]),
+        marker: Marker::default(),
+        quota: RuleQuota::default(),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn store_grants(store: &SqliteStore, grants: Vec<Grant>) {
+    for g in grants {
+        let actor = Actor { name: g.owner.name.clone(), interface: Interface::Cli };
+        store.upsert(Upsert { grant: g, actor, max_grants_per_user: 100_000 }).await.unwrap();
+    }
+}
+
+async fn reconcile_on_moto(moto: &str) {
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(moto)
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
+        .load()
+        .await;
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let tag = format!("pc-bench-{}", std::process::id());
+    let make_groups = async |n: usize, tagged: bool| {
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let id = ec2
+                .create_security_group()
+                .group_name(format!("{tag}-{tagged}-{i}"))
+                .description("bench")
+                .send()
+                .await
+                .unwrap()
+                .group_id
+                .unwrap();
+            if tagged {
+                ec2.create_tags().resources(&id).tags(Tag::builder().key(&tag).value("true").build()).send().await.unwrap();
+            }
+            ids.push(id);
+        }
+        ids
+    };
+    let _managed = make_groups(20, true).await;
+    let naive_groups = make_groups(20, false).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("bench.db")).unwrap();
+    let now = Timestamp::now_utc();
+    store_grants(&store, (0..25).map(|i| grant(i, now, now + time::Duration::hours(1))).collect()).await;
+    let firewall = Arc::new(Ec2Firewall::new(&sdk));
+    let spec = TargetSpec {
+        region: REGION.into(),
+        selector: TargetSelector::Discovery { tag_key: tag.clone(), tag_value: "true".into() },
+        environment: dev(),
+        default_ports: PortSet::alb(),
+        endpoint_url: None,
+    };
+    let engine = Engine::new(Arc::new(store), firewall.clone(), Arc::new(SystemClock), settings(vec![spec]));
+    let start = Instant::now();
+    let report = engine.reconcile(Scope::All, Cause::Refresh, false).await.unwrap();
+    let took = start.elapsed();
+    assert_eq!(report.authorized, 1000, "{:?}", report.failure_messages());
+    println!("reconcile: 25 grants onto 20 groups x 2 ports (1,000 rules) on moto");
+    println!("  portcullis: {took:>10.2?}  calls {:?}", firewall.calls().snapshot());
+    let start = Instant::now();
+    engine.reconcile(Scope::All, Cause::Refresh, false).await.unwrap();
+    println!("  again, nothing to do: {:>10.2?}  calls {:?}", start.elapsed(), firewall.calls().snapshot());
+
+    let start = Instant::now();
+    let mut calls = 0;
+    for group in &naive_groups {
+        for i in 0..25 {
+            let cidr = grant(i, now, now).cidr.to_string();
+            for port in [80, 443] {
+                let perm = IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(port)
+                    .to_port(port)
+                    .ip_ranges(IpRange::builder().cidr_ip(&cidr).description("naive").build())
+                    .build();
+                ec2.authorize_security_group_ingress().group_id(group).ip_permissions(perm).send().await.unwrap();
+                calls += 1;
+            }
+        }
+    }
+    println!("  naive baseline, one call per rule: {:>10.2?}  AuthorizeSecurityGroupIngress {calls}", start.elapsed());
+}
+
+fn plan_at_scale() {
+    let now = Timestamp::now_utc();
+    let grants: Vec<Grant> = (0..10_000).map(|i| grant(i, now, now + time::Duration::days(1))).collect();
+    let mut targets: Vec<Target> = (0..50)
+        .map(|i| Target {
+            id: TargetId { region: REGION.into(), group_id: format!("sg-{i:04}") },
+            name: format!("g{i}"),
+            environment: dev(),
+            ports: PortSet::alb(),
+            rules: vec![],
+            counts: FamilyCounts::default(),
+        })
+        .collect();
+    let history = [dev()].into();
+    let marker = Marker::default();
+    let quota = RuleQuota { ipv4: usize::MAX / 4, ipv6: usize::MAX / 4 };
+    let run = |targets: &[Target]| {
+        let start = Instant::now();
+        let p = plan(&PlanInput { grants: &grants, targets, marker: &marker, environments_with_history: &history, quota, now });
+        (start.elapsed(), p)
+    };
+    let (took, p) = run(&targets);
+    println!("plan(): 10,000 grants x 50 groups x 2 ports");
+    println!("  from empty groups: {took:>10.2?} ({} authorizations)", p.authorize_count());
+    for (target, change) in targets.iter_mut().zip(&p.changes) {
+        target.rules = change
+            .authorize
+            .iter()
+            .map(|r| portcullis_core::ObservedRule {
+                cidr: r.cidr,
+                raw_cidr: r.ec2_cidr.clone(),
+                ports: r.ports,
+                description: Some(r.description.clone()),
+            })
+            .collect();
+    }
+    let (took, p) = run(&targets);
+    println!("  steady state (all 1,000,000 rules present): {took:>10.2?} ({} operations)", p.authorize_count() + p.revoke_count());
+}
+
+async fn expiry_lag() {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let firewall = Arc::new(MemoryFirewall::new(clock.clone()));
+    firewall.put_group(REGION, "sg-lag", &[("WhitelistManaged", "true")]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("lag.db")).unwrap();
+    let now = Timestamp::now_utc();
+    let start = now + time::Duration::seconds(2);
+    let grants: Vec<Grant> =
+        (0..200).map(|i| grant(i, now, start + time::Duration::milliseconds(i64::from(i) * 50))).collect();
+    let due: BTreeMap<Cidr, Timestamp> = grants.iter().map(|g| (g.cidr, g.expires_at.unwrap())).collect();
+    store_grants(&store, grants).await;
+    let spec = TargetSpec {
+        region: REGION.into(),
+        selector: TargetSelector::Discovery { tag_key: "WhitelistManaged".into(), tag_value: "true".into() },
+        environment: dev(),
+        default_ports: PortSet::nlb(),
+        endpoint_url: None,
+    };
+    // One in-memory group holds all 200 rules; it has no EC2 quota to respect.
+    let quota = RuleQuota { ipv4: 1000, ipv6: 1000 };
+    let engine = Arc::new(Engine::new(Arc::new(store), firewall.clone(), clock, Settings { quota, ..settings(vec![spec]) }));
+    engine.reconcile(Scope::All, Cause::Refresh, false).await.unwrap();
+    assert_eq!(firewall.rules(REGION, "sg-lag").len(), 200);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.run_sweeper(stopped).await }
+    });
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while !firewall.rules(REGION, "sg-lag").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    sweeper.await.unwrap();
+    let mut lags: Vec<f64> = Vec::new();
+    for call in firewall.calls().iter().filter(|c| c.action == "RevokeSecurityGroupIngress") {
+        for rule in &call.rules {
+            lags.push((call.at - due[&rule.cidr]).as_seconds_f64() * 1000.0);
+        }
+    }
+    lags.sort_by(f64::total_cmp);
+    println!("expiry lag (revoke time - expires_at), 200 grants expiring over 10 s, in-memory firewall");
+    println!(
+        "  revoked {}  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  min {:.1} ms",
+        lags.len(),
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+        lags.last().unwrap(),
+        lags.first().unwrap()
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    match std::env::var("PORTCULLIS_TEST_MOTO") {
+        Ok(moto) => runtime.block_on(reconcile_on_moto(&moto)),
+        Err(_) => println!("reconcile on moto: skipped (PORTCULLIS_TEST_MOTO is not set; run scripts/bench)"),
+    }
+    plan_at_scale();
+    runtime.block_on(expiry_lag());
+}

@@ -234,9 +234,12 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
                     g.expires_at.map(|t| remaining(t, engine.clock().now())).unwrap_or_default(),
                     g.owner.name
                 );
-                print_report(&outcome.report);
+                match &outcome.report {
+                    Some(report) => print_report(report),
+                    None => println!("rules unchanged: no security group call was needed"),
+                }
             }
-            Ok(exit_for(&outcome.report))
+            Ok(outcome.report.as_ref().map(exit_for).unwrap_or(ExitCode::SUCCESS))
         }
         Command::Remove { cidr, env, as_user } => {
             let key = GrantKey { cidr: Cidr::parse(&cidr)?, environment: environment(&config, env)? };

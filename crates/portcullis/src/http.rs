@@ -173,7 +173,7 @@ async fn add_grant(State(app): State<AppState>, ApiJson(body): ApiJson<AddBody>)
         .add(AddRequest { cidr, environment, ttl, description, owner, source: Source::Manual, interface: Interface::Http })
         .await?;
     let status = if outcome.refreshed { StatusCode::OK } else { StatusCode::CREATED };
-    let failures = outcome.report.failure_messages();
+    let failures = outcome.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default();
     let body = serde_json::json!({"grant": outcome.grant, "refreshed": outcome.refreshed, "failures": failures, "report": outcome.report});
     Ok((status, Json(body)).into_response())
 }

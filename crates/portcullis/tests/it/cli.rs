@@ -16,6 +16,8 @@ async fn add_refresh_remove_on_every_managed_group_leaving_others_alone() {
     let alb = w.group(true, &[]).await;
     let nlb = w.group(true, &[("WhitelistPorts", "nlb")]).await;
     let untagged = w.group(false, &[]).await;
+    let ssh = w.group(true, &[("WhitelistPorts", "tcp:22")]).await;
+    let prod = w.group(true, &[("WhitelistEnvironment", "prod")]).await;
     w.hand_rule(&alb, "192.0.2.10/32", 80, "office VPN").await;
     w.hand_rule(&untagged, "192.0.2.11/32", 443, "2020-01-01").await;
     let untagged_before = w.rules(&untagged).await;
@@ -31,6 +33,11 @@ async fn add_refresh_remove_on_every_managed_group_leaving_others_alone() {
     );
     assert_eq!(w.rules(&nlb).await, vec![("198.51.100.7/32".into(), 7233, Some(HOME.into()))]);
     assert_eq!(w.rules(&untagged).await, untagged_before);
+    // Port tags are untrusted, and a dev grant never opens a prod group.
+    assert!(w.rules(&ssh).await.is_empty() && w.rules(&prod).await.is_empty());
+    let report: Value = serde_json::from_slice(&w.cli(&["refresh", "--json"]).stdout).unwrap();
+    let skipped: Vec<&str> = report["skipped"].as_array().unwrap().iter().map(|s| s["id"]["group_id"].as_str().unwrap()).collect();
+    assert!(skipped.contains(&ssh.as_str()) && skipped.contains(&prod.as_str()), "{report}");
 
     // Adding again refreshes: no duplicate, no error, the description follows.
     let out = w.cli(&["add", "198.51.100.7/32", "--ttl=2h", "--description", "Train", "--as", "bob"]);

@@ -155,9 +155,24 @@ async fn a_failing_region_does_not_block_the_others() {
     let clock = Arc::new(portcullis_engine::SystemClock);
     let engine = engine(&w, Arc::new(Ec2Firewall::new(&sdk_config().await)), clock, vec![broken]).await;
     let outcome = engine.add(request("198.51.100.7", "1h")).await.unwrap();
-    assert!(outcome.report.failed());
-    let failures = outcome.report.failure_messages();
+    let report = outcome.report.expect("a new grant is applied");
+    assert!(report.failed());
+    let failures = report.failure_messages();
     assert!(failures.iter().any(|f| f.contains("eu-west-1")), "{failures:?}");
     assert_eq!(w.keys(&group).await.len(), 2, "the reachable group is still updated");
     assert_eq!(engine.store().grants(None).await.unwrap().len(), 1, "the grant stays stored");
+}
+
+#[tokio::test]
+async fn an_unchanged_refresh_costs_no_ec2_call() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    let firewall = Arc::new(Ec2Firewall::new(&sdk_config().await));
+    let engine = engine(&w, firewall.clone(), Arc::new(portcullis_engine::SystemClock), vec![]).await;
+    engine.add(request("198.51.100.7", "1h")).await.unwrap();
+    let before = firewall.calls().total();
+    let outcome = engine.add(request("198.51.100.7", "2h")).await.unwrap();
+    assert!(outcome.refreshed && outcome.report.is_none());
+    assert_eq!(firewall.calls().total(), before, "{:?}", firewall.calls().snapshot());
+    assert_eq!(w.keys(&group).await.len(), 2);
 }

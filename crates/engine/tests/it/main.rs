@@ -1,0 +1,143 @@
+//! The engine over the in-memory firewall, on virtual time: fast and exact.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use portcullis_core::{
+    Action, Cidr, Description, Environment, Interface, Marker, ObservedRule, Owner, Policy, PortRange, PortSet,
+    Protocol, RuleQuota, Source, TargetSelector, TargetSpec, Ttl,
+};
+use portcullis_engine::{AddRequest, Cause, Clock, Engine, ManualClock, MemoryFirewall, Scope, Settings};
+use portcullis_store::{SqliteStore, Store};
+use time::macros::datetime;
+use time::Duration;
+use tokio::sync::watch;
+
+fn dev() -> Environment {
+    Environment::parse("dev").unwrap()
+}
+
+fn spec(region: &str) -> TargetSpec {
+    TargetSpec {
+        region: region.into(),
+        selector: TargetSelector::Discovery { tag_key: "WhitelistManaged".into(), tag_value: "true".into() },
+        environment: dev(),
+        default_ports: PortSet::nlb(),
+        endpoint_url: None,
+    }
+}
+
+struct Rig {
+    engine: Arc<Engine>,
+    firewall: Arc<MemoryFirewall>,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+fn rig(regions: &[&str]) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(datetime!(2026-06-01 00:00 UTC)));
+    let firewall = Arc::new(MemoryFirewall::new(clock.clone()));
+    for r in regions {
+        firewall.put_group(r, &format!("sg-{r}"), &[("WhitelistManaged", "true")]);
+    }
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("p.db")).unwrap());
+    let settings = Settings {
+        specs: regions.iter().map(|r| spec(r)).collect(),
+        policies: BTreeMap::from([(dev(), Policy::default())]),
+        marker: Marker::default(),
+        quota: RuleQuota::default(),
+    };
+    let engine = Arc::new(Engine::new(store, firewall.clone(), clock.clone(), settings));
+    Rig { engine, firewall, clock, _dir: dir }
+}
+
+fn add(cidr: &str, ttl: &str) -> AddRequest {
+    AddRequest {
+        cidr: Cidr::parse(cidr).unwrap(),
+        environment: dev(),
+        ttl: Some(Ttl::parse(ttl).unwrap()),
+        description: Description::parse("").unwrap(),
+        owner: Owner::named("alice"),
+        source: Source::Manual,
+        interface: Interface::Cli,
+    }
+}
+
+#[tokio::test]
+async fn a_failed_region_is_named_and_retried_by_the_periodic_reconcile() {
+    let r = rig(&["us-east-1", "eu-west-1"]);
+    r.firewall.set_region_failing("eu-west-1", true);
+    let outcome = r.engine.add(add("198.51.100.7", "1h")).await.unwrap();
+    let report = outcome.report.expect("a new grant is applied");
+    assert!(report.failed());
+    assert!(report.failure_messages().iter().any(|m| m.contains("eu-west-1")));
+    assert_eq!(r.firewall.rules("us-east-1", "sg-us-east-1").len(), 1);
+    assert!(r.firewall.rules("eu-west-1", "sg-eu-west-1").is_empty());
+    let status = r.engine.status().await.unwrap();
+    assert!(status.last_reconcile.is_some_and(|l| !l.ok));
+
+    r.firewall.set_region_failing("eu-west-1", false);
+    let (stop, stopped) = watch::channel(false);
+    let reconciler = tokio::spawn({
+        let engine = r.engine.clone();
+        async move { engine.run_reconciler(Duration::seconds(60), stopped).await }
+    });
+    // The first periodic pass runs at once; poll the firewall rather than sleep.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while r.firewall.rules("eu-west-1", "sg-eu-west-1").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the periodic reconcile did not retry the region");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(r.firewall.rules("eu-west-1", "sg-eu-west-1").len(), 1);
+    stop.send(true).unwrap();
+    reconciler.await.unwrap();
+    let audit = r.engine.store().audit(None, 10).await.unwrap();
+    assert_eq!(audit[0].action, Action::DriftRepaired);
+}
+
+#[tokio::test]
+async fn the_sweeper_revokes_at_the_exact_expiry_on_virtual_time() {
+    let r = rig(&["us-east-1"]);
+    r.engine.add(add("198.51.100.7", "5m")).await.unwrap();
+    let added_at = r.clock.now();
+    let (stop, stopped) = watch::channel(false);
+    let sweeper = tokio::spawn({
+        let engine = r.engine.clone();
+        async move { engine.run_sweeper(stopped).await }
+    });
+    // A second early, nothing is due.
+    r.clock.advance(Duration::minutes(5) - Duration::seconds(1));
+    assert!(r.engine.sweep().await.unwrap().expired.is_empty());
+    assert_eq!(r.firewall.rules("us-east-1", "sg-us-east-1").len(), 1);
+    r.clock.advance(Duration::seconds(1));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !r.firewall.rules("us-east-1", "sg-us-east-1").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the sweeper did not revoke the expired grant");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let revoked_at = r.firewall.calls().iter().find(|c| c.action == "RevokeSecurityGroupIngress").map(|c| c.at);
+    stop.send(true).unwrap();
+    sweeper.await.unwrap();
+    assert_eq!(revoked_at, Some(added_at + Duration::minutes(5)), "revoked exactly at expires_at");
+    let audit = r.engine.store().audit(None, 10).await.unwrap();
+    assert_eq!(audit[0].action, Action::Expired);
+    assert!(r.engine.store().grants(None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn hand_made_rules_survive_every_operation() {
+    let r = rig(&["us-east-1"]);
+    let hand = ObservedRule {
+        cidr: Cidr::parse("198.51.100.7").unwrap(),
+        raw_cidr: "198.51.100.7/32".into(),
+        ports: PortRange::single(Protocol::Tcp, 22),
+        description: Some("2020-01-01".into()),
+    };
+    r.firewall.put_rule("us-east-1", "sg-us-east-1", hand.clone());
+    r.engine.add(add("198.51.100.7", "5m")).await.unwrap();
+    r.engine.reconcile(Scope::All, Cause::Refresh, false).await.unwrap();
+    r.clock.advance(Duration::minutes(6));
+    r.engine.sweep().await.unwrap();
+    assert_eq!(r.firewall.rules("us-east-1", "sg-us-east-1"), vec![hand]);
+}
