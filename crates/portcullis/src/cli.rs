@@ -177,11 +177,17 @@ fn init_logging(json: bool) {
     }
 }
 
+/// The environment named (or the default), which must be a known one.
 fn environment(config: &Config, env: Option<String>) -> Result<Environment, CliError> {
-    match env {
-        Some(name) => Ok(Environment::parse(&name)?),
-        None => Ok(config.default_environment.clone()),
+    let env = match env {
+        Some(name) => Environment::parse(&name)?,
+        None => config.default_environment.clone(),
+    };
+    if !config.policies.contains_key(&env) {
+        let known = config.policies.keys().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
+        return Err(portcullis_core::ValidationError::UnknownEnvironment { name: env.to_string(), known }.into());
     }
+    Ok(env)
 }
 
 fn acting_user(as_user: Option<String>) -> Result<Owner, CliError> {

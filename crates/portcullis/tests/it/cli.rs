@@ -97,6 +97,9 @@ async fn bad_input_exits_2_and_changes_nothing() {
         (vec!["add", "198.51.100.7", "--env", "bad name!"], "invalid environment name"),
         (vec!["add", "198.51.100.7", "--description", &long], "201 characters"),
         (vec!["add", "198.51.100.7", "--description", "bell\u{7}"], "control character"),
+        (vec!["list", "--env", "nope"], "unknown environment"),
+        (vec!["refresh", "--env", "nope"], "unknown environment"),
+        (vec!["remove", "198.51.100.7", "--env", "nope"], "unknown environment"),
         (vec!["add"], "IP|CIDR"),
         (vec!["frobnicate"], "unrecognized subcommand"),
     ];
