@@ -267,35 +267,6 @@ impl Engine {
             return Err(self.refuse(err, &env, Some(&req.cidr), &actor).await);
         }
 
-        // A refresh that changes no rule description needs no firewall call: the store is the
-        // source of truth for expiry, and the periodic reconcile repairs any drift.
-        let key = GrantKey { cidr: req.cidr, environment: env.clone() };
-        let now = self.clock.now();
-        let unchanged = self.store.grants(Some(&env)).await?.into_iter().find(|g| g.key() == key).is_some_and(|g| {
-            g.is_live(now) && g.description == req.description && g.source == req.source
-        });
-        if unchanged {
-            let upserted = self.store.upsert(Upsert {
-                grant: Grant {
-                    cidr: req.cidr,
-                    environment: env.clone(),
-                    owner: req.owner.clone(),
-                    source: req.source,
-                    description: req.description.clone(),
-                    created_at: now,
-                    expires_at: Some(now + ttl.duration()),
-                },
-                actor: actor.clone(),
-                max_grants_per_user: policy.max_grants_per_user,
-            });
-            let upserted = upserted.await?;
-            self.wake_sweeper.notify_one();
-            return Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: None });
-        }
-
-        // Observe first, so the quota check and the plan see the firewall before the store.
-        let scope = Scope::Environment(env.clone());
-        let observed = self.observe(&scope).await;
         let now = self.clock.now();
         let grant = Grant {
             cidr: req.cidr,
@@ -306,29 +277,46 @@ impl Engine {
             created_at: now,
             expires_at: Some(now + ttl.duration()),
         };
+
+        // A refresh that changes no rule description needs no firewall call: the store is the
+        // source of truth for expiry, and the periodic reconcile repairs any drift.
+        let unchanged = self.store.grants(Some(&env)).await?.into_iter().find(|g| g.key() == grant.key()).is_some_and(|g| {
+            g.is_live(now) && g.description == grant.description && g.source == grant.source
+        });
+        if unchanged {
+            let upserted = self.store_grant(grant, &actor, &policy).await?;
+            return Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: None });
+        }
+
+        // Observe first, so the quota check and the plan see the firewall before the store.
+        let scope = Scope::Environment(env.clone());
+        let observed = self.observe(&scope).await;
         let history = self.store.environments_with_history().await?;
         let mut with_new = self.store.grants(Some(&env)).await?;
         with_new.retain(|g| g.key() != grant.key());
         with_new.push(grant.clone());
-        if let Some(err) = self.quota_refusal(&grant, &with_new, &observed.targets, &history, now) {
+        if let Some(err) = self.quota_refusal(&grant, &with_new, &observed.targets, &history, self.clock.now()) {
             return Err(self.refuse(err, &env, Some(&grant.cidr), &actor).await);
         }
 
-        let upserted = match self
-            .store
-            .upsert(Upsert { grant, actor: actor.clone(), max_grants_per_user: policy.max_grants_per_user })
-            .await
-        {
+        let upserted = self.store_grant(grant, &actor, &policy).await?;
+        let report = self.plan_and_apply(Cause::Change, &scope, observed, false).await?;
+        Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: Some(report) })
+    }
+
+    /// Stores an add or refresh (refusals audited) and wakes the sweeper for its expiry.
+    async fn store_grant(&self, grant: Grant, actor: &Actor, policy: &Policy) -> Result<portcullis_store::Upserted, EngineError> {
+        let (env, cidr) = (grant.environment.clone(), grant.cidr);
+        let upsert = Upsert { grant, actor: actor.clone(), max_grants_per_user: policy.max_grants_per_user };
+        let upserted = match self.store.upsert(upsert).await {
             Ok(u) => u,
-            Err(StoreError::Validation(err)) => return Err(self.refuse(err, &env, Some(&req.cidr), &actor).await),
+            Err(StoreError::Validation(err)) => return Err(self.refuse(err, &env, Some(&cidr), actor).await),
             Err(err) => return Err(err.into()),
         };
         self.wake_sweeper.notify_one();
-        tracing::info!(cidr = %upserted.grant.cidr, environment = %env, user = %actor.name,
+        tracing::info!(cidr = %cidr, environment = %env, user = %actor.name,
             refreshed = upserted.previous.is_some(), "grant stored");
-
-        let report = self.plan_and_apply(Cause::Change, &scope, observed, false).await?;
-        Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: Some(report) })
+        Ok(upserted)
     }
 
     fn quota_refusal(
