@@ -71,11 +71,7 @@ impl Firewall for DryRunFirewall {
         out.write_all(text.as_bytes())
             .and_then(|_| out.flush())
             .map_err(|e| FirewallError { code: None, message: format!("dry-run output: {e}") })?;
-        Ok(Applied {
-            authorized: change.authorize.len(),
-            revoked: change.revoke.len(),
-            updated: change.update_descriptions.len(),
-            already_done: 0,
-        })
+        // Nothing was changed, so nothing is reported as applied.
+        Ok(Applied::default())
     }
 }

@@ -102,7 +102,6 @@ pub struct ReconcileReport {
     #[serde(with = "time::serde::rfc3339")]
     pub at: Timestamp,
     pub cause: Cause,
-    pub dry_run: bool,
     pub targets: usize,
     pub authorized: usize,
     pub revoked: usize,
@@ -220,10 +219,6 @@ impl Engine {
         &self.clock
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// The policy of a known environment.
     pub fn policy(&self, env: &Environment) -> Result<&Policy, ValidationError> {
         self.settings.policies.get(env).ok_or_else(|| ValidationError::UnknownEnvironment {
@@ -300,7 +295,7 @@ impl Engine {
         }
 
         let upserted = self.store_grant(grant, &actor, &policy).await?;
-        let report = self.plan_and_apply(Cause::Change, &scope, observed, false).await?;
+        let report = self.plan_and_apply(Cause::Change, &scope, observed).await?;
         Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: Some(report) })
     }
 
@@ -363,17 +358,18 @@ impl Engine {
             ValidationError::NoSuchGrant { cidr: key.cidr.to_string(), environment: env.to_string() }
         })?;
         tracing::info!(cidr = %key.cidr, environment = %env, user = %actor.name, "grant removed");
-        let report = self.reconcile(Scope::Environment(env.clone()), Cause::Change, false).await?;
+        let report = self.reconcile(Scope::Environment(env.clone()), Cause::Change).await?;
         Ok(RemoveOutcome { grant: removed, report })
     }
 
-    /// Brings the firewall to the state the store describes (or, with `dry_run`, says how).
-    pub async fn reconcile(&self, scope: Scope, cause: Cause, dry_run: bool) -> Result<ReconcileReport, EngineError> {
+    /// Brings the firewall to the state the store describes. (A dry run is a `DryRunFirewall`,
+    /// which prints the changes and makes none.)
+    pub async fn reconcile(&self, scope: Scope, cause: Cause) -> Result<ReconcileReport, EngineError> {
         if let Some(env) = scope.environment() {
             self.policy(env)?;
         }
         let observed = self.observe(&scope).await;
-        self.plan_and_apply(cause, &scope, observed, dry_run).await
+        self.plan_and_apply(cause, &scope, observed).await
     }
 
     /// Observes the groups the scope needs; must come before any store read that feeds a plan.
@@ -396,7 +392,6 @@ impl Engine {
         cause: Cause,
         scope: &Scope,
         observed: Observed,
-        dry_run: bool,
     ) -> Result<ReconcileReport, EngineError> {
         let Observed { failures: observe_failures, targets, skipped } = observed;
         let grants = self.store.grants(scope.environment()).await?;
@@ -415,11 +410,10 @@ impl Engine {
                 "owned rule left in place: this store has never recorded anything for its environment; \
                  add a grant for it to keep it, or remove the rule by hand");
         }
-        let outcomes = if dry_run { Vec::new() } else { self.apply_all(&p.changes).await };
+        let outcomes = self.apply_all(&p.changes).await;
         let report = ReconcileReport {
             at: now,
             cause,
-            dry_run,
             targets: targets.len(),
             authorized: p.authorize_count(),
             revoked: p.revoke_count(),
@@ -434,20 +428,18 @@ impl Engine {
             overflows: p.overflows,
             unowned: p.foreign,
         };
-        if !dry_run {
-            if matches!(cause, Cause::Refresh | Cause::Periodic) {
-                self.audit_drift(&report).await;
-            }
-            *self.last_reconcile.lock().expect("status mutex poisoned") = Some(ReconcileSummary {
-                at: now,
-                cause,
-                ok: !report.failed(),
-                authorized: report.authorized,
-                revoked: report.revoked,
-                updated: report.updated,
-                failures: report.failure_messages(),
-            });
+        if matches!(cause, Cause::Refresh | Cause::Periodic) {
+            self.audit_drift(&report).await;
         }
+        *self.last_reconcile.lock().expect("status mutex poisoned") = Some(ReconcileSummary {
+            at: now,
+            cause,
+            ok: !report.failed(),
+            authorized: report.authorized,
+            revoked: report.revoked,
+            updated: report.updated,
+            failures: report.failure_messages(),
+        });
         Ok(report)
     }
 
@@ -492,7 +484,8 @@ impl Engine {
     async fn audit_drift(&self, report: &ReconcileReport) {
         let mut per_env: BTreeMap<&Environment, Vec<String>> = BTreeMap::new();
         for (change, outcome) in report.changes.iter().zip(&report.outcomes) {
-            if let Some(a) = outcome.applied {
+            // Only what the firewall really changed is a repair (a dry run changes nothing).
+            if let Some(a) = outcome.applied.filter(|a| a.authorized + a.revoked + a.updated > 0) {
                 per_env.entry(&change.environment).or_default().push(format!(
                     "{}: {} restored, {} removed, {} descriptions updated",
                     change.target, a.authorized, a.revoked, a.updated
@@ -530,7 +523,7 @@ impl Engine {
             Some(env) if due.len() == 1 && self.settings.policies.contains_key(env) => Scope::Environment(env.clone()),
             _ => Scope::All,
         };
-        let report = self.reconcile(scope, Cause::Sweep, false).await?;
+        let report = self.reconcile(scope, Cause::Sweep).await?;
         let expired = self.store.expire(now).await?;
         for g in &expired {
             tracing::info!(cidr = %g.cidr, environment = %g.environment,
@@ -580,7 +573,7 @@ impl Engine {
             if *shutdown.borrow() {
                 return;
             }
-            match self.reconcile(Scope::All, Cause::Periodic, false).await {
+            match self.reconcile(Scope::All, Cause::Periodic).await {
                 Ok(report) if report.failed() => {
                     tracing::warn!(failures = ?report.failure_messages(), "periodic reconcile left failures; will retry")
                 }

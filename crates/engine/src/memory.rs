@@ -61,6 +61,17 @@ impl MemoryFirewall {
         group.rules.push(rule);
     }
 
+    /// Deletes a rule as a person would by hand.
+    pub fn delete_rule(&self, region: &str, group_id: &str, raw_cidr: &str, ports: portcullis_core::PortRange) {
+        let id = TargetId { region: region.into(), group_id: group_id.into() };
+        let mut groups = self.groups.lock().unwrap();
+        let group = groups.get_mut(&id).expect("group exists");
+        if let Some(i) = group.rules.iter().position(|r| r.raw_cidr == raw_cidr && r.ports == ports) {
+            let rule = group.rules.remove(i);
+            group.counts.add(rule.cidr.family(), -1);
+        }
+    }
+
     /// The rules a group holds now.
     pub fn rules(&self, region: &str, group_id: &str) -> Vec<ObservedRule> {
         let id = TargetId { region: region.into(), group_id: group_id.into() };

@@ -100,13 +100,13 @@ async fn reconcile_on_moto(moto: &str) {
     };
     let engine = Engine::new(Arc::new(store), firewall.clone(), Arc::new(SystemClock), settings(vec![spec]));
     let start = Instant::now();
-    let report = engine.reconcile(Scope::All, Cause::Refresh, false).await.unwrap();
+    let report = engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
     let took = start.elapsed();
     assert_eq!(report.authorized, 1000, "{:?}", report.failure_messages());
     println!("reconcile: 25 grants onto 20 groups x 2 ports (1,000 rules) on moto");
     println!("  portcullis: {took:>10.2?}  calls {:?}", firewall.calls().snapshot());
     let start = Instant::now();
-    engine.reconcile(Scope::All, Cause::Refresh, false).await.unwrap();
+    engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
     println!("  again, nothing to do: {:>10.2?}  calls {:?}", start.elapsed(), firewall.calls().snapshot());
 
     let start = Instant::now();
@@ -191,7 +191,7 @@ async fn expiry_lag() {
     // One in-memory group holds all 200 rules; it has no EC2 quota to respect.
     let quota = RuleQuota { ipv4: 1000, ipv6: 1000 };
     let engine = Arc::new(Engine::new(Arc::new(store), firewall.clone(), clock, Settings { quota, ..settings(vec![spec]) }));
-    engine.reconcile(Scope::All, Cause::Refresh, false).await.unwrap();
+    engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
     assert_eq!(firewall.rules(REGION, "sg-lag").len(), 200);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn({

@@ -295,7 +295,7 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
                 None => Scope::All,
             };
             let engine = wiring::engine(&config, dry_run, json).await?;
-            let report = engine.reconcile(scope, Cause::Refresh, false).await?;
+            let report = engine.reconcile(scope, Cause::Refresh).await?;
             if json {
                 print_json(&report);
             } else {

@@ -29,6 +29,7 @@ fn spec(region: &str) -> TargetSpec {
 
 struct Rig {
     engine: Arc<Engine>,
+    settings: Settings,
     firewall: Arc<MemoryFirewall>,
     clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
@@ -48,8 +49,8 @@ fn rig(regions: &[&str]) -> Rig {
         marker: Marker::default(),
         quota: RuleQuota::default(),
     };
-    let engine = Arc::new(Engine::new(store, firewall.clone(), clock.clone(), settings));
-    Rig { engine, firewall, clock, _dir: dir }
+    let engine = Arc::new(Engine::new(store, firewall.clone(), clock.clone(), settings.clone()));
+    Rig { engine, settings, firewall, clock, _dir: dir }
 }
 
 fn add(cidr: &str, ttl: &str) -> AddRequest {
@@ -136,8 +137,25 @@ async fn hand_made_rules_survive_every_operation() {
     };
     r.firewall.put_rule("us-east-1", "sg-us-east-1", hand.clone());
     r.engine.add(add("198.51.100.7", "5m")).await.unwrap();
-    r.engine.reconcile(Scope::All, Cause::Refresh, false).await.unwrap();
+    r.engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
     r.clock.advance(Duration::minutes(6));
     r.engine.sweep().await.unwrap();
     assert_eq!(r.firewall.rules("us-east-1", "sg-us-east-1"), vec![hand]);
+}
+
+#[tokio::test]
+async fn a_dry_run_reconcile_changes_nothing_and_audits_no_repair() {
+    let r = rig(&["us-east-1"]);
+    r.engine.add(add("198.51.100.7", "1h")).await.unwrap();
+    // Drift: our rule deleted by hand, then a dry-run refresh over the same groups.
+    let ours = r.firewall.rules("us-east-1", "sg-us-east-1").remove(0);
+    r.firewall.delete_rule("us-east-1", "sg-us-east-1", &ours.raw_cidr, ours.ports);
+    let dry = Arc::new(portcullis_engine::DryRunFirewall::new(Some(r.firewall.clone()), Box::new(std::io::sink())));
+    let engine = Engine::new(r.engine.store().clone(), dry, r.clock.clone(), r.settings.clone());
+    let report = engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
+    assert_eq!(report.authorized, 1, "the plan says what would change");
+    assert!(report.outcomes.iter().all(|o| o.applied == Some(Default::default())), "{:?}", report.outcomes);
+    assert!(r.firewall.rules("us-east-1", "sg-us-east-1").is_empty());
+    let audit = r.engine.store().audit(None, 10).await.unwrap();
+    assert!(audit.iter().all(|e| e.action != Action::DriftRepaired), "{audit:?}");
 }

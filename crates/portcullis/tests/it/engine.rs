@@ -66,7 +66,7 @@ async fn twenty_grants_onto_a_newly_tagged_group_cost_one_authorize() {
 
     let counted = Arc::new(Ec2Firewall::new(&sdk));
     let reconciler = engine(&w, counted.clone(), clock, vec![]).await;
-    let report = reconciler.reconcile(Scope::All, Cause::Refresh, false).await.unwrap();
+    let report = reconciler.reconcile(Scope::All, Cause::Refresh).await.unwrap();
     assert_eq!(report.authorized, 40);
     assert_eq!(w.rules(&group).await.len(), 40);
     let calls = counted.calls().snapshot();
@@ -75,7 +75,7 @@ async fn twenty_grants_onto_a_newly_tagged_group_cost_one_authorize() {
     assert_eq!(calls.len(), 2, "{calls:?}");
 
     // Level-triggered: the next reconcile is one describe and nothing else.
-    reconciler.reconcile(Scope::All, Cause::Refresh, false).await.unwrap();
+    reconciler.reconcile(Scope::All, Cause::Refresh).await.unwrap();
     assert_eq!(counted.calls().total(), 3);
 }
 
@@ -128,7 +128,7 @@ async fn a_reconcile_racing_an_add_never_revokes_the_new_rule() {
     let (observed, release) = held.hold_next_observe();
     let racing = tokio::spawn({
         let reconciler = reconciler.clone();
-        async move { reconciler.reconcile(Scope::All, Cause::Periodic, false).await.unwrap() }
+        async move { reconciler.reconcile(Scope::All, Cause::Periodic).await.unwrap() }
     });
     observed.await.unwrap();
     // The reconcile has seen the firewall; now another process adds a grant and applies it.
