@@ -283,7 +283,8 @@ impl Engine {
             return Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: None });
         }
 
-        // Observe first, so the quota check and the plan see the firewall before the store.
+        // Observe first, then read the store again: the quota check is a plan too, and a grant
+        // another process added since the read above must be seen with its rules.
         let scope = Scope::Environment(env.clone());
         let observed = self.observe(&scope).await;
         let history = self.store.environments_with_history().await?;
@@ -590,12 +591,10 @@ impl Engine {
 
     pub async fn status(&self) -> Result<Status, EngineError> {
         let now = self.clock.now();
-        let overdue = self.store.grants(None).await?.into_iter().filter(|g| !g.is_live(now)).collect();
+        let grants = self.store.grants(None).await?;
+        let next_expiry = grants.iter().filter_map(|g| g.expires_at).min();
+        let overdue = grants.into_iter().filter(|g| !g.is_live(now)).collect();
         let last_reconcile = self.last_reconcile.lock().expect("status mutex poisoned").clone();
-        Ok(Status {
-            last_reconcile,
-            next_expiry: self.store.next_expiry().await?,
-            overdue,
-        })
+        Ok(Status { last_reconcile, next_expiry, overdue })
     }
 }
