@@ -26,7 +26,7 @@ pub use marker::Marker;
 pub use plan::{
     counts_after, plan, AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld,
 };
-pub use policy::Policy;
+pub use policy::{policy_for, Policy};
 pub use ports::{PortRange, PortSet, Protocol};
 pub use target::{
     resolve_targets, FamilyCounts, ObservedGroup, ObservedRule, SkippedGroup, Target, TargetId,

@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{Cidr, Environment, Family, PortSet, Ttl, ValidationError};
 
@@ -30,6 +30,14 @@ impl Default for Policy {
             refuse_special_purpose: false,
         }
     }
+}
+
+/// The policy of a known environment; an unknown one is refused, naming the known ones.
+pub fn policy_for<'a>(policies: &'a BTreeMap<Environment, Policy>, env: &Environment) -> Result<&'a Policy, ValidationError> {
+    policies.get(env).ok_or_else(|| ValidationError::UnknownEnvironment {
+        name: env.to_string(),
+        known: policies.keys().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+    })
 }
 
 impl Policy {

@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use portcullis_core::{
-    plan, resolve_targets, Action, AuditEvent, Cidr, Description, Environment, Foreign, Grant, GrantKey,
+    plan, policy_for, resolve_targets, Action, AuditEvent, Cidr, Description, Environment, Foreign, Grant, GrantKey,
     GroupChange, Interface, Marker, Overflow, Owner, Plan, PlanInput, Policy, RuleQuota, SkippedGroup, Source,
     Target, TargetId, TargetSelector, TargetSpec, Timestamp, Ttl, ValidationError, Withheld,
 };
@@ -221,10 +221,7 @@ impl Engine {
 
     /// The policy of a known environment.
     pub fn policy(&self, env: &Environment) -> Result<&Policy, ValidationError> {
-        self.settings.policies.get(env).ok_or_else(|| ValidationError::UnknownEnvironment {
-            name: env.to_string(),
-            known: self.settings.policies.keys().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
-        })
+        policy_for(&self.settings.policies, env)
     }
 
     /// Records a refusal in a known environment, then returns it.

@@ -183,10 +183,7 @@ fn environment(config: &Config, env: Option<String>) -> Result<Environment, CliE
         Some(name) => Environment::parse(&name)?,
         None => config.default_environment.clone(),
     };
-    if !config.policies.contains_key(&env) {
-        let known = config.policies.keys().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
-        return Err(portcullis_core::ValidationError::UnknownEnvironment { name: env.to_string(), known }.into());
-    }
+    portcullis_core::policy_for(&config.policies, &env)?;
     Ok(env)
 }
 
