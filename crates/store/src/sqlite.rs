@@ -10,7 +10,7 @@ use portcullis_core::{
     Action, AuditEvent, Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp,
     ValidationError,
 };
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, Row, Transaction, TransactionBehavior};
 
 use crate::{Actor, Store, StoreError, Upsert, Upserted};
 
@@ -43,6 +43,12 @@ CREATE TABLE audit (
     reason      TEXT NOT NULL
 );
 CREATE INDEX audit_environment ON audit (environment, id);
+-- Environments with at least one grant change, kept with the audit log so the empty-store
+-- safety check is a lookup, not a scan of the whole log.
+CREATE TABLE environments (
+    name          TEXT PRIMARY KEY,
+    first_change_ms INTEGER NOT NULL
+);
 CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
@@ -164,13 +170,21 @@ impl SqliteStore {
         StoreError::Corrupt { location: self.path.display().to_string(), message }
     }
 
+    /// Grants matching a `WHERE … ORDER BY …` clause.
+    fn select_grants(&self, conn: &Connection, clause: &str, args: impl rusqlite::Params) -> Result<Vec<Grant>, StoreError> {
+        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE {clause}");
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt.query_map(args, grant_from_row).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.map_err(|e| self.err(e))?.map_err(|m| self.corrupt(m))?);
+        }
+        Ok(out)
+    }
+
     fn get(&self, tx: &Connection, key: &GrantKey) -> Result<Option<Grant>, StoreError> {
-        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE cidr = ?1 AND environment = ?2");
-        let row = tx
-            .query_row(&sql, params![key.cidr.to_string(), key.environment.as_str()], grant_from_row)
-            .optional()
-            .map_err(|e| self.err(e))?;
-        row.transpose().map_err(|m| self.corrupt(m))
+        let args = params![key.cidr.to_string(), key.environment.as_str()];
+        Ok(self.select_grants(tx, "cidr = ?1 AND environment = ?2", args)?.pop())
     }
 
     fn put(&self, tx: &Connection, g: &Grant, now: Timestamp) -> Result<(), StoreError> {
@@ -227,6 +241,13 @@ impl SqliteStore {
             ],
         )
         .map_err(|e| self.err(e))?;
+        if matches!(e.action, Action::Added | Action::Refreshed | Action::Removed | Action::Expired) {
+            tx.execute(
+                "INSERT OR IGNORE INTO environments (name, first_change_ms) VALUES (?1, ?2)",
+                params![e.environment, ms(e.at)],
+            )
+            .map_err(|e| self.err(e))?;
+        }
         Ok(())
     }
 }
@@ -333,16 +354,7 @@ impl Store for SqliteStore {
     async fn grants(&self, environment: Option<&Environment>) -> Result<Vec<Grant>, StoreError> {
         let (this, env) = (self.clone(), environment.map(|e| e.to_string()));
         self.run(move |conn| {
-            let sql = format!(
-                "SELECT {GRANT_COLUMNS} FROM grants WHERE ?1 IS NULL OR environment = ?1 ORDER BY environment, cidr"
-            );
-            let mut stmt = conn.prepare_cached(&sql).map_err(|e| this.err(e))?;
-            let rows = stmt.query_map(params![env], grant_from_row).map_err(|e| this.err(e))?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(row.map_err(|e| this.err(e))?.map_err(|m| this.corrupt(m))?);
-            }
-            Ok(out)
+            this.select_grants(conn, "?1 IS NULL OR environment = ?1 ORDER BY environment, cidr", params![env])
         })
         .await
     }
@@ -350,16 +362,7 @@ impl Store for SqliteStore {
     async fn expire(&self, now: Timestamp) -> Result<Vec<Grant>, StoreError> {
         let this = self.clone();
         self.write(move |tx| {
-            let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE expires_at_ms <= ?1 ORDER BY expires_at_ms");
-            let expired: Vec<Grant> = {
-                let mut stmt = tx.prepare_cached(&sql).map_err(|e| this.err(e))?;
-                let rows = stmt.query_map(params![ms(now)], grant_from_row).map_err(|e| this.err(e))?;
-                let mut out = Vec::new();
-                for row in rows {
-                    out.push(row.map_err(|e| this.err(e))?.map_err(|m| this.corrupt(m))?);
-                }
-                out
-            };
+            let expired = this.select_grants(tx, "expires_at_ms <= ?1 ORDER BY expires_at_ms", params![ms(now)])?;
             for g in &expired {
                 this.delete(tx, &g.key())?;
                 let at = g.expires_at.expect("selected by expiry");
@@ -385,12 +388,7 @@ impl Store for SqliteStore {
     async fn environments_with_history(&self) -> Result<BTreeSet<Environment>, StoreError> {
         let this = self.clone();
         self.run(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT DISTINCT environment FROM audit
-                     WHERE action IN ('added', 'refreshed', 'removed', 'expired')",
-                )
-                .map_err(|e| this.err(e))?;
+            let mut stmt = conn.prepare_cached("SELECT name FROM environments").map_err(|e| this.err(e))?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(|e| this.err(e))?;
             let mut out = BTreeSet::new();
             for row in rows {

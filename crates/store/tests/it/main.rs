@@ -110,3 +110,31 @@ async fn two_handles_on_one_file_never_lose_a_write() {
     assert_eq!(a.grants(None).await.unwrap().len(), 40);
     assert_eq!(b.audit(None, 100).await.unwrap().len(), 40);
 }
+
+#[tokio::test]
+async fn history_counts_grant_changes_not_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("p.db")).unwrap();
+    assert!(store.environments_with_history().await.unwrap().is_empty());
+    store
+        .record(portcullis_core::AuditEvent {
+            id: 0,
+            at: T0,
+            actor: "mallory".into(),
+            interface: Interface::Cli,
+            action: Action::Refused,
+            environment: "prod".into(),
+            cidr: None,
+            before: None,
+            after: None,
+            reason: "not allowed".into(),
+        })
+        .await
+        .unwrap();
+    assert!(store.environments_with_history().await.unwrap().is_empty(), "a refusal is no history");
+    let g = grant("198.51.100.7", "alice", "", T0, Duration::days(1));
+    store.upsert(upsert(g.clone(), "alice")).await.unwrap();
+    store.remove(&g.key(), &actor("alice"), T0).await.unwrap();
+    let history = store.environments_with_history().await.unwrap();
+    assert_eq!(history.into_iter().collect::<Vec<_>>(), [Environment::parse("dev").unwrap()]);
+}
