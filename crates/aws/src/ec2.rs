@@ -320,15 +320,10 @@ impl Firewall for Ec2Firewall {
     async fn apply(&self, change: &GroupChange) -> Result<Applied, FirewallError> {
         let client = self.client_for_apply(&change.target.region);
         let group = change.target.group_id.as_str();
-        let mut applied = Applied::default();
         // Revoke first: it frees quota for what is authorized after.
         let (revoked, gone) = Call::Revoke.batch(&client, group, &change.revoke).await?;
         let (updated, _) = Call::UpdateDescriptions.batch(&client, group, &change.update_descriptions).await?;
         let (authorized, present) = Call::Authorize.batch(&client, group, &change.authorize).await?;
-        applied.revoked = revoked;
-        applied.updated = updated;
-        applied.authorized = authorized;
-        applied.already_done = gone + present;
-        Ok(applied)
+        Ok(Applied { authorized, revoked, updated, already_done: gone + present })
     }
 }
