@@ -14,6 +14,15 @@ use thiserror::Error;
 
 pub use sqlite::SqliteStore;
 
+/// How long a process holds a notice it wrote or claimed before another may deliver it.
+pub const NOTICE_LEASE: time::Duration = time::Duration::seconds(30);
+
+/// Whether an audit action is announced (and so gets an outbox entry with its audit record).
+pub fn is_announced(action: portcullis_core::Action) -> bool {
+    use portcullis_core::Action::*;
+    matches!(action, Added | Removed | Expired | DriftRepaired)
+}
+
 /// Who is making a change, and through which interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
@@ -38,6 +47,34 @@ pub struct Upserted {
     pub grant: Grant,
     /// The live grant it refreshed, if any.
     pub previous: Option<Grant>,
+}
+
+/// A change waiting in the outbox to be announced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    /// The audit event that is announced; its id is the notice's id.
+    pub event: AuditEvent,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    Delivered,
+    /// Try again at `at` (anyone may; the claim is released).
+    Retry { at: Timestamp, error: String },
+    /// Never deliverable (too old); kept with its error, never tried again.
+    Abandoned { error: String },
+}
+
+/// The outbox at a glance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxStatus {
+    /// Notices not yet delivered or abandoned.
+    pub pending: usize,
+    /// When this process may next claim one (now or earlier when one is due).
+    pub next_due: Option<Timestamp>,
 }
 
 #[derive(Debug, Error)]
@@ -82,4 +119,16 @@ pub trait Store: Send + Sync {
 
     /// The newest audit events first, at most `limit`.
     async fn audit(&self, environment: Option<&Environment>, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// This process's name in the outbox: the notices it writes are leased to it for
+    /// [`NOTICE_LEASE`], so it announces its own changes.
+    fn instance(&self) -> &str;
+
+    /// Claims the oldest due notice for this process: its own, or one whose lease has lapsed.
+    async fn claim_notice(&self, now: Timestamp) -> Result<Option<Notice>, StoreError>;
+
+    /// Records how a claimed notice's delivery ended.
+    async fn settle_notice(&self, id: i64, settlement: Settlement, now: Timestamp) -> Result<(), StoreError>;
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError>;
 }

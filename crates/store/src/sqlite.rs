@@ -10,9 +10,9 @@ use portcullis_core::{
     Action, AuditEvent, Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp,
     ValidationError,
 };
-use rusqlite::{params, Connection, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use crate::{Actor, Store, StoreError, Upsert, Upserted};
+use crate::{Actor, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, Upserted};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[r#"
@@ -53,7 +53,25 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#, r#"
+-- Announcements waiting to be delivered, one per announced audit event, written in the same
+-- transaction as the event. A notice is leased to the process that wrote or claimed it.
+CREATE TABLE outbox (
+    audit_id        INTEGER PRIMARY KEY REFERENCES audit (id),
+    state           TEXT NOT NULL DEFAULT 'pending',  -- pending | delivered | abandoned
+    claimed_by      TEXT,
+    lease_until_ms  INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    settled_at_ms   INTEGER
+);
+CREATE INDEX outbox_pending ON outbox (audit_id) WHERE state = 'pending';
+CREATE INDEX outbox_settled ON outbox (settled_at_ms) WHERE state != 'pending';
 "#];
+
+/// Settled notices are kept this long (for inspection), then deleted.
+const SETTLED_RETENTION: time::Duration = time::Duration::days(7);
 
 /// The embedded store: one SQLite file in WAL mode, safe for the CLI and a running server to
 /// share (writes take the lock up front with `BEGIN IMMEDIATE` and wait for each other).
@@ -61,6 +79,7 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 pub struct SqliteStore {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    instance: Arc<str>,
 }
 
 impl SqliteStore {
@@ -76,7 +95,9 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sqlite)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
         migrate(&mut conn).map_err(sqlite)?;
-        Ok(SqliteStore { path, conn: Arc::new(Mutex::new(conn)) })
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let instance = format!("pid{}-{:x}", std::process::id(), nanos).into();
+        Ok(SqliteStore { path, conn: Arc::new(Mutex::new(conn)), instance })
     }
 
     pub fn path(&self) -> &Path {
@@ -165,7 +186,53 @@ fn grant_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Grant, String>> {
     })())
 }
 
+const AUDIT_COLUMNS: &str = "id, at_ms, actor, interface, action, environment, cidr, before_json, after_json, reason";
+
 impl SqliteStore {
+    /// Audit events matching a `WHERE … ORDER BY …` clause.
+    fn select_audit(&self, conn: &Connection, clause: &str, args: impl rusqlite::Params) -> Result<Vec<AuditEvent>, StoreError> {
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE {clause}");
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                    r.get::<_, String>(9)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, at, actor, interface, action, environment, cidr, before, after, reason) =
+                row.map_err(|e| self.err(e))?;
+            let grant = |json: Option<String>| -> Result<Option<Grant>, StoreError> {
+                json.map(|j| serde_json::from_str(&j).map_err(|e| self.corrupt(format!("audit {id}: {e}")))).transpose()
+            };
+            out.push(AuditEvent {
+                id,
+                at: from_ms(at),
+                actor,
+                interface: Interface::parse(&interface)
+                    .ok_or_else(|| self.corrupt(format!("audit {id}: unknown interface {interface:?}")))?,
+                action: Action::parse(&action).ok_or_else(|| self.corrupt(format!("audit {id}: unknown action {action:?}")))?,
+                environment,
+                cidr,
+                before: grant(before)?,
+                after: grant(after)?,
+                reason,
+            });
+        }
+        Ok(out)
+    }
+
     fn corrupt(&self, message: String) -> StoreError {
         StoreError::Corrupt { location: self.path.display().to_string(), message }
     }
@@ -241,6 +308,13 @@ impl SqliteStore {
             ],
         )
         .map_err(|e| self.err(e))?;
+        if crate::is_announced(e.action) {
+            tx.execute(
+                "INSERT INTO outbox (audit_id, claimed_by, lease_until_ms, next_attempt_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![tx.last_insert_rowid(), &*self.instance, ms(e.at + crate::NOTICE_LEASE), ms(e.at)],
+            )
+            .map_err(|e| self.err(e))?;
+        }
         if matches!(e.action, Action::Added | Action::Refreshed | Action::Removed | Action::Expired) {
             tx.execute(
                 "INSERT OR IGNORE INTO environments (name, first_change_ms) VALUES (?1, ?2)",
@@ -408,52 +482,88 @@ impl Store for SqliteStore {
     async fn audit(&self, environment: Option<&Environment>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
         let (this, env) = (self.clone(), environment.map(|e| e.to_string()));
         self.run(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, at_ms, actor, interface, action, environment, cidr, before_json, after_json, reason
-                     FROM audit WHERE ?1 IS NULL OR environment = ?1 ORDER BY id DESC LIMIT ?2",
+            this.select_audit(conn, "?1 IS NULL OR environment = ?1 ORDER BY id DESC LIMIT ?2", params![env, limit as i64])
+        })
+        .await
+    }
+
+    fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    async fn claim_notice(&self, now: Timestamp) -> Result<Option<Notice>, StoreError> {
+        let this = self.clone();
+        self.write(move |tx| {
+            let now_ms = ms(now);
+            tx.execute(
+                "DELETE FROM outbox WHERE state != 'pending' AND settled_at_ms < ?1",
+                params![ms(now - SETTLED_RETENTION)],
+            )
+            .map_err(|e| this.err(e))?;
+            let claimed: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT audit_id, attempts FROM outbox
+                     WHERE state = 'pending' AND next_attempt_ms <= ?1 AND (claimed_by = ?2 OR lease_until_ms <= ?1)
+                     ORDER BY audit_id LIMIT 1",
+                    params![now_ms, &*this.instance],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(|e| this.err(e))?;
+            let Some((id, attempts)) = claimed else { return Ok(None) };
+            tx.execute(
+                "UPDATE outbox SET claimed_by = ?2, lease_until_ms = ?3 WHERE audit_id = ?1",
+                params![id, &*this.instance, ms(now + crate::NOTICE_LEASE)],
+            )
+            .map_err(|e| this.err(e))?;
+            let event = this
+                .select_audit(tx, "id = ?1", params![id])?
+                .pop()
+                .ok_or_else(|| this.corrupt(format!("outbox notice {id} has no audit event")))?;
+            Ok(Some(Notice { event, attempts: attempts as u32 }))
+        })
+        .await
+    }
+
+    async fn settle_notice(&self, id: i64, settlement: Settlement, now: Timestamp) -> Result<(), StoreError> {
+        let this = self.clone();
+        self.write(move |tx| {
+            let now = ms(now);
+            let changed = match &settlement {
+                Settlement::Delivered => tx.execute(
+                    "UPDATE outbox SET state = 'delivered', claimed_by = NULL, lease_until_ms = 0,
+                        attempts = attempts + 1, settled_at_ms = ?2, last_error = NULL WHERE audit_id = ?1",
+                    params![id, now],
+                ),
+                Settlement::Retry { at, error } => tx.execute(
+                    "UPDATE outbox SET claimed_by = NULL, lease_until_ms = 0, attempts = attempts + 1,
+                        next_attempt_ms = ?2, last_error = ?3 WHERE audit_id = ?1 AND state = 'pending'",
+                    params![id, ms(*at), error],
+                ),
+                Settlement::Abandoned { error } => tx.execute(
+                    "UPDATE outbox SET state = 'abandoned', claimed_by = NULL, lease_until_ms = 0,
+                        settled_at_ms = ?2, last_error = ?3 WHERE audit_id = ?1",
+                    params![id, now, error],
+                ),
+            };
+            changed.map_err(|e| this.err(e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+        let this = self.clone();
+        self.run(move |conn| {
+            let (pending, next): (i64, Option<i64>) = conn
+                .query_row(
+                    "SELECT COUNT(*), MIN(MAX(next_attempt_ms, CASE WHEN claimed_by = ?1 THEN 0 ELSE lease_until_ms END))
+                     FROM outbox WHERE state = 'pending'",
+                    params![&*this.instance],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .map_err(|e| this.err(e))?;
-            let rows = stmt
-                .query_map(params![env, limit as i64], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, String>(5)?,
-                        r.get::<_, Option<String>>(6)?,
-                        r.get::<_, Option<String>>(7)?,
-                        r.get::<_, Option<String>>(8)?,
-                        r.get::<_, String>(9)?,
-                    ))
-                })
-                .map_err(|e| this.err(e))?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, at, actor, interface, action, environment, cidr, before, after, reason) =
-                    row.map_err(|e| this.err(e))?;
-                let grant = |json: Option<String>| -> Result<Option<Grant>, StoreError> {
-                    json.map(|j| serde_json::from_str(&j).map_err(|e| this.corrupt(format!("audit {id}: {e}"))))
-                        .transpose()
-                };
-                out.push(AuditEvent {
-                    id,
-                    at: from_ms(at),
-                    actor,
-                    interface: Interface::parse(&interface)
-                        .ok_or_else(|| this.corrupt(format!("audit {id}: unknown interface {interface:?}")))?,
-                    action: Action::parse(&action)
-                        .ok_or_else(|| this.corrupt(format!("audit {id}: unknown action {action:?}")))?,
-                    environment,
-                    cidr,
-                    before: grant(before)?,
-                    after: grant(after)?,
-                    reason,
-                });
-            }
-            Ok(out)
+            Ok(OutboxStatus { pending: pending as usize, next_due: next.map(from_ms) })
         })
         .await
     }

@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use portcullis_core::{Action, Cidr, Description, Environment, Grant, Interface, Owner, Source, Timestamp, ValidationError};
-use portcullis_store::{Actor, SqliteStore, Store, StoreError, Upsert};
+use portcullis_store::{Actor, Settlement, SqliteStore, Store, StoreError, Upsert, NOTICE_LEASE};
 use time::macros::datetime;
 use time::Duration;
 
@@ -35,10 +35,10 @@ async fn created_private_and_migrated_once() {
     let path = dir.path().join("p.db");
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(store.schema_version().unwrap(), 1);
+    assert_eq!(store.schema_version().unwrap(), 2);
     drop(store);
     let again = SqliteStore::open(&path).unwrap();
-    assert_eq!(again.schema_version().unwrap(), 1);
+    assert_eq!(again.schema_version().unwrap(), 2);
     assert!(SqliteStore::open(dir.path().join("missing/dir/p.db")).is_err());
 }
 
@@ -137,4 +137,56 @@ async fn history_counts_grant_changes_not_refusals() {
     store.remove(&g.key(), &actor("alice"), T0).await.unwrap();
     let history = store.environments_with_history().await.unwrap();
     assert_eq!(history.into_iter().collect::<Vec<_>>(), [Environment::parse("dev").unwrap()]);
+}
+
+#[tokio::test]
+async fn announced_changes_enter_the_outbox_with_their_audit_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let (cli, server) = (SqliteStore::open(&path).unwrap(), SqliteStore::open(&path).unwrap());
+    assert_ne!(cli.instance(), server.instance());
+    let g = grant("198.51.100.7", "alice", "home", T0, Duration::days(1));
+    cli.upsert(upsert(g.clone(), "alice")).await.unwrap();
+    cli.upsert(upsert(g.clone(), "alice")).await.unwrap(); // a refresh is audited, not announced
+    cli.remove(&g.key(), &actor("bob"), T0).await.unwrap();
+    assert_eq!(cli.outbox_status().await.unwrap().pending, 2);
+
+    // The writer holds its notices for NOTICE_LEASE; another process waits for the lease.
+    assert_eq!(server.claim_notice(T0).await.unwrap(), None);
+    let first = cli.claim_notice(T0).await.unwrap().unwrap();
+    assert_eq!((first.event.action, first.attempts), (Action::Added, 0));
+    cli.settle_notice(first.event.id, Settlement::Delivered, T0).await.unwrap();
+    let second = cli.claim_notice(T0).await.unwrap().unwrap();
+    assert_eq!(second.event.action, Action::Removed);
+    assert_eq!(second.event.before.as_ref().unwrap().description.as_str(), "home");
+    let retry_at = T0 + Duration::seconds(2);
+    cli.settle_notice(second.event.id, Settlement::Retry { at: retry_at, error: "503".into() }, T0).await.unwrap();
+    assert_eq!(cli.claim_notice(T0 + Duration::seconds(1)).await.unwrap(), None, "not due before its retry time");
+    assert_eq!(server.outbox_status().await.unwrap().next_due, Some(retry_at));
+
+    // A released notice is anyone's once due; a claimed one is not, until its lease lapses.
+    let again = server.claim_notice(retry_at).await.unwrap().unwrap();
+    assert_eq!((again.event.id, again.attempts), (second.event.id, 1));
+    assert_eq!(cli.claim_notice(retry_at).await.unwrap(), None);
+    let crashed = cli.claim_notice(retry_at + NOTICE_LEASE).await.unwrap().unwrap();
+    assert_eq!(crashed.event.id, second.event.id, "a crashed claimant's notice is delivered by another");
+    cli.settle_notice(crashed.event.id, Settlement::Delivered, retry_at + NOTICE_LEASE).await.unwrap();
+    assert_eq!(cli.outbox_status().await.unwrap().pending, 0);
+}
+
+#[tokio::test]
+async fn a_store_from_before_the_outbox_is_migrated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let g = grant("198.51.100.7", "alice", "home", T0, Duration::days(1));
+    store.upsert(upsert(g, "alice")).await.unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE outbox; PRAGMA user_version = 1;").unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.grants(None).await.unwrap().len(), 1);
+    assert_eq!(store.outbox_status().await.unwrap().pending, 0, "old changes are not announced again");
 }
