@@ -6,6 +6,7 @@
 mod audit;
 mod cidr;
 mod description;
+mod display;
 mod environment;
 mod error;
 mod grant;
@@ -19,6 +20,7 @@ mod ttl;
 pub use audit::{Action, AuditEvent, Interface};
 pub use cidr::{Cidr, Family};
 pub use description::Description;
+pub use display::{format_utc, time_left};
 pub use environment::Environment;
 pub use error::ValidationError;
 pub use grant::{Grant, GrantKey, Owner, Source};

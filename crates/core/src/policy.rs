@@ -11,8 +11,12 @@ pub struct Policy {
     pub min_prefix_v6: u8,
     /// What a group's `WhitelistPorts` tag may name.
     pub allowed_ports: PortSet,
-    /// User ids or names that may act; `None` lets anyone the interface identifies act.
+    /// User ids that may act (Slack user ids such as `U0123ABCD`; the user name for the CLI
+    /// and HTTP API). With neither this nor `allowed_groups`, anyone the interface identifies
+    /// may act.
     pub allowed_users: Option<BTreeSet<String>>,
+    /// Groups whose members may act (Slack user-group ids such as `S0123ABCD`).
+    pub allowed_groups: BTreeSet<String>,
     pub refuse_special_purpose: bool,
 }
 
@@ -27,6 +31,7 @@ impl Default for Policy {
                 PortSet::alb().iter().chain(PortSet::nlb().iter()).copied(),
             ),
             allowed_users: None,
+            allowed_groups: BTreeSet::new(),
             refuse_special_purpose: false,
         }
     }
@@ -79,15 +84,20 @@ impl Policy {
         Ok(())
     }
 
-    /// Whether a user (by id or by name) may change grants here.
-    pub fn check_actor(&self, environment: &Environment, id: &str, name: &str) -> Result<(), ValidationError> {
-        match &self.allowed_users {
-            Some(users) if !users.contains(id) && !users.contains(name) => Err(ValidationError::NotAllowed {
-                user: name.to_string(),
-                environment: environment.to_string(),
-            }),
-            _ => Ok(()),
+    /// Whether anyone identified may act here, or only listed users and group members.
+    pub fn is_restricted(&self) -> bool {
+        self.allowed_users.is_some() || !self.allowed_groups.is_empty()
+    }
+
+    /// Whether a user may act here: by id (never by display name, which users choose
+    /// themselves) or by membership of an allowed group.
+    pub fn check_actor(&self, environment: &Environment, id: &str, name: &str, groups: &[String]) -> Result<(), ValidationError> {
+        let listed = self.allowed_users.as_ref().is_some_and(|u| u.contains(id));
+        let member = groups.iter().any(|g| self.allowed_groups.contains(g));
+        if !self.is_restricted() || listed || member {
+            return Ok(());
         }
+        Err(ValidationError::NotAllowed { user: name.to_string(), environment: environment.to_string() })
     }
 }
 
@@ -110,14 +120,20 @@ mod tests {
         assert!(check("2001:db8::/48").is_ok());
         assert!(check("2001:db8::/47").is_err());
         assert!(p.check_ttl(&dev(), Ttl::MAX).is_ok());
-        assert!(p.check_actor(&dev(), "U1", "anyone").is_ok());
+        assert!(p.check_actor(&dev(), "U1", "anyone", &[]).is_ok());
         assert_eq!(p.allowed_ports.to_string(), "tcp:80,tcp:443,tcp:7233");
     }
 
     #[test]
-    fn listed_users_only() {
-        let p = Policy { allowed_users: Some(["alice".to_string()].into()), ..Policy::default() };
-        assert!(p.check_actor(&dev(), "U1", "alice").is_ok());
-        assert!(p.check_actor(&dev(), "U2", "bob").is_err());
+    fn listed_users_and_groups_only() {
+        let p = Policy { allowed_users: Some(["U1".to_string()].into()), ..Policy::default() };
+        assert!(p.check_actor(&dev(), "U1", "alice", &[]).is_ok());
+        assert!(p.check_actor(&dev(), "U2", "bob", &[]).is_err());
+        // A display name is never an identity: anyone can call themselves U1.
+        assert!(p.check_actor(&dev(), "U2", "U1", &[]).is_err());
+        let p = Policy { allowed_groups: ["S1".to_string()].into(), ..Policy::default() };
+        assert!(p.is_restricted());
+        assert!(p.check_actor(&dev(), "U2", "bob", &["S1".into()]).is_ok());
+        assert!(p.check_actor(&dev(), "U2", "bob", &["S2".into()]).is_err());
     }
 }
