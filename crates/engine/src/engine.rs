@@ -11,7 +11,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
-use crate::{Applied, Clock, Firewall, ObserveFailure};
+use crate::{Applied, Clock, Firewall, ObserveFailure, Outbox};
 
 /// What the engine is configured with.
 #[derive(Debug, Clone)]
@@ -55,6 +55,27 @@ pub enum Cause {
     Sweep,
 }
 
+/// Who asks for a change, through which interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    /// Becomes the owner of a grant the request adds.
+    pub owner: Owner,
+    /// Groups the interface vouches the user belongs to (Slack user groups).
+    pub groups: Vec<String>,
+    pub interface: Interface,
+}
+
+impl Requester {
+    /// A user known by one name only (CLI `--as`, the OS user, the HTTP API's `as`).
+    pub fn named(name: &str, interface: Interface) -> Requester {
+        Requester { owner: Owner::named(name), groups: Vec::new(), interface }
+    }
+
+    fn actor(&self) -> Actor {
+        Actor { name: self.owner.name.clone(), interface: self.interface }
+    }
+}
+
 /// A request to add (or refresh) a grant.
 #[derive(Debug, Clone)]
 pub struct AddRequest {
@@ -63,9 +84,8 @@ pub struct AddRequest {
     /// `None` means the default (30 days).
     pub ttl: Option<Ttl>,
     pub description: Description,
-    pub owner: Owner,
     pub source: Source,
-    pub interface: Interface,
+    pub by: Requester,
 }
 
 #[derive(Debug, Error)]
@@ -204,11 +224,37 @@ pub struct Engine {
     settings: Settings,
     wake_sweeper: Notify,
     last_reconcile: Mutex<Option<ReconcileSummary>>,
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl Engine {
     pub fn new(store: Arc<dyn Store>, firewall: Arc<dyn Firewall>, clock: Arc<dyn Clock>, settings: Settings) -> Engine {
-        Engine { store, firewall, clock, settings, wake_sweeper: Notify::new(), last_reconcile: Mutex::new(None) }
+        Engine {
+            store,
+            firewall,
+            clock,
+            settings,
+            wake_sweeper: Notify::new(),
+            last_reconcile: Mutex::new(None),
+            outbox: None,
+        }
+    }
+
+    /// Announces changes through `outbox`: the engine wakes it after every change it stores.
+    pub fn with_outbox(mut self, outbox: Arc<Outbox>) -> Engine {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    pub fn outbox(&self) -> Option<&Arc<Outbox>> {
+        self.outbox.as_ref()
+    }
+
+    /// Tells the outbox that announcements may be waiting.
+    fn announce(&self) {
+        if let Some(outbox) = &self.outbox {
+            outbox.wake();
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -222,6 +268,15 @@ impl Engine {
     /// The policy of a known environment.
     pub fn policy(&self, env: &Environment) -> Result<&Policy, ValidationError> {
         policy_for(&self.settings.policies, env)
+    }
+
+    /// Whether the requester may act in a known environment; a refusal is audited.
+    pub async fn authorize(&self, env: &Environment, by: &Requester) -> Result<&Policy, EngineError> {
+        let policy = self.policy(env)?;
+        if let Err(err) = policy.check_actor(env, &by.owner.id, &by.owner.name, &by.groups) {
+            return Err(self.refuse(err, env, None, &by.actor()).await);
+        }
+        Ok(policy)
     }
 
     /// Records a refusal in a known environment, then returns it.
@@ -249,10 +304,10 @@ impl Engine {
     pub async fn add(&self, req: AddRequest) -> Result<AddOutcome, EngineError> {
         let env = req.environment.clone();
         let policy = self.policy(&env)?.clone();
-        let actor = Actor { name: req.owner.name.clone(), interface: req.interface };
+        let actor = req.by.actor();
         let ttl = req.ttl.unwrap_or(Ttl::DEFAULT);
         let checks = policy
-            .check_actor(&env, &req.owner.id, &req.owner.name)
+            .check_actor(&env, &req.by.owner.id, &req.by.owner.name, &req.by.groups)
             .and_then(|_| policy.check_cidr(&env, &req.cidr))
             .and_then(|_| policy.check_ttl(&env, ttl));
         if let Err(err) = checks {
@@ -263,7 +318,7 @@ impl Engine {
         let grant = Grant {
             cidr: req.cidr,
             environment: env.clone(),
-            owner: req.owner.clone(),
+            owner: req.by.owner.clone(),
             source: req.source,
             description: req.description.clone(),
             created_at: now,
@@ -307,6 +362,7 @@ impl Engine {
             Err(err) => return Err(err.into()),
         };
         self.wake_sweeper.notify_one();
+        self.announce();
         tracing::info!(cidr = %cidr, environment = %env, user = %actor.name,
             refreshed = upserted.previous.is_some(), "grant stored");
         Ok(upserted)
@@ -345,16 +401,17 @@ impl Engine {
     }
 
     /// Removes a grant and takes its rules away.
-    pub async fn remove(&self, key: &GrantKey, owner: &Owner, interface: Interface) -> Result<RemoveOutcome, EngineError> {
+    pub async fn remove(&self, key: &GrantKey, by: &Requester) -> Result<RemoveOutcome, EngineError> {
         let env = &key.environment;
         let policy = self.policy(env)?;
-        let actor = Actor { name: owner.name.clone(), interface };
-        if let Err(err) = policy.check_actor(env, &owner.id, &owner.name) {
+        let actor = by.actor();
+        if let Err(err) = policy.check_actor(env, &by.owner.id, &by.owner.name, &by.groups) {
             return Err(self.refuse(err, env, Some(&key.cidr), &actor).await);
         }
         let removed = self.store.remove(key, &actor, self.clock.now()).await?.ok_or_else(|| {
             ValidationError::NoSuchGrant { cidr: key.cidr.to_string(), environment: env.to_string() }
         })?;
+        self.announce();
         tracing::info!(cidr = %key.cidr, environment = %env, user = %actor.name, "grant removed");
         let report = self.reconcile(Scope::Environment(env.clone()), Cause::Change).await?;
         Ok(RemoveOutcome { grant: removed, report })
@@ -503,8 +560,9 @@ impl Engine {
                 after: None,
                 reason: parts.join("; "),
             };
-            if let Err(err) = self.store.record(event).await {
-                tracing::warn!(error = %err, "could not audit a drift repair");
+            match self.store.record(event).await {
+                Ok(()) => self.announce(),
+                Err(err) => tracing::warn!(error = %err, "could not audit a drift repair"),
             }
         }
     }
@@ -523,6 +581,9 @@ impl Engine {
         };
         let report = self.reconcile(scope, Cause::Sweep).await?;
         let expired = self.store.expire(now).await?;
+        if !expired.is_empty() {
+            self.announce();
+        }
         for g in &expired {
             tracing::info!(cidr = %g.cidr, environment = %g.environment,
                 expires_at = %g.expires_at.map(|t| t.to_string()).unwrap_or_default(), "grant expired");

@@ -1,5 +1,6 @@
-//! Effects behind small traits ([`Firewall`], [`Clock`]; the store's is in `portcullis-store`)
-//! and the loops that drive them: apply a change, reconcile, sweep expiries.
+//! Effects behind small traits ([`Firewall`], [`Clock`], [`Notifier`]; the store's is in
+//! `portcullis-store`) and the loops that drive them: apply a change, reconcile, sweep expiries,
+//! deliver announcements from the outbox.
 //!
 //! Ordering rules live here: a change is written to the store before the firewall is touched,
 //! and a reconcile observes the firewall before it reads the store.
@@ -8,6 +9,7 @@ mod clock;
 mod dry_run;
 mod engine;
 mod memory;
+mod outbox;
 
 use async_trait::async_trait;
 use portcullis_core::{GroupChange, ObservedGroup, TargetSpec};
@@ -17,9 +19,10 @@ use thiserror::Error;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dry_run::DryRunFirewall;
 pub use engine::{
-    AddOutcome, AddRequest, Cause, Engine, EngineError, GroupOutcome, ReconcileReport, RemoveOutcome, Scope,
-    Settings, Status, SweepReport,
+    AddOutcome, AddRequest, Cause, Engine, EngineError, GroupOutcome, ReconcileReport, RemoveOutcome, Requester,
+    Scope, Settings, Status, SweepReport,
 };
+pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing};
 pub use memory::{HeldFirewall, MemoryFirewall, RecordedCall};
 
 /// What one describe pass saw.

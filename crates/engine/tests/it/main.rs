@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use portcullis_core::{
-    Action, Cidr, Description, Environment, Interface, Marker, ObservedRule, Owner, Policy, PortRange, PortSet,
+    Action, Cidr, Description, Environment, Interface, Marker, ObservedRule, Policy, PortRange, PortSet,
     Protocol, RuleQuota, Source, TargetSelector, TargetSpec, Ttl,
 };
-use portcullis_engine::{AddRequest, Cause, Clock, Engine, ManualClock, MemoryFirewall, Scope, Settings};
+use portcullis_engine::{AddRequest, Requester, Cause, Clock, Engine, ManualClock, MemoryFirewall, Scope, Settings};
 use portcullis_store::{SqliteStore, Store};
 use time::macros::datetime;
 use time::Duration;
@@ -59,9 +59,8 @@ fn add(cidr: &str, ttl: &str) -> AddRequest {
         environment: dev(),
         ttl: Some(Ttl::parse(ttl).unwrap()),
         description: Description::parse("").unwrap(),
-        owner: Owner::named("alice"),
         source: Source::Manual,
-        interface: Interface::Cli,
+        by: Requester::named("alice", Interface::Cli),
     }
 }
 
