@@ -1,0 +1,162 @@
+//! Announcements to a Slack incoming webhook.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use portcullis_core::AuditEvent;
+use portcullis_engine::{Notifier, NotifyError};
+use reqwest::StatusCode;
+
+use crate::messages::notification;
+
+/// Where the webhook's URL comes from: given outright, or a secret that may be rotated.
+#[async_trait]
+pub trait UrlSource: Send + Sync {
+    /// The URL; `fresh` asks to read it again (Slack refused a post to the one we had).
+    async fn url(&self, fresh: bool) -> Result<String, String>;
+}
+
+/// A URL from the configuration (`SLACK_WEBHOOK_URL`).
+pub struct FixedUrl(pub String);
+
+#[async_trait]
+impl UrlSource for FixedUrl {
+    async fn url(&self, _fresh: bool) -> Result<String, String> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Reads a webhook secret's value: the bare URL, or JSON with a `webhook_url` key.
+pub fn webhook_url_from_secret(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let url = if value.starts_with('{') {
+        let json: serde_json::Value =
+            serde_json::from_str(value).map_err(|e| format!("the secret is neither a URL nor JSON: {e}"))?;
+        json.get("webhook_url")
+            .and_then(|u| u.as_str())
+            .ok_or("the secret's JSON has no \"webhook_url\" string")?
+            .trim()
+            .to_string()
+    } else {
+        value.to_string()
+    };
+    if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(url)
+    } else {
+        Err("the webhook URL must start with https://".into())
+    }
+}
+
+/// Posts the seed's notification texts to an incoming webhook.
+pub struct Webhook {
+    client: reqwest::Client,
+    source: Arc<dyn UrlSource>,
+    cached: Mutex<Option<String>>,
+}
+
+/// The longest `Retry-After` honoured; a larger one is clamped.
+const MAX_RETRY_AFTER: i64 = 3600;
+
+impl Webhook {
+    pub fn new(source: Arc<dyn UrlSource>) -> Webhook {
+        Webhook { client: http_client(), source, cached: Mutex::new(None) }
+    }
+
+    async fn url(&self, fresh: bool) -> Result<String, NotifyError> {
+        if !fresh && let Some(url) = self.cached.lock().expect("webhook mutex poisoned").clone() {
+            return Ok(url);
+        }
+        let url = self.source.url(fresh).await.map_err(|e| NotifyError::Transient(format!("webhook URL: {e}")))?;
+        *self.cached.lock().expect("webhook mutex poisoned") = Some(url.clone());
+        Ok(url)
+    }
+
+    async fn post(&self, url: &str, body: &serde_json::Value) -> Result<(), (Option<StatusCode>, NotifyError)> {
+        let response = self
+            .client
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| (None, NotifyError::Transient(format!("webhook post failed: {}", error_chain(&e)))))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        let text: String = response.text().await.unwrap_or_default().chars().take(200).collect();
+        let error = match status {
+            StatusCode::TOO_MANY_REQUESTS => NotifyError::RateLimited {
+                retry_after: time::Duration::seconds(retry_after.unwrap_or(1).clamp(1, MAX_RETRY_AFTER)),
+            },
+            StatusCode::BAD_REQUEST => NotifyError::Permanent(format!("webhook refused the message: {status} {text}")),
+            _ => NotifyError::Transient(format!("webhook answered {status} {text}")),
+        };
+        Err((Some(status), error))
+    }
+}
+
+#[async_trait]
+impl Notifier for Webhook {
+    async fn announce(&self, event: &AuditEvent) -> Result<(), NotifyError> {
+        let Some(text) = notification(event) else { return Ok(()) };
+        let body = serde_json::json!({ "text": text });
+        let url = self.url(false).await?;
+        match self.post(&url, &body).await {
+            Ok(()) => Ok(()),
+            // A revoked or rotated webhook: read the secret again, and retry once if it changed.
+            Err((Some(StatusCode::FORBIDDEN | StatusCode::NOT_FOUND | StatusCode::GONE), err)) => {
+                let fresh = self.url(true).await?;
+                if fresh == url {
+                    return Err(err);
+                }
+                tracing::info!("webhook URL changed; posting to the new one");
+                self.post(&fresh, &body).await.map_err(|(_, e)| e)
+            }
+            Err((_, err)) => Err(err),
+        }
+    }
+}
+
+/// The client every Slack call uses: rustls, short timeouts, no redirects to follow.
+pub(crate) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the HTTP client's configuration is valid")
+}
+
+/// An error and its causes on one line (reqwest hides the useful part in the source chain).
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_values() {
+        let url = "https://hooks.slack.com/services/T/B/x";
+        assert_eq!(webhook_url_from_secret(url).unwrap(), url);
+        assert_eq!(webhook_url_from_secret(&format!(" {url}\n")).unwrap(), url);
+        assert_eq!(webhook_url_from_secret(&format!(r#"{{"webhook_url": "{url}"}}"#)).unwrap(), url);
+        assert!(webhook_url_from_secret(r#"{"url": "x"}"#).unwrap_err().contains("webhook_url"));
+        assert!(webhook_url_from_secret("hooks.slack.com").is_err());
+    }
+}
