@@ -1,4 +1,5 @@
-//! The only crate that talks to AWS: security groups through the official SDK for Rust.
+//! The only crate that talks to AWS: security groups and Secrets Manager through the official
+//! SDK for Rust.
 //!
 //! One `DescribeSecurityGroups` (paginated) per region per observation; per group at most one
 //! Revoke, one UpdateSecurityGroupRuleDescriptionsIngress and one Authorize call, each carrying
@@ -8,9 +9,11 @@
 
 mod counter;
 mod ec2;
+mod secrets;
 
 pub use counter::CallCounter;
 pub use ec2::Ec2Firewall;
+pub use secrets::{SecretError, Secrets};
 
 use std::time::Duration;
 
@@ -31,6 +34,12 @@ pub async fn load_sdk_config() -> SdkConfig {
         )
         .load()
         .await
+}
+
+/// The standard configuration, loaded once per process and shared by every client.
+pub async fn shared_sdk_config() -> &'static SdkConfig {
+    static SDK: tokio::sync::OnceCell<SdkConfig> = tokio::sync::OnceCell::const_new();
+    SDK.get_or_init(load_sdk_config).await
 }
 
 /// The region the standard configuration names (`AWS_REGION`, profile), if any.
