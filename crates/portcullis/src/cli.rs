@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use portcullis_core::{Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp, Ttl};
-use portcullis_engine::{AddRequest, Cause, EngineError, ReconcileReport, Scope};
+use portcullis_core::{format_utc, time_left, Cidr, Description, Environment, Grant, GrantKey, Interface, Source, Timestamp, Ttl};
+use portcullis_engine::{AddRequest, Cause, Engine, EngineError, ReconcileReport, Requester, Scope};
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError, Overrides};
@@ -187,7 +187,7 @@ fn environment(config: &Config, env: Option<String>) -> Result<Environment, CliE
     Ok(env)
 }
 
-fn acting_user(as_user: Option<String>) -> Result<Owner, CliError> {
+fn acting_user(as_user: Option<String>) -> Result<Requester, CliError> {
     let name = as_user
         .or_else(|| std::env::var("USER").ok())
         .or_else(|| std::env::var("LOGNAME").ok())
@@ -196,7 +196,23 @@ fn acting_user(as_user: Option<String>) -> Result<Owner, CliError> {
     if name.chars().any(char::is_control) || name.chars().count() > 100 {
         return Err(CliError::Usage(format!("invalid user name {name:?}")));
     }
-    Ok(Owner::named(name.trim()))
+    Ok(Requester::named(name.trim(), Interface::Cli))
+}
+
+/// How long a command waits for its announcements to go out before exiting.
+const ANNOUNCE_BUDGET: time::Duration = time::Duration::seconds(10);
+
+/// Delivers this run's announcements (and any an earlier run left) before exiting; what
+/// cannot go out now stays in the outbox. Never changes the exit code.
+async fn announce(engine: &Engine) {
+    let Some(outbox) = engine.outbox() else { return };
+    let report = outbox.flush(ANNOUNCE_BUDGET).await;
+    if report.pending > 0 {
+        eprintln!(
+            "note: {} announcement(s) not delivered yet; they stay in the outbox for the next run or `portcullis serve`",
+            report.pending
+        );
+    }
 }
 
 fn print_json<T: Serialize>(value: &T) {
@@ -219,11 +235,11 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
             let ttl = ttl.map(|t| Ttl::parse(&t)).transpose()?;
             let description = Description::parse(&description)?;
             let environment = environment(&config, env)?;
-            let owner = acting_user(as_user)?;
+            let by = acting_user(as_user)?;
             let engine = wiring::engine(&config, false, json).await?;
-            let outcome = engine
-                .add(AddRequest { cidr, environment, ttl, description, owner, source: Source::Manual, interface: Interface::Cli })
-                .await?;
+            let outcome = engine.add(AddRequest { cidr, environment, ttl, description, source: Source::Manual, by }).await;
+            announce(&engine).await;
+            let outcome = outcome?;
             if json {
                 print_json(&outcome);
             } else {
@@ -233,8 +249,8 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
                     "{verb} {} in {} until {} ({}), owner {}",
                     g.cidr,
                     g.environment,
-                    g.expires_at.map(human_time).unwrap_or_else(|| "never".into()),
-                    g.expires_at.map(|t| remaining(t, engine.clock().now())).unwrap_or_default(),
+                    g.expires_at.map(format_utc).unwrap_or_else(|| "never".into()),
+                    g.expires_at.map(|t| time_left(t, engine.clock().now())).unwrap_or_default(),
                     g.owner.name
                 );
                 match &outcome.report {
@@ -246,9 +262,11 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
         }
         Command::Remove { cidr, env, as_user } => {
             let key = GrantKey { cidr: Cidr::parse(&cidr)?, environment: environment(&config, env)? };
-            let owner = acting_user(as_user)?;
+            let by = acting_user(as_user)?;
             let engine = wiring::engine(&config, false, json).await?;
-            let outcome = engine.remove(&key, &owner, Interface::Cli).await?;
+            let outcome = engine.remove(&key, &by).await;
+            announce(&engine).await;
+            let outcome = outcome?;
             if json {
                 print_json(&outcome);
             } else {
@@ -279,7 +297,7 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
                         g.cidr.to_string(),
                         g.environment.as_str(),
                         g.owner.name,
-                        g.expires_at.map(|t| remaining(t, now)).unwrap_or_else(|| "no expiry".into()),
+                        g.expires_at.map(|t| time_left(t, now)).unwrap_or_else(|| "no expiry".into()),
                         g.description
                     );
                 }
@@ -292,7 +310,9 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
                 None => Scope::All,
             };
             let engine = wiring::engine(&config, dry_run, json).await?;
-            let report = engine.reconcile(scope, Cause::Refresh).await?;
+            let report = engine.reconcile(scope, Cause::Refresh).await;
+            announce(&engine).await;
+            let report = report?;
             if json {
                 print_json(&report);
             } else {
@@ -302,7 +322,9 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
         }
         Command::Sweep => {
             let engine = wiring::engine(&config, false, json).await?;
-            let report = engine.sweep().await?;
+            let report = engine.sweep().await;
+            announce(&engine).await;
+            let report = report?;
             if json {
                 print_json(&report);
             } else {
@@ -326,7 +348,7 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
                 for e in &events {
                     println!(
                         "{} {:<14} {:<8} {:<20} {:<10} {}",
-                        human_time(e.at),
+                        format_utc(e.at),
                         e.action.as_str(),
                         e.environment,
                         e.cidr.as_deref().unwrap_or("-"),
@@ -382,28 +404,4 @@ fn print_report(r: &ReconcileReport) {
     for f in r.failure_messages() {
         eprintln!("failed: {f}");
     }
-}
-
-pub fn human_time(t: Timestamp) -> String {
-    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
-    t.format(&f).unwrap_or_else(|_| t.to_string())
-}
-
-/// "expires in 6d 23h", "expired".
-pub fn remaining(at: Timestamp, now: Timestamp) -> String {
-    let left = at - now;
-    if left <= time::Duration::ZERO {
-        return "expired".into();
-    }
-    let (d, h, m, s) = (left.whole_days(), left.whole_hours() % 24, left.whole_minutes() % 60, left.whole_seconds() % 60);
-    let text = if d > 0 {
-        format!("{d}d {h}h")
-    } else if h > 0 {
-        format!("{h}h {m}m")
-    } else if m > 0 {
-        format!("{m}m {s}s")
-    } else {
-        format!("{s}s")
-    };
-    format!("expires in {text}")
 }

@@ -39,6 +39,20 @@ struct FileConfig {
     discovery_tag_value: Option<String>,
     #[serde(default)]
     environments: BTreeMap<String, FileEnvironment>,
+    #[serde(default)]
+    slack: FileSlack,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSlack {
+    command: Option<String>,
+    rate_limit_per_minute: Option<u32>,
+    response_url_prefixes: Option<Vec<String>>,
+    api_url: Option<String>,
+    signing_secret_arn: Option<String>,
+    webhook_secret_arn: Option<String>,
+    bot_token_secret_arn: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +64,7 @@ struct FileEnvironment {
     min_prefix_v6: Option<u8>,
     allowed_ports: Option<String>,
     users: Option<Vec<String>>,
+    user_groups: Option<Vec<String>>,
     refuse_special_purpose: Option<bool>,
     #[serde(default)]
     targets: Vec<FileTarget>,
@@ -100,6 +115,41 @@ impl StoreSpec {
     }
 }
 
+/// A secret given outright (from the environment) or by its Secrets Manager ARN.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    Value(String),
+    Arn(String),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Value(_) => f.write_str("Secret::Value(..)"),
+            Secret::Arn(arn) => write!(f, "Secret::Arn({arn:?})"),
+        }
+    }
+}
+
+/// The Slack app: its slash command, its secrets, and how it is paced.
+#[derive(Debug, Clone)]
+pub struct SlackConfig {
+    /// The slash command this server answers, e.g. `/infra`.
+    pub command: String,
+    /// Mutating commands per user per minute.
+    pub rate_limit_per_minute: u32,
+    /// `response_url`s must start with one of these.
+    pub response_url_prefixes: Vec<String>,
+    /// Slack's Web API, for user-group membership.
+    pub api_url: String,
+    /// `SLACK_SIGNING_SECRET` / `SLACK_SIGNING_SECRET_ARN`: without it `/slack/commands` is off.
+    pub signing_secret: Option<Secret>,
+    /// `SLACK_WEBHOOK_URL` / `SLACK_WEBHOOK_SECRET_ARN`: without it changes are only logged.
+    pub webhook: Option<Secret>,
+    /// `SLACK_BOT_TOKEN` / `SLACK_BOT_TOKEN_SECRET_ARN`: needed to check `user_groups`.
+    pub bot_token: Option<Secret>,
+}
+
 /// Everything the process runs with, resolved and validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -112,6 +162,7 @@ pub struct Config {
     pub marker: Marker,
     pub quota: RuleQuota,
     pub reconcile_interval: time::Duration,
+    pub slack: SlackConfig,
 }
 
 /// What the command line says, before the environment and file are consulted.
@@ -276,7 +327,10 @@ impl Config {
             }
         }
 
+        let slack = slack(&file.slack, env)?;
+
         Ok(Config {
+            slack,
             store,
             firewall,
             listen,
@@ -288,6 +342,64 @@ impl Config {
             reconcile_interval: time::Duration::seconds(interval as i64),
         })
     }
+}
+
+/// A secret from an environment variable (value or ARN) or the file (ARN only); giving both
+/// forms is a mistake.
+fn secret(env: Env<'_>, value_var: &str, arn_var: &str, file_key: &str, file_arn: &Option<String>) -> Result<Option<Secret>, ConfigError> {
+    let value = env(value_var).filter(|v| !v.trim().is_empty());
+    let arn = env(arn_var).filter(|v| !v.trim().is_empty());
+    match (value, arn) {
+        (Some(_), Some(_)) => Err(error(value_var, format!("give {value_var} or {arn_var}, not both"))),
+        (Some(v), None) => Ok(Some(Secret::Value(v.trim().to_string()))),
+        (None, Some(a)) => Ok(Some(Secret::Arn(a.trim().to_string()))),
+        (None, None) => match file_arn {
+            Some(a) if a.trim().is_empty() => Err(error(format!("slack.{file_key}"), "is empty")),
+            Some(a) => Ok(Some(Secret::Arn(a.trim().to_string()))),
+            None => Ok(None),
+        },
+    }
+}
+
+fn slack(file: &FileSlack, env: Env<'_>) -> Result<SlackConfig, ConfigError> {
+    let command = file.command.clone().unwrap_or_else(|| "/infra".into());
+    let valid = command.starts_with('/') && command.len() > 1 && command[1..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(error("slack.command", format!("{command:?} is not a slash command such as /infra")));
+    }
+    let rate = file.rate_limit_per_minute.unwrap_or(20);
+    if rate == 0 {
+        return Err(error("slack.rate_limit_per_minute", "must be at least 1"));
+    }
+    let prefixes = file.response_url_prefixes.clone().unwrap_or_else(|| vec!["https://hooks.slack.com/".into()]);
+    for p in &prefixes {
+        let scheme_ok = p.starts_with("https://") || p.starts_with("http://");
+        // A prefix must end its host with '/', or "https://hooks.slack.com" would also allow
+        // "https://hooks.slack.com.example.net".
+        if !scheme_ok || p.split("://").nth(1).is_none_or(|rest| !rest.contains('/')) {
+            return Err(error("slack.response_url_prefixes", format!("{p:?} must be a URL prefix ending its host with /, e.g. https://hooks.slack.com/")));
+        }
+    }
+    if file.response_url_prefixes.as_ref().is_some_and(|p| p.is_empty()) {
+        return Err(error("slack.response_url_prefixes", "must name at least one prefix"));
+    }
+    let api_url = file.api_url.clone().unwrap_or_else(|| "https://slack.com/api".into());
+    if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+        return Err(error("slack.api_url", format!("{api_url:?} is not an http(s) URL")));
+    }
+    let webhook = secret(env, "SLACK_WEBHOOK_URL", "SLACK_WEBHOOK_SECRET_ARN", "webhook_secret_arn", &file.webhook_secret_arn)?;
+    if let Some(Secret::Value(url)) = &webhook {
+        portcullis_slack::webhook_url_from_secret(url).map_err(|e| error("SLACK_WEBHOOK_URL", e))?;
+    }
+    Ok(SlackConfig {
+        command,
+        rate_limit_per_minute: rate,
+        response_url_prefixes: prefixes,
+        api_url,
+        signing_secret: secret(env, "SLACK_SIGNING_SECRET", "SLACK_SIGNING_SECRET_ARN", "signing_secret_arn", &file.signing_secret_arn)?,
+        webhook,
+        bot_token: secret(env, "SLACK_BOT_TOKEN", "SLACK_BOT_TOKEN_SECRET_ARN", "bot_token_secret_arn", &file.bot_token_secret_arn)?,
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -347,6 +459,7 @@ fn policy(key: &str, fe: &FileEnvironment) -> Result<Policy, ConfigError> {
         min_prefix_v6,
         allowed_ports,
         allowed_users: fe.users.as_ref().map(|u| u.iter().cloned().collect()),
+        allowed_groups: fe.user_groups.iter().flatten().cloned().collect(),
         refuse_special_purpose: fe.refuse_special_purpose.unwrap_or(false),
     })
 }
@@ -412,7 +525,8 @@ mod tests {
             region = "us-east-1"
             discovery = true
             [environments.prod]
-            users = ["alice"]
+            users = ["alice", "U0ALICE"]
+            user_groups = ["S0SRE"]
             max_ttl = "7d"
             [[environments.prod.targets]]
             region = "eu-west-1"
@@ -428,5 +542,30 @@ mod tests {
         let prod = &c.policies[&Environment::parse("prod").unwrap()];
         assert_eq!(prod.max_ttl.to_string(), "7d");
         assert!(prod.allowed_users.as_ref().unwrap().contains("alice"));
+        assert!(prod.allowed_groups.contains("S0SRE"));
+        assert_eq!(c.slack.command, "/infra");
+        assert_eq!(c.slack.rate_limit_per_minute, 20);
+        assert_eq!(c.slack.signing_secret, None);
+    }
+
+    #[test]
+    fn slack_settings() {
+        let c = load(
+            "[slack]\ncommand = \"/access\"\nresponse_url_prefixes = [\"http://127.0.0.1:9/\"]\nwebhook_secret_arn = \"arn:x\"\n",
+            &[("SLACK_SIGNING_SECRET", "s3cret")],
+        )
+        .unwrap();
+        assert_eq!(c.slack.command, "/access");
+        assert_eq!(c.slack.signing_secret, Some(Secret::Value("s3cret".into())));
+        assert_eq!(c.slack.webhook, Some(Secret::Arn("arn:x".into())));
+        assert!(!format!("{:?}", c.slack).contains("s3cret"), "secrets never reach logs");
+        let err = load("", &[("SLACK_SIGNING_SECRET", "a"), ("SLACK_SIGNING_SECRET_ARN", "b")]).unwrap_err();
+        assert_eq!(err.key, "SLACK_SIGNING_SECRET");
+        let err = load("[slack]\nresponse_url_prefixes = [\"https://hooks.slack.com\"]\n", &[]).unwrap_err();
+        assert_eq!(err.key, "slack.response_url_prefixes");
+        let err = load("", &[("SLACK_WEBHOOK_URL", "hooks.slack.com/x")]).unwrap_err();
+        assert_eq!(err.key, "SLACK_WEBHOOK_URL");
+        let err = load("[slack]\ncommand = \"infra\"\n", &[]).unwrap_err();
+        assert_eq!(err.key, "slack.command");
     }
 }

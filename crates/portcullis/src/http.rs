@@ -1,4 +1,5 @@
-//! `portcullis serve`: the HTTP API, the sweeper and the periodic reconcile in one process.
+//! `portcullis serve`: the HTTP API, the Slack endpoint, the sweeper, the periodic reconcile and
+//! the outbox's delivery in one process.
 
 use std::sync::Arc;
 
@@ -6,14 +7,16 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use portcullis_core::{Cidr, Description, Environment, GrantKey, Interface, Owner, Source, Ttl, ValidationError};
-use portcullis_engine::{AddRequest, Engine, EngineError};
+use portcullis_core::{Cidr, Description, Environment, GrantKey, Interface, Source, Ttl, ValidationError};
+use portcullis_engine::{AddRequest, Engine, EngineError, Requester};
+use portcullis_slack::SigningSecret;
 use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::slack::SlackEndpoint;
 use crate::wiring;
 
 /// Every HTTP endpoint refuses bodies larger than this.
@@ -90,6 +93,8 @@ struct ApiJson<T>(T);
 pub struct App {
     pub engine: Arc<Engine>,
     pub default_environment: Environment,
+    /// `None` when no signing secret is configured: `/slack/commands` then answers 503.
+    pub slack: Option<Arc<SlackEndpoint>>,
 }
 
 type AppState = Arc<App>;
@@ -101,13 +106,18 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/grants", get(list_grants).post(add_grant))
         .route("/v1/grants/{env}/{*cidr}", delete(remove_grant))
         .route("/v1/audit", get(audit))
+        .route("/slack/commands", post(crate::slack::command))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
 }
 
 async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(app.engine.status().await?).into_response())
+    let status = app.engine.status().await?;
+    let outbox = app.engine.store().outbox_status().await.map_err(EngineError::from)?;
+    let mut body = serde_json::to_value(status).expect("status serialises");
+    body["outbox_pending"] = outbox.pending.into();
+    Ok(Json(body).into_response())
 }
 
 #[derive(Deserialize)]
@@ -154,12 +164,12 @@ struct AddBody {
     as_user: Option<String>,
 }
 
-fn api_owner(name: Option<String>) -> Result<Owner, ApiError> {
+fn api_requester(name: Option<String>) -> Result<Requester, ApiError> {
     let name = name.unwrap_or_else(|| "api".into());
     if name.trim().is_empty() || name.chars().any(char::is_control) || name.chars().count() > 100 {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "\"as\" must be a user name"));
     }
-    Ok(Owner::named(name.trim()))
+    Ok(Requester::named(name.trim(), Interface::Http))
 }
 
 async fn add_grant(State(app): State<AppState>, ApiJson(body): ApiJson<AddBody>) -> Result<Response, ApiError> {
@@ -167,11 +177,8 @@ async fn add_grant(State(app): State<AppState>, ApiJson(body): ApiJson<AddBody>)
     let ttl = body.ttl.as_deref().map(Ttl::parse).transpose()?;
     let description = Description::parse(&body.description)?;
     let environment = environment(&app, body.env.as_deref())?;
-    let owner = api_owner(body.as_user)?;
-    let outcome = app
-        .engine
-        .add(AddRequest { cidr, environment, ttl, description, owner, source: Source::Manual, interface: Interface::Http })
-        .await?;
+    let by = api_requester(body.as_user)?;
+    let outcome = app.engine.add(AddRequest { cidr, environment, ttl, description, source: Source::Manual, by }).await?;
     let status = if outcome.refreshed { StatusCode::OK } else { StatusCode::CREATED };
     let failures = outcome.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default();
     let body = serde_json::json!({"grant": outcome.grant, "refreshed": outcome.refreshed, "failures": failures, "report": outcome.report});
@@ -190,8 +197,8 @@ async fn remove_grant(
     Query(q): Query<RemoveQuery>,
 ) -> Result<Response, ApiError> {
     let key = GrantKey { cidr: Cidr::parse(&cidr)?, environment: environment(&app, Some(&env))? };
-    let owner = api_owner(q.as_user)?;
-    let outcome = app.engine.remove(&key, &owner, Interface::Http).await?;
+    let by = api_requester(q.as_user)?;
+    let outcome = app.engine.remove(&key, &by).await?;
     let failures = outcome.report.failure_messages();
     Ok(Json(serde_json::json!({"grant": outcome.grant, "failures": failures, "report": outcome.report})).into_response())
 }
@@ -219,6 +226,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         )));
     }
     let engine = Arc::new(wiring::engine(&config, false, false).await.map_err(|e| ServeError::Failed(e.to_string()))?);
+    let slack = slack_endpoint(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| ServeError::Failed(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -235,8 +243,20 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         let (engine, stop, every) = (engine.clone(), stop_rx.clone(), config.reconcile_interval);
         async move { engine.run_reconciler(every, stop).await }
     });
+    let announcer = tokio::spawn({
+        let (engine, stop) = (engine.clone(), stop_rx.clone());
+        async move {
+            if let Some(outbox) = engine.outbox() {
+                outbox.run(stop).await;
+            }
+        }
+    });
     let mut stop_for_http = stop_rx.clone();
-    let app = Arc::new(App { engine: engine.clone(), default_environment: config.default_environment.clone() });
+    let app = Arc::new(App {
+        engine: engine.clone(),
+        default_environment: config.default_environment.clone(),
+        slack: slack.clone(),
+    });
     let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
         let _ = stop_for_http.wait_for(|stop| *stop).await;
     });
@@ -246,8 +266,58 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         let _ = stop_tx.send(true);
     };
     let (served, ()) = tokio::join!(server.into_future(), signals);
-    let _ = tokio::join!(sweeper, reconciler);
+    let _ = tokio::join!(sweeper, reconciler, announcer);
+    // Acknowledged Slack commands finish and answer; then what they announced goes out.
+    if let Some(slack) = &slack {
+        slack.drain(std::time::Duration::from_secs(20)).await;
+    }
+    if let Some(outbox) = engine.outbox() {
+        let report = outbox.flush(time::Duration::seconds(5)).await;
+        if report.pending > 0 {
+            tracing::warn!(pending = report.pending, "announcements left in the outbox for the next run");
+        }
+    }
     served.map_err(|e| ServeError::Failed(e.to_string()))
+}
+
+/// The Slack endpoint, when a signing secret is configured; its secrets are read now so a
+/// wrong ARN stops the server at start, not at the first command.
+pub async fn slack_endpoint(config: &Config) -> Result<Option<Arc<SlackEndpoint>>, ServeError> {
+    let Some(secret) = &config.slack.signing_secret else {
+        tracing::info!("no Slack signing secret configured: /slack/commands is off");
+        return Ok(None);
+    };
+    let failed = |e: wiring::WiringError| ServeError::Failed(format!("Slack signing secret: {e}"));
+    let secret = wiring::secret_value(secret).await.map_err(failed)?;
+    let secret = parse_signing_secret(&secret).map_err(ServeError::Refused)?;
+    let bot_token = match &config.slack.bot_token {
+        Some(token) => Some(wiring::secret_value(token).await.map_err(|e| ServeError::Failed(format!("Slack bot token: {e}")))?),
+        None => None,
+    };
+    if bot_token.is_none() && config.policies.values().any(|p| !p.allowed_groups.is_empty()) {
+        return Err(ServeError::Refused(
+            "user_groups are configured, but checking them needs SLACK_BOT_TOKEN (or SLACK_BOT_TOKEN_SECRET_ARN)".into(),
+        ));
+    }
+    Ok(Some(Arc::new(SlackEndpoint::new(&config.slack, SigningSecret::new(secret), bot_token))))
+}
+
+/// A signing secret's value: the bare secret, or JSON with a `signing_secret` key.
+fn parse_signing_secret(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let secret = if value.starts_with('{') {
+        let json: serde_json::Value =
+            serde_json::from_str(value).map_err(|e| format!("the Slack signing secret is neither a string nor JSON: {e}"))?;
+        json.get("signing_secret").and_then(|v| v.as_str()).map(str::to_string).ok_or_else(|| {
+            "the Slack signing secret's JSON has no \"signing_secret\" string".to_string()
+        })?
+    } else {
+        value.to_string()
+    };
+    if secret.is_empty() {
+        return Err("the Slack signing secret is empty".into());
+    }
+    Ok(secret)
 }
 
 async fn shutdown_signal() {

@@ -1,16 +1,7 @@
-//! `portcullis`: time-boxed, audited network allowlisting for AWS security groups.
-//!
-//! `main` stays small: parse arguments, build the configuration, call into the engine, map
-//! errors to exit codes (0 ok, 1 operational error, 2 usage or validation error).
-
-mod cli;
-mod config;
-mod http;
-mod wiring;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use portcullis::cli;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use portcullis_aws::Ec2Firewall;
 use portcullis_core::{
-    Cidr, Description, Environment, Interface, Marker, Owner, Policy, PortSet, RuleQuota, Source, TargetSelector,
+    Cidr, Description, Environment, Interface, Marker, Policy, PortSet, RuleQuota, Source, TargetSelector,
     TargetSpec, Ttl,
 };
-use portcullis_engine::{AddRequest, Cause, Clock, Engine, Firewall, HeldFirewall, ManualClock, Scope, Settings};
+use portcullis_engine::{AddRequest, Requester, Cause, Clock, Engine, Firewall, HeldFirewall, ManualClock, Scope, Settings};
 use portcullis_store::{SqliteStore, Store};
 use tokio::sync::watch;
 
@@ -42,9 +42,8 @@ fn request(cidr: &str, ttl: &str) -> AddRequest {
         environment: dev(),
         ttl: Some(Ttl::parse(ttl).unwrap()),
         description: Description::parse("test").unwrap(),
-        owner: Owner::named("tester"),
         source: Source::Manual,
-        interface: Interface::Cli,
+        by: Requester::named("tester", Interface::Cli),
     }
 }
 

@@ -200,3 +200,99 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// One request a [`Receiver`] got, and what it answered.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub body: String,
+    pub status: u16,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A canned answer: status, headers, body.
+#[derive(Debug, Clone)]
+pub struct Canned(pub u16, pub Vec<(&'static str, String)>, pub String);
+
+#[derive(Default)]
+struct ReceiverState {
+    requests: std::sync::Mutex<Vec<Received>>,
+    /// One-shot answers per path prefix, used before the standing ones.
+    once: std::sync::Mutex<Vec<(String, Canned)>>,
+    standing: std::sync::Mutex<Vec<(String, Canned)>>,
+}
+
+/// A loopback HTTP server standing in for Slack (webhook, response_url, Web API): it records
+/// every request and answers as the test scripts it (200 "ok" by default).
+pub struct Receiver {
+    pub base: String,
+    state: std::sync::Arc<ReceiverState>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        use axum::extract::{Request, State};
+        use axum::response::IntoResponse;
+        let state = std::sync::Arc::new(ReceiverState::default());
+        async fn answer(State(state): State<std::sync::Arc<ReceiverState>>, req: Request) -> axum::response::Response {
+            let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+            let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap();
+            let pick = |list: &mut Vec<(String, Canned)>, remove: bool| {
+                let i = list.iter().position(|(prefix, _)| path.starts_with(prefix.as_str()))?;
+                Some(if remove { list.remove(i).1 } else { list[i].1.clone() })
+            };
+            let canned = pick(&mut state.once.lock().unwrap(), true)
+                .or_else(|| pick(&mut state.standing.lock().unwrap(), false))
+                .unwrap_or(Canned(200, vec![], "ok".into()));
+            state.requests.lock().unwrap().push(Received {
+                path: path.clone(),
+                body: String::from_utf8_lossy(&body).into_owned(),
+                status: canned.0,
+            });
+            let mut response = (axum::http::StatusCode::from_u16(canned.0).unwrap(), canned.2).into_response();
+            for (k, v) in canned.1 {
+                response.headers_mut().insert(k, v.parse().unwrap());
+            }
+            response
+        }
+        let app = axum::Router::new().fallback(answer).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { base, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Answers the next request under `prefix` so.
+    pub fn once(&self, prefix: &str, canned: Canned) {
+        self.state.once.lock().unwrap().push((prefix.into(), canned));
+    }
+
+    /// Answers every request under `prefix` so (until changed).
+    pub fn always(&self, prefix: &str, canned: Canned) {
+        let mut standing = self.state.standing.lock().unwrap();
+        standing.retain(|(p, _)| p != prefix);
+        standing.push((prefix.into(), canned));
+    }
+
+    pub fn requests(&self, prefix: &str) -> Vec<Received> {
+        self.state.requests.lock().unwrap().iter().filter(|r| r.path.starts_with(prefix)).cloned().collect()
+    }
+
+    /// Waits until at least `n` requests under `prefix` have arrived, and returns them all.
+    pub async fn wait_for(&self, prefix: &str, n: usize) -> Vec<Received> {
+        eventually(Duration::from_secs(30), &format!("{n} requests to {prefix}"), || async {
+            self.requests(prefix).len() >= n
+        })
+        .await;
+        self.requests(prefix)
+    }
+}

@@ -1,0 +1,11 @@
+//! `portcullis`: time-boxed, audited network allowlisting for AWS security groups.
+//!
+//! The binary's parts as a library, so the integration tests and benchmarks drive the same
+//! router, wiring and CLI the binary runs. `main.rs` stays small: parse arguments, run, map
+//! errors to exit codes (0 ok, 1 operational error, 2 usage or validation error).
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod slack;
+pub mod wiring;
