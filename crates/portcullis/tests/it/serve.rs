@@ -173,3 +173,42 @@ async fn serve_killed_mid_work_converges_after_restart() {
     let rules = w.rules(&group).await;
     assert_eq!(rules.len(), want.len(), "no duplicate rule: {rules:?}");
 }
+
+// Multi-threaded: the receiver must answer the server while this thread waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reads_its_slack_secrets_from_secrets_manager() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    let receiver = crate::support::Receiver::start().await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&crate::support::sdk_config().await);
+    let create = |name: String, value: String| {
+        let secrets = secrets.clone();
+        async move { secrets.create_secret().name(name).secret_string(value).send().await.unwrap().arn.unwrap() }
+    };
+    let signing = create(crate::support::unique("slack-signing"), format!(r#"{{"signing_secret": "{}"}}"#, crate::slack::SECRET)).await;
+    let webhook = create(crate::support::unique("slack-webhook"), format!(r#"{{"webhook_url": "{}"}}"#, receiver.url("/webhook"))).await;
+    let config = w.dir.path().join("portcullis.toml");
+    std::fs::write(&config, format!("[slack]\nresponse_url_prefixes = [\"{}/\"]\n", receiver.base)).unwrap();
+    let config = config.display().to_string();
+    let mut server = Server::start(
+        &w,
+        &[("SLACK_SIGNING_SECRET_ARN", &signing), ("SLACK_WEBHOOK_SECRET_ARN", &webhook), ("PORTCULLIS_CONFIG", &config)],
+    );
+
+    let body = crate::support::slash_command(("U0ALICE", "alice"), "whitelist add 198.51.100.44 --ttl=5m", &receiver.url("/respond"));
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (status, ack) = crate::support::post_signed(&server.base, crate::slack::SECRET, now, &body).await;
+    assert_eq!(status, 200, "{ack}");
+    assert!(ack.contains("Adding"), "{ack}");
+    let (status, _) = crate::support::post_signed(&server.base, "a wrong secret", now, &body).await;
+    assert_eq!(status, 401);
+    let answer = receiver.wait_for("/respond", 1).await;
+    assert!(answer[0].body.contains("added to `dev`"), "{:?}", answer[0]);
+    let hook = receiver.wait_for("/webhook", 1).await;
+    assert!(hook[0].body.contains("IP `198.51.100.44/32` added to `dev` whitelist."), "{:?}", hook[0]);
+    assert!(w.keys(&group).await.contains(&("198.51.100.44/32".into(), 443)));
+
+    signal(&server.child, "-TERM");
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

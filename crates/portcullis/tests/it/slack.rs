@@ -18,9 +18,9 @@ use portcullis_store::{SqliteStore, Store};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::support::{eventually, sdk_config, text, Canned, Receiver, World};
+use crate::support::{eventually, post_signed, sdk_config, slash_command, text, Canned, Receiver, World};
 
-const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+pub const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 
 /// An in-process `serve`: the real router on a loopback socket, over the given adapters.
 struct SlackServer {
@@ -81,29 +81,15 @@ impl SlackServer {
 
     /// Posts a slash command as Slack would, signed at the server's clock time.
     async fn command(&self, user: (&str, &str), text: &str, response_url: &str) -> Value {
-        let body = serde_urlencoded::to_string([
-            ("token", "unused"),
-            ("team_id", "T1"),
-            ("channel_id", "C1"),
-            ("user_id", user.0),
-            ("user_name", user.1),
-            ("command", "/infra"),
-            ("text", text),
-            ("response_url", response_url),
-            ("trigger_id", "1.2.3"),
-        ])
-        .unwrap();
-        let ts = self.clock.now().unix_timestamp().to_string();
-        let sig = SigningSecret::new(SECRET).sign(&ts, body.as_bytes());
-        let (status, answer) =
-            self.post(&body, &[("x-slack-request-timestamp", ts), ("x-slack-signature", sig)]).await;
+        let body = slash_command(user, text, response_url);
+        let (status, answer) = post_signed(&self.base, SECRET, self.clock.now().unix_timestamp(), &body).await;
         assert_eq!(status, 200, "{answer}");
         serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"))
     }
 }
 
 /// Every text in a reply's blocks, joined.
-fn said(reply: &Value) -> String {
+pub fn said(reply: &Value) -> String {
     let mut out = reply["text"].as_str().unwrap_or_default().to_string();
     for b in reply["blocks"].as_array().into_iter().flatten() {
         out.push('\n');
@@ -198,7 +184,7 @@ async fn add_list_remove_refresh_over_slack_on_moto_with_announcements() {
     assert!(list.contains("expires in 4m") || list.contains("expires in 5m"), "{list}");
 
     let help = said(&s.command(ALICE, "whitelist help", &respond).await);
-    assert!(help.contains("/infra whitelist add <ip|cidr>"), "{help}");
+    assert!(help.contains("/infra whitelist add &lt;ip|cidr&gt;"), "mrkdwn-escaped: {help}");
 
     // Each mistake: HTTP 200, the reason and the usage, nothing changed.
     let audit_before = s.engine.store().audit(None, 100).await.unwrap().len();
@@ -369,7 +355,8 @@ async fn a_429_with_retry_after_delays_delivery_and_loses_nothing() {
     .await;
 }
 
-#[tokio::test]
+// Multi-threaded: the receiver must answer while this thread waits for the CLI process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_leaves_undelivered_announcements_for_the_next_run() {
     let w = World::new().await;
     let group = w.group(true, &[]).await;

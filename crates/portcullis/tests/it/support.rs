@@ -296,3 +296,35 @@ impl Receiver {
         self.requests(prefix)
     }
 }
+
+/// A slash command's form body, as Slack posts it.
+pub fn slash_command(user: (&str, &str), text: &str, response_url: &str) -> String {
+    serde_urlencoded::to_string([
+        ("token", "unused"),
+        ("team_id", "T1"),
+        ("channel_id", "C1"),
+        ("user_id", user.0),
+        ("user_name", user.1),
+        ("command", "/infra"),
+        ("text", text),
+        ("response_url", response_url),
+        ("trigger_id", "1.2.3"),
+    ])
+    .unwrap()
+}
+
+/// Posts a form body to `/slack/commands` signed with `secret` at Unix time `at`.
+pub async fn post_signed(base: &str, secret: &str, at: i64, body: &str) -> (u16, String) {
+    let ts = at.to_string();
+    let sig = portcullis_slack::SigningSecret::new(secret).sign(&ts, body.as_bytes());
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/slack/commands"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", ts)
+        .header("x-slack-signature", sig)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
