@@ -289,7 +289,9 @@ pub async fn slack_endpoint(config: &Config) -> Result<Option<Arc<SlackEndpoint>
     };
     let failed = |e: wiring::WiringError| ServeError::Failed(format!("Slack signing secret: {e}"));
     let secret = wiring::secret_value(secret).await.map_err(failed)?;
-    let secret = parse_signing_secret(&secret).map_err(ServeError::Refused)?;
+    // The bare secret, or JSON with a `signing_secret` key.
+    let secret = portcullis_slack::secret_field(&secret, "signing_secret")
+        .map_err(|e| ServeError::Refused(format!("Slack signing secret: {e}")))?;
     let bot_token = match &config.slack.bot_token {
         Some(token) => Some(wiring::secret_value(token).await.map_err(|e| ServeError::Failed(format!("Slack bot token: {e}")))?),
         None => None,
@@ -300,24 +302,6 @@ pub async fn slack_endpoint(config: &Config) -> Result<Option<Arc<SlackEndpoint>
         ));
     }
     Ok(Some(Arc::new(SlackEndpoint::new(&config.slack, SigningSecret::new(secret), bot_token))))
-}
-
-/// A signing secret's value: the bare secret, or JSON with a `signing_secret` key.
-fn parse_signing_secret(value: &str) -> Result<String, String> {
-    let value = value.trim();
-    let secret = if value.starts_with('{') {
-        let json: serde_json::Value =
-            serde_json::from_str(value).map_err(|e| format!("the Slack signing secret is neither a string nor JSON: {e}"))?;
-        json.get("signing_secret").and_then(|v| v.as_str()).map(str::to_string).ok_or_else(|| {
-            "the Slack signing secret's JSON has no \"signing_secret\" string".to_string()
-        })?
-    } else {
-        value.to_string()
-    };
-    if secret.is_empty() {
-        return Err("the Slack signing secret is empty".into());
-    }
-    Ok(secret)
 }
 
 async fn shutdown_signal() {

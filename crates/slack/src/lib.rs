@@ -14,4 +14,4 @@ pub use directory::Directory;
 pub use messages::{notification, Reply, Visibility};
 pub use respond::Responder;
 pub use signature::{SignatureError, SigningSecret};
-pub use webhook::{webhook_url_from_secret, FixedUrl, UrlSource, Webhook};
+pub use webhook::{secret_field, webhook_url_from_secret, FixedUrl, UrlSource, Webhook};

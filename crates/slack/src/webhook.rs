@@ -27,20 +27,26 @@ impl UrlSource for FixedUrl {
     }
 }
 
+/// A secret's value as Slack secrets are kept in Secrets Manager: the bare value, or JSON with
+/// the value under `key`.
+pub fn secret_field(raw: &str, key: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let value = if raw.starts_with('{') {
+        let json: serde_json::Value =
+            serde_json::from_str(raw).map_err(|e| format!("the secret is neither a bare value nor JSON: {e}"))?;
+        json.get(key).and_then(|v| v.as_str()).ok_or(format!("the secret's JSON has no {key:?} string"))?.trim().to_string()
+    } else {
+        raw.to_string()
+    };
+    if value.is_empty() {
+        return Err("the secret is empty".into());
+    }
+    Ok(value)
+}
+
 /// Reads a webhook secret's value: the bare URL, or JSON with a `webhook_url` key.
 pub fn webhook_url_from_secret(value: &str) -> Result<String, String> {
-    let value = value.trim();
-    let url = if value.starts_with('{') {
-        let json: serde_json::Value =
-            serde_json::from_str(value).map_err(|e| format!("the secret is neither a URL nor JSON: {e}"))?;
-        json.get("webhook_url")
-            .and_then(|u| u.as_str())
-            .ok_or("the secret's JSON has no \"webhook_url\" string")?
-            .trim()
-            .to_string()
-    } else {
-        value.to_string()
-    };
+    let url = secret_field(value, "webhook_url")?;
     if url.starts_with("https://") || url.starts_with("http://") {
         Ok(url)
     } else {
@@ -158,5 +164,9 @@ mod tests {
         assert_eq!(webhook_url_from_secret(&format!(r#"{{"webhook_url": "{url}"}}"#)).unwrap(), url);
         assert!(webhook_url_from_secret(r#"{"url": "x"}"#).unwrap_err().contains("webhook_url"));
         assert!(webhook_url_from_secret("hooks.slack.com").is_err());
+        assert_eq!(secret_field(r#"{"signing_secret": "abc"}"#, "signing_secret").unwrap(), "abc");
+        assert_eq!(secret_field("abc\n", "signing_secret").unwrap(), "abc");
+        assert!(secret_field("  ", "signing_secret").is_err());
+        assert!(secret_field("{not json", "signing_secret").is_err());
     }
 }
