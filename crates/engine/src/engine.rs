@@ -74,6 +74,14 @@ impl Requester {
     fn actor(&self) -> Actor {
         Actor { name: self.owner.name.clone(), interface: self.interface }
     }
+
+    /// How a refusal names the requester: the name, and the id when it differs (a Slack user
+    /// chooses their name, so the id is what identifies them).
+    fn refused_actor(&self) -> Actor {
+        let Owner { id, name, .. } = &self.owner;
+        let name = if id == name { name.clone() } else { format!("{name} ({id})") };
+        Actor { name, interface: self.interface }
+    }
 }
 
 /// A request to add (or refresh) a grant.
@@ -274,7 +282,7 @@ impl Engine {
     pub async fn authorize(&self, env: &Environment, by: &Requester) -> Result<&Policy, EngineError> {
         let policy = self.policy(env)?;
         if let Err(err) = policy.check_actor(env, &by.owner.id, &by.owner.name, &by.groups) {
-            return Err(self.refuse(err, env, None, &by.actor()).await);
+            return Err(self.refuse(err, env, None, &by.refused_actor()).await);
         }
         Ok(policy)
     }
@@ -304,14 +312,13 @@ impl Engine {
     pub async fn add(&self, req: AddRequest) -> Result<AddOutcome, EngineError> {
         let env = req.environment.clone();
         let policy = self.policy(&env)?.clone();
-        let actor = req.by.actor();
         let ttl = req.ttl.unwrap_or(Ttl::DEFAULT);
         let checks = policy
             .check_actor(&env, &req.by.owner.id, &req.by.owner.name, &req.by.groups)
             .and_then(|_| policy.check_cidr(&env, &req.cidr))
             .and_then(|_| policy.check_ttl(&env, ttl));
         if let Err(err) = checks {
-            return Err(self.refuse(err, &env, Some(&req.cidr), &actor).await);
+            return Err(self.refuse(err, &env, Some(&req.cidr), &req.by.refused_actor()).await);
         }
 
         let now = self.clock.now();
@@ -331,7 +338,7 @@ impl Engine {
             g.is_live(now) && g.description == grant.description && g.source == grant.source
         });
         if unchanged {
-            let upserted = self.store_grant(grant, &actor, &policy).await?;
+            let upserted = self.store_grant(grant, &req.by, &policy).await?;
             return Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: None });
         }
 
@@ -344,21 +351,22 @@ impl Engine {
         with_new.retain(|g| g.key() != grant.key());
         with_new.push(grant.clone());
         if let Some(err) = self.quota_refusal(&grant, &with_new, &observed.targets, &history, self.clock.now()) {
-            return Err(self.refuse(err, &env, Some(&grant.cidr), &actor).await);
+            return Err(self.refuse(err, &env, Some(&grant.cidr), &req.by.refused_actor()).await);
         }
 
-        let upserted = self.store_grant(grant, &actor, &policy).await?;
+        let upserted = self.store_grant(grant, &req.by, &policy).await?;
         let report = self.plan_and_apply(Cause::Change, &scope, observed).await?;
         Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: Some(report) })
     }
 
     /// Stores an add or refresh (refusals audited) and wakes the sweeper for its expiry.
-    async fn store_grant(&self, grant: Grant, actor: &Actor, policy: &Policy) -> Result<portcullis_store::Upserted, EngineError> {
+    async fn store_grant(&self, grant: Grant, by: &Requester, policy: &Policy) -> Result<portcullis_store::Upserted, EngineError> {
+        let actor = &by.actor();
         let (env, cidr) = (grant.environment.clone(), grant.cidr);
         let upsert = Upsert { grant, actor: actor.clone(), max_grants_per_user: policy.max_grants_per_user };
         let upserted = match self.store.upsert(upsert).await {
             Ok(u) => u,
-            Err(StoreError::Validation(err)) => return Err(self.refuse(err, &env, Some(&cidr), actor).await),
+            Err(StoreError::Validation(err)) => return Err(self.refuse(err, &env, Some(&cidr), &by.refused_actor()).await),
             Err(err) => return Err(err.into()),
         };
         self.wake_sweeper.notify_one();
@@ -406,7 +414,7 @@ impl Engine {
         let policy = self.policy(env)?;
         let actor = by.actor();
         if let Err(err) = policy.check_actor(env, &by.owner.id, &by.owner.name, &by.groups) {
-            return Err(self.refuse(err, env, Some(&key.cidr), &actor).await);
+            return Err(self.refuse(err, env, Some(&key.cidr), &by.refused_actor()).await);
         }
         let removed = self.store.remove(key, &actor, self.clock.now()).await?.ok_or_else(|| {
             ValidationError::NoSuchGrant { cidr: key.cidr.to_string(), environment: env.to_string() }

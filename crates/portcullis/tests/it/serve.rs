@@ -207,6 +207,8 @@ async fn serve_reads_its_slack_secrets_from_secrets_manager() {
     let hook = receiver.wait_for("/webhook", 1).await;
     assert!(hook[0].body.contains("IP `198.51.100.44/32` added to `dev` whitelist."), "{:?}", hook[0]);
     assert!(w.keys(&group).await.contains(&("198.51.100.44/32".into(), 443)));
+    let status: Value = reqwest::get(server.url("/v1/status")).await.unwrap().json().await.unwrap();
+    assert!(status["outbox_pending"].is_u64(), "{status}");
 
     signal(&server.child, "-TERM");
     let status = server.child.wait().unwrap();

@@ -273,7 +273,7 @@ async fn only_listed_users_and_group_members_act_in_prod_and_changes_are_rate_li
     let mallory = said(&s.command(("U0MALLORY", "alice"), "whitelist add 198.51.100.1 --env prod", &respond).await);
     assert!(mallory.contains("may not change grants in environment prod"), "a name is not an identity: {mallory}");
     let refusals = s.engine.store().audit(None, 10).await.unwrap();
-    assert_eq!((refusals[0].action, refusals[0].interface, refusals[0].actor.as_str()), (Action::Refused, Interface::Slack, "alice"));
+    assert_eq!((refusals[0].action, refusals[0].interface, refusals[0].actor.as_str()), (Action::Refused, Interface::Slack, "alice (U0MALLORY)"));
     let peek = said(&s.command(("U0MALLORY", "mallory"), "whitelist list prod", &respond).await);
     assert!(peek.contains("may not change grants"), "{peek}");
 
