@@ -280,9 +280,14 @@ impl Engine {
 
     /// Whether the requester may act in a known environment; a refusal is audited.
     pub async fn authorize(&self, env: &Environment, by: &Requester) -> Result<&Policy, EngineError> {
+        self.authorize_for(env, None, by).await
+    }
+
+    /// [`Engine::authorize`] for a change to one network, which the refusal names.
+    async fn authorize_for(&self, env: &Environment, cidr: Option<&Cidr>, by: &Requester) -> Result<&Policy, EngineError> {
         let policy = self.policy(env)?;
         if let Err(err) = policy.check_actor(env, &by.owner.id, &by.owner.name, &by.groups) {
-            return Err(self.refuse(err, env, None, &by.refused_actor()).await);
+            return Err(self.refuse(err, env, cidr, &by.refused_actor()).await);
         }
         Ok(policy)
     }
@@ -311,12 +316,9 @@ impl Engine {
     /// it to every target of its environment before returning.
     pub async fn add(&self, req: AddRequest) -> Result<AddOutcome, EngineError> {
         let env = req.environment.clone();
-        let policy = self.policy(&env)?.clone();
+        let policy = self.authorize_for(&env, Some(&req.cidr), &req.by).await?.clone();
         let ttl = req.ttl.unwrap_or(Ttl::DEFAULT);
-        let checks = policy
-            .check_actor(&env, &req.by.owner.id, &req.by.owner.name, &req.by.groups)
-            .and_then(|_| policy.check_cidr(&env, &req.cidr))
-            .and_then(|_| policy.check_ttl(&env, ttl));
+        let checks = policy.check_cidr(&env, &req.cidr).and_then(|_| policy.check_ttl(&env, ttl));
         if let Err(err) = checks {
             return Err(self.refuse(err, &env, Some(&req.cidr), &req.by.refused_actor()).await);
         }
@@ -411,11 +413,8 @@ impl Engine {
     /// Removes a grant and takes its rules away.
     pub async fn remove(&self, key: &GrantKey, by: &Requester) -> Result<RemoveOutcome, EngineError> {
         let env = &key.environment;
-        let policy = self.policy(env)?;
+        self.authorize_for(env, Some(&key.cidr), by).await?;
         let actor = by.actor();
-        if let Err(err) = policy.check_actor(env, &by.owner.id, &by.owner.name, &by.groups) {
-            return Err(self.refuse(err, env, Some(&key.cidr), &by.refused_actor()).await);
-        }
         let removed = self.store.remove(key, &actor, self.clock.now()).await?.ok_or_else(|| {
             ValidationError::NoSuchGrant { cidr: key.cidr.to_string(), environment: env.to_string() }
         })?;
