@@ -68,7 +68,7 @@ struct SecretUrl {
 
 #[async_trait]
 impl UrlSource for SecretUrl {
-    async fn url(&self, _fresh: bool) -> Result<String, String> {
+    async fn url(&self) -> Result<String, String> {
         let value = secret_value(&Secret::Arn(self.arn.clone())).await.map_err(|e| e.to_string())?;
         webhook_url_from_secret(&value).map_err(|e| format!("secret {}: {e}", self.arn))
     }

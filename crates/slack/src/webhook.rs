@@ -10,11 +10,11 @@ use reqwest::StatusCode;
 
 use crate::messages::notification;
 
-/// Where the webhook's URL comes from: given outright, or a secret that may be rotated.
+/// Where the webhook's URL comes from: given outright, or a secret that may be rotated. It is
+/// asked once, and again whenever Slack refuses a post to the URL it gave.
 #[async_trait]
 pub trait UrlSource: Send + Sync {
-    /// The URL; `fresh` asks to read it again (Slack refused a post to the one we had).
-    async fn url(&self, fresh: bool) -> Result<String, String>;
+    async fn url(&self) -> Result<String, String>;
 }
 
 /// A URL from the configuration (`SLACK_WEBHOOK_URL`).
@@ -22,7 +22,7 @@ pub struct FixedUrl(pub String);
 
 #[async_trait]
 impl UrlSource for FixedUrl {
-    async fn url(&self, _fresh: bool) -> Result<String, String> {
+    async fn url(&self) -> Result<String, String> {
         Ok(self.0.clone())
     }
 }
@@ -69,11 +69,12 @@ impl Webhook {
         Webhook { client: http_client(), source, cached: Mutex::new(None) }
     }
 
-    async fn url(&self, fresh: bool) -> Result<String, NotifyError> {
-        if !fresh && let Some(url) = self.cached.lock().expect("webhook mutex poisoned").clone() {
+    /// The cached URL, or (with `reread`, or none cached) the source's current one.
+    async fn url(&self, reread: bool) -> Result<String, NotifyError> {
+        if !reread && let Some(url) = self.cached.lock().expect("webhook mutex poisoned").clone() {
             return Ok(url);
         }
-        let url = self.source.url(fresh).await.map_err(|e| NotifyError::Transient(format!("webhook URL: {e}")))?;
+        let url = self.source.url().await.map_err(|e| NotifyError::Transient(format!("webhook URL: {e}")))?;
         *self.cached.lock().expect("webhook mutex poisoned") = Some(url.clone());
         Ok(url)
     }
