@@ -2,7 +2,7 @@
 //!
 //! Every announced change (added, removed, expired, drift repaired) is written to the outbox
 //! in the same transaction as the change, leased to the process that made it. [`Outbox`]
-//! delivers them one at a time, oldest first, at most one per `min_interval`, honouring a
+//! delivers them one at a time, oldest first, as fast as the notifier allows, honouring a
 //! service's `Retry-After` and backing off on failures; a failure never reaches the change
 //! that caused it. Delivery is at-least-once: a crash between the post and its record may
 //! repeat one message, never lose it.
@@ -22,6 +22,11 @@ use crate::Clock;
 pub trait Notifier: Send + Sync {
     /// Announces one change.
     async fn announce(&self, event: &AuditEvent) -> Result<(), NotifyError>;
+
+    /// The least time between two announcements the service accepts (none by default).
+    fn min_interval(&self) -> time::Duration {
+        time::Duration::ZERO
+    }
 }
 
 /// Why an announcement did not go out.
@@ -50,11 +55,9 @@ impl Notifier for LogNotifier {
     }
 }
 
-/// How delivery paces itself.
+/// How delivery retries (the notifier sets the interval between posts).
 #[derive(Debug, Clone, Copy)]
 pub struct Pacing {
-    /// At most one post per this interval (Slack allows about one message a second).
-    pub min_interval: time::Duration,
     /// The longest wait between retries of a failing notice.
     pub max_backoff: time::Duration,
     /// Notices older than this are abandoned (logged as errors) instead of delivered late.
@@ -64,7 +67,6 @@ pub struct Pacing {
 impl Default for Pacing {
     fn default() -> Self {
         Pacing {
-            min_interval: time::Duration::seconds(1),
             max_backoff: time::Duration::minutes(5),
             max_age: time::Duration::days(7),
         }
@@ -151,12 +153,12 @@ impl Outbox {
             Ok(()) => {
                 tracing::info!(notice = id, action = event.action.as_str(), environment = %event.environment,
                     cidr = event.cidr.as_deref().unwrap_or("-"), "change announced");
-                self.close_gate_until(now + self.pacing.min_interval);
+                self.close_gate_until(now + self.notifier.min_interval());
                 (Settlement::Delivered, Step::Delivered)
             }
             Err(NotifyError::Permanent(error)) => {
                 tracing::error!(notice = id, error = %error, "announcement refused for good; abandoned");
-                self.close_gate_until(now + self.pacing.min_interval);
+                self.close_gate_until(now + self.notifier.min_interval());
                 (Settlement::Abandoned { error }, Step::Abandoned)
             }
             Err(err) => {
@@ -182,7 +184,8 @@ impl Outbox {
     }
 
     /// Delivers notices until shut down: this process's at once, other processes' once their
-    /// lease lapses (checked every second).
+    /// lease lapses (checked every second). The outbox is read first, so an idle server takes
+    /// no write lock.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let poll = time::Duration::seconds(1);
         loop {
@@ -190,18 +193,23 @@ impl Outbox {
                 return;
             }
             let now = self.clock.now();
-            let until = match self.step(None).await {
-                Ok(Step::Delivered | Step::Abandoned | Step::LeftForLater) => continue,
-                Ok(Step::Paced(at) | Step::Failed { retry_at: at }) => at,
-                Ok(Step::Idle) => match self.store.outbox_status().await {
-                    Ok(status) => status.next_due.map_or(now + poll, |at| at.clamp(now, now + poll)),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "could not read the outbox");
-                        now + poll
-                    }
+            let until = match self.store.outbox_status().await {
+                Ok(status) => match status.next_due {
+                    Some(at) if at <= now => match self.step(None).await {
+                        Ok(Step::Delivered | Step::Abandoned | Step::LeftForLater) => continue,
+                        Ok(Step::Paced(at) | Step::Failed { retry_at: at }) => at,
+                        // Another process claimed it first.
+                        Ok(Step::Idle) => now + poll,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "outbox delivery failed; retrying");
+                            now + poll
+                        }
+                    },
+                    Some(at) => at.min(now + poll),
+                    None => now + poll,
                 },
                 Err(err) => {
-                    tracing::warn!(error = %err, "outbox delivery failed; retrying");
+                    tracing::warn!(error = %err, "could not read the outbox");
                     now + poll
                 }
             };

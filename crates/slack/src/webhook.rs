@@ -128,6 +128,11 @@ impl Notifier for Webhook {
             Err((_, err)) => Err(err),
         }
     }
+
+    /// Incoming webhooks accept about one message a second.
+    fn min_interval(&self) -> time::Duration {
+        time::Duration::seconds(1)
+    }
 }
 
 /// The client every Slack call uses: rustls, short timeouts, no redirects to follow.
