@@ -495,11 +495,6 @@ impl Store for SqliteStore {
         let this = self.clone();
         self.write(move |tx| {
             let now_ms = ms(now);
-            tx.execute(
-                "DELETE FROM outbox WHERE state != 'pending' AND settled_at_ms < ?1",
-                params![ms(now - SETTLED_RETENTION)],
-            )
-            .map_err(|e| this.err(e))?;
             let claimed: Option<(i64, i64)> = tx
                 .query_row(
                     "SELECT audit_id, attempts FROM outbox
@@ -547,6 +542,14 @@ impl Store for SqliteStore {
                 ),
             };
             changed.map_err(|e| this.err(e))?;
+            if !matches!(settlement, Settlement::Retry { .. }) {
+                // Settled notices are kept a while for inspection; prune when one more settles.
+                tx.execute(
+                    "DELETE FROM outbox WHERE state != 'pending' AND settled_at_ms < ?1",
+                    params![now - SETTLED_RETENTION.whole_milliseconds() as i64],
+                )
+                .map_err(|e| this.err(e))?;
+            }
             Ok(())
         })
         .await
