@@ -89,6 +89,12 @@ impl Policy {
         self.allowed_users.is_some() || !self.allowed_groups.is_empty()
     }
 
+    /// Whether deciding about this user needs their group memberships (which cost a lookup):
+    /// only when groups are allowed and the id is not listed outright.
+    pub fn needs_groups(&self, id: &str) -> bool {
+        !self.allowed_groups.is_empty() && !self.allowed_users.as_ref().is_some_and(|u| u.contains(id))
+    }
+
     /// Whether a user may act here: by id (never by display name, which users choose
     /// themselves) or by membership of an allowed group.
     pub fn check_actor(&self, environment: &Environment, id: &str, name: &str, groups: &[String]) -> Result<(), ValidationError> {
@@ -135,5 +141,9 @@ mod tests {
         assert!(p.is_restricted());
         assert!(p.check_actor(&dev(), "U2", "bob", &["S1".into()]).is_ok());
         assert!(p.check_actor(&dev(), "U2", "bob", &["S2".into()]).is_err());
+        assert!(p.needs_groups("U2"));
+        let p = Policy { allowed_users: Some(["U1".to_string()].into()), ..p };
+        assert!(!p.needs_groups("U1"), "a listed id needs no lookup");
+        assert!(!Policy::default().needs_groups("U1"));
     }
 }

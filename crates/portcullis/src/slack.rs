@@ -155,8 +155,7 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
         groups: Vec::new(),
         interface: Interface::Slack,
     };
-    let listed = policy.allowed_users.as_ref().is_some_and(|u| u.contains(&by.owner.id));
-    if !listed && !policy.allowed_groups.is_empty() {
+    if policy.needs_groups(&by.owner.id) {
         match &slack.directory {
             Some(directory) => match directory.groups_of(&by.owner.id, &policy.allowed_groups).await {
                 Ok(groups) => by.groups = groups,
