@@ -14,6 +14,8 @@ pub enum Action {
     Refused,
     Approved,
     Denied,
+    /// A rule made without our marker (by seed 000's Lambda) was taken over.
+    Adopted,
 }
 
 impl Action {
@@ -27,12 +29,13 @@ impl Action {
             Action::Refused => "refused",
             Action::Approved => "approved",
             Action::Denied => "denied",
+            Action::Adopted => "adopted",
         }
     }
 
     pub fn parse(text: &str) -> Option<Action> {
         use Action::*;
-        [Added, Refreshed, Removed, Expired, DriftRepaired, Refused, Approved, Denied]
+        [Added, Refreshed, Removed, Expired, DriftRepaired, Refused, Approved, Denied, Adopted]
             .into_iter()
             .find(|a| a.as_str() == text)
     }
@@ -48,6 +51,8 @@ pub enum Interface {
     Sweeper,
     Reconciler,
     Lambda,
+    /// A change another writer made to the table, seen on its stream.
+    Stream,
 }
 
 impl Interface {
@@ -59,12 +64,13 @@ impl Interface {
             Interface::Sweeper => "sweeper",
             Interface::Reconciler => "reconciler",
             Interface::Lambda => "lambda",
+            Interface::Stream => "stream",
         }
     }
 
     pub fn parse(text: &str) -> Option<Interface> {
         use Interface::*;
-        [Cli, Http, Slack, Sweeper, Reconciler, Lambda].into_iter().find(|i| i.as_str() == text)
+        [Cli, Http, Slack, Sweeper, Reconciler, Lambda, Stream].into_iter().find(|i| i.as_str() == text)
     }
 }
 

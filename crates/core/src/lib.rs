@@ -26,7 +26,7 @@ pub use error::ValidationError;
 pub use grant::{Grant, GrantKey, Owner, Source};
 pub use marker::Marker;
 pub use plan::{
-    counts_after, plan, AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld,
+    counts_after, plan, plan_adoption, AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld,
 };
 pub use policy::{policy_for, Policy};
 pub use ports::{PortRange, PortSet, Protocol};

@@ -233,6 +233,43 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     out
 }
 
+/// The marker-less rules to take over: those matching a live grant exactly (same address,
+/// group and port range) that carry no marker at all. Each becomes a description update to the
+/// grant's marked description; nothing else is ever proposed, so every other unowned rule (and
+/// every rule marked for another environment) is left alone.
+pub fn plan_adoption(input: &PlanInput<'_>) -> Vec<GroupChange> {
+    let mut out = Vec::new();
+    for target in input.targets {
+        let env = &target.environment;
+        let mut change = GroupChange {
+            target: target.id.clone(),
+            environment: env.clone(),
+            authorize: vec![],
+            revoke: vec![],
+            update_descriptions: vec![],
+        };
+        for rule in &target.rules {
+            let marked = rule.description.as_deref().and_then(|d| input.marker.decode(d)).is_some();
+            if marked || !target.ports.iter().any(|p| *p == rule.ports) {
+                continue;
+            }
+            let grant = input.grants.iter().find(|g| &g.environment == env && g.cidr == rule.cidr && g.is_live(input.now));
+            if let Some(g) = grant {
+                change.update_descriptions.push(AppliedRule {
+                    cidr: rule.cidr,
+                    ec2_cidr: rule.raw_cidr.clone(),
+                    ports: rule.ports,
+                    description: input.marker.encode(env, &g.owner.name, &g.description),
+                });
+            }
+        }
+        if !change.is_empty() {
+            out.push(change);
+        }
+    }
+    out
+}
+
 /// Rule counts after a change, for callers that keep an observation up to date.
 pub fn counts_after(counts: FamilyCounts, change: &GroupChange) -> FamilyCounts {
     let mut counts = counts;
@@ -304,6 +341,44 @@ mod tests {
             quota: RuleQuota::default(),
             now: NOW,
         })
+    }
+
+    #[test]
+    fn adoption_takes_over_only_markerless_rules_matching_a_live_grant() {
+        let grants = [grant("1.2.3.4/32", "dev", "Home office", Some(60)), grant("5.6.7.8/32", "dev", "", Some(-1))];
+        let rules = vec![
+            rule("1.2.3.4/32", 80, None),                      // the seed Lambda's rule: adopted
+            rule("1.2.3.4/32", 443, Some("made by hand")),     // matches too: adopted
+            rule("1.2.3.4/32", 22, None),                      // port not managed: left
+            rule("9.9.9.9/32", 80, None),                      // no grant: left
+            rule("5.6.7.8/32", 80, None),                      // grant expired: left
+            rule("1.2.3.4/32", 7233, Some("pc:prod someone")), // another environment's: left
+        ];
+        let targets = [target("sg-1", "dev", PortSet::parse("tcp:80,tcp:443,tcp:7233").unwrap(), rules)];
+        let history = BTreeSet::new();
+        let input = PlanInput {
+            grants: &grants,
+            targets: &targets,
+            marker: &Marker::default(),
+            environments_with_history: &history,
+            quota: RuleQuota::default(),
+            now: NOW,
+        };
+        let changes = plan_adoption(&input);
+        assert_eq!(changes.len(), 1);
+        let c = &changes[0];
+        assert!(c.authorize.is_empty() && c.revoke.is_empty());
+        let updated: Vec<_> = c.update_descriptions.iter().map(|r| (r.ec2_cidr.as_str(), r.ports.from, r.description.as_str())).collect();
+        assert_eq!(
+            updated,
+            [("1.2.3.4/32", 80, "pc:dev john.doe: Home office"), ("1.2.3.4/32", 443, "pc:dev john.doe: Home office")]
+        );
+        // Once adopted, the rules are ours and nothing more is proposed.
+        let mut adopted = targets.clone();
+        for (r, u) in adopted[0].rules.iter_mut().zip(&c.update_descriptions) {
+            r.description = Some(u.description.clone());
+        }
+        assert!(plan_adoption(&PlanInput { targets: &adopted, ..input }).is_empty());
     }
 
     #[test]

@@ -182,7 +182,11 @@ pub fn notification(event: &AuditEvent) -> Option<String> {
             let g = event.before.as_ref()?;
             lines.push(":wastebasket: IP Whitelist Update".into());
             lines.push(format!("IP `{cidr}` removed from `{env}` whitelist."));
-            lines.push(format!("Removed by: @{}", escape(&event.actor)));
+            if event.interface == portcullis_core::Interface::Stream {
+                lines.push("Removed outside portcullis (deleted from the table).".into());
+            } else {
+                lines.push(format!("Removed by: @{}", escape(&event.actor)));
+            }
             described(&mut lines, g);
         }
         Action::Expired => {
@@ -197,7 +201,7 @@ pub fn notification(event: &AuditEvent) -> Option<String> {
             lines.push(format!("Security groups of `{env}` were repaired to match the whitelist."));
             lines.extend(event.reason.split("; ").map(escape));
         }
-        Action::Refreshed | Action::Refused | Action::Approved | Action::Denied => return None,
+        Action::Refreshed | Action::Refused | Action::Approved | Action::Denied | Action::Adopted => return None,
     }
     Some(lines.join("\n"))
 }
