@@ -4,6 +4,7 @@
 //! The store is the source of truth: every change is written here before the firewall is
 //! touched, and each write records its audit event in the same transaction.
 
+pub mod seed;
 mod sqlite;
 
 use std::collections::BTreeSet;
@@ -89,6 +90,27 @@ pub enum StoreError {
     Corrupt { location: String, message: String },
     #[error("store task failed: {0}")]
     Task(String),
+    /// A remote store (DynamoDB) refused or failed a call; worth retrying.
+    #[error("store {location}: {message}")]
+    Remote { location: String, message: String },
+    /// The store's tables do not exist yet.
+    #[error("store {location} does not exist; create it with `portcullis init`")]
+    Missing { location: String },
+    /// A conditional write kept losing to concurrent writers.
+    #[error("store {location}: gave up after {attempts} attempts lost to concurrent changes")]
+    Contended { location: String, attempts: u32 },
+}
+
+/// A named lease: held by one process at a time until it lapses or is released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseClaim<'a> {
+    /// What the lease guards, e.g. `sweeper`.
+    pub name: &'a str,
+    /// Who asks (a process's [`Store::instance`]).
+    pub holder: &'a str,
+    pub now: Timestamp,
+    /// The lease lapses this long after `now` unless renewed.
+    pub duration: time::Duration,
 }
 
 /// Where desired state and the audit log live.
@@ -119,6 +141,16 @@ pub trait Store: Send + Sync {
 
     /// The newest audit events first, at most `limit`.
     async fn audit(&self, environment: Option<&Environment>, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Appends an audit event once per `key` (e.g. a stream record's id): false, and nothing
+    /// written, when an event with that key was recorded before.
+    async fn record_once(&self, event: AuditEvent, key: &str) -> Result<bool, StoreError>;
+
+    /// Takes or renews a lease: true when `claim.holder` holds it until `now + duration`.
+    async fn acquire_lease(&self, claim: LeaseClaim<'_>) -> Result<bool, StoreError>;
+
+    /// Gives a lease up, if `holder` holds it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
     /// This process's name in the outbox: the notices it writes are leased to it for
     /// [`NOTICE_LEASE`], so it announces its own changes.

@@ -12,7 +12,7 @@ use portcullis_core::{
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use crate::{Actor, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, Upserted};
+use crate::{Actor, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, Upserted};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[r#"
@@ -68,6 +68,18 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_pending ON outbox (audit_id) WHERE state = 'pending';
 CREATE INDEX outbox_settled ON outbox (settled_at_ms) WHERE state != 'pending';
+"#, r#"
+-- Named leases (one sweeper among several processes), and the keys of events recorded once
+-- (stream records, which may be delivered more than once).
+CREATE TABLE leases (
+    name     TEXT PRIMARY KEY,
+    holder   TEXT NOT NULL,
+    until_ms INTEGER NOT NULL
+);
+CREATE TABLE recorded_once (
+    key      TEXT PRIMARY KEY,
+    audit_id INTEGER NOT NULL REFERENCES audit (id)
+);
 "#];
 
 /// Settled notices are kept this long (for inspection), then deleted.
@@ -483,6 +495,54 @@ impl Store for SqliteStore {
         let (this, env) = (self.clone(), environment.map(|e| e.to_string()));
         self.run(move |conn| {
             this.select_audit(conn, "?1 IS NULL OR environment = ?1 ORDER BY id DESC LIMIT ?2", params![env, limit as i64])
+        })
+        .await
+    }
+
+    async fn record_once(&self, event: AuditEvent, key: &str) -> Result<bool, StoreError> {
+        let (this, key) = (self.clone(), key.to_string());
+        self.write(move |tx| {
+            let seen: Option<i64> = tx
+                .query_row("SELECT audit_id FROM recorded_once WHERE key = ?1", params![key], |r| r.get(0))
+                .optional()
+                .map_err(|e| this.err(e))?;
+            if seen.is_some() {
+                return Ok(false);
+            }
+            this.append(tx, &event)?;
+            tx.execute(
+                "INSERT INTO recorded_once (key, audit_id) VALUES (?1, last_insert_rowid())",
+                params![key],
+            )
+            .map_err(|e| this.err(e))?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn acquire_lease(&self, claim: LeaseClaim<'_>) -> Result<bool, StoreError> {
+        let (this, name, holder) = (self.clone(), claim.name.to_string(), claim.holder.to_string());
+        let (now, until) = (ms(claim.now), ms(claim.now + claim.duration));
+        self.write(move |tx| {
+            let changed = tx
+                .execute(
+                    "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+                     WHERE leases.holder = excluded.holder OR leases.until_ms <= ?4",
+                    params![name, holder, until, now],
+                )
+                .map_err(|e| this.err(e))?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (this, name, holder) = (self.clone(), name.to_string(), holder.to_string());
+        self.write(move |tx| {
+            tx.execute("DELETE FROM leases WHERE name = ?1 AND holder = ?2", params![name, holder])
+                .map_err(|e| this.err(e))?;
+            Ok(())
         })
         .await
     }

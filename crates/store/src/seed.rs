@@ -1,0 +1,229 @@
+//! Grants as items of seed 000's DynamoDB table, so a table written by the old Lambda reads
+//! correctly here and the other way round.
+//!
+//! The seed's attributes: `ip_address` (partition key), `environment` (sort key), `added_at`
+//! and `expires_at` (ISO 8601 with `+00:00`, as Python's `isoformat()` writes them), `ttl`
+//! (epoch seconds, DynamoDB's TTL attribute), `user_id`, `username`, `description`. What only
+//! portcullis needs is kept in extra attributes prefixed `pc_`, which the old Lambda ignores.
+//!
+//! Pure: no AWS types. The DynamoDB adapter and the stream parsers convert to and from [`Item`].
+
+use std::collections::BTreeMap;
+
+use portcullis_core::{Cidr, Description, Environment, Grant, GrantKey, Owner, Source, Timestamp};
+use time::format_description::well_known::Rfc3339;
+
+/// One attribute value; the seed's schema uses strings and numbers only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attr {
+    S(String),
+    /// A number, as DynamoDB sends it (decimal text).
+    N(String),
+    /// Any other type, which no attribute of the schema has.
+    Other,
+}
+
+/// An item: attribute name to value.
+pub type Item = BTreeMap<String, Attr>;
+
+pub const IP_ADDRESS: &str = "ip_address";
+pub const ENVIRONMENT: &str = "environment";
+pub const ADDED_AT: &str = "added_at";
+pub const EXPIRES_AT: &str = "expires_at";
+pub const TTL: &str = "ttl";
+pub const USER_ID: &str = "user_id";
+pub const USERNAME: &str = "username";
+pub const DESCRIPTION: &str = "description";
+/// The owner's display name (portcullis only).
+pub const DISPLAY_NAME: &str = "pc_display_name";
+/// How the grant came to be (portcullis only; the seed's items are `manual`).
+pub const SOURCE: &str = "pc_source";
+/// Set by portcullis on an item it is about to delete, naming why (`removed:<audit id>` or
+/// `expired:<audit id>`): the REMOVE stream record then shows the deletion was ours and has
+/// been announced already. An item carrying it is no longer a grant.
+pub const REMOVAL: &str = "pc_removal";
+
+/// `2025-01-10T12:00:00+00:00`, or with microseconds when there are any (as Python writes).
+pub fn iso(t: Timestamp) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let (date, clock) = (t.date(), t.time());
+    let base = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day(),
+        clock.hour(),
+        clock.minute(),
+        clock.second()
+    );
+    match clock.microsecond() {
+        0 => format!("{base}+00:00"),
+        micros => format!("{base}.{micros:06}+00:00"),
+    }
+}
+
+/// A timestamp as the items keep it: whole microseconds.
+pub fn to_micros(t: Timestamp) -> Timestamp {
+    let nanos = t.unix_timestamp_nanos();
+    Timestamp::from_unix_timestamp_nanos(nanos - nanos.rem_euclid(1_000)).expect("in range")
+}
+
+/// Parses an ISO 8601 timestamp with an offset (`+00:00` or `Z`); a naive one is taken as UTC.
+pub fn parse_iso(text: &str) -> Option<Timestamp> {
+    Timestamp::parse(text, &Rfc3339)
+        .ok()
+        .or_else(|| Timestamp::parse(&format!("{text}+00:00"), &Rfc3339).ok())
+        .map(|t| t.to_offset(time::UtcOffset::UTC))
+}
+
+fn s(item: &Item, name: &str) -> Option<String> {
+    match item.get(name) {
+        Some(Attr::S(v)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn n(item: &Item, name: &str) -> Option<i64> {
+    match item.get(name) {
+        Some(Attr::N(v)) => v.split('.').next().and_then(|i| i.parse().ok()),
+        _ => None,
+    }
+}
+
+/// The item that stores a grant.
+pub fn to_item(g: &Grant) -> Item {
+    let mut item = key_item(&g.key());
+    let mut put = |k: &str, v: Attr| {
+        item.insert(k.to_string(), v);
+    };
+    put(ADDED_AT, Attr::S(iso(g.created_at)));
+    if let Some(at) = g.expires_at {
+        put(EXPIRES_AT, Attr::S(iso(at)));
+        put(TTL, Attr::N(at.unix_timestamp().to_string()));
+    }
+    put(USER_ID, Attr::S(g.owner.id.clone()));
+    put(USERNAME, Attr::S(g.owner.name.clone()));
+    put(DESCRIPTION, Attr::S(g.description.as_str().to_string()));
+    if !g.owner.display_name.is_empty() {
+        put(DISPLAY_NAME, Attr::S(g.owner.display_name.clone()));
+    }
+    put(SOURCE, Attr::S(g.source.as_str().to_string()));
+    item
+}
+
+/// The key attributes of a grant's item.
+pub fn key_item(key: &GrantKey) -> Item {
+    Item::from([
+        (IP_ADDRESS.to_string(), Attr::S(key.cidr.to_string())),
+        (ENVIRONMENT.to_string(), Attr::S(key.environment.to_string())),
+    ])
+}
+
+/// Why portcullis is deleting this item, if it is.
+pub fn removal(item: &Item) -> Option<String> {
+    s(item, REMOVAL)
+}
+
+/// Reads a grant from an item, as the old Lambda or portcullis wrote it. Lenient where the
+/// old Lambda was (a missing user name or description); an error names what is wrong.
+pub fn from_item(item: &Item) -> Result<Grant, String> {
+    let raw_ip = s(item, IP_ADDRESS).ok_or("no ip_address")?;
+    let cidr = Cidr::parse(&raw_ip).map_err(|e| e.to_string())?;
+    let raw_env = s(item, ENVIRONMENT).ok_or("no environment")?;
+    let environment = Environment::parse(&raw_env).map_err(|e| e.to_string())?;
+    let source = match s(item, SOURCE) {
+        Some(text) => Source::parse(&text).ok_or_else(|| format!("unknown {SOURCE} {text:?}"))?,
+        None => Source::Manual,
+    };
+    let expires_at = match (s(item, EXPIRES_AT), n(item, TTL)) {
+        (Some(text), _) => Some(parse_iso(&text).ok_or_else(|| format!("expires_at {text:?} is not ISO 8601"))?),
+        (None, Some(secs)) => Some(Timestamp::from_unix_timestamp(secs).map_err(|e| format!("ttl {secs}: {e}"))?),
+        (None, None) if source.may_be_permanent() => None,
+        (None, None) => return Err("no expires_at or ttl".into()),
+    };
+    let created_at = match s(item, ADDED_AT) {
+        Some(text) => parse_iso(&text).ok_or_else(|| format!("added_at {text:?} is not ISO 8601"))?,
+        None => expires_at.unwrap_or(Timestamp::UNIX_EPOCH),
+    };
+    let id = s(item, USER_ID).unwrap_or_default();
+    let name = s(item, USERNAME).filter(|n| !n.is_empty()).unwrap_or_else(|| if id.is_empty() { "unknown".into() } else { id.clone() });
+    let owner = Owner { id: if id.is_empty() { name.clone() } else { id }, name, display_name: s(item, DISPLAY_NAME).unwrap_or_default() };
+    let description = description_lenient(&s(item, DESCRIPTION).unwrap_or_default());
+    Ok(Grant { cidr, environment, owner, source, description, created_at, expires_at })
+}
+
+/// A description another writer stored: kept when valid, else made valid (control characters
+/// become spaces, cut to the maximum length) rather than hiding the grant.
+fn description_lenient(text: &str) -> Description {
+    Description::parse(text).unwrap_or_else(|_| {
+        let cleaned: String =
+            text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(Description::MAX_CHARS).collect();
+        Description::parse(&cleaned).unwrap_or_else(|_| Description::parse("").expect("empty is valid"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn seed_item() -> Item {
+        let s = |v: &str| Attr::S(v.into());
+        Item::from([
+            ("ip_address".into(), s("1.2.3.4/32")),
+            ("environment".into(), s("dev")),
+            ("added_at".into(), s("2025-01-10T12:00:00+00:00")),
+            ("expires_at".into(), s("2025-01-17T12:00:00+00:00")),
+            ("ttl".into(), Attr::N("1737115200".into())),
+            ("user_id".into(), s("U01234567")),
+            ("username".into(), s("john.doe")),
+            ("description".into(), s("Home office")),
+        ])
+    }
+
+    #[test]
+    fn reads_the_seed_item() {
+        let g = from_item(&seed_item()).unwrap();
+        assert_eq!(g.cidr.to_string(), "1.2.3.4/32");
+        assert_eq!(g.environment.as_str(), "dev");
+        assert_eq!(g.owner.id, "U01234567");
+        assert_eq!(g.owner.name, "john.doe");
+        assert_eq!(g.description.as_str(), "Home office");
+        assert_eq!(g.created_at, datetime!(2025-01-10 12:00 UTC));
+        assert_eq!(g.expires_at, Some(datetime!(2025-01-17 12:00 UTC)));
+        assert_eq!(g.source, Source::Manual);
+    }
+
+    #[test]
+    fn writes_the_seed_schema_and_round_trips() {
+        let g = from_item(&seed_item()).unwrap();
+        let item = to_item(&g);
+        for (k, v) in seed_item() {
+            assert_eq!(item.get(&k), Some(&v), "{k}");
+        }
+        assert_eq!(from_item(&item).unwrap(), g);
+    }
+
+    #[test]
+    fn iso_matches_python_isoformat() {
+        assert_eq!(iso(datetime!(2025-01-17 12:00 UTC)), "2025-01-17T12:00:00+00:00");
+        assert_eq!(iso(datetime!(2025-01-17 12:00:00.25 UTC)), "2025-01-17T12:00:00.250000+00:00");
+        assert_eq!(parse_iso("2025-01-17T12:00:00.250000+00:00"), Some(datetime!(2025-01-17 12:00:00.25 UTC)));
+        assert_eq!(parse_iso("2025-01-17T12:00:00"), Some(datetime!(2025-01-17 12:00 UTC)));
+    }
+
+    #[test]
+    fn old_lambda_items_with_little_in_them_still_read() {
+        let mut item = seed_item();
+        item.remove("username");
+        item.remove("description");
+        item.remove("expires_at");
+        let g = from_item(&item).unwrap();
+        assert_eq!(g.owner.name, "U01234567");
+        assert_eq!(g.expires_at, Some(datetime!(2025-01-17 12:00 UTC)));
+        item.remove("ttl");
+        assert!(from_item(&item).unwrap_err().contains("expires_at"));
+        item.insert("ip_address".into(), Attr::S("nonsense".into()));
+        assert!(from_item(&item).is_err());
+    }
+}
