@@ -1,5 +1,5 @@
-//! The only crate that talks to AWS: security groups and Secrets Manager through the official
-//! SDK for Rust.
+//! The only crate that talks to AWS: security groups, the DynamoDB store and its streams, and
+//! Secrets Manager, through the official SDK for Rust.
 //!
 //! One `DescribeSecurityGroups` (paginated) per region per observation; per group at most one
 //! Revoke, one UpdateSecurityGroupRuleDescriptionsIngress and one Authorize call, each carrying
@@ -8,10 +8,14 @@
 //! configuration's job (adaptive, with backoff).
 
 mod counter;
+mod dynamo;
 mod ec2;
 mod secrets;
+mod streams;
 
 pub use counter::CallCounter;
+pub use dynamo::{from_sdk, DynamoStore, InitReport, TableNames};
+pub use streams::{Batch, StreamTail};
 pub use ec2::Ec2Firewall;
 pub use secrets::{SecretError, Secrets};
 

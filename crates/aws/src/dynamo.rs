@@ -1,0 +1,1032 @@
+//! The DynamoDB store: grants in seed 000's table(s), everything else in one table of
+//! portcullis's own.
+//!
+//! Grants table (`ip-whitelist-{env}`, or one table for every environment): exactly the seed's
+//! schema ([`portcullis_store::seed`]), so the old Lambda reads what we write and we read what
+//! it wrote. Every change is a conditional write on the item as it was read, so concurrent
+//! adds, refreshes and removes never lose an update; the loser reads again and retries.
+//!
+//! Our table (`{grants table}-portcullis`; partition key `pk`, sort key `sk`, TTL on `gc_at`):
+//! - `audit#{env}` / zero-padded id: one audit event (JSON), written in the same transaction
+//!   as the grant change it records; `audit-envs` / env lists the partitions;
+//! - `outbox` / id: a notice waiting to be announced, with its lease; deleted when delivered;
+//! - `history` / env: environments with a grant change (the empty-store safety check);
+//! - `quota` / `{env}#{user}`: a version bumped by every add, so the per-user limit holds
+//!   under concurrent adds;
+//! - `counter` / `audit`: the last audit id handed out;
+//! - `lease` / name, `once` / key, `checkpoint` / shard: leases, stream records already
+//!   recorded, and how far each stream shard has been read.
+//!
+//! Deleting a grant is two steps: the item is first marked (`pc_removal`) in the transaction
+//! that records and announces the change, then deleted. The REMOVE stream record thus carries
+//! the mark, so the stream handler knows the change was ours and was announced already; a
+//! marked item is no longer a grant, so a crash between the two steps loses nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType, Put, ScalarAttributeType,
+    StreamSpecification, StreamViewType, TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
+};
+use aws_sdk_dynamodb::Client;
+use portcullis_core::{Action, AuditEvent, Environment, Grant, GrantKey, Interface, Timestamp, ValidationError};
+use portcullis_store::seed::{self, Attr, Item};
+use portcullis_store::{
+    Actor, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, Upserted, NOTICE_LEASE,
+};
+
+/// How many times a write that lost to a concurrent one is read and tried again.
+const ATTEMPTS: u32 = 8;
+/// How long records kept only for deduplication or inspection live before DynamoDB's TTL
+/// collects them.
+const KEEP: time::Duration = time::Duration::days(30);
+
+/// Where the grants of each environment live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableNames {
+    /// A table name, or a template containing `{env}` (e.g. `ip-whitelist-{env}`).
+    pub grants: String,
+    /// portcullis's own table.
+    pub meta: String,
+}
+
+impl TableNames {
+    /// Grants in `grants` (a name or a `{env}` template); our table is `{grants}-portcullis`,
+    /// with `{env}` and the separator before it left out of a template.
+    pub fn new(grants: &str, meta: Option<&str>) -> TableNames {
+        let meta = meta.map(str::to_string).unwrap_or_else(|| {
+            let base = grants.replace("{env}", "");
+            let base = base.trim_end_matches(['-', '_', '.']);
+            format!("{}-portcullis", if base.is_empty() { "portcullis" } else { base })
+        });
+        TableNames { grants: grants.to_string(), meta }
+    }
+
+    pub fn grants_table(&self, env: &Environment) -> String {
+        self.grants.replace("{env}", env.as_str())
+    }
+}
+
+/// What `init` found and made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InitReport {
+    pub created: Vec<String>,
+    pub existing: Vec<String>,
+    /// Things about existing tables worth knowing (e.g. no stream), left as they are.
+    pub warnings: Vec<String>,
+}
+
+/// The DynamoDB store.
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    tables: TableNames,
+    /// The environments this process knows, whose tables `grants(None)` and `audit(None)` read.
+    environments: Vec<Environment>,
+    instance: String,
+}
+
+/// Why a DynamoDB call failed, as the store cares.
+enum Failure {
+    /// A condition did not hold: someone changed the item since we read it.
+    Conflict,
+    Store(StoreError),
+}
+
+fn failure(table: &str, err: aws_sdk_dynamodb::Error) -> Failure {
+    use aws_sdk_dynamodb::Error as E;
+    match err {
+        E::ConditionalCheckFailedException(_) => Failure::Conflict,
+        E::TransactionCanceledException(e)
+            if e.cancellation_reasons().iter().any(|r| r.code() == Some("ConditionalCheckFailed")) =>
+        {
+            Failure::Conflict
+        }
+        E::TransactionCanceledException(e)
+            if e.cancellation_reasons().iter().all(|r| matches!(r.code(), None | Some("None") | Some("TransactionConflict"))) =>
+        {
+            Failure::Conflict
+        }
+        E::ResourceNotFoundException(_) => Failure::Store(StoreError::Missing { location: format!("dynamodb:{table}") }),
+        other => Failure::Store(StoreError::Remote {
+            location: format!("dynamodb:{table}"),
+            message: aws_sdk_dynamodb::error::DisplayErrorContext(&other).to_string(),
+        }),
+    }
+}
+
+impl From<Failure> for StoreError {
+    fn from(f: Failure) -> StoreError {
+        match f {
+            Failure::Conflict => StoreError::Remote { location: "dynamodb".into(), message: "conditional write failed".into() },
+            Failure::Store(e) => e,
+        }
+    }
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn ms(t: Timestamp) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_ms(ms: i64) -> Timestamp {
+    Timestamp::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// An item of ours as the SDK wants it.
+fn to_sdk(item: &Item) -> HashMap<String, AttributeValue> {
+    item.iter()
+        .filter_map(|(k, v)| match v {
+            Attr::S(x) => Some((k.clone(), s(x))),
+            Attr::N(x) => Some((k.clone(), AttributeValue::N(x.clone()))),
+            Attr::Other => None,
+        })
+        .collect()
+}
+
+/// An item from the SDK as the seed codec reads it.
+pub fn from_sdk(item: &HashMap<String, AttributeValue>) -> Item {
+    item.iter()
+        .map(|(k, v)| {
+            let v = match v {
+                AttributeValue::S(x) => Attr::S(x.clone()),
+                AttributeValue::N(x) => Attr::N(x.clone()),
+                _ => Attr::Other,
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+fn get_s(item: &HashMap<String, AttributeValue>, k: &str) -> Option<String> {
+    item.get(k).and_then(|v| v.as_s().ok()).cloned()
+}
+
+fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
+    item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+/// A condition that holds while an item is exactly as it was read (absent included).
+struct Expr {
+    text: String,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Expr {
+    fn new() -> Expr {
+        Expr { text: String::new(), names: HashMap::new(), values: HashMap::new() }
+    }
+
+    fn name(&mut self, attr: &str) -> String {
+        let key = format!("#n{}", self.names.len());
+        self.names.insert(key.clone(), attr.to_string());
+        key
+    }
+
+    fn value(&mut self, v: AttributeValue) -> String {
+        let key = format!(":v{}", self.values.len());
+        self.values.insert(key.clone(), v);
+        key
+    }
+
+    fn and(&mut self, clause: String) {
+        if !self.text.is_empty() {
+            self.text.push_str(" AND ");
+        }
+        self.text.push_str(&clause);
+    }
+
+    /// The grant item is unchanged since it was read as `old` (`None`: it did not exist).
+    fn unchanged(old: Option<&HashMap<String, AttributeValue>>) -> Expr {
+        let mut e = Expr::new();
+        match old {
+            None => {
+                let k = e.name(seed::IP_ADDRESS);
+                e.and(format!("attribute_not_exists({k})"));
+            }
+            Some(old) => {
+                for attr in [seed::ADDED_AT, seed::EXPIRES_AT, seed::TTL, seed::USER_ID, seed::DESCRIPTION, seed::REMOVAL] {
+                    let k = e.name(attr);
+                    match old.get(attr) {
+                        Some(v) => {
+                            let v = e.value(v.clone());
+                            e.and(format!("{k} = {v}"));
+                        }
+                        None => e.and(format!("attribute_not_exists({k})")),
+                    }
+                }
+            }
+        }
+        e
+    }
+}
+
+/// Builds transaction items; every write of one change goes in one transaction.
+#[derive(Default)]
+struct Tx {
+    items: Vec<TransactWriteItem>,
+}
+
+impl Tx {
+    fn put(&mut self, table: &str, item: HashMap<String, AttributeValue>, cond: Option<Expr>) {
+        let mut b = Put::builder().table_name(table).set_item(Some(item));
+        if let Some(c) = cond {
+            b = b
+                .condition_expression(c.text)
+                .set_expression_attribute_names((!c.names.is_empty()).then_some(c.names))
+                .set_expression_attribute_values((!c.values.is_empty()).then_some(c.values));
+        }
+        self.items.push(TransactWriteItem::builder().put(b.build().expect("put has table and item")).build());
+    }
+
+    fn update(&mut self, table: &str, key: HashMap<String, AttributeValue>, set: &str, mut expr: Expr) {
+        let b = Update::builder()
+            .table_name(table)
+            .set_key(Some(key))
+            .update_expression(set)
+            .set_condition_expression((!expr.text.is_empty()).then(|| std::mem::take(&mut expr.text)))
+            .set_expression_attribute_names((!expr.names.is_empty()).then_some(expr.names))
+            .set_expression_attribute_values((!expr.values.is_empty()).then_some(expr.values));
+        self.items.push(TransactWriteItem::builder().update(b.build().expect("update has table, key, expression")).build());
+    }
+
+    fn delete(&mut self, table: &str, key: HashMap<String, AttributeValue>) {
+        let b = Delete::builder().table_name(table).set_key(Some(key));
+        self.items.push(TransactWriteItem::builder().delete(b.build().expect("delete has table and key")).build());
+    }
+}
+
+fn meta_key(pk: &str, sk: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([("pk".to_string(), s(pk)), ("sk".to_string(), s(sk))])
+}
+
+fn padded(id: i64) -> String {
+    format!("{id:020}")
+}
+
+fn event(at: Timestamp, actor: &Actor, action: Action, grant: &Grant, before: Option<Grant>, after: Option<Grant>, reason: String) -> AuditEvent {
+    AuditEvent {
+        id: 0,
+        at,
+        actor: actor.name.clone(),
+        interface: actor.interface,
+        action,
+        environment: grant.environment.to_string(),
+        cidr: Some(grant.cidr.to_string()),
+        before,
+        after,
+        reason,
+    }
+}
+
+fn sweeper() -> Actor {
+    Actor { name: "portcullis".into(), interface: Interface::Sweeper }
+}
+
+/// A grant item as read: the raw item and the grant it holds.
+struct Read {
+    raw: HashMap<String, AttributeValue>,
+    grant: Result<Grant, String>,
+}
+
+impl Read {
+    fn removal(&self) -> Option<String> {
+        get_s(&self.raw, seed::REMOVAL)
+    }
+
+    /// The grant, when the item is one (readable, and not being deleted by us).
+    fn live_grant(&self) -> Option<&Grant> {
+        if self.removal().is_some() {
+            return None;
+        }
+        self.grant.as_ref().ok()
+    }
+}
+
+impl DynamoStore {
+    /// A store over `tables`, for the `environments` this process knows.
+    pub fn new(sdk: &SdkConfig, tables: TableNames, environments: Vec<Environment>) -> DynamoStore {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let instance = format!("pid{}-{:x}", std::process::id(), nanos);
+        DynamoStore { client: Client::new(sdk), tables, environments, instance }
+    }
+
+    /// The same store under another instance name (tests run several "processes" in one).
+    pub fn with_instance(mut self, instance: &str) -> DynamoStore {
+        self.instance = instance.to_string();
+        self
+    }
+
+    pub fn tables(&self) -> &TableNames {
+        &self.tables
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Every grants table this process reads, one per known environment (or the one table).
+    pub fn grants_tables(&self) -> BTreeMap<String, Vec<Environment>> {
+        let mut out: BTreeMap<String, Vec<Environment>> = BTreeMap::new();
+        for env in &self.environments {
+            out.entry(self.tables.grants_table(env)).or_default().push(env.clone());
+        }
+        out
+    }
+
+    fn meta(&self) -> &str {
+        &self.tables.meta
+    }
+
+    /// Creates what is missing: each grants table (TTL on `ttl`, stream with new and old
+    /// images) and our own table. Existing tables are left as they are.
+    pub async fn init(&self) -> Result<InitReport, StoreError> {
+        let mut report = InitReport::default();
+        for table in self.grants_tables().into_keys() {
+            self.ensure_table(&table, ["ip_address", "environment"], seed::TTL, true, &mut report).await?;
+        }
+        let meta = self.meta().to_string();
+        self.ensure_table(&meta, ["pk", "sk"], "gc_at", false, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn ensure_table(
+        &self,
+        table: &str,
+        keys: [&str; 2],
+        ttl_attr: &str,
+        stream: bool,
+        report: &mut InitReport,
+    ) -> Result<(), StoreError> {
+        let err = |e: aws_sdk_dynamodb::Error| StoreError::from(failure(table, e));
+        match self.client.describe_table().table_name(table).send().await {
+            Ok(out) => {
+                report.existing.push(table.to_string());
+                let t = out.table();
+                if stream && t.and_then(|t| t.latest_stream_arn()).is_none() {
+                    report.warnings.push(format!(
+                        "{table} has no stream: portcullis serve will not see changes other writers make \
+                         (enable NEW_AND_OLD_IMAGES to get them)"
+                    ));
+                }
+                return Ok(());
+            }
+            Err(e) => match failure(table, e.into()) {
+                Failure::Store(StoreError::Missing { .. }) => {}
+                other => return Err(other.into()),
+            },
+        }
+        let attr = |name: &str| {
+            AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().expect("complete")
+        };
+        let key = |name: &str, kind| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().expect("complete");
+        let mut create = self
+            .client
+            .create_table()
+            .table_name(table)
+            .attribute_definitions(attr(keys[0]))
+            .attribute_definitions(attr(keys[1]))
+            .key_schema(key(keys[0], KeyType::Hash))
+            .key_schema(key(keys[1], KeyType::Range))
+            .billing_mode(BillingMode::PayPerRequest);
+        if stream {
+            create = create.stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewAndOldImages)
+                    .build()
+                    .expect("complete"),
+            );
+        }
+        create.send().await.map_err(|e| err(e.into()))?;
+        // Real DynamoDB creates tables asynchronously; TTL can only be set on an active one.
+        for _ in 0..120 {
+            let status = self.client.describe_table().table_name(table).send().await.map_err(|e| err(e.into()))?;
+            if status.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        self.client
+            .update_time_to_live()
+            .table_name(table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder().enabled(true).attribute_name(ttl_attr).build().expect("complete"),
+            )
+            .send()
+            .await
+            .map_err(|e| err(e.into()))?;
+        report.created.push(table.to_string());
+        Ok(())
+    }
+
+    /// Checks that every table exists, so a missing one is reported before anything runs.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let mut tables: Vec<String> = self.grants_tables().into_keys().collect();
+        tables.push(self.meta().to_string());
+        for table in tables {
+            self.client.describe_table().table_name(&table).send().await.map_err(|e| StoreError::from(failure(&table, e.into())))?;
+        }
+        Ok(())
+    }
+
+    async fn read(&self, key: &GrantKey) -> Result<Option<Read>, StoreError> {
+        let table = self.tables.grants_table(&key.environment);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&table)
+            .set_key(Some(to_sdk(&seed::key_item(key))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::from(failure(&table, e.into())))?;
+        Ok(out.item.map(|raw| {
+            let grant = seed::from_item(&from_sdk(&raw));
+            Read { raw, grant }
+        }))
+    }
+
+    /// Every item of the grants tables in scope, read consistently.
+    async fn scan(&self, environment: Option<&Environment>) -> Result<Vec<Read>, StoreError> {
+        let tables: Vec<(String, Vec<Environment>)> = match environment {
+            Some(env) => vec![(self.tables.grants_table(env), vec![env.clone()])],
+            None => self.grants_tables().into_iter().collect(),
+        };
+        let mut out = Vec::new();
+        for (table, envs) in tables {
+            let mut start = None;
+            loop {
+                let page = self
+                    .client
+                    .scan()
+                    .table_name(&table)
+                    .consistent_read(true)
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| StoreError::from(failure(&table, e.into())))?;
+                for raw in page.items() {
+                    // A table shared by environments may hold ones this process does not know.
+                    let wanted = get_s(raw, seed::ENVIRONMENT).is_some_and(|e| envs.iter().any(|k| k.as_str() == e));
+                    if !wanted {
+                        continue;
+                    }
+                    let grant = seed::from_item(&from_sdk(raw));
+                    if let Err(e) = &grant {
+                        tracing::warn!(table = %table, item = ?get_s(raw, seed::IP_ADDRESS), error = %e,
+                            "skipping an item that is not a readable grant");
+                    }
+                    out.push(Read { raw: raw.clone(), grant });
+                }
+                match page.last_evaluated_key {
+                    Some(k) if !k.is_empty() => start = Some(k),
+                    _ => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Hands out `count` consecutive audit ids.
+    async fn allocate(&self, count: i64) -> Result<i64, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(self.meta())
+            .set_key(Some(meta_key("counter", "audit")))
+            .update_expression("ADD #n :k")
+            .expression_attribute_names("#n", "n")
+            .expression_attribute_values(":k", n(count))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
+        let last = out.attributes.as_ref().and_then(|a| get_n(a, "n")).ok_or_else(|| StoreError::Corrupt {
+            location: format!("dynamodb:{}", self.meta()),
+            message: "the audit counter has no number".into(),
+        })?;
+        Ok(last - count + 1)
+    }
+
+    /// Adds an audit event (and its notice, and the history mark) to a transaction.
+    fn append(&self, tx: &mut Tx, event: &AuditEvent, now: Timestamp, history: &mut bool) {
+        let json = serde_json::to_string(event).expect("audit events serialise");
+        let mut audit = meta_key(&format!("audit#{}", event.environment), &padded(event.id));
+        audit.insert("id".into(), n(event.id));
+        audit.insert("event".into(), s(json.clone()));
+        tx.put(self.meta(), audit, None);
+        if portcullis_store::is_announced(event.action) {
+            let mut notice = meta_key("outbox", &padded(event.id));
+            notice.insert("event".into(), s(json));
+            notice.insert("claimed_by".into(), s(self.instance.clone()));
+            notice.insert("lease_until_ms".into(), n(ms(event.at + NOTICE_LEASE)));
+            notice.insert("next_attempt_ms".into(), n(ms(event.at)));
+            notice.insert("attempts".into(), n(0));
+            tx.put(self.meta(), notice, None);
+        }
+        if !*history && matches!(event.action, Action::Added | Action::Refreshed | Action::Removed | Action::Expired) {
+            *history = true;
+            let mut h = meta_key("history", &event.environment);
+            h.insert("first_change_ms".into(), n(ms(now)));
+            tx.put(self.meta(), h, None);
+        }
+    }
+
+    /// Records the partition an event is filed under, for `audit(None)`.
+    fn file(&self, tx: &mut Tx, environment: &str, done: &mut BTreeSet<String>) {
+        if done.insert(environment.to_string()) {
+            tx.put(self.meta(), meta_key("audit-envs", environment), None);
+        }
+    }
+
+    async fn commit(&self, tx: Tx) -> Result<(), Failure> {
+        self.client
+            .transact_write_items()
+            .set_transact_items(Some(tx.items))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| failure(self.meta(), e.into()))
+    }
+
+    /// Marks a grant item for deletion in a transaction that records (and announces) why.
+    async fn mark_and_record(&self, read: &Read, grant: &Grant, mut event: AuditEvent, kind: &str) -> Result<Option<String>, StoreError> {
+        event.id = self.allocate(1).await?;
+        let mark = format!("{kind}:{}", event.id);
+        let table = self.tables.grants_table(&grant.environment);
+        let mut tx = Tx::default();
+        let mut cond = Expr::unchanged(Some(&read.raw));
+        let (k, v) = (cond.name(seed::REMOVAL), cond.value(s(mark.clone())));
+        tx.update(&table, to_sdk(&seed::key_item(&grant.key())), &format!("SET {k} = {v}"), cond);
+        let (mut history, mut filed) = (false, BTreeSet::new());
+        self.append(&mut tx, &event, event.at, &mut history);
+        self.file(&mut tx, &event.environment, &mut filed);
+        match self.commit(tx).await {
+            Ok(()) => Ok(Some(mark)),
+            Err(Failure::Conflict) => Ok(None),
+            Err(Failure::Store(e)) => Err(e),
+        }
+    }
+
+    /// Deletes an item we marked, if it still carries our mark.
+    async fn delete_marked(&self, key: &GrantKey, mark: &str) -> Result<(), StoreError> {
+        let table = self.tables.grants_table(&key.environment);
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&table)
+            .set_key(Some(to_sdk(&seed::key_item(key))))
+            .condition_expression("#r = :m")
+            .expression_attribute_names("#r", seed::REMOVAL)
+            .expression_attribute_values(":m", s(mark))
+            .send()
+            .await;
+        match result.map_err(|e| failure(&table, e.into())) {
+            Ok(_) | Err(Failure::Conflict) => Ok(()),
+            Err(Failure::Store(e)) => Err(e),
+        }
+    }
+
+    /// Live grants held by a user in an environment, read consistently.
+    async fn held_by(&self, env: &Environment, user_id: &str, now: Timestamp) -> Result<usize, StoreError> {
+        Ok(self
+            .scan(Some(env))
+            .await?
+            .iter()
+            .filter_map(Read::live_grant)
+            .filter(|g| g.owner.id == user_id && g.is_live(now))
+            .count())
+    }
+
+    async fn quota_version(&self, env: &Environment, user_id: &str) -> Result<Option<i64>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.meta())
+            .set_key(Some(meta_key("quota", &format!("{env}#{user_id}"))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
+        Ok(out.item.as_ref().and_then(|i| get_n(i, "v")))
+    }
+
+    /// One attempt at an upsert; `None` when it lost to a concurrent change.
+    async fn try_upsert(&self, request: &Upsert) -> Result<Option<Upserted>, StoreError> {
+        let Upsert { grant: asked, actor, max_grants_per_user } = request;
+        let mut asked = asked.clone();
+        asked.created_at = seed::to_micros(asked.created_at);
+        asked.expires_at = asked.expires_at.map(seed::to_micros);
+        let now = asked.created_at;
+        let env = asked.environment.clone();
+        let table = self.tables.grants_table(&env);
+        let read = self.read(&asked.key()).await?;
+        let mut events = Vec::new();
+        let previous = match read.as_ref().and_then(Read::live_grant) {
+            Some(old) if old.is_live(now) => Some(old.clone()),
+            Some(old) => {
+                let reason = "expired before it was refreshed".to_string();
+                events.push(event(now, &sweeper(), Action::Expired, old, Some(old.clone()), None, reason));
+                None
+            }
+            None => None,
+        };
+        let mut tx = Tx::default();
+        let stored = match previous.clone() {
+            Some(old) => {
+                let expires_at = match (old.expires_at, asked.expires_at) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+                let stored = Grant { description: asked.description.clone(), expires_at, ..old.clone() };
+                let reason = if actor.name == old.owner.name {
+                    format!("refreshed by {}", actor.name)
+                } else {
+                    format!("refreshed by {} (held by {})", actor.name, old.owner.name)
+                };
+                events.push(event(now, actor, Action::Refreshed, &stored, Some(old), Some(stored.clone()), reason));
+                stored
+            }
+            None => {
+                let version = self.quota_version(&env, &asked.owner.id).await?;
+                let count = self.held_by(&env, &asked.owner.id, now).await?;
+                if count >= *max_grants_per_user {
+                    return Err(ValidationError::TooManyGrants {
+                        user: asked.owner.name.clone(),
+                        environment: env.to_string(),
+                        count,
+                    }
+                    .into());
+                }
+                let mut cond = Expr::new();
+                let vk = cond.name("v");
+                match version {
+                    Some(v) => {
+                        let vv = cond.value(n(v));
+                        cond.and(format!("{vk} = {vv}"));
+                    }
+                    None => cond.and(format!("attribute_not_exists({vk})")),
+                }
+                let one = cond.value(n(1));
+                let set = format!("ADD {vk} {one}");
+                tx.update(self.meta(), meta_key("quota", &format!("{env}#{}", asked.owner.id)), &set, cond);
+                let reason = format!("added by {}", actor.name);
+                events.push(event(now, actor, Action::Added, &asked, None, Some(asked.clone()), reason));
+                asked.clone()
+            }
+        };
+        let first = self.allocate(events.len() as i64).await?;
+        tx.put(&table, to_sdk(&seed::to_item(&stored)), Some(Expr::unchanged(read.as_ref().map(|r| &r.raw))));
+        let (mut history, mut filed) = (false, BTreeSet::new());
+        for (i, e) in events.iter_mut().enumerate() {
+            e.id = first + i as i64;
+            self.append(&mut tx, e, now, &mut history);
+            self.file(&mut tx, &e.environment, &mut filed);
+        }
+        match self.commit(tx).await {
+            Ok(()) => Ok(Some(Upserted { grant: stored, previous })),
+            Err(Failure::Conflict) => Ok(None),
+            Err(Failure::Store(e)) => Err(e),
+        }
+    }
+
+    fn contended(&self) -> StoreError {
+        StoreError::Contended { location: format!("dynamodb:{}", self.tables.grants), attempts: ATTEMPTS }
+    }
+
+    async fn record_with(&self, mut event: AuditEvent, once: Option<&str>) -> Result<bool, StoreError> {
+        event.id = self.allocate(1).await?;
+        let mut tx = Tx::default();
+        let (mut history, mut filed) = (false, BTreeSet::new());
+        self.append(&mut tx, &event, event.at, &mut history);
+        self.file(&mut tx, &event.environment, &mut filed);
+        if let Some(key) = once {
+            let mut item = meta_key("once", key);
+            item.insert("audit_id".into(), n(event.id));
+            item.insert("gc_at".into(), n((event.at + KEEP).unix_timestamp()));
+            let mut cond = Expr::new();
+            let k = cond.name("pk");
+            cond.and(format!("attribute_not_exists({k})"));
+            tx.put(self.meta(), item, Some(cond));
+        }
+        match self.commit(tx).await {
+            Ok(()) => Ok(true),
+            Err(Failure::Conflict) if once.is_some() => Ok(false),
+            Err(f) => Err(f.into()),
+        }
+    }
+
+    /// Every item under one partition of our table, in key order.
+    async fn partition(&self, pk: &str, newest_first: bool, limit: Option<usize>) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(self.meta())
+                .key_condition_expression("pk = :p")
+                .expression_attribute_values(":p", s(pk))
+                .consistent_read(true)
+                .scan_index_forward(!newest_first)
+                .set_limit(limit.map(|l| l.min(1000) as i32))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
+            out.extend(page.items().iter().cloned());
+            if limit.is_some_and(|l| out.len() >= l) {
+                out.truncate(limit.unwrap_or(usize::MAX));
+                return Ok(out);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    fn parse_event(&self, item: &HashMap<String, AttributeValue>) -> Result<AuditEvent, StoreError> {
+        let json = get_s(item, "event").unwrap_or_default();
+        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+            location: format!("dynamodb:{}", self.meta()),
+            message: format!("audit item {:?}: {e}", get_s(item, "sk")),
+        })
+    }
+
+    /// How far a stream shard has been read (its last processed sequence number).
+    pub async fn checkpoint(&self, shard: &str) -> Result<Option<String>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.meta())
+            .set_key(Some(meta_key("checkpoint", shard)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
+        Ok(out.item.as_ref().and_then(|i| get_s(i, "sequence")))
+    }
+
+    /// Whether any shard of a stream has a checkpoint (so new shards are read from their start).
+    pub async fn has_checkpoints(&self, stream_arn: &str) -> Result<bool, StoreError> {
+        let items = self.partition("checkpoint", false, None).await?;
+        Ok(items.iter().any(|i| get_s(i, "sk").is_some_and(|k| k.starts_with(stream_arn))))
+    }
+
+    pub async fn save_checkpoint(&self, shard: &str, sequence: &str, now: Timestamp) -> Result<(), StoreError> {
+        let mut item = meta_key("checkpoint", shard);
+        item.insert("sequence".into(), s(sequence));
+        item.insert("at_ms".into(), n(ms(now)));
+        // Shards live 24 hours; a checkpoint untouched for the retention period is garbage.
+        item.insert("gc_at".into(), n((now + KEEP).unix_timestamp()));
+        self.client
+            .put_item()
+            .table_name(self.meta())
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn upsert(&self, request: Upsert) -> Result<Upserted, StoreError> {
+        for _ in 0..ATTEMPTS {
+            if let Some(done) = self.try_upsert(&request).await? {
+                return Ok(done);
+            }
+        }
+        Err(self.contended())
+    }
+
+    async fn remove(&self, key: &GrantKey, actor: &Actor, now: Timestamp) -> Result<Option<Grant>, StoreError> {
+        for _ in 0..ATTEMPTS {
+            let Some(read) = self.read(key).await? else { return Ok(None) };
+            let Some(old) = read.live_grant().cloned() else {
+                // Already being deleted by someone (or unreadable: refuse to guess).
+                if let (Some(mark), None) = (read.removal(), read.grant.as_ref().err()) {
+                    self.delete_marked(key, &mark).await?;
+                }
+                return Ok(None);
+            };
+            let reason = format!("removed by {}", actor.name);
+            let e = event(now, actor, Action::Removed, &old, Some(old.clone()), None, reason);
+            if let Some(mark) = self.mark_and_record(&read, &old, e, "removed").await? {
+                self.delete_marked(key, &mark).await?;
+                return Ok(Some(old));
+            }
+        }
+        Err(self.contended())
+    }
+
+    async fn grants(&self, environment: Option<&Environment>) -> Result<Vec<Grant>, StoreError> {
+        let mut out: Vec<Grant> = self.scan(environment).await?.iter().filter_map(Read::live_grant).cloned().collect();
+        out.sort_by(|a, b| (a.environment.as_str(), a.cidr).cmp(&(b.environment.as_str(), b.cidr)));
+        Ok(out)
+    }
+
+    async fn expire(&self, now: Timestamp) -> Result<Vec<Grant>, StoreError> {
+        let mut expired = Vec::new();
+        for read in self.scan(None).await? {
+            if let Some(mark) = read.removal() {
+                // A deletion of ours that was recorded but not finished (a crash): finish it.
+                if let Ok(g) = &read.grant {
+                    self.delete_marked(&g.key(), &mark).await?;
+                }
+                continue;
+            }
+            let Ok(g) = &read.grant else { continue };
+            let Some(at) = g.expires_at.filter(|at| *at <= now) else { continue };
+            let reason = format!("expired at {at}");
+            let e = event(now, &sweeper(), Action::Expired, g, Some(g.clone()), None, reason);
+            // Losing the race means someone refreshed, removed or expired it meanwhile.
+            if let Some(mark) = self.mark_and_record(&read, g, e, "expired").await? {
+                self.delete_marked(&g.key(), &mark).await?;
+                expired.push(g.clone());
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn next_expiry(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self.scan(None).await?.iter().filter_map(Read::live_grant).filter_map(|g| g.expires_at).min())
+    }
+
+    async fn environments_with_history(&self) -> Result<BTreeSet<Environment>, StoreError> {
+        let items = self.partition("history", false, None).await?;
+        Ok(items.iter().filter_map(|i| get_s(i, "sk")).filter_map(|e| Environment::parse(&e).ok()).collect())
+    }
+
+    async fn record(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.record_with(event, None).await.map(|_| ())
+    }
+
+    async fn record_once(&self, event: AuditEvent, key: &str) -> Result<bool, StoreError> {
+        self.record_with(event, Some(key)).await
+    }
+
+    async fn audit(&self, environment: Option<&Environment>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let partitions: BTreeSet<String> = match environment {
+            Some(env) => BTreeSet::from([env.to_string()]),
+            None => self.partition("audit-envs", false, None).await?.iter().filter_map(|i| get_s(i, "sk")).collect(),
+        };
+        let mut events = Vec::new();
+        for env in partitions {
+            for item in self.partition(&format!("audit#{env}"), true, Some(limit)).await? {
+                events.push(self.parse_event(&item)?);
+            }
+        }
+        events.sort_by(|a, b| b.id.cmp(&a.id));
+        events.truncate(limit);
+        Ok(events)
+    }
+
+    async fn acquire_lease(&self, claim: LeaseClaim<'_>) -> Result<bool, StoreError> {
+        let mut item = meta_key("lease", claim.name);
+        item.insert("holder".into(), s(claim.holder));
+        item.insert("until_ms".into(), n(ms(claim.now + claim.duration)));
+        item.insert("gc_at".into(), n((claim.now + KEEP).unix_timestamp()));
+        let result = self
+            .client
+            .put_item()
+            .table_name(self.meta())
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR holder = :h OR until_ms <= :now")
+            .expression_attribute_values(":h", s(claim.holder))
+            .expression_attribute_values(":now", n(ms(claim.now)))
+            .send()
+            .await;
+        match result.map_err(|e| failure(self.meta(), e.into())) {
+            Ok(_) => Ok(true),
+            Err(Failure::Conflict) => Ok(false),
+            Err(Failure::Store(e)) => Err(e),
+        }
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(self.meta())
+            .set_key(Some(meta_key("lease", name)))
+            .condition_expression("holder = :h")
+            .expression_attribute_values(":h", s(holder))
+            .send()
+            .await;
+        match result.map_err(|e| failure(self.meta(), e.into())) {
+            Ok(_) | Err(Failure::Conflict) => Ok(()),
+            Err(Failure::Store(e)) => Err(e),
+        }
+    }
+
+    fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    async fn claim_notice(&self, now: Timestamp) -> Result<Option<Notice>, StoreError> {
+        let now_ms = ms(now);
+        for _ in 0..ATTEMPTS {
+            let items = self.partition("outbox", false, None).await?;
+            let due = items.iter().find(|i| {
+                let mine = get_s(i, "claimed_by").as_deref() == Some(self.instance.as_str());
+                get_n(i, "next_attempt_ms").unwrap_or(0) <= now_ms
+                    && (mine || get_n(i, "lease_until_ms").unwrap_or(0) <= now_ms)
+            });
+            let Some(item) = due else { return Ok(None) };
+            let sk = get_s(item, "sk").unwrap_or_default();
+            let result = self
+                .client
+                .update_item()
+                .table_name(self.meta())
+                .set_key(Some(meta_key("outbox", &sk)))
+                .update_expression("SET claimed_by = :me, lease_until_ms = :until")
+                .condition_expression("claimed_by = :was AND lease_until_ms = :lease")
+                .expression_attribute_values(":me", s(self.instance.clone()))
+                .expression_attribute_values(":until", n(ms(now + NOTICE_LEASE)))
+                .expression_attribute_values(":was", item.get("claimed_by").cloned().unwrap_or_else(|| s("")))
+                .expression_attribute_values(":lease", item.get("lease_until_ms").cloned().unwrap_or_else(|| n(0)))
+                .send()
+                .await;
+            match result.map_err(|e| failure(self.meta(), e.into())) {
+                Ok(_) => {
+                    let event = self.parse_event(item)?;
+                    let attempts = get_n(item, "attempts").unwrap_or(0) as u32;
+                    return Ok(Some(Notice { event, attempts }));
+                }
+                Err(Failure::Conflict) => continue,
+                Err(Failure::Store(e)) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn settle_notice(&self, id: i64, settlement: Settlement, now: Timestamp) -> Result<(), StoreError> {
+        let key = meta_key("outbox", &padded(id));
+        let err = |e: aws_sdk_dynamodb::Error| StoreError::from(failure(self.meta(), e));
+        match settlement {
+            Settlement::Delivered => {
+                self.client.delete_item().table_name(self.meta()).set_key(Some(key)).send().await.map_err(|e| err(e.into()))?;
+            }
+            Settlement::Retry { at, error } => {
+                let result = self
+                    .client
+                    .update_item()
+                    .table_name(self.meta())
+                    .set_key(Some(key))
+                    .update_expression(
+                        "SET claimed_by = :none, lease_until_ms = :zero, next_attempt_ms = :at, last_error = :e ADD attempts :one",
+                    )
+                    .condition_expression("attribute_exists(pk)")
+                    .expression_attribute_values(":none", s(""))
+                    .expression_attribute_values(":zero", n(0))
+                    .expression_attribute_values(":at", n(ms(at)))
+                    .expression_attribute_values(":e", s(error))
+                    .expression_attribute_values(":one", n(1))
+                    .send()
+                    .await;
+                match result.map_err(|e| failure(self.meta(), e.into())) {
+                    Ok(_) | Err(Failure::Conflict) => {}
+                    Err(Failure::Store(e)) => return Err(e),
+                }
+            }
+            Settlement::Abandoned { error } => {
+                let mut tx = Tx::default();
+                tx.delete(self.meta(), key);
+                let mut kept = meta_key("outbox-abandoned", &padded(id));
+                kept.insert("error".into(), s(error));
+                kept.insert("at_ms".into(), n(ms(now)));
+                kept.insert("gc_at".into(), n((now + KEEP).unix_timestamp()));
+                tx.put(self.meta(), kept, None);
+                self.commit(tx).await.map_err(StoreError::from)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+        let items = self.partition("outbox", false, None).await?;
+        let next = items
+            .iter()
+            .map(|i| {
+                let mine = get_s(i, "claimed_by").as_deref() == Some(self.instance.as_str());
+                let lease = if mine { 0 } else { get_n(i, "lease_until_ms").unwrap_or(0) };
+                get_n(i, "next_attempt_ms").unwrap_or(0).max(lease)
+            })
+            .min();
+        Ok(OutboxStatus { pending: items.len(), next_due: next.map(from_ms) })
+    }
+}
