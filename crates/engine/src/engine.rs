@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use portcullis_core::{
-    plan, policy_for, resolve_targets, Action, AuditEvent, Cidr, Description, Environment, Foreign, Grant, GrantKey,
+    plan, plan_adoption, policy_for, resolve_targets, Action, AuditEvent, Cidr, Description, Environment, Foreign, Grant, GrantKey,
     GroupChange, Interface, Marker, Overflow, Owner, Plan, PlanInput, Policy, RuleQuota, SkippedGroup, Source,
     Target, TargetId, TargetSelector, TargetSpec, Timestamp, Ttl, ValidationError, Withheld,
 };
@@ -11,7 +11,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
-use crate::{Applied, Clock, Firewall, ObserveFailure, Outbox};
+use crate::{Applied, Clock, Firewall, Lease, ObserveFailure, Outbox};
 
 /// What the engine is configured with.
 #[derive(Debug, Clone)]
@@ -194,6 +194,26 @@ pub struct SweepReport {
     pub reconcile: Option<ReconcileReport>,
 }
 
+/// What `adopt` found and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdoptReport {
+    /// The rules taken over (or, in a dry run, that would be), as description updates.
+    pub changes: Vec<GroupChange>,
+    pub dry_run: bool,
+    pub outcomes: Vec<GroupOutcome>,
+    pub observe_failures: Vec<ObserveFailure>,
+}
+
+impl AdoptReport {
+    pub fn rules(&self) -> usize {
+        self.changes.iter().map(|c| c.update_descriptions.len()).sum()
+    }
+
+    pub fn failed(&self) -> bool {
+        !self.observe_failures.is_empty() || self.outcomes.iter().any(|o| o.error.is_some())
+    }
+}
+
 /// The last reconcile, for `/v1/status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -233,6 +253,7 @@ pub struct Engine {
     wake_sweeper: Notify,
     last_reconcile: Mutex<Option<ReconcileSummary>>,
     outbox: Option<Arc<Outbox>>,
+    lease: Option<Arc<Lease>>,
 }
 
 impl Engine {
@@ -245,6 +266,25 @@ impl Engine {
             wake_sweeper: Notify::new(),
             last_reconcile: Mutex::new(None),
             outbox: None,
+            lease: None,
+        }
+    }
+
+    /// Runs the sweeper and the periodic reconcile only while `lease` is held.
+    pub fn with_lease(mut self, lease: Arc<Lease>) -> Engine {
+        self.lease = Some(lease);
+        self
+    }
+
+    pub fn lease(&self) -> Option<&Arc<Lease>> {
+        self.lease.as_ref()
+    }
+
+    /// Waits for the lease, if there is one; false on shutdown.
+    async fn lead(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        match &self.lease {
+            Some(lease) => lease.wait_held(shutdown).await,
+            None => !*shutdown.borrow(),
         }
     }
 
@@ -259,7 +299,7 @@ impl Engine {
     }
 
     /// Tells the outbox that announcements may be waiting.
-    fn announce(&self) {
+    pub(crate) fn announce(&self) {
         if let Some(outbox) = &self.outbox {
             outbox.wake();
         }
@@ -603,7 +643,7 @@ impl Engine {
     pub async fn run_sweeper(&self, mut shutdown: watch::Receiver<bool>) {
         let poll = time::Duration::seconds(1);
         loop {
-            if *shutdown.borrow() {
+            if !self.lead(&mut shutdown).await {
                 return;
             }
             let now = self.clock.now();
@@ -636,7 +676,7 @@ impl Engine {
     /// Reconciles every environment now and then every `interval`, until shut down.
     pub async fn run_reconciler(&self, interval: time::Duration, mut shutdown: watch::Receiver<bool>) {
         loop {
-            if *shutdown.borrow() {
+            if !self.lead(&mut shutdown).await {
                 return;
             }
             match self.reconcile(Scope::All, Cause::Periodic).await {
@@ -652,6 +692,50 @@ impl Engine {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+
+    /// Takes over the marker-less rules (seed 000's) that match a live grant exactly, by
+    /// rewriting their descriptions to carry our marker; with `dry_run`, only says which.
+    /// Nothing else ever edits an unowned rule.
+    pub async fn adopt(&self, dry_run: bool, by: &Requester) -> Result<AdoptReport, EngineError> {
+        let observed = self.observe(&Scope::All).await;
+        let grants = self.store.grants(None).await?;
+        let history = self.store.environments_with_history().await?;
+        let changes = plan_adoption(&PlanInput {
+            grants: &grants,
+            targets: &observed.targets,
+            marker: &self.settings.marker,
+            environments_with_history: &history,
+            quota: self.settings.quota,
+            now: self.clock.now(),
+        });
+        if dry_run || changes.is_empty() {
+            return Ok(AdoptReport { changes, dry_run, outcomes: vec![], observe_failures: observed.failures });
+        }
+        let outcomes = self.apply_all(&changes).await;
+        for (change, outcome) in changes.iter().zip(&outcomes) {
+            if outcome.error.is_some() {
+                continue;
+            }
+            for rule in &change.update_descriptions {
+                let event = AuditEvent {
+                    id: 0,
+                    at: self.clock.now(),
+                    actor: by.actor().name,
+                    interface: by.interface,
+                    action: Action::Adopted,
+                    environment: change.environment.to_string(),
+                    cidr: Some(rule.cidr.to_string()),
+                    before: None,
+                    after: None,
+                    reason: format!("took over {} {} on {}: description now {:?}", rule.ec2_cidr, rule.ports, change.target, rule.description),
+                };
+                if let Err(err) = self.store.record(event).await {
+                    tracing::warn!(error = %err, "could not audit an adoption");
+                }
+            }
+        }
+        Ok(AdoptReport { changes, dry_run, outcomes, observe_failures: observed.failures })
     }
 
     pub async fn status(&self) -> Result<Status, EngineError> {

@@ -8,8 +8,10 @@
 mod clock;
 mod dry_run;
 mod engine;
+mod lease;
 mod memory;
 mod outbox;
+mod stream;
 
 use async_trait::async_trait;
 use portcullis_core::{GroupChange, ObservedGroup, TargetSpec};
@@ -20,8 +22,10 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use dry_run::DryRunFirewall;
 pub use engine::{
     AddOutcome, AddRequest, Cause, Engine, EngineError, GroupOutcome, ReconcileReport, RemoveOutcome, Requester,
-    Scope, Settings, Status, SweepReport,
+    Scope, Settings, Status, SweepReport, AdoptReport,
 };
+pub use lease::{Lease, SWEEPER_LEASE};
+pub use stream::{ChangeKind, StreamChange, StreamOutcome, StreamRecord};
 pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing};
 pub use memory::{HeldFirewall, MemoryFirewall, RecordedCall};
 
