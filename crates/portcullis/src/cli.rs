@@ -96,8 +96,27 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Create the store if it is missing (idempotent).
+    /// Create what the store is missing (idempotent): with DynamoDB, the grants table(s) with
+    /// TTL and a stream, and portcullis's own table. Existing tables are left as they are.
     Init,
+    /// Take over the rules seed 000's Lambda made (no marker) that match a live grant exactly,
+    /// by rewriting their descriptions. Prints what it changes; nothing else is touched.
+    Adopt {
+        /// Only show what would be taken over.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
+    },
+    /// Handle one seed-format event (action, DynamoDB Stream batch, scheduled event) as the
+    /// Lambda would, and print the JSON response.
+    Invoke {
+        /// The event's file, or - for standard input (the default).
+        #[arg(long, value_name = "FILE|-", default_value = "-")]
+        event: String,
+    },
+    /// Run as an AWS Lambda function (Runtime API); the firewall defaults to aws.
+    Lambda,
     /// Run the HTTP API, the sweeper and the periodic reconcile.
     Serve {
         /// Address to listen on (PORTCULLIS_LISTEN; default 127.0.0.1:8080). Loopback only
@@ -221,12 +240,14 @@ fn print_json<T: Serialize>(value: &T) {
 
 async fn execute(args: Args) -> Result<ExitCode, CliError> {
     let serving = matches!(args.command, Command::Serve { .. });
-    init_logging(args.json && !serving);
+    let in_lambda = matches!(args.command, Command::Lambda);
+    init_logging((args.json && !serving) || in_lambda);
     let listen = match &args.command {
         Command::Serve { listen } => listen.clone(),
         _ => None,
     };
-    let overrides = Overrides { config_file: args.config, store: args.store, firewall: args.firewall, listen };
+    let default_firewall = in_lambda.then_some(crate::config::FirewallKind::Aws);
+    let overrides = Overrides { config_file: args.config, store: args.store, firewall: args.firewall, listen, default_firewall };
     let config = Config::load(&overrides, &|k| std::env::var(k).ok())?;
     let json = args.json;
     match args.command {
@@ -276,7 +297,7 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
             Ok(exit_for(&outcome.report))
         }
         Command::List { env, all } => {
-            let store = wiring::open_store(&config)?;
+            let store = wiring::open_store(&config).await?;
             let scope = if all { None } else { Some(environment(&config, env)?) };
             let now = Timestamp::now_utc();
             let grants: Vec<Grant> = store
@@ -339,7 +360,7 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
             Ok(report.reconcile.as_ref().map(exit_for).unwrap_or(ExitCode::SUCCESS))
         }
         Command::Audit { env, limit } => {
-            let store = wiring::open_store(&config)?;
+            let store = wiring::open_store(&config).await?;
             let env = env.map(|e| Environment::parse(&e)).transpose()?;
             let events = store.audit(env.as_ref(), limit).await.map_err(|e| CliError::Operational(e.to_string()))?;
             if json {
@@ -360,12 +381,102 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init => {
-            wiring::open_store(&config)?;
+            let report = wiring::init_store(&config).await?;
             if json {
-                print_json(&serde_json::json!({"store": format!("{:?}", config.store), "ready": true}));
+                print_json(&serde_json::json!({
+                    "created": report.created, "existing": report.existing, "warnings": report.warnings,
+                }));
             } else {
-                println!("store ready: {:?}", config.store);
+                for t in &report.created {
+                    println!("created {t}");
+                }
+                for t in &report.existing {
+                    println!("exists  {t} (left as it is)");
+                }
+                for w in &report.warnings {
+                    println!("warning: {w}");
+                }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Adopt { dry_run, as_user } => {
+            let by = acting_user(as_user)?;
+            let engine = wiring::engine(&config, false, json).await?;
+            let report = engine.adopt(dry_run, &by).await?;
+            if json {
+                print_json(&report);
+            } else {
+                let verb = if dry_run { "would take over" } else { "taking over" };
+                for c in &report.changes {
+                    for r in &c.update_descriptions {
+                        println!("{verb} {} {} on {}: description becomes {:?}", r.ec2_cidr, r.ports, c.target, r.description);
+                    }
+                }
+                for f in &report.observe_failures {
+                    eprintln!("failed: could not describe {}: {}", f.group_id.as_deref().unwrap_or(&f.region), f.error);
+                }
+                for o in report.outcomes.iter().filter(|o| o.error.is_some()) {
+                    eprintln!("failed: {}: {}", o.target, o.error.as_deref().unwrap_or_default());
+                }
+                match (report.rules(), dry_run) {
+                    (0, _) => println!("nothing to take over: no unmarked rule matches a live grant"),
+                    (n, true) => println!("{n} rules would be taken over; run without --dry-run to do it"),
+                    (n, false) => println!("{n} rules taken over"),
+                }
+            }
+            Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Invoke { event } => {
+            let text = if event == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .map_err(|e| CliError::Usage(format!("cannot read the event from standard input: {e}")))?;
+                text
+            } else {
+                std::fs::read_to_string(&event).map_err(|e| CliError::Usage(format!("cannot read {event}: {e}")))?
+            };
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("the event is not JSON: {e}")))?;
+            let event = crate::lambda::classify(value).map_err(CliError::Usage)?;
+            let engine = std::sync::Arc::new(wiring::engine(&config, false, true).await?);
+            let (response, code) = match event {
+                crate::lambda::Event::Action(a) => {
+                    match crate::lambda::handle_action(&engine, &config.default_environment, a, Interface::Cli).await {
+                        Ok(v) => (v, 0),
+                        Err((v, code)) => (v, code),
+                    }
+                }
+                crate::lambda::Event::Stream(records) => {
+                    let r = crate::lambda::handle_stream(&engine, &records).await;
+                    let code = if r.batch_item_failures.is_empty() { 0 } else { 1 };
+                    (serde_json::to_value(r).expect("serialises"), code)
+                }
+                crate::lambda::Event::Scheduled => {
+                    let lease = wiring::sweeper_lease(engine.store().clone(), engine.clock().clone());
+                    match crate::lambda::handle_scheduled(&engine, &lease).await {
+                        Ok(v) => (v, 0),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                crate::lambda::Event::Http(_) => {
+                    return Err(CliError::Usage("HTTP API events are served by `portcullis lambda` or `serve`, not invoke".into()))
+                }
+            };
+            announce(&engine).await;
+            print_json(&response);
+            Ok(ExitCode::from(code))
+        }
+        Command::Lambda => {
+            let engine = std::sync::Arc::new(wiring::engine(&config, false, true).await?);
+            let lease = wiring::sweeper_lease(engine.store().clone(), engine.clock().clone());
+            let slack = crate::http::build_slack_endpoint(&config).await.map_err(|e| CliError::Operational(e.to_string()))?;
+            let slack = slack.map(|s| std::sync::Arc::new(s.inline()));
+            let app = std::sync::Arc::new(crate::http::App {
+                engine: engine.clone(),
+                default_environment: config.default_environment.clone(),
+                slack,
+            });
+            crate::lambda::run(crate::lambda::Handler { engine, app, lease }).await.map_err(CliError::Operational)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { .. } => {

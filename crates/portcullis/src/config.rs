@@ -27,6 +27,8 @@ fn error(key: impl Into<String>, message: impl std::fmt::Display) -> ConfigError
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     store: Option<String>,
+    /// portcullis's own DynamoDB table (default `{grants table}-portcullis`).
+    own_table: Option<String>,
     firewall: Option<String>,
     listen: Option<String>,
     default_environment: Option<String>,
@@ -154,6 +156,8 @@ pub struct SlackConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub store: StoreSpec,
+    /// With the DynamoDB store: portcullis's own table, when not the default.
+    pub own_table: Option<String>,
     pub firewall: FirewallKind,
     pub listen: SocketAddr,
     pub default_environment: Environment,
@@ -172,6 +176,8 @@ pub struct Overrides {
     pub store: Option<String>,
     pub firewall: Option<String>,
     pub listen: Option<String>,
+    /// The firewall when nothing names one (`aws` in Lambda mode; else dry-run).
+    pub default_firewall: Option<FirewallKind>,
 }
 
 /// Reads environment variables through a function, so tests can pass their own.
@@ -192,6 +198,7 @@ impl Config {
             .store
             .clone()
             .or_else(|| env("PORTCULLIS_STORE"))
+            .or_else(|| env("DYNAMODB_TABLE_NAME").filter(|t| !t.trim().is_empty()).map(|t| format!("dynamodb:{}", t.trim())))
             .or(file.store)
             .unwrap_or_else(|| "sqlite:portcullis.db".into());
         let store = StoreSpec::parse(&store_text)
@@ -199,7 +206,7 @@ impl Config {
 
         let firewall_text = overrides.firewall.clone().or_else(|| env("PORTCULLIS_FIREWALL")).or(file.firewall);
         let firewall = match firewall_text {
-            None => FirewallKind::DryRun,
+            None => overrides.default_firewall.unwrap_or(FirewallKind::DryRun),
             Some(text) => FirewallKind::parse(&text)
                 .ok_or_else(|| error("firewall", format!("{text:?} is not aws or dry-run")))?,
         };
@@ -329,8 +336,20 @@ impl Config {
 
         let slack = slack(&file.slack, env)?;
 
+        let own_table = env("PORTCULLIS_OWN_TABLE").or(file.own_table).filter(|t| !t.trim().is_empty());
+        if let StoreSpec::Dynamodb(table) = &store {
+            for (key, name) in [("store", Some(table.replace("{env}", "x"))), ("own_table", own_table.clone())] {
+                if let Some(name) = name
+                    && !valid_table_name(&name)
+                {
+                    return Err(error(key, format!("{name:?} is not a DynamoDB table name (3-255 characters from a-z A-Z 0-9 _ - .; the template may use {{env}})")));
+                }
+            }
+        }
+
         Ok(Config {
             slack,
+            own_table,
             store,
             firewall,
             listen,
@@ -342,6 +361,10 @@ impl Config {
             reconcile_interval: time::Duration::seconds(interval as i64),
         })
     }
+}
+
+fn valid_table_name(name: &str) -> bool {
+    (3..=255).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
 /// A secret from an environment variable (value or ARN) or the file (ARN only); giving both

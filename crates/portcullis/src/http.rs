@@ -225,7 +225,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             config.listen
         )));
     }
-    let engine = Arc::new(wiring::engine(&config, false, false).await.map_err(|e| ServeError::Failed(e.to_string()))?);
+    let (engine, tail) = wiring::replica(&config).await.map_err(|e| ServeError::Failed(e.to_string()))?;
+    let engine = Arc::new(engine);
     let slack = slack_endpoint(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -242,6 +243,22 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let reconciler = tokio::spawn({
         let (engine, stop, every) = (engine.clone(), stop_rx.clone(), config.reconcile_interval);
         async move { engine.run_reconciler(every, stop).await }
+    });
+    let lease = tokio::spawn({
+        let (engine, stop) = (engine.clone(), stop_rx.clone());
+        async move {
+            if let Some(lease) = engine.lease() {
+                lease.run(stop).await;
+            }
+        }
+    });
+    let streams = tokio::spawn({
+        let (engine, stop) = (engine.clone(), stop_rx.clone());
+        async move {
+            if let Some(tail) = tail {
+                crate::replica::follow_streams(engine, tail, stop, watch::Sender::new(0)).await;
+            }
+        }
     });
     let announcer = tokio::spawn({
         let (engine, stop) = (engine.clone(), stop_rx.clone());
@@ -266,7 +283,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         let _ = stop_tx.send(true);
     };
     let (served, ()) = tokio::join!(server.into_future(), signals);
-    let _ = tokio::join!(sweeper, reconciler, announcer);
+    let _ = tokio::join!(sweeper, reconciler, streams, announcer);
+    // Released last, so no other replica starts sweeping while this one still is.
+    let _ = lease.await;
     // Acknowledged Slack commands finish and answer; then what they announced goes out.
     if let Some(slack) = &slack {
         slack.drain(std::time::Duration::from_secs(20)).await;
@@ -283,6 +302,25 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 /// The Slack endpoint, when a signing secret is configured; its secrets are read now so a
 /// wrong ARN stops the server at start, not at the first command.
 pub async fn slack_endpoint(config: &Config) -> Result<Option<Arc<SlackEndpoint>>, ServeError> {
+    Ok(build_slack_endpoint(config).await?.map(Arc::new))
+}
+
+/// A signing secret kept in Secrets Manager, read again when a signature does not verify.
+struct SecretSigningKey {
+    arn: String,
+}
+
+#[async_trait::async_trait]
+impl crate::slack::SecretReload for SecretSigningKey {
+    async fn reload(&self) -> Result<SigningSecret, String> {
+        let value = wiring::secret_value(&crate::config::Secret::Arn(self.arn.clone())).await.map_err(|e| e.to_string())?;
+        let secret = portcullis_slack::secret_field(&value, "signing_secret").map_err(|e| e.to_string())?;
+        Ok(SigningSecret::new(secret))
+    }
+}
+
+/// [`slack_endpoint`], not yet shared (Lambda mode sets it to answer inline).
+pub async fn build_slack_endpoint(config: &Config) -> Result<Option<SlackEndpoint>, ServeError> {
     let Some(secret) = &config.slack.signing_secret else {
         tracing::info!("no Slack signing secret configured: /slack/commands is off");
         return Ok(None);
@@ -301,7 +339,11 @@ pub async fn slack_endpoint(config: &Config) -> Result<Option<Arc<SlackEndpoint>
             "user_groups are configured, but checking them needs SLACK_BOT_TOKEN (or SLACK_BOT_TOKEN_SECRET_ARN)".into(),
         ));
     }
-    Ok(Some(Arc::new(SlackEndpoint::new(&config.slack, SigningSecret::new(secret), bot_token))))
+    let endpoint = SlackEndpoint::new(&config.slack, SigningSecret::new(secret), bot_token);
+    Ok(Some(match &config.slack.signing_secret {
+        Some(crate::config::Secret::Arn(arn)) => endpoint.with_reload(Arc::new(SecretSigningKey { arn: arn.clone() })),
+        _ => endpoint,
+    }))
 }
 
 async fn shutdown_signal() {

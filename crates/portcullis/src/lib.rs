@@ -7,5 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod lambda;
+pub mod replica;
 pub mod slack;
 pub mod wiring;

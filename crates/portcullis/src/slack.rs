@@ -54,9 +54,24 @@ impl RateLimiter {
     }
 }
 
+/// Reads the signing secret again (it may have been rotated in Secrets Manager).
+#[async_trait::async_trait]
+pub trait SecretReload: Send + Sync {
+    async fn reload(&self) -> Result<SigningSecret, String>;
+}
+
+/// The least time between two re-reads of the signing secret, so requests with bad signatures
+/// cannot make the server hammer Secrets Manager.
+const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The Slack side of the server.
 pub struct SlackEndpoint {
-    secret: SigningSecret,
+    secret: std::sync::RwLock<SigningSecret>,
+    reload: Option<Arc<dyn SecretReload>>,
+    reloaded_at: Mutex<Option<std::time::Instant>>,
+    /// Answer changes in the response itself (Lambda, where nothing runs after the response),
+    /// instead of acknowledging them and posting the outcome to `response_url`.
+    inline: bool,
     command: String,
     responder: Responder,
     limiter: RateLimiter,
@@ -68,12 +83,56 @@ pub struct SlackEndpoint {
 impl SlackEndpoint {
     pub fn new(config: &SlackConfig, secret: SigningSecret, bot_token: Option<String>) -> SlackEndpoint {
         SlackEndpoint {
-            secret,
+            secret: std::sync::RwLock::new(secret),
+            reload: None,
+            reloaded_at: Mutex::new(None),
+            inline: false,
             command: config.command.clone(),
             responder: Responder::new(config.response_url_prefixes.clone()),
             limiter: RateLimiter::new(config.rate_limit_per_minute),
             directory: bot_token.map(|t| Directory::new(&config.api_url, t)),
             in_flight: Mutex::new(JoinSet::new()),
+        }
+    }
+
+    /// Re-reads the signing secret through `reload` when a signature does not verify.
+    pub fn with_reload(mut self, reload: Arc<dyn SecretReload>) -> SlackEndpoint {
+        self.reload = Some(reload);
+        self
+    }
+
+    /// Answers changes in the HTTP response (for Lambda).
+    pub fn inline(mut self) -> SlackEndpoint {
+        self.inline = true;
+        self
+    }
+
+    /// Verifies a request; on failure, re-reads a rotated secret (at most once a minute) and
+    /// tries again.
+    async fn verify(&self, timestamp: Option<&str>, signature: Option<&str>, body: &[u8], now: i64) -> Result<(), String> {
+        let first = self.secret.read().expect("secret lock poisoned").verify(timestamp, signature, body, now);
+        let Err(err) = first else { return Ok(()) };
+        let Some(reload) = &self.reload else { return Err(err.to_string()) };
+        {
+            let mut at = self.reloaded_at.lock().expect("reload mutex poisoned");
+            if at.is_some_and(|t| t.elapsed() < RELOAD_EVERY) {
+                return Err(err.to_string());
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        match reload.reload().await {
+            Ok(fresh) => {
+                let result = fresh.verify(timestamp, signature, body, now).map_err(|e| e.to_string());
+                if result.is_ok() {
+                    tracing::info!("the Slack signing secret was rotated; using the new one");
+                }
+                *self.secret.write().expect("secret lock poisoned") = fresh;
+                result
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-read the Slack signing secret");
+                Err(err.to_string())
+            }
         }
     }
 
@@ -112,7 +171,7 @@ pub async fn command(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = app.engine.clock().now();
-    if let Err(err) = slack.secret.verify(header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER), &body, now.unix_timestamp()) {
+    if let Err(err) = slack.verify(header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER), &body, now.unix_timestamp()).await {
         tracing::warn!(error = %err, "refused a Slack request with a bad signature");
         return (StatusCode::UNAUTHORIZED, format!("invalid request signature: {err}")).into_response();
     }
@@ -195,6 +254,9 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
         Command::Remove { cidr, .. } => format!("Removing `{cidr}` from `{env}`"),
         _ => format!("Refreshing the security groups of `{env}`"),
     };
+    if slack.inline {
+        return run(&app.engine, command, env, by).await;
+    }
     let (engine, slack_for_task, url) = (app.engine.clone(), slack.clone(), form.response_url);
     slack.spawn(async move {
         let reply = run(&engine, command, env, by).await;

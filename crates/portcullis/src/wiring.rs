@@ -4,9 +4,10 @@ use std::io::Write;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use portcullis_aws::{Ec2Firewall, Secrets};
+use portcullis_aws::{DynamoStore, Ec2Firewall, InitReport, Secrets, TableNames};
 use portcullis_engine::{
-    Clock, DryRunFirewall, Engine, Firewall, LogNotifier, Notifier, Outbox, Pacing, Settings, SystemClock,
+    Clock, DryRunFirewall, Engine, Firewall, Lease, LogNotifier, Notifier, Outbox, Pacing, Settings, SystemClock,
+    SWEEPER_LEASE,
 };
 use portcullis_slack::{webhook_url_from_secret, FixedUrl, UrlSource, Webhook};
 use portcullis_store::{SqliteStore, Store};
@@ -24,13 +25,49 @@ pub enum WiringError {
     Secret(String),
 }
 
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
+/// The DynamoDB store the config names (its tables are not checked).
+pub async fn dynamo_store(config: &Config, table: &str) -> DynamoStore {
+    let tables = TableNames::new(table, config.own_table.as_deref());
+    let environments = config.policies.keys().cloned().collect();
+    DynamoStore::new(portcullis_aws::shared_sdk_config().await, tables, environments)
+}
+
+/// Opens the configured store; a DynamoDB table that does not exist is an error naming
+/// `portcullis init`.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
     match &config.store {
         StoreSpec::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path)?)),
-        StoreSpec::Dynamodb(table) => Err(WiringError::Unsupported(format!(
-            "store dynamodb:{table}: the DynamoDB store is not available in this version; use sqlite:PATH"
-        ))),
+        StoreSpec::Dynamodb(table) => {
+            let store = dynamo_store(config, table).await;
+            store.check().await?;
+            Ok(Arc::new(store))
+        }
     }
+}
+
+/// Creates whatever the store is missing; what exists is left as it is.
+pub async fn init_store(config: &Config) -> Result<InitReport, WiringError> {
+    match &config.store {
+        StoreSpec::Sqlite(path) => {
+            let existed = path.exists();
+            SqliteStore::open(path)?;
+            let name = path.display().to_string();
+            Ok(if existed {
+                InitReport { existing: vec![name], ..InitReport::default() }
+            } else {
+                InitReport { created: vec![name], ..InitReport::default() }
+            })
+        }
+        StoreSpec::Dynamodb(table) => Ok(dynamo_store(config, table).await.init().await?),
+    }
+}
+
+/// How long the sweeper lease is held per claim (renewed every third of it).
+pub const LEASE_DURATION: time::Duration = time::Duration::seconds(15);
+
+/// The sweeper lease over a store.
+pub fn sweeper_lease(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Arc<Lease> {
+    Arc::new(Lease::new(store, clock, SWEEPER_LEASE, LEASE_DURATION))
 }
 
 /// The firewall the config names. With `dry_run`, changes are printed, never made; an `aws`
@@ -86,10 +123,28 @@ pub fn notifier(config: &Config) -> Arc<dyn Notifier> {
 
 /// The engine over the configured store and firewall, announcing through the outbox.
 pub async fn engine(config: &Config, dry_run: bool, json: bool) -> Result<Engine, WiringError> {
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     let firewall = firewall(config, dry_run, json).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     Ok(engine_with(config, store, firewall, clock, notifier(config)))
+}
+
+/// A `serve` replica's engine: it sweeps and reconciles only while it holds the sweeper lease,
+/// and with the DynamoDB store it also follows the grants tables' streams.
+pub async fn replica(config: &Config) -> Result<(Engine, Option<portcullis_aws::StreamTail>), WiringError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let firewall = firewall(config, false, false).await;
+    let (store, tail): (Arc<dyn Store>, _) = match &config.store {
+        StoreSpec::Sqlite(path) => (Arc::new(SqliteStore::open(path)?), None),
+        StoreSpec::Dynamodb(table) => {
+            let store = dynamo_store(config, table).await;
+            store.check().await?;
+            let tail = portcullis_aws::StreamTail::new(portcullis_aws::shared_sdk_config().await, store.clone());
+            (Arc::new(store), Some(tail))
+        }
+    };
+    let lease = sweeper_lease(store.clone(), clock.clone());
+    Ok((engine_with(config, store, firewall, clock, notifier(config)).with_lease(lease), tail))
 }
 
 /// The engine over given adapters (tests and benchmarks pass their own).

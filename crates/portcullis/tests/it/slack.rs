@@ -56,7 +56,7 @@ fn dev_targets(w: &World, receiver: &Receiver, extra: &str) -> String {
 
 impl SlackServer {
     async fn start(config: &Config, firewall: Arc<dyn Firewall>, clock: Arc<dyn Clock>, notifier: Arc<dyn Notifier>) -> SlackServer {
-        let store = wiring::open_store(config).unwrap();
+        let store = wiring::open_store(config).await.unwrap();
         let engine = Arc::new(wiring::engine_with(config, store, firewall, clock.clone(), notifier));
         let slack = slack_endpoint(config).await.unwrap();
         let app = Arc::new(App { engine: engine.clone(), default_environment: config.default_environment.clone(), slack });

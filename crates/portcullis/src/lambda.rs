@@ -1,0 +1,390 @@
+//! The events seed 000's Lambda received, handled the same way by `portcullis invoke` (one
+//! event, locally) and `portcullis lambda` (AWS Lambda's Runtime API):
+//!
+//! - action events (`add`, `remove`, `list`, `refresh`; `../shared/fixtures/event-*.json`);
+//! - DynamoDB Stream batches, answered with partial batch failures (`batchItemFailures`);
+//! - EventBridge scheduled events: sweep expiries and reconcile, under the sweeper lease;
+//! - API Gateway HTTP API (payload 2.0) requests for `/slack/commands` and `/healthz`.
+//!
+//! Every invocation delivers its own announcements (at most 10 s) before it returns.
+
+use std::sync::Arc;
+
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use aws_lambda_events::dynamodb::EventRecord;
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use axum::body::to_bytes;
+use axum::http::{Method, Request};
+use portcullis_core::{Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Ttl, ValidationError};
+use portcullis_engine::{
+    AddRequest, Cause, ChangeKind, Engine, EngineError, Lease, Requester, Scope, StreamChange, StreamRecord,
+};
+use portcullis_store::seed::{self, Attr, Item};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::http::{router, App};
+
+/// How long an invocation waits for its announcements before returning.
+pub const ANNOUNCE_BUDGET: time::Duration = time::Duration::seconds(10);
+
+/// What an event is.
+pub enum Event {
+    Action(ActionEvent),
+    Stream(Vec<Value>),
+    Scheduled,
+    Http(Box<ApiGatewayV2httpRequest>),
+}
+
+/// A seed 000 action event.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionEvent {
+    pub action: String,
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub user_info: Option<UserInfo>,
+    #[serde(default)]
+    pub ttl_minutes: Option<u64>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UserInfo {
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// Tells which kind of event a payload is; an error says why it is none.
+pub fn classify(value: Value) -> Result<Event, String> {
+    let Value::Object(map) = &value else { return Err("an event is a JSON object".into()) };
+    if let Some(records) = map.get("Records") {
+        let Value::Array(records) = records else { return Err("Records is not an array".into()) };
+        return Ok(Event::Stream(records.clone()));
+    }
+    if map.contains_key("action") {
+        return serde_json::from_value(value).map(Event::Action).map_err(|e| format!("invalid action event: {e}"));
+    }
+    if map.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
+        || map.get("source").and_then(Value::as_str) == Some("aws.events")
+    {
+        return Ok(Event::Scheduled);
+    }
+    if map.get("requestContext").is_some_and(|c| c.get("http").is_some()) {
+        return serde_json::from_value(value).map(|r| Event::Http(Box::new(r))).map_err(|e| format!("invalid HTTP API event: {e}"));
+    }
+    Err("not an event portcullis handles: expected an action event, DynamoDB Stream records, an EventBridge scheduled event or an API Gateway HTTP API request".into())
+}
+
+/// A grant as the seed's items show it, as plain JSON.
+pub fn item_json(grant: &Grant) -> Value {
+    let item = seed::to_item(grant);
+    let mut out = serde_json::Map::new();
+    for (k, v) in item {
+        if k.starts_with("pc_") {
+            continue;
+        }
+        let v = match v {
+            Attr::S(s) => Value::String(s),
+            Attr::N(n) => n.parse::<i64>().map(Value::from).unwrap_or(Value::String(n)),
+            Attr::Other => continue,
+        };
+        out.insert(k, v);
+    }
+    Value::Object(out)
+}
+
+/// The answer to an action event, and whether it succeeded (`Err`: the exit code's kind).
+pub async fn handle_action(engine: &Engine, default_env: &Environment, event: ActionEvent, interface: Interface) -> Result<Value, (Value, u8)> {
+    let action = event.action.clone();
+    let refused = |err: ValidationError| {
+        (json!({"success": false, "action": action, "error": {"code": "invalid", "message": err.to_string()}}), 2u8)
+    };
+    let failed = |err: EngineError| match err {
+        EngineError::Validation(v) => refused(v),
+        other => (json!({"success": false, "action": action, "error": {"code": "failed", "message": other.to_string()}}), 1u8),
+    };
+    let env = match &event.environment {
+        Some(name) => Environment::parse(name).map_err(refused)?,
+        None => default_env.clone(),
+    };
+    engine.policy(&env).map_err(refused)?;
+    let cidr = || -> Result<Cidr, (Value, u8)> {
+        let text = event.ip_address.as_deref().ok_or_else(|| {
+            refused(ValidationError::InvalidAddress { input: String::new(), reason: "the event has no ip_address".into() })
+        })?;
+        Cidr::parse(text).map_err(refused)
+    };
+    let by = || -> Result<Requester, (Value, u8)> {
+        let info = event.user_info.as_ref();
+        let id = info.and_then(|u| u.user_id.clone()).filter(|s| !s.trim().is_empty());
+        let name = info.and_then(|u| u.username.clone()).filter(|s| !s.trim().is_empty());
+        let Some(id) = id.or_else(|| name.clone()) else {
+            return Err(refused(ValidationError::NotAllowed { user: "(none)".into(), environment: env.to_string() }));
+        };
+        if id.chars().chain(name.iter().flat_map(|n| n.chars())).any(char::is_control) || id.len() > 100 {
+            return Err(refused(ValidationError::NotAllowed { user: id, environment: env.to_string() }));
+        }
+        let owner = Owner {
+            name: name.unwrap_or_else(|| id.clone()),
+            id,
+            display_name: info.and_then(|u| u.display_name.clone()).unwrap_or_default(),
+        };
+        Ok(Requester { owner, groups: vec![], interface })
+    };
+    match event.action.as_str() {
+        "add" => {
+            let cidr = cidr()?;
+            let ttl = event.ttl_minutes.map(Ttl::from_minutes).transpose().map_err(refused)?;
+            let description = Description::parse(event.description.as_deref().unwrap_or_default()).map_err(refused)?;
+            let by = by()?;
+            let request = AddRequest { cidr, environment: env.clone(), ttl, description, source: Source::Manual, by };
+            let o = engine.add(request).await.map_err(failed)?;
+            let failures = o.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default();
+            let verb = if o.refreshed { "refreshed in" } else { "added to" };
+            Ok(json!({
+                "success": failures.is_empty(),
+                "action": "add",
+                "message": format!("IP {} {verb} {} whitelist", o.grant.cidr, o.grant.environment),
+                "refreshed": o.refreshed,
+                "item": item_json(&o.grant),
+                "failures": failures,
+            }))
+        }
+        "remove" => {
+            let by = by()?;
+            let key = GrantKey { cidr: cidr()?, environment: env.clone() };
+            let o = engine.remove(&key, &by).await.map_err(failed)?;
+            let failures = o.report.failure_messages();
+            Ok(json!({
+                "success": failures.is_empty(),
+                "action": "remove",
+                "message": format!("IP {} removed from {} whitelist", o.grant.cidr, o.grant.environment),
+                "item": item_json(&o.grant),
+                "failures": failures,
+            }))
+        }
+        "list" => {
+            let now = engine.clock().now();
+            let grants = engine.store().grants(Some(&env)).await.map_err(|e| failed(e.into()))?;
+            let items: Vec<Value> = grants.iter().filter(|g| g.is_live(now)).map(item_json).collect();
+            Ok(json!({"success": true, "action": "list", "environment": env, "count": items.len(), "items": items}))
+        }
+        "refresh" => {
+            let report = engine.reconcile(Scope::Environment(env.clone()), Cause::Refresh).await.map_err(failed)?;
+            let failures = report.failure_messages();
+            Ok(json!({
+                "success": failures.is_empty(),
+                "action": "refresh",
+                "environment": env,
+                "authorized": report.authorized,
+                "revoked": report.revoked,
+                "updated": report.updated,
+                "unchanged": report.unchanged,
+                "unowned_left_alone": report.unowned_left_alone,
+                "failures": failures,
+            }))
+        }
+        other => Err(refused(ValidationError::InvalidAddress {
+            input: other.to_string(),
+            reason: "unknown action; use add, remove, list or refresh".into(),
+        }))
+        .map_err(|(mut v, code)| {
+            v["error"]["message"] = json!(format!("unknown action {other:?}: use add, remove, list or refresh"));
+            (v, code)
+        }),
+    }
+}
+
+/// DynamoDB JSON (`{"S": "…"}`, `{"N": "…"}`) as an item.
+fn item_from_json(value: Option<&Value>) -> Option<Item> {
+    let Value::Object(map) = value? else { return None };
+    Some(
+        map.iter()
+            .map(|(k, v)| {
+                let attr = match (v.get("S").and_then(Value::as_str), v.get("N").and_then(Value::as_str)) {
+                    (Some(s), _) => Attr::S(s.to_string()),
+                    (None, Some(n)) => Attr::N(n.to_string()),
+                    _ => Attr::Other,
+                };
+                (k.clone(), attr)
+            })
+            .collect(),
+    )
+}
+
+/// One record of a DynamoDB Stream event, read.
+pub fn stream_record(value: &Value) -> StreamRecord {
+    let sequence = value.pointer("/dynamodb/SequenceNumber").and_then(Value::as_str).map(str::to_string);
+    let event_id = value.get("eventID").and_then(Value::as_str).map(str::to_string);
+    let unreadable = |error: String| StreamRecord::Unreadable { event_id: event_id.clone(), sequence: sequence.clone(), error };
+    let record: EventRecord = match serde_json::from_value(value.clone()) {
+        Ok(r) => r,
+        Err(e) => return unreadable(format!("not a DynamoDB stream record: {e}")),
+    };
+    if record.event_source.as_deref().is_some_and(|s| s != "aws:dynamodb") {
+        return unreadable(format!("event source {:?} is not aws:dynamodb", record.event_source));
+    }
+    let Some(kind) = ChangeKind::parse(&record.event_name) else {
+        return unreadable(format!("unknown eventName {:?}", record.event_name));
+    };
+    let (Some(event_id), Some(seq)) = (event_id.clone(), sequence.clone()) else {
+        return unreadable("no eventID or SequenceNumber".into());
+    };
+    let Some(keys) = item_from_json(value.pointer("/dynamodb/Keys")) else { return unreadable("no Keys".into()) };
+    let by_service = record
+        .user_identity
+        .as_ref()
+        .is_some_and(|u| u.type_ == "Service" && u.principal_id == "dynamodb.amazonaws.com");
+    StreamRecord::Change(StreamChange {
+        event_id,
+        sequence: seq,
+        kind,
+        by_service,
+        keys,
+        old: item_from_json(value.pointer("/dynamodb/OldImage")),
+        new: item_from_json(value.pointer("/dynamodb/NewImage")),
+    })
+}
+
+/// Handles a stream batch; the response names the first record to retry, if any.
+pub async fn handle_stream(engine: &Engine, records: &[Value]) -> DynamoDbEventResponse {
+    let records: Vec<StreamRecord> = records.iter().map(stream_record).collect();
+    let outcome = engine.handle_stream(records).await;
+    tracing::info!(records = outcome.records, announced = outcome.announced, unreadable = outcome.unreadable,
+        failed_at = outcome.failed_at.as_deref().unwrap_or("-"), "stream batch handled");
+    let mut response = DynamoDbEventResponse::default();
+    if let Some(seq) = outcome.failed_at {
+        let mut failure = DynamoDbBatchItemFailure::default();
+        failure.item_identifier = Some(seq);
+        response.batch_item_failures.push(failure);
+    }
+    response
+}
+
+/// A scheduled run: sweep expiries and reconcile everything, if this invocation gets the
+/// sweeper lease (another replica may be doing it).
+pub async fn handle_scheduled(engine: &Engine, lease: &Lease) -> Result<Value, EngineError> {
+    if !lease.try_acquire().await {
+        tracing::info!("another process holds the sweeper lease; nothing to do");
+        return Ok(json!({"skipped": "another process holds the sweeper lease"}));
+    }
+    let result = async {
+        let sweep = engine.sweep().await?;
+        let report = engine.reconcile(Scope::All, Cause::Periodic).await?;
+        Ok::<Value, EngineError>(json!({
+            "expired": sweep.expired.iter().map(item_json).collect::<Vec<_>>(),
+            "authorized": report.authorized,
+            "revoked": report.revoked,
+            "failures": report.failure_messages(),
+        }))
+    }
+    .await;
+    lease.release().await;
+    result
+}
+
+/// An API Gateway HTTP API request, answered by the same router `serve` uses.
+pub async fn handle_http(app: Arc<App>, request: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
+    use base64::Engine as _;
+    let mut response = ApiGatewayV2httpResponse::default();
+    let path = request.raw_path.clone().unwrap_or_else(|| "/".into());
+    let allowed = path == "/healthz" || path.starts_with("/slack/");
+    let body = match (&request.body, request.is_base64_encoded) {
+        (Some(b), true) => base64::engine::general_purpose::STANDARD.decode(b).unwrap_or_default(),
+        (Some(b), false) => b.clone().into_bytes(),
+        (None, _) => Vec::new(),
+    };
+    if !allowed {
+        response.status_code = 404;
+        response.body = Some(Body::Text(r#"{"error":{"code":"not-found","message":"not served in Lambda mode"}}"#.into()));
+        return response;
+    }
+    let method = Method::from_bytes(request.request_context.http.method.as_str().as_bytes()).unwrap_or(Method::GET);
+    let uri = match request.raw_query_string.as_deref().filter(|q| !q.is_empty()) {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, value) in request.headers.iter() {
+        builder = builder.header(name, value);
+    }
+    let http_request = match builder.body(axum::body::Body::from(body)) {
+        Ok(r) => r,
+        Err(e) => {
+            response.status_code = 400;
+            response.body = Some(Body::Text(format!("bad request: {e}")));
+            return response;
+        }
+    };
+    let answer = match router(app).oneshot(http_request).await {
+        Ok(a) => a,
+        Err(never) => match never {},
+    };
+    response.status_code = i64::from(answer.status().as_u16());
+    response.headers = answer.headers().clone();
+    let bytes = to_bytes(answer.into_body(), 1 << 20).await.unwrap_or_default();
+    response.body = Some(Body::Text(String::from_utf8_lossy(&bytes).into_owned()));
+    response
+}
+
+/// Everything one invocation needs.
+pub struct Handler {
+    pub engine: Arc<Engine>,
+    pub app: Arc<App>,
+    pub lease: Arc<Lease>,
+}
+
+impl Handler {
+    /// Handles one event and delivers what it announced; `Err` makes the invocation fail (so
+    /// Lambda retries it and counts an error).
+    pub async fn handle(&self, payload: Value) -> Result<Value, String> {
+        let result = self.dispatch(payload).await;
+        if let Some(outbox) = self.engine.outbox() {
+            let report = outbox.flush(ANNOUNCE_BUDGET).await;
+            if report.pending > 0 {
+                tracing::warn!(pending = report.pending, "announcements left in the outbox for the next invocation");
+            }
+        }
+        result
+    }
+
+    async fn dispatch(&self, payload: Value) -> Result<Value, String> {
+        let default_env = &self.app.default_environment;
+        match classify(payload)? {
+            Event::Action(event) => match handle_action(&self.engine, default_env, event, Interface::Lambda).await {
+                Ok(v) => Ok(v),
+                Err((v, 2)) => Ok(v),
+                Err((v, _)) => Err(v["error"]["message"].as_str().unwrap_or("failed").to_string()),
+            },
+            Event::Stream(records) => Ok(serde_json::to_value(handle_stream(&self.engine, &records).await).expect("serialises")),
+            Event::Scheduled => handle_scheduled(&self.engine, &self.lease).await.map_err(|e| e.to_string()),
+            Event::Http(request) => Ok(serde_json::to_value(handle_http(self.app.clone(), *request).await).expect("serialises")),
+        }
+    }
+}
+
+/// Runs as an AWS Lambda function until the runtime stops the process.
+pub async fn run(handler: Handler) -> Result<(), String> {
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
+        return Err("portcullis lambda runs inside AWS Lambda (AWS_LAMBDA_RUNTIME_API is not set); \
+                    to handle one event here, use `portcullis invoke --event FILE`"
+            .into());
+    }
+    let handler = Arc::new(handler);
+    let service = lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {
+        let handler = handler.clone();
+        async move { handler.handle(event.payload).await.map_err(lambda_runtime::Error::from) }
+    });
+    lambda_runtime::run(service).await.map_err(|e| e.to_string())
+}
