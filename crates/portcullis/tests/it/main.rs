@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod dynamo;
 mod engine;
 mod serve;
 mod slack;
