@@ -410,3 +410,88 @@ async fn adopt_takes_over_a_markerless_rule_matching_a_grant_and_nothing_else() 
     assert_eq!(left, ["192.0.2.50/32"]);
     let _ = moto();
 }
+
+/// One in-process `serve` replica's background work: lease, sweeper, stream reader, outbox.
+struct Replica {
+    engine: Arc<portcullis_engine::Engine>,
+    tasks: tokio::task::JoinSet<()>,
+    shards: tokio::sync::watch::Receiver<usize>,
+}
+
+impl Replica {
+    async fn start(d: &DynamoWorld, name: &str, clock: Arc<ManualClock>, recorder: Arc<Recorder>) -> Replica {
+        let (engine, store) = engine(d, name, clock, recorder).await;
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        std::mem::forget(stop_tx); // replicas stop by being killed
+        let (shards_tx, shards) = tokio::sync::watch::channel(0);
+        let mut tasks = tokio::task::JoinSet::new();
+        let tail = StreamTail::new(&sdk_config().await, store);
+        let (e, s) = (engine.clone(), stop.clone());
+        tasks.spawn(async move { e.lease().unwrap().run(s).await });
+        let (e, s) = (engine.clone(), stop.clone());
+        tasks.spawn(async move { e.run_sweeper(s).await });
+        let (e, s) = (engine.clone(), stop.clone());
+        tasks.spawn(async move { portcullis::replica::follow_streams(e, tail, s, shards_tx).await });
+        let (e, s) = (engine.clone(), stop.clone());
+        tasks.spawn(async move { e.outbox().unwrap().run(s).await });
+        Replica { engine, tasks, shards }
+    }
+
+    fn leads(&self) -> bool {
+        self.engine.lease().unwrap().is_held()
+    }
+}
+
+/// Advances virtual time a second at a time until `check` holds.
+async fn advance_until(clock: &ManualClock, what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..120 {
+        if check() {
+            return;
+        }
+        clock.advance(time::Duration::seconds(1));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_table_and_one_sweeper() {
+    let d = DynamoWorld::new().await;
+    let group = d.w.group(true, &[]).await;
+    d.init();
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let recorder = Arc::new(Recorder::default());
+    let a = Replica::start(&d, "replica-a", clock.clone(), recorder.clone()).await;
+    let b = Replica::start(&d, "replica-b", clock.clone(), recorder.clone()).await;
+    advance_until(&clock, "a leader reading the stream", || {
+        (a.leads() && *a.shards.borrow() > 0) || (b.leads() && *b.shards.borrow() > 0)
+    })
+    .await;
+    assert!(a.leads() != b.leads(), "exactly one replica holds the sweeper lease");
+    let (leader, follower) = if a.leads() { (a, b) } else { (b, a) };
+
+    // A grant added through the follower lands once, and the leader's stream reconcile adds nothing.
+    follower.engine.add(add_request("203.0.113.40", "1m", "alice")).await.unwrap();
+    let rules = d.w.rules(&group).await;
+    assert_eq!(rules.iter().map(|(c, p, _)| (c.as_str(), *p)).collect::<Vec<_>>(), [("203.0.113.40/32", 80), ("203.0.113.40/32", 443)]);
+    advance_until(&clock, "the add announced", || recorder.texts().len() == 1).await;
+
+    // It expires: the leader revokes and announces it once; the stream's REMOVE is ours.
+    advance_until(&clock, "the expiry announced", || recorder.texts().iter().any(|t| t.starts_with(":hourglass:"))).await;
+    assert!(d.w.rules(&group).await.is_empty());
+    for _ in 0..5 {
+        clock.advance(time::Duration::seconds(1));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let texts = recorder.texts();
+    assert_eq!(texts.iter().filter(|t| t.starts_with(":hourglass:")).count(), 1, "{texts:?}");
+    assert_eq!(texts.len(), 2, "{texts:?}");
+
+    // The leader dies without letting go; once its lease lapses the other takes over and sweeps.
+    let Replica { tasks, .. } = leader;
+    drop(tasks);
+    advance_until(&clock, "the lease handed over", || follower.leads()).await;
+    follower.engine.add(add_request("203.0.113.41", "1m", "bob")).await.unwrap();
+    advance_until(&clock, "the new leader's expiry", || recorder.texts().iter().filter(|t| t.starts_with(":hourglass:")).count() == 2).await;
+    assert!(d.w.rules(&group).await.is_empty());
+}

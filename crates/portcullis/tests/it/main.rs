@@ -6,5 +6,6 @@ mod support;
 mod cli;
 mod dynamo;
 mod engine;
+mod lambda;
 mod serve;
 mod slack;

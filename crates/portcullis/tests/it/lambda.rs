@@ -1,0 +1,133 @@
+//! `portcullis lambda` against a loopback stand-in for the Lambda Runtime API (the real
+//! protocol: `/2018-06-01/runtime/invocation/next`, `…/{id}/response`, `…/{id}/error`).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+
+use crate::dynamo::{fixture, DynamoWorld};
+use crate::support::{eventually, text};
+
+#[derive(Default)]
+struct Runtime {
+    queue: Mutex<VecDeque<Value>>,
+    handed_out: Mutex<usize>,
+    /// (request id, "response" | "error", body)
+    answers: Mutex<Vec<(String, String, Value)>>,
+}
+
+async fn next(State(rt): State<Arc<Runtime>>) -> impl IntoResponse {
+    loop {
+        let event = rt.queue.lock().unwrap().pop_front();
+        if let Some(event) = event {
+            let id = {
+                let mut n = rt.handed_out.lock().unwrap();
+                *n += 1;
+                format!("req-{n}")
+            };
+            let deadline = (time::OffsetDateTime::now_utc() + time::Duration::minutes(1)).unix_timestamp() * 1000;
+            let mut headers = HeaderMap::new();
+            headers.insert("lambda-runtime-aws-request-id", id.parse().unwrap());
+            headers.insert("lambda-runtime-deadline-ms", deadline.to_string().parse().unwrap());
+            headers.insert("lambda-runtime-invoked-function-arn", "arn:aws:lambda:us-east-1:123456789012:function:portcullis".parse().unwrap());
+            headers.insert("lambda-runtime-trace-id", "Root=1-5759e988-bd862e3fe1be46a994272793".parse().unwrap());
+            return (headers, event.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn answer(State(rt): State<Arc<Runtime>>, Path((id, kind)): Path<(String, String)>, body: String) -> impl IntoResponse {
+    let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    rt.answers.lock().unwrap().push((id, kind, body));
+    (axum::http::StatusCode::ACCEPTED, "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_mode_handles_every_event_kind_through_the_runtime_api() {
+    let d = DynamoWorld::new().await;
+    let group = d.w.group(true, &[]).await;
+    d.init();
+
+    let rt = Arc::new(Runtime::default());
+    let healthz = json!({
+        "version": "2.0", "routeKey": "$default", "rawPath": "/healthz", "rawQueryString": "",
+        "headers": {"host": "example.execute-api.us-east-1.amazonaws.com"},
+        "requestContext": {"http": {"method": "GET", "path": "/healthz", "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "test"},
+                           "requestId": "r1", "routeKey": "$default", "stage": "$default", "timeEpoch": 0},
+        "isBase64Encoded": false
+    });
+    let scheduled = json!({"version": "0", "id": "e1", "detail-type": "Scheduled Event", "source": "aws.events",
+                           "account": "123456789012", "time": "2026-11-23T12:00:00Z", "region": "us-east-1",
+                           "resources": ["arn:aws:events:us-east-1:123456789012:rule/portcullis-sweep"], "detail": {}});
+    for event in [
+        serde_json::from_str(&fixture("event-add.json")).unwrap(),
+        serde_json::from_str(&fixture("event-list.json")).unwrap(),
+        serde_json::from_str(&fixture("event-refresh.json")).unwrap(),
+        serde_json::from_str(&fixture("event-remove.json")).unwrap(),
+        serde_json::from_str(&fixture("dynamodb-stream-ttl-remove.json")).unwrap(),
+        scheduled,
+        healthz,
+        json!({"nothing": true}),
+    ] {
+        rt.queue.lock().unwrap().push_back(event);
+    }
+    let app = Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(next))
+        .route("/2018-06-01/runtime/invocation/{id}/{kind}", post(answer))
+        .with_state(rt.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut cmd = d.w.command(&["lambda"]);
+    cmd.env_clear().envs(d.env());
+    cmd.env_remove("PORTCULLIS_FIREWALL"); // Lambda mode defaults to the aws firewall
+    cmd.env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "portcullis")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("LOG_LEVEL", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+
+    let answers = || rt.answers.lock().unwrap().clone();
+    let seen = eventually(Duration::from_secs(120), "eight answers", || {
+        let n = rt.answers.lock().unwrap().len();
+        async move { n >= 8 }
+    });
+    let done = tokio::time::timeout(Duration::from_secs(125), seen).await;
+    let mut child = child;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(done.is_ok(), "{:?}\n{}", answers(), text(&out));
+    let answers = answers();
+    let kinds: Vec<_> = answers.iter().map(|(id, k, _)| format!("{id}:{k}")).collect();
+    assert_eq!(kinds, ["req-1:response", "req-2:response", "req-3:response", "req-4:response", "req-5:response", "req-6:response", "req-7:response", "req-8:error"]);
+    let body = |i: usize| answers[i].2.clone();
+    assert_eq!(body(0)["success"], true, "{}", body(0));
+    assert_eq!(body(0)["item"]["username"], "john.doe");
+    assert_eq!(body(1)["count"], 1, "{}", body(1));
+    assert_eq!(body(2)["success"], true, "{}", body(2));
+    assert_eq!(body(3)["success"], true, "{}", body(3));
+    assert_eq!(body(4), json!({"batchItemFailures": []}));
+    assert!(body(5).get("expired").is_some() || body(5).get("skipped").is_some(), "{}", body(5));
+    assert_eq!(body(6)["statusCode"], 200, "{}", body(6));
+    assert!(body(7)["errorMessage"].as_str().unwrap_or_default().contains("not an event portcullis handles"), "{}", body(7));
+    assert!(d.w.rules(&group).await.is_empty(), "added, then removed");
+    let texts = d.announced();
+    assert!(texts.iter().any(|t| t.starts_with(":white_check_mark:")) && texts.iter().any(|t| t.starts_with(":wastebasket:")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.ends_with("Expired at: 2025-01-17 12:00:00 UTC")), "{texts:?}");
+    // Logs are JSON lines in Lambda.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty() && lines.iter().all(|l| serde_json::from_str::<Value>(l).is_ok()), "{stderr}");
+}
