@@ -183,10 +183,49 @@ async fn a_store_from_before_the_outbox_is_migrated_in_place() {
     store.upsert(upsert(g, "alice")).await.unwrap();
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE outbox; PRAGMA user_version = 1;").unwrap();
+    conn.execute_batch("DROP TABLE outbox; DROP TABLE leases; DROP TABLE recorded_once; PRAGMA user_version = 1;").unwrap();
     drop(conn);
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.schema_version().unwrap(), 3);
     assert_eq!(store.grants(None).await.unwrap().len(), 1);
     assert_eq!(store.outbox_status().await.unwrap().pending, 0, "old changes are not announced again");
+}
+
+#[tokio::test]
+async fn one_lease_holder_at_a_time_until_it_lapses_or_is_released() {
+    use portcullis_store::LeaseClaim;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("p.db")).unwrap();
+    let claim = |holder, now| LeaseClaim { name: "sweeper", holder, now, duration: Duration::seconds(15) };
+    assert!(store.acquire_lease(claim("a", T0)).await.unwrap());
+    assert!(!store.acquire_lease(claim("b", T0 + Duration::seconds(5))).await.unwrap(), "held by a");
+    assert!(store.acquire_lease(claim("a", T0 + Duration::seconds(10))).await.unwrap(), "a renews");
+    assert!(!store.acquire_lease(claim("b", T0 + Duration::seconds(24))).await.unwrap(), "renewed until 25 s");
+    assert!(store.acquire_lease(claim("b", T0 + Duration::seconds(25))).await.unwrap(), "lapsed: b takes it");
+    store.release_lease("sweeper", "a").await.unwrap();
+    assert!(!store.acquire_lease(claim("a", T0 + Duration::seconds(26))).await.unwrap(), "a cannot release b's lease");
+    store.release_lease("sweeper", "b").await.unwrap();
+    assert!(store.acquire_lease(claim("a", T0 + Duration::seconds(27))).await.unwrap());
+}
+
+#[tokio::test]
+async fn record_once_records_a_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("p.db")).unwrap();
+    let event = portcullis_core::AuditEvent {
+        id: 0,
+        at: T0,
+        actor: "stream".into(),
+        interface: portcullis_core::Interface::Stream,
+        action: portcullis_core::Action::Refused,
+        environment: "dev".into(),
+        cidr: None,
+        before: None,
+        after: None,
+        reason: "unreadable".into(),
+    };
+    assert!(store.record_once(event.clone(), "stream:1").await.unwrap());
+    assert!(!store.record_once(event.clone(), "stream:1").await.unwrap());
+    assert!(store.record_once(event, "stream:2").await.unwrap());
+    assert_eq!(store.audit(None, 10).await.unwrap().len(), 2);
 }
