@@ -31,10 +31,10 @@ use aws_sdk_dynamodb::types::{
     StreamSpecification, StreamViewType, TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
-use portcullis_core::{Action, AuditEvent, Environment, Grant, GrantKey, Interface, Timestamp, ValidationError};
+use portcullis_core::{Action, AuditEvent, Environment, Grant, GrantKey, Timestamp, ValidationError};
 use portcullis_store::seed::{self, Attr, Item};
 use portcullis_store::{
-    Actor, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, Upserted, NOTICE_LEASE,
+    grant_event as event, refresh, sweeper_actor as sweeper, Actor, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, Upserted, NOTICE_LEASE,
 };
 
 /// How many times a write that lost to a concurrent one is read and tried again.
@@ -272,25 +272,6 @@ fn meta_key(pk: &str, sk: &str) -> HashMap<String, AttributeValue> {
 
 fn padded(id: i64) -> String {
     format!("{id:020}")
-}
-
-fn event(at: Timestamp, actor: &Actor, action: Action, grant: &Grant, before: Option<Grant>, after: Option<Grant>, reason: String) -> AuditEvent {
-    AuditEvent {
-        id: 0,
-        at,
-        actor: actor.name.clone(),
-        interface: actor.interface,
-        action,
-        environment: grant.environment.to_string(),
-        cidr: Some(grant.cidr.to_string()),
-        before,
-        after,
-        reason,
-    }
-}
-
-fn sweeper() -> Actor {
-    Actor { name: "portcullis".into(), interface: Interface::Sweeper }
 }
 
 /// A grant item as read: the raw item and the grant it holds.
@@ -645,17 +626,8 @@ impl DynamoStore {
         let mut tx = Tx::default();
         let stored = match previous.clone() {
             Some(old) => {
-                let expires_at = match (old.expires_at, asked.expires_at) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    _ => None,
-                };
-                let stored = Grant { description: asked.description.clone(), expires_at, ..old.clone() };
-                let reason = if actor.name == old.owner.name {
-                    format!("refreshed by {}", actor.name)
-                } else {
-                    format!("refreshed by {} (held by {})", actor.name, old.owner.name)
-                };
-                events.push(event(now, actor, Action::Refreshed, &stored, Some(old), Some(stored.clone()), reason));
+                let (stored, e) = refresh(&old, &asked, actor, now);
+                events.push(e);
                 stored
             }
             None => {

@@ -58,6 +58,17 @@ pub struct GroupChange {
 }
 
 impl GroupChange {
+    /// No change yet to one group.
+    pub fn none(target: &TargetId, environment: &Environment) -> GroupChange {
+        GroupChange {
+            target: target.clone(),
+            environment: environment.clone(),
+            authorize: vec![],
+            revoke: vec![],
+            update_descriptions: vec![],
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.authorize.is_empty() && self.revoke.is_empty() && self.update_descriptions.is_empty()
     }
@@ -158,13 +169,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             }
         }
 
-        let mut change = GroupChange {
-            target: target.id.clone(),
-            environment: env.clone(),
-            authorize: vec![],
-            revoke: vec![],
-            update_descriptions: vec![],
-        };
+        let mut change = GroupChange::none(&target.id, env);
         let existing = |rule: &ObservedRule, description: &str| AppliedRule {
             cidr: rule.cidr,
             ec2_cidr: rule.raw_cidr.clone(),
@@ -241,13 +246,7 @@ pub fn plan_adoption(input: &PlanInput<'_>) -> Vec<GroupChange> {
     let mut out = Vec::new();
     for target in input.targets {
         let env = &target.environment;
-        let mut change = GroupChange {
-            target: target.id.clone(),
-            environment: env.clone(),
-            authorize: vec![],
-            revoke: vec![],
-            update_descriptions: vec![],
-        };
+        let mut change = GroupChange::none(&target.id, env);
         for rule in &target.rules {
             let marked = rule.description.as_deref().and_then(|d| input.marker.decode(d)).is_some();
             if marked || !target.ports.iter().any(|p| *p == rule.ports) {

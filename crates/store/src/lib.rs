@@ -31,6 +31,53 @@ pub struct Actor {
     pub interface: Interface,
 }
 
+/// The audit event of a change to one grant.
+pub fn grant_event(
+    at: Timestamp,
+    actor: &Actor,
+    action: portcullis_core::Action,
+    grant: &Grant,
+    before: Option<Grant>,
+    after: Option<Grant>,
+    reason: String,
+) -> AuditEvent {
+    AuditEvent {
+        id: 0,
+        at,
+        actor: actor.name.clone(),
+        interface: actor.interface,
+        action,
+        environment: grant.environment.to_string(),
+        cidr: Some(grant.cidr.to_string()),
+        before,
+        after,
+        reason,
+    }
+}
+
+/// The actor recorded for expiries.
+pub fn sweeper_actor() -> Actor {
+    Actor { name: "portcullis".into(), interface: Interface::Sweeper }
+}
+
+/// A refresh of the live grant `old` by `asked`: the expiry becomes the later of the two, the
+/// description is replaced, the owner is kept; the audit names both users. Returns what is
+/// stored and its audit event.
+pub fn refresh(old: &Grant, asked: &Grant, actor: &Actor, now: Timestamp) -> (Grant, AuditEvent) {
+    let expires_at = match (old.expires_at, asked.expires_at) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        _ => None,
+    };
+    let stored = Grant { description: asked.description.clone(), expires_at, ..old.clone() };
+    let reason = if actor.name == old.owner.name {
+        format!("refreshed by {}", actor.name)
+    } else {
+        format!("refreshed by {} (held by {})", actor.name, old.owner.name)
+    };
+    let event = grant_event(now, actor, portcullis_core::Action::Refreshed, &stored, Some(old.clone()), Some(stored.clone()), reason);
+    (stored, event)
+}
+
 /// A request to add a grant, or refresh it if its key exists.
 #[derive(Debug, Clone)]
 pub struct Upsert {

@@ -12,7 +12,7 @@ use portcullis_core::{
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use crate::{Actor, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, Upserted};
+use crate::{grant_event as event, refresh, sweeper_actor as sweeper, Actor, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, Upserted};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[r#"
@@ -338,26 +338,6 @@ impl SqliteStore {
     }
 }
 
-fn event(at: Timestamp, actor: &Actor, action: Action, grant: &Grant, before: Option<Grant>, after: Option<Grant>, reason: String) -> AuditEvent {
-    AuditEvent {
-        id: 0,
-        at,
-        actor: actor.name.clone(),
-        interface: actor.interface,
-        action,
-        environment: grant.environment.to_string(),
-        cidr: Some(grant.cidr.to_string()),
-        before,
-        after,
-        reason,
-    }
-}
-
-/// The actor recorded for expiries.
-fn sweeper() -> Actor {
-    Actor { name: "portcullis".into(), interface: Interface::Sweeper }
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn upsert(&self, request: Upsert) -> Result<Upserted, StoreError> {
@@ -377,24 +357,7 @@ impl Store for SqliteStore {
                 None => None,
             };
             let (stored, audit) = match previous.clone() {
-                Some(old) => {
-                    let expires_at = match (old.expires_at, asked.expires_at) {
-                        (Some(a), Some(b)) => Some(a.max(b)),
-                        _ => None,
-                    };
-                    let stored = Grant {
-                        description: asked.description.clone(),
-                        expires_at,
-                        ..old.clone()
-                    };
-                    let reason = if actor.name == old.owner.name {
-                        format!("refreshed by {}", actor.name)
-                    } else {
-                        format!("refreshed by {} (held by {})", actor.name, old.owner.name)
-                    };
-                    let e = event(now, &actor, Action::Refreshed, &stored, Some(old), Some(stored.clone()), reason);
-                    (stored, e)
-                }
+                Some(old) => refresh(&old, &asked, &actor, now),
                 None => {
                     let count: i64 = tx
                         .query_row(
