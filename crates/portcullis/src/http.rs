@@ -117,6 +117,8 @@ async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
     let outbox = app.engine.store().outbox_status().await.map_err(EngineError::from)?;
     let mut body = serde_json::to_value(status).expect("status serialises");
     body["outbox_pending"] = outbox.pending.into();
+    // Whether this replica is the one sweeping (null when it runs without a lease).
+    body["sweeper_lease"] = app.engine.lease().map(|l| l.is_held()).into();
     Ok(Json(body).into_response())
 }
 

@@ -225,3 +225,65 @@ async fn serve_reads_its_slack_secrets_from_secrets_manager() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Counts the announcements starting with `prefix` that a receiver got.
+fn announced(receiver: &crate::support::Receiver, prefix: &str) -> usize {
+    receiver.requests("/webhook").iter().filter(|r| r.json()["text"].as_str().unwrap_or_default().starts_with(prefix)).count()
+}
+
+async fn leads(server: &Server) -> bool {
+    match reqwest::get(server.url("/v1/status")).await {
+        Ok(r) => r.json::<Value>().await.map(|s| s["sweeper_lease"] == true).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+// Two real `serve` processes on one DynamoDB table: one sweeper, each change once, hand-over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serve_replicas_on_one_table_sweep_once_and_hand_over() {
+    let d = crate::dynamo::DynamoWorld::new().await;
+    let group = d.w.group(true, &[]).await;
+    d.init();
+    let store = format!("dynamodb:{}", d.template);
+    let webhook = d.receiver.url("/webhook");
+    let env: [(&str, &str); 2] = [("PORTCULLIS_STORE", &store), ("SLACK_WEBHOOK_URL", &webhook)];
+    let a = Server::start(&d.w, &env);
+    let b = Server::start(&d.w, &env);
+    eventually(Duration::from_secs(60), "one replica to hold the sweeper lease", || async { leads(&a).await || leads(&b).await }).await;
+    let (a_leads, b_leads) = (leads(&a).await, leads(&b).await);
+    assert!(a_leads != b_leads, "exactly one replica sweeps");
+    let (leader, follower) = if a_leads { (a, b) } else { (b, a) };
+
+    let http = reqwest::Client::new();
+    let add = |ip: &'static str| {
+        let (http, url) = (http.clone(), follower.url("/v1/grants"));
+        async move {
+            let resp = http.post(url).json(&serde_json::json!({"cidr": ip, "ttl": "1m", "as": "alice"})).send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), 201, "{}", resp.text().await.unwrap());
+        }
+    };
+    add("203.0.113.50").await;
+    let rules = w_rules(&d, &group).await;
+    assert_eq!(rules, [("203.0.113.50/32".to_string(), 80), ("203.0.113.50/32".to_string(), 443)], "on the groups once");
+
+    eventually(Duration::from_secs(120), "the expiry to be revoked and announced", || async {
+        announced(&d.receiver, ":hourglass:") >= 1 && d.w.rules(&group).await.is_empty()
+    })
+    .await;
+
+    // The leader dies without letting go: the follower takes over once the lease lapses.
+    signal(&leader.child, "-KILL");
+    eventually(Duration::from_secs(60), "the lease to be handed over", || async { leads(&follower).await }).await;
+    add("203.0.113.51").await;
+    eventually(Duration::from_secs(120), "the new leader's expiry", || async {
+        announced(&d.receiver, ":hourglass:") >= 2 && d.w.rules(&group).await.is_empty()
+    })
+    .await;
+    assert_eq!(announced(&d.receiver, ":hourglass:"), 2, "each expiry announced once");
+    assert_eq!(announced(&d.receiver, ":white_check_mark:"), 2, "each add announced once");
+    drop(leader);
+}
+
+async fn w_rules(d: &crate::dynamo::DynamoWorld, group: &str) -> Vec<(String, i32)> {
+    d.w.rules(group).await.into_iter().map(|(c, p, _)| (c, p)).collect()
+}
