@@ -195,14 +195,11 @@ pub async fn handle_action(engine: &Engine, default_env: &Environment, event: Ac
                 "failures": failures,
             }))
         }
-        other => Err(refused(ValidationError::InvalidAddress {
-            input: other.to_string(),
-            reason: "unknown action; use add, remove, list or refresh".into(),
-        }))
-        .map_err(|(mut v, code)| {
-            v["error"]["message"] = json!(format!("unknown action {other:?}: use add, remove, list or refresh"));
-            (v, code)
-        }),
+        other => Err((
+            json!({"success": false, "action": other, "error": {"code": "invalid",
+                "message": format!("unknown action {other:?}: use add, remove, list or refresh")}}),
+            2,
+        )),
     }
 }
 
