@@ -33,6 +33,8 @@ struct Shard {
     stream_arn: String,
     shard_id: String,
     iterator: Option<String>,
+    /// The first record a partial failure left undone: read again from exactly there.
+    retry_from: Option<String>,
     /// Read to its end: a closed shard with no more records.
     finished: bool,
 }
@@ -96,27 +98,31 @@ impl StreamTail {
                     None => break,
                 }
             }
-            let resumed = self.store.has_checkpoints(&arn).await?;
             for shard_id in found {
                 let key = format!("{arn}#{shard_id}");
                 if self.shards.contains_key(&key) {
                     continue;
                 }
-                let iterator = self.iterator(&arn, &shard_id, &key, resumed).await?;
-                self.shards.insert(key, Shard { stream_arn: arn.clone(), shard_id, iterator, finished: false });
+                let iterator = self.iterator(&arn, &shard_id, &key, None).await?;
+                self.shards.insert(key, Shard { stream_arn: arn.clone(), shard_id, iterator, retry_from: None, finished: false });
             }
         }
         self.discovered_at = Some(now);
         Ok(())
     }
 
-    async fn iterator(&self, arn: &str, shard_id: &str, key: &str, resumed: bool) -> Result<Option<String>, StoreError> {
-        let checkpoint = self.store.checkpoint(key).await?;
+    /// Where to read a shard: at the record a partial failure left undone; else after its
+    /// checkpoint; else from its start if the stream has checkpoints (a new child shard); else
+    /// from now on (the first read of the stream ever).
+    async fn iterator(&self, arn: &str, shard_id: &str, key: &str, retry_from: Option<&str>) -> Result<Option<String>, StoreError> {
         let request = self.client.get_shard_iterator().stream_arn(arn).shard_id(shard_id);
-        let request = match &checkpoint {
-            Some(seq) => request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).sequence_number(seq),
-            None if resumed => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
-            None => request.shard_iterator_type(ShardIteratorType::Latest),
+        let request = match retry_from {
+            Some(seq) => request.shard_iterator_type(ShardIteratorType::AtSequenceNumber).sequence_number(seq),
+            None => match self.store.checkpoint(key).await? {
+                Some(seq) => request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).sequence_number(seq),
+                None if self.store.has_checkpoints(arn).await? => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+                None => request.shard_iterator_type(ShardIteratorType::Latest),
+            },
         };
         match request.send().await {
             Ok(out) => Ok(out.shard_iterator().map(str::to_string)),
@@ -144,6 +150,19 @@ impl StreamTail {
     /// The next records of every shard that has some.
     pub async fn poll(&mut self, now: Timestamp) -> Result<Vec<Batch>, StoreError> {
         self.discover(now).await?;
+        // Shards whose iterator was dropped (an error, a partial failure) get a new one first.
+        let lost: Vec<(String, String, String, Option<String>)> = self
+            .shards
+            .iter()
+            .filter(|(_, s)| s.iterator.is_none() && !s.finished)
+            .map(|(k, s)| (k.clone(), s.stream_arn.clone(), s.shard_id.clone(), s.retry_from.clone()))
+            .collect();
+        for (key, arn, shard_id, retry_from) in lost {
+            let iterator = self.iterator(&arn, &shard_id, &key, retry_from.as_deref()).await?;
+            if let Some(shard) = self.shards.get_mut(&key) {
+                shard.iterator = iterator;
+            }
+        }
         let mut batches = Vec::new();
         for (key, shard) in self.shards.iter_mut() {
             let Some(iterator) = shard.iterator.clone().filter(|_| !shard.finished) else { continue };
@@ -169,19 +188,6 @@ impl StreamTail {
                 batches.push(Batch { shard: key.clone(), records: out.records().iter().map(record).collect() });
             }
         }
-        // Shards whose iterator was dropped get a new one from their checkpoint.
-        let lost: Vec<(String, String, String)> = self
-            .shards
-            .iter()
-            .filter(|(_, s)| s.iterator.is_none() && !s.finished)
-            .map(|(k, s)| (k.clone(), s.stream_arn.clone(), s.shard_id.clone()))
-            .collect();
-        for (key, arn, shard_id) in lost {
-            let iterator = self.iterator(&arn, &shard_id, &key, true).await?;
-            if let Some(shard) = self.shards.get_mut(&key) {
-                shard.iterator = iterator;
-            }
-        }
         Ok(batches)
     }
 
@@ -192,12 +198,13 @@ impl StreamTail {
         if let Some(seq) = last_done {
             self.store.save_checkpoint(&batch.shard, seq, now).await?;
         }
-        if done < batch.records.len() {
-            if let Some(shard) = self.shards.get_mut(&batch.shard) {
-                // Re-read from the checkpoint (or, with none yet, from the shard's start).
-                shard.iterator = None;
-                shard.finished = false;
-            }
+        let first_undone = batch.records.get(done).and_then(|r| r.sequence());
+        if let (Some(seq), Some(shard)) = (first_undone, self.shards.get_mut(&batch.shard)) {
+            shard.iterator = None;
+            shard.finished = false;
+            shard.retry_from = Some(seq.to_string());
+        } else if let Some(shard) = self.shards.get_mut(&batch.shard) {
+            shard.retry_from = None;
         }
         Ok(())
     }
