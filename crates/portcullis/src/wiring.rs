@@ -32,16 +32,13 @@ pub async fn dynamo_store(config: &Config, table: &str) -> DynamoStore {
     DynamoStore::new(portcullis_aws::shared_sdk_config().await, tables, environments)
 }
 
-/// Opens the configured store; a DynamoDB table that does not exist is an error naming
-/// `portcullis init`.
+/// Opens the configured store. A DynamoDB table is not described first (a CLI run or a Lambda
+/// cold start would pay a call per table for it): its first call fails, naming `portcullis
+/// init`, if it is missing. `serve` checks up front instead.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
     match &config.store {
         StoreSpec::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path)?)),
-        StoreSpec::Dynamodb(table) => {
-            let store = dynamo_store(config, table).await;
-            store.check().await?;
-            Ok(Arc::new(store))
-        }
+        StoreSpec::Dynamodb(table) => Ok(Arc::new(dynamo_store(config, table).await)),
     }
 }
 
