@@ -18,13 +18,28 @@ use crate::CallCounter;
 const DUPLICATE: &str = "InvalidPermission.Duplicate";
 const NOT_FOUND: &str = "InvalidPermission.NotFound";
 
+/// How a group is reached: its region, the endpoint override, the role assumed (another
+/// account).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Route {
+    region: String,
+    endpoint: Option<String>,
+    role: Option<String>,
+}
+
+impl Route {
+    fn of(spec: &TargetSpec) -> Route {
+        Route { region: spec.region.clone(), endpoint: spec.endpoint_url.clone(), role: spec.role_arn.clone() }
+    }
+}
+
 /// EC2 security groups as a [`Firewall`].
 pub struct Ec2Firewall {
     base: SdkConfig,
     counter: CallCounter,
-    clients: Mutex<HashMap<(String, Option<String>), Client>>,
-    /// The endpoint override each region was observed through, reused to apply changes.
-    endpoints: Mutex<HashMap<String, Option<String>>>,
+    clients: Mutex<HashMap<Route, Client>>,
+    /// The route each group was observed through, reused to apply its changes.
+    routes: Mutex<HashMap<TargetId, Route>>,
 }
 
 impl Ec2Firewall {
@@ -33,7 +48,7 @@ impl Ec2Firewall {
             base: base.clone(),
             counter: CallCounter::default(),
             clients: Mutex::default(),
-            endpoints: Mutex::default(),
+            routes: Mutex::default(),
         }
     }
 
@@ -42,26 +57,34 @@ impl Ec2Firewall {
         &self.counter
     }
 
-    fn client(&self, region: &str, endpoint: Option<&str>) -> Client {
-        let key = (region.to_string(), endpoint.map(str::to_string));
-        let mut clients = self.clients.lock().expect("client cache poisoned");
-        clients
-            .entry(key)
-            .or_insert_with(|| {
-                let mut config = aws_sdk_ec2::config::Builder::from(&self.base)
-                    .region(Region::new(region.to_string()))
-                    .interceptor(self.counter.clone());
-                if let Some(url) = endpoint {
-                    config = config.endpoint_url(url);
-                }
-                Client::from_conf(config.build())
-            })
-            .clone()
+    async fn client(&self, route: &Route) -> Client {
+        if let Some(client) = self.clients.lock().expect("client cache poisoned").get(route) {
+            return client.clone();
+        }
+        let region = Region::new(route.region.clone());
+        let mut config = aws_sdk_ec2::config::Builder::from(&self.base).region(region.clone()).interceptor(self.counter.clone());
+        if let Some(url) = &route.endpoint {
+            config = config.endpoint_url(url);
+        }
+        if let Some(role) = &route.role {
+            // Credentials for the other account, from STS with this process's own; renewed
+            // by the provider before they lapse.
+            let provider = aws_config::sts::AssumeRoleProvider::builder(role)
+                .session_name("portcullis")
+                .region(region)
+                .configure(&self.base)
+                .build()
+                .await;
+            config = config.credentials_provider(provider);
+        }
+        let client = Client::from_conf(config.build());
+        self.clients.lock().expect("client cache poisoned").entry(route.clone()).or_insert(client).clone()
     }
 
-    fn client_for_apply(&self, region: &str) -> Client {
-        let endpoint = self.endpoints.lock().expect("endpoint map poisoned").get(region).cloned().flatten();
-        self.client(region, endpoint.as_deref())
+    async fn client_for_apply(&self, target: &TargetId) -> Client {
+        let route = self.routes.lock().expect("route map poisoned").get(target).cloned();
+        let route = route.unwrap_or_else(|| Route { region: target.region.clone(), endpoint: None, role: None });
+        self.client(&route).await
     }
 }
 
@@ -288,21 +311,25 @@ impl Call {
 #[async_trait]
 impl Firewall for Ec2Firewall {
     async fn observe(&self, specs: &[TargetSpec]) -> Observation {
-        let mut by_region: BTreeMap<String, Vec<(usize, TargetSpec)>> = BTreeMap::new();
+        // One describe per region and account (route); regions are described concurrently, so
+        // an unreachable one delays nothing but itself.
+        let mut by_route: BTreeMap<Route, Vec<(usize, TargetSpec)>> = BTreeMap::new();
         for (i, spec) in specs.iter().enumerate() {
-            by_region.entry(spec.region.clone()).or_default().push((i, spec.clone()));
+            by_route.entry(Route::of(spec)).or_default().push((i, spec.clone()));
         }
         let mut tasks = tokio::task::JoinSet::new();
-        for (region, specs) in by_region {
-            let endpoint = specs.iter().find_map(|(_, s)| s.endpoint_url.clone());
-            self.endpoints.lock().expect("endpoint map poisoned").insert(region.clone(), endpoint.clone());
-            let client = self.client(&region, endpoint.as_deref());
-            tasks.spawn(describe_region(client, region, specs));
+        for (route, specs) in by_route {
+            let client = self.client(&route).await;
+            tasks.spawn(async move { (describe_region(client, route.region.clone(), specs).await, route) });
         }
         let mut out = Observation::default();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok(part) => {
+                Ok((part, route)) => {
+                    let mut routes = self.routes.lock().expect("route map poisoned");
+                    for g in &part.groups {
+                        routes.insert(g.id.clone(), route.clone());
+                    }
                     out.groups.extend(part.groups);
                     out.failures.extend(part.failures);
                 }
@@ -318,7 +345,7 @@ impl Firewall for Ec2Firewall {
     }
 
     async fn apply(&self, change: &GroupChange) -> Result<Applied, FirewallError> {
-        let client = self.client_for_apply(&change.target.region);
+        let client = self.client_for_apply(&change.target).await;
         let group = change.target.group_id.as_str();
         // Revoke first: it frees quota for what is authorized after.
         let (revoked, gone) = Call::Revoke.batch(&client, group, &change.revoke).await?;

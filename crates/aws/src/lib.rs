@@ -1,5 +1,6 @@
 //! The only crate that talks to AWS: security groups, the DynamoDB store and its streams, and
-//! Secrets Manager, through the official SDK for Rust.
+//! Secrets Manager, through the official SDK for Rust; and IAM authentication (`iam`: a signed
+//! `sts:GetCallerIdentity`, checked and forwarded to STS).
 //!
 //! One `DescribeSecurityGroups` (paginated) per region per observation; per group at most one
 //! Revoke, one UpdateSecurityGroupRuleDescriptionsIngress and one Authorize call, each carrying
@@ -10,6 +11,7 @@
 mod counter;
 mod dynamo;
 mod ec2;
+pub mod iam;
 mod secrets;
 mod streams;
 

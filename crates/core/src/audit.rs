@@ -16,6 +16,9 @@ pub enum Action {
     Denied,
     /// A rule made without our marker (by seed 000's Lambda) was taken over.
     Adopted,
+    /// An API token was created or revoked (`cidr` is empty; `reason` names the token).
+    TokenCreated,
+    TokenRevoked,
 }
 
 impl Action {
@@ -30,12 +33,14 @@ impl Action {
             Action::Approved => "approved",
             Action::Denied => "denied",
             Action::Adopted => "adopted",
+            Action::TokenCreated => "token-created",
+            Action::TokenRevoked => "token-revoked",
         }
     }
 
     pub fn parse(text: &str) -> Option<Action> {
         use Action::*;
-        [Added, Refreshed, Removed, Expired, DriftRepaired, Refused, Approved, Denied, Adopted]
+        [Added, Refreshed, Removed, Expired, DriftRepaired, Refused, Approved, Denied, Adopted, TokenCreated, TokenRevoked]
             .into_iter()
             .find(|a| a.as_str() == text)
     }

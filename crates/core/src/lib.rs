@@ -3,6 +3,7 @@
 //! Nothing here does I/O or is async: every function is handed what it needs (including the
 //! current time) and returns values. Adapters for AWS, SQLite and Slack live in other crates.
 
+mod access;
 mod audit;
 mod cidr;
 mod description;
@@ -17,6 +18,7 @@ mod ports;
 mod target;
 mod ttl;
 
+pub use access::{principal_name, ApiToken, PrincipalPattern, Role, TokenState};
 pub use audit::{Action, AuditEvent, Interface};
 pub use cidr::{Cidr, Family};
 pub use description::Description;

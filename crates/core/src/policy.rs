@@ -1,6 +1,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{Cidr, Environment, Family, PortSet, Ttl, ValidationError};
+use crate::{Cidr, Environment, Family, PortSet, PrincipalPattern, Ttl, ValidationError};
 
 /// What an environment allows: the rules every grant in it must satisfy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +17,12 @@ pub struct Policy {
     pub allowed_users: Option<BTreeSet<String>>,
     /// Groups whose members may act (Slack user-group ids such as `S0123ABCD`).
     pub allowed_groups: BTreeSet<String>,
+    /// IAM principals (exact ARNs or `*` patterns) that may act. IAM authentication admits only
+    /// principals listed here, even where the environment is otherwise open.
+    pub allowed_principals: Vec<PrincipalPattern>,
     pub refuse_special_purpose: bool,
+    /// How long a self-service (`/connection`) grant lasts; each request renews it.
+    pub connection_ttl: Ttl,
 }
 
 impl Default for Policy {
@@ -32,7 +37,9 @@ impl Default for Policy {
             ),
             allowed_users: None,
             allowed_groups: BTreeSet::new(),
+            allowed_principals: Vec::new(),
             refuse_special_purpose: false,
+            connection_ttl: Ttl::CONNECTION_DEFAULT,
         }
     }
 }
@@ -86,7 +93,12 @@ impl Policy {
 
     /// Whether anyone identified may act here, or only listed users and group members.
     pub fn is_restricted(&self) -> bool {
-        self.allowed_users.is_some() || !self.allowed_groups.is_empty()
+        self.allowed_users.is_some() || !self.allowed_groups.is_empty() || !self.allowed_principals.is_empty()
+    }
+
+    /// Whether an authenticated IAM principal is listed here (IAM admits listed principals only).
+    pub fn admits_principal(&self, arn: &str) -> bool {
+        self.allowed_principals.iter().any(|p| p.matches(arn))
     }
 
     /// Whether deciding about this user needs their group memberships (which cost a lookup):
@@ -98,7 +110,7 @@ impl Policy {
     /// Whether a user may act here: by id (never by display name, which users choose
     /// themselves) or by membership of an allowed group.
     pub fn check_actor(&self, environment: &Environment, id: &str, name: &str, groups: &[String]) -> Result<(), ValidationError> {
-        let listed = self.allowed_users.as_ref().is_some_and(|u| u.contains(id));
+        let listed = self.allowed_users.as_ref().is_some_and(|u| u.contains(id)) || self.admits_principal(id);
         let member = groups.iter().any(|g| self.allowed_groups.contains(g));
         if !self.is_restricted() || listed || member {
             return Ok(());
@@ -145,5 +157,17 @@ mod tests {
         let p = Policy { allowed_users: Some(["U1".to_string()].into()), ..p };
         assert!(!p.needs_groups("U1"), "a listed id needs no lookup");
         assert!(!Policy::default().needs_groups("U1"));
+    }
+
+    #[test]
+    fn principals() {
+        let arn = "arn:aws:iam::123456789012:user/alice";
+        let p = Policy { allowed_principals: vec![PrincipalPattern::parse("arn:aws:iam::123456789012:user/*").unwrap()], ..Policy::default() };
+        assert!(p.is_restricted());
+        assert!(p.admits_principal(arn));
+        assert!(p.check_actor(&dev(), arn, "alice", &[]).is_ok());
+        assert!(p.check_actor(&dev(), "alice", "alice", &[]).is_err(), "a token user is not an IAM principal");
+        assert!(!p.admits_principal("arn:aws:iam::999999999999:user/alice"));
+        assert!(!Policy::default().admits_principal(arn), "IAM needs a listed principal even where anyone may act");
     }
 }

@@ -43,6 +43,8 @@ pub struct TargetSpec {
     pub default_ports: PortSet,
     /// An API endpoint override for this region (tests, VPC endpoints).
     pub endpoint_url: Option<String>,
+    /// A role to assume for these groups (another account).
+    pub role_arn: Option<String>,
 }
 
 /// One inbound CIDR rule as the firewall reports it.
@@ -201,6 +203,7 @@ mod tests {
                 environment: dev.clone(),
                 default_ports: PortSet::alb(),
                 endpoint_url: None,
+                role_arn: None,
             },
             TargetSpec {
                 region: "us-east-1".into(),
@@ -208,6 +211,7 @@ mod tests {
                 environment: dev.clone(),
                 default_ports: PortSet::alb(),
                 endpoint_url: None,
+                role_arn: None,
             },
         ];
         let policies: BTreeMap<_, _> = [(dev.clone(), Policy::default())].into();

@@ -6,17 +6,20 @@ use time::Duration;
 
 use crate::ValidationError;
 
-/// How long a grant lasts: seed 000's grammar `Nm` (1-1440), `Nh` (1-24), `Nd` (1-365).
+/// How long a grant lasts: seed 000's grammar `Nm` (1-1440), `Nh` (1-24), `Nd` (1-365), or
+/// (seed 001's `time_to_expire`) whole seconds from 60.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ttl {
-    minutes: u32,
+    seconds: u32,
 }
 
 impl Ttl {
     /// The longest TTL any form allows: 365 days.
-    pub const MAX: Ttl = Ttl { minutes: 365 * 24 * 60 };
+    pub const MAX: Ttl = Ttl { seconds: 365 * 24 * 60 * 60 };
     /// The TTL used when none is given: 30 days.
-    pub const DEFAULT: Ttl = Ttl { minutes: 30 * 24 * 60 };
+    pub const DEFAULT: Ttl = Ttl { seconds: 30 * 24 * 60 * 60 };
+    /// The self-service (`/connection`) TTL when none is configured: 1 hour.
+    pub const CONNECTION_DEFAULT: Ttl = Ttl { seconds: 60 * 60 };
 
     /// Parses `Nm`, `Nh` or `Nd` within the seed's ranges.
     pub fn parse(input: &str) -> Result<Ttl, ValidationError> {
@@ -34,30 +37,57 @@ impl Ttl {
             'd' if (1..=365).contains(&n) => n * 24 * 60,
             _ => return Err(invalid()),
         };
-        Ok(Ttl { minutes })
+        Ok(Ttl { seconds: minutes * 60 })
+    }
+
+    /// Seed 001's `time_to_expire`: whole seconds from 60 to 365 days.
+    pub fn from_seconds(seconds: u64) -> Result<Ttl, ValidationError> {
+        if (60..=u64::from(Ttl::MAX.seconds)).contains(&seconds) {
+            Ok(Ttl { seconds: seconds as u32 })
+        } else {
+            Err(ValidationError::InvalidTtl { input: format!("{seconds} seconds") })
+        }
+    }
+
+    /// `Nm`/`Nh`/`Nd`, or plain seconds (at least 60).
+    pub fn parse_or_seconds(input: &str) -> Result<Ttl, ValidationError> {
+        let text = input.trim();
+        if !text.is_empty() && text.len() <= 9 && text.bytes().all(|b| b.is_ascii_digit()) {
+            return Ttl::from_seconds(text.parse().map_err(|_| ValidationError::InvalidTtl { input: input.to_string() })?)
+                .map_err(|_| ValidationError::InvalidTtl { input: input.to_string() });
+        }
+        Ttl::parse(input)
     }
 
     /// The seed event's integer `ttl_minutes`: any value from 1 minute to 365 days.
     pub fn from_minutes(minutes: u64) -> Result<Ttl, ValidationError> {
-        if (1..=u64::from(Ttl::MAX.minutes)).contains(&minutes) {
-            Ok(Ttl { minutes: minutes as u32 })
+        if (1..=u64::from(Ttl::MAX.seconds / 60)).contains(&minutes) {
+            Ok(Ttl { seconds: minutes as u32 * 60 })
         } else {
             Err(ValidationError::InvalidTtl { input: format!("{minutes} minutes") })
         }
     }
 
+    /// Whole minutes (rounded down).
     pub fn minutes(&self) -> u32 {
-        self.minutes
+        self.seconds / 60
+    }
+
+    pub fn seconds(&self) -> u32 {
+        self.seconds
     }
 
     pub fn duration(&self) -> Duration {
-        Duration::minutes(i64::from(self.minutes))
+        Duration::seconds(i64::from(self.seconds))
     }
 }
 
 impl fmt::Display for Ttl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.minutes;
+        if self.seconds % 60 != 0 {
+            return write!(f, "{}s", self.seconds);
+        }
+        let m = self.minutes();
         if m % (24 * 60) == 0 {
             write!(f, "{}d", m / (24 * 60))
         } else if m % 60 == 0 && m <= 24 * 60 {
@@ -112,6 +142,17 @@ mod tests {
         assert_eq!(Ttl::from_minutes(90).unwrap().to_string(), "90m");
         assert!(Ttl::from_minutes(0).is_err());
         assert!(Ttl::from_minutes(365 * 24 * 60 + 1).is_err());
+    }
+
+    #[test]
+    fn seed_seconds() {
+        assert_eq!(Ttl::parse_or_seconds("120").unwrap().to_string(), "2m");
+        assert_eq!(Ttl::parse_or_seconds("90").unwrap().to_string(), "90s");
+        assert_eq!(Ttl::parse_or_seconds("90").unwrap().duration(), Duration::seconds(90));
+        assert_eq!(Ttl::parse_or_seconds("1h").unwrap(), Ttl::CONNECTION_DEFAULT);
+        for bad in ["59", "0", "", "31536001", "1.5", "-60", "60s"] {
+            assert!(Ttl::parse_or_seconds(bad).is_err(), "{bad} should be refused");
+        }
     }
 
     proptest! {

@@ -97,6 +97,7 @@ async fn reconcile_on_moto(moto: &str) {
         environment: dev(),
         default_ports: PortSet::alb(),
         endpoint_url: None,
+        role_arn: None,
     };
     let engine = Engine::new(Arc::new(store), firewall.clone(), Arc::new(SystemClock), settings(vec![spec]));
     let start = Instant::now();
@@ -187,6 +188,7 @@ async fn expiry_lag() {
         environment: dev(),
         default_ports: PortSet::nlb(),
         endpoint_url: None,
+        role_arn: None,
     };
     // One in-memory group holds all 200 rules; it has no EC2 quota to respect.
     let quota = RuleQuota { ipv4: 1000, ipv6: 1000 };

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use portcullis_core::{Environment, Marker, Policy, PortSet, RuleQuota, TargetSelector, TargetSpec, Ttl};
+use portcullis_core::{Environment, Marker, Policy, PortSet, PrincipalPattern, RuleQuota, TargetSelector, TargetSpec, Ttl};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -43,6 +43,41 @@ struct FileConfig {
     environments: BTreeMap<String, FileEnvironment>,
     #[serde(default)]
     slack: FileSlack,
+    #[serde(default)]
+    connection: FileConnection,
+    #[serde(default)]
+    auth: FileAuth,
+}
+
+/// `[connection]`: the self-service endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConnection {
+    trusted_proxies: Option<Vec<String>>,
+    rate_limit_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    iam: Option<FileIam>,
+}
+
+/// `[auth.iam]`: AWS IAM authentication by a signed `sts:GetCallerIdentity`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIam {
+    server_id: String,
+    sts_endpoint: Option<String>,
+    max_skew_secs: Option<u64>,
+}
+
+/// A duration given as TTL text (`1h`) or whole seconds (`3600`), as seed 001 does.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TtlOrSeconds {
+    Seconds(i64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +103,10 @@ struct FileEnvironment {
     users: Option<Vec<String>>,
     user_groups: Option<Vec<String>>,
     refuse_special_purpose: Option<bool>,
+    /// IAM principals (ARNs, `*` wildcards) that may authenticate here.
+    principals: Option<Vec<String>>,
+    /// How long `/connection` grants last (seed 001).
+    time_to_expire: Option<TtlOrSeconds>,
     #[serde(default)]
     targets: Vec<FileTarget>,
 }
@@ -81,6 +120,8 @@ struct FileTarget {
     group_ids: Option<Vec<String>>,
     ports: Option<String>,
     endpoint_url: Option<String>,
+    /// A role to assume for these groups (another account).
+    role_arn: Option<String>,
 }
 
 /// Which firewall applies changes.
@@ -152,6 +193,26 @@ pub struct SlackConfig {
     pub bot_token: Option<Secret>,
 }
 
+/// `POST|DELETE /connection`.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Peers whose `X-Forwarded-For`/`Forwarded` is believed.
+    pub trusted_proxies: Vec<portcullis_core::Cidr>,
+    /// Mutating requests per principal per minute (all of `/connection` and `/v1`).
+    pub rate_limit_per_minute: u32,
+}
+
+/// AWS IAM authentication.
+#[derive(Debug, Clone)]
+pub struct IamConfig {
+    /// The value clients must sign into `X-Portcullis-Server-ID`.
+    pub server_id: String,
+    /// The STS endpoint requests are forwarded to (and must be signed for).
+    pub sts_endpoint: String,
+    /// How far a request's `X-Amz-Date` may be from now.
+    pub max_skew: time::Duration,
+}
+
 /// Everything the process runs with, resolved and validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -167,6 +228,9 @@ pub struct Config {
     pub quota: RuleQuota,
     pub reconcile_interval: time::Duration,
     pub slack: SlackConfig,
+    pub connection: ConnectionConfig,
+    /// `None`: IAM authentication is off.
+    pub iam: Option<IamConfig>,
 }
 
 /// What the command line says, before the environment and file are consulted.
@@ -271,12 +335,18 @@ impl Config {
                 if t.region.trim().is_empty() {
                     return Err(error(format!("{tkey}.region"), "is empty"));
                 }
+                if let Some(role) = &t.role_arn
+                    && !(role.starts_with("arn:") && role.contains(":role/"))
+                {
+                    return Err(error(format!("{tkey}.role_arn"), format!("{role:?} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)")));
+                }
                 specs.push(TargetSpec {
                     region: t.region.clone(),
                     selector,
                     environment: environment.clone(),
                     default_ports: ports,
                     endpoint_url: t.endpoint_url.clone(),
+                    role_arn: t.role_arn.clone(),
                 });
             }
             policies.insert(environment, policy);
@@ -330,11 +400,14 @@ impl Config {
                     environment: default_environment.clone(),
                     default_ports,
                     endpoint_url: None,
+                    role_arn: None,
                 });
             }
         }
 
         let slack = slack(&file.slack, env)?;
+        let connection = connection(&file.connection)?;
+        let iam = file.auth.iam.as_ref().map(|i| iam(i, env)).transpose()?;
 
         let own_table = env("PORTCULLIS_OWN_TABLE").or(file.own_table).filter(|t| !t.trim().is_empty());
         if let StoreSpec::Dynamodb(table) = &store {
@@ -349,6 +422,8 @@ impl Config {
 
         Ok(Config {
             slack,
+            connection,
+            iam,
             own_table,
             store,
             firewall,
@@ -425,6 +500,48 @@ fn slack(file: &FileSlack, env: Env<'_>) -> Result<SlackConfig, ConfigError> {
     })
 }
 
+fn connection(file: &FileConnection) -> Result<ConnectionConfig, ConfigError> {
+    let rate = file.rate_limit_per_minute.unwrap_or(30);
+    if rate == 0 {
+        return Err(error("connection.rate_limit_per_minute", "must be at least 1"));
+    }
+    let mut trusted_proxies = Vec::new();
+    for text in file.trusted_proxies.iter().flatten() {
+        let cidr = portcullis_core::Cidr::parse(text).map_err(|e| error("connection.trusted_proxies", e))?;
+        trusted_proxies.push(cidr);
+    }
+    Ok(ConnectionConfig { trusted_proxies, rate_limit_per_minute: rate })
+}
+
+fn iam(file: &FileIam, env: Env<'_>) -> Result<IamConfig, ConfigError> {
+    let server_id = file.server_id.trim();
+    if server_id.is_empty() || server_id.len() > 255 || !server_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(error("auth.iam.server_id", "must be 1-255 visible ASCII characters, e.g. the server's host name"));
+    }
+    // Like the SDK: a service-specific endpoint variable, then the general one, then AWS's.
+    let sts_endpoint = file
+        .sts_endpoint
+        .clone()
+        .or_else(|| env("AWS_ENDPOINT_URL_STS"))
+        .or_else(|| env("AWS_ENDPOINT_URL"))
+        .unwrap_or_else(|| "https://sts.amazonaws.com".into());
+    let valid = sts_endpoint
+        .split_once("://")
+        .is_some_and(|(scheme, rest)| matches!(scheme, "https" | "http") && !rest.is_empty() && !rest.contains(['?', '#', '@']));
+    if !valid {
+        return Err(error("auth.iam.sts_endpoint", format!("{sts_endpoint:?} is not an http(s) URL")));
+    }
+    let skew = file.max_skew_secs.unwrap_or(300);
+    if !(1..=900).contains(&skew) {
+        return Err(error("auth.iam.max_skew_secs", "must be from 1 to 900"));
+    }
+    Ok(IamConfig {
+        server_id: server_id.to_string(),
+        sts_endpoint: sts_endpoint.trim_end_matches('/').to_string(),
+        max_skew: time::Duration::seconds(skew as i64),
+    })
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| error(path.display().to_string(), e))?;
     toml::from_str(&text).map_err(|e| {
@@ -484,6 +601,20 @@ fn policy(key: &str, fe: &FileEnvironment) -> Result<Policy, ConfigError> {
         allowed_users: fe.users.as_ref().map(|u| u.iter().cloned().collect()),
         allowed_groups: fe.user_groups.iter().flatten().cloned().collect(),
         refuse_special_purpose: fe.refuse_special_purpose.unwrap_or(false),
+        allowed_principals: fe
+            .principals
+            .iter()
+            .flatten()
+            .map(|p| PrincipalPattern::parse(p).map_err(|e| error(format!("{key}.principals"), e)))
+            .collect::<Result<_, _>>()?,
+        connection_ttl: match &fe.time_to_expire {
+            None => defaults.connection_ttl,
+            Some(TtlOrSeconds::Seconds(n)) => Ttl::from_seconds(u64::try_from(*n).unwrap_or(0))
+                .map_err(|_| error(format!("{key}.time_to_expire"), "seconds must be from 60 to 31536000 (365 days)"))?,
+            Some(TtlOrSeconds::Text(text)) => {
+                Ttl::parse_or_seconds(text).map_err(|e| error(format!("{key}.time_to_expire"), e))?
+            }
+        },
     })
 }
 

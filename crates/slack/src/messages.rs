@@ -201,7 +201,7 @@ pub fn notification(event: &AuditEvent) -> Option<String> {
             lines.push(format!("Security groups of `{env}` were repaired to match the whitelist."));
             lines.extend(event.reason.split("; ").map(escape));
         }
-        Action::Refreshed | Action::Refused | Action::Approved | Action::Denied | Action::Adopted => return None,
+        Action::Refreshed | Action::Refused | Action::Approved | Action::Denied | Action::Adopted | Action::TokenCreated | Action::TokenRevoked => return None,
     }
     Some(lines.join("\n"))
 }

@@ -10,7 +10,7 @@ mod sqlite;
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use portcullis_core::{AuditEvent, Environment, Grant, GrantKey, Interface, Timestamp, ValidationError};
+use portcullis_core::{ApiToken, AuditEvent, Environment, Grant, GrantKey, Interface, Timestamp, ValidationError};
 use thiserror::Error;
 
 pub use sqlite::SqliteStore;
@@ -52,6 +52,29 @@ pub fn grant_event(
         before,
         after,
         reason,
+    }
+}
+
+/// The audit event of creating or revoking an API token. Its environment is the token's
+/// environments (`*` for any); its reason names the token, never its secret.
+pub fn token_event(at: Timestamp, actor: &Actor, action: portcullis_core::Action, token: &ApiToken) -> AuditEvent {
+    let environment = if token.environments.is_empty() {
+        "*".to_string()
+    } else {
+        token.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(",")
+    };
+    let verb = if action == portcullis_core::Action::TokenRevoked { "revoked" } else { "created" };
+    AuditEvent {
+        id: 0,
+        at,
+        actor: actor.name.clone(),
+        interface: actor.interface,
+        action,
+        environment,
+        cidr: None,
+        before: None,
+        after: None,
+        reason: format!("token {} ({}, user {}) {verb}", token.id, token.role, token.user),
     }
 }
 
@@ -210,4 +233,17 @@ pub trait Store: Send + Sync {
     async fn settle_notice(&self, id: i64, settlement: Settlement, now: Timestamp) -> Result<(), StoreError>;
 
     async fn outbox_status(&self) -> Result<OutboxStatus, StoreError>;
+
+    /// Stores a new API token (by hash) and audits its creation.
+    async fn create_token(&self, token: ApiToken, actor: &Actor) -> Result<(), StoreError>;
+
+    /// The token whose secret hashes to `hash`, revoked and expired ones included.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError>;
+
+    /// Every token, oldest first.
+    async fn tokens(&self) -> Result<Vec<ApiToken>, StoreError>;
+
+    /// Revokes a token at `now` and audits it; `None` when there is no such id. Revoking a
+    /// revoked token changes nothing and returns it as it is.
+    async fn revoke_token(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<Option<ApiToken>, StoreError>;
 }

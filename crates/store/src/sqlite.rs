@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use portcullis_core::{
-    Action, AuditEvent, Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp,
+    Action, ApiToken, AuditEvent, Cidr, Role, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp,
     ValidationError,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use crate::{grant_event as event, refresh, sweeper_actor as sweeper, Actor, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, Upserted};
+use crate::{grant_event as event, refresh, sweeper_actor as sweeper, token_event, Actor, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, Upserted};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[r#"
@@ -79,6 +79,19 @@ CREATE TABLE leases (
 CREATE TABLE recorded_once (
     key      TEXT PRIMARY KEY,
     audit_id INTEGER NOT NULL REFERENCES audit (id)
+);
+"#, r#"
+-- API tokens: only a SHA-256 of each secret is kept.
+CREATE TABLE tokens (
+    id             TEXT PRIMARY KEY,
+    hash           TEXT NOT NULL UNIQUE,
+    user           TEXT NOT NULL,
+    role           TEXT NOT NULL,
+    environments   TEXT NOT NULL DEFAULT '',  -- comma-separated; empty = any
+    created_at_ms  INTEGER NOT NULL,
+    expires_at_ms  INTEGER,
+    revoked_at_ms  INTEGER,
+    created_by     TEXT NOT NULL
 );
 "#];
 
@@ -177,6 +190,28 @@ fn from_ms(ms: i64) -> Timestamp {
 const GRANT_COLUMNS: &str =
     "cidr, environment, owner_id, owner_name, owner_display, source, description, created_at_ms, expires_at_ms";
 
+const TOKEN_COLUMNS: &str = "id, hash, user, role, environments, created_at_ms, expires_at_ms, revoked_at_ms, created_by";
+
+fn token_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiToken, String>> {
+    let role: String = row.get(3)?;
+    let envs: String = row.get(4)?;
+    let environments: Result<_, _> = envs.split(',').filter(|e| !e.is_empty()).map(Environment::parse).collect();
+    let id: String = row.get(0)?;
+    Ok((|| {
+        Ok(ApiToken {
+            hash: row.get(1).map_err(|e| e.to_string())?,
+            user: row.get(2).map_err(|e| e.to_string())?,
+            role: Role::parse(&role).ok_or_else(|| format!("token {id}: unknown role {role:?}"))?,
+            environments: environments.map_err(|e| format!("token {id}: {e}"))?,
+            created_at: from_ms(row.get(5).map_err(|e| e.to_string())?),
+            expires_at: row.get::<_, Option<i64>>(6).map_err(|e| e.to_string())?.map(from_ms),
+            revoked_at: row.get::<_, Option<i64>>(7).map_err(|e| e.to_string())?.map(from_ms),
+            created_by: row.get(8).map_err(|e| e.to_string())?,
+            id: id.clone(),
+        })
+    })())
+}
+
 fn grant_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Grant, String>> {
     let cidr: String = row.get(0)?;
     let environment: String = row.get(1)?;
@@ -250,6 +285,17 @@ impl SqliteStore {
     }
 
     /// Grants matching a `WHERE … ORDER BY …` clause.
+    fn select_tokens(&self, conn: &Connection, clause: &str, args: impl rusqlite::Params) -> Result<Vec<ApiToken>, StoreError> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE {clause}");
+        let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt.query_map(args, token_from_row).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.map_err(|e| self.err(e))?.map_err(|m| self.corrupt(m))?);
+        }
+        Ok(out)
+    }
+
     fn select_grants(&self, conn: &Connection, clause: &str, args: impl rusqlite::Params) -> Result<Vec<Grant>, StoreError> {
         let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE {clause}");
         let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
@@ -590,6 +636,57 @@ impl Store for SqliteStore {
                 )
                 .map_err(|e| this.err(e))?;
             Ok(OutboxStatus { pending: pending as usize, next_due: next.map(from_ms) })
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: ApiToken, actor: &Actor) -> Result<(), StoreError> {
+        let (this, actor) = (self.clone(), actor.clone());
+        self.write(move |tx| {
+            let envs = token.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(",");
+            tx.execute(
+                &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![
+                    token.id,
+                    token.hash,
+                    token.user,
+                    token.role.as_str(),
+                    envs,
+                    ms(token.created_at),
+                    token.expires_at.map(ms),
+                    token.revoked_at.map(ms),
+                    token.created_by,
+                ],
+            )
+            .map_err(|e| this.err(e))?;
+            this.append(tx, &token_event(token.created_at, &actor, Action::TokenCreated, &token))
+        })
+        .await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        let (this, hash) = (self.clone(), hash.to_string());
+        self.run(move |conn| Ok(this.select_tokens(conn, "hash = ?1", params![hash])?.pop())).await
+    }
+
+    async fn tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        let this = self.clone();
+        self.run(move |conn| this.select_tokens(conn, "1 ORDER BY created_at_ms, id", [])).await
+    }
+
+    async fn revoke_token(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<Option<ApiToken>, StoreError> {
+        let (this, id, actor) = (self.clone(), id.to_string(), actor.clone());
+        self.write(move |tx| {
+            let Some(mut token) = this.select_tokens(tx, "id = ?1", params![id])?.pop() else {
+                return Ok(None);
+            };
+            if token.revoked_at.is_some() {
+                return Ok(Some(token));
+            }
+            token.revoked_at = Some(now);
+            tx.execute("UPDATE tokens SET revoked_at_ms = ?2 WHERE id = ?1", params![id, ms(now)]).map_err(|e| this.err(e))?;
+            this.append(tx, &token_event(now, &actor, Action::TokenRevoked, &token))?;
+            Ok(Some(token))
         })
         .await
     }

@@ -24,6 +24,7 @@ fn spec(region: &str) -> TargetSpec {
         environment: dev(),
         default_ports: PortSet::nlb(),
         endpoint_url: None,
+        role_arn: None,
     }
 }
 

@@ -26,6 +26,7 @@ fn settings(w: &World, extra: Vec<TargetSpec>) -> Settings {
         environment: dev(),
         default_ports: PortSet::alb(),
         endpoint_url: None,
+        role_arn: None,
     }];
     specs.extend(extra);
     Settings {
@@ -150,6 +151,7 @@ async fn a_failing_region_does_not_block_the_others() {
         environment: dev(),
         default_ports: PortSet::alb(),
         endpoint_url: Some(format!("http://{closed}")),
+        role_arn: None,
     };
     let clock = Arc::new(portcullis_engine::SystemClock);
     let engine = engine(&w, Arc::new(Ec2Firewall::new(&sdk_config().await)), clock, vec![broken]).await;

@@ -1,0 +1,209 @@
+//! Who may call the HTTP API: API tokens and their roles, and the IAM principal patterns an
+//! environment admits.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Environment, Timestamp};
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// `/connection` only: open and close access for the caller's own address.
+    SelfService,
+    /// Everything, `/v1` included.
+    Admin,
+}
+
+impl Role {
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "self-service" => Some(Role::SelfService),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::SelfService => "self-service",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An API token as stored: only the SHA-256 of its secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// Public, short: what `token list` shows and `token revoke` takes.
+    pub id: String,
+    /// Hex SHA-256 of the whole token string.
+    #[serde(skip_serializing, default)]
+    pub hash: String,
+    /// The principal the token acts as (policy's `users` match it).
+    pub user: String,
+    pub role: Role,
+    /// The environments it may act in; empty means any the policy allows the user.
+    pub environments: BTreeSet<Environment>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: Timestamp,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<Timestamp>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<Timestamp>,
+    /// Who created it.
+    pub created_by: String,
+}
+
+/// Why a token is not accepted now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    Valid,
+    Revoked,
+    Expired,
+}
+
+impl ApiToken {
+    pub fn state(&self, now: Timestamp) -> TokenState {
+        if self.revoked_at.is_some_and(|t| t <= now) {
+            TokenState::Revoked
+        } else if self.expires_at.is_some_and(|t| t <= now) {
+            TokenState::Expired
+        } else {
+            TokenState::Valid
+        }
+    }
+
+    /// Whether the token may act in `env` (the policy decides about the user separately).
+    pub fn covers(&self, env: &Environment) -> bool {
+        self.environments.is_empty() || self.environments.contains(env)
+    }
+}
+
+/// An IAM principal ARN, exactly or with `*` wildcards (each matching any run of characters),
+/// e.g. `arn:aws:sts::123456789012:assumed-role/ci/*`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PrincipalPattern(String);
+
+impl PrincipalPattern {
+    pub fn parse(text: &str) -> Result<PrincipalPattern, String> {
+        let text = text.trim();
+        if !text.starts_with("arn:") || text.split(':').count() < 6 {
+            return Err(format!("{text:?} is not an ARN pattern such as arn:aws:iam::123456789012:user/alice"));
+        }
+        if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!("{text:?} contains spaces or control characters"));
+        }
+        Ok(PrincipalPattern(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn matches(&self, arn: &str) -> bool {
+        glob(self.0.as_bytes(), arn.as_bytes())
+    }
+}
+
+impl fmt::Display for PrincipalPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `*` matches any run of bytes; everything else matches itself. Linear backtracking on the
+/// last star, so hostile input cannot make it exponential.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&b| b == b'*')
+}
+
+/// A short name for an IAM principal: the last path element of its ARN (`alice` for
+/// `arn:aws:iam::1:user/alice`, the session name for an assumed role).
+pub fn principal_name(arn: &str) -> &str {
+    arn.rsplit(['/', ':']).next().filter(|s| !s.is_empty()).unwrap_or(arn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn patterns() {
+        let exact = PrincipalPattern::parse("arn:aws:iam::123456789012:user/alice").unwrap();
+        assert!(exact.matches("arn:aws:iam::123456789012:user/alice"));
+        assert!(!exact.matches("arn:aws:iam::123456789012:user/alice2"));
+        assert!(!exact.matches("arn:aws:iam::123456789012:user/alic"));
+        let role = PrincipalPattern::parse("arn:aws:sts::123456789012:assumed-role/ci/*").unwrap();
+        assert!(role.matches("arn:aws:sts::123456789012:assumed-role/ci/build-17"));
+        assert!(!role.matches("arn:aws:sts::123456789012:assumed-role/cid/x"));
+        assert!(!role.matches("arn:aws:sts::999999999999:assumed-role/ci/x"));
+        let account = PrincipalPattern::parse("arn:aws:iam::123456789012:*").unwrap();
+        assert!(account.matches("arn:aws:iam::123456789012:user/bob"));
+        assert!(PrincipalPattern::parse("alice").is_err());
+        assert!(PrincipalPattern::parse("arn:aws:iam::1:user/a b").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(principal_name("arn:aws:iam::1:user/alice"), "alice");
+        assert_eq!(principal_name("arn:aws:sts::1:assumed-role/ci/build-17"), "build-17");
+        assert_eq!(principal_name("arn:aws:iam::1:root"), "root");
+    }
+
+    #[test]
+    fn token_states() {
+        let now = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let t = ApiToken {
+            id: "abc".into(),
+            hash: "h".into(),
+            user: "ci".into(),
+            role: Role::SelfService,
+            environments: [Environment::parse("dev").unwrap()].into(),
+            created_at: now,
+            expires_at: Some(now + time::Duration::hours(1)),
+            revoked_at: None,
+            created_by: "root".into(),
+        };
+        assert_eq!(t.state(now), TokenState::Valid);
+        assert_eq!(t.state(now + time::Duration::hours(1)), TokenState::Expired);
+        assert_eq!(ApiToken { revoked_at: Some(now), ..t.clone() }.state(now), TokenState::Revoked);
+        assert!(t.covers(&Environment::parse("dev").unwrap()));
+        assert!(!t.covers(&Environment::parse("prod").unwrap()));
+    }
+
+    proptest! {
+        #[test]
+        fn star_only_pattern_matches_everything(text in ".{0,40}") {
+            prop_assert!(glob(b"*", text.as_bytes()));
+            prop_assert!(glob(text.as_bytes(), text.as_bytes()) || text.contains('*'));
+        }
+    }
+}
