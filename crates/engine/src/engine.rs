@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex};
 
 use portcullis_core::{
     plan, plan_adoption, policy_for, resolve_targets, Action, AuditEvent, Cidr, Description, Environment, Foreign, Grant, GrantKey,
-    GroupChange, Interface, Marker, Overflow, Owner, Plan, PlanInput, Policy, RuleQuota, SkippedGroup, Source,
+    GroupChange, Interface, Marker, Overflow, Owner, Plan, PlanInput, Policy, PortSet, RuleQuota, SkippedGroup, Source,
     Target, TargetId, TargetSelector, TargetSpec, Timestamp, Ttl, ValidationError, Withheld,
 };
 use portcullis_store::{Actor, Store, StoreError, Upsert};
@@ -254,6 +254,9 @@ pub struct Engine {
     last_reconcile: Mutex<Option<ReconcileSummary>>,
     outbox: Option<Arc<Outbox>>,
     lease: Option<Arc<Lease>>,
+    /// The groups each environment was last seen to have, with their ports, so an answer that
+    /// needed no firewall call can still name them.
+    known_targets: Mutex<BTreeMap<TargetId, (Environment, PortSet)>>,
 }
 
 impl Engine {
@@ -267,6 +270,7 @@ impl Engine {
             last_reconcile: Mutex::new(None),
             outbox: None,
             lease: None,
+            known_targets: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -330,6 +334,20 @@ impl Engine {
             return Err(self.refuse(err, env, cidr, &by.refused_actor()).await);
         }
         Ok(policy)
+    }
+
+    /// Refuses (and audits) a requester the interface found not allowed in `env` for its own
+    /// reasons (an API token limited to other environments, an unlisted IAM principal).
+    pub async fn deny(&self, env: &Environment, cidr: Option<&Cidr>, by: &Requester) -> EngineError {
+        let actor = by.refused_actor();
+        let err = ValidationError::NotAllowed { user: actor.name.clone(), environment: env.to_string() };
+        self.refuse(err, env, cidr, &actor).await
+    }
+
+    /// The groups of `env` as last observed (region, id, ports), without a firewall call.
+    pub fn known_targets(&self, env: &Environment) -> Vec<(TargetId, PortSet)> {
+        let known = self.known_targets.lock().expect("target cache poisoned");
+        known.iter().filter(|(_, (e, _))| e == env).map(|(id, (_, ports))| (id.clone(), ports.clone())).collect()
     }
 
     /// Records a refusal in a known environment, then returns it.
@@ -485,7 +503,16 @@ impl Engine {
             .collect();
         let observation = self.firewall.observe(&specs).await;
         let (targets, skipped) = resolve_targets(&observation.groups, &specs, &self.settings.policies);
-        let targets = targets.into_iter().filter(|t| scope.covers(&t.environment)).collect();
+        let targets: Vec<Target> = targets.into_iter().filter(|t| scope.covers(&t.environment)).collect();
+        {
+            // Forget groups that are gone, except in regions that could not be observed now.
+            let failed: BTreeSet<&str> = observation.failures.iter().map(|f| f.region.as_str()).collect();
+            let mut known = self.known_targets.lock().expect("target cache poisoned");
+            known.retain(|id, (env, _)| !scope.covers(env) || failed.contains(id.region.as_str()));
+            for t in &targets {
+                known.insert(t.id.clone(), (t.environment.clone(), t.ports.clone()));
+            }
+        }
         Observed { failures: observation.failures, targets, skipped }
     }
 

@@ -18,6 +18,9 @@ const EXAMPLES: &str = "Examples:
   portcullis remove 203.0.113.7
   portcullis --firewall aws refresh --dry-run
   portcullis serve --listen 127.0.0.1:8080
+  portcullis token create --user ci --env dev --expires 90d
+  PORTCULLIS_TOKEN=pct_... portcullis open --server https://portcullis.example.com
+  portcullis open --server https://portcullis.example.com --aws --once
 
 Without a config file portcullis uses a SQLite store (portcullis.db) and the dry-run firewall,
 and manages the environment named by ENVIRONMENT (default dev).";
@@ -119,10 +122,74 @@ enum Command {
     Lambda,
     /// Run the HTTP API, the sweeper and the periodic reconcile.
     Serve {
-        /// Address to listen on (PORTCULLIS_LISTEN; default 127.0.0.1:8080). Loopback only
-        /// until the API has authentication.
+        /// Address to listen on (PORTCULLIS_LISTEN; default 127.0.0.1:8080).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+    },
+    /// Manage API tokens for /connection and /v1 (only a hash of each is stored).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Open access for this machine through a portcullis server's /connection, renew it while
+    /// running, and close it on Ctrl-C or SIGTERM.
+    Open {
+        /// The server's base URL, e.g. https://portcullis.example.com.
+        #[arg(long, value_name = "URL", env = "PORTCULLIS_SERVER")]
+        server: String,
+        /// Environment (default: the server's).
+        #[arg(long, value_name = "E")]
+        env: Option<String>,
+        /// An API token (PORTCULLIS_TOKEN keeps it out of the process list).
+        #[arg(long, value_name = "T", env = "PORTCULLIS_TOKEN", hide_env_values = true, conflicts_with = "aws", required_unless_present = "aws")]
+        token: Option<String>,
+        /// Authenticate with this machine's AWS credentials (a signed sts:GetCallerIdentity).
+        #[arg(long)]
+        aws: bool,
+        /// With --aws: the server id to bind the login to (default: the server URL's host[:port]).
+        #[arg(long, value_name = "ID", requires = "aws")]
+        server_id: Option<String>,
+        /// With --aws: the STS endpoint to sign for (default: AWS_ENDPOINT_URL_STS,
+        /// AWS_ENDPOINT_URL, else https://sts.amazonaws.com); the server's must match.
+        #[arg(long, value_name = "URL", requires = "aws")]
+        sts_endpoint: Option<String>,
+        /// Open once and exit; no renewal, no close.
+        #[arg(long)]
+        once: bool,
+        /// Renew every this many seconds (default: when half the time is left).
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        renew_every: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (once, alone on stdout); details go to stderr.
+    Create {
+        /// The user the token acts as (what environments' `users` lists match).
+        #[arg(long, value_name = "NAME")]
+        user: String,
+        /// Environments it may act in (repeatable; default any the policy allows the user).
+        #[arg(long = "env", value_name = "E")]
+        envs: Vec<String>,
+        /// self-service (/connection only) or admin (also /v1).
+        #[arg(long, value_name = "ROLE", default_value = "self-service")]
+        role: String,
+        /// Expiry: Nm, Nh, Nd (from now) or an RFC 3339 time; default never.
+        #[arg(long, value_name = "T")]
+        expires: Option<String>,
+        /// Who creates it (default: the OS user).
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
+    },
+    /// Show every token (never its secret).
+    List,
+    /// Revoke a token now; a running server refuses it from its next request.
+    Revoke {
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
     },
 }
 
@@ -239,6 +306,32 @@ fn print_json<T: Serialize>(value: &T) {
 }
 
 async fn execute(args: Args) -> Result<ExitCode, CliError> {
+    // The client needs no configuration, store or firewall.
+    if let Command::Open { server, env, token, aws, server_id, sts_endpoint, once, renew_every } = args.command {
+        init_logging(false);
+        let credentials = match (token, aws) {
+            (Some(t), false) => crate::open::Credentials::Token(t.trim().to_string()),
+            (_, _) => crate::open::Credentials::Aws {
+                server_id: server_id
+                    .or_else(|| crate::open::default_server_id(&server))
+                    .ok_or_else(|| CliError::Usage(format!("--server {server:?} is not an http(s) URL")))?,
+                sts_endpoint: sts_endpoint.unwrap_or_else(|| crate::open::default_sts_endpoint(&|k| std::env::var(k).ok())),
+            },
+        };
+        let options = crate::open::OpenOptions {
+            server,
+            environment: env,
+            credentials,
+            once,
+            renew_every: renew_every.map(std::time::Duration::from_secs),
+            json: args.json,
+        };
+        return match crate::open::run(options).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(crate::open::OpenError::Refused(m)) => Err(CliError::Usage(m)),
+            Err(crate::open::OpenError::Failed(m)) => Err(CliError::Operational(m)),
+        };
+    }
     let serving = matches!(args.command, Command::Serve { .. });
     let in_lambda = matches!(args.command, Command::Lambda);
     init_logging((args.json && !serving) || in_lambda);
@@ -471,14 +564,12 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
             let lease = wiring::sweeper_lease(engine.store().clone(), engine.clock().clone());
             let slack = crate::http::build_slack_endpoint(&config).await.map_err(|e| CliError::Operational(e.to_string()))?;
             let slack = slack.map(|s| std::sync::Arc::new(s.inline()));
-            let app = std::sync::Arc::new(crate::http::App {
-                engine: engine.clone(),
-                default_environment: config.default_environment.clone(),
-                slack,
-            });
+            let app = std::sync::Arc::new(crate::http::App::new(engine.clone(), &config, slack));
             crate::lambda::run(crate::lambda::Handler { engine, app, lease }).await.map_err(CliError::Operational)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token { command } => token(&config, command, json).await,
+        Command::Open { .. } => unreachable!("handled before the configuration is loaded"),
         Command::Serve { .. } => {
             crate::http::serve(config).await.map_err(|e| match e {
                 crate::http::ServeError::Refused(m) => CliError::Usage(m),
@@ -486,6 +577,112 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A token's expiry: a TTL from now, or an RFC 3339 time in the future.
+fn token_expiry(text: &str, now: Timestamp) -> Result<Timestamp, CliError> {
+    use time::format_description::well_known::Rfc3339;
+    let at = match Ttl::parse(text) {
+        Ok(ttl) => now + ttl.duration(),
+        Err(_) => Timestamp::parse(text, &Rfc3339).map_err(|_| {
+            CliError::Usage(format!("--expires {text:?} is neither Nm/Nh/Nd (e.g. 90d) nor an RFC 3339 time (e.g. 2027-01-31T00:00:00Z)"))
+        })?,
+    };
+    if at <= now {
+        return Err(CliError::Usage(format!("--expires {text:?} is in the past")));
+    }
+    Ok(at)
+}
+
+async fn token(config: &Config, command: TokenCommand, json: bool) -> Result<ExitCode, CliError> {
+    use portcullis_core::{ApiToken, Role};
+    use portcullis_store::Actor;
+    let store = wiring::open_store(config).await?;
+    let failed = |e: portcullis_store::StoreError| CliError::Operational(e.to_string());
+    let now = Timestamp::now_utc();
+    match command {
+        TokenCommand::Create { user, envs, role, expires, as_user } => {
+            let user = user.trim().to_string();
+            if user.is_empty() || user.chars().count() > 100 || user.chars().any(|c| c.is_control() || c == ',') {
+                return Err(CliError::Usage(format!("--user {user:?} must be 1-100 printable characters")));
+            }
+            if user.starts_with("arn:") {
+                return Err(CliError::Usage("--user must not be an ARN: IAM principals authenticate with --aws, not tokens".into()));
+            }
+            let role = Role::parse(&role).ok_or_else(|| CliError::Usage(format!("--role {role:?} is not self-service or admin")))?;
+            let environments = envs.iter().map(|e| environment(config, Some(e.clone()))).collect::<Result<_, _>>()?;
+            let expires_at = expires.as_deref().map(|t| token_expiry(t, now)).transpose()?;
+            let by = acting_user(as_user)?;
+            let secret = crate::auth::new_token().map_err(CliError::Operational)?;
+            let hash = crate::auth::token_hash(&secret);
+            let token = ApiToken {
+                id: crate::auth::token_id(&hash),
+                hash,
+                user,
+                role,
+                environments,
+                created_at: now,
+                expires_at,
+                revoked_at: None,
+                created_by: by.owner.name.clone(),
+            };
+            store.create_token(token.clone(), &Actor { name: by.owner.name, interface: Interface::Cli }).await.map_err(failed)?;
+            println!("{secret}");
+            eprintln!(
+                "created token {} for {} ({}), environments {}, expires {}; it is shown only now",
+                token.id,
+                token.user,
+                token.role,
+                token_envs(&token),
+                token.expires_at.map(format_utc).unwrap_or_else(|| "never".into())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::List => {
+            let tokens = store.tokens().await.map_err(failed)?;
+            if json {
+                print_json(&tokens);
+            } else if tokens.is_empty() {
+                println!("no tokens");
+            } else {
+                println!("{:<12}  {:<16} {:<12} {:<16} {:<23} {:<23} {}", "ID", "USER", "ROLE", "ENVIRONMENTS", "CREATED", "EXPIRES", "REVOKED");
+                for t in &tokens {
+                    println!(
+                        "{:<12}  {:<16} {:<12} {:<16} {:<23} {:<23} {}",
+                        t.id,
+                        t.user,
+                        t.role.as_str(),
+                        token_envs(t),
+                        format_utc(t.created_at),
+                        t.expires_at.map(format_utc).unwrap_or_else(|| "never".into()),
+                        t.revoked_at.map(format_utc).unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Revoke { id, as_user } => {
+            let by = acting_user(as_user)?;
+            let actor = Actor { name: by.owner.name, interface: Interface::Cli };
+            let Some(token) = store.revoke_token(id.trim(), &actor, now).await.map_err(failed)? else {
+                return Err(CliError::Usage(format!("no token with id {id:?} (see `portcullis token list`)")));
+            };
+            if json {
+                print_json(&token);
+            } else {
+                println!("revoked token {} ({}, user {}) at {}", token.id, token.role, token.user, token.revoked_at.map(format_utc).unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn token_envs(t: &portcullis_core::ApiToken) -> String {
+    if t.environments.is_empty() {
+        "any".into()
+    } else {
+        t.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(",")
     }
 }
 

@@ -592,7 +592,7 @@ fn policy(key: &str, fe: &FileEnvironment) -> Result<Policy, ConfigError> {
         Some(text) => PortSet::parse(text).map_err(|e| error(format!("{key}.allowed_ports"), e))?,
         None => defaults.allowed_ports,
     };
-    Ok(Policy {
+    let policy = Policy {
         max_ttl,
         max_grants_per_user: positive(&format!("{key}.max_grants_per_user"), fe.max_grants_per_user.unwrap_or(defaults.max_grants_per_user))?,
         min_prefix_v4,
@@ -615,7 +615,11 @@ fn policy(key: &str, fe: &FileEnvironment) -> Result<Policy, ConfigError> {
                 Ttl::parse_or_seconds(text).map_err(|e| error(format!("{key}.time_to_expire"), e))?
             }
         },
-    })
+    };
+    if policy.connection_ttl > policy.max_ttl {
+        return Err(error(format!("{key}.time_to_expire"), format!("{} is longer than max_ttl {}", policy.connection_ttl, policy.max_ttl)));
+    }
+    Ok(policy)
 }
 
 #[cfg(test)]
@@ -700,6 +704,54 @@ mod tests {
         assert_eq!(c.slack.command, "/infra");
         assert_eq!(c.slack.rate_limit_per_minute, 20);
         assert_eq!(c.slack.signing_secret, None);
+    }
+
+    #[test]
+    fn connection_and_iam_settings() {
+        let c = load(
+            r#"
+            [connection]
+            trusted_proxies = ["10.0.0.0/8"]
+            rate_limit_per_minute = 5
+            [auth.iam]
+            server_id = "portcullis.example.com"
+            [environments.dev]
+            time_to_expire = 120
+            principals = ["arn:aws:iam::123456789012:user/*"]
+            [[environments.dev.targets]]
+            region = "us-west-2"
+            group_ids = ["sg-1"]
+            ports = "tcp:80"
+            role_arn = "arn:aws:iam::210987654321:role/portcullis"
+            "#,
+            &[],
+        )
+        .unwrap();
+        let dev = &c.policies[&Environment::parse("dev").unwrap()];
+        assert_eq!(dev.connection_ttl.to_string(), "2m");
+        assert!(dev.admits_principal("arn:aws:iam::123456789012:user/alice"));
+        assert_eq!(c.connection.rate_limit_per_minute, 5);
+        assert_eq!(c.connection.trusted_proxies.len(), 1);
+        let iam = c.iam.unwrap();
+        assert_eq!(iam.sts_endpoint, "https://sts.amazonaws.com");
+        assert_eq!(c.specs[0].role_arn.as_deref(), Some("arn:aws:iam::210987654321:role/portcullis"));
+        // Defaults: 1h, 30 a minute, no proxies, IAM off.
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.policies.values().next().unwrap().connection_ttl.to_string(), "1h");
+        assert_eq!(c.connection.rate_limit_per_minute, 30);
+        assert!(c.connection.trusted_proxies.is_empty() && c.iam.is_none());
+        for (text, key) in [
+            ("[environments.dev]\ntime_to_expire = 59\n", "environments.dev.time_to_expire"),
+            ("[environments.dev]\ntime_to_expire = \"2w\"\n", "environments.dev.time_to_expire"),
+            ("[environments.dev]\nmax_ttl = \"1h\"\ntime_to_expire = \"2h\"\n", "environments.dev.time_to_expire"),
+            ("[environments.dev]\nprincipals = [\"alice\"]\n", "environments.dev.principals"),
+            ("[connection]\ntrusted_proxies = [\"nope\"]\n", "connection.trusted_proxies"),
+            ("[auth.iam]\nserver_id = \"\"\n", "auth.iam.server_id"),
+            ("[auth.iam]\nserver_id = \"x\"\nsts_endpoint = \"sts.amazonaws.com\"\n", "auth.iam.sts_endpoint"),
+            ("[environments.dev]\n[[environments.dev.targets]]\nregion = \"r\"\ngroup_ids = [\"sg-1\"]\nrole_arn = \"x\"\n", "environments.dev.targets[0].role_arn"),
+        ] {
+            assert_eq!(load(text, &[]).unwrap_err().key, key, "{text}");
+        }
     }
 
     #[test]

@@ -4,18 +4,21 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Extension, FromRequest, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use portcullis_core::{Cidr, Description, Environment, GrantKey, Interface, Source, Ttl, ValidationError};
-use portcullis_engine::{AddRequest, Engine, EngineError, Requester};
+use portcullis_aws::iam::IamVerifier;
+use portcullis_core::{Cidr, Description, Environment, GrantKey, Source, Ttl, ValidationError};
+use portcullis_engine::{AddRequest, Engine, EngineError};
 use portcullis_slack::SigningSecret;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::auth::{AuthError, Authenticator, Principal};
+use crate::config::{Config, ConnectionConfig};
+use crate::ratelimit::RateLimiter;
 use crate::slack::SlackEndpoint;
 use crate::wiring;
 
@@ -30,24 +33,37 @@ pub enum ServeError {
     Failed(String),
 }
 
-/// A `/v1` error: `{"error": {"code": "...", "message": "..."}}`.
+/// A `/v1` (and `/connection`) error: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<i64>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), retry_after: None }
+    }
+
+    fn retry_after(mut self, seconds: i64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 
@@ -95,21 +111,80 @@ pub struct App {
     pub default_environment: Environment,
     /// `None` when no signing secret is configured: `/slack/commands` then answers 503.
     pub slack: Option<Arc<SlackEndpoint>>,
+    pub auth: Authenticator,
+    pub connection: ConnectionConfig,
+    /// Mutating `/connection` and `/v1` requests per principal.
+    pub limiter: RateLimiter,
+}
+
+impl App {
+    pub fn new(engine: Arc<Engine>, config: &Config, slack: Option<Arc<SlackEndpoint>>) -> App {
+        let iam = config.iam.as_ref().map(|i| IamVerifier::new(&i.sts_endpoint, &i.server_id, i.max_skew));
+        App {
+            auth: Authenticator::new(engine.store().clone(), engine.clock().clone(), iam),
+            default_environment: config.default_environment.clone(),
+            connection: config.connection.clone(),
+            limiter: RateLimiter::new(config.connection.rate_limit_per_minute),
+            engine,
+            slack,
+        }
+    }
+
+    /// Authenticates a request and, for a mutating one, counts it against the principal's
+    /// rate limit.
+    pub(crate) async fn principal(&self, headers: &HeaderMap, mutating: bool) -> Result<Principal, ApiError> {
+        let principal = self.auth.authenticate(headers).await.map_err(|e| match e {
+            AuthError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", m),
+            other => {
+                tracing::warn!(error = %other, "request not authenticated");
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", other.to_string())
+            }
+        })?;
+        if mutating && let Err(wait) = self.limiter.check(principal.id(), self.engine.clock().now()) {
+            tracing::warn!(principal = %principal.id(), "rate-limited");
+            let secs = wait.whole_seconds().max(1);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("at most {} changes a minute; try again in {secs} s", self.limiter.per_minute()),
+            )
+            .retry_after(secs));
+        }
+        Ok(principal)
+    }
 }
 
 type AppState = Arc<App>;
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+    let v1 = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/grants", get(list_grants).post(add_grant))
         .route("/v1/grants/{env}/{*cidr}", delete(remove_grant))
         .route("/v1/audit", get(audit))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(v1)
+        .route("/connection", post(crate::connection::open).delete(crate::connection::close))
         .route("/slack/commands", post(crate::slack::command))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
+}
+
+/// `/v1` is for admin tokens only; the principal goes to the handler as an extension.
+async fn require_admin(State(app): State<AppState>, mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mutating = !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    let principal = match app.principal(request.headers(), mutating).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if !principal.is_admin() {
+        return ApiError::new(StatusCode::FORBIDDEN, "not_admin", "the /v1 API needs an admin token").into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
 }
 
 async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
@@ -129,7 +204,7 @@ struct ListQuery {
     all: bool,
 }
 
-fn environment(app: &App, name: Option<&str>) -> Result<Environment, ApiError> {
+pub(crate) fn environment(app: &App, name: Option<&str>) -> Result<Environment, ApiError> {
     let env = match name {
         Some(name) => Environment::parse(name)?,
         None => app.default_environment.clone(),
@@ -161,25 +236,18 @@ struct AddBody {
     ttl: Option<String>,
     #[serde(default)]
     description: String,
-    /// The acting user, until the API has authentication.
-    #[serde(rename = "as")]
-    as_user: Option<String>,
 }
 
-fn api_requester(name: Option<String>) -> Result<Requester, ApiError> {
-    let name = name.unwrap_or_else(|| "api".into());
-    if name.trim().is_empty() || name.chars().any(char::is_control) || name.chars().count() > 100 {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "\"as\" must be a user name"));
-    }
-    Ok(Requester::named(name.trim(), Interface::Http))
-}
-
-async fn add_grant(State(app): State<AppState>, ApiJson(body): ApiJson<AddBody>) -> Result<Response, ApiError> {
+async fn add_grant(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(body): ApiJson<AddBody>,
+) -> Result<Response, ApiError> {
     let cidr = Cidr::parse(&body.cidr)?;
     let ttl = body.ttl.as_deref().map(Ttl::parse).transpose()?;
     let description = Description::parse(&body.description)?;
     let environment = environment(&app, body.env.as_deref())?;
-    let by = api_requester(body.as_user)?;
+    let by = principal.requester();
     let outcome = app.engine.add(AddRequest { cidr, environment, ttl, description, source: Source::Manual, by }).await?;
     let status = if outcome.refreshed { StatusCode::OK } else { StatusCode::CREATED };
     let failures = outcome.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default();
@@ -187,19 +255,13 @@ async fn add_grant(State(app): State<AppState>, ApiJson(body): ApiJson<AddBody>)
     Ok((status, Json(body)).into_response())
 }
 
-#[derive(Deserialize)]
-struct RemoveQuery {
-    #[serde(rename = "as")]
-    as_user: Option<String>,
-}
-
 async fn remove_grant(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((env, cidr)): Path<(String, String)>,
-    Query(q): Query<RemoveQuery>,
 ) -> Result<Response, ApiError> {
     let key = GrantKey { cidr: Cidr::parse(&cidr)?, environment: environment(&app, Some(&env))? };
-    let by = api_requester(q.as_user)?;
+    let by = principal.requester();
     let outcome = app.engine.remove(&key, &by).await?;
     let failures = outcome.report.failure_messages();
     Ok(Json(serde_json::json!({"grant": outcome.grant, "failures": failures, "report": outcome.report})).into_response())
@@ -221,12 +283,6 @@ async fn audit(State(app): State<AppState>, Query(q): Query<AuditQuery>) -> Resu
 /// Serves until SIGTERM or Ctrl-C, then stops taking requests, lets the loops finish the work
 /// in hand, and returns.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    if !config.listen.ip().is_loopback() {
-        return Err(ServeError::Refused(format!(
-            "refusing to listen on {}: the HTTP API has no authentication yet, so serve listens on loopback addresses only",
-            config.listen
-        )));
-    }
     let (engine, tail) = wiring::replica(&config).await.map_err(|e| ServeError::Failed(e.to_string()))?;
     let engine = Arc::new(engine);
     let slack = slack_endpoint(&config).await?;
@@ -271,12 +327,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
     });
     let mut stop_for_http = stop_rx.clone();
-    let app = Arc::new(App {
-        engine: engine.clone(),
-        default_environment: config.default_environment.clone(),
-        slack: slack.clone(),
-    });
-    let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
+    let app = Arc::new(App::new(engine.clone(), &config, slack.clone()));
+    let server = axum::serve(listener, router(app).into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(async move {
         let _ = stop_for_http.wait_for(|stop| *stop).await;
     });
     let signals = async {
@@ -348,7 +400,7 @@ pub async fn build_slack_endpoint(config: &Config) -> Result<Option<SlackEndpoin
     }))
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
     tokio::select! {

@@ -296,7 +296,7 @@ pub async fn handle_http(app: Arc<App>, request: ApiGatewayV2httpRequest) -> Api
     use base64::Engine as _;
     let mut response = ApiGatewayV2httpResponse::default();
     let path = request.raw_path.clone().unwrap_or_else(|| "/".into());
-    let allowed = path == "/healthz" || path.starts_with("/slack/");
+    let allowed = path == "/healthz" || path == "/connection" || path.starts_with("/slack/") || path.starts_with("/v1/");
     let body = match (&request.body, request.is_base64_encoded) {
         (Some(b), true) => base64::engine::general_purpose::STANDARD.decode(b).unwrap_or_default(),
         (Some(b), false) => b.clone().into_bytes(),
@@ -316,7 +316,7 @@ pub async fn handle_http(app: Arc<App>, request: ApiGatewayV2httpRequest) -> Api
     for (name, value) in request.headers.iter() {
         builder = builder.header(name, value);
     }
-    let http_request = match builder.body(axum::body::Body::from(body)) {
+    let mut http_request = match builder.body(axum::body::Body::from(body)) {
         Ok(r) => r,
         Err(e) => {
             response.status_code = 400;
@@ -324,6 +324,10 @@ pub async fn handle_http(app: Arc<App>, request: ApiGatewayV2httpRequest) -> Api
             return response;
         }
     };
+    // The caller's address as API Gateway saw it (it handles forwarding itself).
+    let source = request.request_context.http.source_ip.as_deref().and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+    let source = source.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    http_request.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::new(source, 0)));
     let answer = match router(app).oneshot(http_request).await {
         Ok(a) => a,
         Err(never) => match never {},

@@ -4,10 +4,14 @@
 //! router, wiring and CLI the binary runs. `main.rs` stays small: parse arguments, run, map
 //! errors to exit codes (0 ok, 1 operational error, 2 usage or validation error).
 
+pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod http;
 pub mod lambda;
+pub mod open;
+pub mod ratelimit;
 pub mod replica;
 pub mod slack;
 pub mod wiring;

@@ -5,7 +5,6 @@
 //! with a message. Reads answer at once; changes are acknowledged at once and their outcome is
 //! posted to the request's `response_url`, so Slack's 3-second limit always holds.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -22,37 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::config::SlackConfig;
 use crate::http::App;
-
-/// Per-user limit on mutating commands, over a sliding minute.
-pub struct RateLimiter {
-    per_minute: usize,
-    hits: Mutex<HashMap<String, VecDeque<Timestamp>>>,
-}
-
-impl RateLimiter {
-    pub fn new(per_minute: u32) -> RateLimiter {
-        RateLimiter { per_minute: per_minute as usize, hits: Mutex::new(HashMap::new()) }
-    }
-
-    /// Counts one action by `user` at `now`, or says how long until one is allowed.
-    pub fn check(&self, user: &str, now: Timestamp) -> Result<(), time::Duration> {
-        let window = time::Duration::minutes(1);
-        let mut hits = self.hits.lock().expect("rate limiter mutex poisoned");
-        if hits.len() > 10_000 {
-            hits.retain(|_, h| h.back().is_some_and(|t| now - *t < window));
-        }
-        let user_hits = hits.entry(user.to_string()).or_default();
-        while user_hits.front().is_some_and(|t| now - *t >= window) {
-            user_hits.pop_front();
-        }
-        if user_hits.len() >= self.per_minute {
-            let oldest = *user_hits.front().expect("full means non-empty");
-            return Err(oldest + window - now);
-        }
-        user_hits.push_back(now);
-        Ok(())
-    }
-}
+use crate::ratelimit::RateLimiter;
 
 /// Reads the signing secret again (it may have been rotated in Secrets Manager).
 #[async_trait::async_trait]
@@ -235,7 +204,7 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
         tracing::warn!(user = %by.owner.id, "Slack command rate-limited");
         return Reply::refused(&format!(
             "you have made {} changes in the last minute, the most allowed; try again in {} s",
-            slack.limiter.per_minute,
+            slack.limiter.per_minute(),
             wait.whole_seconds().max(1)
         ));
     }
@@ -305,18 +274,6 @@ fn failure(err: &EngineError) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limit_slides_over_a_minute() {
-        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
-        let limiter = RateLimiter::new(3);
-        for i in 0..3 {
-            limiter.check("U1", t0 + time::Duration::seconds(i)).unwrap();
-        }
-        assert_eq!(limiter.check("U1", t0 + time::Duration::seconds(10)), Err(time::Duration::seconds(50)));
-        assert!(limiter.check("U2", t0).is_ok(), "per user");
-        assert!(limiter.check("U1", t0 + time::Duration::seconds(60)).is_ok());
-    }
 
     #[test]
     fn user_ids() {

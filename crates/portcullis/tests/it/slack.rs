@@ -59,7 +59,7 @@ impl SlackServer {
         let store = wiring::open_store(config).await.unwrap();
         let engine = Arc::new(wiring::engine_with(config, store, firewall, clock.clone(), notifier));
         let slack = slack_endpoint(config).await.unwrap();
-        let app = Arc::new(App { engine: engine.clone(), default_environment: config.default_environment.clone(), slack });
+        let app = Arc::new(App::new(engine.clone(), &config, slack));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router(app)).await.unwrap() });
