@@ -93,10 +93,11 @@ impl Policy {
 
     /// Whether anyone identified may act here, or only listed users and group members.
     pub fn is_restricted(&self) -> bool {
-        self.allowed_users.is_some() || !self.allowed_groups.is_empty() || !self.allowed_principals.is_empty()
+        self.allowed_users.is_some() || !self.allowed_groups.is_empty()
     }
 
-    /// Whether an authenticated IAM principal is listed here (IAM admits listed principals only).
+    /// Whether an authenticated IAM principal is listed here. IAM admits listed principals only,
+    /// so `principals` never restricts the other interfaces' users (that is `users`' job).
     pub fn admits_principal(&self, arn: &str) -> bool {
         self.allowed_principals.iter().any(|p| p.matches(arn))
     }
@@ -163,9 +164,11 @@ mod tests {
     fn principals() {
         let arn = "arn:aws:iam::123456789012:user/alice";
         let p = Policy { allowed_principals: vec![PrincipalPattern::parse("arn:aws:iam::123456789012:user/*").unwrap()], ..Policy::default() };
-        assert!(p.is_restricted());
+        assert!(!p.is_restricted(), "principals concern IAM only");
         assert!(p.admits_principal(arn));
         assert!(p.check_actor(&dev(), arn, "alice", &[]).is_ok());
+        let p = Policy { allowed_users: Some(["ci".to_string()].into()), ..p };
+        assert!(p.check_actor(&dev(), arn, "alice", &[]).is_ok(), "a listed principal where users are listed too");
         assert!(p.check_actor(&dev(), "alice", "alice", &[]).is_err(), "a token user is not an IAM principal");
         assert!(!p.admits_principal("arn:aws:iam::999999999999:user/alice"));
         assert!(!Policy::default().admits_principal(arn), "IAM needs a listed principal even where anyone may act");

@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod connection;
 mod dynamo;
 mod engine;
 mod lambda;
