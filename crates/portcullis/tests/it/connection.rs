@@ -53,6 +53,7 @@ struct Conn {
     engine: Arc<Engine>,
     clock: Arc<ManualClock>,
     store: Arc<dyn Store>,
+    app: Arc<App>,
     _dir: tempfile::TempDir,
 }
 
@@ -68,12 +69,13 @@ impl Conn {
         let firewall = Arc::new(Ec2Firewall::new(&sdk_config().await));
         let engine = Arc::new(wiring::engine_with(&config, store.clone(), firewall, clock.clone(), wiring::notifier(&config)));
         let app = Arc::new(App::new(engine.clone(), &config, None));
+        let served = app.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
-            axum::serve(listener, router(app).into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap()
+            axum::serve(listener, router(served).into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap()
         });
-        Conn { base, engine, clock, store, _dir: dir }
+        Conn { base, engine, clock, store, app, _dir: dir }
     }
 
     /// Stores a token and returns its secret.
@@ -419,4 +421,41 @@ async fn portcullis_open_opens_renews_and_closes() {
     let out = w.command(&["open", "--server", &format!("http://{closed}"), "--once"]).env("PORTCULLIS_TOKEN", &secret).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"), "{}", text(&out));
+}
+
+/// An API Gateway HTTP API (payload 2.0) request, as Lambda delivers it.
+fn api_gateway(method: &str, token: &str, source_ip: &str) -> aws_lambda_events::apigw::ApiGatewayV2httpRequest {
+    serde_json::from_value(serde_json::json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/connection",
+        "rawQueryString": "env=dev",
+        "headers": {"authorization": format!("Bearer {token}"), "x-forwarded-for": "192.0.2.1"},
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "api", "domainName": "x.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "x", "requestId": "r1", "routeKey": "$default", "stage": "$default",
+            "time": "23/Nov/2026:12:00:00 +0000", "timeEpoch": 1795435200000u64,
+            "http": {"method": method, "path": "/connection", "protocol": "HTTP/1.1", "sourceIp": source_ip, "userAgent": "test"}
+        },
+        "isBase64Encoded": false
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn lambda_mode_takes_the_address_from_the_request_context() {
+    let east = group_in(REGION).await;
+    let c = Conn::start(&format!(
+        "default_environment = \"dev\"\n[environments.dev]\n[[environments.dev.targets]]\nregion = \"{REGION}\"\ngroup_ids = [\"{east}\"]\nports = \"tcp:443\"\n"
+    ))
+    .await;
+    let (secret, _) = c.token("ci", Role::SelfService, &[], None).await;
+    let answer = portcullis::lambda::handle_http(c.app.clone(), api_gateway("POST", &secret, "203.0.113.77")).await;
+    assert_eq!(answer.status_code, 201, "{:?}", answer.body);
+    assert_eq!(keys_in(REGION, &east).await, [("203.0.113.77/32".to_string(), 443)], "sourceIp, not X-Forwarded-For");
+    let answer = portcullis::lambda::handle_http(c.app.clone(), api_gateway("DELETE", &secret, "203.0.113.77")).await;
+    assert_eq!(answer.status_code, 200, "{:?}", answer.body);
+    assert!(keys_in(REGION, &east).await.is_empty());
+    let answer = portcullis::lambda::handle_http(c.app.clone(), api_gateway("POST", "pct_wrong", "203.0.113.77")).await;
+    assert_eq!(answer.status_code, 401);
 }

@@ -503,3 +503,30 @@ async fn two_replicas_share_one_table_and_one_sweeper() {
     advance_until(&clock, "the new leader's expiry", || recorder.texts().iter().filter(|t| t.starts_with(":hourglass:")).count() == 2).await;
     assert!(d.w.rules(&group).await.is_empty());
 }
+
+#[tokio::test]
+async fn tokens_live_in_our_table_and_revocation_is_audited() {
+    let d = DynamoWorld::new().await;
+    d.init();
+    let out = d.cli(&["token", "create", "--user", "ci", "--env", "dev", "--expires", "90d"]);
+    assert!(out.status.success(), "{}", crate::support::text(&out));
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(secret.starts_with("pct_"));
+    let out = d.cli(&["token", "list", "--json"]);
+    let tokens: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tokens[0]["user"], "ci");
+    assert_eq!(tokens[0]["role"], "self-service");
+    assert_eq!(tokens[0]["environments"], serde_json::json!(["dev"]));
+    assert!(tokens[0]["revoked_at"].is_null() && tokens[0]["expires_at"].is_string());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&secret[4..]), "the secret is never shown again");
+    let id = tokens[0]["id"].as_str().unwrap().to_string();
+    let out = d.cli(&["token", "revoke", &id]);
+    assert!(out.status.success(), "{}", crate::support::text(&out));
+    let out = d.cli(&["token", "revoke", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let tokens: Value = serde_json::from_slice(&d.cli(&["token", "list", "--json"]).stdout).unwrap();
+    assert!(tokens[0]["revoked_at"].is_string());
+    let audit: Value = serde_json::from_slice(&d.cli(&["audit", "--json"]).stdout).unwrap();
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"token-created") && actions.contains(&"token-revoked"), "{actions:?}");
+}

@@ -35,10 +35,10 @@ async fn created_private_and_migrated_once() {
     let path = dir.path().join("p.db");
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(store.schema_version().unwrap(), 4);
     drop(store);
     let again = SqliteStore::open(&path).unwrap();
-    assert_eq!(again.schema_version().unwrap(), 3);
+    assert_eq!(again.schema_version().unwrap(), 4);
     assert!(SqliteStore::open(dir.path().join("missing/dir/p.db")).is_err());
 }
 
@@ -183,10 +183,10 @@ async fn a_store_from_before_the_outbox_is_migrated_in_place() {
     store.upsert(upsert(g, "alice")).await.unwrap();
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE outbox; DROP TABLE leases; DROP TABLE recorded_once; PRAGMA user_version = 1;").unwrap();
+    conn.execute_batch("DROP TABLE outbox; DROP TABLE leases; DROP TABLE recorded_once; DROP TABLE tokens; PRAGMA user_version = 1;").unwrap();
     drop(conn);
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(store.schema_version().unwrap(), 4);
     assert_eq!(store.grants(None).await.unwrap().len(), 1);
     assert_eq!(store.outbox_status().await.unwrap().pending, 0, "old changes are not announced again");
 }
@@ -228,4 +228,37 @@ async fn record_once_records_a_key_once() {
     assert!(!store.record_once(event.clone(), "stream:1").await.unwrap());
     assert!(store.record_once(event, "stream:2").await.unwrap());
     assert_eq!(store.audit(None, 10).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn tokens_by_hash_list_and_revoke_with_audit() {
+    use portcullis_core::{ApiToken, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("p.db")).unwrap();
+    let token = ApiToken {
+        id: "abc123".into(),
+        hash: "f".repeat(64),
+        user: "ci".into(),
+        role: Role::Admin,
+        environments: [portcullis_core::Environment::parse("dev").unwrap()].into(),
+        created_at: T0,
+        expires_at: Some(T0 + Duration::days(1)),
+        revoked_at: None,
+        created_by: "root".into(),
+    };
+    let actor = Actor { name: "root".into(), interface: Interface::Cli };
+    store.create_token(token.clone(), &actor).await.unwrap();
+    assert_eq!(store.token_by_hash(&"f".repeat(64)).await.unwrap(), Some(token.clone()));
+    assert_eq!(store.token_by_hash("nope").await.unwrap(), None);
+    assert!(store.create_token(token.clone(), &actor).await.is_err(), "ids and hashes are unique");
+    let revoked = store.revoke_token("abc123", &actor, T0 + Duration::hours(1)).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(T0 + Duration::hours(1)));
+    let again = store.revoke_token("abc123", &actor, T0 + Duration::hours(2)).await.unwrap().unwrap();
+    assert_eq!(again.revoked_at, Some(T0 + Duration::hours(1)), "revoking twice changes nothing");
+    assert_eq!(store.revoke_token("missing", &actor, T0).await.unwrap(), None);
+    assert_eq!(store.tokens().await.unwrap(), vec![revoked]);
+    let audit = store.audit(None, 10).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["token-revoked", "token-created"]);
+    assert!(!audit[0].reason.contains(&"f".repeat(64)), "the audit never holds the hash");
 }
