@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
 use aws_sdk_ec2::config::{Credentials, Region};
-use portcullis::auth::{new_token, token_hash, token_id};
 use portcullis::config::{Config, Overrides};
 use portcullis::http::{router, App};
 use portcullis::wiring;
 use portcullis_aws::Ec2Firewall;
-use portcullis_core::{ApiToken, Interface, Role, Timestamp};
+use portcullis_core::{Interface, Role, Timestamp};
 use portcullis_engine::SystemClock;
 use portcullis_store::{Actor, SqliteStore, Store};
 
@@ -76,19 +75,8 @@ async fn main() {
 
     let mut tokens = Vec::new();
     for i in 0..CLIENTS {
-        let secret = new_token().unwrap();
-        let hash = token_hash(&secret);
-        let token = ApiToken {
-            id: token_id(&hash),
-            hash,
-            user: format!("client{i}"),
-            role: Role::SelfService,
-            environments: Default::default(),
-            created_at: Timestamp::now_utc(),
-            expires_at: None,
-            revoked_at: None,
-            created_by: "bench".into(),
-        };
+        let (secret, token) =
+            portcullis::auth::issue(&format!("client{i}"), Role::SelfService, Default::default(), Timestamp::now_utc(), None, "bench").unwrap();
         store.create_token(token, &Actor { name: "bench".into(), interface: Interface::Cli }).await.unwrap();
         tokens.push(secret);
     }

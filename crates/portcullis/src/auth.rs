@@ -35,6 +35,31 @@ pub fn token_id(hash: &str) -> String {
     hash[..12].to_string()
 }
 
+/// A new token for `user`: the secret (to show once) and what the store keeps.
+pub fn issue(
+    user: &str,
+    role: Role,
+    environments: std::collections::BTreeSet<Environment>,
+    created_at: portcullis_core::Timestamp,
+    expires_at: Option<portcullis_core::Timestamp>,
+    created_by: &str,
+) -> Result<(String, ApiToken), String> {
+    let secret = new_token()?;
+    let hash = token_hash(&secret);
+    let token = ApiToken {
+        id: token_id(&hash),
+        hash,
+        user: user.to_string(),
+        role,
+        environments,
+        created_at,
+        expires_at,
+        revoked_at: None,
+        created_by: created_by.to_string(),
+    };
+    Ok((secret, token))
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub enum Principal {

@@ -596,7 +596,7 @@ fn token_expiry(text: &str, now: Timestamp) -> Result<Timestamp, CliError> {
 }
 
 async fn token(config: &Config, command: TokenCommand, json: bool) -> Result<ExitCode, CliError> {
-    use portcullis_core::{ApiToken, Role};
+    use portcullis_core::Role;
     use portcullis_store::Actor;
     let store = wiring::open_store(config).await?;
     let failed = |e: portcullis_store::StoreError| CliError::Operational(e.to_string());
@@ -614,19 +614,7 @@ async fn token(config: &Config, command: TokenCommand, json: bool) -> Result<Exi
             let environments = envs.iter().map(|e| environment(config, Some(e.clone()))).collect::<Result<_, _>>()?;
             let expires_at = expires.as_deref().map(|t| token_expiry(t, now)).transpose()?;
             let by = acting_user(as_user)?;
-            let secret = crate::auth::new_token().map_err(CliError::Operational)?;
-            let hash = crate::auth::token_hash(&secret);
-            let token = ApiToken {
-                id: crate::auth::token_id(&hash),
-                hash,
-                user,
-                role,
-                environments,
-                created_at: now,
-                expires_at,
-                revoked_at: None,
-                created_by: by.owner.name.clone(),
-            };
+            let (secret, token) = crate::auth::issue(&user, role, environments, now, expires_at, &by.owner.name).map_err(CliError::Operational)?;
             store.create_token(token.clone(), &Actor { name: by.owner.name, interface: Interface::Cli }).await.map_err(failed)?;
             println!("{secret}");
             eprintln!(

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::config::Region;
-use portcullis::auth::{iam_header, token_hash, token_id};
+use portcullis::auth::iam_header;
 use portcullis::config::{Config, Overrides};
 use portcullis::http::{router, App};
 use portcullis::wiring;
 use portcullis_aws::iam::{sign_with, IamLogin};
 use portcullis_aws::Ec2Firewall;
-use portcullis_core::{ApiToken, Environment, Interface, Role, Timestamp};
+use portcullis_core::{Environment, Interface, Role, Timestamp};
 use portcullis_engine::{Clock, Engine, ManualClock};
 use portcullis_store::{Actor, SqliteStore, Store};
 use serde_json::Value;
@@ -23,17 +23,20 @@ use crate::support::{eventually, sdk_config, text, unique, World, REGION};
 const WEST: &str = "us-west-2";
 const SERVER_ID: &str = "portcullis.test";
 
+async fn ec2_in(region: &str) -> aws_sdk_ec2::Client {
+    let config = aws_sdk_ec2::config::Builder::from(&sdk_config().await).region(Region::new(region.to_string())).build();
+    aws_sdk_ec2::Client::from_conf(config)
+}
+
 /// A security group in `region`.
 async fn group_in(region: &str) -> String {
-    let config = aws_sdk_ec2::config::Builder::from(&sdk_config().await).region(Region::new(region.to_string())).build();
-    let ec2 = aws_sdk_ec2::Client::from_conf(config);
+    let ec2 = ec2_in(region).await;
     ec2.create_security_group().group_name(unique("sg")).description("portcullis test").send().await.unwrap().group_id.unwrap()
 }
 
 /// Rules of a group in `region`, as (cidr, port).
 async fn keys_in(region: &str, group: &str) -> Vec<(String, i32)> {
-    let config = aws_sdk_ec2::config::Builder::from(&sdk_config().await).region(Region::new(region.to_string())).build();
-    let ec2 = aws_sdk_ec2::Client::from_conf(config);
+    let ec2 = ec2_in(region).await;
     let out = ec2.describe_security_groups().group_ids(group).send().await.unwrap();
     let mut keys = Vec::new();
     for sg in out.security_groups() {
@@ -80,20 +83,9 @@ impl Conn {
 
     /// Stores a token and returns its secret.
     async fn token(&self, user: &str, role: Role, envs: &[&str], expires_in: Option<time::Duration>) -> (String, String) {
-        let secret = portcullis::auth::new_token().unwrap();
-        let hash = token_hash(&secret);
         let now = self.clock.now();
-        let token = ApiToken {
-            id: token_id(&hash),
-            hash,
-            user: user.into(),
-            role,
-            environments: envs.iter().map(|e| Environment::parse(e).unwrap()).collect(),
-            created_at: now,
-            expires_at: expires_in.map(|d| now + d),
-            revoked_at: None,
-            created_by: "test".into(),
-        };
+        let envs = envs.iter().map(|e| Environment::parse(e).unwrap()).collect();
+        let (secret, token) = portcullis::auth::issue(user, role, envs, now, expires_in.map(|d| now + d), "test").unwrap();
         self.store.create_token(token.clone(), &Actor { name: "test".into(), interface: Interface::Cli }).await.unwrap();
         (secret, token.id)
     }
