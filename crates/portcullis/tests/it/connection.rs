@@ -451,3 +451,32 @@ async fn lambda_mode_takes_the_address_from_the_request_context() {
     let answer = portcullis::lambda::handle_http(c.app.clone(), api_gateway("POST", "pct_wrong", "203.0.113.77")).await;
     assert_eq!(answer.status_code, 401);
 }
+
+/// EC2 in another account: credentials from assuming `role` (moto files resources under the
+/// role's account).
+async fn ec2_as(role: &str, region: &str) -> aws_sdk_ec2::Client {
+    let base = sdk_config().await;
+    let provider = aws_config::sts::AssumeRoleProvider::builder(role).session_name("test").configure(&base).build().await;
+    let config = aws_sdk_ec2::config::Builder::from(&base).region(Region::new(region.to_string())).credentials_provider(provider).build();
+    aws_sdk_ec2::Client::from_conf(config)
+}
+
+#[tokio::test]
+async fn a_target_in_another_account_is_reached_through_its_role() {
+    let role = "arn:aws:iam::210987654321:role/portcullis";
+    let other = ec2_as(role, WEST).await;
+    let group = other.create_security_group().group_name(unique("sg")).description("other account").send().await.unwrap().group_id.unwrap();
+    let c = Conn::start(&format!(
+        "default_environment = \"dev\"\n[environments.dev]\n[[environments.dev.targets]]\nregion = \"{WEST}\"\ngroup_ids = [\"{group}\"]\nports = \"tcp:443\"\nrole_arn = \"{role}\"\n"
+    ))
+    .await;
+    let (secret, _) = c.token("ci", Role::SelfService, &[], None).await;
+    let (status, body) = c.post(&bearer(&secret)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["targets"][0]["outcome"], "authorized", "{body}");
+    let out = other.describe_security_groups().group_ids(&group).send().await.unwrap();
+    let cidrs: Vec<&str> = out.security_groups()[0].ip_permissions().iter().flat_map(|p| p.ip_ranges()).filter_map(|r| r.cidr_ip()).collect();
+    assert_eq!(cidrs, ["127.0.0.1/32"]);
+    // Without the role the group is not even visible: the rule went through the assumed role.
+    assert!(ec2_in(WEST).await.describe_security_groups().group_ids(&group).send().await.is_err());
+}
