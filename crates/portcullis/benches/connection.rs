@@ -18,17 +18,13 @@ use portcullis_core::{Interface, Role, Timestamp};
 use portcullis_engine::SystemClock;
 use portcullis_store::{Actor, SqliteStore, Store};
 
+#[path = "common/figures.rs"]
+mod figures;
+use figures::{ms, percentile};
+
 const CLIENTS: usize = 50;
 const REFRESHES_PER_CLIENT: usize = 40;
 const REGION: &str = "us-east-1";
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
 
 #[tokio::main]
 async fn main() {

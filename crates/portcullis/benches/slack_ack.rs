@@ -11,16 +11,12 @@ use std::time::{Duration, Instant};
 
 use portcullis_slack::SigningSecret;
 
+#[path = "common/figures.rs"]
+mod figures;
+use figures::{ms, percentile};
+
 const SECRET: &str = "bench-signing-secret";
 const COMMANDS: usize = 200;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
 
 #[tokio::main]
 async fn main() {
