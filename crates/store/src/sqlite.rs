@@ -193,23 +193,22 @@ const GRANT_COLUMNS: &str =
 const TOKEN_COLUMNS: &str = "id, hash, user, role, environments, created_at_ms, expires_at_ms, revoked_at_ms, created_by";
 
 fn token_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiToken, String>> {
-    let role: String = row.get(3)?;
-    let envs: String = row.get(4)?;
-    let environments: Result<_, _> = envs.split(',').filter(|e| !e.is_empty()).map(Environment::parse).collect();
-    let id: String = row.get(0)?;
-    Ok((|| {
-        Ok(ApiToken {
-            hash: row.get(1).map_err(|e| e.to_string())?,
-            user: row.get(2).map_err(|e| e.to_string())?,
-            role: Role::parse(&role).ok_or_else(|| format!("token {id}: unknown role {role:?}"))?,
-            environments: environments.map_err(|e| format!("token {id}: {e}"))?,
-            created_at: from_ms(row.get(5).map_err(|e| e.to_string())?),
-            expires_at: row.get::<_, Option<i64>>(6).map_err(|e| e.to_string())?.map(from_ms),
-            revoked_at: row.get::<_, Option<i64>>(7).map_err(|e| e.to_string())?.map(from_ms),
-            created_by: row.get(8).map_err(|e| e.to_string())?,
-            id: id.clone(),
-        })
-    })())
+    let (id, role, envs): (String, String, String) = (row.get(0)?, row.get(3)?, row.get(4)?);
+    let environments = envs.split(',').filter(|e| !e.is_empty()).map(Environment::parse).collect::<Result<_, _>>();
+    let (Some(role), Ok(environments)) = (Role::parse(&role), environments) else {
+        return Ok(Err(format!("token {id}: unreadable role {role:?} or environments {envs:?}")));
+    };
+    Ok(Ok(ApiToken {
+        hash: row.get(1)?,
+        user: row.get(2)?,
+        role,
+        environments,
+        created_at: from_ms(row.get(5)?),
+        expires_at: row.get::<_, Option<i64>>(6)?.map(from_ms),
+        revoked_at: row.get::<_, Option<i64>>(7)?.map(from_ms),
+        created_by: row.get(8)?,
+        id,
+    }))
 }
 
 fn grant_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Grant, String>> {
@@ -284,11 +283,19 @@ impl SqliteStore {
         StoreError::Corrupt { location: self.path.display().to_string(), message }
     }
 
-    /// Grants matching a `WHERE … ORDER BY …` clause.
-    fn select_tokens(&self, conn: &Connection, clause: &str, args: impl rusqlite::Params) -> Result<Vec<ApiToken>, StoreError> {
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE {clause}");
-        let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
-        let rows = stmt.query_map(args, token_from_row).map_err(|e| self.err(e))?;
+    /// Rows of `table` matching a `WHERE … ORDER BY …` clause, each read by `from_row` (whose
+    /// inner `Err` is a row that does not parse: a corrupt store).
+    fn select<T>(
+        &self,
+        conn: &Connection,
+        columns_and_table: &str,
+        clause: &str,
+        args: impl rusqlite::Params,
+        from_row: fn(&Row<'_>) -> rusqlite::Result<Result<T, String>>,
+    ) -> Result<Vec<T>, StoreError> {
+        let sql = format!("SELECT {columns_and_table} WHERE {clause}");
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt.query_map(args, from_row).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
             out.push(row.map_err(|e| self.err(e))?.map_err(|m| self.corrupt(m))?);
@@ -296,15 +303,13 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// Grants matching a `WHERE … ORDER BY …` clause.
     fn select_grants(&self, conn: &Connection, clause: &str, args: impl rusqlite::Params) -> Result<Vec<Grant>, StoreError> {
-        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE {clause}");
-        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        let rows = stmt.query_map(args, grant_from_row).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row.map_err(|e| self.err(e))?.map_err(|m| self.corrupt(m))?);
-        }
-        Ok(out)
+        self.select(conn, &format!("{GRANT_COLUMNS} FROM grants"), clause, args, grant_from_row)
+    }
+
+    fn select_tokens(&self, conn: &Connection, clause: &str, args: impl rusqlite::Params) -> Result<Vec<ApiToken>, StoreError> {
+        self.select(conn, &format!("{TOKEN_COLUMNS} FROM tokens"), clause, args, token_from_row)
     }
 
     fn get(&self, tx: &Connection, key: &GrantKey) -> Result<Option<Grant>, StoreError> {
