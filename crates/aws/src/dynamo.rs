@@ -849,6 +849,10 @@ impl Store for DynamoStore {
         Err(self.contended())
     }
 
+    async fn grant(&self, key: &GrantKey) -> Result<Option<Grant>, StoreError> {
+        Ok(self.read(key).await?.as_ref().and_then(Read::live_grant).cloned())
+    }
+
     async fn grants(&self, environment: Option<&Environment>) -> Result<Vec<Grant>, StoreError> {
         let mut out: Vec<Grant> = self.scan(environment).await?.iter().filter_map(Read::live_grant).cloned().collect();
         out.sort_by(|a, b| (a.environment.as_str(), a.cidr).cmp(&(b.environment.as_str(), b.cidr)));

@@ -394,7 +394,7 @@ impl Engine {
 
         // A refresh that changes no rule description needs no firewall call: the store is the
         // source of truth for expiry, and the periodic reconcile repairs any drift.
-        let unchanged = self.store.grants(Some(&env)).await?.into_iter().find(|g| g.key() == grant.key()).is_some_and(|g| {
+        let unchanged = self.store.grant(&grant.key()).await?.is_some_and(|g| {
             g.is_live(now) && g.description == grant.description && g.source == grant.source
         });
         if unchanged {

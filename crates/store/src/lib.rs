@@ -193,6 +193,10 @@ pub trait Store: Send + Sync {
     /// Removes a grant, recording who did it; `None` when there was none.
     async fn remove(&self, key: &GrantKey, actor: &Actor, now: Timestamp) -> Result<Option<Grant>, StoreError>;
 
+    /// The stored grant with this key (expired but not yet swept included): one lookup, so a
+    /// refresh costs the same however many grants there are.
+    async fn grant(&self, key: &GrantKey) -> Result<Option<Grant>, StoreError>;
+
     /// Every stored grant (expired ones not yet swept included), in one environment or all.
     async fn grants(&self, environment: Option<&Environment>) -> Result<Vec<Grant>, StoreError>;
 

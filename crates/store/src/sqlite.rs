@@ -451,6 +451,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn grant(&self, key: &GrantKey) -> Result<Option<Grant>, StoreError> {
+        let (this, key) = (self.clone(), key.clone());
+        self.run(move |conn| this.get(conn, &key)).await
+    }
+
     async fn grants(&self, environment: Option<&Environment>) -> Result<Vec<Grant>, StoreError> {
         let (this, env) = (self.clone(), environment.map(|e| e.to_string()));
         self.run(move |conn| {

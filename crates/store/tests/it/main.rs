@@ -54,6 +54,9 @@ async fn refresh_keeps_owner_takes_later_expiry_and_audits_both_users() {
     assert_eq!(second.grant.description.as_str(), "office");
     assert_eq!(second.grant.expires_at, Some(T0 + Duration::days(7)));
     assert_eq!(store.grants(None).await.unwrap().len(), 1);
+    assert_eq!(store.grant(&second.grant.key()).await.unwrap(), Some(second.grant.clone()), "one grant by its key");
+    let other = portcullis_core::GrantKey { cidr: Cidr::parse("198.51.100.8").unwrap(), environment: Environment::parse("dev").unwrap() };
+    assert_eq!(store.grant(&other).await.unwrap(), None);
     let audit = store.audit(None, 10).await.unwrap();
     assert_eq!(audit[0].action, Action::Refreshed);
     assert!(audit[0].reason.contains("bob") && audit[0].reason.contains("alice"), "{}", audit[0].reason);
