@@ -186,8 +186,8 @@ impl IamVerifier {
         &self.server_id
     }
 
-    /// Everything that can be checked without STS; returns the signature.
-    fn check<'a>(&self, login: &'a IamLogin, now: Timestamp) -> Result<&'a str, IamError> {
+    /// Everything that can be checked without STS; returns the parsed signature.
+    fn check<'a>(&self, login: &'a IamLogin, now: Timestamp) -> Result<Authorization<'a>, IamError> {
         if login.method != "POST" {
             return Err(refused(format!("the method must be POST, not {:?}", login.method)));
         }
@@ -227,12 +227,13 @@ impl IamVerifier {
                 return Err(refused(format!("the signed header {name} is missing")));
             }
         }
-        Ok(auth.signature)
+        Ok(auth)
     }
 
     /// Verifies a login: checks it, refuses a replay, and asks STS.
     pub async fn verify(&self, login: &IamLogin, now: Timestamp) -> Result<CallerIdentity, IamError> {
-        let signature = self.check(login, now)?;
+        let auth = self.check(login, now)?;
+        let signature = auth.signature;
         {
             let mut seen = self.seen.lock().expect("replay cache poisoned");
             seen.retain(|_, until| *until > now);
@@ -240,7 +241,6 @@ impl IamVerifier {
                 return Err(refused("this signed request was used before"));
             }
         }
-        let auth = login.headers.get("authorization").and_then(|v| parse_authorization(v)).expect("checked above");
         let mut request = self.http.post(format!("{}/", self.sts_endpoint)).body(login.body.clone());
         // Exactly the signed headers (the client's Host is implied by the URL) and the signature.
         for name in auth.signed_headers.iter().filter(|n| **n != "host").chain(std::iter::once(&"authorization")) {

@@ -11,14 +11,14 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use portcullis_core::{Cidr, Description, Environment, GrantKey, Source, TargetId};
 use portcullis_engine::{AddRequest, ReconcileReport};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::client_address;
+use crate::auth::{client_address, Principal};
 use crate::http::{environment, ApiError, App};
 
 /// The rule description of self-service grants.
@@ -119,7 +119,7 @@ async fn prepare(
     query: EnvQuery,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<(crate::auth::Principal, GrantKey), ApiError> {
+) -> Result<(Principal, GrantKey), ApiError> {
     let principal = app.principal(headers, true).await?;
     let env = environment(app, requested_environment(query, body)?.as_deref())?;
     let address = client_address(peer.ip(), headers, &app.connection.trusted_proxies)
@@ -137,14 +137,24 @@ async fn prepare(
     Ok((principal, key))
 }
 
-pub async fn open(
+/// `POST /connection` opens, `DELETE /connection` closes.
+pub async fn handle(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
     Query(query): Query<EnvQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (principal, key) = prepare(&app, peer, query, &headers, &body).await?;
+    if method == Method::DELETE {
+        close(&app, &principal, key).await
+    } else {
+        open(&app, &principal, key).await
+    }
+}
+
+async fn open(app: &App, principal: &Principal, key: GrantKey) -> Result<Response, ApiError> {
     let ttl = app.engine.policy(&key.environment)?.connection_ttl;
     let request = AddRequest {
         cidr: key.cidr,
@@ -155,7 +165,7 @@ pub async fn open(
         by: principal.requester(),
     };
     let outcome = app.engine.add(request).await?;
-    let targets = targets(&app, &key.environment, outcome.report.as_ref());
+    let targets = targets(app, &key.environment, outcome.report.as_ref());
     let status = status_for(if outcome.refreshed { StatusCode::OK } else { StatusCode::CREATED }, &targets);
     let now = app.engine.clock().now();
     let body = serde_json::json!({
@@ -172,16 +182,9 @@ pub async fn open(
     Ok((status, Json(body)).into_response())
 }
 
-pub async fn close(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(query): Query<EnvQuery>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let (principal, key) = prepare(&app, peer, query, &headers, &body).await?;
+async fn close(app: &App, principal: &Principal, key: GrantKey) -> Result<Response, ApiError> {
     let outcome = app.engine.remove(&key, &principal.requester()).await?;
-    let targets = targets(&app, &key.environment, Some(&outcome.report));
+    let targets = targets(app, &key.environment, Some(&outcome.report));
     let body = serde_json::json!({
         "result": "removed",
         "address": key.cidr,

@@ -166,7 +166,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(v1)
-        .route("/connection", post(crate::connection::open).delete(crate::connection::close))
+        .route("/connection", post(crate::connection::handle).delete(crate::connection::handle))
         .route("/slack/commands", post(crate::slack::command))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -296,17 +296,11 @@ pub async fn handle_http(app: Arc<App>, request: ApiGatewayV2httpRequest) -> Api
     use base64::Engine as _;
     let mut response = ApiGatewayV2httpResponse::default();
     let path = request.raw_path.clone().unwrap_or_else(|| "/".into());
-    let allowed = path == "/healthz" || path == "/connection" || path.starts_with("/slack/") || path.starts_with("/v1/");
     let body = match (&request.body, request.is_base64_encoded) {
         (Some(b), true) => base64::engine::general_purpose::STANDARD.decode(b).unwrap_or_default(),
         (Some(b), false) => b.clone().into_bytes(),
         (None, _) => Vec::new(),
     };
-    if !allowed {
-        response.status_code = 404;
-        response.body = Some(Body::Text(r#"{"error":{"code":"not-found","message":"not served in Lambda mode"}}"#.into()));
-        return response;
-    }
     let method = Method::from_bytes(request.request_context.http.method.as_str().as_bytes()).unwrap_or(Method::GET);
     let uri = match request.raw_query_string.as_deref().filter(|q| !q.is_empty()) {
         Some(q) => format!("{path}?{q}"),
