@@ -19,19 +19,19 @@ pub const IAM_SCHEME: &str = "PortcullisIAM";
 pub const TOKEN_PREFIX: &str = "pct_";
 
 /// A new token: the prefix and 256 random bits.
-pub fn new_token() -> Result<String, String> {
+fn new_token() -> Result<String, String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a token: {e}"))?;
     Ok(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
 }
 
 /// What the store keeps of a token: its SHA-256, in hex.
-pub fn token_hash(token: &str) -> String {
+fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// A token's public id: the start of its hash.
-pub fn token_id(hash: &str) -> String {
+fn token_id(hash: &str) -> String {
     hash[..12].to_string()
 }
 
