@@ -83,6 +83,11 @@ impl ApiToken {
         }
     }
 
+    /// Its environments, comma-separated; `None` when it may act in any.
+    pub fn environment_list(&self) -> Option<String> {
+        (!self.environments.is_empty()).then(|| self.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(","))
+    }
+
     /// Whether the token may act in `env` (the policy decides about the user separately).
     pub fn covers(&self, env: &Environment) -> bool {
         self.environments.is_empty() || self.environments.contains(env)

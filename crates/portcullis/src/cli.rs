@@ -667,11 +667,7 @@ async fn token(config: &Config, command: TokenCommand, json: bool) -> Result<Exi
 }
 
 fn token_envs(t: &portcullis_core::ApiToken) -> String {
-    if t.environments.is_empty() {
-        "any".into()
-    } else {
-        t.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(",")
-    }
+    t.environment_list().unwrap_or_else(|| "any".into())
 }
 
 fn exit_for(report: &ReconcileReport) -> ExitCode {

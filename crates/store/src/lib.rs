@@ -58,11 +58,7 @@ pub fn grant_event(
 /// The audit event of creating or revoking an API token. Its environment is the token's
 /// environments (`*` for any); its reason names the token, never its secret.
 pub fn token_event(at: Timestamp, actor: &Actor, action: portcullis_core::Action, token: &ApiToken) -> AuditEvent {
-    let environment = if token.environments.is_empty() {
-        "*".to_string()
-    } else {
-        token.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(",")
-    };
+    let environment = token.environment_list().unwrap_or_else(|| "*".into());
     let verb = if action == portcullis_core::Action::TokenRevoked { "revoked" } else { "created" };
     AuditEvent {
         id: 0,

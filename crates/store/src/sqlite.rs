@@ -653,7 +653,7 @@ impl Store for SqliteStore {
     async fn create_token(&self, token: ApiToken, actor: &Actor) -> Result<(), StoreError> {
         let (this, actor) = (self.clone(), actor.clone());
         self.write(move |tx| {
-            let envs = token.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(",");
+            let envs = token.environment_list().unwrap_or_default();
             tx.execute(
                 &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
                 params![
