@@ -8,7 +8,7 @@ use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, SecurityGroup};
 use aws_sdk_ec2::Client;
 use portcullis_core::{
-    AppliedRule, Cidr, FamilyCounts, GroupChange, ObservedGroup, ObservedRule, PortRange, Protocol, TargetId,
+    AppliedRule, Cidr, FamilyCounts, GroupId, GroupChange, ObservedGroup, ObservedRule, PortRange, Protocol, TargetId,
     TargetSelector, TargetSpec,
 };
 use portcullis_engine::{Applied, Firewall, FirewallError, Observation, ObserveFailure};
@@ -153,7 +153,7 @@ fn selects(spec: &TargetSpec, sg: &SecurityGroup) -> bool {
         TargetSelector::Discovery { tag_key, tag_value } => {
             sg.tags().iter().any(|t| t.key() == Some(tag_key) && t.value() == Some(tag_value))
         }
-        TargetSelector::Ids(ids) => sg.group_id().is_some_and(|id| ids.iter().any(|i| i == id)),
+        TargetSelector::Ids(ids) => sg.group_id().is_some_and(|id| ids.iter().any(|i| i.as_str() == id)),
     }
 }
 
@@ -170,7 +170,7 @@ async fn describe_region(client: Client, region: String, specs: Vec<(usize, Targ
     let ids: BTreeSet<&str> = specs
         .iter()
         .flat_map(|(_, s)| match &s.selector {
-            TargetSelector::Ids(ids) => ids.iter().map(String::as_str).collect::<Vec<_>>(),
+            TargetSelector::Ids(ids) => ids.iter().map(GroupId::as_str).collect::<Vec<_>>(),
             TargetSelector::Discovery { .. } => vec![],
         })
         .collect();

@@ -31,6 +31,10 @@ pub enum ValidationError {
     GroupFull { group: String, region: String, family: Family, would_hold: usize, quota: usize },
     #[error("invalid port set {input:?}: {reason}; use alb, nlb or a list such as tcp:80,tcp:443,udp:500-501")]
     InvalidPorts { input: String, reason: String },
+    #[error("invalid user name {input:?}: {reason}; use 1-100 printable characters")]
+    InvalidUserName { input: String, reason: String },
+    #[error("invalid security group id {input:?}: use sg- and letters or digits, e.g. sg-0123456789abcdef0")]
+    InvalidGroupId { input: String },
     #[error("no grant for {cidr} in environment {environment}")]
     NoSuchGrant { cidr: String, environment: String },
 }

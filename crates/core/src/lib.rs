@@ -17,6 +17,7 @@ mod policy;
 mod ports;
 mod target;
 mod ttl;
+mod user;
 
 pub use access::{principal_name, ApiToken, PrincipalPattern, Role, TokenState};
 pub use audit::{Action, AuditEvent, Interface};
@@ -30,13 +31,14 @@ pub use marker::Marker;
 pub use plan::{
     counts_after, plan, plan_adoption, AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld,
 };
-pub use policy::{policy_for, Policy};
+pub use policy::{policy_for, Policy, PolicyError, PolicyRules};
 pub use ports::{PortRange, PortSet, Protocol};
 pub use target::{
-    resolve_targets, FamilyCounts, ObservedGroup, ObservedRule, SkippedGroup, Target, TargetId,
+    resolve_targets, FamilyCounts, GroupId, ObservedGroup, ObservedRule, SkippedGroup, Target, TargetId,
     TargetSpec, TargetSelector, ENVIRONMENT_TAG, PORTS_TAG,
 };
 pub use ttl::Ttl;
+pub use user::UserName;
 
 /// A point in time, always UTC.
 pub type Timestamp = time::OffsetDateTime;

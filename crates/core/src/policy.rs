@@ -1,10 +1,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
+use thiserror::Error;
+
 use crate::{Cidr, Environment, Family, PortSet, PrincipalPattern, Ttl, ValidationError};
 
-/// What an environment allows: the rules every grant in it must satisfy.
+/// The knobs of an environment's policy, as configured; [`Policy::new`] checks them. The
+/// defaults are DESIGN.md's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
+pub struct PolicyRules {
     pub max_ttl: Ttl,
     pub max_grants_per_user: usize,
     pub min_prefix_v4: u8,
@@ -25,22 +28,58 @@ pub struct Policy {
     pub connection_ttl: Ttl,
 }
 
-impl Default for Policy {
+impl Default for PolicyRules {
     fn default() -> Self {
-        Policy {
+        PolicyRules {
             max_ttl: Ttl::MAX,
             max_grants_per_user: 25,
             min_prefix_v4: 24,
             min_prefix_v6: 48,
-            allowed_ports: PortSet::new(
-                PortSet::alb().iter().chain(PortSet::nlb().iter()).copied(),
-            ),
+            allowed_ports: PortSet::new(PortSet::alb().iter().chain(PortSet::nlb().iter()).copied()),
             allowed_users: None,
             allowed_groups: BTreeSet::new(),
             allowed_principals: Vec::new(),
             refuse_special_purpose: false,
             connection_ttl: Ttl::CONNECTION_DEFAULT,
         }
+    }
+}
+
+/// Rules that cannot make a policy. [`PolicyError::field`] names the knob.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PolicyError {
+    #[error("must be from 1 to 32")]
+    MinPrefixV4(u8),
+    #[error("must be from 1 to 128")]
+    MinPrefixV6(u8),
+    #[error("must be at least 1")]
+    MaxGrantsPerUser,
+    #[error("{connection_ttl} is longer than max_ttl {max_ttl}")]
+    ConnectionTtlOverMax { connection_ttl: Ttl, max_ttl: Ttl },
+}
+
+impl PolicyError {
+    /// The configuration key of the knob at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            PolicyError::MinPrefixV4(_) => "min_prefix_v4",
+            PolicyError::MinPrefixV6(_) => "min_prefix_v6",
+            PolicyError::MaxGrantsPerUser => "max_grants_per_user",
+            PolicyError::ConnectionTtlOverMax { .. } => "time_to_expire",
+        }
+    }
+}
+
+/// What an environment allows: the rules every grant in it must satisfy. Valid by
+/// construction: only [`Policy::new`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    rules: PolicyRules,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { rules: PolicyRules::default() }
     }
 }
 
@@ -53,6 +92,48 @@ pub fn policy_for<'a>(policies: &'a BTreeMap<Environment, Policy>, env: &Environ
 }
 
 impl Policy {
+    /// A policy from its rules: prefixes within their family's range, at least one grant per
+    /// user, and self-service grants no longer than any grant may be.
+    pub fn new(rules: PolicyRules) -> Result<Policy, PolicyError> {
+        if !(1..=32).contains(&rules.min_prefix_v4) {
+            return Err(PolicyError::MinPrefixV4(rules.min_prefix_v4));
+        }
+        if !(1..=128).contains(&rules.min_prefix_v6) {
+            return Err(PolicyError::MinPrefixV6(rules.min_prefix_v6));
+        }
+        if rules.max_grants_per_user == 0 {
+            return Err(PolicyError::MaxGrantsPerUser);
+        }
+        if rules.connection_ttl > rules.max_ttl {
+            return Err(PolicyError::ConnectionTtlOverMax { connection_ttl: rules.connection_ttl, max_ttl: rules.max_ttl });
+        }
+        Ok(Policy { rules })
+    }
+
+    pub fn rules(&self) -> &PolicyRules {
+        &self.rules
+    }
+
+    pub fn max_ttl(&self) -> Ttl {
+        self.rules.max_ttl
+    }
+
+    pub fn max_grants_per_user(&self) -> usize {
+        self.rules.max_grants_per_user
+    }
+
+    pub fn allowed_ports(&self) -> &PortSet {
+        &self.rules.allowed_ports
+    }
+
+    pub fn allowed_groups(&self) -> &BTreeSet<String> {
+        &self.rules.allowed_groups
+    }
+
+    pub fn connection_ttl(&self) -> Ttl {
+        self.rules.connection_ttl
+    }
+
     /// Refuses the whole internet, prefixes wider than allowed and (if configured)
     /// special-purpose ranges.
     pub fn check_cidr(&self, environment: &Environment, cidr: &Cidr) -> Result<(), ValidationError> {
@@ -60,8 +141,8 @@ impl Policy {
             return Err(ValidationError::WholeInternet { cidr: cidr.to_string() });
         }
         let (min, family) = match cidr.family() {
-            Family::Ipv4 => (self.min_prefix_v4, "IPv4"),
-            Family::Ipv6 => (self.min_prefix_v6, "IPv6"),
+            Family::Ipv4 => (self.rules.min_prefix_v4, "IPv4"),
+            Family::Ipv6 => (self.rules.min_prefix_v6, "IPv6"),
         };
         if cidr.prefix_len() < min {
             return Err(ValidationError::PrefixTooWide {
@@ -71,7 +152,7 @@ impl Policy {
                 min,
             });
         }
-        if self.refuse_special_purpose && cidr.is_special_purpose() {
+        if self.rules.refuse_special_purpose && cidr.is_special_purpose() {
             return Err(ValidationError::SpecialPurpose {
                 cidr: cidr.to_string(),
                 environment: environment.to_string(),
@@ -81,10 +162,10 @@ impl Policy {
     }
 
     pub fn check_ttl(&self, environment: &Environment, ttl: Ttl) -> Result<(), ValidationError> {
-        if ttl > self.max_ttl {
+        if ttl > self.rules.max_ttl {
             return Err(ValidationError::TtlOverMaximum {
                 ttl,
-                max: self.max_ttl,
+                max: self.rules.max_ttl,
                 environment: environment.to_string(),
             });
         }
@@ -93,26 +174,26 @@ impl Policy {
 
     /// Whether anyone identified may act here, or only listed users and group members.
     pub fn is_restricted(&self) -> bool {
-        self.allowed_users.is_some() || !self.allowed_groups.is_empty()
+        self.rules.allowed_users.is_some() || !self.rules.allowed_groups.is_empty()
     }
 
     /// Whether an authenticated IAM principal is listed here. IAM admits listed principals only,
     /// so `principals` never restricts the other interfaces' users (that is `users`' job).
     pub fn admits_principal(&self, arn: &str) -> bool {
-        self.allowed_principals.iter().any(|p| p.matches(arn))
+        self.rules.allowed_principals.iter().any(|p| p.matches(arn))
     }
 
     /// Whether deciding about this user needs their group memberships (which cost a lookup):
     /// only when groups are allowed and the id is not listed outright.
     pub fn needs_groups(&self, id: &str) -> bool {
-        !self.allowed_groups.is_empty() && !self.allowed_users.as_ref().is_some_and(|u| u.contains(id))
+        !self.rules.allowed_groups.is_empty() && !self.rules.allowed_users.as_ref().is_some_and(|u| u.contains(id))
     }
 
     /// Whether a user may act here: by id (never by display name, which users choose
     /// themselves) or by membership of an allowed group.
     pub fn check_actor(&self, environment: &Environment, id: &str, name: &str, groups: &[String]) -> Result<(), ValidationError> {
-        let listed = self.allowed_users.as_ref().is_some_and(|u| u.contains(id)) || self.admits_principal(id);
-        let member = groups.iter().any(|g| self.allowed_groups.contains(g));
+        let listed = self.rules.allowed_users.as_ref().is_some_and(|u| u.contains(id)) || self.admits_principal(id);
+        let member = groups.iter().any(|g| self.rules.allowed_groups.contains(g));
         if !self.is_restricted() || listed || member {
             return Ok(());
         }
@@ -128,6 +209,26 @@ mod tests {
         Environment::parse("dev").unwrap()
     }
 
+    fn policy(rules: PolicyRules) -> Policy {
+        Policy::new(rules).unwrap()
+    }
+
+    #[test]
+    fn new_refuses_what_cannot_hold() {
+        let refused = |rules: PolicyRules| Policy::new(rules).unwrap_err().field();
+        assert_eq!(refused(PolicyRules { min_prefix_v4: 0, ..PolicyRules::default() }), "min_prefix_v4");
+        assert_eq!(refused(PolicyRules { min_prefix_v4: 33, ..PolicyRules::default() }), "min_prefix_v4");
+        assert_eq!(refused(PolicyRules { min_prefix_v6: 129, ..PolicyRules::default() }), "min_prefix_v6");
+        assert_eq!(refused(PolicyRules { max_grants_per_user: 0, ..PolicyRules::default() }), "max_grants_per_user");
+        let short = Ttl::parse("1h").unwrap();
+        assert_eq!(
+            refused(PolicyRules { max_ttl: short, connection_ttl: Ttl::parse("2h").unwrap(), ..PolicyRules::default() }),
+            "time_to_expire"
+        );
+        assert!(Policy::new(PolicyRules { max_ttl: short, connection_ttl: short, ..PolicyRules::default() }).is_ok());
+        assert_eq!(Policy::new(PolicyRules::default()).unwrap(), Policy::default());
+    }
+
     #[test]
     fn defaults() {
         let p = Policy::default();
@@ -140,22 +241,22 @@ mod tests {
         assert!(check("2001:db8::/47").is_err());
         assert!(p.check_ttl(&dev(), Ttl::MAX).is_ok());
         assert!(p.check_actor(&dev(), "U1", "anyone", &[]).is_ok());
-        assert_eq!(p.allowed_ports.to_string(), "tcp:80,tcp:443,tcp:7233");
+        assert_eq!(p.allowed_ports().to_string(), "tcp:80,tcp:443,tcp:7233");
     }
 
     #[test]
     fn listed_users_and_groups_only() {
-        let p = Policy { allowed_users: Some(["U1".to_string()].into()), ..Policy::default() };
+        let p = policy(PolicyRules { allowed_users: Some(["U1".to_string()].into()), ..PolicyRules::default() });
         assert!(p.check_actor(&dev(), "U1", "alice", &[]).is_ok());
         assert!(p.check_actor(&dev(), "U2", "bob", &[]).is_err());
         // A display name is never an identity: anyone can call themselves U1.
         assert!(p.check_actor(&dev(), "U2", "U1", &[]).is_err());
-        let p = Policy { allowed_groups: ["S1".to_string()].into(), ..Policy::default() };
+        let p = policy(PolicyRules { allowed_groups: ["S1".to_string()].into(), ..PolicyRules::default() });
         assert!(p.is_restricted());
         assert!(p.check_actor(&dev(), "U2", "bob", &["S1".into()]).is_ok());
         assert!(p.check_actor(&dev(), "U2", "bob", &["S2".into()]).is_err());
         assert!(p.needs_groups("U2"));
-        let p = Policy { allowed_users: Some(["U1".to_string()].into()), ..p };
+        let p = policy(PolicyRules { allowed_users: Some(["U1".to_string()].into()), ..p.rules().clone() });
         assert!(!p.needs_groups("U1"), "a listed id needs no lookup");
         assert!(!Policy::default().needs_groups("U1"));
     }
@@ -163,11 +264,11 @@ mod tests {
     #[test]
     fn principals() {
         let arn = "arn:aws:iam::123456789012:user/alice";
-        let p = Policy { allowed_principals: vec![PrincipalPattern::parse("arn:aws:iam::123456789012:user/*").unwrap()], ..Policy::default() };
+        let p = policy(PolicyRules { allowed_principals: vec![PrincipalPattern::parse("arn:aws:iam::123456789012:user/*").unwrap()], ..PolicyRules::default() });
         assert!(!p.is_restricted(), "principals concern IAM only");
         assert!(p.admits_principal(arn));
         assert!(p.check_actor(&dev(), arn, "alice", &[]).is_ok());
-        let p = Policy { allowed_users: Some(["ci".to_string()].into()), ..p };
+        let p = policy(PolicyRules { allowed_users: Some(["ci".to_string()].into()), ..p.rules().clone() });
         assert!(p.check_actor(&dev(), arn, "alice", &[]).is_ok(), "a listed principal where users are listed too");
         assert!(p.check_actor(&dev(), "alice", "alice", &[]).is_err(), "a token user is not an IAM principal");
         assert!(!p.admits_principal("arn:aws:iam::999999999999:user/alice"));

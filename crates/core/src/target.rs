@@ -23,13 +23,34 @@ impl fmt::Display for TargetId {
     }
 }
 
+/// A security group's id (`sg-` and letters or digits), checked when it is made.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(String);
+
+impl GroupId {
+    pub fn parse(text: &str) -> Result<GroupId, crate::ValidationError> {
+        let ok = text.strip_prefix("sg-").is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if ok { Ok(GroupId(text.to_string())) } else { Err(crate::ValidationError::InvalidGroupId { input: text.to_string() }) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// How the configuration names the groups of a region.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetSelector {
     /// Every group carrying this tag key and value.
     Discovery { tag_key: String, tag_value: String },
     /// These group ids.
-    Ids(Vec<String>),
+    Ids(Vec<GroupId>),
 }
 
 /// One configured source of targets: groups of one region, for one environment.
@@ -151,11 +172,11 @@ pub fn resolve_targets(
         let ports = match group.tags.get(PORTS_TAG) {
             None => spec.default_ports.clone(),
             Some(tag) => match PortSet::parse(tag) {
-                Ok(ports) if ports.within(&policy.allowed_ports) => ports,
+                Ok(ports) if ports.within(policy.allowed_ports()) => ports,
                 Ok(ports) => {
                     skipped.push(skip(format!(
                         "its {PORTS_TAG} tag names {ports}, outside environment {environment}'s allowed ports {}",
-                        policy.allowed_ports
+                        policy.allowed_ports()
                     )));
                     continue;
                 }
@@ -207,7 +228,7 @@ mod tests {
             },
             TargetSpec {
                 region: "us-east-1".into(),
-                selector: TargetSelector::Ids(vec!["sg-x".into()]),
+                selector: TargetSelector::Ids(vec![GroupId::parse("sg-x").unwrap()]),
                 environment: dev.clone(),
                 default_ports: PortSet::alb(),
                 endpoint_url: None,

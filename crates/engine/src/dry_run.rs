@@ -27,8 +27,8 @@ fn static_groups(specs: &[TargetSpec]) -> Observation {
     for (i, spec) in specs.iter().enumerate() {
         match &spec.selector {
             TargetSelector::Ids(ids) => groups.extend(ids.iter().map(|id| ObservedGroup {
-                id: TargetId { region: spec.region.clone(), group_id: id.clone() },
-                name: id.clone(),
+                id: TargetId { region: spec.region.clone(), group_id: id.to_string() },
+                name: id.to_string(),
                 tags: Default::default(),
                 rules: vec![],
                 counts: FamilyCounts::default(),

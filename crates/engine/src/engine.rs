@@ -423,7 +423,7 @@ impl Engine {
     async fn store_grant(&self, grant: Grant, by: &Requester, policy: &Policy) -> Result<portcullis_store::Upserted, EngineError> {
         let actor = &by.actor();
         let (env, cidr) = (grant.environment.clone(), grant.cidr);
-        let upsert = Upsert { grant, actor: actor.clone(), max_grants_per_user: policy.max_grants_per_user };
+        let upsert = Upsert { grant, actor: actor.clone(), max_grants_per_user: policy.max_grants_per_user() };
         let upserted = match self.store.upsert(upsert).await {
             Ok(u) => u,
             Err(StoreError::Validation(err)) => return Err(self.refuse(err, &env, Some(&cidr), &by.refused_actor()).await),

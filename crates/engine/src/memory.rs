@@ -107,7 +107,7 @@ fn selected(group: &ObservedGroup, spec: &TargetSpec) -> bool {
     group.id.region == spec.region
         && match &spec.selector {
             TargetSelector::Discovery { tag_key, tag_value } => group.tags.get(tag_key) == Some(tag_value),
-            TargetSelector::Ids(ids) => ids.contains(&group.id.group_id),
+            TargetSelector::Ids(ids) => ids.iter().any(|id| id.as_str() == group.id.group_id),
         }
 }
 

@@ -11,7 +11,7 @@ use aws_sdk_ec2::config::{Credentials, Region};
 use aws_sdk_ec2::types::{IpPermission, IpRange, Tag};
 use portcullis_aws::Ec2Firewall;
 use portcullis_core::{
-    plan, Cidr, Description, Environment, FamilyCounts, Grant, Interface, Marker, Owner, PlanInput, Policy, PortSet,
+    plan, Cidr, Description, Environment, FamilyCounts, Grant, Interface, Marker, Owner, PlanInput, Policy, PolicyRules, PortSet,
     RuleQuota, Source, Target, TargetId, TargetSelector, TargetSpec, Timestamp,
 };
 use portcullis_engine::{Cause, Clock, Engine, MemoryFirewall, Scope, Settings, SystemClock};
@@ -38,7 +38,7 @@ fn grant(i: u32, now: Timestamp, expires_at: Timestamp) -> Grant {
 fn settings(specs: Vec<TargetSpec>) -> Settings {
     Settings {
         specs,
-        policies: BTreeMap::from([(dev(), Policy { max_grants_per_user: 100_000, ..Policy::default() })]),
+        policies: BTreeMap::from([(dev(), Policy::new(PolicyRules { max_grants_per_user: 100_000, ..PolicyRules::default() }).expect("a valid policy"))]),
         marker: Marker::default(),
         quota: RuleQuota::default(),
     }

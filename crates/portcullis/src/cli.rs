@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use portcullis_core::{format_utc, time_left, Cidr, Description, Environment, Grant, GrantKey, Interface, Source, Timestamp, Ttl};
+use portcullis_core::{format_utc, time_left, Cidr, Description, Environment, Grant, GrantKey, Interface, Source, Timestamp, Ttl, UserName};
 use portcullis_engine::{AddRequest, Cause, Engine, EngineError, ReconcileReport, Requester, Scope};
 use serde::Serialize;
 
@@ -279,10 +279,7 @@ fn acting_user(as_user: Option<String>) -> Result<Requester, CliError> {
         .or_else(|| std::env::var("LOGNAME").ok())
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| "unknown".into());
-    if name.chars().any(char::is_control) || name.chars().count() > 100 {
-        return Err(CliError::Usage(format!("invalid user name {name:?}")));
-    }
-    Ok(Requester::named(name.trim(), Interface::Cli))
+    Ok(Requester::named(UserName::parse(&name)?.as_str(), Interface::Cli))
 }
 
 /// How long a command waits for its announcements to go out before exiting.
@@ -603,9 +600,9 @@ async fn token(config: &Config, command: TokenCommand, json: bool) -> Result<Exi
     let now = Timestamp::now_utc();
     match command {
         TokenCommand::Create { user, envs, role, expires, as_user } => {
-            let user = user.trim().to_string();
-            if user.is_empty() || user.chars().count() > 100 || user.chars().any(|c| c.is_control() || c == ',') {
-                return Err(CliError::Usage(format!("--user {user:?} must be 1-100 printable characters")));
+            let user = UserName::parse(&user).map_err(|e| CliError::Usage(format!("--user: {e}")))?.into_string();
+            if user.contains(',') {
+                return Err(CliError::Usage(format!("--user {user:?} must not contain a comma")));
             }
             if user.starts_with("arn:") {
                 return Err(CliError::Usage("--user must not be an ARN: IAM principals authenticate with --aws, not tokens".into()));

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use portcullis_core::{Environment, Marker, Policy, PortSet, PrincipalPattern, RuleQuota, TargetSelector, TargetSpec, Ttl};
+use portcullis_core::{Environment, GroupId, Marker, Policy, PolicyRules, PortSet, PrincipalPattern, RuleQuota, TargetSelector, TargetSpec, Ttl};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -317,20 +317,15 @@ impl Config {
                 let selector = match (&t.group_ids, t.discovery) {
                     (Some(_), true) => return Err(error(&tkey, "give either discovery = true or group_ids, not both")),
                     (None, false) => return Err(error(&tkey, "give discovery = true or group_ids")),
-                    (Some(ids), false) => {
-                        for id in ids {
-                            check_group_id(&format!("{tkey}.group_ids"), id)?;
-                        }
-                        TargetSelector::Ids(ids.clone())
-                    }
+                    (Some(ids), false) => TargetSelector::Ids(group_ids(&format!("{tkey}.group_ids"), ids)?),
                     (None, true) => TargetSelector::Discovery { tag_key: tag_key.clone(), tag_value: tag_value.clone() },
                 };
                 let ports = match &t.ports {
                     Some(text) => PortSet::parse(text).map_err(|e| error(format!("{tkey}.ports"), e))?,
                     None => default_ports.clone(),
                 };
-                if !ports.within(&policy.allowed_ports) {
-                    return Err(error(format!("{tkey}.ports"), format!("{ports} is outside allowed_ports {}", policy.allowed_ports)));
+                if !ports.within(policy.allowed_ports()) {
+                    return Err(error(format!("{tkey}.ports"), format!("{ports} is outside allowed_ports {}", policy.allowed_ports())));
                 }
                 if t.region.trim().is_empty() {
                     return Err(error(format!("{tkey}.region"), "is empty"));
@@ -377,10 +372,7 @@ impl Config {
                     let ids: Vec<String> = serde_json::from_str(&json).map_err(|e| {
                         error("MANAGED_SECURITY_GROUP_IDS", format!("must be a JSON array of group ids: {e}"))
                     })?;
-                    for id in &ids {
-                        check_group_id("MANAGED_SECURITY_GROUP_IDS", id)?;
-                    }
-                    ids
+                    group_ids("MANAGED_SECURITY_GROUP_IDS", &ids)?
                 }
             };
             let selector = if discovery {
@@ -565,39 +557,24 @@ fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {
     }
 }
 
-fn check_group_id(key: &str, id: &str) -> Result<(), ConfigError> {
-    let ok = id.strip_prefix("sg-").is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
-    if ok {
-        Ok(())
-    } else {
-        Err(error(key, format!("{id:?} is not a security group id (sg-…)")))
-    }
+fn group_ids(key: &str, ids: &[String]) -> Result<Vec<GroupId>, ConfigError> {
+    ids.iter().map(|id| GroupId::parse(id).map_err(|e| error(key, e))).collect()
 }
 
 fn policy(key: &str, fe: &FileEnvironment) -> Result<Policy, ConfigError> {
-    let defaults = Policy::default();
-    let max_ttl = match &fe.max_ttl {
-        Some(text) => Ttl::parse(text).map_err(|e| error(format!("{key}.max_ttl"), e))?,
-        None => defaults.max_ttl,
-    };
-    let min_prefix_v4 = fe.min_prefix_v4.unwrap_or(defaults.min_prefix_v4);
-    if !(1..=32).contains(&min_prefix_v4) {
-        return Err(error(format!("{key}.min_prefix_v4"), "must be from 1 to 32"));
-    }
-    let min_prefix_v6 = fe.min_prefix_v6.unwrap_or(defaults.min_prefix_v6);
-    if !(1..=128).contains(&min_prefix_v6) {
-        return Err(error(format!("{key}.min_prefix_v6"), "must be from 1 to 128"));
-    }
-    let allowed_ports = match &fe.allowed_ports {
-        Some(text) => PortSet::parse(text).map_err(|e| error(format!("{key}.allowed_ports"), e))?,
-        None => defaults.allowed_ports,
-    };
-    let policy = Policy {
-        max_ttl,
-        max_grants_per_user: positive(&format!("{key}.max_grants_per_user"), fe.max_grants_per_user.unwrap_or(defaults.max_grants_per_user))?,
-        min_prefix_v4,
-        min_prefix_v6,
-        allowed_ports,
+    let defaults = PolicyRules::default();
+    let rules = PolicyRules {
+        max_ttl: match &fe.max_ttl {
+            Some(text) => Ttl::parse(text).map_err(|e| error(format!("{key}.max_ttl"), e))?,
+            None => defaults.max_ttl,
+        },
+        max_grants_per_user: fe.max_grants_per_user.unwrap_or(defaults.max_grants_per_user),
+        min_prefix_v4: fe.min_prefix_v4.unwrap_or(defaults.min_prefix_v4),
+        min_prefix_v6: fe.min_prefix_v6.unwrap_or(defaults.min_prefix_v6),
+        allowed_ports: match &fe.allowed_ports {
+            Some(text) => PortSet::parse(text).map_err(|e| error(format!("{key}.allowed_ports"), e))?,
+            None => defaults.allowed_ports,
+        },
         allowed_users: fe.users.as_ref().map(|u| u.iter().cloned().collect()),
         allowed_groups: fe.user_groups.iter().flatten().cloned().collect(),
         refuse_special_purpose: fe.refuse_special_purpose.unwrap_or(false),
@@ -616,10 +593,7 @@ fn policy(key: &str, fe: &FileEnvironment) -> Result<Policy, ConfigError> {
             }
         },
     };
-    if policy.connection_ttl > policy.max_ttl {
-        return Err(error(format!("{key}.time_to_expire"), format!("{} is longer than max_ttl {}", policy.connection_ttl, policy.max_ttl)));
-    }
-    Ok(policy)
+    Policy::new(rules).map_err(|e| error(format!("{key}.{}", e.field()), e))
 }
 
 #[cfg(test)]
@@ -647,7 +621,7 @@ mod tests {
     fn seed_variables() {
         let c = load("", &[("ENVIRONMENT", "staging"), ("MANAGED_SECURITY_GROUP_IDS", r#"["sg-1", "sg-2"]"#), ("AWS_REGION", "eu-west-1")]).unwrap();
         assert_eq!(c.default_environment.as_str(), "staging");
-        assert_eq!(c.specs[0].selector, TargetSelector::Ids(vec!["sg-1".into(), "sg-2".into()]));
+        assert_eq!(c.specs[0].selector, TargetSelector::Ids(vec![GroupId::parse("sg-1").unwrap(), GroupId::parse("sg-2").unwrap()]));
         // The seed's variables alone never switch AWS on.
         assert_eq!(c.firewall, FirewallKind::DryRun);
         let c = load("", &[("ENABLE_SG_DISCOVERY", "true"), ("SG_DISCOVERY_TAG_KEY", "K"), ("AWS_REGION", "eu-west-1")]).unwrap();
@@ -698,9 +672,9 @@ mod tests {
         assert_eq!(c.specs.len(), 2);
         assert_eq!(c.quota.ipv4, 50);
         let prod = &c.policies[&Environment::parse("prod").unwrap()];
-        assert_eq!(prod.max_ttl.to_string(), "7d");
-        assert!(prod.allowed_users.as_ref().unwrap().contains("alice"));
-        assert!(prod.allowed_groups.contains("S0SRE"));
+        assert_eq!(prod.max_ttl().to_string(), "7d");
+        assert!(prod.rules().allowed_users.as_ref().unwrap().contains("alice"));
+        assert!(prod.allowed_groups().contains("S0SRE"));
         assert_eq!(c.slack.command, "/infra");
         assert_eq!(c.slack.rate_limit_per_minute, 20);
         assert_eq!(c.slack.signing_secret, None);
@@ -728,7 +702,7 @@ mod tests {
         )
         .unwrap();
         let dev = &c.policies[&Environment::parse("dev").unwrap()];
-        assert_eq!(dev.connection_ttl.to_string(), "2m");
+        assert_eq!(dev.connection_ttl().to_string(), "2m");
         assert!(dev.admits_principal("arn:aws:iam::123456789012:user/alice"));
         assert_eq!(c.connection.rate_limit_per_minute, 5);
         assert_eq!(c.connection.trusted_proxies.len(), 1);
@@ -737,7 +711,7 @@ mod tests {
         assert_eq!(c.specs[0].role_arn.as_deref(), Some("arn:aws:iam::210987654321:role/portcullis"));
         // Defaults: 1h, 30 a minute, no proxies, IAM off.
         let c = load("", &[]).unwrap();
-        assert_eq!(c.policies.values().next().unwrap().connection_ttl.to_string(), "1h");
+        assert_eq!(c.policies.values().next().unwrap().connection_ttl().to_string(), "1h");
         assert_eq!(c.connection.rate_limit_per_minute, 30);
         assert!(c.connection.trusted_proxies.is_empty() && c.iam.is_none());
         for (text, key) in [

@@ -155,7 +155,7 @@ pub async fn handle(
 }
 
 async fn open(app: &App, principal: &Principal, key: GrantKey) -> Result<Response, ApiError> {
-    let ttl = app.engine.policy(&key.environment)?.connection_ttl;
+    let ttl = app.engine.policy(&key.environment)?.connection_ttl();
     let request = AddRequest {
         cidr: key.cidr,
         environment: key.environment.clone(),

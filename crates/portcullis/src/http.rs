@@ -388,7 +388,7 @@ pub async fn build_slack_endpoint(config: &Config) -> Result<Option<SlackEndpoin
         Some(token) => Some(wiring::secret_value(token).await.map_err(|e| ServeError::Failed(format!("Slack bot token: {e}")))?),
         None => None,
     };
-    if bot_token.is_none() && config.policies.values().any(|p| !p.allowed_groups.is_empty()) {
+    if bot_token.is_none() && config.policies.values().any(|p| !p.allowed_groups().is_empty()) {
         return Err(ServeError::Refused(
             "user_groups are configured, but checking them needs SLACK_BOT_TOKEN (or SLACK_BOT_TOKEN_SECRET_ARN)".into(),
         ));

@@ -16,7 +16,7 @@ use aws_lambda_events::encodings::Body;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use axum::body::to_bytes;
 use axum::http::{Method, Request};
-use portcullis_core::{Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Ttl, ValidationError};
+use portcullis_core::{Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Ttl, UserName, ValidationError};
 use portcullis_engine::{
     AddRequest, Cause, ChangeKind, Engine, EngineError, Lease, Requester, Scope, StreamChange, StreamRecord,
 };
@@ -127,17 +127,15 @@ pub async fn handle_action(engine: &Engine, default_env: &Environment, event: Ac
     };
     let by = || -> Result<Requester, (Value, u8)> {
         let info = event.user_info.as_ref();
-        let id = info.and_then(|u| u.user_id.clone()).filter(|s| !s.trim().is_empty());
-        let name = info.and_then(|u| u.username.clone()).filter(|s| !s.trim().is_empty());
+        let given = |field: Option<&String>| field.filter(|s| !s.trim().is_empty()).map(|s| UserName::parse(s)).transpose();
+        let id = given(info.and_then(|u| u.user_id.as_ref())).map_err(refused)?;
+        let name = given(info.and_then(|u| u.username.as_ref())).map_err(refused)?;
         let Some(id) = id.or_else(|| name.clone()) else {
             return Err(refused(ValidationError::NotAllowed { user: "(none)".into(), environment: env.to_string() }));
         };
-        if id.chars().chain(name.iter().flat_map(|n| n.chars())).any(char::is_control) || id.len() > 100 {
-            return Err(refused(ValidationError::NotAllowed { user: id, environment: env.to_string() }));
-        }
         let owner = Owner {
-            name: name.unwrap_or_else(|| id.clone()),
-            id,
+            name: name.unwrap_or_else(|| id.clone()).into_string(),
+            id: id.into_string(),
             display_name: info.and_then(|u| u.display_name.clone()).unwrap_or_default(),
         };
         Ok(Requester { owner, groups: vec![], interface })

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use portcullis_core::{Environment, GrantKey, Interface, Owner, Source, Timestamp};
+use portcullis_core::{Environment, GrantKey, Interface, Owner, Source, Timestamp, UserName};
 use portcullis_engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope};
 use portcullis_slack::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use portcullis_slack::{parse, usage, Command, Directory, Reply, Responder, SigningSecret};
@@ -164,9 +164,14 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
     if !form.command.eq_ignore_ascii_case(&slack.command) {
         return Reply::mistake(&format!("this app answers {}, not {:?}", slack.command, form.command), &usage);
     }
-    if !valid_user_id(&form.user_id) || form.user_name.chars().any(char::is_control) || form.user_name.chars().count() > 100 {
-        return Reply::refused("the request does not name a Slack user");
-    }
+    let name = match form.user_name.trim() {
+        "" => UserName::parse(&form.user_id),
+        name => UserName::parse(name),
+    };
+    let name = match name {
+        Ok(name) if valid_user_id(&form.user_id) => name.into_string(),
+        _ => return Reply::refused("the request does not name a Slack user"),
+    };
     let command = match parse(&form.text) {
         Ok(Command::Help) => return Reply::help(&usage),
         Ok(command) => command,
@@ -177,7 +182,6 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
         Ok(policy) => policy.clone(),
         Err(err) => return Reply::mistake(&err.to_string(), &usage),
     };
-    let name = if form.user_name.is_empty() { form.user_id.clone() } else { form.user_name.clone() };
     let mut by = Requester {
         owner: Owner { id: form.user_id.clone(), name, display_name: String::new() },
         groups: Vec::new(),
@@ -185,7 +189,7 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
     };
     if policy.needs_groups(&by.owner.id) {
         match &slack.directory {
-            Some(directory) => match directory.groups_of(&by.owner.id, &policy.allowed_groups).await {
+            Some(directory) => match directory.groups_of(&by.owner.id, &policy.allowed_groups()).await {
                 Ok(groups) => by.groups = groups,
                 Err(err) => {
                     tracing::warn!(error = %err, "could not check Slack user-group membership");

@@ -31,7 +31,7 @@ fn settings(w: &World, extra: Vec<TargetSpec>) -> Settings {
     specs.extend(extra);
     Settings {
         specs,
-        policies: BTreeMap::from([(dev(), Policy { max_grants_per_user: 100, ..Policy::default() })]),
+        policies: BTreeMap::from([(dev(), Policy::new(portcullis_core::PolicyRules { max_grants_per_user: 100, ..Default::default() }).unwrap())]),
         marker: Marker::default(),
         quota: RuleQuota::default(),
     }
@@ -147,7 +147,7 @@ async fn a_failing_region_does_not_block_the_others() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let broken = TargetSpec {
         region: "eu-west-1".into(),
-        selector: TargetSelector::Ids(vec!["sg-0123456789abcdef0".into()]),
+        selector: TargetSelector::Ids(vec![portcullis_core::GroupId::parse("sg-0123456789abcdef0").unwrap()]),
         environment: dev(),
         default_ports: PortSet::alb(),
         endpoint_url: Some(format!("http://{closed}")),
