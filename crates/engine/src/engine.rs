@@ -2,16 +2,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use portcullis_core::{
-    plan, plan_adoption, policy_for, resolve_targets, Action, AuditEvent, Cidr, Description, Environment, Foreign, Grant, GrantKey,
-    GroupChange, Interface, Marker, Overflow, Owner, Plan, PlanInput, Policy, PortSet, RuleQuota, SkippedGroup, Source,
-    Target, TargetId, TargetSelector, TargetSpec, Timestamp, Ttl, ValidationError, Withheld,
+    plan, plan_adoption, policy_for, resolve_targets, Action, AuditEvent, Cidr, Description, Environment, Grant, GrantKey,
+    GroupChange, Interface, Marker, Owner, Plan, PlanInput, Policy, PortSet, RuleQuota, SkippedGroup, Source,
+    Target, TargetId, TargetSelector, TargetSpec, Timestamp, Ttl, ValidationError,
 };
 use portcullis_store::{Actor, Store, StoreError, Upsert};
 use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
-use crate::{Applied, Clock, Firewall, Lease, ObserveFailure, Outbox};
+use crate::report::{AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome, SweepReport};
+use crate::{Clock, Firewall, Lease, ObserveFailure, Outbox};
 
 /// What the engine is configured with.
 #[derive(Debug, Clone)]
@@ -37,7 +38,7 @@ impl Scope {
         }
     }
 
-    fn environment(&self) -> Option<&Environment> {
+    pub(crate) fn environment(&self) -> Option<&Environment> {
         match self {
             Scope::All => None,
             Scope::Environment(e) => Some(e),
@@ -71,7 +72,7 @@ impl Requester {
         Requester { owner: Owner::named(name), groups: Vec::new(), interface }
     }
 
-    fn actor(&self) -> Actor {
+    pub(crate) fn actor(&self) -> Actor {
         Actor { name: self.owner.name.clone(), interface: self.interface }
     }
 
@@ -113,130 +114,6 @@ impl From<StoreError> for EngineError {
     }
 }
 
-/// One group's result in a reconcile.
-#[derive(Debug, Clone, Serialize)]
-pub struct GroupOutcome {
-    pub target: TargetId,
-    pub environment: Environment,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub applied: Option<Applied>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// What a reconcile saw, decided and did.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReconcileReport {
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: Timestamp,
-    pub cause: Cause,
-    pub targets: usize,
-    pub authorized: usize,
-    pub revoked: usize,
-    pub updated: usize,
-    pub unchanged: usize,
-    /// Rules on managed groups that are not ours: reported, never touched.
-    pub unowned_left_alone: usize,
-    pub changes: Vec<GroupChange>,
-    pub outcomes: Vec<GroupOutcome>,
-    pub observe_failures: Vec<ObserveFailure>,
-    pub skipped: Vec<SkippedGroup>,
-    pub withheld: Vec<Withheld>,
-    pub overflows: Vec<Overflow>,
-    pub unowned: Vec<Foreign>,
-}
-
-impl ReconcileReport {
-    /// True when some group or region could not be brought to the desired state.
-    pub fn failed(&self) -> bool {
-        !self.observe_failures.is_empty() || self.outcomes.iter().any(|o| o.error.is_some()) || !self.overflows.is_empty()
-    }
-
-    /// One line per failure, naming the group or region.
-    pub fn failure_messages(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .observe_failures
-            .iter()
-            .map(|f| match &f.group_id {
-                Some(g) => format!("{g} ({}): {}", f.region, f.error),
-                None => format!("region {}: {}", f.region, f.error),
-            })
-            .collect();
-        out.extend(self.outcomes.iter().filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.target))));
-        out.extend(self.overflows.iter().map(|o| {
-            format!("{}: would hold {} {} rules, over its quota of {}", o.target, o.would_hold, o.family, o.quota)
-        }));
-        out
-    }
-}
-
-/// What `add` did.
-#[derive(Debug, Clone, Serialize)]
-pub struct AddOutcome {
-    pub grant: Grant,
-    pub refreshed: bool,
-    /// `None` when the firewall needed no call (a refresh that changes no rule).
-    pub report: Option<ReconcileReport>,
-}
-
-/// What `remove` did.
-#[derive(Debug, Clone, Serialize)]
-pub struct RemoveOutcome {
-    pub grant: Grant,
-    pub report: ReconcileReport,
-}
-
-/// What one sweep did.
-#[derive(Debug, Clone, Serialize)]
-pub struct SweepReport {
-    pub expired: Vec<Grant>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reconcile: Option<ReconcileReport>,
-}
-
-/// What `adopt` found and did.
-#[derive(Debug, Clone, Serialize)]
-pub struct AdoptReport {
-    /// The rules taken over (or, in a dry run, that would be), as description updates.
-    pub changes: Vec<GroupChange>,
-    pub dry_run: bool,
-    pub outcomes: Vec<GroupOutcome>,
-    pub observe_failures: Vec<ObserveFailure>,
-}
-
-impl AdoptReport {
-    pub fn rules(&self) -> usize {
-        self.changes.iter().map(|c| c.update_descriptions.len()).sum()
-    }
-
-    pub fn failed(&self) -> bool {
-        !self.observe_failures.is_empty() || self.outcomes.iter().any(|o| o.error.is_some())
-    }
-}
-
-/// The last reconcile, for `/v1/status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_reconcile: Option<ReconcileSummary>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub next_expiry: Option<Timestamp>,
-    /// Grants past their expiry that are still stored (the sweeper has not caught up).
-    pub overdue: Vec<Grant>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ReconcileSummary {
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: Timestamp,
-    pub cause: Cause,
-    pub ok: bool,
-    pub authorized: usize,
-    pub revoked: usize,
-    pub updated: usize,
-    pub failures: Vec<String>,
-}
-
 /// The targets one observation resolved to.
 struct Observed {
     failures: Vec<ObserveFailure>,
@@ -251,7 +128,7 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     settings: Settings,
     wake_sweeper: Notify,
-    last_reconcile: Mutex<Option<ReconcileSummary>>,
+    pub(crate) last_reconcile: Mutex<Option<ReconcileSummary>>,
     outbox: Option<Arc<Outbox>>,
     lease: Option<Arc<Lease>>,
     /// The groups each environment was last seen to have, with their ports, so an answer that
@@ -309,7 +186,8 @@ impl Engine {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    /// The store, for the engine's own modules: interfaces ask the engine, never the store.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
@@ -763,14 +641,5 @@ impl Engine {
             }
         }
         Ok(AdoptReport { changes, dry_run, outcomes, observe_failures: observed.failures })
-    }
-
-    pub async fn status(&self) -> Result<Status, EngineError> {
-        let now = self.clock.now();
-        let grants = self.store.grants(None).await?;
-        let next_expiry = grants.iter().filter_map(|g| g.expires_at).min();
-        let overdue = grants.into_iter().filter(|g| !g.is_live(now)).collect();
-        let last_reconcile = self.last_reconcile.lock().expect("status mutex poisoned").clone();
-        Ok(Status { last_reconcile, next_expiry, overdue })
     }
 }

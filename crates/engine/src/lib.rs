@@ -11,6 +11,8 @@ mod engine;
 mod lease;
 mod memory;
 mod outbox;
+mod queries;
+mod report;
 mod stream;
 
 use async_trait::async_trait;
@@ -20,9 +22,10 @@ use thiserror::Error;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dry_run::DryRunFirewall;
-pub use engine::{
-    AddOutcome, AddRequest, Cause, Engine, EngineError, GroupOutcome, ReconcileReport, RemoveOutcome, Requester,
-    Scope, Settings, Status, SweepReport, AdoptReport,
+pub use engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope, Settings};
+pub use queries::AuditQuery;
+pub use report::{
+    AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome, Status, SweepReport,
 };
 pub use lease::{Lease, SWEEPER_LEASE};
 pub use stream::{ChangeKind, StreamChange, StreamOutcome, StreamRecord};

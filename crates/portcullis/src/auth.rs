@@ -9,8 +9,7 @@ use axum::http::HeaderMap;
 use base64::Engine as _;
 use portcullis_aws::iam::{CallerIdentity, IamError, IamLogin, IamVerifier};
 use portcullis_core::{principal_name, ApiToken, Cidr, Environment, Interface, Owner, Policy, Role, TokenState};
-use portcullis_engine::{Clock, Requester};
-use portcullis_store::Store;
+use portcullis_engine::{Engine, Requester};
 use sha2::{Digest, Sha256};
 
 /// The `Authorization` scheme of an IAM login.
@@ -116,14 +115,13 @@ pub enum AuthError {
 /// Checks credentials against the store (tokens, looked up on every request so a revocation
 /// takes effect at once) and STS (IAM).
 pub struct Authenticator {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
+    engine: Arc<Engine>,
     iam: Option<IamVerifier>,
 }
 
 impl Authenticator {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, iam: Option<IamVerifier>) -> Authenticator {
-        Authenticator { store, clock, iam }
+    pub fn new(engine: Arc<Engine>, iam: Option<IamVerifier>) -> Authenticator {
+        Authenticator { engine, iam }
     }
 
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
@@ -145,12 +143,12 @@ impl Authenticator {
         if !token.starts_with(TOKEN_PREFIX) || token.len() > 200 {
             return Err(invalid());
         }
-        let found = self.store.token_by_hash(&token_hash(token)).await.map_err(|e| {
+        let found = self.engine.token_by_hash(&token_hash(token)).await.map_err(|e| {
             tracing::error!(error = %e, "cannot read tokens");
             AuthError::Unavailable(format!("cannot check the token: {e}"))
         })?;
         let token = found.ok_or_else(invalid)?;
-        match token.state(self.clock.now()) {
+        match token.state(self.engine.clock().now()) {
             TokenState::Valid => Ok(Principal::Token(token)),
             TokenState::Revoked => Err(AuthError::Invalid(format!("token {} was revoked", token.id))),
             TokenState::Expired => Err(AuthError::Invalid(format!("token {} has expired", token.id))),
@@ -167,7 +165,7 @@ impl Authenticator {
             .map_err(|_| AuthError::Invalid("the IAM login is not base64".into()))?;
         let login: IamLogin =
             serde_json::from_slice(&json).map_err(|e| AuthError::Invalid(format!("the IAM login is not valid JSON: {e}")))?;
-        match verifier.verify(&login, self.clock.now()).await {
+        match verifier.verify(&login, self.engine.clock().now()).await {
             Ok(identity) => Ok(Principal::Iam(identity)),
             Err(IamError::Unavailable(m)) => Err(AuthError::Unavailable(m)),
             Err(e) => Err(AuthError::Invalid(e.to_string())),

@@ -18,14 +18,15 @@ use axum::body::to_bytes;
 use axum::http::{Method, Request};
 use portcullis_core::{Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Ttl, UserName, ValidationError};
 use portcullis_engine::{
-    AddRequest, Cause, ChangeKind, Engine, EngineError, Lease, Requester, Scope, StreamChange, StreamRecord,
+    AddRequest, Cause, ChangeKind, Engine, EngineError, Requester, Scope, StreamChange, StreamRecord,
 };
 use portcullis_store::seed::{self, Attr, Item};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::http::{router, App};
+use crate::app::App;
+use crate::routes::router;
 
 /// How long an invocation waits for its announcements before returning.
 pub const ANNOUNCE_BUDGET: time::Duration = time::Duration::seconds(10);
@@ -173,9 +174,8 @@ pub async fn handle_action(engine: &Engine, default_env: &Environment, event: Ac
             }))
         }
         "list" => {
-            let now = engine.clock().now();
-            let grants = engine.store().grants(Some(&env)).await.map_err(|e| failed(e.into()))?;
-            let items: Vec<Value> = grants.iter().filter(|g| g.is_live(now)).map(item_json).collect();
+            let grants = engine.live_grants(&Scope::Environment(env.clone())).await.map_err(failed)?;
+            let items: Vec<Value> = grants.iter().map(item_json).collect();
             Ok(json!({"success": true, "action": "list", "environment": env, "count": items.len(), "items": items}))
         }
         "refresh" => {
@@ -268,9 +268,13 @@ pub async fn handle_stream(engine: &Engine, records: &[Value]) -> DynamoDbEventR
 }
 
 /// A scheduled run: sweep expiries and reconcile everything, if this invocation gets the
-/// sweeper lease (another replica may be doing it).
-pub async fn handle_scheduled(engine: &Engine, lease: &Lease) -> Result<Value, EngineError> {
-    if !lease.try_acquire().await {
+/// engine's sweeper lease (another replica may be doing it). An engine without a lease is the
+/// only process, and runs at once.
+pub async fn handle_scheduled(engine: &Engine) -> Result<Value, EngineError> {
+    let lease = engine.lease();
+    if let Some(lease) = lease
+        && !lease.try_acquire().await
+    {
         tracing::info!("another process holds the sweeper lease; nothing to do");
         return Ok(json!({"skipped": "another process holds the sweeper lease"}));
     }
@@ -285,7 +289,9 @@ pub async fn handle_scheduled(engine: &Engine, lease: &Lease) -> Result<Value, E
         }))
     }
     .await;
-    lease.release().await;
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
     result
 }
 
@@ -335,7 +341,6 @@ pub async fn handle_http(app: Arc<App>, request: ApiGatewayV2httpRequest) -> Api
 pub struct Handler {
     pub engine: Arc<Engine>,
     pub app: Arc<App>,
-    pub lease: Arc<Lease>,
 }
 
 impl Handler {
@@ -361,7 +366,7 @@ impl Handler {
                 Err((v, _)) => Err(v["error"]["message"].as_str().unwrap_or("failed").to_string()),
             },
             Event::Stream(records) => Ok(serde_json::to_value(handle_stream(&self.engine, &records).await).expect("serialises")),
-            Event::Scheduled => handle_scheduled(&self.engine, &self.lease).await.map_err(|e| e.to_string()),
+            Event::Scheduled => handle_scheduled(&self.engine).await.map_err(|e| e.to_string()),
             Event::Http(request) => Ok(serde_json::to_value(handle_http(self.app.clone(), *request).await).expect("serialises")),
         }
     }

@@ -3,15 +3,19 @@
 //! The binary's parts as a library, so the integration tests and benchmarks drive the same
 //! router, wiring and CLI the binary runs. `main.rs` stays small: parse arguments, run, map
 //! errors to exit codes (0 ok, 1 operational error, 2 usage or validation error).
+//!
+//! Layers, each importing only those below it: `cli` → `serve`, `lambda` → `routes` → `app`
+//! → `auth`, `slack`, `ratelimit`, `config`; `wiring` builds the adapters from `config`.
 
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod connection;
-pub mod http;
 pub mod lambda;
 pub mod open;
 pub mod ratelimit;
 pub mod replica;
+pub mod routes;
+pub mod serve;
 pub mod slack;
 pub mod wiring;

@@ -174,7 +174,7 @@ pub async fn run(options: OpenOptions) -> Result<(), OpenError> {
         return Ok(());
     }
     let mut delay = renew_delay(&options, &body);
-    let stop = crate::http::shutdown_signal();
+    let stop = crate::serve::shutdown_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {

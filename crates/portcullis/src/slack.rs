@@ -1,26 +1,13 @@
-//! `POST /slack/commands`: the `/infra whitelist …` slash command.
-//!
-//! Every request is verified against the signing secret first (401 otherwise, and nothing is
-//! read or changed). After that, Slack's conventions hold: a mistake or refusal is an HTTP 200
-//! with a message. Reads answer at once; changes are acknowledged at once and their outcome is
-//! posted to the request's `response_url`, so Slack's 3-second limit always holds.
+//! The Slack endpoint's state: the signing secret (re-read when rotated), the `response_url`
+//! responder, the per-user rate limit, the user-group directory and the commands still being
+//! worked on after their acknowledgement. The handler is `routes::slack`.
 
 use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use portcullis_core::{Environment, GrantKey, Interface, Owner, Source, Timestamp, UserName};
-use portcullis_engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope};
-use portcullis_slack::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use portcullis_slack::{parse, usage, Command, Directory, Reply, Responder, SigningSecret};
-use serde::Deserialize;
+use portcullis_slack::{Directory, Responder, SigningSecret};
 use tokio::task::JoinSet;
 
 use crate::config::SlackConfig;
-use crate::http::App;
 use crate::ratelimit::RateLimiter;
 
 /// Reads the signing secret again (it may have been rotated in Secrets Manager).
@@ -40,11 +27,11 @@ pub struct SlackEndpoint {
     reloaded_at: Mutex<Option<std::time::Instant>>,
     /// Answer changes in the response itself (Lambda, where nothing runs after the response),
     /// instead of acknowledging them and posting the outcome to `response_url`.
-    inline: bool,
-    command: String,
-    responder: Responder,
-    limiter: RateLimiter,
-    directory: Option<Directory>,
+    pub(crate) inline: bool,
+    pub(crate) command: String,
+    pub(crate) responder: Responder,
+    pub(crate) limiter: RateLimiter,
+    pub(crate) directory: Option<Directory>,
     /// Commands still being worked on after their acknowledgement.
     in_flight: Mutex<JoinSet<()>>,
 }
@@ -78,7 +65,7 @@ impl SlackEndpoint {
 
     /// Verifies a request; on failure, re-reads a rotated secret (at most once a minute) and
     /// tries again.
-    async fn verify(&self, timestamp: Option<&str>, signature: Option<&str>, body: &[u8], now: i64) -> Result<(), String> {
+    pub(crate) async fn verify(&self, timestamp: Option<&str>, signature: Option<&str>, body: &[u8], now: i64) -> Result<(), String> {
         let first = self.secret.read().expect("secret lock poisoned").verify(timestamp, signature, body, now);
         let Err(err) = first else { return Ok(()) };
         let Some(reload) = &self.reload else { return Err(err.to_string()) };
@@ -111,179 +98,10 @@ impl SlackEndpoint {
         let _ = tokio::time::timeout(budget, async { while tasks.join_next().await.is_some() {} }).await;
     }
 
-    fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
         let mut tasks = self.in_flight.lock().expect("in-flight mutex poisoned");
         while tasks.try_join_next().is_some() {}
         tasks.spawn(work);
     }
 }
 
-/// The form Slack posts for a slash command (fields we do not use are ignored).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct SlashCommand {
-    command: String,
-    text: String,
-    user_id: String,
-    user_name: String,
-    response_url: String,
-    ssl_check: String,
-}
-
-pub async fn command(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(slack) = app.slack.clone() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Slack is not configured on this server: set SLACK_SIGNING_SECRET or SLACK_SIGNING_SECRET_ARN",
-        )
-            .into_response();
-    };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let now = app.engine.clock().now();
-    if let Err(err) = slack.verify(header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER), &body, now.unix_timestamp()).await {
-        tracing::warn!(error = %err, "refused a Slack request with a bad signature");
-        return (StatusCode::UNAUTHORIZED, format!("invalid request signature: {err}")).into_response();
-    }
-    let form: SlashCommand = match serde_urlencoded::from_bytes(&body) {
-        Ok(form) => form,
-        Err(err) => return Json(Reply::refused(&format!("could not read the command: {err}"))).into_response(),
-    };
-    if form.ssl_check == "1" {
-        return StatusCode::OK.into_response();
-    }
-    Json(handle(&app, &slack, form, now).await).into_response()
-}
-
-/// Slack user ids are short upper-case alphanumerics (`U…`, `W…`).
-fn valid_user_id(id: &str) -> bool {
-    (2..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-}
-
-async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, now: Timestamp) -> Reply {
-    let usage = usage(&slack.command);
-    if !form.command.eq_ignore_ascii_case(&slack.command) {
-        return Reply::mistake(&format!("this app answers {}, not {:?}", slack.command, form.command), &usage);
-    }
-    let name = match form.user_name.trim() {
-        "" => UserName::parse(&form.user_id),
-        name => UserName::parse(name),
-    };
-    let name = match name {
-        Ok(name) if valid_user_id(&form.user_id) => name.into_string(),
-        _ => return Reply::refused("the request does not name a Slack user"),
-    };
-    let command = match parse(&form.text) {
-        Ok(Command::Help) => return Reply::help(&usage),
-        Ok(command) => command,
-        Err(err) => return Reply::mistake(&err.0, &usage),
-    };
-    let env = command.environment().cloned().unwrap_or_else(|| app.default_environment.clone());
-    let policy = match app.engine.policy(&env) {
-        Ok(policy) => policy.clone(),
-        Err(err) => return Reply::mistake(&err.to_string(), &usage),
-    };
-    let mut by = Requester {
-        owner: Owner { id: form.user_id.clone(), name, display_name: String::new() },
-        groups: Vec::new(),
-        interface: Interface::Slack,
-    };
-    if policy.needs_groups(&by.owner.id) {
-        match &slack.directory {
-            Some(directory) => match directory.groups_of(&by.owner.id, &policy.allowed_groups()).await {
-                Ok(groups) => by.groups = groups,
-                Err(err) => {
-                    tracing::warn!(error = %err, "could not check Slack user-group membership");
-                    return Reply::refused(&format!("could not check your Slack user groups, so nothing was done: {err}"));
-                }
-            },
-            None => tracing::warn!(environment = %env, "user_groups are configured but no SLACK_BOT_TOKEN: groups cannot be checked"),
-        }
-    }
-    if let Err(err) = app.engine.authorize(&env, &by).await {
-        return Reply::refused(&err.to_string());
-    }
-    if command.is_mutating()
-        && let Err(wait) = slack.limiter.check(&by.owner.id, now)
-    {
-        tracing::warn!(user = %by.owner.id, "Slack command rate-limited");
-        return Reply::refused(&format!(
-            "you have made {} changes in the last minute, the most allowed; try again in {} s",
-            slack.limiter.per_minute(),
-            wait.whole_seconds().max(1)
-        ));
-    }
-    if let Command::List { .. } = command {
-        return match app.engine.store().grants(Some(&env)).await {
-            Ok(grants) => Reply::list(&env, &grants, now),
-            Err(err) => failure(&EngineError::from(err)),
-        };
-    }
-    if !slack.responder.allows(&form.response_url) {
-        tracing::warn!(url = %form.response_url, "Slack command with a response_url outside the allowed prefixes");
-        return Reply::refused("this request's response_url is not one portcullis may answer; nothing was done");
-    }
-    let ack = match &command {
-        Command::Add { cidr, .. } => format!("Adding `{cidr}` to `{env}`"),
-        Command::Remove { cidr, .. } => format!("Removing `{cidr}` from `{env}`"),
-        _ => format!("Refreshing the security groups of `{env}`"),
-    };
-    if slack.inline {
-        return run(&app.engine, command, env, by).await;
-    }
-    let (engine, slack_for_task, url) = (app.engine.clone(), slack.clone(), form.response_url);
-    slack.spawn(async move {
-        let reply = run(&engine, command, env, by).await;
-        if let Err(err) = slack_for_task.responder.post(&url, &reply).await {
-            tracing::warn!(error = %err, "could not post a Slack command's answer to its response_url");
-        }
-    });
-    Reply::working(&ack)
-}
-
-/// Does a mutating command's work and says how it went.
-async fn run(engine: &Engine, command: Command, env: Environment, by: Requester) -> Reply {
-    match command {
-        Command::Add { cidr, ttl, description, .. } => {
-            let request = AddRequest { cidr, environment: env, ttl, description, source: Source::Manual, by };
-            match engine.add(request).await {
-                Ok(o) => {
-                    let failures = o.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default();
-                    Reply::added(&o.grant, o.refreshed, &failures, engine.clock().now())
-                }
-                Err(err) => failure(&err),
-            }
-        }
-        Command::Remove { cidr, .. } => match engine.remove(&GrantKey { cidr, environment: env }, &by).await {
-            Ok(o) => Reply::removed(&o.grant, &o.report.failure_messages()),
-            Err(err) => failure(&err),
-        },
-        Command::Refresh { .. } => match engine.reconcile(Scope::Environment(env.clone()), Cause::Refresh).await {
-            Ok(report) => Reply::refreshed(&env, &report),
-            Err(err) => failure(&err),
-        },
-        Command::List { .. } | Command::Help => unreachable!("answered without a task"),
-    }
-}
-
-fn failure(err: &EngineError) -> Reply {
-    match err {
-        EngineError::Validation(v) => Reply::refused(&v.to_string()),
-        other => {
-            tracing::error!(error = %other, "Slack command failed");
-            Reply::refused(&format!("portcullis could not finish: {other}"))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_ids() {
-        assert!(valid_user_id("U2CERLKJA"));
-        assert!(!valid_user_id(""));
-        assert!(!valid_user_id("u2cerlkja"));
-        assert!(!valid_user_id("U2 CERL"));
-    }
-}

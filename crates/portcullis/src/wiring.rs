@@ -12,13 +12,19 @@ use portcullis_engine::{
 use portcullis_slack::{webhook_url_from_secret, FixedUrl, UrlSource, Webhook};
 use portcullis_store::{SqliteStore, Store};
 
+use portcullis_slack::SigningSecret;
+
 use crate::config::{Config, FirewallKind, Secret, StoreSpec};
+use crate::slack::{SecretReload, SlackEndpoint};
 
 /// An error that stops the command before it does anything.
 #[derive(Debug, thiserror::Error)]
 pub enum WiringError {
     #[error("{0}")]
     Unsupported(String),
+    /// The configuration cannot work as given (a usage error).
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] portcullis_store::StoreError),
     #[error("{0}")]
@@ -126,6 +132,24 @@ pub async fn engine(config: &Config, dry_run: bool, json: bool) -> Result<Engine
     Ok(engine_with(config, store, firewall, clock, notifier(config)))
 }
 
+/// An engine for commands that only read the store or change tokens: it never calls the
+/// firewall, so it is not set up (no AWS configuration is loaded for a `list`).
+pub async fn reader(config: &Config) -> Result<Engine, WiringError> {
+    let store = open_store(config).await?;
+    let firewall: Arc<dyn Firewall> = Arc::new(DryRunFirewall::new(None, Box::new(std::io::stderr())));
+    Ok(engine_with(config, store, firewall, Arc::new(SystemClock), notifier(config)))
+}
+
+/// The engine of one Lambda invocation (or `invoke`): a scheduled event sweeps only under the
+/// sweeper lease, which it takes and gives back itself.
+pub async fn leased_engine(config: &Config) -> Result<Engine, WiringError> {
+    let store = open_store(config).await?;
+    let firewall = firewall(config, false, true).await;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let lease = sweeper_lease(store.clone(), clock.clone());
+    Ok(engine_with(config, store, firewall, clock, notifier(config)).with_lease(lease))
+}
+
 /// A `serve` replica's engine: it sweeps and reconciles only while it holds the sweeper lease,
 /// and with the DynamoDB store it also follows the grants tables' streams.
 pub async fn replica(config: &Config) -> Result<(Engine, Option<portcullis_aws::StreamTail>), WiringError> {
@@ -165,4 +189,46 @@ pub fn engine_with(
         },
     )
     .with_outbox(outbox)
+}
+
+/// A signing secret kept in Secrets Manager, read again when a signature does not verify.
+struct SecretSigningKey {
+    arn: String,
+}
+
+#[async_trait]
+impl SecretReload for SecretSigningKey {
+    async fn reload(&self) -> Result<SigningSecret, String> {
+        let value = secret_value(&Secret::Arn(self.arn.clone())).await.map_err(|e| e.to_string())?;
+        let secret = portcullis_slack::secret_field(&value, "signing_secret").map_err(|e| e.to_string())?;
+        Ok(SigningSecret::new(secret))
+    }
+}
+
+/// The Slack endpoint, when a signing secret is configured. Its secrets are read now, so a
+/// wrong ARN stops the server at start, not at the first command.
+pub async fn slack_endpoint(config: &Config) -> Result<Option<SlackEndpoint>, WiringError> {
+    let Some(secret) = &config.slack.signing_secret else {
+        tracing::info!("no Slack signing secret configured: /slack/commands is off");
+        return Ok(None);
+    };
+    let failed = |what: &str, e: WiringError| WiringError::Secret(format!("Slack {what}: {e}"));
+    let secret = secret_value(secret).await.map_err(|e| failed("signing secret", e))?;
+    // The bare secret, or JSON with a `signing_secret` key.
+    let secret = portcullis_slack::secret_field(&secret, "signing_secret")
+        .map_err(|e| WiringError::Refused(format!("Slack signing secret: {e}")))?;
+    let bot_token = match &config.slack.bot_token {
+        Some(token) => Some(secret_value(token).await.map_err(|e| failed("bot token", e))?),
+        None => None,
+    };
+    if bot_token.is_none() && config.policies.values().any(|p| !p.allowed_groups().is_empty()) {
+        return Err(WiringError::Refused(
+            "user_groups are configured, but checking them needs SLACK_BOT_TOKEN (or SLACK_BOT_TOKEN_SECRET_ARN)".into(),
+        ));
+    }
+    let endpoint = SlackEndpoint::new(&config.slack, SigningSecret::new(secret), bot_token);
+    Ok(Some(match &config.slack.signing_secret {
+        Some(Secret::Arn(arn)) => endpoint.with_reload(Arc::new(SecretSigningKey { arn: arn.clone() })),
+        _ => endpoint,
+    }))
 }

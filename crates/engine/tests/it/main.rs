@@ -30,6 +30,7 @@ fn spec(region: &str) -> TargetSpec {
 
 struct Rig {
     engine: Arc<Engine>,
+    store: Arc<dyn Store>,
     settings: Settings,
     firewall: Arc<MemoryFirewall>,
     clock: Arc<ManualClock>,
@@ -50,8 +51,8 @@ fn rig(regions: &[&str]) -> Rig {
         marker: Marker::default(),
         quota: RuleQuota::default(),
     };
-    let engine = Arc::new(Engine::new(store, firewall.clone(), clock.clone(), settings.clone()));
-    Rig { engine, settings, firewall, clock, _dir: dir }
+    let engine = Arc::new(Engine::new(store.clone(), firewall.clone(), clock.clone(), settings.clone()));
+    Rig { engine, store, settings, firewall, clock, _dir: dir }
 }
 
 fn add(cidr: &str, ttl: &str) -> AddRequest {
@@ -93,7 +94,7 @@ async fn a_failed_region_is_named_and_retried_by_the_periodic_reconcile() {
     assert_eq!(r.firewall.rules("eu-west-1", "sg-eu-west-1").len(), 1);
     stop.send(true).unwrap();
     reconciler.await.unwrap();
-    let audit = r.engine.store().audit(None, 10).await.unwrap();
+    let audit = r.store.audit(None, 10).await.unwrap();
     assert_eq!(audit[0].action, Action::DriftRepaired);
 }
 
@@ -121,9 +122,9 @@ async fn the_sweeper_revokes_at_the_exact_expiry_on_virtual_time() {
     stop.send(true).unwrap();
     sweeper.await.unwrap();
     assert_eq!(revoked_at, Some(added_at + Duration::minutes(5)), "revoked exactly at expires_at");
-    let audit = r.engine.store().audit(None, 10).await.unwrap();
+    let audit = r.store.audit(None, 10).await.unwrap();
     assert_eq!(audit[0].action, Action::Expired);
-    assert!(r.engine.store().grants(None).await.unwrap().is_empty());
+    assert!(r.store.grants(None).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -151,11 +152,11 @@ async fn a_dry_run_reconcile_changes_nothing_and_audits_no_repair() {
     let ours = r.firewall.rules("us-east-1", "sg-us-east-1").remove(0);
     r.firewall.delete_rule("us-east-1", "sg-us-east-1", &ours.raw_cidr, ours.ports);
     let dry = Arc::new(portcullis_engine::DryRunFirewall::new(Some(r.firewall.clone()), Box::new(std::io::sink())));
-    let engine = Engine::new(r.engine.store().clone(), dry, r.clock.clone(), r.settings.clone());
+    let engine = Engine::new(r.store.clone(), dry, r.clock.clone(), r.settings.clone());
     let report = engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
     assert_eq!(report.authorized, 1, "the plan says what would change");
     assert!(report.outcomes.iter().all(|o| o.applied == Some(Default::default())), "{:?}", report.outcomes);
     assert!(r.firewall.rules("us-east-1", "sg-us-east-1").is_empty());
-    let audit = r.engine.store().audit(None, 10).await.unwrap();
+    let audit = r.store.audit(None, 10).await.unwrap();
     assert!(audit.iter().all(|e| e.action != Action::DriftRepaired), "{audit:?}");
 }

@@ -104,9 +104,8 @@ async fn expiry_on_virtual_time_revokes_exactly_when_due() {
     })
     .await;
     assert_eq!(w.keys(&group).await.len(), 2, "the other grant stays");
-    let store = engine.store();
     eventually(Duration::from_secs(30), "the expiry to be recorded", || async {
-        store.audit(None, 10).await.unwrap().iter().any(|e| e.action == portcullis_core::Action::Expired)
+        engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }).await.unwrap().iter().any(|e| e.action == portcullis_core::Action::Expired)
     })
     .await;
     stop.send(true).unwrap();
@@ -161,7 +160,7 @@ async fn a_failing_region_does_not_block_the_others() {
     let failures = report.failure_messages();
     assert!(failures.iter().any(|f| f.contains("eu-west-1")), "{failures:?}");
     assert_eq!(w.keys(&group).await.len(), 2, "the reachable group is still updated");
-    assert_eq!(engine.store().grants(None).await.unwrap().len(), 1, "the grant stays stored");
+    assert_eq!(engine.live_grants(&portcullis_engine::Scope::All).await.unwrap().len(), 1, "the grant stays stored");
 }
 
 #[tokio::test]

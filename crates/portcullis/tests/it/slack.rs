@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis::config::{Config, Overrides};
-use portcullis::http::{router, slack_endpoint, App};
+use portcullis::app::App;
+use portcullis::routes::router;
+use portcullis::wiring::slack_endpoint;
 use portcullis::wiring;
 use portcullis_aws::Ec2Firewall;
 use portcullis_core::{Action, Cidr, Description, Environment, Interface, Source, Ttl};
@@ -58,7 +60,7 @@ impl SlackServer {
     async fn start(config: &Config, firewall: Arc<dyn Firewall>, clock: Arc<dyn Clock>, notifier: Arc<dyn Notifier>) -> SlackServer {
         let store = wiring::open_store(config).await.unwrap();
         let engine = Arc::new(wiring::engine_with(config, store, firewall, clock.clone(), notifier));
-        let slack = slack_endpoint(config).await.unwrap();
+        let slack = slack_endpoint(config).await.unwrap().map(Arc::new);
         let app = Arc::new(App::new(engine.clone(), &config, slack));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -142,8 +144,8 @@ async fn signatures_are_checked_before_anything_else() {
         let (status, answer) = s.post(&body, &[("x-slack-request-timestamp", ts), ("x-slack-signature", sig)]).await;
         assert_eq!(status, 401, "skew {skew}: {answer}");
     }
-    assert!(s.engine.store().grants(None).await.unwrap().is_empty());
-    assert!(s.engine.store().audit(None, 10).await.unwrap().is_empty(), "nothing recorded for unsigned requests");
+    assert!(s.engine.live_grants(&portcullis_engine::Scope::All).await.unwrap().is_empty());
+    assert!(s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }).await.unwrap().is_empty(), "nothing recorded for unsigned requests");
     assert!(receiver.requests("/").is_empty());
 
     // Slack's ssl_check, signed, is answered with an empty 200.
@@ -187,7 +189,7 @@ async fn add_list_remove_refresh_over_slack_on_moto_with_announcements() {
     assert!(help.contains("/infra whitelist add &lt;ip|cidr&gt;"), "mrkdwn-escaped: {help}");
 
     // Each mistake: HTTP 200, the reason and the usage, nothing changed.
-    let audit_before = s.engine.store().audit(None, 100).await.unwrap().len();
+    let audit_before = s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 100 }).await.unwrap().len();
     for (text, reason) in [
         ("whitelist add", "add needs an IP address"),
         ("whitelist add 198.51.100.300", "invalid address"),
@@ -205,7 +207,7 @@ async fn add_list_remove_refresh_over_slack_on_moto_with_announcements() {
     s.command(ALICE, "whitelist add 198.51.0.0/16", &receiver.url("/respond/2")).await;
     let refused = receiver.wait_for("/respond/2", 1).await;
     assert!(said(&refused[0].json()).contains("too wide"), "{:?}", refused[0]);
-    let audit = s.engine.store().audit(None, 100).await.unwrap();
+    let audit = s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 100 }).await.unwrap();
     assert_eq!(audit.len(), audit_before + 1);
     assert_eq!(audit[0].action, Action::Refused);
     assert_eq!(w.keys(&group).await.len(), 2);
@@ -228,7 +230,7 @@ async fn add_list_remove_refresh_over_slack_on_moto_with_announcements() {
     let list = said(&s.command(ALICE, "whitelist list", &respond).await);
     assert!(list.contains("No live entries in `dev`"), "{list}");
     eventually(Duration::from_secs(10), "the outbox to empty", || async {
-        s.engine.store().outbox_status().await.unwrap().pending == 0
+        s.engine.status().await.unwrap().outbox_pending == 0
     })
     .await;
     assert_eq!(receiver.requests("/webhook").len(), 3, "each change announced once");
@@ -272,7 +274,7 @@ async fn only_listed_users_and_group_members_act_in_prod_and_changes_are_rate_li
 
     let mallory = said(&s.command(("U0MALLORY", "alice"), "whitelist add 198.51.100.1 --env prod", &respond).await);
     assert!(mallory.contains("may not change grants in environment prod"), "a name is not an identity: {mallory}");
-    let refusals = s.engine.store().audit(None, 10).await.unwrap();
+    let refusals = s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }).await.unwrap();
     assert_eq!((refusals[0].action, refusals[0].interface, refusals[0].actor.as_str()), (Action::Refused, Interface::Slack, "alice (U0MALLORY)"));
     let peek = said(&s.command(("U0MALLORY", "mallory"), "whitelist list prod", &respond).await);
     assert!(peek.contains("may not change grants"), "{peek}");

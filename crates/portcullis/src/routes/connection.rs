@@ -19,7 +19,7 @@ use portcullis_engine::{AddRequest, ReconcileReport};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{client_address, Principal};
-use crate::http::{environment, ApiError, App};
+use crate::app::{environment, ApiError, App};
 
 /// The rule description of self-service grants.
 const DESCRIPTION: &str = "self-service";
@@ -138,7 +138,7 @@ async fn prepare(
 }
 
 /// `POST /connection` opens, `DELETE /connection` closes.
-pub async fn handle(
+pub(super) async fn handle(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,

@@ -1,0 +1,69 @@
+//! What interfaces may ask: live grants, the audit log, the process's status and API tokens.
+//! Interfaces read through these, never through the store, so a rule about what is shown
+//! (live grants only, audit limits) is written once.
+
+use portcullis_core::{ApiToken, AuditEvent, Environment, Grant};
+
+use crate::{Engine, EngineError, Requester, Scope, Status};
+
+/// Which audit events to show, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// One environment's events, or every one.
+    pub environment: Option<Environment>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl AuditQuery {
+    /// The most events one query returns, whatever it asks for.
+    pub const MAX_LIMIT: usize = 10_000;
+}
+
+impl Engine {
+    /// The grants that open the firewall now (stored but expired ones are not shown).
+    pub async fn live_grants(&self, scope: &Scope) -> Result<Vec<Grant>, EngineError> {
+        let now = self.clock().now();
+        let grants = self.store().grants(scope.environment()).await?;
+        Ok(grants.into_iter().filter(|g| g.is_live(now)).collect())
+    }
+
+    /// The audit log, newest first.
+    pub async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, EngineError> {
+        let limit = query.limit.min(AuditQuery::MAX_LIMIT);
+        Ok(self.store().audit(query.environment.as_ref(), limit).await?)
+    }
+
+    /// The last reconcile, the next expiry, overdue grants, the outbox and the lease.
+    pub async fn status(&self) -> Result<Status, EngineError> {
+        let now = self.clock().now();
+        let grants = self.store().grants(None).await?;
+        let next_expiry = grants.iter().filter_map(|g| g.expires_at).min();
+        let overdue = grants.into_iter().filter(|g| !g.is_live(now)).collect();
+        let last_reconcile = self.last_reconcile.lock().expect("status mutex poisoned").clone();
+        let outbox_pending = self.store().outbox_status().await?.pending;
+        let sweeper_lease = self.lease().map(|l| l.is_held());
+        Ok(Status { last_reconcile, next_expiry, overdue, outbox_pending, sweeper_lease })
+    }
+
+    /// Stores a new API token (by hash) and audits its creation.
+    pub async fn create_token(&self, token: ApiToken, by: &Requester) -> Result<(), EngineError> {
+        Ok(self.store().create_token(token, &by.actor()).await?)
+    }
+
+    /// Every token, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<ApiToken>, EngineError> {
+        Ok(self.store().tokens().await?)
+    }
+
+    /// The token whose secret hashes to `hash`, revoked and expired ones included: looked up on
+    /// every request, so a revocation takes effect at once.
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, EngineError> {
+        Ok(self.store().token_by_hash(hash).await?)
+    }
+
+    /// Revokes a token now and audits it; `None` when there is no such id.
+    pub async fn revoke_token(&self, id: &str, by: &Requester) -> Result<Option<ApiToken>, EngineError> {
+        Ok(self.store().revoke_token(id, &by.actor(), self.clock().now()).await?)
+    }
+}

@@ -1,0 +1,135 @@
+//! What the engine's operations report: plain data, serialised as the interfaces answer it.
+
+use portcullis_core::{Environment, Foreign, Grant, GroupChange, Overflow, SkippedGroup, TargetId, Timestamp, Withheld};
+use serde::Serialize;
+
+use crate::{Applied, Cause, ObserveFailure};
+
+/// One group's result in a reconcile.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupOutcome {
+    pub target: TargetId,
+    pub environment: Environment,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Applied>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a reconcile saw, decided and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileReport {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: Timestamp,
+    pub cause: Cause,
+    pub targets: usize,
+    pub authorized: usize,
+    pub revoked: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    /// Rules on managed groups that are not ours: reported, never touched.
+    pub unowned_left_alone: usize,
+    pub changes: Vec<GroupChange>,
+    pub outcomes: Vec<GroupOutcome>,
+    pub observe_failures: Vec<ObserveFailure>,
+    pub skipped: Vec<SkippedGroup>,
+    pub withheld: Vec<Withheld>,
+    pub overflows: Vec<Overflow>,
+    pub unowned: Vec<Foreign>,
+}
+
+impl ReconcileReport {
+    /// True when some group or region could not be brought to the desired state.
+    pub fn failed(&self) -> bool {
+        !self.observe_failures.is_empty() || self.outcomes.iter().any(|o| o.error.is_some()) || !self.overflows.is_empty()
+    }
+
+    /// One line per failure, naming the group or region.
+    pub fn failure_messages(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .observe_failures
+            .iter()
+            .map(|f| match &f.group_id {
+                Some(g) => format!("{g} ({}): {}", f.region, f.error),
+                None => format!("region {}: {}", f.region, f.error),
+            })
+            .collect();
+        out.extend(self.outcomes.iter().filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.target))));
+        out.extend(self.overflows.iter().map(|o| {
+            format!("{}: would hold {} {} rules, over its quota of {}", o.target, o.would_hold, o.family, o.quota)
+        }));
+        out
+    }
+}
+
+/// What `add` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AddOutcome {
+    pub grant: Grant,
+    pub refreshed: bool,
+    /// `None` when the firewall needed no call (a refresh that changes no rule).
+    pub report: Option<ReconcileReport>,
+}
+
+/// What `remove` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoveOutcome {
+    pub grant: Grant,
+    pub report: ReconcileReport,
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepReport {
+    pub expired: Vec<Grant>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<ReconcileReport>,
+}
+
+/// What `adopt` found and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdoptReport {
+    /// The rules taken over (or, in a dry run, that would be), as description updates.
+    pub changes: Vec<GroupChange>,
+    pub dry_run: bool,
+    pub outcomes: Vec<GroupOutcome>,
+    pub observe_failures: Vec<ObserveFailure>,
+}
+
+impl AdoptReport {
+    pub fn rules(&self) -> usize {
+        self.changes.iter().map(|c| c.update_descriptions.len()).sum()
+    }
+
+    pub fn failed(&self) -> bool {
+        !self.observe_failures.is_empty() || self.outcomes.iter().any(|o| o.error.is_some())
+    }
+}
+
+/// How the process is doing, for `/v1/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reconcile: Option<ReconcileSummary>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_expiry: Option<Timestamp>,
+    /// Grants past their expiry that are still stored (the sweeper has not caught up).
+    pub overdue: Vec<Grant>,
+    /// Announcements not yet delivered.
+    pub outbox_pending: usize,
+    /// Whether this process holds the sweeper lease (`None` when it runs without one).
+    pub sweeper_lease: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileSummary {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: Timestamp,
+    pub cause: Cause,
+    pub ok: bool,
+    pub authorized: usize,
+    pub revoked: usize,
+    pub updated: usize,
+    pub failures: Vec<String>,
+}
+

@@ -1,0 +1,153 @@
+//! What every HTTP handler shares: the application state and the one error type handlers
+//! return with `?`. Imports no handler; `routes` sits on top of it.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::FromRequest;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use portcullis_aws::iam::IamVerifier;
+use portcullis_core::{Environment, ValidationError};
+use portcullis_engine::{Engine, EngineError};
+
+use crate::auth::{AuthError, Authenticator, Principal};
+use crate::config::{Config, ConnectionConfig};
+use crate::ratelimit::RateLimiter;
+use crate::slack::SlackEndpoint;
+
+/// Every HTTP endpoint refuses bodies larger than this.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// A `/v1` (and `/connection`) error: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<i64>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), retry_after: None }
+    }
+
+    pub(crate) fn retry_after(mut self, seconds: i64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(err: ValidationError) -> Self {
+        let (status, code) = match &err {
+            ValidationError::UnknownEnvironment { .. } => (StatusCode::NOT_FOUND, "unknown_environment"),
+            ValidationError::NotAllowed { .. } => (StatusCode::FORBIDDEN, "not_allowed"),
+            ValidationError::NoSuchGrant { .. } => (StatusCode::NOT_FOUND, "no_such_grant"),
+            ValidationError::GroupFull { .. } => (StatusCode::CONFLICT, "group_full"),
+            ValidationError::TooManyGrants { .. } => (StatusCode::CONFLICT, "too_many_grants"),
+            _ => (StatusCode::BAD_REQUEST, "invalid_request"),
+        };
+        ApiError::new(status, code, err.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        match err {
+            EngineError::Validation(v) => v.into(),
+            other => {
+                tracing::error!(error = %other, "request failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string())
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "invalid_body" };
+        ApiError::new(rejection.status(), code, rejection.body_text())
+    }
+}
+
+/// JSON bodies whose rejections are `/v1` errors.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub(crate) struct ApiJson<T>(pub(crate) T);
+
+/// What every handler shares.
+pub struct App {
+    pub engine: Arc<Engine>,
+    pub default_environment: Environment,
+    /// `None` when no signing secret is configured: `/slack/commands` then answers 503.
+    pub slack: Option<Arc<SlackEndpoint>>,
+    pub auth: Authenticator,
+    pub connection: ConnectionConfig,
+    /// Mutating `/connection` and `/v1` requests per principal.
+    pub limiter: RateLimiter,
+}
+
+impl App {
+    pub fn new(engine: Arc<Engine>, config: &Config, slack: Option<Arc<SlackEndpoint>>) -> App {
+        let iam = config.iam.as_ref().map(|i| IamVerifier::new(&i.sts_endpoint, &i.server_id, i.max_skew));
+        App {
+            auth: Authenticator::new(engine.clone(), iam),
+            default_environment: config.default_environment.clone(),
+            connection: config.connection.clone(),
+            limiter: RateLimiter::new(config.connection.rate_limit_per_minute),
+            engine,
+            slack,
+        }
+    }
+
+    /// Authenticates a request and, for a mutating one, counts it against the principal's
+    /// rate limit.
+    pub(crate) async fn principal(&self, headers: &HeaderMap, mutating: bool) -> Result<Principal, ApiError> {
+        let principal = self.auth.authenticate(headers).await.map_err(|e| match e {
+            AuthError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", m),
+            other => {
+                tracing::warn!(error = %other, "request not authenticated");
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", other.to_string())
+            }
+        })?;
+        if mutating && let Err(wait) = self.limiter.check(principal.id(), self.engine.clock().now()) {
+            tracing::warn!(principal = %principal.id(), "rate-limited");
+            let secs = wait.whole_seconds().max(1);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("at most {} changes a minute; try again in {secs} s", self.limiter.per_minute()),
+            )
+            .retry_after(secs));
+        }
+        Ok(principal)
+    }
+}
+
+/// The environment named, or the default; it must be a known one.
+pub(crate) fn environment(app: &App, name: Option<&str>) -> Result<Environment, ApiError> {
+    let env = match name {
+        Some(name) => Environment::parse(name)?,
+        None => app.default_environment.clone(),
+    };
+    app.engine.policy(&env)?;
+    Ok(env)
+}
+

@@ -1,0 +1,252 @@
+//! The subcommands that change or show grants, the audit log and the store.
+
+use std::process::ExitCode;
+
+use portcullis_core::{format_utc, time_left, Cidr, Description, Environment, GrantKey, Source, Ttl};
+use portcullis_engine::{AddRequest, AuditQuery, Cause, Scope};
+
+use super::print::{exit_for, print_json, print_report};
+use super::{acting_user, announce, environment, CliError, Context};
+use crate::wiring;
+
+#[derive(Debug, clap::Args)]
+pub(super) struct AddArgs {
+    /// IPv4 or IPv6 address or CIDR, e.g. 203.0.113.7 or 2001:db8::/48.
+    #[arg(value_name = "IP|CIDR")]
+    cidr: String,
+    /// Environment (default: ENVIRONMENT, else dev).
+    #[arg(long, value_name = "E")]
+    env: Option<String>,
+    /// How long: Nm (1-1440), Nh (1-24) or Nd (1-365); default 30d.
+    #[arg(long, value_name = "T")]
+    ttl: Option<String>,
+    /// Why: printable text, at most 200 characters.
+    #[arg(long, value_name = "D", default_value = "")]
+    description: String,
+    /// The user acting (default: the OS user).
+    #[arg(long = "as", value_name = "USER")]
+    as_user: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct RemoveArgs {
+    #[arg(value_name = "IP|CIDR")]
+    cidr: String,
+    #[arg(long, value_name = "E")]
+    env: Option<String>,
+    #[arg(long = "as", value_name = "USER")]
+    as_user: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct ListArgs {
+    #[arg(long, value_name = "E")]
+    env: Option<String>,
+    /// Every environment.
+    #[arg(long, conflicts_with = "env")]
+    all: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct RefreshArgs {
+    #[arg(long, value_name = "E")]
+    env: Option<String>,
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct AuditArgs {
+    #[arg(long, value_name = "E")]
+    env: Option<String>,
+    /// At most this many events (up to 10000).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct AdoptArgs {
+    /// Only show what would be taken over.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long = "as", value_name = "USER")]
+    as_user: Option<String>,
+}
+
+pub(super) async fn add(cx: &Context, a: AddArgs) -> Result<ExitCode, CliError> {
+    let cidr = Cidr::parse(&a.cidr)?;
+    let ttl = a.ttl.map(|t| Ttl::parse(&t)).transpose()?;
+    let description = Description::parse(&a.description)?;
+    let environment = environment(&cx.config, a.env)?;
+    let by = acting_user(a.as_user)?;
+    let engine = wiring::engine(&cx.config, false, cx.json).await?;
+    let outcome = engine.add(AddRequest { cidr, environment, ttl, description, source: Source::Manual, by }).await;
+    announce(&engine).await;
+    let outcome = outcome?;
+    if cx.json {
+        print_json(&outcome);
+    } else {
+        let verb = if outcome.refreshed { "refreshed" } else { "added" };
+        let g = &outcome.grant;
+        println!(
+            "{verb} {} in {} until {} ({}), owner {}",
+            g.cidr,
+            g.environment,
+            g.expires_at.map(format_utc).unwrap_or_else(|| "never".into()),
+            g.expires_at.map(|t| time_left(t, engine.clock().now())).unwrap_or_default(),
+            g.owner.name
+        );
+        match &outcome.report {
+            Some(report) => print_report(report),
+            None => println!("rules unchanged: no security group call was needed"),
+        }
+    }
+    Ok(outcome.report.as_ref().map(exit_for).unwrap_or(ExitCode::SUCCESS))
+}
+
+pub(super) async fn remove(cx: &Context, a: RemoveArgs) -> Result<ExitCode, CliError> {
+    let key = GrantKey { cidr: Cidr::parse(&a.cidr)?, environment: environment(&cx.config, a.env)? };
+    let by = acting_user(a.as_user)?;
+    let engine = wiring::engine(&cx.config, false, cx.json).await?;
+    let outcome = engine.remove(&key, &by).await;
+    announce(&engine).await;
+    let outcome = outcome?;
+    if cx.json {
+        print_json(&outcome);
+    } else {
+        println!("removed {} from {}", outcome.grant.cidr, outcome.grant.environment);
+        print_report(&outcome.report);
+    }
+    Ok(exit_for(&outcome.report))
+}
+
+pub(super) async fn list(cx: &Context, a: ListArgs) -> Result<ExitCode, CliError> {
+    let scope = if a.all { Scope::All } else { Scope::Environment(environment(&cx.config, a.env)?) };
+    let engine = wiring::reader(&cx.config).await?;
+    let grants = engine.live_grants(&scope).await?;
+    let now = engine.clock().now();
+    if cx.json {
+        print_json(&grants);
+    } else if grants.is_empty() {
+        println!("no live grants");
+    } else {
+        for g in &grants {
+            println!(
+                "{:<20} {:<8} {:<16} {:<24} {}",
+                g.cidr.to_string(),
+                g.environment.as_str(),
+                g.owner.name,
+                g.expires_at.map(|t| time_left(t, now)).unwrap_or_else(|| "no expiry".into()),
+                g.description
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn refresh(cx: &Context, a: RefreshArgs) -> Result<ExitCode, CliError> {
+    let scope = match a.env {
+        Some(name) => Scope::Environment(Environment::parse(&name)?),
+        None => Scope::All,
+    };
+    let engine = wiring::engine(&cx.config, a.dry_run, cx.json).await?;
+    let report = engine.reconcile(scope, Cause::Refresh).await;
+    announce(&engine).await;
+    let report = report?;
+    if cx.json {
+        print_json(&report);
+    } else {
+        print_report(&report);
+    }
+    Ok(exit_for(&report))
+}
+
+pub(super) async fn sweep(cx: &Context) -> Result<ExitCode, CliError> {
+    let engine = wiring::engine(&cx.config, false, cx.json).await?;
+    let report = engine.sweep().await;
+    announce(&engine).await;
+    let report = report?;
+    if cx.json {
+        print_json(&report);
+    } else {
+        println!("{} grants expired", report.expired.len());
+        for g in &report.expired {
+            println!("  {} in {}", g.cidr, g.environment);
+        }
+        if let Some(r) = &report.reconcile {
+            print_report(r);
+        }
+    }
+    Ok(report.reconcile.as_ref().map(exit_for).unwrap_or(ExitCode::SUCCESS))
+}
+
+pub(super) async fn audit(cx: &Context, a: AuditArgs) -> Result<ExitCode, CliError> {
+    let environment = a.env.map(|e| Environment::parse(&e)).transpose()?;
+    let engine = wiring::reader(&cx.config).await?;
+    let events = engine.audit(&AuditQuery { environment, limit: a.limit }).await?;
+    if cx.json {
+        print_json(&events);
+    } else {
+        for e in &events {
+            println!(
+                "{} {:<14} {:<8} {:<20} {:<10} {}",
+                format_utc(e.at),
+                e.action.as_str(),
+                e.environment,
+                e.cidr.as_deref().unwrap_or("-"),
+                e.interface.as_str(),
+                e.reason
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn init(cx: &Context) -> Result<ExitCode, CliError> {
+    let report = wiring::init_store(&cx.config).await?;
+    if cx.json {
+        print_json(&serde_json::json!({
+            "created": report.created, "existing": report.existing, "warnings": report.warnings,
+        }));
+    } else {
+        for t in &report.created {
+            println!("created {t}");
+        }
+        for t in &report.existing {
+            println!("exists  {t} (left as it is)");
+        }
+        for w in &report.warnings {
+            println!("warning: {w}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn adopt(cx: &Context, a: AdoptArgs) -> Result<ExitCode, CliError> {
+    let by = acting_user(a.as_user)?;
+    let engine = wiring::engine(&cx.config, false, cx.json).await?;
+    let report = engine.adopt(a.dry_run, &by).await?;
+    if cx.json {
+        print_json(&report);
+    } else {
+        let verb = if a.dry_run { "would take over" } else { "taking over" };
+        for c in &report.changes {
+            for r in &c.update_descriptions {
+                println!("{verb} {} {} on {}: description becomes {:?}", r.ec2_cidr, r.ports, c.target, r.description);
+            }
+        }
+        for f in &report.observe_failures {
+            eprintln!("failed: could not describe {}: {}", f.group_id.as_deref().unwrap_or(&f.region), f.error);
+        }
+        for o in report.outcomes.iter().filter(|o| o.error.is_some()) {
+            eprintln!("failed: {}: {}", o.target, o.error.as_deref().unwrap_or_default());
+        }
+        match (report.rules(), a.dry_run) {
+            (0, _) => println!("nothing to take over: no unmarked rule matches a live grant"),
+            (n, true) => println!("{n} rules would be taken over; run without --dry-run to do it"),
+            (n, false) => println!("{n} rules taken over"),
+        }
+    }
+    Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,110 @@
+//! `/v1`: grants, the audit log and status, for admin tokens.
+
+use std::sync::Arc;
+
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use portcullis_core::{Cidr, Description, Environment, GrantKey, Source, Ttl};
+use portcullis_engine::{AddRequest, AuditQuery, Scope};
+use serde::Deserialize;
+
+use crate::app::{environment, ApiError, ApiJson, App};
+use crate::auth::Principal;
+
+type AppState = Arc<App>;
+
+/// The `/v1` routes, behind the admin check.
+pub(super) fn routes(app: Arc<App>) -> Router<AppState> {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/grants", get(list_grants).post(add_grant))
+        .route("/v1/grants/{env}/{*cidr}", delete(remove_grant))
+        .route("/v1/audit", get(audit))
+        .route_layer(axum::middleware::from_fn_with_state(app, require_admin))
+}
+
+/// `/v1` is for admin tokens only; the principal goes to the handler as an extension.
+async fn require_admin(State(app): State<AppState>, mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mutating = !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    let principal = match app.principal(request.headers(), mutating).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if !principal.is_admin() {
+        return ApiError::new(StatusCode::FORBIDDEN, "not_admin", "the /v1 API needs an admin token").into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+
+async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(app.engine.status().await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    env: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_grants(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+    let scope = if q.all { Scope::All } else { Scope::Environment(environment(&app, q.env.as_deref())?) };
+    Ok(Json(app.engine.live_grants(&scope).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBody {
+    cidr: String,
+    env: Option<String>,
+    ttl: Option<String>,
+    #[serde(default)]
+    description: String,
+}
+
+async fn add_grant(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(body): ApiJson<AddBody>,
+) -> Result<Response, ApiError> {
+    let cidr = Cidr::parse(&body.cidr)?;
+    let ttl = body.ttl.as_deref().map(Ttl::parse).transpose()?;
+    let description = Description::parse(&body.description)?;
+    let environment = environment(&app, body.env.as_deref())?;
+    let by = principal.requester();
+    let outcome = app.engine.add(AddRequest { cidr, environment, ttl, description, source: Source::Manual, by }).await?;
+    let status = if outcome.refreshed { StatusCode::OK } else { StatusCode::CREATED };
+    let failures = outcome.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default();
+    let body = serde_json::json!({"grant": outcome.grant, "refreshed": outcome.refreshed, "failures": failures, "report": outcome.report});
+    Ok((status, Json(body)).into_response())
+}
+
+async fn remove_grant(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((env, cidr)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = GrantKey { cidr: Cidr::parse(&cidr)?, environment: environment(&app, Some(&env))? };
+    let by = principal.requester();
+    let outcome = app.engine.remove(&key, &by).await?;
+    let failures = outcome.report.failure_messages();
+    Ok(Json(serde_json::json!({"grant": outcome.grant, "failures": failures, "report": outcome.report})).into_response())
+}
+
+#[derive(Deserialize)]
+struct AuditParams {
+    env: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn audit(State(app): State<AppState>, Query(q): Query<AuditParams>) -> Result<Response, ApiError> {
+    let environment = q.env.as_deref().map(Environment::parse).transpose()?;
+    let events = app.engine.audit(&AuditQuery { environment, limit: q.limit.unwrap_or(100) }).await?;
+    Ok(Json(events).into_response())
+}
+
