@@ -31,11 +31,13 @@ use aws_sdk_dynamodb::types::{
     StreamSpecification, StreamViewType, TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
-use portcullis_core::{Action, ApiToken, AuditEvent, Environment, Grant, GrantKey, Timestamp, ValidationError};
+use portcullis_core::{Action, ApiToken, AuditEvent, Environment, Grant, GrantKey, Timestamp};
 use portcullis_store::seed::{self, Attr, Item};
 use portcullis_store::{
-    grant_event as event, refresh, sweeper_actor as sweeper, Actor, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, Upserted, NOTICE_LEASE,
+    grant_event as event, sweeper_actor as sweeper, Actor, Decided, LeaseClaim, Notice, OutboxStatus, Settlement, Store,
+    StoreError, Upsert, UpsertDecision, Upserted, NOTICE_LEASE,
 };
+use portcullis_store::{from_millis as from_ms, millis as ms};
 
 /// How many times a write that lost to a concurrent one is read and tried again.
 const ATTEMPTS: u32 = 8;
@@ -134,13 +136,6 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn ms(t: Timestamp) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-fn from_ms(ms: i64) -> Timestamp {
-    Timestamp::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
-}
 
 /// An item of ours as the SDK wants it.
 fn to_sdk(item: &Item) -> HashMap<String, AttributeValue> {
@@ -297,8 +292,7 @@ impl Read {
 impl DynamoStore {
     /// A store over `tables`, for the `environments` this process knows.
     pub fn new(sdk: &SdkConfig, tables: TableNames, environments: Vec<Environment>) -> DynamoStore {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        let instance = format!("pid{}-{:x}", std::process::id(), nanos);
+        let instance = portcullis_store::instance_name();
         DynamoStore { client: Client::new(sdk), tables, environments, instance }
     }
 
@@ -516,7 +510,7 @@ impl DynamoStore {
             notice.insert("attempts".into(), n(0));
             tx.put(self.meta(), notice, None);
         }
-        if !*history && matches!(event.action, Action::Added | Action::Refreshed | Action::Removed | Action::Expired) {
+        if !*history && portcullis_store::is_grant_change(event.action) {
             *history = true;
             let mut h = meta_key("history", &event.environment);
             h.insert("first_change_ms".into(), n(ms(now)));
@@ -613,34 +607,16 @@ impl DynamoStore {
         let env = asked.environment.clone();
         let table = self.tables.grants_table(&env);
         let read = self.read(&asked.key()).await?;
-        let mut events = Vec::new();
-        let previous = match read.as_ref().and_then(Read::live_grant) {
-            Some(old) if old.is_live(now) => Some(old.clone()),
-            Some(old) => {
-                let reason = "expired before it was refreshed".to_string();
-                events.push(event(now, &sweeper(), Action::Expired, old, Some(old.clone()), None, reason));
-                None
-            }
-            None => None,
-        };
+        let request = Upsert { grant: asked, actor: actor.clone(), max_grants_per_user: *max_grants_per_user };
         let mut tx = Tx::default();
-        let stored = match previous.clone() {
-            Some(old) => {
-                let (stored, e) = refresh(&old, &asked, actor, now);
-                events.push(e);
-                stored
-            }
-            None => {
-                let version = self.quota_version(&env, &asked.owner.id).await?;
-                let count = self.held_by(&env, &asked.owner.id, now).await?;
-                if count >= *max_grants_per_user {
-                    return Err(ValidationError::TooManyGrants {
-                        user: asked.owner.name.clone(),
-                        environment: env.to_string(),
-                        count,
-                    }
-                    .into());
-                }
+        let decided = match request.decide(read.as_ref().and_then(Read::live_grant)) {
+            UpsertDecision::Refresh(decided) => decided,
+            UpsertDecision::Add { expired } => {
+                let owner = &request.grant.owner.id;
+                let version = self.quota_version(&env, owner).await?;
+                let held = self.held_by(&env, owner, now).await?;
+                let decided = request.add(expired, held)?;
+                // Two concurrent adds by one owner: only one may pass the count it read.
                 let mut cond = Expr::new();
                 let vk = cond.name("v");
                 match version {
@@ -652,12 +628,11 @@ impl DynamoStore {
                 }
                 let one = cond.value(n(1));
                 let set = format!("ADD {vk} {one}");
-                tx.update(self.meta(), meta_key("quota", &format!("{env}#{}", asked.owner.id)), &set, cond);
-                let reason = format!("added by {}", actor.name);
-                events.push(event(now, actor, Action::Added, &asked, None, Some(asked.clone()), reason));
-                asked.clone()
+                tx.update(self.meta(), meta_key("quota", &format!("{env}#{owner}")), &set, cond);
+                decided
             }
         };
+        let Decided { stored, previous, mut events } = decided;
         let first = self.allocate(events.len() as i64).await?;
         tx.put(&table, to_sdk(&seed::to_item(&stored)), Some(Expr::unchanged(read.as_ref().map(|r| &r.raw))));
         let (mut history, mut filed) = (false, BTreeSet::new());

@@ -6,6 +6,7 @@
 
 pub mod seed;
 mod sqlite;
+mod upsert;
 
 use std::collections::BTreeSet;
 
@@ -14,6 +15,7 @@ use portcullis_core::{ApiToken, AuditEvent, Environment, Grant, GrantKey, Interf
 use thiserror::Error;
 
 pub use sqlite::SqliteStore;
+pub use upsert::{Decided, UpsertDecision};
 
 /// How long a process holds a notice it wrote or claimed before another may deliver it.
 pub const NOTICE_LEASE: time::Duration = time::Duration::seconds(30);
@@ -22,6 +24,32 @@ pub const NOTICE_LEASE: time::Duration = time::Duration::seconds(30);
 pub fn is_announced(action: portcullis_core::Action) -> bool {
     use portcullis_core::Action::*;
     matches!(action, Added | Removed | Expired | DriftRepaired)
+}
+
+/// Whether an audit action is a grant change, which marks its environment as one this store
+/// has history for (the empty-store safety rule).
+pub fn is_grant_change(action: portcullis_core::Action) -> bool {
+    use portcullis_core::Action::*;
+    matches!(action, Added | Refreshed | Removed | Expired)
+}
+
+/// A time as whole milliseconds since the epoch, as both stores keep times.
+pub fn millis(t: Timestamp) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// [`millis`] read back; out-of-range values (a corrupt store) read as the epoch.
+pub fn from_millis(ms: i64) -> Timestamp {
+    Timestamp::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// A name for this process among others sharing a store (for outbox claims and leases):
+/// its pid and 64 random bits, so two processes never share one.
+pub fn instance_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness once per process.
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!("pid{}-{random:x}", std::process::id())
 }
 
 /// Who is making a change, and through which interface.
@@ -148,8 +176,9 @@ pub struct OutboxStatus {
 pub enum StoreError {
     #[error(transparent)]
     Validation(#[from] ValidationError),
+    /// The backend (SQLite) failed; its own error, boxed so no backend's types leak out.
     #[error("store {location}: {source}")]
-    Sqlite { location: String, source: rusqlite::Error },
+    Backend { location: String, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("store {location}: {source}")]
     Io { location: String, source: std::io::Error },
     #[error("store {location}: {message}")]

@@ -8,11 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use portcullis_core::{
     Action, ApiToken, AuditEvent, Cidr, Role, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp,
-    ValidationError,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use crate::{grant_event as event, refresh, sweeper_actor as sweeper, token_event, Actor, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, Upserted};
+use crate::{grant_event as event, sweeper_actor as sweeper, token_event, Actor, Decided, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, UpsertDecision, Upserted};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[r#"
@@ -114,14 +113,13 @@ impl SqliteStore {
         let location = path.display().to_string();
         let io = |source| StoreError::Io { location: location.clone(), source };
         OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(&path).map_err(io)?;
-        let sqlite = |source| StoreError::Sqlite { location: location.clone(), source };
+        let sqlite = |source: rusqlite::Error| StoreError::Backend { location: location.clone(), source: Box::new(source) };
         let mut conn = Connection::open(&path).map_err(sqlite)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(sqlite)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sqlite)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
         migrate(&mut conn).map_err(sqlite)?;
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        let instance = format!("pid{}-{:x}", std::process::id(), nanos).into();
+        let instance = crate::instance_name().into();
         Ok(SqliteStore { path, conn: Arc::new(Mutex::new(conn)), instance })
     }
 
@@ -136,7 +134,7 @@ impl SqliteStore {
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite { location: self.path.display().to_string(), source }
+        StoreError::Backend { location: self.path.display().to_string(), source: Box::new(source) }
     }
 
     /// Runs blocking SQLite work off the async runtime.
@@ -179,13 +177,7 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-fn ms(t: Timestamp) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-fn from_ms(ms: i64) -> Timestamp {
-    Timestamp::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).expect("stored timestamps are in range")
-}
+use crate::{from_millis as from_ms, millis as ms};
 
 const GRANT_COLUMNS: &str =
     "cidr, environment, owner_id, owner_name, owner_display, source, description, created_at_ms, expires_at_ms";
@@ -378,7 +370,7 @@ impl SqliteStore {
             )
             .map_err(|e| self.err(e))?;
         }
-        if matches!(e.action, Action::Added | Action::Refreshed | Action::Removed | Action::Expired) {
+        if crate::is_grant_change(e.action) {
             tx.execute(
                 "INSERT OR IGNORE INTO environments (name, first_change_ms) VALUES (?1, ?2)",
                 params![e.environment, ms(e.at)],
@@ -394,46 +386,30 @@ impl Store for SqliteStore {
     async fn upsert(&self, request: Upsert) -> Result<Upserted, StoreError> {
         let this = self.clone();
         self.write(move |tx| {
-            let Upsert { grant: asked, actor, max_grants_per_user } = request;
-            let now = asked.created_at;
-            let existing = this.get(tx, &asked.key())?;
-            let previous = match existing {
-                Some(old) if old.is_live(now) => Some(old),
-                Some(old) => {
-                    this.delete(tx, &old.key())?;
-                    let reason = "expired before it was refreshed".to_string();
-                    this.append(tx, &event(now, &sweeper(), Action::Expired, &old, Some(old.clone()), None, reason))?;
-                    None
-                }
-                None => None,
-            };
-            let (stored, audit) = match previous.clone() {
-                Some(old) => refresh(&old, &asked, &actor, now),
-                None => {
-                    let count: i64 = tx
+            let now = request.grant.created_at;
+            let existing = this.get(tx, &request.grant.key())?;
+            let decided = match request.decide(existing.as_ref()) {
+                UpsertDecision::Refresh(decided) => decided,
+                UpsertDecision::Add { expired } => {
+                    if let Some(old) = &expired {
+                        this.delete(tx, &old.key())?;
+                    }
+                    let held: i64 = tx
                         .query_row(
                             "SELECT COUNT(*) FROM grants WHERE environment = ?1 AND owner_id = ?2
                                AND (expires_at_ms IS NULL OR expires_at_ms > ?3)",
-                            params![asked.environment.as_str(), asked.owner.id, ms(now)],
+                            params![request.grant.environment.as_str(), request.grant.owner.id, ms(now)],
                             |r| r.get(0),
                         )
                         .map_err(|e| this.err(e))?;
-                    let count = count as usize;
-                    if count >= max_grants_per_user {
-                        return Err(ValidationError::TooManyGrants {
-                            user: asked.owner.name.clone(),
-                            environment: asked.environment.to_string(),
-                            count,
-                        }
-                        .into());
-                    }
-                    let reason = format!("added by {}", actor.name);
-                    let e = event(now, &actor, Action::Added, &asked, None, Some(asked.clone()), reason);
-                    (asked, e)
+                    request.add(expired, held as usize)?
                 }
             };
-            this.put(tx, &stored, now)?;
-            this.append(tx, &audit)?;
+            this.put(tx, &decided.stored, now)?;
+            for event in &decided.events {
+                this.append(tx, event)?;
+            }
+            let Decided { stored, previous, .. } = decided;
             Ok(Upserted { grant: stored, previous })
         })
         .await
