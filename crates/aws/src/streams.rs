@@ -12,7 +12,8 @@ use aws_config::SdkConfig;
 use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record, ShardIteratorType};
 use aws_sdk_dynamodbstreams::Client;
 use portcullis_core::Timestamp;
-use portcullis_engine::{ChangeKind, StreamChange, StreamRecord};
+use portcullis_core::ExternalChange;
+use portcullis_store::seed::{external_change, unreadable_record, ChangeKind, StreamItems};
 use portcullis_store::seed::{Attr, Item};
 use portcullis_store::StoreError;
 
@@ -26,7 +27,7 @@ const DISCOVER_EVERY: time::Duration = time::Duration::seconds(30);
 pub struct Batch {
     /// The shard's checkpoint key (`{stream arn}#{shard id}`).
     pub shard: String,
-    pub records: Vec<StreamRecord>,
+    pub records: Vec<ExternalChange>,
 }
 
 struct Shard {
@@ -194,11 +195,11 @@ impl StreamTail {
     /// Records that the first `done` records of `batch` are processed. When some are not, the
     /// shard is read again from the first of them.
     pub async fn commit(&mut self, batch: &Batch, done: usize, now: Timestamp) -> Result<(), StoreError> {
-        let last_done = batch.records[..done.min(batch.records.len())].iter().rev().find_map(|r| r.sequence());
+        let last_done = batch.records[..done.min(batch.records.len())].iter().rev().find_map(|r| r.sequence.as_deref());
         if let Some(seq) = last_done {
             self.store.save_checkpoint(&batch.shard, seq, now).await?;
         }
-        let first_undone = batch.records.get(done).and_then(|r| r.sequence());
+        let first_undone = batch.records.get(done).and_then(|r| r.sequence.as_deref());
         if let (Some(seq), Some(shard)) = (first_undone, self.shards.get_mut(&batch.shard)) {
             shard.iterator = None;
             shard.finished = false;
@@ -225,14 +226,10 @@ fn attrs(map: Option<&HashMap<String, AttributeValue>>) -> Option<Item> {
     })
 }
 
-/// A stream record as the engine reads it.
-fn record(r: &Record) -> StreamRecord {
+/// A stream record, decoded for the engine.
+fn record(r: &Record) -> ExternalChange {
     let sequence = r.dynamodb().and_then(|d| d.sequence_number()).map(str::to_string);
-    let unreadable = |error: &str| StreamRecord::Unreadable {
-        event_id: r.event_id().map(str::to_string),
-        sequence: sequence.clone(),
-        error: error.to_string(),
-    };
+    let unreadable = |error: &str| unreadable_record(r.event_id().map(str::to_string), sequence.clone(), error);
     let Some(event_id) = r.event_id() else { return unreadable("no eventID") };
     let kind = match r.event_name() {
         Some(OperationType::Insert) => ChangeKind::Insert,
@@ -246,7 +243,7 @@ fn record(r: &Record) -> StreamRecord {
     let by_service = r
         .user_identity()
         .is_some_and(|u| u.r#type() == Some("Service") && u.principal_id() == Some("dynamodb.amazonaws.com"));
-    StreamRecord::Change(StreamChange {
+    external_change(StreamItems {
         event_id: event_id.to_string(),
         sequence: seq,
         kind,

@@ -10,6 +10,7 @@ mod description;
 mod display;
 mod environment;
 mod error;
+mod external;
 mod grant;
 mod marker;
 mod plan;
@@ -26,6 +27,7 @@ pub use description::Description;
 pub use display::{format_utc, time_left};
 pub use environment::Environment;
 pub use error::ValidationError;
+pub use external::{external_step, ExternalChange, ExternalKind, ExternalStep};
 pub use grant::{Grant, GrantKey, Owner, Source};
 pub use marker::Marker;
 pub use plan::{

@@ -28,7 +28,7 @@ pub use report::{
     AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome, Status, SweepReport,
 };
 pub use lease::{Lease, SWEEPER_LEASE};
-pub use stream::{ChangeKind, StreamChange, StreamOutcome, StreamRecord};
+pub use stream::StreamOutcome;
 pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing};
 pub use memory::{HeldFirewall, MemoryFirewall, RecordedCall};
 

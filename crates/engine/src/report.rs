@@ -44,6 +44,12 @@ impl ReconcileReport {
         !self.observe_failures.is_empty() || self.outcomes.iter().any(|o| o.error.is_some()) || !self.overflows.is_empty()
     }
 
+    /// True when a region could not be observed or a group's change failed (an overflow is a
+    /// refusal the next change does not cure, so it is not counted here).
+    pub fn failed_to_apply(&self) -> bool {
+        !self.observe_failures.is_empty() || self.outcomes.iter().any(|o| o.error.is_some())
+    }
+
     /// One line per failure, naming the group or region.
     pub fn failure_messages(&self) -> Vec<String> {
         let mut out: Vec<String> = self

@@ -18,9 +18,10 @@ use axum::body::to_bytes;
 use axum::http::{Method, Request};
 use portcullis_core::{Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Ttl, UserName, ValidationError};
 use portcullis_engine::{
-    AddRequest, Cause, ChangeKind, Engine, EngineError, Requester, Scope, StreamChange, StreamRecord,
+    AddRequest, Cause, Engine, EngineError, Requester, Scope,
 };
-use portcullis_store::seed::{self, Attr, Item};
+use portcullis_core::ExternalChange;
+use portcullis_store::seed::{self, external_change, unreadable_record, Attr, ChangeKind, Item, StreamItems};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -219,10 +220,10 @@ fn item_from_json(value: Option<&Value>) -> Option<Item> {
 }
 
 /// One record of a DynamoDB Stream event, read.
-pub fn stream_record(value: &Value) -> StreamRecord {
+pub fn stream_record(value: &Value) -> ExternalChange {
     let sequence = value.pointer("/dynamodb/SequenceNumber").and_then(Value::as_str).map(str::to_string);
     let event_id = value.get("eventID").and_then(Value::as_str).map(str::to_string);
-    let unreadable = |error: String| StreamRecord::Unreadable { event_id: event_id.clone(), sequence: sequence.clone(), error };
+    let unreadable = |error: String| unreadable_record(event_id.clone(), sequence.clone(), error);
     let record: EventRecord = match serde_json::from_value(value.clone()) {
         Ok(r) => r,
         Err(e) => return unreadable(format!("not a DynamoDB stream record: {e}")),
@@ -241,7 +242,7 @@ pub fn stream_record(value: &Value) -> StreamRecord {
         .user_identity
         .as_ref()
         .is_some_and(|u| u.type_ == "Service" && u.principal_id == "dynamodb.amazonaws.com");
-    StreamRecord::Change(StreamChange {
+    external_change(StreamItems {
         event_id,
         sequence: seq,
         kind,
@@ -254,7 +255,7 @@ pub fn stream_record(value: &Value) -> StreamRecord {
 
 /// Handles a stream batch; the response names the first record to retry, if any.
 pub async fn handle_stream(engine: &Engine, records: &[Value]) -> DynamoDbEventResponse {
-    let records: Vec<StreamRecord> = records.iter().map(stream_record).collect();
+    let records: Vec<ExternalChange> = records.iter().map(stream_record).collect();
     let outcome = engine.handle_stream(records).await;
     tracing::info!(records = outcome.records, announced = outcome.announced, unreadable = outcome.unreadable,
         failed_at = outcome.failed_at.as_deref().unwrap_or("-"), "stream batch handled");

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use portcullis_core::{Cidr, Description, Environment, Grant, GrantKey, Owner, Source, Timestamp};
+use portcullis_core::{Cidr, Description, Environment, ExternalChange, ExternalKind, Grant, GrantKey, Owner, Source, Timestamp};
 use time::format_description::well_known::Rfc3339;
 
 /// One attribute value; the seed's schema uses strings and numbers only.
@@ -160,6 +160,76 @@ fn description_lenient(text: &str) -> Description {
             text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(Description::MAX_CHARS).collect();
         Description::parse(&cleaned).unwrap_or_else(|_| Description::parse("").expect("empty is valid"))
     })
+}
+
+/// What a stream record says was done to an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Insert,
+    Modify,
+    Remove,
+}
+
+impl ChangeKind {
+    /// DynamoDB's `eventName`.
+    pub fn parse(name: &str) -> Option<ChangeKind> {
+        match name {
+            "INSERT" => Some(ChangeKind::Insert),
+            "MODIFY" => Some(ChangeKind::Modify),
+            "REMOVE" => Some(ChangeKind::Remove),
+            _ => None,
+        }
+    }
+}
+
+/// A stream record of the grants table, its images as items (from the SDK or the Lambda
+/// event's JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamItems {
+    pub event_id: String,
+    pub sequence: String,
+    pub kind: ChangeKind,
+    /// Made by the DynamoDB service itself (`userIdentity` principal `dynamodb.amazonaws.com`):
+    /// a TTL deletion.
+    pub by_service: bool,
+    pub keys: Item,
+    pub old: Option<Item>,
+    pub new: Option<Item>,
+}
+
+/// A record that could not even be read as [`StreamItems`].
+pub fn unreadable_record(event_id: Option<String>, sequence: Option<String>, error: impl Into<String>) -> ExternalChange {
+    ExternalChange { id: event_id, sequence, kind: ExternalKind::Unreadable { environment: None, error: error.into() } }
+}
+
+/// What a record means, in the domain's words: the environment from its keys (or old image),
+/// and for a removal, whose it was and the grant removed.
+pub fn external_change(record: StreamItems) -> ExternalChange {
+    let kind = external_kind(&record);
+    ExternalChange { id: Some(record.event_id), sequence: Some(record.sequence), kind }
+}
+
+fn external_kind(record: &StreamItems) -> ExternalKind {
+    let unreadable = |environment: Option<Environment>, error: String| ExternalKind::Unreadable { environment, error };
+    let Some(name) = s(&record.keys, ENVIRONMENT).or_else(|| record.old.as_ref().and_then(|o| s(o, ENVIRONMENT))) else {
+        return unreadable(None, "no environment in its keys".into());
+    };
+    let environment = match Environment::parse(&name) {
+        Ok(env) => env,
+        Err(e) => return unreadable(None, e.to_string()),
+    };
+    if record.kind != ChangeKind::Remove {
+        return ExternalKind::Written { environment };
+    }
+    let old = record.old.as_ref().unwrap_or(&record.keys);
+    if removal(old).is_some() {
+        return ExternalKind::RemovedByUs { environment };
+    }
+    match from_item(old) {
+        Ok(grant) if record.by_service => ExternalKind::Expired { grant },
+        Ok(grant) => ExternalKind::RemovedOutside { grant },
+        Err(error) => unreadable(Some(environment), error),
+    }
 }
 
 #[cfg(test)]
