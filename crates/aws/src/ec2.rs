@@ -8,7 +8,7 @@ use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, SecurityGroup};
 use aws_sdk_ec2::Client;
 use portcullis_core::{
-    AppliedRule, Cidr, FamilyCounts, GroupId, GroupChange, ObservedGroup, ObservedRule, PortRange, Protocol, TargetId,
+    AppliedRule, Cidr, FamilyCounts, GroupId, Route, GroupChange, ObservedGroup, ObservedRule, PortRange, Protocol, TargetId,
     TargetSelector, TargetSpec,
 };
 use portcullis_engine::{Applied, Firewall, FirewallError, Observation, ObserveFailure};
@@ -18,28 +18,11 @@ use crate::CallCounter;
 const DUPLICATE: &str = "InvalidPermission.Duplicate";
 const NOT_FOUND: &str = "InvalidPermission.NotFound";
 
-/// How a group is reached: its region, the endpoint override, the role assumed (another
-/// account).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct Route {
-    region: String,
-    endpoint: Option<String>,
-    role: Option<String>,
-}
-
-impl Route {
-    fn of(spec: &TargetSpec) -> Route {
-        Route { region: spec.region.clone(), endpoint: spec.endpoint_url.clone(), role: spec.role_arn.clone() }
-    }
-}
-
 /// EC2 security groups as a [`Firewall`].
 pub struct Ec2Firewall {
     base: SdkConfig,
     counter: CallCounter,
     clients: Mutex<HashMap<Route, Client>>,
-    /// The route each group was observed through, reused to apply its changes.
-    routes: Mutex<HashMap<TargetId, Route>>,
 }
 
 impl Ec2Firewall {
@@ -48,7 +31,6 @@ impl Ec2Firewall {
             base: base.clone(),
             counter: CallCounter::default(),
             clients: Mutex::default(),
-            routes: Mutex::default(),
         }
     }
 
@@ -63,10 +45,10 @@ impl Ec2Firewall {
         }
         let region = Region::new(route.region.clone());
         let mut config = aws_sdk_ec2::config::Builder::from(&self.base).region(region.clone()).interceptor(self.counter.clone());
-        if let Some(url) = &route.endpoint {
+        if let Some(url) = &route.endpoint_url {
             config = config.endpoint_url(url);
         }
-        if let Some(role) = &route.role {
+        if let Some(role) = &route.role_arn {
             // Credentials for the other account, from STS with this process's own; renewed
             // by the provider before they lapse.
             let provider = aws_config::sts::AssumeRoleProvider::builder(role)
@@ -79,12 +61,6 @@ impl Ec2Firewall {
         }
         let client = Client::from_conf(config.build());
         self.clients.lock().expect("client cache poisoned").entry(route.clone()).or_insert(client).clone()
-    }
-
-    async fn client_for_apply(&self, target: &TargetId) -> Client {
-        let route = self.routes.lock().expect("route map poisoned").get(target).cloned();
-        let route = route.unwrap_or_else(|| Route { region: target.region.clone(), endpoint: None, role: None });
-        self.client(&route).await
     }
 }
 
@@ -315,21 +291,17 @@ impl Firewall for Ec2Firewall {
         // an unreachable one delays nothing but itself.
         let mut by_route: BTreeMap<Route, Vec<(usize, TargetSpec)>> = BTreeMap::new();
         for (i, spec) in specs.iter().enumerate() {
-            by_route.entry(Route::of(spec)).or_default().push((i, spec.clone()));
+            by_route.entry(spec.route()).or_default().push((i, spec.clone()));
         }
         let mut tasks = tokio::task::JoinSet::new();
         for (route, specs) in by_route {
             let client = self.client(&route).await;
-            tasks.spawn(async move { (describe_region(client, route.region.clone(), specs).await, route) });
+            tasks.spawn(async move { describe_region(client, route.region, specs).await });
         }
         let mut out = Observation::default();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok((part, route)) => {
-                    let mut routes = self.routes.lock().expect("route map poisoned");
-                    for g in &part.groups {
-                        routes.insert(g.id.clone(), route.clone());
-                    }
+                Ok(part) => {
                     out.groups.extend(part.groups);
                     out.failures.extend(part.failures);
                 }
@@ -345,7 +317,9 @@ impl Firewall for Ec2Firewall {
     }
 
     async fn apply(&self, change: &GroupChange) -> Result<Applied, FirewallError> {
-        let client = self.client_for_apply(&change.target).await;
+        // The change names its route: a group in another account is changed with that
+        // account's role whether or not this process observed it first.
+        let client = self.client(&change.route).await;
         let group = change.target.group_id.as_str();
         // Revoke first: it frees quota for what is authorized after.
         let (revoked, gone) = Call::Revoke.batch(&client, group, &change.revoke).await?;

@@ -36,7 +36,7 @@ pub use plan::{
 pub use policy::{policy_for, Policy, PolicyError, PolicyRules};
 pub use ports::{PortRange, PortSet, Protocol};
 pub use target::{
-    resolve_targets, FamilyCounts, GroupId, ObservedGroup, ObservedRule, SkippedGroup, Target, TargetId,
+    resolve_targets, FamilyCounts, GroupId, Route, ObservedGroup, ObservedRule, SkippedGroup, Target, TargetId,
     TargetSpec, TargetSelector, ENVIRONMENT_TAG, PORTS_TAG,
 };
 pub use ttl::Ttl;

@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::{Cidr, Environment, Family, FamilyCounts, Grant, Marker, ObservedRule, PortRange, Target, TargetId, Timestamp};
+use crate::{Cidr, Environment, Family, FamilyCounts, Grant, Marker, ObservedRule, PortRange, Route, Target, TargetId, Timestamp};
 
 /// How many inbound rules a group may hold per address family (EC2's default is 60 each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,6 +51,9 @@ pub struct AppliedRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GroupChange {
     pub target: TargetId,
+    /// How the group is reached (the target's route), so applying needs no earlier observe.
+    #[serde(skip)]
+    pub route: Route,
     pub environment: Environment,
     pub authorize: Vec<AppliedRule>,
     pub revoke: Vec<AppliedRule>,
@@ -59,9 +62,10 @@ pub struct GroupChange {
 
 impl GroupChange {
     /// No change yet to one group.
-    pub fn none(target: &TargetId, environment: &Environment) -> GroupChange {
+    pub fn none(target: &Target, environment: &Environment) -> GroupChange {
         GroupChange {
-            target: target.clone(),
+            target: target.id.clone(),
+            route: target.route.clone(),
             environment: environment.clone(),
             authorize: vec![],
             revoke: vec![],
@@ -169,7 +173,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             }
         }
 
-        let mut change = GroupChange::none(&target.id, env);
+        let mut change = GroupChange::none(target, env);
         let existing = |rule: &ObservedRule, description: &str| AppliedRule {
             cidr: rule.cidr,
             ec2_cidr: rule.raw_cidr.clone(),
@@ -246,7 +250,7 @@ pub fn plan_adoption(input: &PlanInput<'_>) -> Vec<GroupChange> {
     let mut out = Vec::new();
     for target in input.targets {
         let env = &target.environment;
-        let mut change = GroupChange::none(&target.id, env);
+        let mut change = GroupChange::none(target, env);
         for rule in &target.rules {
             let marked = rule.description.as_deref().and_then(|d| input.marker.decode(d)).is_some();
             if marked || !target.ports.iter().any(|p| *p == rule.ports) {
@@ -322,6 +326,7 @@ mod tests {
         }
         Target {
             id: TargetId { region: "us-east-1".into(), group_id: id.into() },
+            route: Route::region("us-east-1"),
             name: id.into(),
             environment: env(e),
             ports,

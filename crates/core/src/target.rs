@@ -44,6 +44,25 @@ impl fmt::Display for GroupId {
     }
 }
 
+/// How a group is reached: its region, an API endpoint override, and a role to assume (for a
+/// group in another account). Observations carry it to every change, so applying a change
+/// never depends on an earlier observe.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Route {
+    pub region: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}
+
+impl Route {
+    /// A region reached with the process's own credentials and AWS's endpoint.
+    pub fn region(region: &str) -> Route {
+        Route { region: region.to_string(), endpoint_url: None, role_arn: None }
+    }
+}
+
 /// How the configuration names the groups of a region.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetSelector {
@@ -66,6 +85,13 @@ pub struct TargetSpec {
     pub endpoint_url: Option<String>,
     /// A role to assume for these groups (another account).
     pub role_arn: Option<String>,
+}
+
+impl TargetSpec {
+    /// How this spec's groups are reached.
+    pub fn route(&self) -> Route {
+        Route { region: self.region.clone(), endpoint_url: self.endpoint_url.clone(), role_arn: self.role_arn.clone() }
+    }
 }
 
 /// One inbound CIDR rule as the firewall reports it.
@@ -120,6 +146,8 @@ pub struct ObservedGroup {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub id: TargetId,
+    /// How its changes are applied: its spec's route.
+    pub route: Route,
     pub name: String,
     pub environment: Environment,
     pub ports: PortSet,
@@ -188,6 +216,7 @@ pub fn resolve_targets(
         };
         targets.push(Target {
             id: group.id.clone(),
+            route: spec.route(),
             name: group.name.clone(),
             environment,
             ports,

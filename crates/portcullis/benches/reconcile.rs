@@ -136,6 +136,7 @@ fn plan_at_scale() {
     let mut targets: Vec<Target> = (0..50)
         .map(|i| Target {
             id: TargetId { region: REGION.into(), group_id: format!("sg-{i:04}") },
+            route: portcullis_core::Route::region(REGION),
             name: format!("g{i}"),
             environment: dev(),
             ports: PortSet::alb(),

@@ -481,3 +481,33 @@ async fn a_target_in_another_account_is_reached_through_its_role() {
     // Without the role the group is not even visible: the rule went through the assumed role.
     assert!(ec2_in(WEST).await.describe_security_groups().group_ids(&group).send().await.is_err());
 }
+
+#[tokio::test]
+async fn a_change_carries_its_route_so_applying_needs_no_observe_first() {
+    use portcullis_core::{AppliedRule, Cidr, GroupChange, PortRange, Protocol, Route, TargetId};
+    use portcullis_engine::Firewall;
+    let role = "arn:aws:iam::210987654321:role/portcullis";
+    let other = ec2_as(role, WEST).await;
+    let group = other.create_security_group().group_name(unique("sg")).description("other account").send().await.unwrap().group_id.unwrap();
+    // A fresh firewall that has observed nothing: the route must come from the change itself.
+    let firewall = Ec2Firewall::new(&sdk_config().await);
+    let rule = AppliedRule {
+        cidr: Cidr::parse("198.51.100.9").unwrap(),
+        ec2_cidr: "198.51.100.9/32".into(),
+        ports: PortRange { protocol: Protocol::Tcp, from: 443, to: 443 },
+        description: "pc:dev routed".into(),
+    };
+    let change = GroupChange {
+        target: TargetId { region: WEST.into(), group_id: group.clone() },
+        route: Route { region: WEST.into(), endpoint_url: None, role_arn: Some(role.into()) },
+        environment: Environment::parse("dev").unwrap(),
+        authorize: vec![rule],
+        revoke: vec![],
+        update_descriptions: vec![],
+    };
+    let applied = firewall.apply(&change).await.expect("applied through the change's role");
+    assert_eq!(applied.authorized, 1);
+    let out = other.describe_security_groups().group_ids(&group).send().await.unwrap();
+    let cidrs: Vec<&str> = out.security_groups()[0].ip_permissions().iter().flat_map(|p| p.ip_ranges()).filter_map(|r| r.cidr_ip()).collect();
+    assert_eq!(cidrs, ["198.51.100.9/32"]);
+}
