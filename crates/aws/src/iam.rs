@@ -279,13 +279,18 @@ mod tests {
         sign_with(creds, "us-east-1", "https://sts.amazonaws.com", server_id, at).unwrap()
     }
 
+    /// A fixed time: the checks are about the login's own date, not the machine's.
+    fn at() -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_780_000_000)
+    }
+
     fn verifier() -> IamVerifier {
         IamVerifier::new("https://sts.amazonaws.com", "portcullis.example", time::Duration::minutes(5))
     }
 
     #[test]
     fn a_signed_login_passes_the_local_checks() {
-        let now = SystemTime::now();
+        let now = at();
         let l = login("portcullis.example", now);
         assert!(l.headers["authorization"].contains("x-portcullis-server-id"));
         verifier().check(&l, Timestamp::from(now)).unwrap();
@@ -293,7 +298,7 @@ mod tests {
 
     #[test]
     fn local_checks_refuse() {
-        let now = SystemTime::now();
+        let now = at();
         let v = verifier();
         let ts = Timestamp::from(now);
         let refused = |l: &IamLogin| matches!(v.check(l, ts), Err(IamError::Refused(_)));

@@ -9,6 +9,7 @@ mod clock;
 mod dry_run;
 mod engine;
 mod lease;
+#[cfg(feature = "test-support")]
 mod memory;
 mod outbox;
 mod queries;
@@ -30,6 +31,7 @@ pub use report::{
 pub use lease::{Lease, SWEEPER_LEASE};
 pub use stream::StreamOutcome;
 pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing};
+#[cfg(feature = "test-support")]
 pub use memory::{HeldFirewall, MemoryFirewall, RecordedCall};
 
 /// What one describe pass saw.

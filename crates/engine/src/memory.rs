@@ -1,5 +1,9 @@
+//! Test doubles (the `test-support` feature; never in a release build): [`MemoryFirewall`],
+//! EC2 in memory, and [`HeldFirewall`], a wrapper that pauses an observe. A test that
+//! misuses them (a rule for a group it never made) panics with a message saying so.
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use portcullis_core::{
@@ -49,14 +53,14 @@ impl MemoryFirewall {
             counts: Default::default(),
             spec: 0,
         };
-        self.groups.lock().unwrap().insert(id, group);
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner).insert(id, group);
     }
 
     /// Adds a rule as a person would by hand.
     pub fn put_rule(&self, region: &str, group_id: &str, rule: ObservedRule) {
         let id = TargetId { region: region.into(), group_id: group_id.into() };
-        let mut groups = self.groups.lock().unwrap();
-        let group = groups.get_mut(&id).expect("group exists");
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        let group = groups.get_mut(&id).expect("put_group first: the rule's group does not exist");
         group.counts.add(rule.cidr.family(), 1);
         group.rules.push(rule);
     }
@@ -64,8 +68,8 @@ impl MemoryFirewall {
     /// Deletes a rule as a person would by hand.
     pub fn delete_rule(&self, region: &str, group_id: &str, raw_cidr: &str, ports: portcullis_core::PortRange) {
         let id = TargetId { region: region.into(), group_id: group_id.into() };
-        let mut groups = self.groups.lock().unwrap();
-        let group = groups.get_mut(&id).expect("group exists");
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        let group = groups.get_mut(&id).expect("put_group first: the rule's group does not exist");
         if let Some(i) = group.rules.iter().position(|r| r.raw_cidr == raw_cidr && r.ports == ports) {
             let rule = group.rules.remove(i);
             group.counts.add(rule.cidr.family(), -1);
@@ -75,17 +79,17 @@ impl MemoryFirewall {
     /// The rules a group holds now.
     pub fn rules(&self, region: &str, group_id: &str) -> Vec<ObservedRule> {
         let id = TargetId { region: region.into(), group_id: group_id.into() };
-        self.groups.lock().unwrap().get(&id).map(|g| g.rules.clone()).unwrap_or_default()
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner).get(&id).map(|g| g.rules.clone()).unwrap_or_default()
     }
 
     /// Every call made so far.
     pub fn calls(&self) -> Vec<RecordedCall> {
-        self.calls.lock().unwrap().clone()
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Makes every call to a region fail (or succeed again).
     pub fn set_region_failing(&self, region: &str, failing: bool) {
-        let mut set = self.failing_regions.lock().unwrap();
+        let mut set = self.failing_regions.lock().unwrap_or_else(PoisonError::into_inner);
         if failing {
             set.insert(region.into());
         } else {
@@ -95,11 +99,11 @@ impl MemoryFirewall {
 
     fn record(&self, action: &'static str, group: &TargetId, rules: Vec<ObservedRule>) {
         let at = self.clock.now();
-        self.calls.lock().unwrap().push(RecordedCall { at, action, group: group.clone(), rules });
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(RecordedCall { at, action, group: group.clone(), rules });
     }
 
     fn failing(&self, region: &str) -> bool {
-        self.failing_regions.lock().unwrap().contains(region)
+        self.failing_regions.lock().unwrap_or_else(PoisonError::into_inner).contains(region)
     }
 }
 
@@ -132,7 +136,7 @@ impl Firewall for MemoryFirewall {
                 out.failures.push(ObserveFailure { region: region.into(), group_id: None, error: "region unreachable".into() });
                 continue;
             }
-            let groups = self.groups.lock().unwrap();
+            let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
             for group in groups.values().filter(|g| g.id.region == region) {
                 if let Some(i) = specs.iter().position(|s| selected(group, s)) {
                     out.groups.push(ObservedGroup { spec: i, ..group.clone() });
@@ -147,7 +151,7 @@ impl Firewall for MemoryFirewall {
             return Err(FirewallError { code: None, message: "region unreachable".into() });
         }
         let mut applied = Applied::default();
-        let mut groups = self.groups.lock().unwrap();
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
         let group = groups
             .get_mut(&change.target)
             .ok_or_else(|| FirewallError { code: Some("InvalidGroup.NotFound".into()), message: "no such group".into() })?;
@@ -207,7 +211,7 @@ impl HeldFirewall {
     pub fn hold_next_observe(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
         let (observed_tx, observed_rx) = oneshot::channel();
         let (release_tx, release_rx) = oneshot::channel();
-        *self.hold.lock().unwrap() = Some((observed_tx, release_rx));
+        *self.hold.lock().unwrap_or_else(PoisonError::into_inner) = Some((observed_tx, release_rx));
         (observed_rx, release_tx)
     }
 }
@@ -216,7 +220,7 @@ impl HeldFirewall {
 impl Firewall for HeldFirewall {
     async fn observe(&self, specs: &[TargetSpec]) -> Observation {
         let observation = self.inner.observe(specs).await;
-        let hold = self.hold.lock().unwrap().take();
+        let hold = self.hold.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some((observed, release)) = hold {
             let _ = observed.send(());
             let _ = release.await;

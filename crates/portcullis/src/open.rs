@@ -1,7 +1,10 @@
 //! `portcullis open`: the client of `/connection`. Opens access for this machine, renews it
 //! before it lapses while it runs, and closes it on Ctrl-C or SIGTERM.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use portcullis_engine::Clock;
 
 use serde_json::Value;
 
@@ -15,7 +18,7 @@ pub enum Credentials {
     Aws { server_id: String, sts_endpoint: String },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OpenOptions {
     /// The server's base URL, e.g. `https://portcullis.example.com`.
     pub server: String,
@@ -26,6 +29,8 @@ pub struct OpenOptions {
     /// Renew this often; default: when half the grant's time is left.
     pub renew_every: Option<Duration>,
     pub json: bool,
+    /// What an IAM login is dated with.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// A failed request, with the exit code it maps to.
@@ -83,7 +88,7 @@ impl Client {
             Credentials::Token(t) => Ok(format!("Bearer {t}")),
             Credentials::Aws { server_id, sts_endpoint } => {
                 let sdk = portcullis_aws::shared_sdk_config().await;
-                let login = portcullis_aws::iam::sign_login(sdk, sts_endpoint, server_id, SystemTime::now())
+                let login = portcullis_aws::iam::sign_login(sdk, sts_endpoint, server_id, SystemTime::from(self.options.clock.now()))
                     .await
                     .map_err(|e| OpenError::Refused(e.to_string()))?;
                 Ok(iam_header(&login))

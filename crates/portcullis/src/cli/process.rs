@@ -118,6 +118,7 @@ pub(super) async fn open(a: OpenArgs, json: bool) -> Result<ExitCode, CliError> 
         once: a.once,
         renew_every: a.renew_every.map(std::time::Duration::from_secs),
         json,
+        clock: Arc::new(portcullis_engine::SystemClock),
     };
     match crate::open::run(options).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
