@@ -272,7 +272,7 @@ fn padded(id: i64) -> String {
 /// A grant item as read: the raw item and the grant it holds.
 struct Read {
     raw: HashMap<String, AttributeValue>,
-    grant: Result<Grant, String>,
+    grant: Result<Grant, seed::ItemError>,
 }
 
 impl Read {

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Environment, Timestamp};
+use crate::{Environment, Timestamp, ValidationError};
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -100,13 +100,14 @@ impl ApiToken {
 pub struct PrincipalPattern(String);
 
 impl PrincipalPattern {
-    pub fn parse(text: &str) -> Result<PrincipalPattern, String> {
+    pub fn parse(text: &str) -> Result<PrincipalPattern, ValidationError> {
         let text = text.trim();
+        let refuse = |reason: &str| Err(ValidationError::InvalidPrincipal { input: text.to_string(), reason: reason.into() });
         if !text.starts_with("arn:") || text.split(':').count() < 6 {
-            return Err(format!("{text:?} is not an ARN pattern such as arn:aws:iam::123456789012:user/alice"));
+            return refuse("it is not an ARN pattern such as arn:aws:iam::123456789012:user/alice");
         }
         if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(format!("{text:?} contains spaces or control characters"));
+            return refuse("it contains spaces or control characters");
         }
         Ok(PrincipalPattern(text.to_string()))
     }

@@ -33,6 +33,8 @@ pub enum ValidationError {
     InvalidPorts { input: String, reason: String },
     #[error("invalid user name {input:?}: {reason}; use 1-100 printable characters")]
     InvalidUserName { input: String, reason: String },
+    #[error("invalid principal pattern {input:?}: {reason}")]
+    InvalidPrincipal { input: String, reason: String },
     #[error("invalid security group id {input:?}: use sg- and letters or digits, e.g. sg-0123456789abcdef0")]
     InvalidGroupId { input: String },
     #[error("no grant for {cidr} in environment {environment}")]

@@ -17,10 +17,24 @@ pub const IAM_SCHEME: &str = "PortcullisIAM";
 /// Every token starts with this, so secret scanners and people can recognise one.
 pub const TOKEN_PREFIX: &str = "pct_";
 
+/// The operating system gave no randomness for a new token.
+#[derive(Debug, thiserror::Error)]
+#[error("no randomness for a token: {0}")]
+pub struct IssueError(getrandom::Error);
+
+/// A forwarding header that cannot be read, from a trusted proxy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardingError {
+    #[error("{0} is not text")]
+    NotText(String),
+    #[error("{header}: {value:?} is not an address")]
+    NotAnAddress { header: &'static str, value: String },
+}
+
 /// A new token: the prefix and 256 random bits.
-fn new_token() -> Result<String, String> {
+fn new_token() -> Result<String, IssueError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a token: {e}"))?;
+    getrandom::fill(&mut bytes).map_err(IssueError)?;
     Ok(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
 }
 
@@ -42,7 +56,7 @@ pub fn issue(
     created_at: portcullis_core::Timestamp,
     expires_at: Option<portcullis_core::Timestamp>,
     created_by: &str,
-) -> Result<(String, ApiToken), String> {
+) -> Result<(String, ApiToken), IssueError> {
     let secret = new_token()?;
     let hash = token_hash(&secret);
     let token = ApiToken {
@@ -182,7 +196,7 @@ pub fn iam_header(login: &IamLogin) -> String {
 /// The client's address: the socket peer, or what a trusted proxy says it forwarded for.
 /// Proxies' headers are read right to left, skipping trusted hops, so a client cannot choose
 /// its address by sending its own `X-Forwarded-For`.
-pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Result<IpAddr, String> {
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Result<IpAddr, ForwardingError> {
     let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|c| c.net().contains(&ip.to_canonical()));
     if !is_trusted(&peer) {
@@ -201,12 +215,12 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Re
 
 /// The addresses a request was forwarded for, oldest first: `Forwarded` (RFC 7239) if present,
 /// else `X-Forwarded-For`.
-fn forwarded_hops(headers: &HeaderMap) -> Result<Vec<IpAddr>, String> {
-    let all = |name: &str| -> Result<Vec<String>, String> {
+fn forwarded_hops(headers: &HeaderMap) -> Result<Vec<IpAddr>, ForwardingError> {
+    let all = |name: &str| -> Result<Vec<String>, ForwardingError> {
         headers
             .get_all(name)
             .iter()
-            .map(|v| v.to_str().map(str::to_string).map_err(|_| format!("{name} is not text")))
+            .map(|v| v.to_str().map(str::to_string).map_err(|_| ForwardingError::NotText(name.to_string())))
             .collect()
     };
     let forwarded = all("forwarded")?;
@@ -224,7 +238,8 @@ fn forwarded_hops(headers: &HeaderMap) -> Result<Vec<IpAddr>, String> {
                 Some(rest) => rest.split(']').next().unwrap_or_default(),
                 None => value.split(':').next().unwrap_or_default(),
             };
-            out.push(host.parse().map_err(|_| format!("Forwarded: {value:?} is not an address"))?);
+            let not_an_address = || ForwardingError::NotAnAddress { header: "Forwarded", value: value.to_string() };
+            out.push(host.parse().map_err(|_| not_an_address())?);
         }
         return Ok(out);
     }
@@ -234,7 +249,7 @@ fn forwarded_hops(headers: &HeaderMap) -> Result<Vec<IpAddr>, String> {
         if part.is_empty() {
             continue;
         }
-        out.push(part.parse().map_err(|_| format!("X-Forwarded-For: {part:?} is not an address"))?);
+        out.push(part.parse().map_err(|_| ForwardingError::NotAnAddress { header: "X-Forwarded-For", value: part.to_string() })?);
     }
     Ok(out)
 }

@@ -67,15 +67,39 @@ pub struct UserInfo {
     pub display_name: Option<String>,
 }
 
+/// Why an invocation failed (Lambda retries it and counts an error).
+#[derive(Debug, thiserror::Error)]
+pub enum InvocationError {
+    #[error("an event is a JSON object")]
+    NotAnObject,
+    #[error("Records is not an array")]
+    RecordsNotAnArray,
+    #[error("invalid action event: {0}")]
+    InvalidAction(serde_json::Error),
+    #[error("invalid HTTP API event: {0}")]
+    InvalidHttp(serde_json::Error),
+    #[error("not an event portcullis handles: expected an action event, DynamoDB Stream records, an EventBridge scheduled event or an API Gateway HTTP API request")]
+    Unknown,
+    /// An action event's change failed for a reason worth retrying (not a refusal).
+    #[error("{0}")]
+    Action(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("portcullis lambda runs inside AWS Lambda (AWS_LAMBDA_RUNTIME_API is not set); to handle one event here, use `portcullis invoke --event FILE`")]
+    NotInLambda,
+    #[error("the Lambda runtime failed: {0}")]
+    Runtime(lambda_runtime::Error),
+}
+
 /// Tells which kind of event a payload is; an error says why it is none.
-pub fn classify(value: Value) -> Result<Event, String> {
-    let Value::Object(map) = &value else { return Err("an event is a JSON object".into()) };
+pub fn classify(value: Value) -> Result<Event, InvocationError> {
+    let Value::Object(map) = &value else { return Err(InvocationError::NotAnObject) };
     if let Some(records) = map.get("Records") {
-        let Value::Array(records) = records else { return Err("Records is not an array".into()) };
+        let Value::Array(records) = records else { return Err(InvocationError::RecordsNotAnArray) };
         return Ok(Event::Stream(records.clone()));
     }
     if map.contains_key("action") {
-        return serde_json::from_value(value).map(Event::Action).map_err(|e| format!("invalid action event: {e}"));
+        return serde_json::from_value(value).map(Event::Action).map_err(InvocationError::InvalidAction);
     }
     if map.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
         || map.get("source").and_then(Value::as_str) == Some("aws.events")
@@ -83,9 +107,9 @@ pub fn classify(value: Value) -> Result<Event, String> {
         return Ok(Event::Scheduled);
     }
     if map.get("requestContext").is_some_and(|c| c.get("http").is_some()) {
-        return serde_json::from_value(value).map(|r| Event::Http(Box::new(r))).map_err(|e| format!("invalid HTTP API event: {e}"));
+        return serde_json::from_value(value).map(|r| Event::Http(Box::new(r))).map_err(InvocationError::InvalidHttp);
     }
-    Err("not an event portcullis handles: expected an action event, DynamoDB Stream records, an EventBridge scheduled event or an API Gateway HTTP API request".into())
+    Err(InvocationError::Unknown)
 }
 
 /// A grant as the seed's items show it, as plain JSON.
@@ -347,7 +371,7 @@ pub struct Handler {
 impl Handler {
     /// Handles one event and delivers what it announced; `Err` makes the invocation fail (so
     /// Lambda retries it and counts an error).
-    pub async fn handle(&self, payload: Value) -> Result<Value, String> {
+    pub async fn handle(&self, payload: Value) -> Result<Value, InvocationError> {
         let result = self.dispatch(payload).await;
         if let Some(outbox) = self.engine.outbox() {
             let report = outbox.flush(ANNOUNCE_BUDGET).await;
@@ -358,32 +382,30 @@ impl Handler {
         result
     }
 
-    async fn dispatch(&self, payload: Value) -> Result<Value, String> {
+    async fn dispatch(&self, payload: Value) -> Result<Value, InvocationError> {
         let default_env = &self.app.default_environment;
         match classify(payload)? {
             Event::Action(event) => match handle_action(&self.engine, default_env, event, Interface::Lambda).await {
                 Ok(v) => Ok(v),
                 Err((v, 2)) => Ok(v),
-                Err((v, _)) => Err(v["error"]["message"].as_str().unwrap_or("failed").to_string()),
+                Err((v, _)) => Err(InvocationError::Action(v["error"]["message"].as_str().unwrap_or("failed").to_string())),
             },
             Event::Stream(records) => Ok(serde_json::to_value(handle_stream(&self.engine, &records).await).expect("serialises")),
-            Event::Scheduled => handle_scheduled(&self.engine).await.map_err(|e| e.to_string()),
+            Event::Scheduled => Ok(handle_scheduled(&self.engine).await?),
             Event::Http(request) => Ok(serde_json::to_value(handle_http(self.app.clone(), *request).await).expect("serialises")),
         }
     }
 }
 
 /// Runs as an AWS Lambda function until the runtime stops the process.
-pub async fn run(handler: Handler) -> Result<(), String> {
+pub async fn run(handler: Handler) -> Result<(), InvocationError> {
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
-        return Err("portcullis lambda runs inside AWS Lambda (AWS_LAMBDA_RUNTIME_API is not set); \
-                    to handle one event here, use `portcullis invoke --event FILE`"
-            .into());
+        return Err(InvocationError::NotInLambda);
     }
     let handler = Arc::new(handler);
     let service = lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {
         let handler = handler.clone();
         async move { handler.handle(event.payload).await.map_err(lambda_runtime::Error::from) }
     });
-    lambda_runtime::run(service).await.map_err(|e| e.to_string())
+    lambda_runtime::run(service).await.map_err(InvocationError::Runtime)
 }

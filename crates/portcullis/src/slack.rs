@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use portcullis_slack::{Directory, Responder, SigningSecret};
+use portcullis_slack::{Directory, Responder, SecretError, SignatureError, SigningSecret};
 use tokio::task::JoinSet;
 
 use crate::config::SlackConfig;
@@ -13,7 +13,7 @@ use crate::ratelimit::RateLimiter;
 /// Reads the signing secret again (it may have been rotated in Secrets Manager).
 #[async_trait::async_trait]
 pub trait SecretReload: Send + Sync {
-    async fn reload(&self) -> Result<SigningSecret, String>;
+    async fn reload(&self) -> Result<SigningSecret, SecretError>;
 }
 
 /// The least time between two re-reads of the signing secret, so requests with bad signatures
@@ -65,20 +65,20 @@ impl SlackEndpoint {
 
     /// Verifies a request; on failure, re-reads a rotated secret (at most once a minute) and
     /// tries again.
-    pub(crate) async fn verify(&self, timestamp: Option<&str>, signature: Option<&str>, body: &[u8], now: i64) -> Result<(), String> {
+    pub(crate) async fn verify(&self, timestamp: Option<&str>, signature: Option<&str>, body: &[u8], now: i64) -> Result<(), SignatureError> {
         let first = self.secret.read().expect("secret lock poisoned").verify(timestamp, signature, body, now);
         let Err(err) = first else { return Ok(()) };
-        let Some(reload) = &self.reload else { return Err(err.to_string()) };
+        let Some(reload) = &self.reload else { return Err(err) };
         {
             let mut at = self.reloaded_at.lock().expect("reload mutex poisoned");
             if at.is_some_and(|t| t.elapsed() < RELOAD_EVERY) {
-                return Err(err.to_string());
+                return Err(err);
             }
             *at = Some(std::time::Instant::now());
         }
         match reload.reload().await {
             Ok(fresh) => {
-                let result = fresh.verify(timestamp, signature, body, now).map_err(|e| e.to_string());
+                let result = fresh.verify(timestamp, signature, body, now);
                 if result.is_ok() {
                     tracing::info!("the Slack signing secret was rotated; using the new one");
                 }
@@ -87,7 +87,7 @@ impl SlackEndpoint {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not re-read the Slack signing secret");
-                Err(err.to_string())
+                Err(err)
             }
         }
     }

@@ -12,7 +12,7 @@ use portcullis_engine::{
 use portcullis_slack::{webhook_url_from_secret, FixedUrl, UrlSource, Webhook};
 use portcullis_store::{SqliteStore, Store};
 
-use portcullis_slack::SigningSecret;
+use portcullis_slack::{SecretError, SigningSecret};
 
 use crate::config::{Config, FirewallKind, Secret, StoreSpec};
 use crate::slack::{SecretReload, SlackEndpoint};
@@ -27,8 +27,12 @@ pub enum WiringError {
     Refused(String),
     #[error(transparent)]
     Store(#[from] portcullis_store::StoreError),
-    #[error("{0}")]
-    Secret(String),
+    /// A secret could not be read from Secrets Manager.
+    #[error(transparent)]
+    SecretsManager(#[from] portcullis_aws::SecretError),
+    /// A Slack secret (read, or given) cannot be used.
+    #[error("Slack {what}: {source}")]
+    Slack { what: &'static str, source: Box<WiringError> },
 }
 
 /// The DynamoDB store the config names (its tables are not checked).
@@ -95,7 +99,7 @@ pub async fn secret_value(secret: &Secret) -> Result<String, WiringError> {
     match secret {
         Secret::Value(v) => Ok(v.clone()),
         Secret::Arn(arn) => {
-            Secrets::new(portcullis_aws::shared_sdk_config().await).read(arn).await.map_err(|e| WiringError::Secret(e.to_string()))
+            Ok(Secrets::new(portcullis_aws::shared_sdk_config().await).read(arn).await?)
         }
     }
 }
@@ -108,9 +112,9 @@ struct SecretUrl {
 
 #[async_trait]
 impl UrlSource for SecretUrl {
-    async fn url(&self) -> Result<String, String> {
-        let value = secret_value(&Secret::Arn(self.arn.clone())).await.map_err(|e| e.to_string())?;
-        webhook_url_from_secret(&value).map_err(|e| format!("secret {}: {e}", self.arn))
+    async fn url(&self) -> Result<String, SecretError> {
+        let value = secret_value(&Secret::Arn(self.arn.clone())).await.map_err(|e| SecretError::Unreadable(e.to_string()))?;
+        webhook_url_from_secret(&value)
     }
 }
 
@@ -198,10 +202,9 @@ struct SecretSigningKey {
 
 #[async_trait]
 impl SecretReload for SecretSigningKey {
-    async fn reload(&self) -> Result<SigningSecret, String> {
-        let value = secret_value(&Secret::Arn(self.arn.clone())).await.map_err(|e| e.to_string())?;
-        let secret = portcullis_slack::secret_field(&value, "signing_secret").map_err(|e| e.to_string())?;
-        Ok(SigningSecret::new(secret))
+    async fn reload(&self) -> Result<SigningSecret, SecretError> {
+        let value = secret_value(&Secret::Arn(self.arn.clone())).await.map_err(|e| SecretError::Unreadable(e.to_string()))?;
+        Ok(SigningSecret::new(portcullis_slack::secret_field(&value, "signing_secret")?))
     }
 }
 
@@ -212,7 +215,7 @@ pub async fn slack_endpoint(config: &Config) -> Result<Option<SlackEndpoint>, Wi
         tracing::info!("no Slack signing secret configured: /slack/commands is off");
         return Ok(None);
     };
-    let failed = |what: &str, e: WiringError| WiringError::Secret(format!("Slack {what}: {e}"));
+    let failed = |what: &'static str, e: WiringError| WiringError::Slack { what, source: Box::new(e) };
     let secret = secret_value(secret).await.map_err(|e| failed("signing secret", e))?;
     // The bare secret, or JSON with a `signing_secret` key.
     let secret = portcullis_slack::secret_field(&secret, "signing_secret")

@@ -12,6 +12,6 @@ pub mod webhook;
 pub use command::{parse, usage, Command, ParseError};
 pub use directory::Directory;
 pub use messages::{notification, Reply, Visibility};
-pub use respond::Responder;
+pub use respond::{RespondError, Responder};
 pub use signature::{SignatureError, SigningSecret};
-pub use webhook::{secret_field, webhook_url_from_secret, FixedUrl, UrlSource, Webhook};
+pub use webhook::{secret_field, webhook_url_from_secret, FixedUrl, SecretError, UrlSource, Webhook};

@@ -14,6 +14,19 @@ const URL_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// Attempts per answer (each counts toward the five).
 const ATTEMPTS: u8 = 3;
 
+/// Why an answer could not be posted to a `response_url`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RespondError {
+    #[error("response_url is not on an allowed host")]
+    NotAllowed,
+    #[error("already posted {MAX_POSTS_PER_URL} times to this response_url")]
+    UsedUp,
+    #[error("response_url answered {0}")]
+    Refused(u16),
+    #[error("response_url post failed: {0}")]
+    Failed(String),
+}
+
 /// Posts to `response_url`s, only to the allowed prefixes, at most five times each.
 pub struct Responder {
     client: reqwest::Client,
@@ -33,23 +46,23 @@ impl Responder {
     }
 
     /// Takes one of the URL's posts, or says why there is none left.
-    fn take_post(&self, url: &str) -> Result<(), String> {
+    fn take_post(&self, url: &str) -> Result<(), RespondError> {
         let mut posts = self.posts.lock().expect("responder mutex poisoned");
         posts.retain(|_, (_, first)| first.elapsed() < URL_LIFETIME);
         let (count, _) = posts.entry(url.to_string()).or_insert((0, Instant::now()));
         if *count >= MAX_POSTS_PER_URL {
-            return Err(format!("already posted {MAX_POSTS_PER_URL} times to this response_url"));
+            return Err(RespondError::UsedUp);
         }
         *count += 1;
         Ok(())
     }
 
     /// Posts a reply, retrying a failed post twice.
-    pub async fn post(&self, url: &str, reply: &Reply) -> Result<(), String> {
+    pub async fn post(&self, url: &str, reply: &Reply) -> Result<(), RespondError> {
         if !self.allows(url) {
-            return Err("response_url is not on an allowed host".into());
+            return Err(RespondError::NotAllowed);
         }
-        let mut last = String::new();
+        let mut last = RespondError::UsedUp;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
@@ -58,10 +71,10 @@ impl Responder {
             match self.client.post(url).json(reply).send().await {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) if r.status().is_client_error() && r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS => {
-                    return Err(format!("response_url answered {}", r.status()));
+                    return Err(RespondError::Refused(r.status().as_u16()));
                 }
-                Ok(r) => last = format!("response_url answered {}", r.status()),
-                Err(e) => last = format!("response_url post failed: {}", error_chain(&e)),
+                Ok(r) => last = RespondError::Refused(r.status().as_u16()),
+                Err(e) => last = RespondError::Failed(error_chain(&e)),
             }
         }
         Err(last)

@@ -10,11 +10,27 @@ use reqwest::StatusCode;
 
 use crate::messages::notification;
 
+/// A Slack secret's value that cannot be used, or cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("the secret is neither a bare value nor JSON: {0}")]
+    NotJson(String),
+    #[error("the secret's JSON has no {0:?} string")]
+    MissingKey(String),
+    #[error("the secret is empty")]
+    Empty,
+    #[error("the webhook URL must start with https://")]
+    NotAUrl,
+    /// Where the secret is kept could not be read (Secrets Manager).
+    #[error("{0}")]
+    Unreadable(String),
+}
+
 /// Where the webhook's URL comes from: given outright, or a secret that may be rotated. It is
 /// asked once, and again whenever Slack refuses a post to the URL it gave.
 #[async_trait]
 pub trait UrlSource: Send + Sync {
-    async fn url(&self) -> Result<String, String>;
+    async fn url(&self) -> Result<String, SecretError>;
 }
 
 /// A URL from the configuration (`SLACK_WEBHOOK_URL`).
@@ -22,35 +38,34 @@ pub struct FixedUrl(pub String);
 
 #[async_trait]
 impl UrlSource for FixedUrl {
-    async fn url(&self) -> Result<String, String> {
+    async fn url(&self) -> Result<String, SecretError> {
         Ok(self.0.clone())
     }
 }
 
 /// A secret's value as Slack secrets are kept in Secrets Manager: the bare value, or JSON with
 /// the value under `key`.
-pub fn secret_field(raw: &str, key: &str) -> Result<String, String> {
+pub fn secret_field(raw: &str, key: &str) -> Result<String, SecretError> {
     let raw = raw.trim();
     let value = if raw.starts_with('{') {
-        let json: serde_json::Value =
-            serde_json::from_str(raw).map_err(|e| format!("the secret is neither a bare value nor JSON: {e}"))?;
-        json.get(key).and_then(|v| v.as_str()).ok_or(format!("the secret's JSON has no {key:?} string"))?.trim().to_string()
+        let json: serde_json::Value = serde_json::from_str(raw).map_err(|e| SecretError::NotJson(e.to_string()))?;
+        json.get(key).and_then(|v| v.as_str()).ok_or_else(|| SecretError::MissingKey(key.to_string()))?.trim().to_string()
     } else {
         raw.to_string()
     };
     if value.is_empty() {
-        return Err("the secret is empty".into());
+        return Err(SecretError::Empty);
     }
     Ok(value)
 }
 
 /// Reads a webhook secret's value: the bare URL, or JSON with a `webhook_url` key.
-pub fn webhook_url_from_secret(value: &str) -> Result<String, String> {
+pub fn webhook_url_from_secret(value: &str) -> Result<String, SecretError> {
     let url = secret_field(value, "webhook_url")?;
     if url.starts_with("https://") || url.starts_with("http://") {
         Ok(url)
     } else {
-        Err("the webhook URL must start with https://".into())
+        Err(SecretError::NotAUrl)
     }
 }
 
@@ -168,7 +183,7 @@ mod tests {
         assert_eq!(webhook_url_from_secret(url).unwrap(), url);
         assert_eq!(webhook_url_from_secret(&format!(" {url}\n")).unwrap(), url);
         assert_eq!(webhook_url_from_secret(&format!(r#"{{"webhook_url": "{url}"}}"#)).unwrap(), url);
-        assert!(webhook_url_from_secret(r#"{"url": "x"}"#).unwrap_err().contains("webhook_url"));
+        assert!(webhook_url_from_secret(r#"{"url": "x"}"#).unwrap_err().to_string().contains("webhook_url"));
         assert!(webhook_url_from_secret("hooks.slack.com").is_err());
         assert_eq!(secret_field(r#"{"signing_secret": "abc"}"#, "signing_secret").unwrap(), "abc");
         assert_eq!(secret_field("abc\n", "signing_secret").unwrap(), "abc");

@@ -124,25 +124,43 @@ pub fn removal(item: &Item) -> Option<String> {
     s(item, REMOVAL)
 }
 
+/// Why an item is not a grant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ItemError {
+    #[error("no {0}")]
+    Missing(&'static str),
+    #[error(transparent)]
+    Invalid(#[from] portcullis_core::ValidationError),
+    #[error("unknown {SOURCE} {0:?}")]
+    UnknownSource(String),
+    #[error("{attribute} {value:?} is not ISO 8601")]
+    NotIso { attribute: &'static str, value: String },
+    #[error("ttl {0} is out of range")]
+    TtlOutOfRange(i64),
+    #[error("no expires_at or ttl")]
+    NoExpiry,
+}
+
 /// Reads a grant from an item, as the old Lambda or portcullis wrote it. Lenient where the
 /// old Lambda was (a missing user name or description); an error names what is wrong.
-pub fn from_item(item: &Item) -> Result<Grant, String> {
-    let raw_ip = s(item, IP_ADDRESS).ok_or("no ip_address")?;
-    let cidr = Cidr::parse(&raw_ip).map_err(|e| e.to_string())?;
-    let raw_env = s(item, ENVIRONMENT).ok_or("no environment")?;
-    let environment = Environment::parse(&raw_env).map_err(|e| e.to_string())?;
+pub fn from_item(item: &Item) -> Result<Grant, ItemError> {
+    let raw_ip = s(item, IP_ADDRESS).ok_or(ItemError::Missing(IP_ADDRESS))?;
+    let cidr = Cidr::parse(&raw_ip)?;
+    let raw_env = s(item, ENVIRONMENT).ok_or(ItemError::Missing(ENVIRONMENT))?;
+    let environment = Environment::parse(&raw_env)?;
     let source = match s(item, SOURCE) {
-        Some(text) => Source::parse(&text).ok_or_else(|| format!("unknown {SOURCE} {text:?}"))?,
+        Some(text) => Source::parse(&text).ok_or(ItemError::UnknownSource(text))?,
         None => Source::Manual,
     };
+    let iso = |attribute: &'static str, text: String| parse_iso(&text).ok_or(ItemError::NotIso { attribute, value: text });
     let expires_at = match (s(item, EXPIRES_AT), n(item, TTL)) {
-        (Some(text), _) => Some(parse_iso(&text).ok_or_else(|| format!("expires_at {text:?} is not ISO 8601"))?),
-        (None, Some(secs)) => Some(Timestamp::from_unix_timestamp(secs).map_err(|e| format!("ttl {secs}: {e}"))?),
+        (Some(text), _) => Some(iso(EXPIRES_AT, text)?),
+        (None, Some(secs)) => Some(Timestamp::from_unix_timestamp(secs).map_err(|_| ItemError::TtlOutOfRange(secs))?),
         (None, None) if source.may_be_permanent() => None,
-        (None, None) => return Err("no expires_at or ttl".into()),
+        (None, None) => return Err(ItemError::NoExpiry),
     };
     let created_at = match s(item, ADDED_AT) {
-        Some(text) => parse_iso(&text).ok_or_else(|| format!("added_at {text:?} is not ISO 8601"))?,
+        Some(text) => iso(ADDED_AT, text)?,
         None => expires_at.unwrap_or(Timestamp::UNIX_EPOCH),
     };
     let id = s(item, USER_ID).unwrap_or_default();
@@ -228,7 +246,7 @@ fn external_kind(record: &StreamItems) -> ExternalKind {
     match from_item(old) {
         Ok(grant) if record.by_service => ExternalKind::Expired { grant },
         Ok(grant) => ExternalKind::RemovedOutside { grant },
-        Err(error) => unreadable(Some(environment), error),
+        Err(error) => unreadable(Some(environment), error.to_string()),
     }
 }
 
@@ -292,7 +310,7 @@ mod tests {
         assert_eq!(g.owner.name, "U01234567");
         assert_eq!(g.expires_at, Some(datetime!(2025-01-17 12:00 UTC)));
         item.remove("ttl");
-        assert!(from_item(&item).unwrap_err().contains("expires_at"));
+        assert!(from_item(&item).unwrap_err().to_string().contains("expires_at"));
         item.insert("ip_address".into(), Attr::S("nonsense".into()));
         assert!(from_item(&item).is_err());
     }

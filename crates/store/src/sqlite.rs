@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use portcullis_core::{
     Action, ApiToken, AuditEvent, Cidr, Role, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp,
+    ValidationError,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
@@ -184,11 +185,14 @@ const GRANT_COLUMNS: &str =
 
 const TOKEN_COLUMNS: &str = "id, hash, user, role, environments, created_at_ms, expires_at_ms, revoked_at_ms, created_by";
 
-fn token_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiToken, String>> {
+/// A row that does not read as what its table holds: a corrupt store.
+struct CorruptRow(String);
+
+fn token_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiToken, CorruptRow>> {
     let (id, role, envs): (String, String, String) = (row.get(0)?, row.get(3)?, row.get(4)?);
     let environments = envs.split(',').filter(|e| !e.is_empty()).map(Environment::parse).collect::<Result<_, _>>();
     let (Some(role), Ok(environments)) = (Role::parse(&role), environments) else {
-        return Ok(Err(format!("token {id}: unreadable role {role:?} or environments {envs:?}")));
+        return Ok(Err(CorruptRow(format!("token {id}: unreadable role {role:?} or environments {envs:?}"))));
     };
     Ok(Ok(ApiToken {
         hash: row.get(1)?,
@@ -203,7 +207,7 @@ fn token_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiToken, String>> {
     }))
 }
 
-fn grant_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Grant, String>> {
+fn grant_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Grant, CorruptRow>> {
     let cidr: String = row.get(0)?;
     let environment: String = row.get(1)?;
     let source: String = row.get(5)?;
@@ -211,13 +215,14 @@ fn grant_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Grant, String>> {
     let expires: Option<i64> = row.get(8)?;
     let owner = Owner { id: row.get(2)?, name: row.get(3)?, display_name: row.get(4)? };
     let created = from_ms(row.get(7)?);
+    let corrupt = |e: ValidationError| CorruptRow(format!("grant {cidr} in {environment}: {e}"));
     Ok((|| {
         Ok(Grant {
-            cidr: Cidr::parse(&cidr).map_err(|e| e.to_string())?,
-            environment: Environment::parse(&environment).map_err(|e| e.to_string())?,
+            cidr: Cidr::parse(&cidr).map_err(corrupt)?,
+            environment: Environment::parse(&environment).map_err(corrupt)?,
             owner,
-            source: Source::parse(&source).ok_or_else(|| format!("unknown source {source:?}"))?,
-            description: Description::parse(&description).map_err(|e| e.to_string())?,
+            source: Source::parse(&source).ok_or_else(|| CorruptRow(format!("grant {cidr}: unknown source {source:?}")))?,
+            description: Description::parse(&description).map_err(corrupt)?,
             created_at: created,
             expires_at: expires.map(from_ms),
         })
@@ -283,14 +288,14 @@ impl SqliteStore {
         columns_and_table: &str,
         clause: &str,
         args: impl rusqlite::Params,
-        from_row: fn(&Row<'_>) -> rusqlite::Result<Result<T, String>>,
+        from_row: fn(&Row<'_>) -> rusqlite::Result<Result<T, CorruptRow>>,
     ) -> Result<Vec<T>, StoreError> {
         let sql = format!("SELECT {columns_and_table} WHERE {clause}");
         let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt.query_map(args, from_row).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
-            out.push(row.map_err(|e| self.err(e))?.map_err(|m| self.corrupt(m))?);
+            out.push(row.map_err(|e| self.err(e))?.map_err(|CorruptRow(m)| self.corrupt(m))?);
         }
         Ok(out)
     }

@@ -43,10 +43,21 @@ pub struct TargetView {
     pub group_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<String>,
-    /// `authorized`, `revoked`, `updated`, `unchanged` or `failed`.
-    pub outcome: &'static str,
+    pub outcome: GroupResult,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What happened to one group, as the answer names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupResult {
+    Authorized,
+    Revoked,
+    Updated,
+    /// Nothing needed doing (or the group was not part of this change).
+    Unchanged,
+    Failed,
 }
 
 /// The environment from `?env=E`, else a JSON body `{"env": "E"}` (an empty body is fine).
@@ -72,14 +83,14 @@ fn targets(app: &App, env: &Environment, report: Option<&ReconcileReport>) -> Ve
         let TargetId { region, group_id } = id.clone();
         let outcome = report.and_then(|r| r.outcomes.iter().find(|o| o.target == id));
         let (outcome, error) = match outcome {
-            Some(o) if o.error.is_some() => ("failed", o.error.clone()),
+            Some(o) if o.error.is_some() => (GroupResult::Failed, o.error.clone()),
             Some(o) => match o.applied {
-                Some(a) if a.authorized > 0 => ("authorized", None),
-                Some(a) if a.revoked > 0 => ("revoked", None),
-                Some(a) if a.updated > 0 => ("updated", None),
-                _ => ("unchanged", None),
+                Some(a) if a.authorized > 0 => (GroupResult::Authorized, None),
+                Some(a) if a.revoked > 0 => (GroupResult::Revoked, None),
+                Some(a) if a.updated > 0 => (GroupResult::Updated, None),
+                _ => (GroupResult::Unchanged, None),
             },
-            None => ("unchanged", None),
+            None => (GroupResult::Unchanged, None),
         };
         views.insert((region.clone(), Some(group_id.clone())), TargetView { region, group_id: Some(group_id), ports: Some(ports.to_string()), outcome, error });
     }
@@ -87,7 +98,7 @@ fn targets(app: &App, env: &Environment, report: Option<&ReconcileReport>) -> Ve
         let mut marked = false;
         for ((region, group), view) in views.iter_mut() {
             if *region == f.region && (f.group_id.is_none() || *group == f.group_id) {
-                view.outcome = "failed";
+                view.outcome = GroupResult::Failed;
                 view.error = Some(f.error.clone());
                 marked = true;
             }
@@ -95,7 +106,7 @@ fn targets(app: &App, env: &Environment, report: Option<&ReconcileReport>) -> Ve
         if !marked {
             views.insert(
                 (f.region.clone(), f.group_id.clone()),
-                TargetView { region: f.region.clone(), group_id: f.group_id.clone(), ports: None, outcome: "failed", error: Some(f.error.clone()) },
+                TargetView { region: f.region.clone(), group_id: f.group_id.clone(), ports: None, outcome: GroupResult::Failed, error: Some(f.error.clone()) },
             );
         }
     }
@@ -104,7 +115,7 @@ fn targets(app: &App, env: &Environment, report: Option<&ReconcileReport>) -> Ve
 
 /// 502 when there were targets and every one failed; else `ok`.
 fn status_for(ok: StatusCode, targets: &[TargetView]) -> StatusCode {
-    if !targets.is_empty() && targets.iter().all(|t| t.outcome == "failed") {
+    if !targets.is_empty() && targets.iter().all(|t| t.outcome == GroupResult::Failed) {
         StatusCode::BAD_GATEWAY
     } else {
         ok
@@ -123,7 +134,7 @@ async fn prepare(
     let principal = app.principal(headers, true).await?;
     let env = environment(app, requested_environment(query, body)?.as_deref())?;
     let address = client_address(peer.ip(), headers, &app.connection.trusted_proxies)
-        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_forwarding", m))?;
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_forwarding", e.to_string()))?;
     if address.is_unspecified() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "no_source_address", "the request carries no source address"));
     }

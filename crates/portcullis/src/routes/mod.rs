@@ -14,7 +14,7 @@ use axum::Router;
 
 use crate::app::{ApiError, App, BODY_LIMIT};
 
-pub use connection::TargetView;
+pub use connection::{GroupResult, TargetView};
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
