@@ -512,7 +512,7 @@ impl DynamoStore {
         }
         if !*history && portcullis_store::is_grant_change(event.action) {
             *history = true;
-            let mut h = meta_key("history", &event.environment);
+            let mut h = meta_key("history", &event.environment.to_string());
             h.insert("first_change_ms".into(), n(ms(now)));
             tx.put(self.meta(), h, None);
         }
@@ -546,7 +546,7 @@ impl DynamoStore {
         tx.update(&table, to_sdk(&seed::key_item(&grant.key())), &format!("SET {k} = {v}"), cond);
         let (mut history, mut filed) = (false, BTreeSet::new());
         self.append(&mut tx, &event, event.at, &mut history);
-        self.file(&mut tx, &event.environment, &mut filed);
+        self.file(&mut tx, &event.environment.to_string(), &mut filed);
         match self.commit(tx).await {
             Ok(()) => Ok(Some(mark)),
             Err(Failure::Conflict) => Ok(None),
@@ -639,7 +639,7 @@ impl DynamoStore {
         for (i, e) in events.iter_mut().enumerate() {
             e.id = first + i as i64;
             self.append(&mut tx, e, now, &mut history);
-            self.file(&mut tx, &e.environment, &mut filed);
+            self.file(&mut tx, &e.environment.to_string(), &mut filed);
         }
         match self.commit(tx).await {
             Ok(()) => Ok(Some(Upserted { grant: stored, previous })),
@@ -657,7 +657,7 @@ impl DynamoStore {
         let mut tx = Tx::default();
         let (mut history, mut filed) = (false, BTreeSet::new());
         self.append(&mut tx, &event, event.at, &mut history);
-        self.file(&mut tx, &event.environment, &mut filed);
+        self.file(&mut tx, &event.environment.to_string(), &mut filed);
         if let Some(key) = once {
             let mut item = meta_key("once", key);
             item.insert("audit_id".into(), n(event.id));
@@ -737,7 +737,7 @@ impl DynamoStore {
         let mut tx = Tx::default();
         let (mut history, mut filed) = (false, BTreeSet::new());
         self.append(&mut tx, &event, event.at, &mut history);
-        self.file(&mut tx, &event.environment, &mut filed);
+        self.file(&mut tx, &event.environment.to_string(), &mut filed);
         let mut cond = Expr::new();
         match expect {
             None => {

@@ -1,6 +1,9 @@
+use std::collections::BTreeSet;
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
-use crate::{Grant, Timestamp};
+use crate::{Cidr, Environment, Grant, Timestamp};
 
 /// What happened, in the audit log's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -79,6 +82,79 @@ impl Interface {
     }
 }
 
+/// Which environments an audit event concerns. Written as text: the environment's name, names
+/// joined by commas, `*` for every environment, `-` when none could be told.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AuditScope {
+    Environment(Environment),
+    /// Several environments (an API token limited to them).
+    Environments(BTreeSet<Environment>),
+    /// Every environment (an API token for any).
+    All,
+    /// None could be told (a stream record too broken to name one).
+    Unknown,
+}
+
+impl AuditScope {
+    /// Reads the text form back; `None` when it names no valid environment.
+    pub fn parse(text: &str) -> Option<AuditScope> {
+        match text {
+            "*" => Some(AuditScope::All),
+            "-" => Some(AuditScope::Unknown),
+            _ if text.contains(',') => {
+                text.split(',').map(|e| Environment::parse(e).ok()).collect::<Option<_>>().map(AuditScope::Environments)
+            }
+            _ => Environment::parse(text).ok().map(AuditScope::Environment),
+        }
+    }
+
+    /// The environments a token may act in: all of them when it names none.
+    pub fn of_environments(environments: &BTreeSet<Environment>) -> AuditScope {
+        match environments.len() {
+            0 => AuditScope::All,
+            1 => AuditScope::Environment(environments.iter().next().cloned().expect("one environment")),
+            _ => AuditScope::Environments(environments.clone()),
+        }
+    }
+}
+
+impl From<Environment> for AuditScope {
+    fn from(env: Environment) -> Self {
+        AuditScope::Environment(env)
+    }
+}
+
+impl From<&Environment> for AuditScope {
+    fn from(env: &Environment) -> Self {
+        AuditScope::Environment(env.clone())
+    }
+}
+
+impl fmt::Display for AuditScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, so tables can align it with `{:<8}`.
+        match self {
+            AuditScope::Environment(e) => f.pad(e.as_str()),
+            AuditScope::Environments(es) => f.pad(&es.iter().map(Environment::as_str).collect::<Vec<_>>().join(",")),
+            AuditScope::All => f.pad("*"),
+            AuditScope::Unknown => f.pad("-"),
+        }
+    }
+}
+
+impl Serialize for AuditScope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AuditScope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AuditScope, D::Error> {
+        let text = String::deserialize(d)?;
+        AuditScope::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("{text:?} names no environment")))
+    }
+}
+
 /// One append-only record of a state change: who, what, through which interface,
 /// before and after, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,12 +167,41 @@ pub struct AuditEvent {
     pub actor: String,
     pub interface: Interface,
     pub action: Action,
-    pub environment: String,
+    pub environment: AuditScope,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cidr: Option<String>,
+    pub cidr: Option<Cidr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<Grant>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Grant>,
     pub reason: String,
+}
+
+impl AuditEvent {
+    /// The network it concerns, or `-`, for logs and tables.
+    pub fn cidr_label(&self) -> String {
+        self.cidr.map_or_else(|| "-".into(), |c| c.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_read_back_as_written() {
+        let env = |n: &str| Environment::parse(n).unwrap();
+        for scope in [
+            AuditScope::Environment(env("dev")),
+            AuditScope::Environments([env("dev"), env("prod")].into()),
+            AuditScope::All,
+            AuditScope::Unknown,
+        ] {
+            assert_eq!(AuditScope::parse(&scope.to_string()), Some(scope.clone()), "{scope}");
+        }
+        assert_eq!(AuditScope::Environments([env("prod"), env("dev")].into()).to_string(), "dev,prod");
+        assert_eq!(AuditScope::of_environments(&BTreeSet::new()), AuditScope::All);
+        assert_eq!(AuditScope::parse("bad name"), None);
+        assert_eq!(AuditScope::parse("dev,"), None);
+    }
 }

@@ -2,7 +2,7 @@
 //! the console, DynamoDB's TTL), as read from the grants table's change feed, and the pure
 //! decision of what each one calls for.
 
-use crate::{format_utc, Action, AuditEvent, Environment, Grant, Interface, Timestamp};
+use crate::{format_utc, Action, AuditEvent, AuditScope, Environment, Grant, Interface, Timestamp};
 
 /// One change-feed record, decoded.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,8 +73,8 @@ pub fn external_step(change: &ExternalChange, manages: &dyn Fn(&Environment) -> 
                 actor: actor.into(),
                 interface: Interface::Stream,
                 action,
-                environment: grant.environment.to_string(),
-                cidr: Some(grant.cidr.to_string()),
+                environment: AuditScope::from(&grant.environment),
+                cidr: Some(grant.cidr),
                 before: Some(grant.clone()),
                 after: None,
                 reason,
@@ -92,7 +92,7 @@ pub fn external_step(change: &ExternalChange, manages: &dyn Fn(&Environment) -> 
                 actor: "stream".into(),
                 interface: Interface::Stream,
                 action: Action::Refused,
-                environment: environment.as_ref().map_or_else(|| "-".into(), |e| e.to_string()),
+                environment: environment.as_ref().map_or(AuditScope::Unknown, AuditScope::from),
                 cidr: None,
                 before: None,
                 after: None,
@@ -157,10 +157,10 @@ mod tests {
     fn unreadable_records_are_refused_unless_they_belong_elsewhere() {
         let unreadable = |environment: Option<Environment>| ExternalKind::Unreadable { environment, error: "bad ttl".into() };
         let ExternalStep::Refuse { key, event } = step(unreadable(Some(env("dev"))), Some("e4")) else { panic!("refused") };
-        assert_eq!((key.as_deref(), event.environment.as_str()), (Some("stream:e4"), "dev"));
+        assert_eq!((key.as_deref(), event.environment.to_string().as_str()), (Some("stream:e4"), "dev"));
         assert_eq!(event.reason, "unreadable stream record e4: bad ttl");
         let ExternalStep::Refuse { key, event } = step(unreadable(None), None) else { panic!("refused") };
-        assert_eq!((key.as_deref(), event.environment.as_str()), (Some("stream:100"), "-"));
+        assert_eq!((key.as_deref(), event.environment.to_string().as_str()), (Some("stream:100"), "-"));
         assert_eq!(step(unreadable(Some(env("other"))), Some("e5")), ExternalStep::Ignore);
     }
 }

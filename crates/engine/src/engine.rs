@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use portcullis_core::{
-    plan, plan_adoption, policy_for, resolve_targets, Action, AuditEvent, Cidr, Description, Environment, Grant, GrantKey,
+    plan, plan_adoption, policy_for, resolve_targets, Action, AuditEvent, AuditScope, Cidr, Description, Environment, Grant, GrantKey,
     GroupChange, Interface, Marker, Owner, Plan, PlanInput, Policy, PortSet, RuleQuota, SkippedGroup, Source,
     Target, TargetId, TargetSelector, TargetSpec, Timestamp, Ttl, ValidationError,
 };
@@ -236,8 +236,8 @@ impl Engine {
             actor: actor.name.clone(),
             interface: actor.interface,
             action: Action::Refused,
-            environment: env.to_string(),
-            cidr: cidr.map(|c| c.to_string()),
+            environment: AuditScope::from(env),
+            cidr: cidr.copied(),
             before: None,
             after: None,
             reason: err.to_string(),
@@ -506,7 +506,7 @@ impl Engine {
                 actor: "portcullis".into(),
                 interface: Interface::Reconciler,
                 action: Action::DriftRepaired,
-                environment: env.to_string(),
+                environment: AuditScope::from(env),
                 cidr: None,
                 before: None,
                 after: None,
@@ -629,8 +629,8 @@ impl Engine {
                     actor: by.actor().name,
                     interface: by.interface,
                     action: Action::Adopted,
-                    environment: change.environment.to_string(),
-                    cidr: Some(rule.cidr.to_string()),
+                    environment: AuditScope::from(&change.environment),
+                    cidr: Some(rule.cidr),
                     before: None,
                     after: None,
                     reason: format!("took over {} {} on {}: description now {:?}", rule.ec2_cidr, rule.ports, change.target, rule.description),

@@ -50,7 +50,7 @@ pub struct LogNotifier;
 impl Notifier for LogNotifier {
     async fn announce(&self, event: &AuditEvent) -> Result<(), NotifyError> {
         tracing::info!(action = event.action.as_str(), environment = %event.environment,
-            cidr = event.cidr.as_deref().unwrap_or("-"), actor = %event.actor, "change announced (log only)");
+            cidr = %event.cidr_label(), actor = %event.actor, "change announced (log only)");
         Ok(())
     }
 }
@@ -143,7 +143,7 @@ impl Outbox {
         if now - event.at > self.pacing.max_age {
             let error = format!("not delivered within {}", self.pacing.max_age);
             tracing::error!(notice = id, action = event.action.as_str(), environment = %event.environment,
-                cidr = event.cidr.as_deref().unwrap_or("-"), "announcement abandoned: {error}");
+                cidr = %event.cidr_label(), "announcement abandoned: {error}");
             self.store.settle_notice(id, Settlement::Abandoned { error }, now).await?;
             return Ok(Step::Abandoned);
         }
@@ -152,7 +152,7 @@ impl Outbox {
         let (settlement, step) = match result {
             Ok(()) => {
                 tracing::info!(notice = id, action = event.action.as_str(), environment = %event.environment,
-                    cidr = event.cidr.as_deref().unwrap_or("-"), "change announced");
+                    cidr = %event.cidr_label(), "change announced");
                 self.close_gate_until(now + self.notifier.min_interval());
                 (Settlement::Delivered, Step::Delivered)
             }

@@ -159,8 +159,8 @@ impl Reply {
 /// The notification for an audit event, in the seed's words; `None` for events that are not
 /// announced.
 pub fn notification(event: &AuditEvent) -> Option<String> {
-    let env = escape(&event.environment);
-    let cidr = event.cidr.as_deref().unwrap_or("-");
+    let env = escape(&event.environment.to_string());
+    let cidr = event.cidr_label();
     let mut lines = Vec::new();
     let described = |lines: &mut Vec<String>, g: &Grant| {
         lines.push(format!("Added by: @{}", escape(&g.owner.name)));
@@ -231,8 +231,8 @@ mod tests {
             actor: "portcullis".into(),
             interface: Interface::Sweeper,
             action,
-            environment: "dev".into(),
-            cidr: Some("1.2.3.4/32".into()),
+            environment: portcullis_core::Environment::parse("dev").unwrap().into(),
+            cidr: Some(portcullis_core::Cidr::parse("1.2.3.4/32").unwrap()),
             before,
             after,
             reason: String::new(),

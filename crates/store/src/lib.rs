@@ -11,7 +11,7 @@ mod upsert;
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use portcullis_core::{ApiToken, AuditEvent, Environment, Grant, GrantKey, Interface, Timestamp, ValidationError};
+use portcullis_core::{ApiToken, AuditEvent, AuditScope, Environment, Grant, GrantKey, Interface, Timestamp, ValidationError};
 use thiserror::Error;
 
 pub use sqlite::SqliteStore;
@@ -75,8 +75,8 @@ pub fn grant_event(
         actor: actor.name.clone(),
         interface: actor.interface,
         action,
-        environment: grant.environment.to_string(),
-        cidr: Some(grant.cidr.to_string()),
+        environment: AuditScope::from(&grant.environment),
+        cidr: Some(grant.cidr),
         before,
         after,
         reason,
@@ -86,7 +86,7 @@ pub fn grant_event(
 /// The audit event of creating or revoking an API token. Its environment is the token's
 /// environments (`*` for any); its reason names the token, never its secret.
 pub fn token_event(at: Timestamp, actor: &Actor, action: portcullis_core::Action, token: &ApiToken) -> AuditEvent {
-    let environment = token.environment_list().unwrap_or_else(|| "*".into());
+    let environment = AuditScope::of_environments(&token.environments);
     let verb = if action == portcullis_core::Action::TokenRevoked { "revoked" } else { "created" };
     AuditEvent {
         id: 0,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use portcullis_core::{
-    Action, ApiToken, AuditEvent, Cidr, Role, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp,
+    Action, ApiToken, AuditEvent, AuditScope, Cidr, Role, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp,
     ValidationError,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
@@ -266,8 +266,11 @@ impl SqliteStore {
                 interface: Interface::parse(&interface)
                     .ok_or_else(|| self.corrupt(format!("audit {id}: unknown interface {interface:?}")))?,
                 action: Action::parse(&action).ok_or_else(|| self.corrupt(format!("audit {id}: unknown action {action:?}")))?,
-                environment,
-                cidr,
+                environment: AuditScope::parse(&environment)
+                    .ok_or_else(|| self.corrupt(format!("audit {id}: unreadable environment {environment:?}")))?,
+                cidr: cidr
+                    .map(|c| Cidr::parse(&c).map_err(|e| self.corrupt(format!("audit {id}: {e}"))))
+                    .transpose()?,
                 before: grant(before)?,
                 after: grant(after)?,
                 reason,
@@ -360,8 +363,8 @@ impl SqliteStore {
                 e.actor,
                 e.interface.as_str(),
                 e.action.as_str(),
-                e.environment,
-                e.cidr,
+                e.environment.to_string(),
+                e.cidr.map(|c| c.to_string()),
                 json(&e.before),
                 json(&e.after),
                 e.reason,
@@ -378,7 +381,7 @@ impl SqliteStore {
         if crate::is_grant_change(e.action) {
             tx.execute(
                 "INSERT OR IGNORE INTO environments (name, first_change_ms) VALUES (?1, ?2)",
-                params![e.environment, ms(e.at)],
+                params![e.environment.to_string(), ms(e.at)],
             )
             .map_err(|e| self.err(e))?;
         }

@@ -194,7 +194,7 @@ pub(super) async fn audit(cx: &Context, a: AuditArgs) -> Result<ExitCode, CliErr
                 format_utc(e.at),
                 e.action.as_str(),
                 e.environment,
-                e.cidr.as_deref().unwrap_or("-"),
+                e.cidr_label(),
                 e.interface.as_str(),
                 e.reason
             );

@@ -189,7 +189,7 @@ async fn open_refresh_close_across_two_regions_and_expiry_on_virtual_time() {
     })
     .await;
     let audit = c.store.audit(None, 50).await.unwrap();
-    assert_eq!(audit.iter().find(|e| e.cidr.as_deref() == Some("127.0.0.1/32")).unwrap().action.as_str(), "expired");
+    assert_eq!(audit.iter().find(|e| e.cidr_label() == "127.0.0.1/32").unwrap().action.as_str(), "expired");
     let _ = stop.send(true);
     let _ = sweeper.await;
 }
