@@ -258,33 +258,10 @@ impl Config {
     }
 
     fn resolve(file: FileConfig, overrides: &Overrides, env: Env<'_>) -> Result<Config, ConfigError> {
-        let store_text = overrides
-            .store
-            .clone()
-            .or_else(|| env("PORTCULLIS_STORE"))
-            .or_else(|| env("DYNAMODB_TABLE_NAME").filter(|t| !t.trim().is_empty()).map(|t| format!("dynamodb:{}", t.trim())))
-            .or(file.store)
-            .unwrap_or_else(|| "sqlite:portcullis.db".into());
-        let store = StoreSpec::parse(&store_text)
-            .ok_or_else(|| error("store", format!("{store_text:?} is not sqlite:PATH or dynamodb:TABLE")))?;
-
-        let firewall_text = overrides.firewall.clone().or_else(|| env("PORTCULLIS_FIREWALL")).or(file.firewall);
-        let firewall = match firewall_text {
-            None => overrides.default_firewall.unwrap_or(FirewallKind::DryRun),
-            Some(text) => FirewallKind::parse(&text)
-                .ok_or_else(|| error("firewall", format!("{text:?} is not aws or dry-run")))?,
-        };
-
-        let listen_text = overrides
-            .listen
-            .clone()
-            .or_else(|| env("PORTCULLIS_LISTEN"))
-            .or(file.listen)
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen: SocketAddr =
-            listen_text.parse().map_err(|_| error("listen", format!("{listen_text:?} is not an address:port")))?;
-
-        let marker_prefix = file.marker_prefix.unwrap_or_else(|| "pc".into());
+        let store = store(&file, overrides, env)?;
+        let firewall = firewall(&file, overrides, env)?;
+        let listen = listen(&file, overrides, env)?;
+        let marker_prefix = file.marker_prefix.clone().unwrap_or_else(|| "pc".into());
         let marker = Marker::new(&marker_prefix)
             .ok_or_else(|| error("marker_prefix", "use 1-16 characters from a-z A-Z 0-9 _ -"))?;
         let quota = RuleQuota {
@@ -295,127 +272,30 @@ impl Config {
         if interval == 0 {
             return Err(error("reconcile_interval_secs", "must be at least 1"));
         }
-        let default_ports = match &file.default_ports {
-            Some(text) => PortSet::parse(text).map_err(|e| error("default_ports", e))?,
-            None => PortSet::alb(),
+        let defaults = TargetDefaults {
+            ports: match &file.default_ports {
+                Some(text) => PortSet::parse(text).map_err(|e| error("default_ports", e))?,
+                None => PortSet::alb(),
+            },
+            discovery: TargetSelector::Discovery {
+                tag_key: env("SG_DISCOVERY_TAG_KEY").or(file.discovery_tag_key.clone()).unwrap_or_else(|| "WhitelistManaged".into()),
+                tag_value: env("SG_DISCOVERY_TAG_VALUE").or(file.discovery_tag_value.clone()).unwrap_or_else(|| "true".into()),
+            },
         };
-        let tag_key = env("SG_DISCOVERY_TAG_KEY").or(file.discovery_tag_key).unwrap_or_else(|| "WhitelistManaged".into());
-        let tag_value = env("SG_DISCOVERY_TAG_VALUE").or(file.discovery_tag_value).unwrap_or_else(|| "true".into());
-
-        let default_env_text = env("ENVIRONMENT").or(file.default_environment).unwrap_or_else(|| "dev".into());
+        let default_env_text = env("ENVIRONMENT").or(file.default_environment.clone()).unwrap_or_else(|| "dev".into());
         let default_environment = Environment::parse(&default_env_text)
             .map_err(|e| error(if env("ENVIRONMENT").is_some() { "ENVIRONMENT" } else { "default_environment" }, e))?;
-
-        let mut policies = BTreeMap::new();
-        let mut specs = Vec::new();
-        for (name, fe) in &file.environments {
-            let key = format!("environments.{name}");
-            let environment = Environment::parse(name).map_err(|e| error(&key, e))?;
-            let policy = policy(&key, fe)?;
-            for (i, t) in fe.targets.iter().enumerate() {
-                let tkey = format!("{key}.targets[{i}]");
-                let selector = match (&t.group_ids, t.discovery) {
-                    (Some(_), true) => return Err(error(&tkey, "give either discovery = true or group_ids, not both")),
-                    (None, false) => return Err(error(&tkey, "give discovery = true or group_ids")),
-                    (Some(ids), false) => TargetSelector::Ids(group_ids(&format!("{tkey}.group_ids"), ids)?),
-                    (None, true) => TargetSelector::Discovery { tag_key: tag_key.clone(), tag_value: tag_value.clone() },
-                };
-                let ports = match &t.ports {
-                    Some(text) => PortSet::parse(text).map_err(|e| error(format!("{tkey}.ports"), e))?,
-                    None => default_ports.clone(),
-                };
-                if !ports.within(policy.allowed_ports()) {
-                    return Err(error(format!("{tkey}.ports"), format!("{ports} is outside allowed_ports {}", policy.allowed_ports())));
-                }
-                if t.region.trim().is_empty() {
-                    return Err(error(format!("{tkey}.region"), "is empty"));
-                }
-                if let Some(role) = &t.role_arn
-                    && !(role.starts_with("arn:") && role.contains(":role/"))
-                {
-                    return Err(error(format!("{tkey}.role_arn"), format!("{role:?} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)")));
-                }
-                specs.push(TargetSpec {
-                    region: t.region.clone(),
-                    selector,
-                    environment: environment.clone(),
-                    default_ports: ports,
-                    endpoint_url: t.endpoint_url.clone(),
-                    role_arn: t.role_arn.clone(),
-                });
-            }
-            policies.insert(environment, policy);
-        }
-        if policies.is_empty() {
-            policies.insert(default_environment.clone(), Policy::default());
-        } else if !policies.contains_key(&default_environment) {
-            return Err(error(
-                "ENVIRONMENT",
-                format!(
-                    "{default_environment} is not one of the configured environments ({})",
-                    policies.keys().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
-
+        let (policies, mut specs) = environments(&file.environments, &defaults, &default_environment)?;
         // The seed's variables configure the default environment when the file gives it no targets.
         if !specs.iter().any(|s| s.environment == default_environment) {
-            let discovery = match env("ENABLE_SG_DISCOVERY").as_deref().map(str::trim) {
-                None | Some("") => false,
-                Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => true,
-                Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => false,
-                Some(v) => return Err(error("ENABLE_SG_DISCOVERY", format!("{v:?} is not true or false"))),
-            };
-            let ids = match env("MANAGED_SECURITY_GROUP_IDS").filter(|v| !v.trim().is_empty()) {
-                None => vec![],
-                Some(json) => {
-                    let ids: Vec<String> = serde_json::from_str(&json).map_err(|e| {
-                        error("MANAGED_SECURITY_GROUP_IDS", format!("must be a JSON array of group ids: {e}"))
-                    })?;
-                    group_ids("MANAGED_SECURITY_GROUP_IDS", &ids)?
-                }
-            };
-            let selector = if discovery {
-                Some(TargetSelector::Discovery { tag_key, tag_value })
-            } else if !ids.is_empty() {
-                Some(TargetSelector::Ids(ids))
-            } else {
-                None
-            };
-            if let Some(selector) = selector {
-                let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).ok_or_else(|| {
-                    error("AWS_REGION", "is required when ENABLE_SG_DISCOVERY or MANAGED_SECURITY_GROUP_IDS is set")
-                })?;
-                specs.push(TargetSpec {
-                    region,
-                    selector,
-                    environment: default_environment.clone(),
-                    default_ports,
-                    endpoint_url: None,
-                    role_arn: None,
-                });
-            }
+            specs.extend(seed_target(env, defaults, &default_environment)?);
         }
-
-        let slack = slack(&file.slack, env)?;
-        let connection = connection(&file.connection)?;
-        let iam = file.auth.iam.as_ref().map(|i| iam(i, env)).transpose()?;
-
-        let own_table = env("PORTCULLIS_OWN_TABLE").or(file.own_table).filter(|t| !t.trim().is_empty());
-        if let StoreSpec::Dynamodb(table) = &store {
-            for (key, name) in [("store", Some(table.replace("{env}", "x"))), ("own_table", own_table.clone())] {
-                if let Some(name) = name
-                    && !valid_table_name(&name)
-                {
-                    return Err(error(key, format!("{name:?} is not a DynamoDB table name (3-255 characters from a-z A-Z 0-9 _ - .; the template may use {{env}})")));
-                }
-            }
-        }
-
+        let own_table = env("PORTCULLIS_OWN_TABLE").or(file.own_table.clone()).filter(|t| !t.trim().is_empty());
+        check_table_names(&store, own_table.as_deref())?;
         Ok(Config {
-            slack,
-            connection,
-            iam,
+            slack: slack(&file.slack, env)?,
+            connection: connection(&file.connection)?,
+            iam: file.auth.iam.as_ref().map(|i| iam(i, env)).transpose()?,
             own_table,
             store,
             firewall,
@@ -428,6 +308,148 @@ impl Config {
             reconcile_interval: time::Duration::seconds(interval as i64),
         })
     }
+}
+
+/// What targets get when they say nothing themselves.
+struct TargetDefaults {
+    ports: PortSet,
+    /// The tag discovered groups carry (`SG_DISCOVERY_TAG_KEY` / `_VALUE`).
+    discovery: TargetSelector,
+}
+
+fn store(file: &FileConfig, overrides: &Overrides, env: Env<'_>) -> Result<StoreSpec, ConfigError> {
+    let text = overrides
+        .store
+        .clone()
+        .or_else(|| env("PORTCULLIS_STORE"))
+        .or_else(|| env("DYNAMODB_TABLE_NAME").filter(|t| !t.trim().is_empty()).map(|t| format!("dynamodb:{}", t.trim())))
+        .or(file.store.clone())
+        .unwrap_or_else(|| "sqlite:portcullis.db".into());
+    StoreSpec::parse(&text).ok_or_else(|| error("store", format!("{text:?} is not sqlite:PATH or dynamodb:TABLE")))
+}
+
+fn firewall(file: &FileConfig, overrides: &Overrides, env: Env<'_>) -> Result<FirewallKind, ConfigError> {
+    match overrides.firewall.clone().or_else(|| env("PORTCULLIS_FIREWALL")).or(file.firewall.clone()) {
+        None => Ok(overrides.default_firewall.unwrap_or(FirewallKind::DryRun)),
+        Some(text) => FirewallKind::parse(&text).ok_or_else(|| error("firewall", format!("{text:?} is not aws or dry-run"))),
+    }
+}
+
+fn listen(file: &FileConfig, overrides: &Overrides, env: Env<'_>) -> Result<SocketAddr, ConfigError> {
+    let text = overrides
+        .listen
+        .clone()
+        .or_else(|| env("PORTCULLIS_LISTEN"))
+        .or(file.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    text.parse().map_err(|_| error("listen", format!("{text:?} is not an address:port")))
+}
+
+/// Every `[environments.NAME]`: its policy and its targets. Without any, the default
+/// environment alone, with the default policy; else the default must be among them.
+fn environments(
+    file: &BTreeMap<String, FileEnvironment>,
+    defaults: &TargetDefaults,
+    default_environment: &Environment,
+) -> Result<(BTreeMap<Environment, Policy>, Vec<TargetSpec>), ConfigError> {
+    let mut policies = BTreeMap::new();
+    let mut specs = Vec::new();
+    for (name, fe) in file {
+        let key = format!("environments.{name}");
+        let environment = Environment::parse(name).map_err(|e| error(&key, e))?;
+        let policy = policy(&key, fe)?;
+        for (i, t) in fe.targets.iter().enumerate() {
+            specs.push(target(&format!("{key}.targets[{i}]"), t, &environment, &policy, defaults)?);
+        }
+        policies.insert(environment, policy);
+    }
+    if policies.is_empty() {
+        policies.insert(default_environment.clone(), Policy::default());
+    } else if !policies.contains_key(default_environment) {
+        let known = policies.keys().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
+        return Err(error("ENVIRONMENT", format!("{default_environment} is not one of the configured environments ({known})")));
+    }
+    Ok((policies, specs))
+}
+
+/// One `[[environments.NAME.targets]]`.
+fn target(key: &str, t: &FileTarget, environment: &Environment, policy: &Policy, defaults: &TargetDefaults) -> Result<TargetSpec, ConfigError> {
+    let selector = match (&t.group_ids, t.discovery) {
+        (Some(_), true) => return Err(error(key, "give either discovery = true or group_ids, not both")),
+        (None, false) => return Err(error(key, "give discovery = true or group_ids")),
+        (Some(ids), false) => TargetSelector::Ids(group_ids(&format!("{key}.group_ids"), ids)?),
+        (None, true) => defaults.discovery.clone(),
+    };
+    let ports = match &t.ports {
+        Some(text) => PortSet::parse(text).map_err(|e| error(format!("{key}.ports"), e))?,
+        None => defaults.ports.clone(),
+    };
+    if !ports.within(policy.allowed_ports()) {
+        return Err(error(format!("{key}.ports"), format!("{ports} is outside allowed_ports {}", policy.allowed_ports())));
+    }
+    if t.region.trim().is_empty() {
+        return Err(error(format!("{key}.region"), "is empty"));
+    }
+    if let Some(role) = &t.role_arn
+        && !(role.starts_with("arn:") && role.contains(":role/"))
+    {
+        return Err(error(format!("{key}.role_arn"), format!("{role:?} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)")));
+    }
+    Ok(TargetSpec {
+        region: t.region.clone(),
+        selector,
+        environment: environment.clone(),
+        default_ports: ports,
+        endpoint_url: t.endpoint_url.clone(),
+        role_arn: t.role_arn.clone(),
+    })
+}
+
+/// The default environment's target from seed 000's variables (`ENABLE_SG_DISCOVERY`,
+/// `MANAGED_SECURITY_GROUP_IDS`, `AWS_REGION`), if they name one.
+fn seed_target(env: Env<'_>, defaults: TargetDefaults, environment: &Environment) -> Result<Option<TargetSpec>, ConfigError> {
+    let discovery = match env("ENABLE_SG_DISCOVERY").as_deref().map(str::trim) {
+        None | Some("") => false,
+        Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => true,
+        Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => false,
+        Some(v) => return Err(error("ENABLE_SG_DISCOVERY", format!("{v:?} is not true or false"))),
+    };
+    let ids = match env("MANAGED_SECURITY_GROUP_IDS").filter(|v| !v.trim().is_empty()) {
+        None => vec![],
+        Some(json) => {
+            let ids: Vec<String> = serde_json::from_str(&json)
+                .map_err(|e| error("MANAGED_SECURITY_GROUP_IDS", format!("must be a JSON array of group ids: {e}")))?;
+            group_ids("MANAGED_SECURITY_GROUP_IDS", &ids)?
+        }
+    };
+    let selector = match (discovery, ids.is_empty()) {
+        (true, _) => defaults.discovery,
+        (false, false) => TargetSelector::Ids(ids),
+        (false, true) => return Ok(None),
+    };
+    let region = env("AWS_REGION")
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .ok_or_else(|| error("AWS_REGION", "is required when ENABLE_SG_DISCOVERY or MANAGED_SECURITY_GROUP_IDS is set"))?;
+    Ok(Some(TargetSpec {
+        region,
+        selector,
+        environment: environment.clone(),
+        default_ports: defaults.ports,
+        endpoint_url: None,
+        role_arn: None,
+    }))
+}
+
+fn check_table_names(store: &StoreSpec, own_table: Option<&str>) -> Result<(), ConfigError> {
+    let StoreSpec::Dynamodb(table) = store else { return Ok(()) };
+    for (key, name) in [("store", Some(table.replace("{env}", "x"))), ("own_table", own_table.map(str::to_string))] {
+        if let Some(name) = name
+            && !valid_table_name(&name)
+        {
+            return Err(error(key, format!("{name:?} is not a DynamoDB table name (3-255 characters from a-z A-Z 0-9 _ - .; the template may use {{env}})")));
+        }
+    }
+    Ok(())
 }
 
 fn valid_table_name(name: &str) -> bool {
