@@ -21,6 +21,10 @@
 //! that records and announces the change, then deleted. The REMOVE stream record thus carries
 //! the mark, so the stream handler knows the change was ours and was announced already; a
 //! marked item is no longer a grant, so a crash between the two steps loses nothing.
+//!
+//! tidy: long file — one backend's whole item layout (keys, conditions, transactions) for
+//! every `Store` method; split, the conditions each write relies on would sit apart from the
+//! items they guard. The decisions themselves are pure, in `portcullis_store`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -15,6 +15,7 @@ mod outbox;
 mod queries;
 mod report;
 mod stream;
+mod sweeper;
 
 use async_trait::async_trait;
 use portcullis_core::{GroupChange, ObservedGroup, TargetSpec};

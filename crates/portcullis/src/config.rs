@@ -2,6 +2,9 @@
 //!
 //! Precedence: command-line flag, then environment variable, then file, then the defaults in
 //! DESIGN.md. Every error names the key it is about.
+//!
+//! tidy: long file — the whole configuration format (every key, its default and its error)
+//! and its tests in one place, which is what an operator reading it wants.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

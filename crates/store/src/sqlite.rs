@@ -1,3 +1,9 @@
+//! The embedded store: one SQLite file, its schema (migrations) and every `Store` method as SQL.
+//!
+//! tidy: long file — the schema and the statements that rely on it stay together, as
+//! `aws::dynamo` keeps its item layout; the decisions (upsert, history, announcement) are the
+//! pure functions of this crate.
+
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;

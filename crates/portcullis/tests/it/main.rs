@@ -10,3 +10,4 @@ mod engine;
 mod lambda;
 mod serve;
 mod slack;
+mod tidy;
