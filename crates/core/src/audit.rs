@@ -155,6 +155,59 @@ impl<'de> Deserialize<'de> for AuditScope {
     }
 }
 
+/// Who acted, as the audit log names them: a user's name (with their id when it differs), or
+/// one of portcullis's own actors (`portcullis`, `stream`, `dynamodb-ttl`,
+/// `outside-portcullis`). It is made from names other systems chose, so it is cleaned rather
+/// than refused: control characters become spaces, it is cut to [`ActorName::MAX_CHARS`], and
+/// an empty name reads `unknown`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ActorName(String);
+
+impl ActorName {
+    /// Room for a name and an IAM ARN beside it.
+    pub const MAX_CHARS: usize = 300;
+
+    pub fn new(text: &str) -> ActorName {
+        let cleaned: String = text.trim().chars().map(|c| if c.is_control() { ' ' } else { c }).take(Self::MAX_CHARS).collect();
+        let cleaned = cleaned.trim();
+        ActorName(if cleaned.is_empty() { "unknown".into() } else { cleaned.to_string() })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for ActorName {
+    fn from(text: &str) -> Self {
+        ActorName::new(text)
+    }
+}
+
+impl From<String> for ActorName {
+    fn from(text: String) -> Self {
+        ActorName::new(&text)
+    }
+}
+
+impl fmt::Display for ActorName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl Serialize for ActorName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ActorName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ActorName, D::Error> {
+        Ok(ActorName::new(&String::deserialize(d)?))
+    }
+}
+
 /// One append-only record of a state change: who, what, through which interface,
 /// before and after, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,7 +217,7 @@ pub struct AuditEvent {
     pub id: i64,
     #[serde(with = "time::serde::rfc3339")]
     pub at: Timestamp,
-    pub actor: String,
+    pub actor: ActorName,
     pub interface: Interface,
     pub action: Action,
     pub environment: AuditScope,
@@ -203,5 +256,13 @@ mod tests {
         assert_eq!(AuditScope::of_environments(&BTreeSet::new()), AuditScope::All);
         assert_eq!(AuditScope::parse("bad name"), None);
         assert_eq!(AuditScope::parse("dev,"), None);
+    }
+
+    #[test]
+    fn actor_names_are_cleaned_not_refused() {
+        assert_eq!(ActorName::new(" alice (U1) ").as_str(), "alice (U1)");
+        assert_eq!(ActorName::new("a\nb\u{7}").as_str(), "a b");
+        assert_eq!(ActorName::new("").as_str(), "unknown");
+        assert_eq!(ActorName::new(&"x".repeat(400)).as_str().chars().count(), ActorName::MAX_CHARS);
     }
 }

@@ -21,7 +21,7 @@ mod ttl;
 mod user;
 
 pub use access::{principal_name, ApiToken, PrincipalPattern, Role, TokenState};
-pub use audit::{Action, AuditEvent, AuditScope, Interface};
+pub use audit::{Action, ActorName, AuditEvent, AuditScope, Interface};
 pub use cidr::{Cidr, Family};
 pub use description::Description;
 pub use display::{format_utc, time_left};

@@ -233,7 +233,7 @@ impl Engine {
         let event = AuditEvent {
             id: 0,
             at: self.clock.now(),
-            actor: actor.name.clone(),
+            actor: actor.name.as_str().into(),
             interface: actor.interface,
             action: Action::Refused,
             environment: AuditScope::from(env),
@@ -546,7 +546,7 @@ impl Engine {
                 let event = AuditEvent {
                     id: 0,
                     at: self.clock.now(),
-                    actor: by.actor().name,
+                    actor: by.actor().name.into(),
                     interface: by.interface,
                     action: Action::Adopted,
                     environment: AuditScope::from(&change.environment),

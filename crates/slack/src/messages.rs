@@ -185,7 +185,7 @@ pub fn notification(event: &AuditEvent) -> Option<String> {
             if event.interface == portcullis_core::Interface::Stream {
                 lines.push("Removed outside portcullis (deleted from the table).".into());
             } else {
-                lines.push(format!("Removed by: @{}", escape(&event.actor)));
+                lines.push(format!("Removed by: @{}", escape(event.actor.as_str())));
             }
             described(&mut lines, g);
         }

@@ -72,7 +72,7 @@ pub fn grant_event(
     AuditEvent {
         id: 0,
         at,
-        actor: actor.name.clone(),
+        actor: actor.name.as_str().into(),
         interface: actor.interface,
         action,
         environment: AuditScope::from(&grant.environment),
@@ -91,7 +91,7 @@ pub fn token_event(at: Timestamp, actor: &Actor, action: portcullis_core::Action
     AuditEvent {
         id: 0,
         at,
-        actor: actor.name.clone(),
+        actor: actor.name.as_str().into(),
         interface: actor.interface,
         action,
         environment,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use portcullis_core::{
-    Action, ApiToken, AuditEvent, AuditScope, Cidr, Role, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp,
+    Action, ActorName, ApiToken, AuditEvent, AuditScope, Cidr, Role, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp,
     ValidationError,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
@@ -268,7 +268,7 @@ impl SqliteStore {
             out.push(AuditEvent {
                 id,
                 at: from_ms(at),
-                actor,
+                actor: ActorName::new(&actor),
                 interface: Interface::parse(&interface)
                     .ok_or_else(|| self.corrupt(format!("audit {id}: unknown interface {interface:?}")))?,
                 action: Action::parse(&action).ok_or_else(|| self.corrupt(format!("audit {id}: unknown action {action:?}")))?,
@@ -366,7 +366,7 @@ impl SqliteStore {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 ms(e.at),
-                e.actor,
+                e.actor.as_str(),
                 e.interface.as_str(),
                 e.action.as_str(),
                 e.environment.to_string(),
