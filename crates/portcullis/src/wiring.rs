@@ -104,6 +104,11 @@ pub async fn secret_value(secret: &Secret) -> Result<String, WiringError> {
     }
 }
 
+/// A Slack secret's current value in Secrets Manager (it may have been rotated).
+async fn reread(arn: &str) -> Result<String, SecretError> {
+    secret_value(&Secret::Arn(arn.to_string())).await.map_err(|e| SecretError::Unreadable(e.to_string()))
+}
+
 /// The webhook URL kept in Secrets Manager, read when first needed and again when Slack
 /// refuses a post (the webhook may have been rotated).
 struct SecretUrl {
@@ -113,8 +118,7 @@ struct SecretUrl {
 #[async_trait]
 impl UrlSource for SecretUrl {
     async fn url(&self) -> Result<String, SecretError> {
-        let value = secret_value(&Secret::Arn(self.arn.clone())).await.map_err(|e| SecretError::Unreadable(e.to_string()))?;
-        webhook_url_from_secret(&value)
+        webhook_url_from_secret(&reread(&self.arn).await?)
     }
 }
 
@@ -203,8 +207,7 @@ struct SecretSigningKey {
 #[async_trait]
 impl SecretReload for SecretSigningKey {
     async fn reload(&self) -> Result<SigningSecret, SecretError> {
-        let value = secret_value(&Secret::Arn(self.arn.clone())).await.map_err(|e| SecretError::Unreadable(e.to_string()))?;
-        Ok(SigningSecret::new(portcullis_slack::secret_field(&value, "signing_secret")?))
+        Ok(SigningSecret::new(portcullis_slack::secret_field(&reread(&self.arn).await?, "signing_secret")?))
     }
 }
 
