@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Environment, Timestamp, ValidationError};
+use crate::{Environment, Policy, Timestamp, ValidationError};
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -91,6 +91,51 @@ impl ApiToken {
     /// Whether the token may act in `env` (the policy decides about the user separately).
     pub fn covers(&self, env: &Environment) -> bool {
         self.environments.is_empty() || self.environments.contains(env)
+    }
+}
+
+/// What a request's credentials allow beyond the name they identify: an API token is valid
+/// only in its environments, an IAM principal only where an environment lists it. The CLI,
+/// Slack and seed events are identified by the interface itself, with no such limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Credential {
+    #[default]
+    Interface,
+    /// An API token; `environments` empty means any.
+    Token { id: String, environments: BTreeSet<Environment> },
+    Iam { arn: String },
+}
+
+impl Credential {
+    /// Whether these credentials may see and act in `env` at all (the policy's `users` decide
+    /// separately who may change grants there).
+    pub fn covers(&self, env: &Environment, policy: &Policy) -> bool {
+        self.refusal(env, policy).is_none()
+    }
+
+    /// Why these credentials are not valid in `env`, if they are not.
+    pub fn refusal(&self, env: &Environment, policy: &Policy) -> Option<ValidationError> {
+        match self {
+            Credential::Interface => None,
+            Credential::Token { id, environments } if !environments.is_empty() && !environments.contains(env) => {
+                Some(ValidationError::TokenOutOfScope { token: id.clone(), environment: env.to_string() })
+            }
+            Credential::Token { .. } => None,
+            Credential::Iam { arn } if !policy.admits_principal(arn) => {
+                Some(ValidationError::PrincipalNotListed { arn: arn.clone(), environment: env.to_string() })
+            }
+            Credential::Iam { .. } => None,
+        }
+    }
+
+    /// Whether the credentials are limited to some environments (a token with `--env`, or an
+    /// IAM principal); such a caller sees nothing that concerns every environment.
+    pub fn is_limited(&self) -> bool {
+        match self {
+            Credential::Interface => false,
+            Credential::Token { environments, .. } => !environments.is_empty(),
+            Credential::Iam { .. } => true,
+        }
     }
 }
 

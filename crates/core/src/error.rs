@@ -23,6 +23,10 @@ pub enum ValidationError {
     InvalidEnvironmentName { input: String },
     #[error("unknown environment {name:?}; known environments: {known}")]
     UnknownEnvironment { name: String, known: String },
+    #[error("token {token} is not valid for environment {environment}")]
+    TokenOutOfScope { token: String, environment: String },
+    #[error("IAM principal {arn} is not listed in environment {environment}'s principals")]
+    PrincipalNotListed { arn: String, environment: String },
     #[error("user {user:?} may not change grants in environment {environment}")]
     NotAllowed { user: String, environment: String },
     #[error("user {user:?} already holds {count} active grants in environment {environment}, the most allowed; remove one first")]

@@ -20,7 +20,7 @@ mod target;
 mod ttl;
 mod user;
 
-pub use access::{principal_name, ApiToken, PrincipalPattern, Role, TokenState};
+pub use access::{principal_name, ApiToken, Credential, PrincipalPattern, Role, TokenState};
 pub use audit::{Action, ActorName, AuditEvent, AuditScope, Interface};
 pub use cidr::{Cidr, Family};
 pub use description::Description;

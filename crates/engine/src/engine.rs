@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use portcullis_core::{
-    plan, plan_adoption, policy_for, resolve_targets, Action, AuditEvent, AuditScope, Cidr, Description, Environment, Grant, GrantKey,
+    plan, plan_adoption, policy_for, resolve_targets, Action, AuditEvent, AuditScope, Cidr, Credential, Description, Environment, Grant, GrantKey,
     GroupChange, Interface, Marker, Owner, Plan, PlanInput, Policy, PortSet, RuleQuota, SkippedGroup, Source,
     Target, TargetId, TargetSelector, TargetSpec, Timestamp, Ttl, ValidationError,
 };
@@ -64,12 +64,14 @@ pub struct Requester {
     /// Groups the interface vouches the user belongs to (Slack user groups).
     pub groups: Vec<String>,
     pub interface: Interface,
+    /// What the credentials allow (a token's environments, an IAM principal's listing).
+    pub credential: Credential,
 }
 
 impl Requester {
-    /// A user known by one name only (CLI `--as`, the OS user, the HTTP API's `as`).
+    /// A user known by one name only (CLI `--as`, the OS user), identified by the interface.
     pub fn named(name: &str, interface: Interface) -> Requester {
-        Requester { owner: Owner::named(name), groups: Vec::new(), interface }
+        Requester { owner: Owner::named(name), groups: Vec::new(), interface, credential: Credential::Interface }
     }
 
     pub(crate) fn actor(&self) -> Actor {
@@ -200,7 +202,10 @@ impl Engine {
         policy_for(&self.settings.policies, env)
     }
 
-    /// Whether the requester may act in a known environment; a refusal is audited.
+    /// Whether the requester may change grants in a known environment: its credentials must
+    /// be valid there (a token's environments, an IAM principal's listing) and the policy must
+    /// admit the user. The one authorisation every interface's changes go through; a refusal
+    /// is audited.
     pub async fn authorize(&self, env: &Environment, by: &Requester) -> Result<&Policy, EngineError> {
         self.authorize_for(env, None, by).await
     }
@@ -208,18 +213,28 @@ impl Engine {
     /// [`Engine::authorize`] for a change to one network, which the refusal names.
     async fn authorize_for(&self, env: &Environment, cidr: Option<&Cidr>, by: &Requester) -> Result<&Policy, EngineError> {
         let policy = self.policy(env)?;
-        if let Err(err) = policy.check_actor(env, &by.owner.id, &by.owner.name, &by.groups) {
+        let refusal = by.credential.refusal(env, policy).map(Err).unwrap_or_else(|| {
+            policy.check_actor(env, &by.owner.id, &by.owner.name, &by.groups)
+        });
+        if let Err(err) = refusal {
             return Err(self.refuse(err, env, cidr, &by.refused_actor()).await);
         }
         Ok(policy)
     }
 
-    /// Refuses (and audits) a requester the interface found not allowed in `env` for its own
-    /// reasons (an API token limited to other environments, an unlisted IAM principal).
-    pub async fn deny(&self, env: &Environment, cidr: Option<&Cidr>, by: &Requester) -> EngineError {
-        let actor = by.refused_actor();
-        let err = ValidationError::NotAllowed { user: actor.name.clone(), environment: env.to_string() };
-        self.refuse(err, env, cidr, &actor).await
+    /// Whether the requester may read a known environment's grants and audit log: its
+    /// credentials must be valid there. A refusal is audited.
+    pub(crate) async fn authorize_read(&self, env: &Environment, by: &Requester) -> Result<(), EngineError> {
+        let policy = self.policy(env)?;
+        match by.credential.refusal(env, policy) {
+            Some(err) => Err(self.refuse(err, env, None, &by.refused_actor()).await),
+            None => Ok(()),
+        }
+    }
+
+    /// The known environments the requester's credentials are valid in.
+    pub fn visible_environments(&self, by: &Requester) -> BTreeSet<Environment> {
+        self.settings.policies.iter().filter(|(env, policy)| by.credential.covers(env, policy)).map(|(env, _)| env.clone()).collect()
     }
 
     /// The groups of `env` as last observed (region, id, ports), without a firewall call.

@@ -2,7 +2,7 @@
 //! Interfaces read through these, never through the store, so a rule about what is shown
 //! (live grants only, audit limits) is written once.
 
-use portcullis_core::{ApiToken, AuditEvent, Environment, Grant};
+use portcullis_core::{ApiToken, AuditEvent, AuditScope, Environment, Grant};
 
 use crate::{Engine, EngineError, Requester, Scope, Status};
 
@@ -21,26 +21,50 @@ impl AuditQuery {
 }
 
 impl Engine {
-    /// The grants that open the firewall now (stored but expired ones are not shown).
-    pub async fn live_grants(&self, scope: &Scope) -> Result<Vec<Grant>, EngineError> {
+    /// The grants that open the firewall now (stored but expired ones are not shown), in one
+    /// environment or in every one the requester's credentials are valid in.
+    pub async fn live_grants(&self, scope: &Scope, by: &Requester) -> Result<Vec<Grant>, EngineError> {
+        if let Some(env) = scope.environment() {
+            self.authorize_read(env, by).await?;
+        }
+        let visible = self.visible_environments(by);
         let now = self.clock().now();
         let grants = self.store().grants(scope.environment()).await?;
-        Ok(grants.into_iter().filter(|g| g.is_live(now)).collect())
+        let sees = |g: &Grant| !by.credential.is_limited() || visible.contains(&g.environment);
+        Ok(grants.into_iter().filter(|g| g.is_live(now) && sees(g)).collect())
     }
 
-    /// The audit log, newest first.
-    pub async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, EngineError> {
+    /// The audit log, newest first: one environment's, or what the requester may see of all
+    /// (a limited credential sees no event about every environment or none).
+    pub async fn audit(&self, query: &AuditQuery, by: &Requester) -> Result<Vec<AuditEvent>, EngineError> {
+        if let Some(env) = &query.environment {
+            self.authorize_read(env, by).await?;
+        }
+        let visible = self.visible_environments(by);
+        let sees = |scope: &AuditScope| match scope {
+            AuditScope::Environment(e) => visible.contains(e),
+            AuditScope::Environments(es) => es.iter().all(|e| visible.contains(e)),
+            AuditScope::All | AuditScope::Unknown => !by.credential.is_limited(),
+        };
         let limit = query.limit.min(AuditQuery::MAX_LIMIT);
-        Ok(self.store().audit(query.environment.as_ref(), limit).await?)
+        let events = self.store().audit(query.environment.as_ref(), limit).await?;
+        Ok(events.into_iter().filter(|e| !by.credential.is_limited() || sees(&e.environment)).collect())
     }
 
-    /// The last reconcile, the next expiry, overdue grants, the outbox and the lease.
-    pub async fn status(&self) -> Result<Status, EngineError> {
+    /// The last reconcile, the next expiry, overdue grants, the outbox and the lease. A
+    /// limited credential sees only its environments' grants, and no reconcile summary (it
+    /// names every environment's groups).
+    pub async fn status(&self, by: &Requester) -> Result<Status, EngineError> {
         let now = self.clock().now();
-        let grants = self.store().grants(None).await?;
+        let visible = self.visible_environments(by);
+        let sees = |g: &Grant| !by.credential.is_limited() || visible.contains(&g.environment);
+        let grants: Vec<Grant> = self.store().grants(None).await?.into_iter().filter(sees).collect();
         let next_expiry = grants.iter().filter_map(|g| g.expires_at).min();
         let overdue = grants.into_iter().filter(|g| !g.is_live(now)).collect();
-        let last_reconcile = self.last_reconcile.lock().expect("status mutex poisoned").clone();
+        let last_reconcile = match by.credential.is_limited() {
+            true => None,
+            false => self.last_reconcile.lock().expect("status mutex poisoned").clone(),
+        };
         let outbox_pending = self.store().outbox_status().await?.pending;
         let sweeper_lease = self.lease().map(|l| l.is_held());
         Ok(Status { last_reconcile, next_expiry, overdue, outbox_pending, sweeper_lease })

@@ -58,7 +58,9 @@ impl From<ValidationError> for ApiError {
     fn from(err: ValidationError) -> Self {
         let (status, code) = match &err {
             ValidationError::UnknownEnvironment { .. } => (StatusCode::NOT_FOUND, "unknown_environment"),
-            ValidationError::NotAllowed { .. } => (StatusCode::FORBIDDEN, "not_allowed"),
+            ValidationError::NotAllowed { .. } | ValidationError::TokenOutOfScope { .. } | ValidationError::PrincipalNotListed { .. } => {
+                (StatusCode::FORBIDDEN, "not_allowed")
+            }
             ValidationError::NoSuchGrant { .. } => (StatusCode::NOT_FOUND, "no_such_grant"),
             ValidationError::GroupFull { .. } => (StatusCode::CONFLICT, "group_full"),
             ValidationError::TooManyGrants { .. } => (StatusCode::CONFLICT, "too_many_grants"),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use portcullis_aws::iam::{CallerIdentity, IamError, IamLogin, IamVerifier};
-use portcullis_core::{principal_name, ApiToken, Cidr, Environment, Interface, Owner, Policy, Role, TokenState};
+use portcullis_core::{principal_name, ApiToken, Cidr, Credential, Environment, Interface, Owner, Role, TokenState};
 use portcullis_engine::{Engine, Requester};
 use sha2::{Digest, Sha256};
 
@@ -99,19 +99,11 @@ impl Principal {
             Principal::Token(t) => Owner::named(&t.user),
             Principal::Iam(i) => Owner { id: i.arn.clone(), name: principal_name(&i.arn).to_string(), display_name: i.arn.clone() },
         };
-        Requester { owner, groups: Vec::new(), interface: Interface::Http }
-    }
-
-    /// Why the principal may not act in `env`, beyond what the engine's policy check decides:
-    /// a token limited to other environments, or an IAM principal the environment does not list.
-    pub fn refusal(&self, env: &Environment, policy: &Policy) -> Option<String> {
-        match self {
-            Principal::Token(t) if !t.covers(env) => Some(format!("token {} is not valid for environment {env}", t.id)),
-            Principal::Iam(i) if !policy.admits_principal(&i.arn) => {
-                Some(format!("IAM principal {} is not listed in environment {env}'s principals", i.arn))
-            }
-            _ => None,
-        }
+        let credential = match self {
+            Principal::Token(t) => Credential::Token { id: t.id.clone(), environments: t.environments.clone() },
+            Principal::Iam(i) => Credential::Iam { arn: i.arn.clone() },
+        };
+        Requester { owner, groups: Vec::new(), interface: Interface::Http, credential }
     }
 }
 

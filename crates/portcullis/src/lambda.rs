@@ -16,7 +16,7 @@ use aws_lambda_events::encodings::Body;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use axum::body::to_bytes;
 use axum::http::{Method, Request};
-use portcullis_core::{Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Ttl, UserName, ValidationError};
+use portcullis_core::{Credential, Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Ttl, UserName, ValidationError};
 use portcullis_engine::{
     AddRequest, Cause, Engine, EngineError, Requester, Scope,
 };
@@ -164,7 +164,7 @@ pub async fn handle_action(engine: &Engine, default_env: &Environment, event: Ac
             id: id.into_string(),
             display_name: info.and_then(|u| u.display_name.clone()).unwrap_or_default(),
         };
-        Ok(Requester { owner, groups: vec![], interface })
+        Ok(Requester { owner, groups: vec![], interface, credential: Credential::Interface })
     };
     match event.action.as_str() {
         "add" => {
@@ -199,7 +199,8 @@ pub async fn handle_action(engine: &Engine, default_env: &Environment, event: Ac
             }))
         }
         "list" => {
-            let grants = engine.live_grants(&Scope::Environment(env.clone())).await.map_err(failed)?;
+            let by = Requester::named("lambda", interface);
+            let grants = engine.live_grants(&Scope::Environment(env.clone()), &by).await.map_err(failed)?;
             let items: Vec<Value> = grants.iter().map(item_json).collect();
             Ok(json!({"success": true, "action": "list", "environment": env, "count": items.len(), "items": items}))
         }

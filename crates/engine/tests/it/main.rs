@@ -76,7 +76,7 @@ async fn a_failed_region_is_named_and_retried_by_the_periodic_reconcile() {
     assert!(report.failure_messages().iter().any(|m| m.contains("eu-west-1")));
     assert_eq!(r.firewall.rules("us-east-1", "sg-us-east-1").len(), 1);
     assert!(r.firewall.rules("eu-west-1", "sg-eu-west-1").is_empty());
-    let status = r.engine.status().await.unwrap();
+    let status = r.engine.status(&Requester::named("test", Interface::Cli)).await.unwrap();
     assert!(status.last_reconcile.is_some_and(|l| !l.ok));
 
     r.firewall.set_region_failing("eu-west-1", false);

@@ -124,7 +124,7 @@ pub(super) async fn remove(cx: &Context, a: RemoveArgs) -> Result<ExitCode, CliE
 pub(super) async fn list(cx: &Context, a: ListArgs) -> Result<ExitCode, CliError> {
     let scope = if a.all { Scope::All } else { Scope::Environment(environment(&cx.config, a.env)?) };
     let engine = wiring::reader(&cx.config).await?;
-    let grants = engine.live_grants(&scope).await?;
+    let grants = engine.live_grants(&scope, &acting_user(None)?).await?;
     let now = engine.clock().now();
     if cx.json {
         print_json(&grants);
@@ -184,7 +184,7 @@ pub(super) async fn sweep(cx: &Context) -> Result<ExitCode, CliError> {
 pub(super) async fn audit(cx: &Context, a: AuditArgs) -> Result<ExitCode, CliError> {
     let environment = a.env.map(|e| Environment::parse(&e)).transpose()?;
     let engine = wiring::reader(&cx.config).await?;
-    let events = engine.audit(&AuditQuery { environment, limit: a.limit }).await?;
+    let events = engine.audit(&AuditQuery { environment, limit: a.limit }, &acting_user(None)?).await?;
     if cx.json {
         print_json(&events);
     } else {

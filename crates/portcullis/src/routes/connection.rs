@@ -138,14 +138,8 @@ async fn prepare(
     if address.is_unspecified() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "no_source_address", "the request carries no source address"));
     }
-    let key = GrantKey { cidr: Cidr::host(address), environment: env };
-    let policy = app.engine.policy(&key.environment)?;
-    if let Some(reason) = principal.refusal(&key.environment, policy) {
-        tracing::warn!(principal = %principal.id(), environment = %key.environment, %reason, "connection refused");
-        app.engine.deny(&key.environment, Some(&key.cidr), &principal.requester()).await;
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "not_allowed", reason));
-    }
-    Ok((principal, key))
+    // Whether the principal may act here is the engine's to decide, in add and remove.
+    Ok((principal, GrantKey { cidr: Cidr::host(address), environment: env }))
 }
 
 /// `POST /connection` opens, `DELETE /connection` closes.

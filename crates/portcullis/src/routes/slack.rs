@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use portcullis_core::{Environment, GrantKey, Interface, Owner, Source, Timestamp, UserName};
+use portcullis_core::{Credential, Environment, GrantKey, Interface, Owner, Source, Timestamp, UserName};
 use portcullis_engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope};
 use portcullis_slack::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use portcullis_slack::{parse, usage, Command, Reply};
@@ -89,6 +89,7 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
         owner: Owner { id: form.user_id.clone(), name, display_name: String::new() },
         groups: Vec::new(),
         interface: Interface::Slack,
+        credential: Credential::Interface,
     };
     if policy.needs_groups(&by.owner.id) {
         match &slack.directory {
@@ -116,7 +117,7 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
         ));
     }
     if let Command::List { .. } = command {
-        return match app.engine.live_grants(&Scope::Environment(env.clone())).await {
+        return match app.engine.live_grants(&Scope::Environment(env.clone()), &by).await {
             Ok(grants) => Reply::list(&env, &grants, now),
             Err(err) => failure(&err),
         };

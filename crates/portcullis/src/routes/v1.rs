@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use portcullis_core::{Cidr, Description, Environment, GrantKey, Source, Ttl};
+use portcullis_core::{Cidr, Description, GrantKey, Source, Ttl};
 use portcullis_engine::{AddRequest, AuditQuery, Scope};
 use serde::Deserialize;
 
@@ -41,8 +41,8 @@ async fn require_admin(State(app): State<AppState>, mut request: axum::extract::
 }
 
 
-async fn status(State(app): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(app.engine.status().await?).into_response())
+async fn status(State(app): State<AppState>, Extension(principal): Extension<Principal>) -> Result<Response, ApiError> {
+    Ok(Json(app.engine.status(&principal.requester()).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -52,9 +52,14 @@ struct ListQuery {
     all: bool,
 }
 
-async fn list_grants(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+/// `?all=true`: every environment this token may see.
+async fn list_grants(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
     let scope = if q.all { Scope::All } else { Scope::Environment(environment(&app, q.env.as_deref())?) };
-    Ok(Json(app.engine.live_grants(&scope).await?).into_response())
+    Ok(Json(app.engine.live_grants(&scope, &principal.requester()).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -102,9 +107,14 @@ struct AuditParams {
     limit: Option<usize>,
 }
 
-async fn audit(State(app): State<AppState>, Query(q): Query<AuditParams>) -> Result<Response, ApiError> {
-    let environment = q.env.as_deref().map(Environment::parse).transpose()?;
-    let events = app.engine.audit(&AuditQuery { environment, limit: q.limit.unwrap_or(100) }).await?;
+async fn audit(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Query(q): Query<AuditParams>,
+) -> Result<Response, ApiError> {
+    let environment = q.env.as_deref().map(|e| environment(&app, Some(e))).transpose()?;
+    let query = AuditQuery { environment, limit: q.limit.unwrap_or(100) };
+    let events = app.engine.audit(&query, &principal.requester()).await?;
     Ok(Json(events).into_response())
 }
 

@@ -104,6 +104,17 @@ impl Conn {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// A `/v1` request with a bearer token and an optional JSON body.
+    async fn v1(&self, method: reqwest::Method, path: &str, secret: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = reqwest::Client::new().request(method, format!("{}/v1{path}", self.base)).header("authorization", bearer(secret));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     async fn post(&self, auth: &str) -> (u16, Value) {
         self.call(reqwest::Method::POST, "", Some(auth.to_string()), &[]).await
     }
@@ -510,4 +521,61 @@ async fn a_change_carries_its_route_so_applying_needs_no_observe_first() {
     let out = other.describe_security_groups().group_ids(&group).send().await.unwrap();
     let cidrs: Vec<&str> = out.security_groups()[0].ip_permissions().iter().flat_map(|p| p.ip_ranges()).filter_map(|r| r.cidr_ip()).collect();
     assert_eq!(cidrs, ["198.51.100.9/32"]);
+}
+
+#[tokio::test]
+async fn an_admin_tokens_environments_bound_every_v1_route() {
+    use reqwest::Method;
+    let c = Conn::start("default_environment = \"dev\"\n[environments.dev]\n[environments.prod]\n[environments.stage]\n").await;
+    let (root, _) = c.token("root", Role::Admin, &[], None).await;
+    let (alice, alice_id) = c.token("alice", Role::Admin, &["dev"], None).await;
+    for (i, env) in ["dev", "prod", "stage"].iter().enumerate() {
+        let body = serde_json::json!({"cidr": format!("198.51.100.{}", i + 1), "env": env, "ttl": "1h"});
+        let (status, answer) = c.v1(Method::POST, "/grants", &root, Some(body)).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let refused = |status: u16, answer: &Value, env: &str| {
+        assert_eq!(status, 403, "{answer}");
+        assert_eq!(answer["error"]["code"], "not_allowed", "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("token {alice_id} is not valid for environment {env}")), "{answer}");
+    };
+
+    // Changes outside the token's environments are refused, and change nothing.
+    let body = serde_json::json!({"cidr": "198.51.100.171", "env": "prod", "ttl": "1h"});
+    let (status, answer) = c.v1(Method::POST, "/grants", &alice, Some(body)).await;
+    refused(status, &answer, "prod");
+    let (status, answer) = c.v1(Method::DELETE, "/grants/prod/198.51.100.2", &alice, None).await;
+    refused(status, &answer, "prod");
+    let (_, prod) = c.v1(Method::GET, "/grants?env=prod", &root, None).await;
+    let prod: Vec<&str> = prod.as_array().unwrap().iter().map(|g| g["cidr"].as_str().unwrap()).collect();
+    assert_eq!(prod, ["198.51.100.2/32"], "prod is as it was");
+
+    // Reads too.
+    let (status, answer) = c.v1(Method::GET, "/grants?env=stage", &alice, None).await;
+    refused(status, &answer, "stage");
+    let (status, answer) = c.v1(Method::GET, "/audit?env=stage", &alice, None).await;
+    refused(status, &answer, "stage");
+    // `all` is every environment the token may see.
+    let (status, all) = c.v1(Method::GET, "/grants?all=true", &alice, None).await;
+    assert_eq!(status, 200, "{all}");
+    let envs: Vec<&str> = all.as_array().unwrap().iter().map(|g| g["environment"].as_str().unwrap()).collect();
+    assert_eq!(envs, ["dev"], "{all}");
+    let (status, audit) = c.v1(Method::GET, "/audit", &alice, None).await;
+    assert_eq!(status, 200, "{audit}");
+    assert!(!audit.as_array().unwrap().is_empty());
+    assert!(audit.as_array().unwrap().iter().all(|e| e["environment"] == "dev"), "{audit}");
+    let (status, body) = c.v1(Method::GET, "/status", &alice, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("last_reconcile").is_none(), "a limited token sees no summary of every environment: {body}");
+
+    // Inside its environment the token works as before.
+    let body = serde_json::json!({"cidr": "198.51.100.9", "env": "dev", "ttl": "1h"});
+    assert_eq!(c.v1(Method::POST, "/grants", &alice, Some(body)).await.0, 201);
+    assert_eq!(c.v1(Method::DELETE, "/grants/dev/198.51.100.9", &alice, None).await.0, 200);
+
+    // Every refusal was audited, where an unlimited token can see it.
+    let (_, audit) = c.v1(Method::GET, "/audit?limit=1000", &root, None).await;
+    let refusals = audit.as_array().unwrap().iter().filter(|e| e["action"] == "refused" && e["actor"] == "alice").count();
+    assert_eq!(refusals, 4, "{audit}");
 }

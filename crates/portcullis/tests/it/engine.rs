@@ -105,7 +105,7 @@ async fn expiry_on_virtual_time_revokes_exactly_when_due() {
     .await;
     assert_eq!(w.keys(&group).await.len(), 2, "the other grant stays");
     eventually(Duration::from_secs(30), "the expiry to be recorded", || async {
-        engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }).await.unwrap().iter().any(|e| e.action == portcullis_core::Action::Expired)
+        engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }, &admin()).await.unwrap().iter().any(|e| e.action == portcullis_core::Action::Expired)
     })
     .await;
     stop.send(true).unwrap();
@@ -160,7 +160,7 @@ async fn a_failing_region_does_not_block_the_others() {
     let failures = report.failure_messages();
     assert!(failures.iter().any(|f| f.contains("eu-west-1")), "{failures:?}");
     assert_eq!(w.keys(&group).await.len(), 2, "the reachable group is still updated");
-    assert_eq!(engine.live_grants(&portcullis_engine::Scope::All).await.unwrap().len(), 1, "the grant stays stored");
+    assert_eq!(engine.live_grants(&portcullis_engine::Scope::All, &admin()).await.unwrap().len(), 1, "the grant stays stored");
 }
 
 #[tokio::test]
@@ -175,4 +175,9 @@ async fn an_unchanged_refresh_costs_no_ec2_call() {
     assert!(outcome.refreshed && outcome.report.is_none());
     assert_eq!(firewall.calls().total(), before, "{:?}", firewall.calls().snapshot());
     assert_eq!(w.keys(&group).await.len(), 2);
+}
+
+/// A reader with no credential limits, as the CLI is.
+fn admin() -> portcullis_engine::Requester {
+    portcullis_engine::Requester::named("test", portcullis_core::Interface::Cli)
 }

@@ -144,8 +144,8 @@ async fn signatures_are_checked_before_anything_else() {
         let (status, answer) = s.post(&body, &[("x-slack-request-timestamp", ts), ("x-slack-signature", sig)]).await;
         assert_eq!(status, 401, "skew {skew}: {answer}");
     }
-    assert!(s.engine.live_grants(&portcullis_engine::Scope::All).await.unwrap().is_empty());
-    assert!(s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }).await.unwrap().is_empty(), "nothing recorded for unsigned requests");
+    assert!(s.engine.live_grants(&portcullis_engine::Scope::All, &admin()).await.unwrap().is_empty());
+    assert!(s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }, &admin()).await.unwrap().is_empty(), "nothing recorded for unsigned requests");
     assert!(receiver.requests("/").is_empty());
 
     // Slack's ssl_check, signed, is answered with an empty 200.
@@ -189,7 +189,7 @@ async fn add_list_remove_refresh_over_slack_on_moto_with_announcements() {
     assert!(help.contains("/infra whitelist add &lt;ip|cidr&gt;"), "mrkdwn-escaped: {help}");
 
     // Each mistake: HTTP 200, the reason and the usage, nothing changed.
-    let audit_before = s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 100 }).await.unwrap().len();
+    let audit_before = s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 100 }, &admin()).await.unwrap().len();
     for (text, reason) in [
         ("whitelist add", "add needs an IP address"),
         ("whitelist add 198.51.100.300", "invalid address"),
@@ -207,7 +207,7 @@ async fn add_list_remove_refresh_over_slack_on_moto_with_announcements() {
     s.command(ALICE, "whitelist add 198.51.0.0/16", &receiver.url("/respond/2")).await;
     let refused = receiver.wait_for("/respond/2", 1).await;
     assert!(said(&refused[0].json()).contains("too wide"), "{:?}", refused[0]);
-    let audit = s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 100 }).await.unwrap();
+    let audit = s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 100 }, &admin()).await.unwrap();
     assert_eq!(audit.len(), audit_before + 1);
     assert_eq!(audit[0].action, Action::Refused);
     assert_eq!(w.keys(&group).await.len(), 2);
@@ -230,7 +230,7 @@ async fn add_list_remove_refresh_over_slack_on_moto_with_announcements() {
     let list = said(&s.command(ALICE, "whitelist list", &respond).await);
     assert!(list.contains("No live entries in `dev`"), "{list}");
     eventually(Duration::from_secs(10), "the outbox to empty", || async {
-        s.engine.status().await.unwrap().outbox_pending == 0
+        s.engine.status(&admin()).await.unwrap().outbox_pending == 0
     })
     .await;
     assert_eq!(receiver.requests("/webhook").len(), 3, "each change announced once");
@@ -274,7 +274,7 @@ async fn only_listed_users_and_group_members_act_in_prod_and_changes_are_rate_li
 
     let mallory = said(&s.command(("U0MALLORY", "alice"), "whitelist add 198.51.100.1 --env prod", &respond).await);
     assert!(mallory.contains("may not change grants in environment prod"), "a name is not an identity: {mallory}");
-    let refusals = s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }).await.unwrap();
+    let refusals = s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }, &admin()).await.unwrap();
     assert_eq!((refusals[0].action, refusals[0].interface, refusals[0].actor.as_str()), (Action::Refused, Interface::Slack, "alice (U0MALLORY)"));
     let peek = said(&s.command(("U0MALLORY", "mallory"), "whitelist list prod", &respond).await);
     assert!(peek.contains("may not change grants"), "{peek}");
@@ -385,4 +385,9 @@ async fn the_cli_leaves_undelivered_announcements_for_the_next_run() {
     assert_eq!(delivered.len(), 2, "{delivered:?}");
     assert!(delivered[0].contains("198.51.100.21/32") && delivered[0].contains("Description: first"));
     assert!(delivered[1].contains("198.51.100.22/32"));
+}
+
+/// A reader with no credential limits, as the CLI is.
+fn admin() -> portcullis_engine::Requester {
+    portcullis_engine::Requester::named("test", portcullis_core::Interface::Cli)
 }
