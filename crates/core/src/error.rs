@@ -17,6 +17,10 @@ pub enum ValidationError {
     InvalidTtl { input: String },
     #[error("TTL {ttl} is longer than environment {environment} allows (at most {max})")]
     TtlOverMaximum { ttl: Ttl, max: Ttl, environment: String },
+    #[error("{cidr} in environment {environment} expires later than its max_ttl ({max}) allows")]
+    ExpiresTooLate { cidr: String, environment: String, max: Ttl },
+    #[error("{cidr} in environment {environment} has no expiry, which only Auto Scaling members and approved changes may have")]
+    NoExpiry { cidr: String, environment: String },
     #[error("invalid description: {reason}")]
     InvalidDescription { reason: String },
     #[error("invalid environment name {input:?}: use 1-64 characters from a-z A-Z 0-9 . _ -")]

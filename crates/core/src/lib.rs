@@ -33,7 +33,7 @@ pub use marker::Marker;
 pub use plan::{
     counts_after, plan, plan_adoption, AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld,
 };
-pub use policy::{policy_for, Policy, PolicyError, PolicyRules};
+pub use policy::{admit_grants, policy_for, Policy, PolicyError, PolicyRules, RefusedGrant};
 pub use ports::{PortRange, PortSet, Protocol};
 pub use target::{
     resolve_targets, FamilyCounts, GroupId, Route, ObservedGroup, ObservedRule, SkippedGroup, Target, TargetId,

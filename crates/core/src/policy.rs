@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
-use crate::{Cidr, Environment, Family, PortSet, PrincipalPattern, Ttl, ValidationError};
+use crate::{Cidr, Environment, Family, Grant, PortSet, PrincipalPattern, Timestamp, Ttl, ValidationError};
 
 /// The knobs of an environment's policy, as configured; [`Policy::new`] checks them. The
 /// defaults are DESIGN.md's.
@@ -81,6 +81,27 @@ impl Default for Policy {
     fn default() -> Self {
         Policy { rules: PolicyRules::default() }
     }
+}
+
+/// A stored grant its environment's policy does not admit, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RefusedGrant {
+    pub grant: Grant,
+    pub reason: String,
+}
+
+/// Splits stored grants into those that may be planned and those their environment's policy
+/// refuses. Grants of environments without a policy are kept: no target of theirs is planned.
+pub fn admit_grants(grants: Vec<Grant>, policies: &BTreeMap<Environment, Policy>, now: Timestamp) -> (Vec<Grant>, Vec<RefusedGrant>) {
+    let mut admitted = Vec::with_capacity(grants.len());
+    let mut refused = Vec::new();
+    for grant in grants {
+        match policies.get(&grant.environment).map(|p| p.admits(&grant, now)) {
+            Some(Err(err)) => refused.push(RefusedGrant { reason: err.to_string(), grant }),
+            _ => admitted.push(grant),
+        }
+    }
+    (admitted, refused)
 }
 
 /// The policy of a known environment; an unknown one is refused, naming the known ones.
@@ -172,6 +193,30 @@ impl Policy {
         Ok(())
     }
 
+    /// Whether a stored grant, whoever wrote it, may be applied: the same checks an add makes
+    /// (whole internet, minimum prefix, special-purpose ranges, maximum TTL), so a grant put
+    /// straight into the table by another writer cannot open more than portcullis would. The
+    /// TTL is measured from `now`, with [`Policy::CLOCK_SLACK`] for writers whose clocks run
+    /// ahead; a grant without expiry must come from a source that may be permanent.
+    pub fn admits(&self, grant: &Grant, now: Timestamp) -> Result<(), ValidationError> {
+        let env = &grant.environment;
+        self.check_cidr(env, &grant.cidr)?;
+        match grant.expires_at {
+            Some(at) if at - now > self.rules.max_ttl.duration() + Self::CLOCK_SLACK => Err(ValidationError::ExpiresTooLate {
+                cidr: grant.cidr.to_string(),
+                environment: env.to_string(),
+                max: self.rules.max_ttl,
+            }),
+            None if !grant.source.may_be_permanent() => {
+                Err(ValidationError::NoExpiry { cidr: grant.cidr.to_string(), environment: env.to_string() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// How far ahead of this process another writer's clock may be when it sets an expiry.
+    pub const CLOCK_SLACK: time::Duration = time::Duration::minutes(5);
+
     /// Whether anyone identified may act here, or only listed users and group members.
     pub fn is_restricted(&self) -> bool {
         self.rules.allowed_users.is_some() || !self.rules.allowed_groups.is_empty()
@@ -242,6 +287,37 @@ mod tests {
         assert!(p.check_ttl(&dev(), Ttl::MAX).is_ok());
         assert!(p.check_actor(&dev(), "U1", "anyone", &[]).is_ok());
         assert_eq!(p.allowed_ports().to_string(), "tcp:80,tcp:443,tcp:7233");
+    }
+
+    #[test]
+    fn stored_grants_are_held_to_the_policy_whoever_wrote_them() {
+        use crate::{Description, Grant, Owner, Source};
+        let now = time::macros::datetime!(2026-06-01 00:00 UTC);
+        let grant = |cidr: &str, expires: Option<time::Duration>, source: Source| Grant {
+            cidr: Cidr::parse(cidr).unwrap(),
+            environment: dev(),
+            owner: Owner::named("console"),
+            source,
+            description: Description::parse("").unwrap(),
+            created_at: now,
+            expires_at: expires.map(|d| now + d),
+        };
+        let p = policy(PolicyRules { max_ttl: Ttl::parse("7d").unwrap(), ..PolicyRules::default() });
+        let day = Some(time::Duration::days(1));
+        assert!(p.admits(&grant("203.0.113.7", day, Source::Manual), now).is_ok());
+        assert!(matches!(p.admits(&grant("0.0.0.0/0", day, Source::Manual), now), Err(ValidationError::WholeInternet { .. })));
+        assert!(matches!(p.admits(&grant("10.0.0.0/8", day, Source::Manual), now), Err(ValidationError::PrefixTooWide { .. })));
+        let late = Some(time::Duration::days(30));
+        assert!(matches!(p.admits(&grant("203.0.113.7", late, Source::Manual), now), Err(ValidationError::ExpiresTooLate { .. })));
+        let barely = Some(time::Duration::days(7) + time::Duration::minutes(1));
+        assert!(p.admits(&grant("203.0.113.7", barely, Source::Manual), now).is_ok(), "a writer's clock a minute ahead");
+        assert!(matches!(p.admits(&grant("203.0.113.7", None, Source::Manual), now), Err(ValidationError::NoExpiry { .. })));
+        assert!(p.admits(&grant("203.0.113.7", None, Source::AsgMember), now).is_ok());
+        let policies = BTreeMap::from([(dev(), p)]);
+        let (admitted, refused) =
+            admit_grants(vec![grant("203.0.113.7", day, Source::Manual), grant("0.0.0.0/0", day, Source::Manual)], &policies, now);
+        assert_eq!((admitted.len(), refused.len()), (1, 1));
+        assert!(refused[0].reason.contains("whole internet"), "{}", refused[0].reason);
     }
 
     #[test]

@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use portcullis_core::{
-    plan, plan_adoption, policy_for, resolve_targets, Action, AuditEvent, AuditScope, Cidr, Credential, Description, Environment, Grant, GrantKey,
+    admit_grants, plan, plan_adoption, policy_for, resolve_targets, RefusedGrant, Action, AuditEvent, AuditScope, Cidr, Credential, Description, Environment, Grant, GrantKey,
     GroupChange, Interface, Marker, Owner, Plan, PlanInput, Policy, PortSet, RuleQuota, SkippedGroup, Source,
     Target, TargetId, TargetSelector, TargetSpec, Timestamp, Ttl, ValidationError,
 };
@@ -136,6 +136,8 @@ pub struct Engine {
     /// The groups each environment was last seen to have, with their ports, so an answer that
     /// needed no firewall call can still name them.
     known_targets: Mutex<BTreeMap<TargetId, (Environment, PortSet)>>,
+    /// Stored grants the policy refused at the last plan, for `status`.
+    pub(crate) refused: Mutex<BTreeMap<GrantKey, RefusedGrant>>,
 }
 
 impl Engine {
@@ -150,6 +152,7 @@ impl Engine {
             outbox: None,
             lease: None,
             known_targets: Mutex::new(BTreeMap::new()),
+            refused: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -300,7 +303,7 @@ impl Engine {
         let scope = Scope::Environment(env.clone());
         let observed = self.observe(&scope).await;
         let history = self.store.environments_with_history().await?;
-        let mut with_new = self.store.grants(Some(&env)).await?;
+        let mut with_new = self.planned_grants(&scope).await?;
         with_new.retain(|g| g.key() != grant.key());
         with_new.push(grant.clone());
         if let Some(err) = self.quota_refusal(&grant, &with_new, &observed.targets, &history, self.clock.now()) {
@@ -409,6 +412,46 @@ impl Engine {
         Observed { failures: observation.failures, targets, skipped }
     }
 
+    /// The stored grants a plan may use: those their environment's policy admits. A grant
+    /// another writer put in the table past the checks an add makes (the whole internet, a /8,
+    /// a year-long TTL) is never applied; it is audited as `refused` once per stored version
+    /// and reported by `status`.
+    async fn planned_grants(&self, scope: &Scope) -> Result<Vec<Grant>, EngineError> {
+        let now = self.clock.now();
+        let (admitted, refused) = admit_grants(self.store.grants(scope.environment()).await?, &self.settings.policies, now);
+        let new: Vec<RefusedGrant> = {
+            let mut known = self.refused.lock().expect("refusal map poisoned");
+            let before = std::mem::take(&mut *known);
+            let (kept, others): (BTreeMap<_, _>, BTreeMap<_, _>) = before.into_iter().partition(|(k, _)| !scope.covers(&k.environment));
+            *known = kept;
+            let new = refused.iter().filter(|r| others.get(&r.grant.key()) != Some(*r)).cloned().collect();
+            known.extend(refused.into_iter().map(|r| (r.grant.key(), r)));
+            new
+        };
+        for r in new {
+            tracing::warn!(cidr = %r.grant.cidr, environment = %r.grant.environment, reason = %r.reason,
+                "a stored grant breaks its environment's policy; it is not applied");
+            let version = r.grant.expires_at.map_or(0, |t| t.unix_timestamp());
+            let key = format!("policy:{}:{}:{version}:{}", r.grant.environment, r.grant.cidr, r.grant.owner.id);
+            let event = AuditEvent {
+                id: 0,
+                at: now,
+                actor: "portcullis".into(),
+                interface: Interface::Reconciler,
+                action: Action::Refused,
+                environment: AuditScope::from(&r.grant.environment),
+                cidr: Some(r.grant.cidr),
+                before: Some(r.grant.clone()),
+                after: None,
+                reason: format!("stored grant not applied: {}", r.reason),
+            };
+            if let Err(err) = self.store.record_once(event, &key).await {
+                tracing::warn!(error = %err, "could not audit a refused grant");
+            }
+        }
+        Ok(admitted)
+    }
+
     async fn plan_and_apply(
         &self,
         cause: Cause,
@@ -416,7 +459,7 @@ impl Engine {
         observed: Observed,
     ) -> Result<ReconcileReport, EngineError> {
         let Observed { failures: observe_failures, targets, skipped } = observed;
-        let grants = self.store.grants(scope.environment()).await?;
+        let grants = self.planned_grants(scope).await?;
         let history = self.store.environments_with_history().await?;
         let now = self.clock.now();
         let p: Plan = plan(&PlanInput {
@@ -539,7 +582,7 @@ impl Engine {
     /// Nothing else ever edits an unowned rule.
     pub async fn adopt(&self, dry_run: bool, by: &Requester) -> Result<AdoptReport, EngineError> {
         let observed = self.observe(&Scope::All).await;
-        let grants = self.store.grants(None).await?;
+        let grants = self.planned_grants(&Scope::All).await?;
         let history = self.store.environments_with_history().await?;
         let changes = plan_adoption(&PlanInput {
             grants: &grants,

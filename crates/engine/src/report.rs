@@ -1,6 +1,6 @@
 //! What the engine's operations report: plain data, serialised as the interfaces answer it.
 
-use portcullis_core::{Environment, Foreign, Grant, GroupChange, Overflow, SkippedGroup, TargetId, Timestamp, Withheld};
+use portcullis_core::{Environment, Foreign, Grant, GroupChange, Overflow, RefusedGrant, SkippedGroup, TargetId, Timestamp, Withheld};
 use serde::Serialize;
 
 use crate::{Applied, Cause, ObserveFailure};
@@ -125,6 +125,9 @@ pub struct Status {
     pub outbox_pending: usize,
     /// Whether this process holds the sweeper lease (`None` when it runs without one).
     pub sweeper_lease: Option<bool>,
+    /// Stored grants the policy refuses (written by another writer past the checks an add
+    /// makes): never applied.
+    pub refused_grants: Vec<RefusedGrant>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -237,7 +237,12 @@ fn external_kind(record: &StreamItems) -> ExternalKind {
         Err(e) => return unreadable(None, e.to_string()),
     };
     if record.kind != ChangeKind::Remove {
-        return ExternalKind::Written { environment };
+        // A written item that is not a grant (wrong attribute types, say) is refused on
+        // record, not just skipped by the next scan.
+        return match record.new.as_ref().map(from_item) {
+            Some(Err(error)) => unreadable(Some(environment), format!("the new item is not a grant: {error}")),
+            _ => ExternalKind::Written { environment },
+        };
     }
     let old = record.old.as_ref().unwrap_or(&record.keys);
     if removal(old).is_some() {
@@ -253,6 +258,30 @@ fn external_kind(record: &StreamItems) -> ExternalKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(kind: ChangeKind, new: Option<Item>) -> StreamItems {
+        let keys = Item::from([
+            (IP_ADDRESS.to_string(), Attr::S("203.0.113.7/32".into())),
+            (ENVIRONMENT.to_string(), Attr::S("dev".into())),
+        ]);
+        StreamItems { event_id: "e1".into(), sequence: "1".into(), kind, by_service: false, keys, old: None, new }
+    }
+
+    #[test]
+    fn a_written_item_that_is_not_a_grant_is_unreadable() {
+        let mut item = Item::from([
+            (IP_ADDRESS.to_string(), Attr::S("203.0.113.7/32".into())),
+            (ENVIRONMENT.to_string(), Attr::S("dev".into())),
+            (EXPIRES_AT.to_string(), Attr::N("1780000000".into())),
+        ]);
+        let change = external_change(record(ChangeKind::Insert, Some(item.clone())));
+        let ExternalKind::Unreadable { environment, error } = change.kind else { panic!("{change:?}") };
+        assert_eq!(environment.map(|e| e.to_string()).as_deref(), Some("dev"));
+        assert!(error.contains("not a grant"), "{error}");
+        item.insert(EXPIRES_AT.to_string(), Attr::S("2026-06-01T00:00:00+00:00".into()));
+        let change = external_change(record(ChangeKind::Modify, Some(item)));
+        assert!(matches!(change.kind, ExternalKind::Written { .. }), "{change:?}");
+    }
     use time::macros::datetime;
 
     fn seed_item() -> Item {

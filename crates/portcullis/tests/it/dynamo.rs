@@ -530,3 +530,63 @@ async fn tokens_live_in_our_table_and_revocation_is_audited() {
     let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert!(actions.contains(&"token-created") && actions.contains(&"token-revoked"), "{actions:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_another_writer_puts_past_the_policy_are_never_applied() {
+    let d = DynamoWorld::new().await;
+    let group = d.w.group(true, &[]).await;
+    d.init();
+    let client = d.dynamo().await;
+    let now = time::OffsetDateTime::now_utc();
+    let iso = |t: time::OffsetDateTime| portcullis_store::seed::iso(t);
+    // The whole internet, a /8 (the CLI refuses wider than /24), two years (max_ttl is 365d),
+    // and one item that is fine.
+    for (ip, expires) in [
+        ("0.0.0.0/0", now + time::Duration::days(1)),
+        ("10.0.0.0/8", now + time::Duration::days(1)),
+        ("198.51.100.30/32", now + time::Duration::days(730)),
+        ("198.51.100.31/32", now + time::Duration::days(1)),
+    ] {
+        client
+            .put_item()
+            .table_name(d.table("dev"))
+            .item("ip_address", s(ip))
+            .item("environment", s("dev"))
+            .item("added_at", s(&iso(now)))
+            .item("expires_at", s(&iso(expires)))
+            .item("ttl", AttributeValue::N(expires.unix_timestamp().to_string()))
+            .item("user_id", s("U0CONSOLE"))
+            .item("username", s("console"))
+            .send()
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        let out = d.cli(&["refresh"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let keys: Vec<String> = d.w.rules(&group).await.into_iter().map(|(c, _, _)| c).collect();
+    assert_eq!(keys, ["198.51.100.31/32", "198.51.100.31/32"], "only the item the policy admits is applied");
+
+    // Each refused item is audited once, with its reason, however often it is planned.
+    let audit: Value = serde_json::from_slice(&d.cli(&["--json", "audit"]).stdout).unwrap();
+    let refused: Vec<(&str, &str)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "refused")
+        .map(|e| (e["cidr"].as_str().unwrap_or_default(), e["reason"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(refused.len(), 3, "{audit}");
+    for (cidr, why) in [("0.0.0.0/0", "whole internet"), ("10.0.0.0/8", "too wide"), ("198.51.100.30/32", "max_ttl")] {
+        assert!(refused.iter().any(|(c, r)| *c == cidr && r.contains(why)), "{cidr}: {refused:?}");
+    }
+
+    // And reported by status.
+    let (engine, _) = engine(&d, "status", Arc::new(ManualClock::new(now)), Arc::default()).await;
+    engine.reconcile(portcullis_engine::Scope::All, portcullis_engine::Cause::Refresh).await.unwrap();
+    let status = engine.status(&Requester::named("test", Interface::Cli)).await.unwrap();
+    let mut shown: Vec<String> = status.refused_grants.iter().map(|r| r.grant.cidr.to_string()).collect();
+    shown.sort();
+    assert_eq!(shown, ["0.0.0.0/0", "10.0.0.0/8", "198.51.100.30/32"]);
+}
