@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use portcullis_core::{Environment, GroupId, Marker, Policy, PolicyRules, PortSet, PrincipalPattern, RuleQuota, TargetSelector, TargetSpec, Ttl};
+use portcullis_slack::UrlPrefix;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -185,7 +186,7 @@ pub struct SlackConfig {
     /// Mutating commands per user per minute.
     pub rate_limit_per_minute: u32,
     /// `response_url`s must start with one of these.
-    pub response_url_prefixes: Vec<String>,
+    pub response_url_prefixes: Vec<UrlPrefix>,
     /// Slack's Web API, for user-group membership.
     pub api_url: String,
     /// `SLACK_SIGNING_SECRET` / `SLACK_SIGNING_SECRET_ARN`: without it `/slack/commands` is off.
@@ -486,15 +487,15 @@ fn slack(file: &FileSlack, env: Env<'_>) -> Result<SlackConfig, ConfigError> {
     if rate == 0 {
         return Err(error("slack.rate_limit_per_minute", "must be at least 1"));
     }
-    let prefixes = file.response_url_prefixes.clone().unwrap_or_else(|| vec!["https://hooks.slack.com/".into()]);
-    for p in &prefixes {
-        let scheme_ok = p.starts_with("https://") || p.starts_with("http://");
-        // A prefix must end its host with '/', or "https://hooks.slack.com" would also allow
-        // "https://hooks.slack.com.example.net".
-        if !scheme_ok || p.split("://").nth(1).is_none_or(|rest| !rest.contains('/')) {
-            return Err(error("slack.response_url_prefixes", format!("{p:?} must be a URL prefix ending its host with /, e.g. https://hooks.slack.com/")));
-        }
-    }
+    // A prefix must end its host with '/', or "https://hooks.slack.com" would also allow
+    // "https://hooks.slack.com.example.net"; URLs are compared parsed, never as text.
+    let prefixes = file
+        .response_url_prefixes
+        .clone()
+        .unwrap_or_else(|| vec!["https://hooks.slack.com/".into()])
+        .iter()
+        .map(|p| UrlPrefix::parse(p).map_err(|e| error("slack.response_url_prefixes", e)))
+        .collect::<Result<Vec<_>, _>>()?;
     if file.response_url_prefixes.as_ref().is_some_and(|p| p.is_empty()) {
         return Err(error("slack.response_url_prefixes", "must name at least one prefix"));
     }

@@ -63,7 +63,7 @@ impl Directory {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|e| format!("could not ask Slack who is in {group}: {}", error_chain(&e)))?;
+            .map_err(|e| format!("could not ask Slack who is in {group}: {}", error_chain(e)))?;
         let status = response.status();
         let list: UsersList =
             response.json().await.map_err(|e| format!("Slack's answer about {group} ({status}) was unreadable: {e}"))?;

@@ -7,6 +7,7 @@ pub mod directory;
 pub mod messages;
 pub mod respond;
 pub mod signature;
+pub mod url;
 pub mod webhook;
 
 pub use command::{parse, usage, Command, ParseError};
@@ -14,4 +15,5 @@ pub use directory::Directory;
 pub use messages::{notification, Reply, Visibility};
 pub use respond::{RespondError, Responder};
 pub use signature::{SignatureError, SigningSecret};
+pub use url::{redact_url, redact_urls_in, PrefixError, UrlPrefix};
 pub use webhook::{secret_field, webhook_url_from_secret, FixedUrl, SecretError, UrlSource, Webhook};

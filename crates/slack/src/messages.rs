@@ -207,12 +207,12 @@ pub fn notification(event: &AuditEvent) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use portcullis_core::{Cidr, Description, Interface, Owner, Source};
     use time::macros::datetime;
 
-    fn grant(description: &str) -> Grant {
+    pub(crate) fn grant(description: &str) -> Grant {
         Grant {
             cidr: Cidr::parse("1.2.3.4").unwrap(),
             environment: Environment::parse("dev").unwrap(),
@@ -224,7 +224,7 @@ mod tests {
         }
     }
 
-    fn event(action: Action, before: Option<Grant>, after: Option<Grant>) -> AuditEvent {
+    pub(crate) fn event(action: Action, before: Option<Grant>, after: Option<Grant>) -> AuditEvent {
         AuditEvent {
             id: 1,
             at: datetime!(2025-01-17 12:00:00.4 UTC),

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::messages::Reply;
+use crate::url::UrlPrefix;
 use crate::webhook::{error_chain, http_client};
 
 /// Slack accepts at most this many posts to one `response_url`…
@@ -30,19 +31,19 @@ pub enum RespondError {
 /// Posts to `response_url`s, only to the allowed prefixes, at most five times each.
 pub struct Responder {
     client: reqwest::Client,
-    allowed_prefixes: Vec<String>,
+    allowed_prefixes: Vec<UrlPrefix>,
     posts: Mutex<HashMap<String, (u8, Instant)>>,
 }
 
 impl Responder {
     /// `allowed_prefixes` are URL prefixes such as `https://hooks.slack.com/`: a signed request
     /// still never makes this server post anywhere else.
-    pub fn new(allowed_prefixes: Vec<String>) -> Responder {
+    pub fn new(allowed_prefixes: Vec<UrlPrefix>) -> Responder {
         Responder { client: http_client(), allowed_prefixes, posts: Mutex::new(HashMap::new()) }
     }
 
     pub fn allows(&self, url: &str) -> bool {
-        self.allowed_prefixes.iter().any(|p| url.starts_with(p.as_str()))
+        self.allowed_prefixes.iter().any(|p| p.admits(url))
     }
 
     /// Takes one of the URL's posts, or says why there is none left.
@@ -74,7 +75,7 @@ impl Responder {
                     return Err(RespondError::Refused(r.status().as_u16()));
                 }
                 Ok(r) => last = RespondError::Refused(r.status().as_u16()),
-                Err(e) => last = RespondError::Failed(error_chain(&e)),
+                Err(e) => last = RespondError::Failed(error_chain(e)),
             }
         }
         Err(last)
@@ -87,7 +88,7 @@ mod tests {
 
     #[test]
     fn only_allowed_prefixes_and_five_posts() {
-        let r = Responder::new(vec!["https://hooks.slack.com/".into()]);
+        let r = Responder::new(vec![UrlPrefix::parse("https://hooks.slack.com/").unwrap()]);
         assert!(r.allows("https://hooks.slack.com/commands/T/1/x"));
         assert!(!r.allows("https://hooks.slack.com.evil.example/commands"));
         assert!(!r.allows("http://169.254.169.254/latest/meta-data"));

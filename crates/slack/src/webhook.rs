@@ -101,7 +101,7 @@ impl Webhook {
             .json(body)
             .send()
             .await
-            .map_err(|e| (None, NotifyError::Transient(format!("webhook post failed: {}", error_chain(&e)))))?;
+            .map_err(|e| (None, NotifyError::Transient(format!("webhook post failed: {}", error_chain(e)))))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -161,21 +161,37 @@ pub(crate) fn http_client() -> reqwest::Client {
         .expect("the HTTP client's configuration is valid")
 }
 
-/// An error and its causes on one line (reqwest hides the useful part in the source chain).
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+/// An HTTP error and its causes on one line (reqwest hides the useful part in the source
+/// chain), without the URL: webhook and `response_url` URLs are credentials.
+pub(crate) fn error_chain(err: reqwest::Error) -> String {
+    let err = err.without_url();
     let mut text = err.to_string();
-    let mut source = err.source();
+    let mut source = std::error::Error::source(&err);
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
         source = s.source();
     }
-    text
+    crate::url::redact_urls_in(&text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_post_never_names_the_webhook_url() {
+        // A port nothing listens on: the post fails at the connection, where HTTP clients
+        // name the URL they tried.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/services/T0/B0/SECRETPART");
+        let webhook = Webhook::new(Arc::new(FixedUrl(url)));
+        let added = crate::messages::tests::grant("x");
+        let event = crate::messages::tests::event(portcullis_core::Action::Added, None, Some(added));
+        let err = webhook.announce(&event).await.unwrap_err().to_string();
+        assert!(!err.contains("SECRETPART") && !err.contains("/services/"), "{err}");
+        assert!(err.contains(&format!("http://127.0.0.1:{port}/…")) || !err.contains("http"), "{err}");
+    }
 
     #[test]
     fn secret_values() {

@@ -15,7 +15,7 @@ use axum::Json;
 use portcullis_core::{Credential, Environment, GrantKey, Interface, Owner, Source, Timestamp, UserName};
 use portcullis_engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope};
 use portcullis_slack::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use portcullis_slack::{parse, usage, Command, Reply};
+use portcullis_slack::{parse, redact_url, usage, Command, Reply};
 use serde::Deserialize;
 
 use crate::app::App;
@@ -123,7 +123,7 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
         };
     }
     if !slack.responder.allows(&form.response_url) {
-        tracing::warn!(url = %form.response_url, "Slack command with a response_url outside the allowed prefixes");
+        tracing::warn!(url = %redact_url(&form.response_url), "Slack command with a response_url outside the allowed prefixes");
         return Reply::refused("this request's response_url is not one portcullis may answer; nothing was done");
     }
     let ack = match &command {
