@@ -87,6 +87,9 @@ pub enum InvocationError {
     Engine(#[from] EngineError),
     #[error("portcullis lambda runs inside AWS Lambda (AWS_LAMBDA_RUNTIME_API is not set); to handle one event here, use `portcullis invoke --event FILE`")]
     NotInLambda,
+    /// Lambda sets these for every function; without them the runtime cannot start.
+    #[error("the Lambda environment is incomplete: {0}")]
+    LambdaEnvironment(String),
     #[error("the Lambda runtime failed: {0}")]
     Runtime(lambda_runtime::Error),
 }
@@ -398,11 +401,27 @@ impl Handler {
     }
 }
 
-/// Runs as an AWS Lambda function until the runtime stops the process.
-pub async fn run(handler: Handler) -> Result<(), InvocationError> {
-    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
+/// Checks what the Lambda runtime reads from the environment (it panics on a missing one).
+pub fn check_environment(env: &dyn Fn(&str) -> Option<String>) -> Result<(), InvocationError> {
+    if env("AWS_LAMBDA_RUNTIME_API").is_none() {
         return Err(InvocationError::NotInLambda);
     }
+    let mut problems: Vec<String> = ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_VERSION", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
+        .into_iter()
+        .filter(|k| env(k).is_none())
+        .map(|k| format!("{k} is not set"))
+        .collect();
+    if let Some(memory) = env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        && memory.trim().parse::<i32>().is_err()
+    {
+        problems.push(format!("AWS_LAMBDA_FUNCTION_MEMORY_SIZE {memory:?} is not a number of megabytes"));
+    }
+    if problems.is_empty() { Ok(()) } else { Err(InvocationError::LambdaEnvironment(problems.join("; "))) }
+}
+
+/// Runs as an AWS Lambda function until the runtime stops the process.
+pub async fn run(handler: Handler) -> Result<(), InvocationError> {
+    check_environment(&|k| std::env::var(k).ok())?;
     let handler = Arc::new(handler);
     let service = lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {
         let handler = handler.clone();

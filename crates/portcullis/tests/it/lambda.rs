@@ -131,3 +131,21 @@ async fn lambda_mode_handles_every_event_kind_through_the_runtime_api() {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty() && lines.iter().all(|l| serde_json::from_str::<Value>(l).is_ok()), "{stderr}");
 }
+
+#[tokio::test]
+async fn an_incomplete_lambda_environment_is_a_clear_error_not_a_panic() {
+    let w = crate::support::World::new().await;
+    let mut cmd = w.command(&["lambda"]);
+    // The Runtime API is named, but not the memory size Lambda always sets.
+    cmd.env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+        .env("AWS_LAMBDA_FUNCTION_NAME", "portcullis")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST");
+    let out = tokio::time::timeout(Duration::from_secs(60), tokio::task::spawn_blocking(move || cmd.output().unwrap()))
+        .await
+        .expect("exits at once")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("AWS_LAMBDA_FUNCTION_MEMORY_SIZE is not set"), "{stderr}");
+}
