@@ -526,6 +526,10 @@ fn connection(file: &FileConnection) -> Result<ConnectionConfig, ConfigError> {
     let mut trusted_proxies = Vec::new();
     for text in file.trusted_proxies.iter().flatten() {
         let cidr = portcullis_core::Cidr::parse(text).map_err(|e| error("connection.trusted_proxies", e))?;
+        // Trusting every peer would let anyone choose the address they are allowed from.
+        if cidr.is_whole_internet() {
+            return Err(error("connection.trusted_proxies", format!("{cidr} would trust every peer; name your proxies' addresses")));
+        }
         trusted_proxies.push(cidr);
     }
     Ok(ConnectionConfig { trusted_proxies, rate_limit_per_minute: rate })
@@ -560,8 +564,19 @@ fn iam(file: &FileIam, env: Env<'_>) -> Result<IamConfig, ConfigError> {
     })
 }
 
+/// The largest configuration file read; anything larger is a mistake (`--config /dev/zero`).
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| error(path.display().to_string(), e))?;
+    use std::io::Read;
+    let key = || path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| error(key(), e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| error(key(), e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(error(key(), format!("is larger than {} KiB; is it the configuration file?", MAX_FILE_BYTES / 1024)));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| error(key(), "is not UTF-8 text"))?;
     toml::from_str(&text).map_err(|e| {
         let message = e.message().to_string();
         let key = e
@@ -746,6 +761,8 @@ mod tests {
             ("[environments.dev]\nmax_ttl = \"1h\"\ntime_to_expire = \"2h\"\n", "environments.dev.time_to_expire"),
             ("[environments.dev]\nprincipals = [\"alice\"]\n", "environments.dev.principals"),
             ("[connection]\ntrusted_proxies = [\"nope\"]\n", "connection.trusted_proxies"),
+            ("[connection]\ntrusted_proxies = [\"0.0.0.0/0\"]\n", "connection.trusted_proxies"),
+            ("[connection]\ntrusted_proxies = [\"::/0\"]\n", "connection.trusted_proxies"),
             ("[auth.iam]\nserver_id = \"\"\n", "auth.iam.server_id"),
             ("[auth.iam]\nserver_id = \"x\"\nsts_endpoint = \"sts.amazonaws.com\"\n", "auth.iam.sts_endpoint"),
             ("[environments.dev]\n[[environments.dev.targets]]\nregion = \"r\"\ngroup_ids = [\"sg-1\"]\nrole_arn = \"x\"\n", "environments.dev.targets[0].role_arn"),

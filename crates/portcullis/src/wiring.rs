@@ -47,23 +47,38 @@ pub async fn dynamo_store(config: &Config, table: &str) -> DynamoStore {
 /// init`, if it is missing. `serve` checks up front instead.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, WiringError> {
     match &config.store {
-        StoreSpec::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path)?)),
+        StoreSpec::Sqlite(path) => Ok(Arc::new(sqlite_store(path)?)),
         StoreSpec::Dynamodb(table) => Ok(Arc::new(dynamo_store(config, table).await)),
     }
 }
 
-/// Creates whatever the store is missing; what exists is left as it is.
+/// Opens a SQLite store, warning when others may read its files (`init` makes them private).
+fn sqlite_store(path: &std::path::Path) -> Result<SqliteStore, WiringError> {
+    let store = SqliteStore::open(path)?;
+    for (file, mode) in store.exposed_files() {
+        tracing::warn!(file = %file.display(), mode = format!("{mode:o}"),
+            "the store's file is readable by others; run `portcullis init` to make it private (0600)");
+    }
+    Ok(store)
+}
+
+/// Creates whatever the store is missing; what exists is left as it is (but a SQLite file
+/// others may read is made private).
 pub async fn init_store(config: &Config) -> Result<InitReport, WiringError> {
     match &config.store {
         StoreSpec::Sqlite(path) => {
             let existed = path.exists();
-            SqliteStore::open(path)?;
+            let store = SqliteStore::open(path)?;
             let name = path.display().to_string();
-            Ok(if existed {
+            let mut report = if existed {
                 InitReport { existing: vec![name], ..InitReport::default() }
             } else {
                 InitReport { created: vec![name], ..InitReport::default() }
-            })
+            };
+            for (file, mode) in store.make_private()? {
+                report.warnings.push(format!("{} was readable by others (mode {mode:o}); it is now 0600", file.display()));
+            }
+            Ok(report)
         }
         StoreSpec::Dynamodb(table) => Ok(dynamo_store(config, table).await.init().await?),
     }
@@ -164,7 +179,7 @@ pub async fn replica(config: &Config) -> Result<(Engine, Option<portcullis_aws::
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let firewall = firewall(config, false, false).await;
     let (store, tail): (Arc<dyn Store>, _) = match &config.store {
-        StoreSpec::Sqlite(path) => (Arc::new(SqliteStore::open(path)?), None),
+        StoreSpec::Sqlite(path) => (Arc::new(sqlite_store(path)?), None),
         StoreSpec::Dynamodb(table) => {
             let store = dynamo_store(config, table).await;
             store.check().await?;

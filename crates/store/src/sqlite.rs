@@ -130,6 +130,38 @@ impl SqliteStore {
         Ok(SqliteStore { path, conn: Arc::new(Mutex::new(conn)), instance })
     }
 
+    /// The store's files (the database and its `-wal`/`-shm`) that others may read or write,
+    /// with their modes: a file made before portcullis created it 0600, or copied.
+    pub fn exposed_files(&self) -> Vec<(PathBuf, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        self.files()
+            .into_iter()
+            .filter_map(|p| std::fs::metadata(&p).ok().map(|m| (p, m.permissions().mode() & 0o777)))
+            .filter(|(_, mode)| mode & 0o077 != 0)
+            .collect()
+    }
+
+    /// Makes every exposed file private (0600); returns what it changed, with the old modes.
+    pub fn make_private(&self) -> Result<Vec<(PathBuf, u32)>, StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let exposed = self.exposed_files();
+        for (path, _) in &exposed {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| StoreError::Io { location: path.display().to_string(), source })?;
+        }
+        Ok(exposed)
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        let base = self.path.as_os_str().to_owned();
+        let with = |suffix: &str| {
+            let mut name = base.clone();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        vec![self.path.clone(), with("-wal"), with("-shm")]
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

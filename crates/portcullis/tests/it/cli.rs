@@ -189,3 +189,39 @@ async fn init_is_idempotent_and_private_and_bad_config_names_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("environments.dev.max_ttl"), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn a_store_others_can_read_is_named_and_init_makes_it_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new().await;
+    ok(&w.cli(&["init"]));
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{}{suffix}", w.store_path().display());
+        if std::path::Path::new(&path).exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let out = w.cli(&["list"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("readable by others"), "{}", text(&out));
+    let out = w.cli(&["init"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("it is now 0600"), "{}", text(&out));
+    assert_eq!(std::fs::metadata(w.store_path()).unwrap().permissions().mode() & 0o777, 0o600);
+    let out = w.cli(&["list"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("readable by others"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn an_endless_config_file_is_refused_without_reading_it_all() {
+    let w = World::new().await;
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || w.cli(&["--config", "/dev/zero", "list"])),
+    )
+    .await
+    .expect("refused at once")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than 1024 KiB"), "{}", text(&out));
+}
