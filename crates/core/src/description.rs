@@ -24,6 +24,11 @@ impl Description {
                 reason: format!("it contains the control character U+{:04X}", c as u32),
             });
         }
+        if let Some(c) = input.chars().find(|c| is_spoofing(*c)) {
+            return Err(ValidationError::InvalidDescription {
+                reason: format!("it contains the invisible formatting character U+{:04X}, which can disguise text", c as u32),
+            });
+        }
         Ok(Description(input.to_string()))
     }
 
@@ -45,6 +50,13 @@ impl<'de> Deserialize<'de> for Description {
     }
 }
 
+/// Invisible characters that reorder or hide text (bidirectional overrides and isolates,
+/// zero-width spaces and marks, the byte-order mark): in a list or an announcement they make
+/// one address or name look like another. The zero-width joiner is allowed (emoji use it).
+pub fn is_spoofing(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200B}' | '\u{200C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// Maps text onto the characters EC2 accepts in a rule description
 /// (`a-zA-Z0-9 ._-:/()#,@[]+=&;{}!$*`); anything else becomes `_`.
 pub(crate) fn ec2_safe(text: &str) -> String {
@@ -62,6 +74,14 @@ pub(crate) fn ec2_safe(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invisible_formatting_is_refused() {
+        for c in ['\u{202E}', '\u{2066}', '\u{2069}', '\u{200B}', '\u{FEFF}'] {
+            assert!(Description::parse(&format!("home{c}office")).is_err(), "U+{:04X}", c as u32);
+        }
+        assert!(Description::parse("family \u{1F468}\u{200D}\u{1F469}").is_ok(), "emoji keep their joiner");
+    }
 
     #[test]
     fn keeps_unicode_refuses_control_and_length() {

@@ -23,7 +23,7 @@ mod user;
 pub use access::{principal_name, ApiToken, Credential, PrincipalPattern, Role, TokenState};
 pub use audit::{Action, ActorName, AuditEvent, AuditScope, Interface};
 pub use cidr::{Cidr, Family};
-pub use description::Description;
+pub use description::{is_spoofing, Description};
 pub use display::{format_utc, time_left};
 pub use environment::Environment;
 pub use error::ValidationError;

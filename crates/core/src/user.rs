@@ -25,6 +25,9 @@ impl UserName {
         if name.chars().any(char::is_control) {
             return refuse("it contains control characters");
         }
+        if name.chars().any(crate::description::is_spoofing) {
+            return refuse("it contains invisible formatting characters, which can disguise it");
+        }
         Ok(UserName(name.to_string()))
     }
 
@@ -58,5 +61,6 @@ mod tests {
         assert!(UserName::parse(&"é".repeat(100)).is_ok());
         assert!(UserName::parse(&"é".repeat(101)).is_err());
         assert!(UserName::parse(&"a".repeat(101)).is_err());
+        assert!(UserName::parse("ad\u{202E}nim").is_err(), "a right-to-left override disguises a name");
     }
 }

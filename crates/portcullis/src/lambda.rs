@@ -330,7 +330,16 @@ pub async fn handle_http(app: Arc<App>, request: ApiGatewayV2httpRequest) -> Api
     let mut response = ApiGatewayV2httpResponse::default();
     let path = request.raw_path.clone().unwrap_or_else(|| "/".into());
     let body = match (&request.body, request.is_base64_encoded) {
-        (Some(b), true) => base64::engine::general_purpose::STANDARD.decode(b).unwrap_or_default(),
+        (Some(b), true) => match base64::engine::general_purpose::STANDARD.decode(b) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                response.status_code = 400;
+                response.headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+                let body = json!({"error": {"code": "invalid_body", "message": format!("isBase64Encoded is set, but the body is not base64: {e}")}});
+                response.body = Some(Body::Text(body.to_string()));
+                return response;
+            }
+        },
         (Some(b), false) => b.clone().into_bytes(),
         (None, _) => Vec::new(),
     };

@@ -163,8 +163,10 @@ pub fn from_item(item: &Item) -> Result<Grant, ItemError> {
         Some(text) => iso(ADDED_AT, text)?,
         None => expires_at.unwrap_or(Timestamp::UNIX_EPOCH),
     };
-    let id = s(item, USER_ID).unwrap_or_default();
-    let name = s(item, USERNAME).filter(|n| !n.is_empty()).unwrap_or_else(|| if id.is_empty() { "unknown".into() } else { id.clone() });
+    // Names other writers chose are shown in lists and announcements: nothing invisible in them.
+    let visible = |t: String| -> String { t.chars().filter(|c| !c.is_control() && !portcullis_core::is_spoofing(*c)).collect() };
+    let id = visible(s(item, USER_ID).unwrap_or_default());
+    let name = s(item, USERNAME).map(visible).filter(|n| !n.is_empty()).unwrap_or_else(|| if id.is_empty() { "unknown".into() } else { id.clone() });
     let owner = Owner { id: if id.is_empty() { name.clone() } else { id }, name, display_name: s(item, DISPLAY_NAME).unwrap_or_default() };
     let description = description_lenient(&s(item, DESCRIPTION).unwrap_or_default());
     Ok(Grant { cidr, environment, owner, source, description, created_at, expires_at })
@@ -175,7 +177,7 @@ pub fn from_item(item: &Item) -> Result<Grant, ItemError> {
 fn description_lenient(text: &str) -> Description {
     Description::parse(text).unwrap_or_else(|_| {
         let cleaned: String =
-            text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(Description::MAX_CHARS).collect();
+            text.chars().map(|c| if c.is_control() || portcullis_core::is_spoofing(c) { ' ' } else { c }).take(Description::MAX_CHARS).collect();
         Description::parse(&cleaned).unwrap_or_else(|_| Description::parse("").expect("empty is valid"))
     })
 }

@@ -219,6 +219,9 @@ fn environment(config: &Config, env: Option<String>) -> Result<Environment, CliE
 
 /// Who acts: `--as`, else the OS user, else `unknown`.
 fn acting_user(as_user: Option<String>) -> Result<Requester, CliError> {
+    if as_user.as_deref().is_some_and(|u| u.trim().is_empty()) {
+        return Err(CliError::Usage("--as needs a user name; leave it out to act as the OS user".into()));
+    }
     let name = as_user
         .or_else(|| std::env::var("USER").ok())
         .or_else(|| std::env::var("LOGNAME").ok())

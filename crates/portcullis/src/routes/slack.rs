@@ -47,6 +47,9 @@ pub(super) async fn command(State(app): State<Arc<App>>, headers: HeaderMap, bod
         tracing::warn!(error = %err, "refused a Slack request with a bad signature");
         return (StatusCode::UNAUTHORIZED, format!("invalid request signature: {err}")).into_response();
     }
+    if let Err(err) = strict_utf8_form(&body) {
+        return Json(Reply::refused(&format!("could not read the command: {err}"))).into_response();
+    }
     let form: SlashCommand = match serde_urlencoded::from_bytes(&body) {
         Ok(form) => form,
         Err(err) => return Json(Reply::refused(&format!("could not read the command: {err}"))).into_response(),
@@ -55,6 +58,38 @@ pub(super) async fn command(State(app): State<Arc<App>>, headers: HeaderMap, bod
         return StatusCode::OK.into_response();
     }
     Json(handle(&app, &slack, form, now).await).into_response()
+}
+
+/// Refuses a form whose fields do not decode to UTF-8 (form decoding would quietly store
+/// U+FFFD in their place).
+fn strict_utf8_form(body: &[u8]) -> Result<(), String> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    for field in body.split(|b| *b == b'&') {
+        let mut bytes = Vec::with_capacity(field.len());
+        let mut i = 0;
+        while i < field.len() {
+            match field[i] {
+                b'%' => {
+                    let decoded = field.get(i + 1).copied().and_then(hex).zip(field.get(i + 2).copied().and_then(hex));
+                    let Some((hi, lo)) = decoded else { return Err("a field has a malformed %-escape".into()) };
+                    bytes.push(hi << 4 | lo);
+                    i += 3;
+                }
+                b'+' => {
+                    bytes.push(b' ');
+                    i += 1;
+                }
+                b => {
+                    bytes.push(b);
+                    i += 1;
+                }
+            }
+        }
+        if std::str::from_utf8(&bytes).is_err() {
+            return Err("a field is not valid UTF-8".into());
+        }
+    }
+    Ok(())
 }
 
 /// Slack user ids are short upper-case alphanumerics (`U…`, `W…`).
@@ -73,7 +108,8 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
     };
     let name = match name {
         Ok(name) if valid_user_id(&form.user_id) => name.into_string(),
-        _ => return Reply::refused("the request does not name a Slack user"),
+        Ok(_) => return Reply::refused("the request does not name a Slack user"),
+        Err(err) => return Reply::refused(&err.to_string()),
     };
     let command = match parse(&form.text) {
         Ok(Command::Help) => return Reply::help(&usage),
@@ -182,6 +218,15 @@ fn failure(err: &EngineError) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forms_must_decode_to_utf8() {
+        assert!(strict_utf8_form(b"text=add+1.2.3.4&user_name=j%C3%B6rg").is_ok());
+        assert!(strict_utf8_form(b"text=add%FF1.2.3.4").is_err(), "a lone 0xFF byte");
+        assert!(strict_utf8_form(b"text=%C3").is_err(), "a cut-off sequence");
+        assert!(strict_utf8_form(b"text=%G1").is_err(), "not an escape");
+        assert!(strict_utf8_form(b"").is_ok());
+    }
 
     #[test]
     fn user_ids() {

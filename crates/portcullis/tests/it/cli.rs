@@ -225,3 +225,15 @@ async fn an_endless_config_file_is_refused_without_reading_it_all() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("larger than 1024 KiB"), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn an_empty_as_is_refused_not_replaced_by_the_os_user() {
+    let w = World::new().await;
+    let out = w.cli(&["add", "198.51.100.60", "--as", ""]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--as needs a user name"), "{}", text(&out));
+    let out = w.cli(&["add", "198.51.100.60", "--as", "ev\u{202E}il"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invisible formatting"), "{}", text(&out));
+    assert!(w.grants().as_array().unwrap().is_empty(), "nothing was added");
+}

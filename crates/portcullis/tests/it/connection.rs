@@ -462,6 +462,13 @@ async fn lambda_mode_takes_the_address_from_the_request_context() {
     assert!(keys_in(REGION, &east).await.is_empty());
     let answer = portcullis::lambda::handle_http(c.app.clone(), api_gateway("POST", "pct_wrong", "203.0.113.77")).await;
     assert_eq!(answer.status_code, 401);
+    // A body flagged as base64 that is not base64 is refused, not read as empty.
+    let mut bad = api_gateway("POST", &secret, "203.0.113.77");
+    bad.is_base64_encoded = true;
+    bad.body = Some("not base64!".into());
+    let answer = portcullis::lambda::handle_http(c.app.clone(), bad).await;
+    assert_eq!(answer.status_code, 400, "{:?}", answer.body);
+    assert!(keys_in(REGION, &east).await.is_empty(), "nothing was opened");
 }
 
 /// EC2 in another account: credentials from assuming `role` (moto files resources under the
