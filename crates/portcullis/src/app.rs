@@ -104,6 +104,8 @@ pub struct App {
     pub connection: ConnectionConfig,
     /// Mutating `/connection` and `/v1` requests per principal.
     pub limiter: RateLimiter,
+    /// How long a request's body may take to arrive, once its headers are in.
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl App {
@@ -114,6 +116,7 @@ impl App {
             default_environment: config.default_environment.clone(),
             connection: config.connection.clone(),
             limiter: RateLimiter::new(config.connection.rate_limit_per_minute),
+            body_read_timeout: config.http.body_read_timeout,
             engine,
             slack,
         }

@@ -51,6 +51,16 @@ struct FileConfig {
     connection: FileConnection,
     #[serde(default)]
     auth: FileAuth,
+    #[serde(default)]
+    http: FileHttp,
+}
+
+/// `[http]`: how long `serve` waits for a client.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttp {
+    header_read_timeout_secs: Option<u64>,
+    body_read_timeout_secs: Option<u64>,
 }
 
 /// `[connection]`: the self-service endpoint.
@@ -206,6 +216,15 @@ pub struct ConnectionConfig {
     pub rate_limit_per_minute: u32,
 }
 
+/// How long the HTTP server waits for a client.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// For a request's headers (also how long an idle keep-alive connection is kept).
+    pub header_read_timeout: std::time::Duration,
+    /// For a request's body, once its headers are in.
+    pub body_read_timeout: std::time::Duration,
+}
+
 /// AWS IAM authentication.
 #[derive(Debug, Clone)]
 pub struct IamConfig {
@@ -235,6 +254,7 @@ pub struct Config {
     pub connection: ConnectionConfig,
     /// `None`: IAM authentication is off.
     pub iam: Option<IamConfig>,
+    pub http: HttpConfig,
 }
 
 /// What the command line says, before the environment and file are consulted.
@@ -300,6 +320,7 @@ impl Config {
             slack: slack(&file.slack, env)?,
             connection: connection(&file.connection)?,
             iam: file.auth.iam.as_ref().map(|i| iam(i, env)).transpose()?,
+            http: http(&file.http)?,
             own_table,
             store,
             firewall,
@@ -515,6 +536,17 @@ fn slack(file: &FileSlack, env: Env<'_>) -> Result<SlackConfig, ConfigError> {
         signing_secret: secret(env, "SLACK_SIGNING_SECRET", "SLACK_SIGNING_SECRET_ARN", "signing_secret_arn", &file.signing_secret_arn)?,
         webhook,
         bot_token: secret(env, "SLACK_BOT_TOKEN", "SLACK_BOT_TOKEN_SECRET_ARN", "bot_token_secret_arn", &file.bot_token_secret_arn)?,
+    })
+}
+
+fn http(file: &FileHttp) -> Result<HttpConfig, ConfigError> {
+    let secs = |key: &str, value: Option<u64>, default: u64| match value.unwrap_or(default) {
+        n @ 1..=3600 => Ok(std::time::Duration::from_secs(n)),
+        _ => Err(error(format!("http.{key}"), "must be from 1 to 3600 seconds")),
+    };
+    Ok(HttpConfig {
+        header_read_timeout: secs("header_read_timeout_secs", file.header_read_timeout_secs, 10)?,
+        body_read_timeout: secs("body_read_timeout_secs", file.body_read_timeout_secs, 30)?,
     })
 }
 

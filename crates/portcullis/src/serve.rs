@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::app::App;
-use crate::config::Config;
+use crate::config::{Config, HttpConfig};
 use crate::routes::router;
 use crate::wiring::{self, WiringError};
 
@@ -16,8 +16,48 @@ pub enum ServeError {
     Wiring(#[from] WiringError),
     #[error("cannot listen on {address}: {source}")]
     Listen { address: std::net::SocketAddr, source: std::io::Error },
-    #[error("the server failed: {0}")]
-    Server(std::io::Error),
+}
+
+/// Answers HTTP on `listener` until `stop`, then lets open requests finish (at most 20 s).
+/// Unlike `axum::serve`, a client must send each request's headers within
+/// `header_read_timeout` (a slow-header client, or an idle keep-alive connection, is closed).
+async fn serve_http(listener: tokio::net::TcpListener, app: axum::Router, http: HttpConfig, mut stop: watch::Receiver<bool>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(http.header_read_timeout);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(http.header_read_timeout);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, say: wait a moment rather than spin.
+                    tracing::warn!(error = %err, "could not accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(std::time::Duration::from_secs(20), graceful.shutdown()).await.is_err() {
+        tracing::warn!("open connections did not finish within 20 s of shutdown");
+    }
 }
 
 /// Serves until SIGTERM or Ctrl-C, then stops taking requests, lets the loops finish the work
@@ -65,17 +105,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             }
         }
     });
-    let mut stop_for_http = stop_rx.clone();
     let app = Arc::new(App::new(engine.clone(), &config, slack.clone()));
-    let server = axum::serve(listener, router(app).into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(async move {
-        let _ = stop_for_http.wait_for(|stop| *stop).await;
-    });
+    let server = serve_http(listener, router(app), config.http.clone(), stop_rx.clone());
     let signals = async {
         shutdown_signal().await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     };
-    let (served, ()) = tokio::join!(server.into_future(), signals);
+    let ((), ()) = tokio::join!(server, signals);
     let _ = tokio::join!(sweeper, reconciler, streams, announcer);
     // Released last, so no other replica starts sweeping while this one still is.
     let _ = lease.await;
@@ -89,7 +126,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tracing::warn!(pending = report.pending, "announcements left in the outbox for the next run");
         }
     }
-    served.map_err(ServeError::Server)
+    Ok(())
 }
 
 pub(crate) async fn shutdown_signal() {

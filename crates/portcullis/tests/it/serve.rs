@@ -321,3 +321,64 @@ async fn two_serve_replicas_on_one_table_sweep_once_and_hand_over() {
 async fn w_rules(d: &crate::dynamo::DynamoWorld, group: &str) -> Vec<(String, i32)> {
     d.w.rules(group).await.into_iter().map(|(c, p, _)| (c, p)).collect()
 }
+
+/// Sends raw bytes and reads what comes back until the server closes or answers, within 10 s.
+async fn raw_exchange(addr: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("the server answers or closes; it does not wait forever");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_or_oversized_requests_are_cut_off_and_every_error_is_json() {
+    let w = World::new().await;
+    let config = w.dir.path().join("http.toml");
+    std::fs::write(&config, "[http]\nheader_read_timeout_secs = 1\nbody_read_timeout_secs = 1\n").unwrap();
+    let server = Server::start(&w, &[("PORTCULLIS_CONFIG", config.to_str().unwrap())]);
+    let addr = server.base.trim_start_matches("http://").to_string();
+
+    // Headers that never end: the connection is closed after the header timeout.
+    let answer = raw_exchange(&addr, b"POST /connection HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(!answer.contains("HTTP/1.1 2"), "{answer}");
+    // A 10 GB Content-Length with a 2-byte body: 413 at once, nothing read.
+    let answer = raw_exchange(&addr, b"POST /connection HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n{}").await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""code":"body_too_large""#), "{answer}");
+    // A body that stalls: 408 after the body timeout.
+    let answer = raw_exchange(&addr, b"POST /connection HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}").await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+
+    // Every error has the one JSON shape, whoever made it.
+    let http = admin(&w, &[("PORTCULLIS_CONFIG", config.to_str().unwrap())]);
+    let big = "x".repeat(70 * 1024);
+    for (what, response, status) in [
+        ("405", reqwest::get(server.url("/connection")).await.unwrap(), 405),
+        ("bad query", http.get(server.url("/v1/grants?all=maybe")).send().await.unwrap(), 400),
+        ("duplicate query key", http.get(server.url("/v1/grants?env=dev&env=dev")).send().await.unwrap(), 400),
+        ("413 on /connection", reqwest::Client::new().post(server.url("/connection")).body(big.clone()).send().await.unwrap(), 413),
+        ("413 on /slack/commands", reqwest::Client::new().post(server.url("/slack/commands")).body(big.clone()).send().await.unwrap(), 413),
+        ("slack off", reqwest::Client::new().post(server.url("/slack/commands")).body("x").send().await.unwrap(), 503),
+    ] {
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{what}: {body}");
+    }
+}
