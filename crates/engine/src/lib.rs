@@ -5,6 +5,7 @@
 //! Ordering rules live here: a change is written to the store before the firewall is touched,
 //! and a reconcile observes the firewall before it reads the store.
 
+mod authorize;
 mod clock;
 mod dry_run;
 mod engine;
