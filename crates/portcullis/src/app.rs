@@ -34,6 +34,10 @@ impl ApiError {
         ApiError { status, code, message: message.into(), retry_after: None }
     }
 
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
     pub(crate) fn retry_after(mut self, seconds: i64) -> ApiError {
         self.retry_after = Some(seconds);
         self
@@ -102,8 +106,11 @@ pub struct App {
     pub slack: Option<Arc<SlackEndpoint>>,
     pub auth: Authenticator,
     pub connection: ConnectionConfig,
-    /// Mutating `/connection` and `/v1` requests per principal.
+    /// Mutating `/connection` and `/v1` requests per principal that change something.
     pub limiter: RateLimiter,
+    /// Mutating requests per principal that were refused (403, 404, …): counted apart, so
+    /// refusals never use up a caller's changes, under a cap of their own.
+    pub refusals: RateLimiter,
     /// How long a request's body may take to arrive, once its headers are in.
     pub body_read_timeout: std::time::Duration,
 }
@@ -116,6 +123,7 @@ impl App {
             default_environment: config.default_environment.clone(),
             connection: config.connection.clone(),
             limiter: RateLimiter::new(config.connection.rate_limit_per_minute),
+            refusals: RateLimiter::new(config.connection.rate_limit_per_minute.saturating_mul(REFUSALS_PER_CHANGE)),
             body_read_timeout: config.http.body_read_timeout,
             engine,
             slack,
@@ -132,7 +140,18 @@ impl App {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", other.to_string())
             }
         })?;
-        if mutating && let Err(wait) = self.limiter.check(principal.id(), self.engine.clock().now()) {
+        let now = self.engine.clock().now();
+        if mutating && let Err(wait) = self.refusals.peek(principal.id(), now) {
+            tracing::warn!(principal = %principal.id(), "rate-limited: too many refused requests");
+            let secs = wait.whole_seconds().max(1);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("at most {} refused requests a minute; try again in {secs} s", self.refusals.per_minute()),
+            )
+            .retry_after(secs));
+        }
+        if mutating && let Err(wait) = self.limiter.check(principal.id(), now) {
             tracing::warn!(principal = %principal.id(), "rate-limited");
             let secs = wait.whole_seconds().max(1);
             return Err(ApiError::new(
@@ -144,7 +163,19 @@ impl App {
         }
         Ok(principal)
     }
+
+    /// Settles a mutating request's charge once its answer is known: a refused request (a
+    /// client error other than 429) gives its change back and counts as a refusal instead.
+    pub(crate) fn settle(&self, principal: &Principal, status: StatusCode) {
+        if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+            self.limiter.give_back(principal.id());
+            let _ = self.refusals.check(principal.id(), self.engine.clock().now());
+        }
+    }
 }
+
+/// How many refused mutating requests a principal may make for each change it may make.
+const REFUSALS_PER_CHANGE: u32 = 4;
 
 /// The environment named, or the default; it must be a known one.
 pub(crate) fn environment(app: &App, name: Option<&str>) -> Result<Environment, ApiError> {

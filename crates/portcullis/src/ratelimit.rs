@@ -20,8 +20,24 @@ impl RateLimiter {
         self.per_minute
     }
 
+    /// Gives back the latest action counted for `user` (it turned out not to be one: refused).
+    pub fn give_back(&self, user: &str) {
+        if let Some(user_hits) = self.hits.lock().expect("rate limiter mutex poisoned").get_mut(user) {
+            user_hits.pop_back();
+        }
+    }
+
     /// Counts one action by `user` at `now`, or says how long until one is allowed.
     pub fn check(&self, user: &str, now: Timestamp) -> Result<(), time::Duration> {
+        self.admit(user, now, true)
+    }
+
+    /// Whether `user` may act at `now`, counting nothing.
+    pub fn peek(&self, user: &str, now: Timestamp) -> Result<(), time::Duration> {
+        self.admit(user, now, false)
+    }
+
+    fn admit(&self, user: &str, now: Timestamp, count: bool) -> Result<(), time::Duration> {
         let window = time::Duration::minutes(1);
         let mut hits = self.hits.lock().expect("rate limiter mutex poisoned");
         if hits.len() > 10_000 {
@@ -35,7 +51,9 @@ impl RateLimiter {
             let oldest = *user_hits.front().expect("full means non-empty");
             return Err(oldest + window - now);
         }
-        user_hits.push_back(now);
+        if count {
+            user_hits.push_back(now);
+        }
         Ok(())
     }
 }
@@ -54,5 +72,15 @@ mod tests {
         assert_eq!(limiter.check("U1", t0 + time::Duration::seconds(10)), Err(time::Duration::seconds(50)));
         assert!(limiter.check("U2", t0).is_ok(), "per user");
         assert!(limiter.check("U1", t0 + time::Duration::seconds(60)).is_ok());
+    }
+
+    #[test]
+    fn a_given_back_action_frees_its_place() {
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let limiter = RateLimiter::new(1);
+        limiter.check("U1", t0).unwrap();
+        assert!(limiter.check("U1", t0).is_err());
+        limiter.give_back("U1");
+        assert!(limiter.check("U1", t0).is_ok());
     }
 }

@@ -122,16 +122,8 @@ fn status_for(ok: StatusCode, targets: &[TargetView]) -> StatusCode {
     }
 }
 
-/// Authenticates, finds the environment and the caller's address, and checks the principal
-/// may act there.
-async fn prepare(
-    app: &App,
-    peer: SocketAddr,
-    query: EnvQuery,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(Principal, GrantKey), ApiError> {
-    let principal = app.principal(headers, true).await?;
+/// Finds the environment and the caller's address.
+fn prepare(app: &App, peer: SocketAddr, query: EnvQuery, headers: &HeaderMap, body: &Bytes) -> Result<GrantKey, ApiError> {
     let env = environment(app, requested_environment(query, body)?.as_deref())?;
     let address = client_address(peer.ip(), headers, &app.connection.trusted_proxies)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_forwarding", e.to_string()))?;
@@ -139,7 +131,7 @@ async fn prepare(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "no_source_address", "the request carries no source address"));
     }
     // Whether the principal may act here is the engine's to decide, in add and remove.
-    Ok((principal, GrantKey { cidr: Cidr::host(address), environment: env }))
+    Ok(GrantKey { cidr: Cidr::host(address), environment: env })
 }
 
 /// `POST /connection` opens, `DELETE /connection` closes.
@@ -151,12 +143,14 @@ pub(super) async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (principal, key) = prepare(&app, peer, query, &headers, &body).await?;
-    if method == Method::DELETE {
-        close(&app, &principal, key).await
-    } else {
-        open(&app, &principal, key).await
-    }
+    let principal = app.principal(&headers, true).await?;
+    let answer = match prepare(&app, peer, query, &headers, &body) {
+        Ok(key) if method == Method::DELETE => close(&app, &principal, key).await,
+        Ok(key) => open(&app, &principal, key).await,
+        Err(err) => Err(err),
+    };
+    app.settle(&principal, answer.as_ref().map_or_else(ApiError::status, |r| r.status()));
+    answer
 }
 
 async fn open(app: &App, principal: &Principal, key: GrantKey) -> Result<Response, ApiError> {

@@ -34,10 +34,17 @@ async fn require_admin(State(app): State<AppState>, mut request: axum::extract::
         Err(e) => return e.into_response(),
     };
     if !principal.is_admin() {
+        if mutating {
+            app.settle(&principal, StatusCode::FORBIDDEN);
+        }
         return ApiError::new(StatusCode::FORBIDDEN, "not_admin", "the /v1 API needs an admin token").into_response();
     }
-    request.extensions_mut().insert(principal);
-    next.run(request).await
+    request.extensions_mut().insert(principal.clone());
+    let response = next.run(request).await;
+    if mutating {
+        app.settle(&principal, response.status());
+    }
+    response
 }
 
 

@@ -261,7 +261,10 @@ async fn tokens_are_checked_on_every_request() {
         .unwrap();
     assert_eq!(from_body.status(), 200, "removed from prod, named in the body");
 
-    // Mutating requests are rate-limited per principal: 4 a minute here, and that was the fourth.
+    // Mutating requests are rate-limited per principal: 4 changes a minute here. The 404 and
+    // the 400 above were refusals, which do not count: two changes so far, two to go.
+    assert_eq!(c.call(reqwest::Method::POST, "?env=prod", auth.clone(), &[]).await.0, 201);
+    assert_eq!(c.call(reqwest::Method::DELETE, "?env=prod", auth.clone(), &[]).await.0, 200);
     let limited = reqwest::Client::new()
         .post(format!("{}/connection", c.base))
         .header("authorization", bearer(&other))
@@ -585,4 +588,28 @@ async fn an_admin_tokens_environments_bound_every_v1_route() {
     let (_, audit) = c.v1(Method::GET, "/audit?limit=1000", &root, None).await;
     let refusals = audit.as_array().unwrap().iter().filter(|e| e["action"] == "refused" && e["actor"] == "alice").count();
     assert_eq!(refusals, 4, "{audit}");
+}
+
+#[tokio::test]
+async fn refused_requests_do_not_use_up_a_callers_changes() {
+    let c = Conn::start("default_environment = \"dev\"\n[connection]\nrate_limit_per_minute = 2\n[environments.dev]\n[environments.prod]\n").await;
+    let (secret, _) = c.token("ci", Role::SelfService, &["dev"], None).await;
+    // Three refusals (a token for dev, asking for prod)…
+    for _ in 0..3 {
+        let (status, body) = c.call(reqwest::Method::POST, "?env=prod", Some(bearer(&secret)), &[]).await;
+        assert_eq!(status, 403, "{body}");
+    }
+    // …leave both changes of the minute.
+    assert_eq!(c.post(&bearer(&secret)).await.0, 201);
+    assert_eq!(c.delete(&bearer(&secret)).await.0, 200);
+    let (status, body) = c.post(&bearer(&secret)).await;
+    assert_eq!(status, 429, "the third change of the minute: {body}");
+    // Refusals have a cap of their own (four per change allowed): 8 a minute, then 429.
+    c.clock.advance(time::Duration::seconds(61));
+    for _ in 0..8 {
+        assert_eq!(c.call(reqwest::Method::DELETE, "?env=prod", Some(bearer(&secret)), &[]).await.0, 403);
+    }
+    let (status, body) = c.call(reqwest::Method::DELETE, "?env=prod", Some(bearer(&secret)), &[]).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("refused requests"), "{body}");
 }
