@@ -201,6 +201,8 @@ pub struct SlackConfig {
     pub api_url: String,
     /// `SLACK_SIGNING_SECRET` / `SLACK_SIGNING_SECRET_ARN`: without it `/slack/commands` is off.
     pub signing_secret: Option<Secret>,
+    /// `SLACK_SIGNING_SECRET_NEXT`: while rotating, a request signed with it verifies too.
+    pub next_signing_secret: Option<Secret>,
     /// `SLACK_WEBHOOK_URL` / `SLACK_WEBHOOK_SECRET_ARN`: without it changes are only logged.
     pub webhook: Option<Secret>,
     /// `SLACK_BOT_TOKEN` / `SLACK_BOT_TOKEN_SECRET_ARN`: needed to check `user_groups`.
@@ -534,6 +536,7 @@ fn slack(file: &FileSlack, env: Env<'_>) -> Result<SlackConfig, ConfigError> {
         response_url_prefixes: prefixes,
         api_url,
         signing_secret: secret(env, "SLACK_SIGNING_SECRET", "SLACK_SIGNING_SECRET_ARN", "signing_secret_arn", &file.signing_secret_arn)?,
+        next_signing_secret: env("SLACK_SIGNING_SECRET_NEXT").map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).map(Secret::Value),
         webhook,
         bot_token: secret(env, "SLACK_BOT_TOKEN", "SLACK_BOT_TOKEN_SECRET_ARN", "bot_token_secret_arn", &file.bot_token_secret_arn)?,
     })
@@ -814,6 +817,9 @@ mod tests {
         assert_eq!(c.slack.signing_secret, Some(Secret::Value("s3cret".into())));
         assert_eq!(c.slack.webhook, Some(Secret::Arn("arn:x".into())));
         assert!(!format!("{:?}", c.slack).contains("s3cret"), "secrets never reach logs");
+        let c = load("", &[("SLACK_SIGNING_SECRET", "s3cret"), ("SLACK_SIGNING_SECRET_NEXT", "n3xt")]).unwrap();
+        assert_eq!(c.slack.next_signing_secret, Some(Secret::Value("n3xt".into())));
+        assert!(!format!("{:?}", c.slack).contains("n3xt"), "nor does the next one");
         let err = load("", &[("SLACK_SIGNING_SECRET", "a"), ("SLACK_SIGNING_SECRET_ARN", "b")]).unwrap_err();
         assert_eq!(err.key, "SLACK_SIGNING_SECRET");
         let err = load("[slack]\nresponse_url_prefixes = [\"https://hooks.slack.com\"]\n", &[]).unwrap_err();

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use portcullis_slack::{Directory, Responder, SecretError, SignatureError, SigningSecret};
+use portcullis_slack::{Directory, Responder, SecretError, SignatureError, SigningSecrets};
 use tokio::task::JoinSet;
 
 use crate::config::SlackConfig;
@@ -13,7 +13,7 @@ use crate::ratelimit::RateLimiter;
 /// Reads the signing secret again (it may have been rotated in Secrets Manager).
 #[async_trait::async_trait]
 pub trait SecretReload: Send + Sync {
-    async fn reload(&self) -> Result<SigningSecret, SecretError>;
+    async fn reload(&self) -> Result<SigningSecrets, SecretError>;
 }
 
 /// The least time between two re-reads of the signing secret, so requests with bad signatures
@@ -22,7 +22,7 @@ const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The Slack side of the server.
 pub struct SlackEndpoint {
-    secret: std::sync::RwLock<SigningSecret>,
+    secret: std::sync::RwLock<SigningSecrets>,
     reload: Option<Arc<dyn SecretReload>>,
     reloaded_at: Mutex<Option<std::time::Instant>>,
     /// Answer changes in the response itself (Lambda, where nothing runs after the response),
@@ -37,7 +37,7 @@ pub struct SlackEndpoint {
 }
 
 impl SlackEndpoint {
-    pub fn new(config: &SlackConfig, secret: SigningSecret, bot_token: Option<String>) -> SlackEndpoint {
+    pub fn new(config: &SlackConfig, secret: SigningSecrets, bot_token: Option<String>) -> SlackEndpoint {
         SlackEndpoint {
             secret: std::sync::RwLock::new(secret),
             reload: None,

@@ -12,7 +12,7 @@ use portcullis_engine::{
 use portcullis_slack::{webhook_url_from_secret, FixedUrl, UrlSource, Webhook};
 use portcullis_store::{SqliteStore, Store};
 
-use portcullis_slack::{SecretError, SigningSecret};
+use portcullis_slack::{SecretError, SigningSecret, SigningSecrets};
 
 use crate::config::{Config, FirewallKind, Secret, StoreSpec};
 use crate::slack::{SecretReload, SlackEndpoint};
@@ -221,8 +221,8 @@ struct SecretSigningKey {
 
 #[async_trait]
 impl SecretReload for SecretSigningKey {
-    async fn reload(&self) -> Result<SigningSecret, SecretError> {
-        Ok(SigningSecret::new(portcullis_slack::secret_field(&reread(&self.arn).await?, "signing_secret")?))
+    async fn reload(&self) -> Result<SigningSecrets, SecretError> {
+        SigningSecrets::from_secret_value(&reread(&self.arn).await?)
     }
 }
 
@@ -235,9 +235,13 @@ pub async fn slack_endpoint(config: &Config) -> Result<Option<SlackEndpoint>, Wi
     };
     let failed = |what: &'static str, e: WiringError| WiringError::Slack { what, source: Box::new(e) };
     let secret = secret_value(secret).await.map_err(|e| failed("signing secret", e))?;
-    // The bare secret, or JSON with a `signing_secret` key.
-    let secret = portcullis_slack::secret_field(&secret, "signing_secret")
-        .map_err(|e| WiringError::Refused(format!("Slack signing secret: {e}")))?;
+    // The bare secret, or JSON with a `signing_secret` key (and `next_signing_secret` while
+    // rotating; or SLACK_SIGNING_SECRET_NEXT).
+    let mut secrets =
+        SigningSecrets::from_secret_value(&secret).map_err(|e| WiringError::Refused(format!("Slack signing secret: {e}")))?;
+    if let Some(next) = &config.slack.next_signing_secret {
+        secrets.next = Some(SigningSecret::new(secret_value(next).await?));
+    }
     let bot_token = match &config.slack.bot_token {
         Some(token) => Some(secret_value(token).await.map_err(|e| failed("bot token", e))?),
         None => None,
@@ -247,7 +251,7 @@ pub async fn slack_endpoint(config: &Config) -> Result<Option<SlackEndpoint>, Wi
             "user_groups are configured, but checking them needs SLACK_BOT_TOKEN (or SLACK_BOT_TOKEN_SECRET_ARN)".into(),
         ));
     }
-    let endpoint = SlackEndpoint::new(&config.slack, SigningSecret::new(secret), bot_token);
+    let endpoint = SlackEndpoint::new(&config.slack, secrets, bot_token);
     Ok(Some(match &config.slack.signing_secret {
         Some(Secret::Arn(arn)) => endpoint.with_reload(Arc::new(SecretSigningKey { arn: arn.clone() })),
         _ => endpoint,

@@ -14,6 +14,6 @@ pub use command::{parse, usage, Command, ParseError};
 pub use directory::Directory;
 pub use messages::{notification, Reply, Visibility};
 pub use respond::{RespondError, Responder};
-pub use signature::{SignatureError, SigningSecret};
+pub use signature::{SignatureError, SigningSecret, SigningSecrets};
 pub use url::{redact_url, redact_urls_in, PrefixError, UrlPrefix};
 pub use webhook::{secret_field, webhook_url_from_secret, FixedUrl, SecretError, UrlSource, Webhook};

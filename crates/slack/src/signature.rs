@@ -84,6 +84,40 @@ impl std::fmt::Debug for SigningSecret {
     }
 }
 
+/// The signing secret in use and, during a rotation, the next one: a request signed with
+/// either verifies, so rotating the secret in Slack causes no downtime.
+#[derive(Clone)]
+pub struct SigningSecrets {
+    pub current: SigningSecret,
+    pub next: Option<SigningSecret>,
+}
+
+impl SigningSecrets {
+    /// A secret's value as kept in Secrets Manager: the bare secret, or JSON with
+    /// `signing_secret` and, while rotating, `next_signing_secret`.
+    pub fn from_secret_value(raw: &str) -> Result<SigningSecrets, crate::SecretError> {
+        let current = SigningSecret::new(crate::secret_field(raw, "signing_secret")?);
+        let next = match raw.trim().starts_with('{') {
+            true => match crate::secret_field(raw, "next_signing_secret") {
+                Ok(next) => Some(SigningSecret::new(next)),
+                Err(crate::SecretError::MissingKey(_)) => None,
+                Err(e) => return Err(e),
+            },
+            false => None,
+        };
+        Ok(SigningSecrets { current, next })
+    }
+
+    /// Verifies against the current secret, then the next; the current one's error if neither.
+    pub fn verify(&self, timestamp: Option<&str>, signature: Option<&str>, body: &[u8], now: i64) -> Result<(), SignatureError> {
+        let first = self.current.verify(timestamp, signature, body, now);
+        match (&first, &self.next) {
+            (Err(SignatureError::Mismatch), Some(next)) => next.verify(timestamp, signature, body, now),
+            _ => first,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +127,22 @@ mod tests {
     const TS: &str = "1531420618";
     const BODY: &str = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
     const EXPECTED: &str = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503";
+
+    #[test]
+    fn during_a_rotation_either_secret_verifies() {
+        let (old, new) = (SigningSecret::new("old"), SigningSecret::new("new"));
+        let body = b"text=list";
+        let secrets = SigningSecrets::from_secret_value(r#"{"signing_secret": "old", "next_signing_secret": "new"}"#).unwrap();
+        for signer in [&old, &new] {
+            let signature = signer.sign("1000", body);
+            assert!(secrets.verify(Some("1000"), Some(&signature), body, 1000).is_ok());
+        }
+        let wrong = SigningSecret::new("wrong").sign("1000", body);
+        assert_eq!(secrets.verify(Some("1000"), Some(&wrong), body, 1000), Err(SignatureError::Mismatch));
+        let only_old = SigningSecrets::from_secret_value("old").unwrap();
+        assert!(only_old.verify(Some("1000"), Some(&new.sign("1000", body)), body, 1000).is_err());
+        assert!(only_old.next.is_none());
+    }
 
     #[test]
     fn slacks_example() {

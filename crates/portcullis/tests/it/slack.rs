@@ -391,3 +391,20 @@ async fn the_cli_leaves_undelivered_announcements_for_the_next_run() {
 fn admin() -> portcullis_engine::Requester {
     portcullis_engine::Requester::named("test", portcullis_core::Interface::Cli)
 }
+
+#[tokio::test]
+async fn during_a_rotation_requests_signed_with_the_next_secret_verify() {
+    let w = World::new().await;
+    let receiver = Receiver::start().await;
+    let cfg = config(&w, &dev_targets(&w, &receiver, ""), &[("SLACK_SIGNING_SECRET_NEXT", "the-next-secret")]);
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let firewall = Arc::new(MemoryFirewall::new(clock.clone()));
+    let s = SlackServer::start(&cfg, firewall, clock.clone(), Arc::new(portcullis_engine::LogNotifier)).await;
+    let body = "command=%2Finfra&text=whitelist+list&user_id=U0ALICE&user_name=alice&response_url=x";
+    let ts = clock.now().unix_timestamp().to_string();
+    for (secret, expected) in [(SECRET, 200), ("the-next-secret", 200), ("a-third-secret", 401)] {
+        let signature = SigningSecret::new(secret).sign(&ts, body.as_bytes());
+        let (status, answer) = s.post(body, &[("x-slack-request-timestamp", ts.clone()), ("x-slack-signature", signature)]).await;
+        assert_eq!(status, expected, "signed with {secret}: {answer}");
+    }
+}
