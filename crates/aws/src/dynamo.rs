@@ -932,6 +932,26 @@ impl Store for DynamoStore {
         }
     }
 
+    async fn claim_once(&self, key: &str, now: Timestamp, until: Timestamp) -> Result<bool, StoreError> {
+        let mut item = meta_key("claim", key);
+        item.insert("until_ms".into(), n(ms(until)));
+        item.insert("gc_at".into(), n((until + time::Duration::hours(1)).unix_timestamp()));
+        let result = self
+            .client
+            .put_item()
+            .table_name(self.meta())
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR until_ms <= :now")
+            .expression_attribute_values(":now", n(ms(now)))
+            .send()
+            .await;
+        match result.map_err(|e| failure(self.meta(), e.into())) {
+            Ok(_) => Ok(true),
+            Err(Failure::Conflict) => Ok(false),
+            Err(Failure::Store(e)) => Err(e),
+        }
+    }
+
     async fn create_token(&self, token: ApiToken, actor: &Actor) -> Result<(), StoreError> {
         let event = portcullis_store::token_event(token.created_at, actor, Action::TokenCreated, &token);
         self.write_token(&token, None, event).await

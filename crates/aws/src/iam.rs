@@ -230,6 +230,14 @@ impl IamVerifier {
         Ok(auth)
     }
 
+    /// The key under which a login is remembered against replay (its signature), once it
+    /// passes the local checks, and how long it must be remembered: while a copy of it could
+    /// still pass them.
+    pub fn replay_key(&self, login: &IamLogin, now: Timestamp) -> Result<(String, time::Duration), IamError> {
+        let auth = self.check(login, now)?;
+        Ok((format!("iam:{}", auth.signature), self.max_skew * 2))
+    }
+
     /// Verifies a login: checks it, refuses a replay, and asks STS.
     pub async fn verify(&self, login: &IamLogin, now: Timestamp) -> Result<CallerIdentity, IamError> {
         let auth = self.check(login, now)?;

@@ -71,6 +71,13 @@ impl Engine {
         Ok(Status { last_reconcile, next_expiry, overdue, outbox_pending, sweeper_lease, refused_grants })
     }
 
+    /// Whether this is the first use of `key` (a request signature) within `lifetime`, across
+    /// every process on the store: a replayed request is refused by whichever replica it reaches.
+    pub async fn first_use(&self, key: &str, lifetime: time::Duration) -> Result<bool, EngineError> {
+        let now = self.clock().now();
+        Ok(self.store().claim_once(key, now, now + lifetime).await?)
+    }
+
     /// Stores a new API token (by hash) and audits its creation.
     pub async fn create_token(&self, token: ApiToken, by: &Requester) -> Result<(), EngineError> {
         Ok(self.store().create_token(token, &by.actor()).await?)

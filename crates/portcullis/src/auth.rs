@@ -171,7 +171,15 @@ impl Authenticator {
             .map_err(|_| AuthError::Invalid("the IAM login is not base64".into()))?;
         let login: IamLogin =
             serde_json::from_slice(&json).map_err(|e| AuthError::Invalid(format!("the IAM login is not valid JSON: {e}")))?;
-        match verifier.verify(&login, self.engine.clock().now()).await {
+        let now = self.engine.clock().now();
+        // Replays are refused by every replica: the signature is claimed in the store.
+        let (key, window) = verifier.replay_key(&login, now).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        match self.engine.first_use(&key, window).await {
+            Ok(true) => {}
+            Ok(false) => return Err(AuthError::Invalid("this signed request was used before".into())),
+            Err(e) => return Err(AuthError::Unavailable(format!("cannot check the login against replays: {e}"))),
+        }
+        match verifier.verify(&login, now).await {
             Ok(identity) => Ok(Principal::Iam(identity)),
             Err(IamError::Unavailable(m)) => Err(AuthError::Unavailable(m)),
             Err(e) => Err(AuthError::Invalid(e.to_string())),

@@ -251,6 +251,11 @@ pub trait Store: Send + Sync {
     /// Gives a lease up, if `holder` holds it.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
+    /// Claims `key` (a request signature, say) until `until`: true the first time, false while
+    /// an earlier claim stands, in this process or any other on the store. Replay protection
+    /// shared by every replica.
+    async fn claim_once(&self, key: &str, now: Timestamp, until: Timestamp) -> Result<bool, StoreError>;
+
     /// This process's name in the outbox: the notices it writes are leased to it for
     /// [`NOTICE_LEASE`], so it announces its own changes.
     fn instance(&self) -> &str;

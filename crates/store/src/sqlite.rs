@@ -99,6 +99,13 @@ CREATE TABLE tokens (
     revoked_at_ms  INTEGER,
     created_by     TEXT NOT NULL
 );
+"#, r#"
+-- Request signatures seen (Slack's, IAM logins'), until they could no longer be replayed.
+CREATE TABLE claims (
+    key      TEXT PRIMARY KEY,
+    until_ms INTEGER NOT NULL
+);
+CREATE INDEX claims_until ON claims (until_ms);
 "#];
 
 /// Settled notices are kept this long (for inspection), then deleted.
@@ -584,6 +591,19 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM leases WHERE name = ?1 AND holder = ?2", params![name, holder])
                 .map_err(|e| this.err(e))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn claim_once(&self, key: &str, now: Timestamp, until: Timestamp) -> Result<bool, StoreError> {
+        let (this, key) = (self.clone(), key.to_string());
+        let (now, until) = (ms(now), ms(until));
+        self.write(move |tx| {
+            tx.execute("DELETE FROM claims WHERE until_ms <= ?1", params![now]).map_err(|e| this.err(e))?;
+            let claimed = tx
+                .execute("INSERT INTO claims (key, until_ms) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING", params![key, until])
+                .map_err(|e| this.err(e))?;
+            Ok(claimed == 1)
         })
         .await
     }

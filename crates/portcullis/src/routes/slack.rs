@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use portcullis_core::{Credential, Environment, GrantKey, Interface, Owner, Source, Timestamp, UserName};
 use portcullis_engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope};
-use portcullis_slack::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use portcullis_slack::signature::{MAX_SKEW_SECS, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use portcullis_slack::{parse, redact_url, usage, Command, Reply};
 use serde::Deserialize;
 
@@ -49,6 +49,20 @@ pub(super) async fn command(State(app): State<Arc<App>>, headers: HeaderMap, bod
     }
     if let Err(err) = strict_utf8_form(&body) {
         return Json(Reply::refused(&format!("could not read the command: {err}"))).into_response();
+    }
+    // A signed request stays valid for its timestamp's window: remember each signature for
+    // that long, in the store, so no replica runs a replay of it.
+    let signature = header(SIGNATURE_HEADER).unwrap_or_default();
+    match app.engine.first_use(&format!("slack:{signature}"), time::Duration::seconds(2 * MAX_SKEW_SECS)).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!("refused a replayed Slack request");
+            return (StatusCode::UNAUTHORIZED, "this signed request was used before").into_response();
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "cannot check a Slack request against replays");
+            return (StatusCode::SERVICE_UNAVAILABLE, "cannot check the request against replays; try again").into_response();
+        }
     }
     let form: SlashCommand = match serde_urlencoded::from_bytes(&body) {
         Ok(form) => form,

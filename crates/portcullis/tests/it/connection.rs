@@ -58,6 +58,7 @@ struct Conn {
     clock: Arc<ManualClock>,
     store: Arc<dyn Store>,
     app: Arc<App>,
+    config: Config,
     _dir: tempfile::TempDir,
 }
 
@@ -73,13 +74,14 @@ impl Conn {
         let firewall = Arc::new(Ec2Firewall::new(&sdk_config().await));
         let engine = Arc::new(wiring::engine_with(&config, store.clone(), firewall, clock.clone(), wiring::notifier(&config)));
         let app = Arc::new(App::new(engine.clone(), &config, None));
+        let config = config.clone();
         let served = app.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
             axum::serve(listener, router(served).into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap()
         });
-        Conn { base, engine, clock, store, app, _dir: dir }
+        Conn { base, engine, clock, store, app, config, _dir: dir }
     }
 
     /// Stores a token and returns its secret.
@@ -311,6 +313,18 @@ async fn iam_logins_are_verified_by_sts_and_bound_to_this_server() {
     let login = sign("alice", &sts, SERVER_ID, now + Duration::from_secs(1));
     assert_eq!(c.post(&iam_header(&login)).await.0, 200);
     assert_eq!(c.post(&iam_header(&login)).await.0, 401, "a used login is refused");
+    // By another replica too (its own process-local cache has never seen it): the claim is in
+    // the store they share.
+    let other_replica = Arc::new(App::new(c.engine.clone(), &c.config, None));
+    let fresh = sign("alice", &sts, SERVER_ID, now + Duration::from_secs(3));
+    assert_eq!(c.post(&iam_header(&fresh)).await.0, 200);
+    let replayed = axum::http::Request::post("/connection")
+        .header("authorization", iam_header(&fresh))
+        .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 9))))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let answer = tower::ServiceExt::oneshot(router(other_replica), replayed).await.unwrap();
+    assert_eq!(answer.status(), 401, "a login used at one replica is refused at another");
 
     // Tampered: a signed header changed after signing; STS refuses the signature.
     let mut tampered = sign("alice", &sts, SERVER_ID, now + Duration::from_secs(2));

@@ -407,4 +407,9 @@ async fn during_a_rotation_requests_signed_with_the_next_secret_verify() {
         let (status, answer) = s.post(body, &[("x-slack-request-timestamp", ts.clone()), ("x-slack-signature", signature)]).await;
         assert_eq!(status, expected, "signed with {secret}: {answer}");
     }
+    // A signed request replayed inside its 300 s window is refused.
+    let signature = SigningSecret::new(SECRET).sign(&ts, body.as_bytes());
+    let (status, answer) = s.post(body, &[("x-slack-request-timestamp", ts.clone()), ("x-slack-signature", signature)]).await;
+    assert_eq!(status, 401, "a replay: {answer}");
+    assert!(answer.contains("used before"), "{answer}");
 }

@@ -35,10 +35,10 @@ async fn created_private_and_migrated_once() {
     let path = dir.path().join("p.db");
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(store.schema_version().unwrap(), 4);
+    assert_eq!(store.schema_version().unwrap(), 5);
     drop(store);
     let again = SqliteStore::open(&path).unwrap();
-    assert_eq!(again.schema_version().unwrap(), 4);
+    assert_eq!(again.schema_version().unwrap(), 5);
     assert!(SqliteStore::open(dir.path().join("missing/dir/p.db")).is_err());
 }
 
@@ -186,10 +186,10 @@ async fn a_store_from_before_the_outbox_is_migrated_in_place() {
     store.upsert(upsert(g, "alice")).await.unwrap();
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE outbox; DROP TABLE leases; DROP TABLE recorded_once; DROP TABLE tokens; PRAGMA user_version = 1;").unwrap();
+    conn.execute_batch("DROP TABLE outbox; DROP TABLE leases; DROP TABLE recorded_once; DROP TABLE tokens; DROP TABLE claims; PRAGMA user_version = 1;").unwrap();
     drop(conn);
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 4);
+    assert_eq!(store.schema_version().unwrap(), 5);
     assert_eq!(store.grants(None).await.unwrap().len(), 1);
     assert_eq!(store.outbox_status().await.unwrap().pending, 0, "old changes are not announced again");
 }
@@ -264,4 +264,16 @@ async fn tokens_by_hash_list_and_revoke_with_audit() {
     let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, ["token-revoked", "token-created"]);
     assert!(!audit[0].reason.contains(&"f".repeat(64)), "the audit never holds the hash");
+}
+
+#[tokio::test]
+async fn a_claim_holds_until_it_lapses_across_handles_on_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let (one, two) = (SqliteStore::open(&path).unwrap(), SqliteStore::open(&path).unwrap());
+    let until = T0 + Duration::minutes(10);
+    assert!(one.claim_once("slack:v0=abc", T0, until).await.unwrap(), "first use");
+    assert!(!two.claim_once("slack:v0=abc", T0 + Duration::minutes(1), until).await.unwrap(), "a replay, through another handle");
+    assert!(two.claim_once("slack:v0=def", T0, until).await.unwrap(), "another signature");
+    assert!(one.claim_once("slack:v0=abc", until, until + Duration::minutes(10)).await.unwrap(), "lapsed: claimable again");
 }
