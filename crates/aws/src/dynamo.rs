@@ -652,6 +652,24 @@ impl DynamoStore {
         }
     }
 
+    /// Puts an item into our table if `condition` holds: false when it did not.
+    async fn put_if<const N: usize>(
+        &self,
+        item: HashMap<String, AttributeValue>,
+        condition: &str,
+        values: [(&str, AttributeValue); N],
+    ) -> Result<bool, StoreError> {
+        let mut put = self.client.put_item().table_name(self.meta()).set_item(Some(item)).condition_expression(condition);
+        for (name, value) in values {
+            put = put.expression_attribute_values(name, value);
+        }
+        match put.send().await.map_err(|e| failure(self.meta(), e.into())) {
+            Ok(_) => Ok(true),
+            Err(Failure::Conflict) => Ok(false),
+            Err(Failure::Store(e)) => Err(e),
+        }
+    }
+
     fn contended(&self) -> StoreError {
         StoreError::Contended { location: format!("dynamodb:{}", self.tables.grants), attempts: ATTEMPTS }
     }
@@ -899,21 +917,8 @@ impl Store for DynamoStore {
         item.insert("holder".into(), s(claim.holder));
         item.insert("until_ms".into(), n(ms(claim.now + claim.duration)));
         item.insert("gc_at".into(), n((claim.now + KEEP).unix_timestamp()));
-        let result = self
-            .client
-            .put_item()
-            .table_name(self.meta())
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk) OR holder = :h OR until_ms <= :now")
-            .expression_attribute_values(":h", s(claim.holder))
-            .expression_attribute_values(":now", n(ms(claim.now)))
-            .send()
-            .await;
-        match result.map_err(|e| failure(self.meta(), e.into())) {
-            Ok(_) => Ok(true),
-            Err(Failure::Conflict) => Ok(false),
-            Err(Failure::Store(e)) => Err(e),
-        }
+        let condition = "attribute_not_exists(pk) OR holder = :h OR until_ms <= :now";
+        self.put_if(item, condition, [(":h", s(claim.holder)), (":now", n(ms(claim.now)))]).await
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
@@ -936,20 +941,7 @@ impl Store for DynamoStore {
         let mut item = meta_key("claim", key);
         item.insert("until_ms".into(), n(ms(until)));
         item.insert("gc_at".into(), n((until + time::Duration::hours(1)).unix_timestamp()));
-        let result = self
-            .client
-            .put_item()
-            .table_name(self.meta())
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk) OR until_ms <= :now")
-            .expression_attribute_values(":now", n(ms(now)))
-            .send()
-            .await;
-        match result.map_err(|e| failure(self.meta(), e.into())) {
-            Ok(_) => Ok(true),
-            Err(Failure::Conflict) => Ok(false),
-            Err(Failure::Store(e)) => Err(e),
-        }
+        self.put_if(item, "attribute_not_exists(pk) OR until_ms <= :now", [(":now", n(ms(now)))]).await
     }
 
     async fn create_token(&self, token: ApiToken, actor: &Actor) -> Result<(), StoreError> {
