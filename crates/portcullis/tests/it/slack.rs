@@ -135,6 +135,8 @@ async fn signatures_are_checked_before_anything_else() {
     for (what, body, headers) in cases {
         let (status, answer) = s.post(&body, &headers).await;
         assert_eq!(status, 401, "{what}: {answer}");
+        let error: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
+        assert_eq!(error["error"]["code"], "unauthenticated", "{what}: errors have the one JSON shape: {answer}");
     }
     // Stale and future: correctly signed, but too far from now.
     for skew in [-301i64, 301] {
