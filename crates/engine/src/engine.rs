@@ -117,9 +117,9 @@ impl From<StoreError> for EngineError {
 }
 
 /// The targets one observation resolved to.
-struct Observed {
+pub(crate) struct Observed {
     failures: Vec<ObserveFailure>,
-    targets: Vec<Target>,
+    pub(crate) targets: Vec<Target>,
     skipped: Vec<SkippedGroup>,
 }
 
@@ -138,6 +138,8 @@ pub struct Engine {
     known_targets: Mutex<BTreeMap<TargetId, (Environment, PortSet)>>,
     /// Stored grants the policy refused at the last plan, for `status`.
     pub(crate) refused: Mutex<BTreeMap<GrantKey, RefusedGrant>>,
+    /// One apply at a time per environment (`coalesce`).
+    pub(crate) slots: crate::coalesce::Slots,
 }
 
 impl Engine {
@@ -153,6 +155,7 @@ impl Engine {
             lease: None,
             known_targets: Mutex::new(BTreeMap::new()),
             refused: Mutex::new(BTreeMap::new()),
+            slots: Default::default(),
         }
     }
 
@@ -247,25 +250,13 @@ impl Engine {
             return Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: None });
         }
 
-        // Observe first, then read the store again: the quota check is a plan too, and a grant
-        // another process added since the read above must be seen with its rules.
-        let scope = Scope::Environment(env.clone());
-        let observed = self.observe(&scope).await;
-        let history = self.store.environments_with_history().await?;
-        let mut with_new = self.planned_grants(&scope).await?;
-        with_new.retain(|g| g.key() != grant.key());
-        with_new.push(grant.clone());
-        if let Some(err) = self.quota_refusal(&grant, &with_new, &observed.targets, &history, self.clock.now()) {
-            return Err(self.refuse(err, &env, Some(&grant.cidr), &req.by.refused_actor()).await);
-        }
-
-        let upserted = self.store_grant(grant, &req.by, &policy).await?;
-        let report = self.plan_and_apply(Cause::Change, &scope, observed).await?;
-        Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: Some(report) })
+        // The quota check, the write and the apply happen in the environment's next coalesced
+        // apply, with every other change that arrives meanwhile.
+        self.add_coalesced(grant, req.by, policy).await
     }
 
     /// Stores an add or refresh (refusals audited) and wakes the sweeper for its expiry.
-    async fn store_grant(&self, grant: Grant, by: &Requester, policy: &Policy) -> Result<portcullis_store::Upserted, EngineError> {
+    pub(crate) async fn store_grant(&self, grant: Grant, by: &Requester, policy: &Policy) -> Result<portcullis_store::Upserted, EngineError> {
         let actor = &by.actor();
         let (env, cidr) = (grant.environment.clone(), grant.cidr);
         let upsert = Upsert { grant, actor: actor.clone(), max_grants_per_user: policy.max_grants_per_user() };
@@ -281,7 +272,7 @@ impl Engine {
         Ok(upserted)
     }
 
-    fn quota_refusal(
+    pub(crate) fn quota_refusal(
         &self,
         grant: &Grant,
         grants: &[Grant],
@@ -330,15 +321,17 @@ impl Engine {
     /// Brings the firewall to the state the store describes. (A dry run is a `DryRunFirewall`,
     /// which prints the changes and makes none.)
     pub async fn reconcile(&self, scope: Scope, cause: Cause) -> Result<ReconcileReport, EngineError> {
-        if let Some(env) = scope.environment() {
-            self.policy(env)?;
+        match &scope {
+            Scope::Environment(env) => {
+                self.policy(env)?;
+                self.reconcile_environment(env, cause).await
+            }
+            Scope::All => self.reconcile_all(cause).await,
         }
-        let observed = self.observe(&scope).await;
-        self.plan_and_apply(cause, &scope, observed).await
     }
 
     /// Observes the groups the scope needs; must come before any store read that feeds a plan.
-    async fn observe(&self, scope: &Scope) -> Observed {
+    pub(crate) async fn observe(&self, scope: &Scope) -> Observed {
         let specs: Vec<TargetSpec> = self
             .settings
             .specs
@@ -365,7 +358,7 @@ impl Engine {
     /// another writer put in the table past the checks an add makes (the whole internet, a /8,
     /// a year-long TTL) is never applied; it is audited as `refused` once per stored version
     /// and reported by `status`.
-    async fn planned_grants(&self, scope: &Scope) -> Result<Vec<Grant>, EngineError> {
+    pub(crate) async fn planned_grants(&self, scope: &Scope) -> Result<Vec<Grant>, EngineError> {
         let now = self.clock.now();
         let (admitted, refused) = admit_grants(self.store.grants(scope.environment()).await?, &self.settings.policies, now);
         let new: Vec<RefusedGrant> = {
@@ -401,7 +394,7 @@ impl Engine {
         Ok(admitted)
     }
 
-    async fn plan_and_apply(
+    pub(crate) async fn plan_and_apply(
         &self,
         cause: Cause,
         scope: &Scope,
@@ -488,6 +481,7 @@ impl Engine {
                     target: change.target.clone(),
                     environment: change.environment.clone(),
                     applied: result.as_ref().ok().copied(),
+                    code: result.as_ref().err().and_then(|e| e.code.clone()),
                     error: result.err().map(|e| e.to_string()),
                 }
             })

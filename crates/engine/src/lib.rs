@@ -7,6 +7,7 @@
 
 mod authorize;
 mod clock;
+mod coalesce;
 mod dry_run;
 mod engine;
 mod lease;
@@ -24,6 +25,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use coalesce::BATCH_WINDOW;
 pub use dry_run::DryRunFirewall;
 pub use engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope, Settings};
 pub use queries::AuditQuery;

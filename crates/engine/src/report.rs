@@ -14,6 +14,21 @@ pub struct GroupOutcome {
     pub applied: Option<Applied>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The firewall's error code, when it gave one (`RulesPerSecurityGroupLimitExceeded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl GroupOutcome {
+    /// Whether the group's change failed because another writer changed the group since it
+    /// was observed (a rule now present, or gone, or the quota filled by others' rules): worth
+    /// observing again and planning anew rather than failing.
+    pub fn lost_to_a_concurrent_writer(&self) -> bool {
+        matches!(
+            self.code.as_deref(),
+            Some("RulesPerSecurityGroupLimitExceeded" | "InvalidPermission.Duplicate" | "InvalidPermission.NotFound")
+        )
+    }
 }
 
 /// What a reconcile saw, decided and did.

@@ -160,3 +160,43 @@ async fn a_dry_run_reconcile_changes_nothing_and_audits_no_repair() {
     let audit = r.store.audit(None, 10).await.unwrap();
     assert!(audit.iter().all(|e| e.action != Action::DriftRepaired), "{audit:?}");
 }
+
+/// The in-memory firewall, with another writer that, just before this process's first apply,
+/// adds the same rules itself: the apply then fails as EC2 answers a quota filled by them.
+struct RacedOnce {
+    inner: Arc<MemoryFirewall>,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl portcullis_engine::Firewall for RacedOnce {
+    async fn observe(&self, specs: &[TargetSpec]) -> portcullis_engine::Observation {
+        self.inner.observe(specs).await
+    }
+
+    async fn apply(&self, change: &portcullis_core::GroupChange) -> Result<portcullis_engine::Applied, portcullis_engine::FirewallError> {
+        if !change.authorize.is_empty() && !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            for rule in &change.authorize {
+                let observed = ObservedRule { cidr: rule.cidr, raw_cidr: rule.ec2_cidr.clone(), ports: rule.ports, description: Some(rule.description.clone()) };
+                self.inner.put_rule(&change.target.region, &change.target.group_id, observed);
+            }
+            return Err(portcullis_engine::FirewallError {
+                code: Some("RulesPerSecurityGroupLimitExceeded".into()),
+                message: "RulesPerSecurityGroupLimitExceeded: the maximum number of rules per security group has been reached".into(),
+            });
+        }
+        self.inner.apply(change).await
+    }
+}
+
+#[tokio::test]
+async fn a_batch_that_lost_to_a_concurrent_writer_is_observed_again_not_failed() {
+    let r = rig(&["us-east-1"]);
+    let raced = Arc::new(RacedOnce { inner: r.firewall.clone(), raced: Default::default() });
+    let engine = Engine::new(r.store.clone(), raced, r.clock.clone(), r.settings.clone());
+    let outcome = engine.add(add("198.51.100.8", "1h")).await.unwrap();
+    let report = outcome.report.expect("applied");
+    assert!(!report.failed(), "{:?}", report.failure_messages());
+    let rules = r.firewall.rules("us-east-1", "sg-us-east-1");
+    assert_eq!(rules.len(), 1, "the rule the other writer added is the grant's, and are not added twice: {rules:?}");
+}

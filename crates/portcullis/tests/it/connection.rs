@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::serve::{signal, token, Server};
 use crate::support::{eventually, sdk_config, text, unique, World, REGION};
 
-const WEST: &str = "us-west-2";
+pub const WEST: &str = "us-west-2";
 const SERVER_ID: &str = "portcullis.test";
 
 async fn ec2_in(region: &str) -> aws_sdk_ec2::Client {
@@ -30,13 +30,13 @@ async fn ec2_in(region: &str) -> aws_sdk_ec2::Client {
 }
 
 /// A security group in `region`.
-async fn group_in(region: &str) -> String {
+pub async fn group_in(region: &str) -> String {
     let ec2 = ec2_in(region).await;
     ec2.create_security_group().group_name(unique("sg")).description("portcullis test").send().await.unwrap().group_id.unwrap()
 }
 
 /// Rules of a group in `region`, as (cidr, port).
-async fn keys_in(region: &str, group: &str) -> Vec<(String, i32)> {
+pub async fn keys_in(region: &str, group: &str) -> Vec<(String, i32)> {
     let ec2 = ec2_in(region).await;
     let out = ec2.describe_security_groups().group_ids(group).send().await.unwrap();
     let mut keys = Vec::new();
@@ -52,18 +52,19 @@ async fn keys_in(region: &str, group: &str) -> Vec<(String, i32)> {
 }
 
 /// An in-process `serve`: the real router with connect info, on a manual clock.
-struct Conn {
-    base: String,
-    engine: Arc<Engine>,
-    clock: Arc<ManualClock>,
-    store: Arc<dyn Store>,
-    app: Arc<App>,
-    config: Config,
+pub struct Conn {
+    pub base: String,
+    pub engine: Arc<Engine>,
+    pub clock: Arc<ManualClock>,
+    pub store: Arc<dyn Store>,
+    pub app: Arc<App>,
+    pub config: Config,
+    pub firewall: Arc<Ec2Firewall>,
     _dir: tempfile::TempDir,
 }
 
 impl Conn {
-    async fn start(config_toml: &str) -> Conn {
+    pub async fn start(config_toml: &str) -> Conn {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portcullis.toml");
         std::fs::write(&path, config_toml).unwrap();
@@ -72,7 +73,7 @@ impl Conn {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("portcullis.db")).unwrap());
         let clock = Arc::new(ManualClock::new(Timestamp::now_utc()));
         let firewall = Arc::new(Ec2Firewall::new(&sdk_config().await));
-        let engine = Arc::new(wiring::engine_with(&config, store.clone(), firewall, clock.clone(), wiring::notifier(&config)));
+        let engine = Arc::new(wiring::engine_with(&config, store.clone(), firewall.clone(), clock.clone(), wiring::notifier(&config)));
         let app = Arc::new(App::new(engine.clone(), &config, None));
         let config = config.clone();
         let served = app.clone();
@@ -81,11 +82,11 @@ impl Conn {
         tokio::spawn(async move {
             axum::serve(listener, router(served).into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap()
         });
-        Conn { base, engine, clock, store, app, config, _dir: dir }
+        Conn { base, engine, clock, store, app, config, firewall, _dir: dir }
     }
 
     /// Stores a token and returns its secret.
-    async fn token(&self, user: &str, role: Role, envs: &[&str], expires_in: Option<time::Duration>) -> (String, String) {
+    pub async fn token(&self, user: &str, role: Role, envs: &[&str], expires_in: Option<time::Duration>) -> (String, String) {
         let now = self.clock.now();
         let envs = envs.iter().map(|e| Environment::parse(e).unwrap()).collect();
         let (secret, token) = portcullis::auth::issue(user, role, envs, now, expires_in.map(|d| now + d), "test").unwrap();
@@ -93,7 +94,7 @@ impl Conn {
         (secret, token.id)
     }
 
-    async fn call(&self, method: reqwest::Method, query: &str, auth: Option<String>, headers: &[(&str, &str)]) -> (u16, Value) {
+    pub async fn call(&self, method: reqwest::Method, query: &str, auth: Option<String>, headers: &[(&str, &str)]) -> (u16, Value) {
         let mut request = reqwest::Client::new().request(method, format!("{}/connection{query}", self.base));
         if let Some(auth) = auth {
             request = request.header("authorization", auth);
@@ -107,7 +108,7 @@ impl Conn {
     }
 
     /// A `/v1` request with a bearer token and an optional JSON body.
-    async fn v1(&self, method: reqwest::Method, path: &str, secret: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn v1(&self, method: reqwest::Method, path: &str, secret: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = reqwest::Client::new().request(method, format!("{}/v1{path}", self.base)).header("authorization", bearer(secret));
         if let Some(body) = body {
             request = request.json(&body);
@@ -117,16 +118,16 @@ impl Conn {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    async fn post(&self, auth: &str) -> (u16, Value) {
+    pub async fn post(&self, auth: &str) -> (u16, Value) {
         self.call(reqwest::Method::POST, "", Some(auth.to_string()), &[]).await
     }
 
-    async fn delete(&self, auth: &str) -> (u16, Value) {
+    pub async fn delete(&self, auth: &str) -> (u16, Value) {
         self.call(reqwest::Method::DELETE, "", Some(auth.to_string()), &[]).await
     }
 }
 
-fn bearer(secret: &str) -> String {
+pub fn bearer(secret: &str) -> String {
     format!("Bearer {secret}")
 }
 
@@ -490,7 +491,7 @@ async fn lambda_mode_takes_the_address_from_the_request_context() {
 
 /// EC2 in another account: credentials from assuming `role` (moto files resources under the
 /// role's account).
-async fn ec2_as(role: &str, region: &str) -> aws_sdk_ec2::Client {
+pub async fn ec2_as(role: &str, region: &str) -> aws_sdk_ec2::Client {
     let base = sdk_config().await;
     let provider = aws_config::sts::AssumeRoleProvider::builder(role).session_name("test").configure(&base).build().await;
     let config = aws_sdk_ec2::config::Builder::from(&base).region(Region::new(region.to_string())).credentials_provider(provider).build();
@@ -515,115 +516,4 @@ async fn a_target_in_another_account_is_reached_through_its_role() {
     assert_eq!(cidrs, ["127.0.0.1/32"]);
     // Without the role the group is not even visible: the rule went through the assumed role.
     assert!(ec2_in(WEST).await.describe_security_groups().group_ids(&group).send().await.is_err());
-}
-
-#[tokio::test]
-async fn a_change_carries_its_route_so_applying_needs_no_observe_first() {
-    use portcullis_core::{AppliedRule, Cidr, GroupChange, PortRange, Protocol, Route, TargetId};
-    use portcullis_engine::Firewall;
-    let role = "arn:aws:iam::210987654321:role/portcullis";
-    let other = ec2_as(role, WEST).await;
-    let group = other.create_security_group().group_name(unique("sg")).description("other account").send().await.unwrap().group_id.unwrap();
-    // A fresh firewall that has observed nothing: the route must come from the change itself.
-    let firewall = Ec2Firewall::new(&sdk_config().await);
-    let rule = AppliedRule {
-        cidr: Cidr::parse("198.51.100.9").unwrap(),
-        ec2_cidr: "198.51.100.9/32".into(),
-        ports: PortRange { protocol: Protocol::Tcp, from: 443, to: 443 },
-        description: "pc:dev routed".into(),
-    };
-    let change = GroupChange {
-        target: TargetId { region: WEST.into(), group_id: group.clone() },
-        route: Route { region: WEST.into(), endpoint_url: None, role_arn: Some(role.into()) },
-        environment: Environment::parse("dev").unwrap(),
-        authorize: vec![rule],
-        revoke: vec![],
-        update_descriptions: vec![],
-    };
-    let applied = firewall.apply(&change).await.expect("applied through the change's role");
-    assert_eq!(applied.authorized, 1);
-    let out = other.describe_security_groups().group_ids(&group).send().await.unwrap();
-    let cidrs: Vec<&str> = out.security_groups()[0].ip_permissions().iter().flat_map(|p| p.ip_ranges()).filter_map(|r| r.cidr_ip()).collect();
-    assert_eq!(cidrs, ["198.51.100.9/32"]);
-}
-
-#[tokio::test]
-async fn an_admin_tokens_environments_bound_every_v1_route() {
-    use reqwest::Method;
-    let c = Conn::start("default_environment = \"dev\"\n[environments.dev]\n[environments.prod]\n[environments.stage]\n").await;
-    let (root, _) = c.token("root", Role::Admin, &[], None).await;
-    let (alice, alice_id) = c.token("alice", Role::Admin, &["dev"], None).await;
-    for (i, env) in ["dev", "prod", "stage"].iter().enumerate() {
-        let body = serde_json::json!({"cidr": format!("198.51.100.{}", i + 1), "env": env, "ttl": "1h"});
-        let (status, answer) = c.v1(Method::POST, "/grants", &root, Some(body)).await;
-        assert_eq!(status, 201, "{answer}");
-    }
-    let refused = |status: u16, answer: &Value, env: &str| {
-        assert_eq!(status, 403, "{answer}");
-        assert_eq!(answer["error"]["code"], "not_allowed", "{answer}");
-        let message = answer["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains(&format!("token {alice_id} is not valid for environment {env}")), "{answer}");
-    };
-
-    // Changes outside the token's environments are refused, and change nothing.
-    let body = serde_json::json!({"cidr": "198.51.100.171", "env": "prod", "ttl": "1h"});
-    let (status, answer) = c.v1(Method::POST, "/grants", &alice, Some(body)).await;
-    refused(status, &answer, "prod");
-    let (status, answer) = c.v1(Method::DELETE, "/grants/prod/198.51.100.2", &alice, None).await;
-    refused(status, &answer, "prod");
-    let (_, prod) = c.v1(Method::GET, "/grants?env=prod", &root, None).await;
-    let prod: Vec<&str> = prod.as_array().unwrap().iter().map(|g| g["cidr"].as_str().unwrap()).collect();
-    assert_eq!(prod, ["198.51.100.2/32"], "prod is as it was");
-
-    // Reads too.
-    let (status, answer) = c.v1(Method::GET, "/grants?env=stage", &alice, None).await;
-    refused(status, &answer, "stage");
-    let (status, answer) = c.v1(Method::GET, "/audit?env=stage", &alice, None).await;
-    refused(status, &answer, "stage");
-    // `all` is every environment the token may see.
-    let (status, all) = c.v1(Method::GET, "/grants?all=true", &alice, None).await;
-    assert_eq!(status, 200, "{all}");
-    let envs: Vec<&str> = all.as_array().unwrap().iter().map(|g| g["environment"].as_str().unwrap()).collect();
-    assert_eq!(envs, ["dev"], "{all}");
-    let (status, audit) = c.v1(Method::GET, "/audit", &alice, None).await;
-    assert_eq!(status, 200, "{audit}");
-    assert!(!audit.as_array().unwrap().is_empty());
-    assert!(audit.as_array().unwrap().iter().all(|e| e["environment"] == "dev"), "{audit}");
-    let (status, body) = c.v1(Method::GET, "/status", &alice, None).await;
-    assert_eq!(status, 200, "{body}");
-    assert!(body.get("last_reconcile").is_none(), "a limited token sees no summary of every environment: {body}");
-
-    // Inside its environment the token works as before.
-    let body = serde_json::json!({"cidr": "198.51.100.9", "env": "dev", "ttl": "1h"});
-    assert_eq!(c.v1(Method::POST, "/grants", &alice, Some(body)).await.0, 201);
-    assert_eq!(c.v1(Method::DELETE, "/grants/dev/198.51.100.9", &alice, None).await.0, 200);
-
-    // Every refusal was audited, where an unlimited token can see it.
-    let (_, audit) = c.v1(Method::GET, "/audit?limit=1000", &root, None).await;
-    let refusals = audit.as_array().unwrap().iter().filter(|e| e["action"] == "refused" && e["actor"] == "alice").count();
-    assert_eq!(refusals, 4, "{audit}");
-}
-
-#[tokio::test]
-async fn refused_requests_do_not_use_up_a_callers_changes() {
-    let c = Conn::start("default_environment = \"dev\"\n[connection]\nrate_limit_per_minute = 2\n[environments.dev]\n[environments.prod]\n").await;
-    let (secret, _) = c.token("ci", Role::SelfService, &["dev"], None).await;
-    // Three refusals (a token for dev, asking for prod)…
-    for _ in 0..3 {
-        let (status, body) = c.call(reqwest::Method::POST, "?env=prod", Some(bearer(&secret)), &[]).await;
-        assert_eq!(status, 403, "{body}");
-    }
-    // …leave both changes of the minute.
-    assert_eq!(c.post(&bearer(&secret)).await.0, 201);
-    assert_eq!(c.delete(&bearer(&secret)).await.0, 200);
-    let (status, body) = c.post(&bearer(&secret)).await;
-    assert_eq!(status, 429, "the third change of the minute: {body}");
-    // Refusals have a cap of their own (four per change allowed): 8 a minute, then 429.
-    c.clock.advance(time::Duration::seconds(61));
-    for _ in 0..8 {
-        assert_eq!(c.call(reqwest::Method::DELETE, "?env=prod", Some(bearer(&secret)), &[]).await.0, 403);
-    }
-    let (status, body) = c.call(reqwest::Method::DELETE, "?env=prod", Some(bearer(&secret)), &[]).await;
-    assert_eq!(status, 429, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("refused requests"), "{body}");
 }

@@ -3,7 +3,9 @@
 
 mod support;
 
+mod access;
 mod cli;
+mod concurrency;
 mod connection;
 mod dynamo;
 mod engine;

@@ -1,0 +1,202 @@
+//! Coalesced applies: every change to one environment goes through one apply at a time, and
+//! what arrives while an apply is in flight is carried by the next one.
+//!
+//! Each environment has a [`Slot`]: a gate (an async mutex) that one apply at a time holds,
+//! a queue of adds waiting for an apply, and a counter of reconcile requests. Whoever takes the
+//! gate is the leader for everything queued by then:
+//!
+//! 1. it observes the environment's groups (one describe per region);
+//! 2. it checks each queued add against the groups' quotas, with the adds accepted before it
+//!    counted, and stores those that fit (the store is written before the firewall is touched);
+//! 3. it reads the store, plans and applies once (per group at most one Authorize, one Revoke
+//!    and one description update), and hands every queued caller its own outcome.
+//!
+//! A reconcile request takes a ticket before it waits; a run that started after the ticket was
+//! taken read the store after the request's own write, so a `Change` request whose ticket a
+//! finished run covers takes that run's report instead of running again.
+//!
+//! The batching window is [`BATCH_WINDOW`] (20 ms) at the start of a `Change` run, and then
+//! the apply in flight: a burst of changes that arrive within 20 ms is one apply, and what
+//! arrives during it is the next. A lone change waits 20 ms, a small price next to the EC2
+//! calls it makes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use portcullis_core::{Environment, Grant, Policy};
+use portcullis_store::StoreError;
+use tokio::sync::oneshot;
+
+use crate::{AddOutcome, Cause, Engine, EngineError, ReconcileReport, Requester, Scope};
+
+/// How long a `Change` run waits for other changes before it observes.
+pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// One environment's applies.
+#[derive(Default)]
+pub(crate) struct Slot {
+    gate: tokio::sync::Mutex<Runs>,
+    /// Reconcile requests so far; a run covers every ticket up to the count it read at its start.
+    requested: AtomicU64,
+    adds: Mutex<Vec<PendingAdd>>,
+}
+
+/// What the runs through a slot have done.
+#[derive(Default)]
+pub(crate) struct Runs {
+    /// The highest ticket a finished `Change` run covers, and its report.
+    completed: u64,
+    last: Option<ReconcileReport>,
+}
+
+/// An add waiting for the next apply of its environment.
+struct PendingAdd {
+    grant: Grant,
+    by: Requester,
+    policy: Policy,
+    reply: oneshot::Sender<Result<AddOutcome, EngineError>>,
+}
+
+/// The engine's slots, one per environment, made on first use.
+#[derive(Default)]
+pub(crate) struct Slots(Mutex<BTreeMap<Environment, Arc<Slot>>>);
+
+impl Slots {
+    fn get(&self, env: &Environment) -> Arc<Slot> {
+        let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.entry(env.clone()).or_default().clone()
+    }
+}
+
+/// An error for each of several callers a failed run answers.
+fn shared(err: &EngineError) -> EngineError {
+    match err {
+        EngineError::Validation(v) => EngineError::Validation(v.clone()),
+        EngineError::Store(s) => EngineError::Store(StoreError::Remote { location: "store".into(), message: s.to_string() }),
+    }
+}
+
+impl Engine {
+    /// Queues an add for its environment's next apply and waits for its own outcome.
+    pub(crate) async fn add_coalesced(&self, grant: Grant, by: Requester, policy: Policy) -> Result<AddOutcome, EngineError> {
+        let env = grant.environment.clone();
+        let (reply, mut rx) = oneshot::channel();
+        let slot = self.slots.get(&env);
+        slot.adds.lock().unwrap_or_else(PoisonError::into_inner).push(PendingAdd { grant, by, policy, reply });
+        let mut runs = slot.gate.lock().await;
+        // A leader before us may have carried this add already.
+        if let Ok(outcome) = rx.try_recv() {
+            return outcome;
+        }
+        if let Err(err) = self.run(&env, &slot, &mut runs, Cause::Change).await {
+            tracing::warn!(environment = %env, error = %err, "an apply failed");
+        }
+        rx.try_recv().unwrap_or_else(|_| Err(EngineError::Store(StoreError::Task("the apply carrying this add did not answer".into()))))
+    }
+
+    /// A reconcile of one environment, through its slot (see the module docs).
+    pub(crate) async fn reconcile_environment(&self, env: &Environment, cause: Cause) -> Result<ReconcileReport, EngineError> {
+        let slot = self.slots.get(env);
+        let ticket = slot.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut runs = slot.gate.lock().await;
+        if cause == Cause::Change && runs.completed >= ticket && let Some(report) = &runs.last {
+            return Ok(report.clone());
+        }
+        self.run(env, &slot, &mut runs, cause).await
+    }
+
+    /// A reconcile of every environment, holding every environment's gate (in order, so two
+    /// such runs cannot deadlock), so no apply of one environment runs beside it.
+    pub(crate) async fn reconcile_all(&self, cause: Cause) -> Result<ReconcileReport, EngineError> {
+        let slots: Vec<Arc<Slot>> = self.policies().keys().map(|env| self.slots.get(env)).collect();
+        let mut gates = Vec::with_capacity(slots.len());
+        for slot in &slots {
+            gates.push(slot.gate.lock().await);
+        }
+        let observed = self.observe(&Scope::All).await;
+        self.plan_and_apply(cause, &Scope::All, observed).await
+    }
+
+    /// One apply of `env` by the gate's holder: everything queued so far, then one plan.
+    async fn run(&self, env: &Environment, slot: &Slot, runs: &mut Runs, cause: Cause) -> Result<ReconcileReport, EngineError> {
+        if cause == Cause::Change {
+            // A batching window in monotonic time: it decides nothing that is stored or audited.
+            tokio::time::sleep(BATCH_WINDOW).await;
+        }
+        let covered = slot.requested.load(Ordering::SeqCst);
+        let pending = std::mem::take(&mut *slot.adds.lock().unwrap_or_else(PoisonError::into_inner));
+        let scope = Scope::Environment(env.clone());
+        let observed = self.observe(&scope).await;
+        let accepted = self.store_pending(&scope, &observed, pending).await?;
+        let mut result = self.plan_and_apply(cause, &scope, observed).await;
+        // Another process changed a group since it was observed (its rules are there now, or
+        // fill the quota): observe again and plan anew, once, instead of failing.
+        if result.as_ref().is_ok_and(|r| r.outcomes.iter().any(|o| o.lost_to_a_concurrent_writer())) {
+            tracing::info!(environment = %env, "a group changed under this apply; observing it again");
+            let observed = self.observe(&scope).await;
+            result = self.plan_and_apply(cause, &scope, observed).await;
+        }
+        match &result {
+            Ok(report) => {
+                for (reply, upserted) in accepted {
+                    let outcome = AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: Some(report.clone()) };
+                    let _ = reply.send(Ok(outcome));
+                }
+                if cause == Cause::Change {
+                    runs.completed = covered;
+                    runs.last = Some(report.clone());
+                }
+            }
+            Err(err) => {
+                for (reply, _) in accepted {
+                    let _ = reply.send(Err(shared(err)));
+                }
+            }
+        }
+        result
+    }
+
+    /// Checks each queued add against the quotas (with the adds accepted before it counted) and
+    /// stores those that fit; a refusal or a failure answers its own caller at once.
+    async fn store_pending(
+        &self,
+        scope: &Scope,
+        observed: &crate::engine::Observed,
+        pending: Vec<PendingAdd>,
+    ) -> Result<Vec<(oneshot::Sender<Result<AddOutcome, EngineError>>, portcullis_store::Upserted)>, EngineError> {
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let read = async { Ok::<_, EngineError>((self.store().environments_with_history().await?, self.planned_grants(scope).await?)) };
+        let (history, mut grants) = match read.await {
+            Ok(read) => read,
+            Err(err) => {
+                for p in pending {
+                    let _ = p.reply.send(Err(shared(&err)));
+                }
+                return Err(err);
+            }
+        };
+        let mut accepted = Vec::new();
+        for p in pending {
+            let before = grants.clone();
+            grants.retain(|g| g.key() != p.grant.key());
+            grants.push(p.grant.clone());
+            if let Some(err) = self.quota_refusal(&p.grant, &grants, &observed.targets, &history, self.clock().now()) {
+                grants = before;
+                let refused = self.refuse(err, &p.grant.environment, Some(&p.grant.cidr), &p.by.refused_actor()).await;
+                let _ = p.reply.send(Err(refused));
+                continue;
+            }
+            match self.store_grant(p.grant, &p.by, &p.policy).await {
+                Ok(upserted) => accepted.push((p.reply, upserted)),
+                Err(err) => {
+                    grants = before;
+                    let _ = p.reply.send(Err(err));
+                }
+            }
+        }
+        Ok(accepted)
+    }
+}

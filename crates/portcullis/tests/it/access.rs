@@ -1,0 +1,120 @@
+//! Who may do what over HTTP, and what it costs them: a token's environments on every `/v1`
+//! route, refused requests against the rate limit, and changes that carry their own route.
+
+use portcullis_aws::Ec2Firewall;
+use portcullis_core::{Environment, Role};
+use serde_json::Value;
+
+use crate::connection::{bearer, ec2_as, Conn, WEST};
+use crate::support::{sdk_config, unique};
+
+#[tokio::test]
+async fn a_change_carries_its_route_so_applying_needs_no_observe_first() {
+    use portcullis_core::{AppliedRule, Cidr, GroupChange, PortRange, Protocol, Route, TargetId};
+    use portcullis_engine::Firewall;
+    let role = "arn:aws:iam::210987654321:role/portcullis";
+    let other = ec2_as(role, WEST).await;
+    let group = other.create_security_group().group_name(unique("sg")).description("other account").send().await.unwrap().group_id.unwrap();
+    // A fresh firewall that has observed nothing: the route must come from the change itself.
+    let firewall = Ec2Firewall::new(&sdk_config().await);
+    let rule = AppliedRule {
+        cidr: Cidr::parse("198.51.100.9").unwrap(),
+        ec2_cidr: "198.51.100.9/32".into(),
+        ports: PortRange { protocol: Protocol::Tcp, from: 443, to: 443 },
+        description: "pc:dev routed".into(),
+    };
+    let change = GroupChange {
+        target: TargetId { region: WEST.into(), group_id: group.clone() },
+        route: Route { region: WEST.into(), endpoint_url: None, role_arn: Some(role.into()) },
+        environment: Environment::parse("dev").unwrap(),
+        authorize: vec![rule],
+        revoke: vec![],
+        update_descriptions: vec![],
+    };
+    let applied = firewall.apply(&change).await.expect("applied through the change's role");
+    assert_eq!(applied.authorized, 1);
+    let out = other.describe_security_groups().group_ids(&group).send().await.unwrap();
+    let cidrs: Vec<&str> = out.security_groups()[0].ip_permissions().iter().flat_map(|p| p.ip_ranges()).filter_map(|r| r.cidr_ip()).collect();
+    assert_eq!(cidrs, ["198.51.100.9/32"]);
+}
+
+#[tokio::test]
+async fn an_admin_tokens_environments_bound_every_v1_route() {
+    use reqwest::Method;
+    let c = Conn::start("default_environment = \"dev\"\n[environments.dev]\n[environments.prod]\n[environments.stage]\n").await;
+    let (root, _) = c.token("root", Role::Admin, &[], None).await;
+    let (alice, alice_id) = c.token("alice", Role::Admin, &["dev"], None).await;
+    for (i, env) in ["dev", "prod", "stage"].iter().enumerate() {
+        let body = serde_json::json!({"cidr": format!("198.51.100.{}", i + 1), "env": env, "ttl": "1h"});
+        let (status, answer) = c.v1(Method::POST, "/grants", &root, Some(body)).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let refused = |status: u16, answer: &Value, env: &str| {
+        assert_eq!(status, 403, "{answer}");
+        assert_eq!(answer["error"]["code"], "not_allowed", "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("token {alice_id} is not valid for environment {env}")), "{answer}");
+    };
+
+    // Changes outside the token's environments are refused, and change nothing.
+    let body = serde_json::json!({"cidr": "198.51.100.171", "env": "prod", "ttl": "1h"});
+    let (status, answer) = c.v1(Method::POST, "/grants", &alice, Some(body)).await;
+    refused(status, &answer, "prod");
+    let (status, answer) = c.v1(Method::DELETE, "/grants/prod/198.51.100.2", &alice, None).await;
+    refused(status, &answer, "prod");
+    let (_, prod) = c.v1(Method::GET, "/grants?env=prod", &root, None).await;
+    let prod: Vec<&str> = prod.as_array().unwrap().iter().map(|g| g["cidr"].as_str().unwrap()).collect();
+    assert_eq!(prod, ["198.51.100.2/32"], "prod is as it was");
+
+    // Reads too.
+    let (status, answer) = c.v1(Method::GET, "/grants?env=stage", &alice, None).await;
+    refused(status, &answer, "stage");
+    let (status, answer) = c.v1(Method::GET, "/audit?env=stage", &alice, None).await;
+    refused(status, &answer, "stage");
+    // `all` is every environment the token may see.
+    let (status, all) = c.v1(Method::GET, "/grants?all=true", &alice, None).await;
+    assert_eq!(status, 200, "{all}");
+    let envs: Vec<&str> = all.as_array().unwrap().iter().map(|g| g["environment"].as_str().unwrap()).collect();
+    assert_eq!(envs, ["dev"], "{all}");
+    let (status, audit) = c.v1(Method::GET, "/audit", &alice, None).await;
+    assert_eq!(status, 200, "{audit}");
+    assert!(!audit.as_array().unwrap().is_empty());
+    assert!(audit.as_array().unwrap().iter().all(|e| e["environment"] == "dev"), "{audit}");
+    let (status, body) = c.v1(Method::GET, "/status", &alice, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("last_reconcile").is_none(), "a limited token sees no summary of every environment: {body}");
+
+    // Inside its environment the token works as before.
+    let body = serde_json::json!({"cidr": "198.51.100.9", "env": "dev", "ttl": "1h"});
+    assert_eq!(c.v1(Method::POST, "/grants", &alice, Some(body)).await.0, 201);
+    assert_eq!(c.v1(Method::DELETE, "/grants/dev/198.51.100.9", &alice, None).await.0, 200);
+
+    // Every refusal was audited, where an unlimited token can see it.
+    let (_, audit) = c.v1(Method::GET, "/audit?limit=1000", &root, None).await;
+    let refusals = audit.as_array().unwrap().iter().filter(|e| e["action"] == "refused" && e["actor"] == "alice").count();
+    assert_eq!(refusals, 4, "{audit}");
+}
+
+#[tokio::test]
+async fn refused_requests_do_not_use_up_a_callers_changes() {
+    let c = Conn::start("default_environment = \"dev\"\n[connection]\nrate_limit_per_minute = 2\n[environments.dev]\n[environments.prod]\n").await;
+    let (secret, _) = c.token("ci", Role::SelfService, &["dev"], None).await;
+    // Three refusals (a token for dev, asking for prod)…
+    for _ in 0..3 {
+        let (status, body) = c.call(reqwest::Method::POST, "?env=prod", Some(bearer(&secret)), &[]).await;
+        assert_eq!(status, 403, "{body}");
+    }
+    // …leave both changes of the minute.
+    assert_eq!(c.post(&bearer(&secret)).await.0, 201);
+    assert_eq!(c.delete(&bearer(&secret)).await.0, 200);
+    let (status, body) = c.post(&bearer(&secret)).await;
+    assert_eq!(status, 429, "the third change of the minute: {body}");
+    // Refusals have a cap of their own (four per change allowed): 8 a minute, then 429.
+    c.clock.advance(time::Duration::seconds(61));
+    for _ in 0..8 {
+        assert_eq!(c.call(reqwest::Method::DELETE, "?env=prod", Some(bearer(&secret)), &[]).await.0, 403);
+    }
+    let (status, body) = c.call(reqwest::Method::DELETE, "?env=prod", Some(bearer(&secret)), &[]).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("refused requests"), "{body}");
+}
