@@ -30,16 +30,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
+use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType, Put, ScalarAttributeType,
     StreamSpecification, StreamViewType, TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
 };
-use aws_sdk_dynamodb::Client;
 use portcullis_core::{Action, ApiToken, AuditEvent, Environment, Grant, GrantKey, Timestamp};
 use portcullis_store::seed::{self, Attr, Item};
 use portcullis_store::{
-    grant_event as event, sweeper_actor as sweeper, Actor, Decided, LeaseClaim, Notice, OutboxStatus, Settlement, Store,
-    StoreError, Upsert, UpsertDecision, Upserted, NOTICE_LEASE,
+    Actor, Decided, LeaseClaim, NOTICE_LEASE, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, UpsertDecision,
+    Upserted, grant_event as event, sweeper_actor as sweeper,
 };
 use portcullis_store::{from_millis as from_ms, millis as ms};
 
@@ -139,7 +139,6 @@ fn s(v: impl Into<String>) -> AttributeValue {
 fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
-
 
 /// An item of ours as the SDK wants it.
 fn to_sdk(item: &Item) -> HashMap<String, AttributeValue> {
@@ -414,7 +413,12 @@ impl DynamoStore {
         let mut tables: Vec<String> = self.grants_tables().into_keys().collect();
         tables.push(self.meta().to_string());
         for table in tables {
-            self.client.describe_table().table_name(&table).send().await.map_err(|e| StoreError::from(failure(&table, e.into())))?;
+            self.client
+                .describe_table()
+                .table_name(&table)
+                .send()
+                .await
+                .map_err(|e| StoreError::from(failure(&table, e.into())))?;
         }
         Ok(())
     }
@@ -540,7 +544,13 @@ impl DynamoStore {
     }
 
     /// Marks a grant item for deletion in a transaction that records (and announces) why.
-    async fn mark_and_record(&self, read: &Read, grant: &Grant, mut event: AuditEvent, kind: &str) -> Result<Option<String>, StoreError> {
+    async fn mark_and_record(
+        &self,
+        read: &Read,
+        grant: &Grant,
+        mut event: AuditEvent,
+        kind: &str,
+    ) -> Result<Option<String>, StoreError> {
         event.id = self.allocate(1).await?;
         let mark = format!("{kind}:{}", event.id);
         let table = self.tables.grants_table(&grant.environment);
@@ -697,7 +707,12 @@ impl DynamoStore {
     }
 
     /// Every item under one partition of our table, in key order.
-    async fn partition(&self, pk: &str, newest_first: bool, limit: Option<usize>) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+    async fn partition(
+        &self,
+        pk: &str,
+        newest_first: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
         let mut out = Vec::new();
         let mut start = None;
         loop {
@@ -963,7 +978,8 @@ impl Store for DynamoStore {
     }
 
     async fn tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
-        let mut tokens = self.partition("token", false, None).await?.iter().map(|i| self.parse_token(i)).collect::<Result<Vec<_>, _>>()?;
+        let mut tokens =
+            self.partition("token", false, None).await?.iter().map(|i| self.parse_token(i)).collect::<Result<Vec<_>, _>>()?;
         tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(tokens)
     }
@@ -992,8 +1008,7 @@ impl Store for DynamoStore {
             let items = self.partition("outbox", false, None).await?;
             let due = items.iter().find(|i| {
                 let mine = get_s(i, "claimed_by").as_deref() == Some(self.instance.as_str());
-                get_n(i, "next_attempt_ms").unwrap_or(0) <= now_ms
-                    && (mine || get_n(i, "lease_until_ms").unwrap_or(0) <= now_ms)
+                get_n(i, "next_attempt_ms").unwrap_or(0) <= now_ms && (mine || get_n(i, "lease_until_ms").unwrap_or(0) <= now_ms)
             });
             let Some(item) = due else { return Ok(None) };
             let sk = get_s(item, "sk").unwrap_or_default();

@@ -3,12 +3,12 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
+use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::Region;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, SecurityGroup};
-use aws_sdk_ec2::Client;
 use portcullis_core::{
-    AppliedRule, Cidr, FamilyCounts, GroupId, Route, GroupChange, ObservedGroup, ObservedRule, PortRange, Protocol, TargetId,
+    AppliedRule, Cidr, FamilyCounts, GroupChange, GroupId, ObservedGroup, ObservedRule, PortRange, Protocol, Route, TargetId,
     TargetSelector, TargetSpec,
 };
 use portcullis_engine::{Applied, Firewall, FirewallError, Observation, ObserveFailure};
@@ -27,11 +27,7 @@ pub struct Ec2Firewall {
 
 impl Ec2Firewall {
     pub fn new(base: &SdkConfig) -> Ec2Firewall {
-        Ec2Firewall {
-            base: base.clone(),
-            counter: CallCounter::default(),
-            clients: Mutex::default(),
-        }
+        Ec2Firewall { base: base.clone(), counter: CallCounter::default(), clients: Mutex::default() }
     }
 
     /// Counts of the EC2 operations this firewall has made.
@@ -99,12 +95,7 @@ fn observed_group(sg: &SecurityGroup, region: &str, spec: usize) -> ObservedGrou
             let parsed = Cidr::parse(raw).ok();
             counts.add(if raw.contains(':') { portcullis_core::Family::Ipv6 } else { portcullis_core::Family::Ipv4 }, 1);
             if let (Some(cidr), Some(ports)) = (parsed, ports) {
-                rules.push(ObservedRule {
-                    cidr,
-                    raw_cidr: raw.to_string(),
-                    ports,
-                    description: description.map(str::to_string),
-                });
+                rules.push(ObservedRule { cidr, raw_cidr: raw.to_string(), ports, description: description.map(str::to_string) });
             }
         }
         // Group references and prefix lists count against the quota too.
@@ -113,11 +104,7 @@ fn observed_group(sg: &SecurityGroup, region: &str, spec: usize) -> ObservedGrou
     ObservedGroup {
         id: TargetId { region: region.to_string(), group_id: sg.group_id().unwrap_or_default().to_string() },
         name: sg.group_name().unwrap_or_default().to_string(),
-        tags: sg
-            .tags()
-            .iter()
-            .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
-            .collect(),
+        tags: sg.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect(),
         rules,
         counts,
         spec,
@@ -154,7 +141,8 @@ async fn describe_region(client: Client, region: String, specs: Vec<(usize, Targ
         let (key, value) = discovery.first().expect("one selector");
         request = request.filters(Filter::builder().name(format!("tag:{key}")).values(*value).build());
     } else if discovery.is_empty() {
-        request = request.filters(Filter::builder().name("group-id").set_values(Some(ids.iter().map(|s| s.to_string()).collect())).build());
+        request = request
+            .filters(Filter::builder().name("group-id").set_values(Some(ids.iter().map(|s| s.to_string()).collect())).build());
     }
     let mut out = Observation::default();
     let mut pages = request.into_paginator().send();

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use aws_credential_types::provider::ProvideCredentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use portcullis_core::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -213,14 +213,20 @@ impl IamVerifier {
             return Err(refused(format!("{SERVER_ID_HEADER} must be a signed header")));
         }
         if header(SERVER_ID_HEADER) != Some(self.server_id.as_str()) {
-            return Err(refused(format!("the request is bound to another server (its {SERVER_ID_HEADER} is not {:?})", self.server_id)));
+            return Err(refused(format!(
+                "the request is bound to another server (its {SERVER_ID_HEADER} is not {:?})",
+                self.server_id
+            )));
         }
         if !auth.signed_headers.contains(&"x-amz-date") {
             return Err(refused("x-amz-date must be a signed header"));
         }
         let date = header("x-amz-date").and_then(parse_amz_date).ok_or_else(|| refused("X-Amz-Date is missing or malformed"))?;
         if (now - date).abs() > self.max_skew {
-            return Err(refused(format!("the request was signed at {date}, more than {} s from now", self.max_skew.whole_seconds())));
+            return Err(refused(format!(
+                "the request was signed at {date}, more than {} s from now",
+                self.max_skew.whole_seconds()
+            )));
         }
         for name in &auth.signed_headers {
             if *name != "host" && header(name).is_none() {

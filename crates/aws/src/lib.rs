@@ -16,10 +16,10 @@ mod secrets;
 mod streams;
 
 pub use counter::CallCounter;
-pub use dynamo::{from_sdk, DynamoStore, InitReport, TableNames};
-pub use streams::{Batch, StreamTail};
+pub use dynamo::{DynamoStore, InitReport, TableNames, from_sdk};
 pub use ec2::Ec2Firewall;
 pub use secrets::{SecretError, Secrets};
+pub use streams::{Batch, StreamTail};
 
 use std::time::Duration;
 

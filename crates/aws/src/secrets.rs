@@ -1,8 +1,8 @@
 //! Secrets Manager: the Slack signing secret and webhook URL, by ARN.
 
 use aws_config::SdkConfig;
-use aws_sdk_secretsmanager::error::DisplayErrorContext;
 use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::DisplayErrorContext;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -26,13 +26,8 @@ impl Secrets {
     /// The secret's current string value (a binary secret is read as UTF-8).
     pub async fn read(&self, arn: &str) -> Result<String, SecretError> {
         let err = |message: String| SecretError { arn: arn.to_string(), message };
-        let out = self
-            .client
-            .get_secret_value()
-            .secret_id(arn)
-            .send()
-            .await
-            .map_err(|e| err(DisplayErrorContext(&e).to_string()))?;
+        let out =
+            self.client.get_secret_value().secret_id(arn).send().await.map_err(|e| err(DisplayErrorContext(&e).to_string()))?;
         if let Some(text) = out.secret_string {
             return Ok(text);
         }

@@ -9,13 +9,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_config::SdkConfig;
-use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record, ShardIteratorType};
 use aws_sdk_dynamodbstreams::Client;
-use portcullis_core::Timestamp;
+use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record, ShardIteratorType};
 use portcullis_core::ExternalChange;
-use portcullis_store::seed::{external_change, unreadable_record, ChangeKind, StreamItems};
-use portcullis_store::seed::{Attr, Item};
+use portcullis_core::Timestamp;
 use portcullis_store::StoreError;
+use portcullis_store::seed::{Attr, Item};
+use portcullis_store::seed::{ChangeKind, StreamItems, external_change, unreadable_record};
 
 use crate::DynamoStore;
 
@@ -49,7 +49,10 @@ pub struct StreamTail {
 }
 
 fn err(location: &str, e: impl std::error::Error) -> StoreError {
-    StoreError::Remote { location: location.to_string(), message: aws_sdk_dynamodbstreams::error::DisplayErrorContext(e).to_string() }
+    StoreError::Remote {
+        location: location.to_string(),
+        message: aws_sdk_dynamodbstreams::error::DisplayErrorContext(e).to_string(),
+    }
 }
 
 impl StreamTail {
@@ -115,7 +118,13 @@ impl StreamTail {
     /// Where to read a shard: at the record a partial failure left undone; else after its
     /// checkpoint; else from its start if the stream has checkpoints (a new child shard); else
     /// from now on (the first read of the stream ever).
-    async fn iterator(&self, arn: &str, shard_id: &str, key: &str, retry_from: Option<&str>) -> Result<Option<String>, StoreError> {
+    async fn iterator(
+        &self,
+        arn: &str,
+        shard_id: &str,
+        key: &str,
+        retry_from: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
         let request = self.client.get_shard_iterator().stream_arn(arn).shard_id(shard_id);
         let request = match retry_from {
             Some(seq) => request.shard_iterator_type(ShardIteratorType::AtSequenceNumber).sequence_number(seq),
@@ -240,9 +249,8 @@ fn record(r: &Record) -> ExternalChange {
     let Some(d) = r.dynamodb() else { return unreadable("no dynamodb section") };
     let Some(seq) = sequence.clone() else { return unreadable("no SequenceNumber") };
     let Some(keys) = attrs(d.keys()) else { return unreadable("no Keys") };
-    let by_service = r
-        .user_identity()
-        .is_some_and(|u| u.r#type() == Some("Service") && u.principal_id() == Some("dynamodb.amazonaws.com"));
+    let by_service =
+        r.user_identity().is_some_and(|u| u.r#type() == Some("Service") && u.principal_id() == Some("dynamodb.amazonaws.com"));
     external_change(StreamItems {
         event_id: event_id.to_string(),
         sequence: seq,

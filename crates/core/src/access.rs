@@ -102,8 +102,13 @@ pub enum Credential {
     #[default]
     Interface,
     /// An API token; `environments` empty means any.
-    Token { id: String, environments: BTreeSet<Environment> },
-    Iam { arn: String },
+    Token {
+        id: String,
+        environments: BTreeSet<Environment>,
+    },
+    Iam {
+        arn: String,
+    },
 }
 
 impl Credential {

@@ -168,8 +168,12 @@ impl ActorName {
     pub const MAX_CHARS: usize = 300;
 
     pub fn new(text: &str) -> ActorName {
-        let cleaned: String =
-            text.trim().chars().map(|c| if c.is_control() || crate::is_spoofing(c) { ' ' } else { c }).take(Self::MAX_CHARS).collect();
+        let cleaned: String = text
+            .trim()
+            .chars()
+            .map(|c| if c.is_control() || crate::is_spoofing(c) { ' ' } else { c })
+            .take(Self::MAX_CHARS)
+            .collect();
         let cleaned = cleaned.trim();
         ActorName(if cleaned.is_empty() { "unknown".into() } else { cleaned.to_string() })
     }

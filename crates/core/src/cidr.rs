@@ -33,10 +33,7 @@ impl Cidr {
     /// Parses and canonicalises user input or an address read back from EC2.
     pub fn parse(input: &str) -> Result<Cidr, ValidationError> {
         let text = input.trim();
-        let invalid = |reason: &str| ValidationError::InvalidAddress {
-            input: input.to_string(),
-            reason: reason.to_string(),
-        };
+        let invalid = |reason: &str| ValidationError::InvalidAddress { input: input.to_string(), reason: reason.to_string() };
         if text.is_empty() {
             return Err(invalid("it is empty"));
         }
@@ -61,9 +58,7 @@ impl Cidr {
     pub fn from_net(net: IpNet) -> Cidr {
         let net = match net {
             IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
-                Some(v4) => IpNet::V4(
-                    Ipv4Net::new(v4, v6.prefix_len() - 96).expect("a mapped prefix fits IPv4"),
-                ),
+                Some(v4) => IpNet::V4(Ipv4Net::new(v4, v6.prefix_len() - 96).expect("a mapped prefix fits IPv4")),
                 None => net,
             },
             _ => net,
@@ -134,8 +129,7 @@ impl Cidr {
                     ("ff00::", 8),
                 ];
                 SPECIAL.iter().any(|(addr, len)| {
-                    let range = Ipv6Net::new(addr.parse().expect("valid constant"), *len)
-                        .expect("valid constant");
+                    let range = Ipv6Net::new(addr.parse().expect("valid constant"), *len).expect("valid constant");
                     range.contains(&n) || n.contains(&range)
                 })
             }
@@ -191,7 +185,8 @@ mod tests {
 
     #[test]
     fn malformed_input_is_refused_with_reason() {
-        for bad in ["", "1.2.3", "1.2.3.4/33", "1.2.3.4/", "1.2.3.4/-1", "::1/129", "x", "1.2.3.4/1a", "1.2.3.4 /32", "01.2.3.4"] {
+        for bad in ["", "1.2.3", "1.2.3.4/33", "1.2.3.4/", "1.2.3.4/-1", "::1/129", "x", "1.2.3.4/1a", "1.2.3.4 /32", "01.2.3.4"]
+        {
             let err = Cidr::parse(bad).unwrap_err();
             assert!(matches!(err, ValidationError::InvalidAddress { .. }), "{bad}: {err}");
         }

@@ -60,15 +60,7 @@ pub fn is_spoofing(c: char) -> bool {
 /// Maps text onto the characters EC2 accepts in a rule description
 /// (`a-zA-Z0-9 ._-:/()#,@[]+=&;{}!$*`); anything else becomes `_`.
 pub(crate) fn ec2_safe(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || " ._-:/()#,@[]+=&;{}!$*".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    text.chars().map(|c| if c.is_ascii_alphanumeric() || " ._-:/()#,@[]+=&;{}!$*".contains(c) { c } else { '_' }).collect()
 }
 
 #[cfg(test)]

@@ -13,9 +13,8 @@ pub struct Environment(String);
 
 impl Environment {
     pub fn parse(input: &str) -> Result<Environment, ValidationError> {
-        let ok = !input.is_empty()
-            && input.len() <= 64
-            && input.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        let ok =
+            !input.is_empty() && input.len() <= 64 && input.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if ok {
             Ok(Environment(input.to_string()))
         } else {

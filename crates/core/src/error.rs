@@ -35,7 +35,9 @@ pub enum ValidationError {
     NotAllowed { user: String, environment: String },
     #[error("user {user:?} already holds {count} active grants in environment {environment}, the most allowed; remove one first")]
     TooManyGrants { user: String, environment: String, count: usize },
-    #[error("security group {group} ({region}) is full: it would hold {would_hold} {family} inbound rules, over its quota of {quota}; nothing was changed")]
+    #[error(
+        "security group {group} ({region}) is full: it would hold {would_hold} {family} inbound rules, over its quota of {quota}; nothing was changed"
+    )]
     GroupFull { group: String, region: String, family: Family, would_hold: usize, quota: usize },
     #[error("invalid port set {input:?}: {reason}; use alb, nlb or a list such as tcp:80,tcp:443,udp:500-501")]
     InvalidPorts { input: String, reason: String },
@@ -48,4 +50,3 @@ pub enum ValidationError {
     #[error("no grant for {cidr} in environment {environment}")]
     NoSuchGrant { cidr: String, environment: String },
 }
-

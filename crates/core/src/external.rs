@@ -2,7 +2,7 @@
 //! the console, DynamoDB's TTL), as read from the grants table's change feed, and the pure
 //! decision of what each one calls for.
 
-use crate::{format_utc, Action, AuditEvent, AuditScope, Environment, Grant, Interface, Timestamp};
+use crate::{Action, AuditEvent, AuditScope, Environment, Grant, Interface, Timestamp, format_utc};
 
 /// One change-feed record, decoded.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +56,11 @@ pub fn external_step(change: &ExternalChange, manages: &dyn Fn(&Environment) -> 
     let mine = |env: &Environment| manages(env);
     match &change.kind {
         ExternalKind::Written { environment } | ExternalKind::RemovedByUs { environment } => {
-            if mine(environment) { ExternalStep::Reconcile(environment.clone()) } else { ExternalStep::Ignore }
+            if mine(environment) {
+                ExternalStep::Reconcile(environment.clone())
+            } else {
+                ExternalStep::Ignore
+            }
         }
         ExternalKind::Expired { grant } | ExternalKind::RemovedOutside { grant } => {
             let Some(key) = change.key().filter(|_| mine(&grant.environment)) else { return ExternalStep::Ignore };

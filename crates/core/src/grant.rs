@@ -39,9 +39,7 @@ impl Source {
     }
 
     pub fn parse(text: &str) -> Option<Source> {
-        [Source::Manual, Source::SelfService, Source::AsgMember, Source::ApprovedChange]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        [Source::Manual, Source::SelfService, Source::AsgMember, Source::ApprovedChange].into_iter().find(|s| s.as_str() == text)
     }
 
     /// Only membership and approved-change grants may live without an expiry.

@@ -20,24 +20,24 @@ mod target;
 mod ttl;
 mod user;
 
-pub use access::{principal_name, ApiToken, Credential, PrincipalPattern, Role, TokenState};
+pub use access::{ApiToken, Credential, PrincipalPattern, Role, TokenState, principal_name};
 pub use audit::{Action, ActorName, AuditEvent, AuditScope, Interface};
 pub use cidr::{Cidr, Family};
-pub use description::{is_spoofing, Description};
+pub use description::{Description, is_spoofing};
 pub use display::{format_utc, time_left};
 pub use environment::Environment;
 pub use error::ValidationError;
-pub use external::{external_step, ExternalChange, ExternalKind, ExternalStep};
+pub use external::{ExternalChange, ExternalKind, ExternalStep, external_step};
 pub use grant::{Grant, GrantKey, Owner, Source};
 pub use marker::Marker;
 pub use plan::{
-    counts_after, plan, plan_adoption, AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld,
+    AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld, counts_after, plan, plan_adoption,
 };
-pub use policy::{admit_grants, policy_for, Policy, PolicyError, PolicyRules, RefusedGrant};
+pub use policy::{Policy, PolicyError, PolicyRules, RefusedGrant, admit_grants, policy_for};
 pub use ports::{PortRange, PortSet, Protocol};
 pub use target::{
-    resolve_targets, FamilyCounts, GroupId, Route, ObservedGroup, ObservedRule, SkippedGroup, Target, TargetId,
-    TargetSpec, TargetSelector, ENVIRONMENT_TAG, PORTS_TAG,
+    ENVIRONMENT_TAG, FamilyCounts, GroupId, ObservedGroup, ObservedRule, PORTS_TAG, Route, SkippedGroup, Target, TargetId,
+    TargetSelector, TargetSpec, resolve_targets,
 };
 pub use ttl::Ttl;
 pub use user::UserName;

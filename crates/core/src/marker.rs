@@ -20,9 +20,8 @@ impl Marker {
 
     /// A marker with a configured prefix: 1-16 characters from `a-zA-Z0-9_-`.
     pub fn new(prefix: &str) -> Option<Marker> {
-        let ok = !prefix.is_empty()
-            && prefix.len() <= 16
-            && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+        let ok =
+            !prefix.is_empty() && prefix.len() <= 16 && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
         ok.then(|| Marker { prefix: prefix.to_string() })
     }
 

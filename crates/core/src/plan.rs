@@ -2,7 +2,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::{Cidr, Environment, Family, FamilyCounts, Grant, Marker, ObservedRule, PortRange, Route, Target, TargetId, Timestamp};
+use crate::{
+    Cidr, Environment, Family, FamilyCounts, Grant, Marker, ObservedRule, PortRange, Route, Target, TargetId, Timestamp,
+};
 
 /// How many inbound rules a group may hold per address family (EC2's default is 60 each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -221,17 +223,12 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
         for family in [Family::Ipv4, Family::Ipv6] {
             let count = |rules: &[AppliedRule]| rules.iter().filter(|r| r.cidr.family() == family).count();
-            let would_hold = target.counts.get(family) + count(&change.authorize) - count(&change.revoke).min(target.counts.get(family));
+            let would_hold =
+                target.counts.get(family) + count(&change.authorize) - count(&change.revoke).min(target.counts.get(family));
             let quota = input.quota.get(family);
             if count(&change.authorize) > 0 && would_hold > quota {
                 change.authorize.retain(|r| r.cidr.family() != family);
-                out.overflows.push(Overflow {
-                    target: target.id.clone(),
-                    environment: env.clone(),
-                    family,
-                    would_hold,
-                    quota,
-                });
+                out.overflows.push(Overflow { target: target.id.clone(), environment: env.clone(), family, would_hold, quota });
             }
         }
 
@@ -372,7 +369,8 @@ mod tests {
         assert_eq!(changes.len(), 1);
         let c = &changes[0];
         assert!(c.authorize.is_empty() && c.revoke.is_empty());
-        let updated: Vec<_> = c.update_descriptions.iter().map(|r| (r.ec2_cidr.as_str(), r.ports.from, r.description.as_str())).collect();
+        let updated: Vec<_> =
+            c.update_descriptions.iter().map(|r| (r.ec2_cidr.as_str(), r.ports.from, r.description.as_str())).collect();
         assert_eq!(
             updated,
             [("1.2.3.4/32", 80, "pc:dev john.doe: Home office"), ("1.2.3.4/32", 443, "pc:dev john.doe: Home office")]
@@ -396,10 +394,7 @@ mod tests {
         let auth: Vec<_> = c.authorize.iter().map(|r| (r.ec2_cidr.as_str(), r.ports.from, r.description.as_str())).collect();
         assert_eq!(
             auth,
-            [
-                ("198.51.100.7/32", 80, "pc:dev john.doe: Home office"),
-                ("198.51.100.7/32", 443, "pc:dev john.doe: Home office")
-            ]
+            [("198.51.100.7/32", 80, "pc:dev john.doe: Home office"), ("198.51.100.7/32", 443, "pc:dev john.doe: Home office")]
         );
         assert!(c.revoke.is_empty());
         assert_eq!(p.foreign.len(), 1);
@@ -466,7 +461,12 @@ mod tests {
             }
             for r in &change.authorize {
                 assert!(!t.rules.iter().any(|o| o.cidr == r.cidr && o.ports == r.ports), "duplicate authorize");
-                t.rules.push(ObservedRule { cidr: r.cidr, raw_cidr: r.ec2_cidr.clone(), ports: r.ports, description: Some(r.description.clone()) });
+                t.rules.push(ObservedRule {
+                    cidr: r.cidr,
+                    raw_cidr: r.ec2_cidr.clone(),
+                    ports: r.ports,
+                    description: Some(r.description.clone()),
+                });
             }
             t.counts = counts_after(t.counts, change);
         }
@@ -495,22 +495,27 @@ mod tests {
 
     fn arb_world() -> impl Strategy<Value = (Vec<Grant>, Vec<Target>, Vec<&'static str>, RuleQuota)> {
         let grants = proptest::collection::vec(
-            (arb_cidr(), prop_oneof![Just("dev"), Just("prod")], prop_oneof![Just("a"), Just("b")], proptest::option::of(-5i64..5)),
+            (
+                arb_cidr(),
+                prop_oneof![Just("dev"), Just("prod")],
+                prop_oneof![Just("a"), Just("b")],
+                proptest::option::of(-5i64..5),
+            ),
             0..8,
         )
         .prop_map(|gs| {
             let mut seen = BTreeSet::new();
-            gs.into_iter()
-                .map(|(c, e, d, x)| grant(&c, e, d, x))
-                .filter(|g| seen.insert(g.key()))
-                .collect::<Vec<_>>()
+            gs.into_iter().map(|(c, e, d, x)| grant(&c, e, d, x)).filter(|g| seen.insert(g.key())).collect::<Vec<_>>()
         });
         let ports = prop_oneof![Just(PortSet::alb()), Just(PortSet::nlb()), Just(PortSet::parse("tcp:80").unwrap())];
         let targets = proptest::collection::vec(
             (
                 prop_oneof![Just("dev"), Just("prod")],
                 ports,
-                proptest::collection::vec((arb_cidr(), prop_oneof![Just(80u16), Just(443), Just(7233)], arb_description()), 0..10),
+                proptest::collection::vec(
+                    (arb_cidr(), prop_oneof![Just(80u16), Just(443), Just(7233)], arb_description()),
+                    0..10,
+                ),
             ),
             1..4,
         )

@@ -92,7 +92,11 @@ pub struct RefusedGrant {
 
 /// Splits stored grants into those that may be planned and those their environment's policy
 /// refuses. Grants of environments without a policy are kept: no target of theirs is planned.
-pub fn admit_grants(grants: Vec<Grant>, policies: &BTreeMap<Environment, Policy>, now: Timestamp) -> (Vec<Grant>, Vec<RefusedGrant>) {
+pub fn admit_grants(
+    grants: Vec<Grant>,
+    policies: &BTreeMap<Environment, Policy>,
+    now: Timestamp,
+) -> (Vec<Grant>, Vec<RefusedGrant>) {
     let mut admitted = Vec::with_capacity(grants.len());
     let mut refused = Vec::new();
     for grant in grants {
@@ -174,21 +178,14 @@ impl Policy {
             });
         }
         if self.rules.refuse_special_purpose && cidr.is_special_purpose() {
-            return Err(ValidationError::SpecialPurpose {
-                cidr: cidr.to_string(),
-                environment: environment.to_string(),
-            });
+            return Err(ValidationError::SpecialPurpose { cidr: cidr.to_string(), environment: environment.to_string() });
         }
         Ok(())
     }
 
     pub fn check_ttl(&self, environment: &Environment, ttl: Ttl) -> Result<(), ValidationError> {
         if ttl > self.rules.max_ttl {
-            return Err(ValidationError::TtlOverMaximum {
-                ttl,
-                max: self.rules.max_ttl,
-                environment: environment.to_string(),
-            });
+            return Err(ValidationError::TtlOverMaximum { ttl, max: self.rules.max_ttl, environment: environment.to_string() });
         }
         Ok(())
     }
@@ -308,14 +305,20 @@ mod tests {
         assert!(matches!(p.admits(&grant("0.0.0.0/0", day, Source::Manual), now), Err(ValidationError::WholeInternet { .. })));
         assert!(matches!(p.admits(&grant("10.0.0.0/8", day, Source::Manual), now), Err(ValidationError::PrefixTooWide { .. })));
         let late = Some(time::Duration::days(30));
-        assert!(matches!(p.admits(&grant("203.0.113.7", late, Source::Manual), now), Err(ValidationError::ExpiresTooLate { .. })));
+        assert!(matches!(
+            p.admits(&grant("203.0.113.7", late, Source::Manual), now),
+            Err(ValidationError::ExpiresTooLate { .. })
+        ));
         let barely = Some(time::Duration::days(7) + time::Duration::minutes(1));
         assert!(p.admits(&grant("203.0.113.7", barely, Source::Manual), now).is_ok(), "a writer's clock a minute ahead");
         assert!(matches!(p.admits(&grant("203.0.113.7", None, Source::Manual), now), Err(ValidationError::NoExpiry { .. })));
         assert!(p.admits(&grant("203.0.113.7", None, Source::AsgMember), now).is_ok());
         let policies = BTreeMap::from([(dev(), p)]);
-        let (admitted, refused) =
-            admit_grants(vec![grant("203.0.113.7", day, Source::Manual), grant("0.0.0.0/0", day, Source::Manual)], &policies, now);
+        let (admitted, refused) = admit_grants(
+            vec![grant("203.0.113.7", day, Source::Manual), grant("0.0.0.0/0", day, Source::Manual)],
+            &policies,
+            now,
+        );
         assert_eq!((admitted.len(), refused.len()), (1, 1));
         assert!(refused[0].reason.contains("whole internet"), "{}", refused[0].reason);
     }
@@ -340,7 +343,10 @@ mod tests {
     #[test]
     fn principals() {
         let arn = "arn:aws:iam::123456789012:user/alice";
-        let p = policy(PolicyRules { allowed_principals: vec![PrincipalPattern::parse("arn:aws:iam::123456789012:user/*").unwrap()], ..PolicyRules::default() });
+        let p = policy(PolicyRules {
+            allowed_principals: vec![PrincipalPattern::parse("arn:aws:iam::123456789012:user/*").unwrap()],
+            ..PolicyRules::default()
+        });
         assert!(!p.is_restricted(), "principals concern IAM only");
         assert!(p.admits_principal(arn));
         assert!(p.check_actor(&dev(), arn, "alice", &[]).is_ok());

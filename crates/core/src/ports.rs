@@ -98,8 +98,7 @@ impl PortSet {
         let mut set = BTreeSet::new();
         for item in text.split(',') {
             let item = item.trim();
-            let (proto, ports) =
-                item.split_once(':').ok_or_else(|| invalid(format!("{item:?} has no protocol")))?;
+            let (proto, ports) = item.split_once(':').ok_or_else(|| invalid(format!("{item:?} has no protocol")))?;
             let protocol = match proto {
                 "tcp" => Protocol::Tcp,
                 "udp" => Protocol::Udp,
@@ -107,10 +106,7 @@ impl PortSet {
             };
             let (from, to) = ports.split_once('-').unwrap_or((ports, ports));
             let port = |p: &str| {
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| invalid(format!("{p:?} is not a port from 1 to 65535")))
+                p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| invalid(format!("{p:?} is not a port from 1 to 65535")))
             };
             let (from, to) = (port(from)?, port(to)?);
             if from > to {
@@ -174,10 +170,7 @@ mod tests {
     fn profiles_and_lists() {
         assert_eq!(PortSet::parse("alb").unwrap().to_string(), "tcp:80,tcp:443");
         assert_eq!(PortSet::parse("nlb").unwrap().to_string(), "tcp:7233");
-        assert_eq!(
-            PortSet::parse("tcp:80, tcp:443,udp:500-501").unwrap().to_string(),
-            "tcp:80,tcp:443,udp:500-501"
-        );
+        assert_eq!(PortSet::parse("tcp:80, tcp:443,udp:500-501").unwrap().to_string(), "tcp:80,tcp:443,udp:500-501");
         for bad in ["", "80", "icmp:1", "tcp:0", "tcp:70000", "tcp:9-8", "tcp:", "tcp:a"] {
             assert!(PortSet::parse(bad).is_err(), "{bad}");
         }

@@ -19,11 +19,18 @@ impl Engine {
     }
 
     /// [`Engine::authorize`] for a change to one network, which the refusal names.
-    pub(crate) async fn authorize_for(&self, env: &Environment, cidr: Option<&Cidr>, by: &Requester) -> Result<&Policy, EngineError> {
+    pub(crate) async fn authorize_for(
+        &self,
+        env: &Environment,
+        cidr: Option<&Cidr>,
+        by: &Requester,
+    ) -> Result<&Policy, EngineError> {
         let policy = self.policy(env)?;
-        let refusal = by.credential.refusal(env, policy).map(Err).unwrap_or_else(|| {
-            policy.check_actor(env, &by.owner.id, &by.owner.name, &by.groups)
-        });
+        let refusal = by
+            .credential
+            .refusal(env, policy)
+            .map(Err)
+            .unwrap_or_else(|| policy.check_actor(env, &by.owner.id, &by.owner.name, &by.groups));
         if let Err(err) = refusal {
             return Err(self.refuse(err, env, cidr, &by.refused_actor()).await);
         }
@@ -46,7 +53,13 @@ impl Engine {
     }
 
     /// Records a refusal in a known environment, then returns it.
-    pub(crate) async fn refuse(&self, err: ValidationError, env: &Environment, cidr: Option<&Cidr>, actor: &Actor) -> EngineError {
+    pub(crate) async fn refuse(
+        &self,
+        err: ValidationError,
+        env: &Environment,
+        cidr: Option<&Cidr>,
+        actor: &Actor,
+    ) -> EngineError {
         let event = AuditEvent {
             id: 0,
             at: self.clock().now(),
@@ -64,5 +77,4 @@ impl Engine {
         }
         EngineError::Validation(err)
     }
-
 }

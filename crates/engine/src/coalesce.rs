@@ -92,7 +92,8 @@ impl Engine {
         if let Err(err) = self.run(&env, &slot, &mut runs, Cause::Change).await {
             tracing::warn!(environment = %env, error = %err, "an apply failed");
         }
-        rx.try_recv().unwrap_or_else(|_| Err(EngineError::Store(StoreError::Task("the apply carrying this add did not answer".into()))))
+        rx.try_recv()
+            .unwrap_or_else(|_| Err(EngineError::Store(StoreError::Task("the apply carrying this add did not answer".into()))))
     }
 
     /// A reconcile of one environment, through its slot (see the module docs).
@@ -100,7 +101,10 @@ impl Engine {
         let slot = self.slots.get(env);
         let ticket = slot.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let mut runs = slot.gate.lock().await;
-        if cause == Cause::Change && runs.completed >= ticket && let Some(report) = &runs.last {
+        if cause == Cause::Change
+            && runs.completed >= ticket
+            && let Some(report) = &runs.last
+        {
             return Ok(report.clone());
         }
         self.run(env, &slot, &mut runs, cause).await
@@ -140,7 +144,11 @@ impl Engine {
         match &result {
             Ok(report) => {
                 for (reply, upserted) in accepted {
-                    let outcome = AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: Some(report.clone()) };
+                    let outcome = AddOutcome {
+                        grant: upserted.grant,
+                        refreshed: upserted.previous.is_some(),
+                        report: Some(report.clone()),
+                    };
                     let _ = reply.send(Ok(outcome));
                 }
                 if cause == Cause::Change {
@@ -168,7 +176,8 @@ impl Engine {
         if pending.is_empty() {
             return Ok(Vec::new());
         }
-        let read = async { Ok::<_, EngineError>((self.store().environments_with_history().await?, self.planned_grants(scope).await?)) };
+        let read =
+            async { Ok::<_, EngineError>((self.store().environments_with_history().await?, self.planned_grants(scope).await?)) };
         let (history, mut grants) = match read.await {
             Ok(read) => read,
             Err(err) => {

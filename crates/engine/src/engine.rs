@@ -2,14 +2,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use portcullis_core::{
-    admit_grants, plan, plan_adoption, policy_for, resolve_targets, RefusedGrant, Action, AuditEvent, AuditScope, Cidr, Credential, Description, Environment, Grant, GrantKey,
-    GroupChange, Interface, Marker, Owner, Plan, PlanInput, Policy, PortSet, RuleQuota, SkippedGroup, Source,
-    Target, TargetId, TargetSelector, TargetSpec, Timestamp, Ttl, ValidationError,
+    Action, AuditEvent, AuditScope, Cidr, Credential, Description, Environment, Grant, GrantKey, GroupChange, Interface, Marker,
+    Owner, Plan, PlanInput, Policy, PortSet, RefusedGrant, RuleQuota, SkippedGroup, Source, Target, TargetId, TargetSelector,
+    TargetSpec, Timestamp, Ttl, ValidationError, admit_grants, plan, plan_adoption, policy_for, resolve_targets,
 };
 use portcullis_store::{Actor, Store, StoreError, Upsert};
 use serde::Serialize;
 use thiserror::Error;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{Notify, watch};
 
 use crate::report::{AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome};
 use crate::{Clock, Firewall, Lease, ObserveFailure, Outbox};
@@ -242,9 +242,11 @@ impl Engine {
 
         // A refresh that changes no rule description needs no firewall call: the store is the
         // source of truth for expiry, and the periodic reconcile repairs any drift.
-        let unchanged = self.store.grant(&grant.key()).await?.is_some_and(|g| {
-            g.is_live(now) && g.description == grant.description && g.source == grant.source
-        });
+        let unchanged = self
+            .store
+            .grant(&grant.key())
+            .await?
+            .is_some_and(|g| g.is_live(now) && g.description == grant.description && g.source == grant.source);
         if unchanged {
             let upserted = self.store_grant(grant, &req.by, &policy).await?;
             return Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: None });
@@ -256,7 +258,12 @@ impl Engine {
     }
 
     /// Stores an add or refresh (refusals audited) and wakes the sweeper for its expiry.
-    pub(crate) async fn store_grant(&self, grant: Grant, by: &Requester, policy: &Policy) -> Result<portcullis_store::Upserted, EngineError> {
+    pub(crate) async fn store_grant(
+        &self,
+        grant: Grant,
+        by: &Requester,
+        policy: &Policy,
+    ) -> Result<portcullis_store::Upserted, EngineError> {
         let actor = &by.actor();
         let (env, cidr) = (grant.environment.clone(), grant.cidr);
         let upsert = Upsert { grant, actor: actor.clone(), max_grants_per_user: policy.max_grants_per_user() };
@@ -290,10 +297,8 @@ impl Engine {
         });
         p.overflows.iter().filter(|o| o.family == grant.cidr.family()).find_map(|o| {
             let target = targets.iter().find(|t| t.id == o.target)?;
-            let missing = target
-                .ports
-                .iter()
-                .any(|ports| !target.rules.iter().any(|r| r.cidr == grant.cidr && r.ports == *ports));
+            let missing =
+                target.ports.iter().any(|ports| !target.rules.iter().any(|r| r.cidr == grant.cidr && r.ports == *ports));
             missing.then(|| ValidationError::GroupFull {
                 group: o.target.group_id.clone(),
                 region: o.target.region.clone(),
@@ -309,9 +314,11 @@ impl Engine {
         let env = &key.environment;
         self.authorize_for(env, Some(&key.cidr), by).await?;
         let actor = by.actor();
-        let removed = self.store.remove(key, &actor, self.clock.now()).await?.ok_or_else(|| {
-            ValidationError::NoSuchGrant { cidr: key.cidr.to_string(), environment: env.to_string() }
-        })?;
+        let removed = self
+            .store
+            .remove(key, &actor, self.clock.now())
+            .await?
+            .ok_or_else(|| ValidationError::NoSuchGrant { cidr: key.cidr.to_string(), environment: env.to_string() })?;
         self.announce();
         tracing::info!(cidr = %key.cidr, environment = %env, user = %actor.name, "grant removed");
         let report = self.reconcile(Scope::Environment(env.clone()), Cause::Change).await?;
@@ -364,7 +371,8 @@ impl Engine {
         let new: Vec<RefusedGrant> = {
             let mut known = self.refused.lock().expect("refusal map poisoned");
             let before = std::mem::take(&mut *known);
-            let (kept, others): (BTreeMap<_, _>, BTreeMap<_, _>) = before.into_iter().partition(|(k, _)| !scope.covers(&k.environment));
+            let (kept, others): (BTreeMap<_, _>, BTreeMap<_, _>) =
+                before.into_iter().partition(|(k, _)| !scope.covers(&k.environment));
             *known = kept;
             let new = refused.iter().filter(|r| others.get(&r.grant.key()) != Some(*r)).cloned().collect();
             known.extend(refused.into_iter().map(|r| (r.grant.key(), r)));
@@ -554,7 +562,10 @@ impl Engine {
                     cidr: Some(rule.cidr),
                     before: None,
                     after: None,
-                    reason: format!("took over {} {} on {}: description now {:?}", rule.ec2_cidr, rule.ports, change.target, rule.description),
+                    reason: format!(
+                        "took over {} {} on {}: description now {:?}",
+                        rule.ec2_cidr, rule.ports, change.target, rule.description
+                    ),
                 };
                 if let Err(err) = self.store.record(event).await {
                     tracing::warn!(error = %err, "could not audit an adoption");

@@ -28,15 +28,13 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use coalesce::BATCH_WINDOW;
 pub use dry_run::DryRunFirewall;
 pub use engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope, Settings};
-pub use queries::AuditQuery;
-pub use report::{
-    AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome, Status, SweepReport,
-};
 pub use lease::{Lease, SWEEPER_LEASE};
-pub use stream::StreamOutcome;
-pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing};
 #[cfg(feature = "test-support")]
 pub use memory::{HeldFirewall, MemoryFirewall, RecordedCall};
+pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing};
+pub use queries::AuditQuery;
+pub use report::{AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome, Status, SweepReport};
+pub use stream::StreamOutcome;
 
 /// What one describe pass saw.
 #[derive(Debug, Clone, Default)]

@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use portcullis_core::{
-    counts_after, GroupChange, ObservedGroup, ObservedRule, TargetId, TargetSelector, TargetSpec, Timestamp,
-};
+use portcullis_core::{GroupChange, ObservedGroup, ObservedRule, TargetId, TargetSelector, TargetSpec, Timestamp, counts_after};
 use tokio::sync::oneshot;
 
 use crate::{Applied, Clock, Firewall, FirewallError, Observation, ObserveFailure};
@@ -34,12 +32,7 @@ pub struct MemoryFirewall {
 
 impl MemoryFirewall {
     pub fn new(clock: Arc<dyn Clock>) -> MemoryFirewall {
-        MemoryFirewall {
-            clock,
-            groups: Mutex::default(),
-            calls: Mutex::default(),
-            failing_regions: Mutex::default(),
-        }
+        MemoryFirewall { clock, groups: Mutex::default(), calls: Mutex::default(), failing_regions: Mutex::default() }
     }
 
     /// Creates (or replaces) a group with tags and no rules.

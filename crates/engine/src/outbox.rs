@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use portcullis_core::{AuditEvent, Timestamp};
 use portcullis_store::{Settlement, Store, StoreError};
 use thiserror::Error;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{Notify, watch};
 
 use crate::Clock;
 
@@ -66,10 +66,7 @@ pub struct Pacing {
 
 impl Default for Pacing {
     fn default() -> Self {
-        Pacing {
-            max_backoff: time::Duration::minutes(5),
-            max_age: time::Duration::days(7),
-        }
+        Pacing { max_backoff: time::Duration::minutes(5), max_age: time::Duration::days(7) }
     }
 }
 
@@ -82,7 +79,9 @@ enum Step {
     /// Nothing may be posted before this time (pacing, or an earlier failure's wait).
     Paced(Timestamp),
     /// The post failed; the notice is due again at `retry_at`.
-    Failed { retry_at: Timestamp },
+    Failed {
+        retry_at: Timestamp,
+    },
     /// The post failed and could not be retried in time; the notice is left due now for the
     /// next process.
     LeftForLater,

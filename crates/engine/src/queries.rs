@@ -67,7 +67,8 @@ impl Engine {
         };
         let outbox_pending = self.store().outbox_status().await?.pending;
         let sweeper_lease = self.lease().map(|l| l.is_held());
-        let refused_grants = self.refused.lock().expect("refusal map poisoned").values().filter(|r| sees(&r.grant)).cloned().collect();
+        let refused_grants =
+            self.refused.lock().expect("refusal map poisoned").values().filter(|r| sees(&r.grant)).cloned().collect();
         Ok(Status { last_reconcile, next_expiry, overdue, outbox_pending, sweeper_lease, refused_grants })
     }
 

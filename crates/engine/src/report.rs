@@ -1,6 +1,8 @@
 //! What the engine's operations report: plain data, serialised as the interfaces answer it.
 
-use portcullis_core::{Environment, Foreign, Grant, GroupChange, Overflow, RefusedGrant, SkippedGroup, TargetId, Timestamp, Withheld};
+use portcullis_core::{
+    Environment, Foreign, Grant, GroupChange, Overflow, RefusedGrant, SkippedGroup, TargetId, Timestamp, Withheld,
+};
 use serde::Serialize;
 
 use crate::{Applied, Cause, ObserveFailure};
@@ -76,9 +78,11 @@ impl ReconcileReport {
             })
             .collect();
         out.extend(self.outcomes.iter().filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.target))));
-        out.extend(self.overflows.iter().map(|o| {
-            format!("{}: would hold {} {} rules, over its quota of {}", o.target, o.would_hold, o.family, o.quota)
-        }));
+        out.extend(
+            self.overflows
+                .iter()
+                .map(|o| format!("{}: would hold {} {} rules, over its quota of {}", o.target, o.would_hold, o.family, o.quota)),
+        );
         out
     }
 }
@@ -156,4 +160,3 @@ pub struct ReconcileSummary {
     pub updated: usize,
     pub failures: Vec<String>,
 }
-

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use portcullis_core::{external_step, Environment, ExternalChange, ExternalStep};
+use portcullis_core::{Environment, ExternalChange, ExternalStep, external_step};
 use serde::Serialize;
 
 use crate::{Cause, Engine, Scope};

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
 use aws_sdk_ec2::config::{Credentials, Region};
-use portcullis::config::{Config, Overrides};
 use portcullis::app::App;
+use portcullis::config::{Config, Overrides};
 use portcullis::routes::router;
 use portcullis::wiring;
 use portcullis_aws::Ec2Firewall;
@@ -67,12 +67,21 @@ async fn main() {
     let app = Arc::new(App::new(engine, &config, None));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(app).into_make_service_with_connect_info::<SocketAddr>()).await.unwrap() });
+    tokio::spawn(
+        async move { axum::serve(listener, router(app).into_make_service_with_connect_info::<SocketAddr>()).await.unwrap() },
+    );
 
     let mut tokens = Vec::new();
     for i in 0..CLIENTS {
-        let (secret, token) =
-            portcullis::auth::issue(&format!("client{i}"), Role::SelfService, Default::default(), Timestamp::now_utc(), None, "bench").unwrap();
+        let (secret, token) = portcullis::auth::issue(
+            &format!("client{i}"),
+            Role::SelfService,
+            Default::default(),
+            Timestamp::now_utc(),
+            None,
+            "bench",
+        )
+        .unwrap();
         store.create_token(token, &Actor { name: "bench".into(), interface: Interface::Cli }).await.unwrap();
         tokens.push(secret);
     }
@@ -80,7 +89,9 @@ async fn main() {
     let http = reqwest::Client::new();
     let url = format!("{base}/connection");
     let post = |i: usize| {
-        http.post(&url).header("authorization", format!("Bearer {}", tokens[i])).header("x-forwarded-for", format!("198.51.100.{}", i + 1))
+        http.post(&url)
+            .header("authorization", format!("Bearer {}", tokens[i]))
+            .header("x-forwarded-for", format!("198.51.100.{}", i + 1))
     };
     // Open: each client's first POST adds its grant, all at the same moment.
     let start = Instant::now();
@@ -106,9 +117,19 @@ async fn main() {
         "  {:<26} {:>22} {:>26}",
         "latency p50 / p99 / max",
         "11.7-16 s / - / 14-24 s",
-        format!("{} / {} / {}", ms(percentile(&open_latencies, 0.5)), ms(percentile(&open_latencies, 0.99)), ms(*open_latencies.last().unwrap()))
+        format!(
+            "{} / {} / {}",
+            ms(percentile(&open_latencies, 0.5)),
+            ms(percentile(&open_latencies, 0.99)),
+            ms(*open_latencies.last().unwrap())
+        )
     );
-    println!("  {:<26} {:>22} {:>26}", "AuthorizeSecurityGroupIngress", "1,600-2,700", calls.get("AuthorizeSecurityGroupIngress"));
+    println!(
+        "  {:<26} {:>22} {:>26}",
+        "AuthorizeSecurityGroupIngress",
+        "1,600-2,700",
+        calls.get("AuthorizeSecurityGroupIngress")
+    );
     println!("  {:<26} {:>22} {:>26}", "DescribeSecurityGroups", "50", calls.get("DescribeSecurityGroups"));
     assert_eq!(answered_201, CLIENTS, "{opened:?}");
 

@@ -11,8 +11,8 @@ use aws_sdk_ec2::config::{Credentials, Region};
 use aws_sdk_ec2::types::{IpPermission, IpRange, Tag};
 use portcullis_aws::Ec2Firewall;
 use portcullis_core::{
-    plan, Cidr, Description, Environment, FamilyCounts, Grant, Interface, Marker, Owner, PlanInput, Policy, PolicyRules, PortSet,
-    RuleQuota, Source, Target, TargetId, TargetSelector, TargetSpec, Timestamp,
+    Cidr, Description, Environment, FamilyCounts, Grant, Interface, Marker, Owner, PlanInput, Policy, PolicyRules, PortSet,
+    RuleQuota, Source, Target, TargetId, TargetSelector, TargetSpec, Timestamp, plan,
 };
 use portcullis_engine::{Cause, Clock, Engine, MemoryFirewall, Scope, Settings, SystemClock};
 use portcullis_store::{Actor, SqliteStore, Store, Upsert};
@@ -38,7 +38,10 @@ fn grant(i: u32, now: Timestamp, expires_at: Timestamp) -> Grant {
 fn settings(specs: Vec<TargetSpec>) -> Settings {
     Settings {
         specs,
-        policies: BTreeMap::from([(dev(), Policy::new(PolicyRules { max_grants_per_user: 100_000, ..PolicyRules::default() }).expect("a valid policy"))]),
+        policies: BTreeMap::from([(
+            dev(),
+            Policy::new(PolicyRules { max_grants_per_user: 100_000, ..PolicyRules::default() }).expect("a valid policy"),
+        )]),
         marker: Marker::default(),
         quota: RuleQuota::default(),
     }
@@ -168,7 +171,10 @@ fn plan_at_scale() {
             .collect();
     }
     let (took, p) = run(&targets);
-    println!("  steady state (all 1,000,000 rules present): {took:>10.2?} ({} operations)", p.authorize_count() + p.revoke_count());
+    println!(
+        "  steady state (all 1,000,000 rules present): {took:>10.2?} ({} operations)",
+        p.authorize_count() + p.revoke_count()
+    );
 }
 
 async fn expiry_lag() {
@@ -179,8 +185,7 @@ async fn expiry_lag() {
     let store = SqliteStore::open(dir.path().join("lag.db")).unwrap();
     let now = Timestamp::now_utc();
     let start = now + time::Duration::seconds(2);
-    let grants: Vec<Grant> =
-        (0..200).map(|i| grant(i, now, start + time::Duration::milliseconds(i64::from(i) * 50))).collect();
+    let grants: Vec<Grant> = (0..200).map(|i| grant(i, now, start + time::Duration::milliseconds(i64::from(i) * 50))).collect();
     let due: BTreeMap<Cidr, Timestamp> = grants.iter().map(|g| (g.cidr, g.expires_at.unwrap())).collect();
     store_grants(&store, grants).await;
     let spec = TargetSpec {

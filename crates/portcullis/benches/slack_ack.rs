@@ -5,8 +5,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use portcullis_slack::SigningSecret;
@@ -111,11 +111,7 @@ async fn main() {
         ms(*latencies.last().unwrap()),
         ms(acked)
     );
-    println!(
-        "  final answers on response_url: {}/{COMMANDS} after {}",
-        answered.load(Ordering::SeqCst),
-        ms(finished)
-    );
+    println!("  final answers on response_url: {}/{COMMANDS} after {}", answered.load(Ordering::SeqCst), ms(finished));
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::Json;
 use axum::extract::FromRequest;
+use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use portcullis_aws::iam::IamVerifier;
 use portcullis_core::{Environment, ValidationError};
 use portcullis_engine::{Engine, EngineError};
@@ -62,9 +62,9 @@ impl From<ValidationError> for ApiError {
     fn from(err: ValidationError) -> Self {
         let (status, code) = match &err {
             ValidationError::UnknownEnvironment { .. } => (StatusCode::NOT_FOUND, "unknown_environment"),
-            ValidationError::NotAllowed { .. } | ValidationError::TokenOutOfScope { .. } | ValidationError::PrincipalNotListed { .. } => {
-                (StatusCode::FORBIDDEN, "not_allowed")
-            }
+            ValidationError::NotAllowed { .. }
+            | ValidationError::TokenOutOfScope { .. }
+            | ValidationError::PrincipalNotListed { .. } => (StatusCode::FORBIDDEN, "not_allowed"),
             ValidationError::NoSuchGrant { .. } => (StatusCode::NOT_FOUND, "no_such_grant"),
             ValidationError::GroupFull { .. } => (StatusCode::CONFLICT, "group_full"),
             ValidationError::TooManyGrants { .. } => (StatusCode::CONFLICT, "too_many_grants"),
@@ -186,4 +186,3 @@ pub(crate) fn environment(app: &App, name: Option<&str>) -> Result<Environment, 
     app.engine.policy(&env)?;
     Ok(env)
 }
-

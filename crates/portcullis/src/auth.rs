@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use portcullis_aws::iam::{CallerIdentity, IamError, IamLogin, IamVerifier};
-use portcullis_core::{principal_name, ApiToken, Cidr, Credential, Environment, Interface, Owner, Role, TokenState};
+use portcullis_core::{ApiToken, Cidr, Credential, Environment, Interface, Owner, Role, TokenState, principal_name};
 use portcullis_engine::{Engine, Requester};
 use sha2::{Digest, Sha256};
 
@@ -97,7 +97,9 @@ impl Principal {
     pub fn requester(&self) -> Requester {
         let owner = match self {
             Principal::Token(t) => Owner::named(&t.user),
-            Principal::Iam(i) => Owner { id: i.arn.clone(), name: principal_name(&i.arn).to_string(), display_name: i.arn.clone() },
+            Principal::Iam(i) => {
+                Owner { id: i.arn.clone(), name: principal_name(&i.arn).to_string(), display_name: i.arn.clone() }
+            }
         };
         let credential = match self {
             Principal::Token(t) => Credential::Token { id: t.id.clone(), environments: t.environments.clone() },
@@ -133,7 +135,8 @@ impl Authenticator {
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
         let value = headers.get(axum::http::header::AUTHORIZATION).ok_or(AuthError::Missing)?;
         let value = value.to_str().map_err(|_| AuthError::Invalid("the Authorization header is not text".into()))?;
-        let (scheme, credentials) = value.trim().split_once(' ').ok_or_else(|| AuthError::Invalid("malformed Authorization header".into()))?;
+        let (scheme, credentials) =
+            value.trim().split_once(' ').ok_or_else(|| AuthError::Invalid("malformed Authorization header".into()))?;
         let credentials = credentials.trim();
         if scheme.eq_ignore_ascii_case("Bearer") {
             self.token(credentials).await

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use portcullis_core::{Environment, GroupId, Marker, Policy, PolicyRules, PortSet, PrincipalPattern, RuleQuota, TargetSelector, TargetSpec, Ttl};
+use portcullis_core::{
+    Environment, GroupId, Marker, Policy, PolicyRules, PortSet, PrincipalPattern, RuleQuota, TargetSelector, TargetSpec, Ttl,
+};
 use portcullis_slack::UrlPrefix;
 use serde::Deserialize;
 use thiserror::Error;
@@ -288,8 +290,8 @@ impl Config {
         let firewall = firewall(&file, overrides, env)?;
         let listen = listen(&file, overrides, env)?;
         let marker_prefix = file.marker_prefix.clone().unwrap_or_else(|| "pc".into());
-        let marker = Marker::new(&marker_prefix)
-            .ok_or_else(|| error("marker_prefix", "use 1-16 characters from a-z A-Z 0-9 _ -"))?;
+        let marker =
+            Marker::new(&marker_prefix).ok_or_else(|| error("marker_prefix", "use 1-16 characters from a-z A-Z 0-9 _ -"))?;
         let quota = RuleQuota {
             ipv4: positive("rule_quota_ipv4", file.rule_quota_ipv4.unwrap_or(60))?,
             ipv6: positive("rule_quota_ipv6", file.rule_quota_ipv6.unwrap_or(60))?,
@@ -304,7 +306,9 @@ impl Config {
                 None => PortSet::alb(),
             },
             discovery: TargetSelector::Discovery {
-                tag_key: env("SG_DISCOVERY_TAG_KEY").or(file.discovery_tag_key.clone()).unwrap_or_else(|| "WhitelistManaged".into()),
+                tag_key: env("SG_DISCOVERY_TAG_KEY")
+                    .or(file.discovery_tag_key.clone())
+                    .unwrap_or_else(|| "WhitelistManaged".into()),
                 tag_value: env("SG_DISCOVERY_TAG_VALUE").or(file.discovery_tag_value.clone()).unwrap_or_else(|| "true".into()),
             },
         };
@@ -400,7 +404,13 @@ fn environments(
 }
 
 /// One `[[environments.NAME.targets]]`.
-fn target(key: &str, t: &FileTarget, environment: &Environment, policy: &Policy, defaults: &TargetDefaults) -> Result<TargetSpec, ConfigError> {
+fn target(
+    key: &str,
+    t: &FileTarget,
+    environment: &Environment,
+    policy: &Policy,
+    defaults: &TargetDefaults,
+) -> Result<TargetSpec, ConfigError> {
     let selector = match (&t.group_ids, t.discovery) {
         (Some(_), true) => return Err(error(key, "give either discovery = true or group_ids, not both")),
         (None, false) => return Err(error(key, "give discovery = true or group_ids")),
@@ -473,7 +483,12 @@ fn check_table_names(store: &StoreSpec, own_table: Option<&str>) -> Result<(), C
         if let Some(name) = name
             && !valid_table_name(&name)
         {
-            return Err(error(key, format!("{name:?} is not a DynamoDB table name (3-255 characters from a-z A-Z 0-9 _ - .; the template may use {{env}})")));
+            return Err(error(
+                key,
+                format!(
+                    "{name:?} is not a DynamoDB table name (3-255 characters from a-z A-Z 0-9 _ - .; the template may use {{env}})"
+                ),
+            ));
         }
     }
     Ok(())
@@ -485,7 +500,13 @@ fn valid_table_name(name: &str) -> bool {
 
 /// A secret from an environment variable (value or ARN) or the file (ARN only); giving both
 /// forms is a mistake.
-fn secret(env: Env<'_>, value_var: &str, arn_var: &str, file_key: &str, file_arn: &Option<String>) -> Result<Option<Secret>, ConfigError> {
+fn secret(
+    env: Env<'_>,
+    value_var: &str,
+    arn_var: &str,
+    file_key: &str,
+    file_arn: &Option<String>,
+) -> Result<Option<Secret>, ConfigError> {
     let value = env(value_var).filter(|v| !v.trim().is_empty());
     let arn = env(arn_var).filter(|v| !v.trim().is_empty());
     match (value, arn) {
@@ -502,7 +523,9 @@ fn secret(env: Env<'_>, value_var: &str, arn_var: &str, file_key: &str, file_arn
 
 fn slack(file: &FileSlack, env: Env<'_>) -> Result<SlackConfig, ConfigError> {
     let command = file.command.clone().unwrap_or_else(|| "/infra".into());
-    let valid = command.starts_with('/') && command.len() > 1 && command[1..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let valid = command.starts_with('/')
+        && command.len() > 1
+        && command[1..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !valid {
         return Err(error("slack.command", format!("{command:?} is not a slash command such as /infra")));
     }
@@ -535,10 +558,25 @@ fn slack(file: &FileSlack, env: Env<'_>) -> Result<SlackConfig, ConfigError> {
         rate_limit_per_minute: rate,
         response_url_prefixes: prefixes,
         api_url,
-        signing_secret: secret(env, "SLACK_SIGNING_SECRET", "SLACK_SIGNING_SECRET_ARN", "signing_secret_arn", &file.signing_secret_arn)?,
-        next_signing_secret: env("SLACK_SIGNING_SECRET_NEXT").map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).map(Secret::Value),
+        signing_secret: secret(
+            env,
+            "SLACK_SIGNING_SECRET",
+            "SLACK_SIGNING_SECRET_ARN",
+            "signing_secret_arn",
+            &file.signing_secret_arn,
+        )?,
+        next_signing_secret: env("SLACK_SIGNING_SECRET_NEXT")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .map(Secret::Value),
         webhook,
-        bot_token: secret(env, "SLACK_BOT_TOKEN", "SLACK_BOT_TOKEN_SECRET_ARN", "bot_token_secret_arn", &file.bot_token_secret_arn)?,
+        bot_token: secret(
+            env,
+            "SLACK_BOT_TOKEN",
+            "SLACK_BOT_TOKEN_SECRET_ARN",
+            "bot_token_secret_arn",
+            &file.bot_token_secret_arn,
+        )?,
     })
 }
 
@@ -563,7 +601,10 @@ fn connection(file: &FileConnection) -> Result<ConnectionConfig, ConfigError> {
         let cidr = portcullis_core::Cidr::parse(text).map_err(|e| error("connection.trusted_proxies", e))?;
         // Trusting every peer would let anyone choose the address they are allowed from.
         if cidr.is_whole_internet() {
-            return Err(error("connection.trusted_proxies", format!("{cidr} would trust every peer; name your proxies' addresses")));
+            return Err(error(
+                "connection.trusted_proxies",
+                format!("{cidr} would trust every peer; name your proxies' addresses"),
+            ));
         }
         trusted_proxies.push(cidr);
     }
@@ -626,11 +667,7 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 }
 
 fn positive(key: &str, value: usize) -> Result<usize, ConfigError> {
-    if value == 0 {
-        Err(error(key, "must be at least 1"))
-    } else {
-        Ok(value)
-    }
+    if value == 0 { Err(error(key, "must be at least 1")) } else { Ok(value) }
 }
 
 fn group_ids(key: &str, ids: &[String]) -> Result<Vec<GroupId>, ConfigError> {
@@ -695,9 +732,16 @@ mod tests {
 
     #[test]
     fn seed_variables() {
-        let c = load("", &[("ENVIRONMENT", "staging"), ("MANAGED_SECURITY_GROUP_IDS", r#"["sg-1", "sg-2"]"#), ("AWS_REGION", "eu-west-1")]).unwrap();
+        let c = load(
+            "",
+            &[("ENVIRONMENT", "staging"), ("MANAGED_SECURITY_GROUP_IDS", r#"["sg-1", "sg-2"]"#), ("AWS_REGION", "eu-west-1")],
+        )
+        .unwrap();
         assert_eq!(c.default_environment.as_str(), "staging");
-        assert_eq!(c.specs[0].selector, TargetSelector::Ids(vec![GroupId::parse("sg-1").unwrap(), GroupId::parse("sg-2").unwrap()]));
+        assert_eq!(
+            c.specs[0].selector,
+            TargetSelector::Ids(vec![GroupId::parse("sg-1").unwrap(), GroupId::parse("sg-2").unwrap()])
+        );
         // The seed's variables alone never switch AWS on.
         assert_eq!(c.firewall, FirewallKind::DryRun);
         let c = load("", &[("ENABLE_SG_DISCOVERY", "true"), ("SG_DISCOVERY_TAG_KEY", "K"), ("AWS_REGION", "eu-west-1")]).unwrap();
@@ -714,7 +758,11 @@ mod tests {
         assert_eq!(err.key, "environments.dev.max_ttl");
         let err = load("[environments.dev]\n[[environments.dev.targets]]\nregion = \"us-east-1\"\n", &[]).unwrap_err();
         assert_eq!(err.key, "environments.dev.targets[0]");
-        let err = load("[environments.dev]\n[[environments.dev.targets]]\nregion = \"r\"\ngroup_ids = [\"sg-1\"]\nports = \"tcp:22\"\n", &[]).unwrap_err();
+        let err = load(
+            "[environments.dev]\n[[environments.dev.targets]]\nregion = \"r\"\ngroup_ids = [\"sg-1\"]\nports = \"tcp:22\"\n",
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(err.key, "environments.dev.targets[0].ports");
         let err = load("[environments.prod]\n", &[]).unwrap_err();
         assert_eq!(err.key, "ENVIRONMENT");
@@ -800,7 +848,10 @@ mod tests {
             ("[connection]\ntrusted_proxies = [\"::/0\"]\n", "connection.trusted_proxies"),
             ("[auth.iam]\nserver_id = \"\"\n", "auth.iam.server_id"),
             ("[auth.iam]\nserver_id = \"x\"\nsts_endpoint = \"sts.amazonaws.com\"\n", "auth.iam.sts_endpoint"),
-            ("[environments.dev]\n[[environments.dev.targets]]\nregion = \"r\"\ngroup_ids = [\"sg-1\"]\nrole_arn = \"x\"\n", "environments.dev.targets[0].role_arn"),
+            (
+                "[environments.dev]\n[[environments.dev.targets]]\nregion = \"r\"\ngroup_ids = [\"sg-1\"]\nrole_arn = \"x\"\n",
+                "environments.dev.targets[0].role_arn",
+            ),
         ] {
             assert_eq!(load(text, &[]).unwrap_err().key, key, "{text}");
         }

@@ -16,14 +16,14 @@ use aws_lambda_events::encodings::Body;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use axum::body::to_bytes;
 use axum::http::{Method, Request};
-use portcullis_core::{Credential, Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Ttl, UserName, ValidationError};
-use portcullis_engine::{
-    AddRequest, Cause, Engine, EngineError, Requester, Scope,
-};
 use portcullis_core::ExternalChange;
-use portcullis_store::seed::{self, external_change, unreadable_record, Attr, ChangeKind, Item, StreamItems};
+use portcullis_core::{
+    Cidr, Credential, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Ttl, UserName, ValidationError,
+};
+use portcullis_engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope};
+use portcullis_store::seed::{self, Attr, ChangeKind, Item, StreamItems, external_change, unreadable_record};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::app::App;
@@ -78,14 +78,18 @@ pub enum InvocationError {
     InvalidAction(serde_json::Error),
     #[error("invalid HTTP API event: {0}")]
     InvalidHttp(serde_json::Error),
-    #[error("not an event portcullis handles: expected an action event, DynamoDB Stream records, an EventBridge scheduled event or an API Gateway HTTP API request")]
+    #[error(
+        "not an event portcullis handles: expected an action event, DynamoDB Stream records, an EventBridge scheduled event or an API Gateway HTTP API request"
+    )]
     Unknown,
     /// An action event's change failed for a reason worth retrying (not a refusal).
     #[error("{0}")]
     Action(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("portcullis lambda runs inside AWS Lambda (AWS_LAMBDA_RUNTIME_API is not set); to handle one event here, use `portcullis invoke --event FILE`")]
+    #[error(
+        "portcullis lambda runs inside AWS Lambda (AWS_LAMBDA_RUNTIME_API is not set); to handle one event here, use `portcullis invoke --event FILE`"
+    )]
     NotInLambda,
     /// Lambda sets these for every function; without them the runtime cannot start.
     #[error("the Lambda environment is incomplete: {0}")]
@@ -134,7 +138,12 @@ pub fn item_json(grant: &Grant) -> Value {
 }
 
 /// The answer to an action event, and whether it succeeded (`Err`: the exit code's kind).
-pub async fn handle_action(engine: &Engine, default_env: &Environment, event: ActionEvent, interface: Interface) -> Result<Value, (Value, u8)> {
+pub async fn handle_action(
+    engine: &Engine,
+    default_env: &Environment,
+    event: ActionEvent,
+    interface: Interface,
+) -> Result<Value, (Value, u8)> {
     let action = event.action.clone();
     let refused = |err: ValidationError| {
         (json!({"success": false, "action": action, "error": {"code": "invalid", "message": err.to_string()}}), 2u8)
@@ -266,10 +275,8 @@ pub fn stream_record(value: &Value) -> ExternalChange {
         return unreadable("no eventID or SequenceNumber".into());
     };
     let Some(keys) = item_from_json(value.pointer("/dynamodb/Keys")) else { return unreadable("no Keys".into()) };
-    let by_service = record
-        .user_identity
-        .as_ref()
-        .is_some_and(|u| u.type_ == "Service" && u.principal_id == "dynamodb.amazonaws.com");
+    let by_service =
+        record.user_identity.as_ref().is_some_and(|u| u.type_ == "Service" && u.principal_id == "dynamodb.amazonaws.com");
     external_change(StreamItems {
         event_id,
         sequence: seq,
@@ -285,8 +292,13 @@ pub fn stream_record(value: &Value) -> ExternalChange {
 pub async fn handle_stream(engine: &Engine, records: &[Value]) -> DynamoDbEventResponse {
     let records: Vec<ExternalChange> = records.iter().map(stream_record).collect();
     let outcome = engine.handle_stream(records).await;
-    tracing::info!(records = outcome.records, announced = outcome.announced, unreadable = outcome.unreadable,
-        failed_at = outcome.failed_at.as_deref().unwrap_or("-"), "stream batch handled");
+    tracing::info!(
+        records = outcome.records,
+        announced = outcome.announced,
+        unreadable = outcome.unreadable,
+        failed_at = outcome.failed_at.as_deref().unwrap_or("-"),
+        "stream batch handled"
+    );
     let mut response = DynamoDbEventResponse::default();
     if let Some(seq) = outcome.failed_at {
         let mut failure = DynamoDbBatchItemFailure::default();
@@ -334,7 +346,9 @@ pub async fn handle_http(app: Arc<App>, request: ApiGatewayV2httpRequest) -> Api
             Ok(bytes) => bytes,
             Err(e) => {
                 response.status_code = 400;
-                response.headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+                response
+                    .headers
+                    .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
                 let body = json!({"error": {"code": "invalid_body", "message": format!("isBase64Encoded is set, but the body is not base64: {e}")}});
                 response.body = Some(Body::Text(body.to_string()));
                 return response;
@@ -415,11 +429,12 @@ pub fn check_environment(env: &dyn Fn(&str) -> Option<String>) -> Result<(), Inv
     if env("AWS_LAMBDA_RUNTIME_API").is_none() {
         return Err(InvocationError::NotInLambda);
     }
-    let mut problems: Vec<String> = ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_VERSION", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
-        .into_iter()
-        .filter(|k| env(k).is_none())
-        .map(|k| format!("{k} is not set"))
-        .collect();
+    let mut problems: Vec<String> =
+        ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_VERSION", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
+            .into_iter()
+            .filter(|k| env(k).is_none())
+            .map(|k| format!("{k} is not set"))
+            .collect();
     if let Some(memory) = env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
         && memory.trim().parse::<i32>().is_err()
     {

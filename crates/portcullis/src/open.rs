@@ -15,7 +15,10 @@ use crate::auth::iam_header;
 pub enum Credentials {
     Token(String),
     /// Sign `sts:GetCallerIdentity` with this machine's AWS credentials.
-    Aws { server_id: String, sts_endpoint: String },
+    Aws {
+        server_id: String,
+        sts_endpoint: String,
+    },
 }
 
 #[derive(Clone)]
@@ -88,9 +91,10 @@ impl Client {
             Credentials::Token(t) => Ok(format!("Bearer {t}")),
             Credentials::Aws { server_id, sts_endpoint } => {
                 let sdk = portcullis_aws::shared_sdk_config().await;
-                let login = portcullis_aws::iam::sign_login(sdk, sts_endpoint, server_id, SystemTime::from(self.options.clock.now()))
-                    .await
-                    .map_err(|e| OpenError::Refused(e.to_string()))?;
+                let login =
+                    portcullis_aws::iam::sign_login(sdk, sts_endpoint, server_id, SystemTime::from(self.options.clock.now()))
+                        .await
+                        .map_err(|e| OpenError::Refused(e.to_string()))?;
                 Ok(iam_header(&login))
             }
         }
@@ -225,6 +229,9 @@ mod tests {
         assert_eq!(default_server_id("http://127.0.0.1:8080").as_deref(), Some("127.0.0.1:8080"));
         assert_eq!(default_server_id("nonsense"), None);
         assert_eq!(default_sts_endpoint(&|_| None), "https://sts.amazonaws.com");
-        assert_eq!(default_sts_endpoint(&|k| (k == "AWS_ENDPOINT_URL").then(|| "http://127.0.0.1:5000".into())), "http://127.0.0.1:5000");
+        assert_eq!(
+            default_sts_endpoint(&|k| (k == "AWS_ENDPOINT_URL").then(|| "http://127.0.0.1:5000".into())),
+            "http://127.0.0.1:5000"
+        );
     }
 }

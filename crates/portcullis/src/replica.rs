@@ -16,7 +16,12 @@ pub const STREAM_POLL: time::Duration = time::Duration::seconds(1);
 
 /// Reads the streams while this replica holds the lease, until shut down. `shards` reports
 /// how many shards are being read (0 until the first read has positioned them).
-pub async fn follow_streams(engine: Arc<Engine>, mut tail: StreamTail, mut shutdown: watch::Receiver<bool>, shards: watch::Sender<usize>) {
+pub async fn follow_streams(
+    engine: Arc<Engine>,
+    mut tail: StreamTail,
+    mut shutdown: watch::Receiver<bool>,
+    shards: watch::Sender<usize>,
+) {
     loop {
         if let Some(lease) = engine.lease() {
             if !lease.wait_held(&mut shutdown).await {

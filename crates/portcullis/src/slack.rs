@@ -65,7 +65,13 @@ impl SlackEndpoint {
 
     /// Verifies a request; on failure, re-reads a rotated secret (at most once a minute) and
     /// tries again.
-    pub(crate) async fn verify(&self, timestamp: Option<&str>, signature: Option<&str>, body: &[u8], now: i64) -> Result<(), SignatureError> {
+    pub(crate) async fn verify(
+        &self,
+        timestamp: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), SignatureError> {
         let first = self.secret.read().expect("secret lock poisoned").verify(timestamp, signature, body, now);
         let Err(err) = first else { return Ok(()) };
         let Some(reload) = &self.reload else { return Err(err) };
@@ -104,4 +110,3 @@ impl SlackEndpoint {
         tasks.spawn(work);
     }
 }
-

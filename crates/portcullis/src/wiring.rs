@@ -6,10 +6,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use portcullis_aws::{DynamoStore, Ec2Firewall, InitReport, Secrets, TableNames};
 use portcullis_engine::{
-    Clock, DryRunFirewall, Engine, Firewall, Lease, LogNotifier, Notifier, Outbox, Pacing, Settings, SystemClock,
-    SWEEPER_LEASE,
+    Clock, DryRunFirewall, Engine, Firewall, Lease, LogNotifier, Notifier, Outbox, Pacing, SWEEPER_LEASE, Settings, SystemClock,
 };
-use portcullis_slack::{webhook_url_from_secret, FixedUrl, UrlSource, Webhook};
+use portcullis_slack::{FixedUrl, UrlSource, Webhook, webhook_url_from_secret};
 use portcullis_store::{SqliteStore, Store};
 
 use portcullis_slack::{SecretError, SigningSecret, SigningSecrets};
@@ -100,11 +99,7 @@ pub async fn firewall(config: &Config, dry_run: bool, json: bool) -> Arc<dyn Fir
         FirewallKind::DryRun => Arc::new(DryRunFirewall::new(None, sink)),
         FirewallKind::Aws => {
             let aws: Arc<dyn Firewall> = Arc::new(Ec2Firewall::new(portcullis_aws::shared_sdk_config().await));
-            if dry_run {
-                Arc::new(DryRunFirewall::new(Some(aws), sink))
-            } else {
-                aws
-            }
+            if dry_run { Arc::new(DryRunFirewall::new(Some(aws), sink)) } else { aws }
         }
     }
 }
@@ -113,9 +108,7 @@ pub async fn firewall(config: &Config, dry_run: bool, json: bool) -> Arc<dyn Fir
 pub async fn secret_value(secret: &Secret) -> Result<String, WiringError> {
     match secret {
         Secret::Value(v) => Ok(v.clone()),
-        Secret::Arn(arn) => {
-            Ok(Secrets::new(portcullis_aws::shared_sdk_config().await).read(arn).await?)
-        }
+        Secret::Arn(arn) => Ok(Secrets::new(portcullis_aws::shared_sdk_config().await).read(arn).await?),
     }
 }
 

@@ -279,7 +279,10 @@ mod tests {
 
     #[test]
     fn other_verbs() {
-        assert_eq!(parse("whitelist remove 2001:db8::1 --env=prod"), Ok(Command::Remove { cidr: cidr("2001:db8::1"), env: env("prod") }));
+        assert_eq!(
+            parse("whitelist remove 2001:db8::1 --env=prod"),
+            Ok(Command::Remove { cidr: cidr("2001:db8::1"), env: env("prod") })
+        );
         assert_eq!(parse("whitelist list dev"), Ok(Command::List { env: env("dev") }));
         assert_eq!(parse("whitelist list --env dev"), Ok(Command::List { env: env("dev") }));
         assert_eq!(parse("whitelist list"), Ok(Command::List { env: None }));

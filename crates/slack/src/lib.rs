@@ -10,10 +10,10 @@ pub mod signature;
 pub mod url;
 pub mod webhook;
 
-pub use command::{parse, usage, Command, ParseError};
+pub use command::{Command, ParseError, parse, usage};
 pub use directory::Directory;
-pub use messages::{notification, Reply, Visibility};
+pub use messages::{Reply, Visibility, notification};
 pub use respond::{RespondError, Responder};
 pub use signature::{SignatureError, SigningSecret, SigningSecrets};
-pub use url::{redact_url, redact_urls_in, PrefixError, UrlPrefix};
-pub use webhook::{secret_field, webhook_url_from_secret, FixedUrl, SecretError, UrlSource, Webhook};
+pub use url::{PrefixError, UrlPrefix, redact_url, redact_urls_in};
+pub use webhook::{FixedUrl, SecretError, UrlSource, Webhook, secret_field, webhook_url_from_secret};

@@ -1,9 +1,9 @@
 //! What people read: Block Kit replies to slash commands, and the seed's notification texts.
 
-use portcullis_core::{format_utc, time_left, Action, AuditEvent, Environment, Grant, Timestamp};
+use portcullis_core::{Action, AuditEvent, Environment, Grant, Timestamp, format_utc, time_left};
 use portcullis_engine::ReconcileReport;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// Slack allows 50 blocks per message and 3,000 characters per section.
 const MAX_BLOCKS: usize = 50;
@@ -119,10 +119,7 @@ impl Reply {
     /// The final answer to an `add`.
     pub fn added(grant: &Grant, refreshed: bool, failures: &[String], now: Timestamp) -> Reply {
         let verb = if refreshed { "refreshed in" } else { "added to" };
-        let until = grant
-            .expires_at
-            .map(|t| format!(" until {} ({})", format_utc(t), time_left(t, now)))
-            .unwrap_or_default();
+        let until = grant.expires_at.map(|t| format!(" until {} ({})", format_utc(t), time_left(t, now))).unwrap_or_default();
         Reply::outcome(format!(":white_check_mark: `{}` {verb} `{}`{until}.", grant.cidr, grant.environment), failures)
     }
 
@@ -201,7 +198,13 @@ pub fn notification(event: &AuditEvent) -> Option<String> {
             lines.push(format!("Security groups of `{env}` were repaired to match the whitelist."));
             lines.extend(event.reason.split("; ").map(escape));
         }
-        Action::Refreshed | Action::Refused | Action::Approved | Action::Denied | Action::Adopted | Action::TokenCreated | Action::TokenRevoked => return None,
+        Action::Refreshed
+        | Action::Refused
+        | Action::Approved
+        | Action::Denied
+        | Action::Adopted
+        | Action::TokenCreated
+        | Action::TokenRevoked => return None,
     }
     Some(lines.join("\n"))
 }
@@ -256,7 +259,11 @@ pub(crate) mod tests {
         let mut removed = event(Action::Removed, Some(grant("")), None);
         removed.actor = "jane".into();
         let text = notification(&removed).unwrap();
-        assert!(text.starts_with(":wastebasket: IP Whitelist Update\nIP `1.2.3.4/32` removed from `dev` whitelist.\nRemoved by: @jane"));
+        assert!(
+            text.starts_with(
+                ":wastebasket: IP Whitelist Update\nIP `1.2.3.4/32` removed from `dev` whitelist.\nRemoved by: @jane"
+            )
+        );
         assert!(!text.contains("Description"));
         assert_eq!(notification(&event(Action::Refreshed, None, Some(grant("")))), None);
     }

@@ -55,13 +55,7 @@ impl SigningSecret {
 
     /// Checks a request's headers against its raw body at Unix time `now`; the comparison is
     /// constant-time.
-    pub fn verify(
-        &self,
-        timestamp: Option<&str>,
-        signature: Option<&str>,
-        body: &[u8],
-        now: i64,
-    ) -> Result<(), SignatureError> {
+    pub fn verify(&self, timestamp: Option<&str>, signature: Option<&str>, body: &[u8], now: i64) -> Result<(), SignatureError> {
         let timestamp = timestamp.ok_or(SignatureError::Missing(TIMESTAMP_HEADER))?;
         let signature = signature.ok_or(SignatureError::Missing(SIGNATURE_HEADER))?;
         let at: i64 = timestamp.trim().parse().map_err(|_| SignatureError::BadTimestamp)?;

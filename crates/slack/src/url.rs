@@ -21,7 +21,9 @@ pub fn redact_urls_in(text: &str) -> String {
     let mut rest = text;
     while let Some(start) = rest.find("http://").into_iter().chain(rest.find("https://")).min() {
         out.push_str(&rest[..start]);
-        let end = rest[start..].find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>')).map_or(rest.len(), |e| start + e);
+        let end = rest[start..]
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>'))
+            .map_or(rest.len(), |e| start + e);
         out.push_str(&redact_url(&rest[start..end]));
         rest = &rest[end..];
     }
@@ -80,7 +82,8 @@ impl UrlPrefix {
 
 /// Text that different URL parsers may read differently.
 fn tricky(url: &str) -> bool {
-    if url.contains('\\') || url.to_ascii_lowercase().contains("%2e") || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if url.contains('\\') || url.to_ascii_lowercase().contains("%2e") || url.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         return true;
     }
     let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -121,7 +124,13 @@ mod tests {
         assert!(path.admits("http://127.0.0.1:9/hooks/x"));
         assert!(!path.admits("http://127.0.0.1:9/other/x"));
         assert!(!path.admits("http://127.0.0.1:10/hooks/x"));
-        for bad in ["https://hooks.slack.com", "hooks.slack.com/", "ftp://hooks.slack.com/", "https://u@hooks.slack.com/", "https://hooks.slack.com/../"] {
+        for bad in [
+            "https://hooks.slack.com",
+            "hooks.slack.com/",
+            "ftp://hooks.slack.com/",
+            "https://u@hooks.slack.com/",
+            "https://hooks.slack.com/../",
+        ] {
             assert!(UrlPrefix::parse(bad).is_err(), "{bad}");
         }
     }

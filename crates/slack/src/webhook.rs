@@ -62,11 +62,7 @@ pub fn secret_field(raw: &str, key: &str) -> Result<String, SecretError> {
 /// Reads a webhook secret's value: the bare URL, or JSON with a `webhook_url` key.
 pub fn webhook_url_from_secret(value: &str) -> Result<String, SecretError> {
     let url = secret_field(value, "webhook_url")?;
-    if url.starts_with("https://") || url.starts_with("http://") {
-        Ok(url)
-    } else {
-        Err(SecretError::NotAUrl)
-    }
+    if url.starts_with("https://") || url.starts_with("http://") { Ok(url) } else { Err(SecretError::NotAUrl) }
 }
 
 /// Posts the seed's notification texts to an incoming webhook.

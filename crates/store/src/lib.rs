@@ -121,7 +121,8 @@ pub fn refresh(old: &Grant, asked: &Grant, actor: &Actor, now: Timestamp) -> (Gr
     } else {
         format!("refreshed by {} (held by {})", actor.name, old.owner.name)
     };
-    let event = grant_event(now, actor, portcullis_core::Action::Refreshed, &stored, Some(old.clone()), Some(stored.clone()), reason);
+    let event =
+        grant_event(now, actor, portcullis_core::Action::Refreshed, &stored, Some(old.clone()), Some(stored.clone()), reason);
     (stored, event)
 }
 
@@ -158,9 +159,14 @@ pub struct Notice {
 pub enum Settlement {
     Delivered,
     /// Try again at `at` (anyone may; the claim is released).
-    Retry { at: Timestamp, error: String },
+    Retry {
+        at: Timestamp,
+        error: String,
+    },
     /// Never deliverable (too old); kept with its error, never tried again.
-    Abandoned { error: String },
+    Abandoned {
+        error: String,
+    },
 }
 
 /// The outbox at a glance.

@@ -166,8 +166,15 @@ pub fn from_item(item: &Item) -> Result<Grant, ItemError> {
     // Names other writers chose are shown in lists and announcements: nothing invisible in them.
     let visible = |t: String| -> String { t.chars().filter(|c| !c.is_control() && !portcullis_core::is_spoofing(*c)).collect() };
     let id = visible(s(item, USER_ID).unwrap_or_default());
-    let name = s(item, USERNAME).map(visible).filter(|n| !n.is_empty()).unwrap_or_else(|| if id.is_empty() { "unknown".into() } else { id.clone() });
-    let owner = Owner { id: if id.is_empty() { name.clone() } else { id }, name, display_name: s(item, DISPLAY_NAME).unwrap_or_default() };
+    let name = s(item, USERNAME)
+        .map(visible)
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| if id.is_empty() { "unknown".into() } else { id.clone() });
+    let owner = Owner {
+        id: if id.is_empty() { name.clone() } else { id },
+        name,
+        display_name: s(item, DISPLAY_NAME).unwrap_or_default(),
+    };
     let description = description_lenient(&s(item, DESCRIPTION).unwrap_or_default());
     Ok(Grant { cidr, environment, owner, source, description, created_at, expires_at })
 }
@@ -176,8 +183,11 @@ pub fn from_item(item: &Item) -> Result<Grant, ItemError> {
 /// become spaces, cut to the maximum length) rather than hiding the grant.
 fn description_lenient(text: &str) -> Description {
     Description::parse(text).unwrap_or_else(|_| {
-        let cleaned: String =
-            text.chars().map(|c| if c.is_control() || portcullis_core::is_spoofing(c) { ' ' } else { c }).take(Description::MAX_CHARS).collect();
+        let cleaned: String = text
+            .chars()
+            .map(|c| if c.is_control() || portcullis_core::is_spoofing(c) { ' ' } else { c })
+            .take(Description::MAX_CHARS)
+            .collect();
         Description::parse(&cleaned).unwrap_or_else(|_| Description::parse("").expect("empty is valid"))
     })
 }

@@ -13,15 +13,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use portcullis_core::{
-    Action, ActorName, ApiToken, AuditEvent, AuditScope, Cidr, Role, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Timestamp,
-    ValidationError,
+    Action, ActorName, ApiToken, AuditEvent, AuditScope, Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Role,
+    Source, Timestamp, ValidationError,
 };
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
-use crate::{grant_event as event, sweeper_actor as sweeper, token_event, Actor, Decided, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, UpsertDecision, Upserted};
+use crate::{
+    Actor, Decided, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, UpsertDecision, Upserted,
+    grant_event as event, sweeper_actor as sweeper, token_event,
+};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE grants (
     cidr            TEXT NOT NULL,
     environment     TEXT NOT NULL,
@@ -59,7 +63,8 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"#, r#"
+"#,
+    r#"
 -- Announcements waiting to be delivered, one per announced audit event, written in the same
 -- transaction as the event. A notice is leased to the process that wrote or claimed it.
 CREATE TABLE outbox (
@@ -74,7 +79,8 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_pending ON outbox (audit_id) WHERE state = 'pending';
 CREATE INDEX outbox_settled ON outbox (settled_at_ms) WHERE state != 'pending';
-"#, r#"
+"#,
+    r#"
 -- Named leases (one sweeper among several processes), and the keys of events recorded once
 -- (stream records, which may be delivered more than once).
 CREATE TABLE leases (
@@ -86,7 +92,8 @@ CREATE TABLE recorded_once (
     key      TEXT PRIMARY KEY,
     audit_id INTEGER NOT NULL REFERENCES audit (id)
 );
-"#, r#"
+"#,
+    r#"
 -- API tokens: only a SHA-256 of each secret is kept.
 CREATE TABLE tokens (
     id             TEXT PRIMARY KEY,
@@ -99,14 +106,16 @@ CREATE TABLE tokens (
     revoked_at_ms  INTEGER,
     created_by     TEXT NOT NULL
 );
-"#, r#"
+"#,
+    r#"
 -- Request signatures seen (Slack's, IAM logins'), until they could no longer be replayed.
 CREATE TABLE claims (
     key      TEXT PRIMARY KEY,
     until_ms INTEGER NOT NULL
 );
 CREATE INDEX claims_until ON claims (until_ms);
-"#];
+"#,
+];
 
 /// Settled notices are kept this long (for inspection), then deleted.
 const SETTLED_RETENTION: time::Duration = time::Duration::days(7);
@@ -299,8 +308,7 @@ impl SqliteStore {
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, at, actor, interface, action, environment, cidr, before, after, reason) =
-                row.map_err(|e| self.err(e))?;
+            let (id, at, actor, interface, action, environment, cidr, before, after, reason) = row.map_err(|e| self.err(e))?;
             let grant = |json: Option<String>| -> Result<Option<Grant>, StoreError> {
                 json.map(|j| serde_json::from_str(&j).map_err(|e| self.corrupt(format!("audit {id}: {e}")))).transpose()
             };
@@ -313,9 +321,7 @@ impl SqliteStore {
                 action: Action::parse(&action).ok_or_else(|| self.corrupt(format!("audit {id}: unknown action {action:?}")))?,
                 environment: AuditScope::parse(&environment)
                     .ok_or_else(|| self.corrupt(format!("audit {id}: unreadable environment {environment:?}")))?,
-                cidr: cidr
-                    .map(|c| Cidr::parse(&c).map_err(|e| self.corrupt(format!("audit {id}: {e}"))))
-                    .transpose()?,
+                cidr: cidr.map(|c| Cidr::parse(&c).map_err(|e| self.corrupt(format!("audit {id}: {e}")))).transpose()?,
                 before: grant(before)?,
                 after: grant(after)?,
                 reason,
@@ -487,10 +493,8 @@ impl Store for SqliteStore {
 
     async fn grants(&self, environment: Option<&Environment>) -> Result<Vec<Grant>, StoreError> {
         let (this, env) = (self.clone(), environment.map(|e| e.to_string()));
-        self.run(move |conn| {
-            this.select_grants(conn, "?1 IS NULL OR environment = ?1 ORDER BY environment, cidr", params![env])
-        })
-        .await
+        self.run(move |conn| this.select_grants(conn, "?1 IS NULL OR environment = ?1 ORDER BY environment, cidr", params![env]))
+            .await
     }
 
     async fn expire(&self, now: Timestamp) -> Result<Vec<Grant>, StoreError> {
@@ -511,9 +515,8 @@ impl Store for SqliteStore {
     async fn next_expiry(&self) -> Result<Option<Timestamp>, StoreError> {
         let this = self.clone();
         self.run(move |conn| {
-            let at: Option<i64> = conn
-                .query_row("SELECT MIN(expires_at_ms) FROM grants", [], |r| r.get(0))
-                .map_err(|e| this.err(e))?;
+            let at: Option<i64> =
+                conn.query_row("SELECT MIN(expires_at_ms) FROM grants", [], |r| r.get(0)).map_err(|e| this.err(e))?;
             Ok(at.map(from_ms))
         })
         .await
@@ -558,11 +561,8 @@ impl Store for SqliteStore {
                 return Ok(false);
             }
             this.append(tx, &event)?;
-            tx.execute(
-                "INSERT INTO recorded_once (key, audit_id) VALUES (?1, last_insert_rowid())",
-                params![key],
-            )
-            .map_err(|e| this.err(e))?;
+            tx.execute("INSERT INTO recorded_once (key, audit_id) VALUES (?1, last_insert_rowid())", params![key])
+                .map_err(|e| this.err(e))?;
             Ok(true)
         })
         .await
@@ -588,8 +588,7 @@ impl Store for SqliteStore {
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         let (this, name, holder) = (self.clone(), name.to_string(), holder.to_string());
         self.write(move |tx| {
-            tx.execute("DELETE FROM leases WHERE name = ?1 AND holder = ?2", params![name, holder])
-                .map_err(|e| this.err(e))?;
+            tx.execute("DELETE FROM leases WHERE name = ?1 AND holder = ?2", params![name, holder]).map_err(|e| this.err(e))?;
             Ok(())
         })
         .await

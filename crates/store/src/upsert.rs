@@ -5,7 +5,7 @@
 
 use portcullis_core::{Action, AuditEvent, Grant, ValidationError};
 
-use crate::{grant_event, refresh, sweeper_actor, Upsert};
+use crate::{Upsert, grant_event, refresh, sweeper_actor};
 
 /// What an upsert stores and records.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use portcullis_core::{
-    Action, Cidr, Description, Environment, Interface, Marker, ObservedRule, Policy, PortRange, PortSet,
-    Protocol, RuleQuota, Source, TargetSelector, TargetSpec, Ttl,
+    Action, Cidr, Description, Environment, Interface, Marker, ObservedRule, Policy, PortRange, PortSet, Protocol, RuleQuota,
+    Source, TargetSelector, TargetSpec, Ttl,
 };
-use portcullis_engine::{AddRequest, Requester, Cause, Clock, Engine, ManualClock, MemoryFirewall, Scope, Settings};
+use portcullis_engine::{AddRequest, Cause, Clock, Engine, ManualClock, MemoryFirewall, Requester, Scope, Settings};
 use portcullis_store::{SqliteStore, Store};
-use time::macros::datetime;
 use time::Duration;
+use time::macros::datetime;
 use tokio::sync::watch;
 
 fn dev() -> Environment {
@@ -174,15 +174,24 @@ impl portcullis_engine::Firewall for RacedOnce {
         self.inner.observe(specs).await
     }
 
-    async fn apply(&self, change: &portcullis_core::GroupChange) -> Result<portcullis_engine::Applied, portcullis_engine::FirewallError> {
+    async fn apply(
+        &self,
+        change: &portcullis_core::GroupChange,
+    ) -> Result<portcullis_engine::Applied, portcullis_engine::FirewallError> {
         if !change.authorize.is_empty() && !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
             for rule in &change.authorize {
-                let observed = ObservedRule { cidr: rule.cidr, raw_cidr: rule.ec2_cidr.clone(), ports: rule.ports, description: Some(rule.description.clone()) };
+                let observed = ObservedRule {
+                    cidr: rule.cidr,
+                    raw_cidr: rule.ec2_cidr.clone(),
+                    ports: rule.ports,
+                    description: Some(rule.description.clone()),
+                };
                 self.inner.put_rule(&change.target.region, &change.target.group_id, observed);
             }
             return Err(portcullis_engine::FirewallError {
                 code: Some("RulesPerSecurityGroupLimitExceeded".into()),
-                message: "RulesPerSecurityGroupLimitExceeded: the maximum number of rules per security group has been reached".into(),
+                message: "RulesPerSecurityGroupLimitExceeded: the maximum number of rules per security group has been reached"
+                    .into(),
             });
         }
         self.inner.apply(change).await

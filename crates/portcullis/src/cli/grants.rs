@@ -2,11 +2,11 @@
 
 use std::process::ExitCode;
 
-use portcullis_core::{format_utc, time_left, Cidr, Description, Environment, GrantKey, Source, Ttl};
+use portcullis_core::{Cidr, Description, Environment, GrantKey, Source, Ttl, format_utc, time_left};
 use portcullis_engine::{AddRequest, AuditQuery, Cause, Scope};
 
 use super::print::{exit_for, print_json, print_report};
-use super::{acting_user, announce, environment, CliError, Context};
+use super::{CliError, Context, acting_user, announce, environment};
 use crate::wiring;
 
 #[derive(Debug, clap::Args)]

@@ -10,11 +10,7 @@ pub(super) fn print_json<T: Serialize>(value: &T) {
 }
 
 pub(super) fn exit_for(report: &ReconcileReport) -> ExitCode {
-    if report.failed() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
 
 pub(super) fn print_report(r: &ReconcileReport) {

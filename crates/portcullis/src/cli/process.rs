@@ -7,7 +7,7 @@ use std::sync::Arc;
 use portcullis_core::Interface;
 
 use super::print::print_json;
-use super::{announce, CliError, Context};
+use super::{CliError, Context, announce};
 use crate::lambda::{self, Event};
 use crate::wiring;
 
@@ -34,7 +34,14 @@ pub(super) struct OpenArgs {
     #[arg(long, value_name = "E")]
     env: Option<String>,
     /// An API token (PORTCULLIS_TOKEN keeps it out of the process list).
-    #[arg(long, value_name = "T", env = "PORTCULLIS_TOKEN", hide_env_values = true, conflicts_with = "aws", required_unless_present = "aws")]
+    #[arg(
+        long,
+        value_name = "T",
+        env = "PORTCULLIS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "aws",
+        required_unless_present = "aws"
+    )]
     token: Option<String>,
     /// Authenticate with this machine's AWS credentials (a signed sts:GetCallerIdentity).
     #[arg(long)]
@@ -63,7 +70,8 @@ pub(super) async fn invoke(cx: &Context, a: InvokeArgs) -> Result<ExitCode, CliE
     } else {
         std::fs::read_to_string(&a.event).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", a.event)))?
     };
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("the event is not JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("the event is not JSON: {e}")))?;
     let event = lambda::classify(value).map_err(|e| CliError::Usage(e.to_string()))?;
     let engine = Arc::new(wiring::leased_engine(&cx.config).await?);
     let (response, code) = match event {
@@ -100,7 +108,7 @@ pub(super) async fn serve(cx: Context) -> Result<ExitCode, CliError> {
 }
 
 pub(super) async fn open(a: OpenArgs, json: bool) -> Result<ExitCode, CliError> {
-    use crate::open::{default_server_id, default_sts_endpoint, Credentials, OpenError, OpenOptions};
+    use crate::open::{Credentials, OpenError, OpenOptions, default_server_id, default_sts_endpoint};
     let credentials = match (a.token, a.aws) {
         (Some(t), false) => Credentials::Token(t.trim().to_string()),
         (_, _) => Credentials::Aws {

@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use portcullis_core::{format_utc, ApiToken, Role, Timestamp, Ttl, UserName};
+use portcullis_core::{ApiToken, Role, Timestamp, Ttl, UserName, format_utc};
 
 use super::print::print_json;
-use super::{acting_user, environment, CliError, Context};
+use super::{CliError, Context, acting_user, environment};
 use crate::wiring;
 
 #[derive(Debug, Subcommand)]
@@ -54,7 +54,9 @@ fn token_expiry(text: &str, now: Timestamp) -> Result<Timestamp, CliError> {
     let at = match Ttl::parse(text) {
         Ok(ttl) => now + ttl.duration(),
         Err(_) => Timestamp::parse(text, &Rfc3339).map_err(|_| {
-            CliError::Usage(format!("--expires {text:?} is neither Nm/Nh/Nd (e.g. 90d) nor an RFC 3339 time (e.g. 2027-01-31T00:00:00Z)"))
+            CliError::Usage(format!(
+                "--expires {text:?} is neither Nm/Nh/Nd (e.g. 90d) nor an RFC 3339 time (e.g. 2027-01-31T00:00:00Z)"
+            ))
         })?,
     };
     if at <= now {
@@ -106,7 +108,10 @@ async fn list(cx: &Context) -> Result<ExitCode, CliError> {
     } else if tokens.is_empty() {
         println!("no tokens");
     } else {
-        println!("{:<12}  {:<16} {:<12} {:<16} {:<23} {:<23} {}", "ID", "USER", "ROLE", "ENVIRONMENTS", "CREATED", "EXPIRES", "REVOKED");
+        println!(
+            "{:<12}  {:<16} {:<12} {:<16} {:<23} {:<23} {}",
+            "ID", "USER", "ROLE", "ENVIRONMENTS", "CREATED", "EXPIRES", "REVOKED"
+        );
         for t in &tokens {
             println!(
                 "{:<12}  {:<16} {:<12} {:<16} {:<23} {:<23} {}",
@@ -132,7 +137,13 @@ async fn revoke(cx: &Context, id: String, as_user: Option<String>) -> Result<Exi
     if cx.json {
         print_json(&token);
     } else {
-        println!("revoked token {} ({}, user {}) at {}", token.id, token.role, token.user, token.revoked_at.map(format_utc).unwrap_or_default());
+        println!(
+            "revoked token {} ({}, user {}) at {}",
+            token.id,
+            token.role,
+            token.user,
+            token.revoked_at.map(format_utc).unwrap_or_default()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,17 +9,17 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use portcullis_core::{Cidr, Description, Environment, GrantKey, Source, TargetId};
 use portcullis_engine::{AddRequest, ReconcileReport};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{client_address, Principal};
-use crate::app::{environment, ApiError, App};
+use crate::app::{ApiError, App, environment};
+use crate::auth::{Principal, client_address};
 
 /// The rule description of self-service grants.
 const DESCRIPTION: &str = "self-service";
@@ -66,7 +66,8 @@ fn requested_environment(query: EnvQuery, body: &Bytes) -> Result<Option<String>
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        let parsed: EnvBody = serde_json::from_slice(body).map_err(|e| invalid(format!("the body must be empty or {{\"env\": \"E\"}}: {e}")))?;
+        let parsed: EnvBody =
+            serde_json::from_slice(body).map_err(|e| invalid(format!("the body must be empty or {{\"env\": \"E\"}}: {e}")))?;
         parsed.env
     };
     match (query.env, from_body) {
@@ -92,7 +93,10 @@ fn targets(app: &App, env: &Environment, report: Option<&ReconcileReport>) -> Ve
             },
             None => (GroupResult::Unchanged, None),
         };
-        views.insert((region.clone(), Some(group_id.clone())), TargetView { region, group_id: Some(group_id), ports: Some(ports.to_string()), outcome, error });
+        views.insert(
+            (region.clone(), Some(group_id.clone())),
+            TargetView { region, group_id: Some(group_id), ports: Some(ports.to_string()), outcome, error },
+        );
     }
     for f in report.map(|r| r.observe_failures.as_slice()).unwrap_or_default() {
         let mut marked = false;
@@ -106,7 +110,13 @@ fn targets(app: &App, env: &Environment, report: Option<&ReconcileReport>) -> Ve
         if !marked {
             views.insert(
                 (f.region.clone(), f.group_id.clone()),
-                TargetView { region: f.region.clone(), group_id: f.group_id.clone(), ports: None, outcome: GroupResult::Failed, error: Some(f.error.clone()) },
+                TargetView {
+                    region: f.region.clone(),
+                    group_id: f.group_id.clone(),
+                    ports: None,
+                    outcome: GroupResult::Failed,
+                    error: Some(f.error.clone()),
+                },
             );
         }
     }
@@ -115,11 +125,7 @@ fn targets(app: &App, env: &Environment, report: Option<&ReconcileReport>) -> Ve
 
 /// 502 when there were targets and every one failed; else `ok`.
 fn status_for(ok: StatusCode, targets: &[TargetView]) -> StatusCode {
-    if !targets.is_empty() && targets.iter().all(|t| t.outcome == GroupResult::Failed) {
-        StatusCode::BAD_GATEWAY
-    } else {
-        ok
-    }
+    if !targets.is_empty() && targets.iter().all(|t| t.outcome == GroupResult::Failed) { StatusCode::BAD_GATEWAY } else { ok }
 }
 
 /// Finds the environment and the caller's address.

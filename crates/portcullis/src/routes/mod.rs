@@ -7,11 +7,11 @@ mod v1;
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 
 use crate::app::{ApiError, App, BODY_LIMIT};
 
@@ -39,8 +39,11 @@ async fn bounded_body(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("bodies are limited to {} KiB", BODY_LIMIT / 1024));
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("bodies are limited to {} KiB", BODY_LIMIT / 1024))
+    };
     if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
         return too_large().into_response();
     }
@@ -48,10 +51,16 @@ async fn bounded_body(
     match tokio::time::timeout(app.body_read_timeout, axum::body::to_bytes(body, BODY_LIMIT)).await {
         Err(_) => {
             let secs = app.body_read_timeout.as_secs();
-            ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", format!("the request body did not arrive within {secs} s")).into_response()
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {secs} s"),
+            )
+            .into_response()
         }
         Ok(Err(err)) if err.to_string().contains("length limit") => too_large().into_response(),
-        Ok(Err(err)) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("could not read the request body: {err}")).into_response(),
+        Ok(Err(err)) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("could not read the request body: {err}"))
+            .into_response(),
         Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
     }
 }
@@ -97,4 +106,3 @@ async fn json_errors(request: axum::extract::Request, next: axum::middleware::Ne
     }
     answer
 }
-

@@ -7,15 +7,15 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use portcullis_core::{Credential, Environment, GrantKey, Interface, Owner, Source, Timestamp, UserName};
 use portcullis_engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope};
 use portcullis_slack::signature::{MAX_SKEW_SECS, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use portcullis_slack::{parse, redact_url, usage, Command, Reply};
+use portcullis_slack::{Command, Reply, parse, redact_url, usage};
 use serde::Deserialize;
 
 use crate::app::App;
@@ -150,7 +150,9 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
                     return Reply::refused(&format!("could not check your Slack user groups, so nothing was done: {err}"));
                 }
             },
-            None => tracing::warn!(environment = %env, "user_groups are configured but no SLACK_BOT_TOKEN: groups cannot be checked"),
+            None => {
+                tracing::warn!(environment = %env, "user_groups are configured but no SLACK_BOT_TOKEN: groups cannot be checked")
+            }
         }
     }
     if let Err(err) = app.engine.authorize(&env, &by).await {

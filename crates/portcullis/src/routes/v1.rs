@@ -11,7 +11,7 @@ use portcullis_core::{Cidr, Description, GrantKey, Source, Ttl};
 use portcullis_engine::{AddRequest, AuditQuery, Scope};
 use serde::Deserialize;
 
-use crate::app::{environment, ApiError, ApiJson, App};
+use crate::app::{ApiError, ApiJson, App, environment};
 use crate::auth::Principal;
 
 type AppState = Arc<App>;
@@ -27,7 +27,11 @@ pub(super) fn routes(app: Arc<App>) -> Router<AppState> {
 }
 
 /// `/v1` is for admin tokens only; the principal goes to the handler as an extension.
-async fn require_admin(State(app): State<AppState>, mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn require_admin(
+    State(app): State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let mutating = !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
     let principal = match app.principal(request.headers(), mutating).await {
         Ok(p) => p,
@@ -46,7 +50,6 @@ async fn require_admin(State(app): State<AppState>, mut request: axum::extract::
     }
     response
 }
-
 
 async fn status(State(app): State<AppState>, Extension(principal): Extension<Principal>) -> Result<Response, ApiError> {
     Ok(Json(app.engine.status(&principal.requester()).await?).into_response())
@@ -124,4 +127,3 @@ async fn audit(
     let events = app.engine.audit(&query, &principal.requester()).await?;
     Ok(Json(events).into_response())
 }
-

@@ -5,7 +5,7 @@ use portcullis_aws::Ec2Firewall;
 use portcullis_core::{Environment, Role};
 use serde_json::Value;
 
-use crate::connection::{bearer, ec2_as, Conn, WEST};
+use crate::connection::{Conn, WEST, bearer, ec2_as};
 use crate::support::{sdk_config, unique};
 
 #[tokio::test]
@@ -14,7 +14,15 @@ async fn a_change_carries_its_route_so_applying_needs_no_observe_first() {
     use portcullis_engine::Firewall;
     let role = "arn:aws:iam::210987654321:role/portcullis";
     let other = ec2_as(role, WEST).await;
-    let group = other.create_security_group().group_name(unique("sg")).description("other account").send().await.unwrap().group_id.unwrap();
+    let group = other
+        .create_security_group()
+        .group_name(unique("sg"))
+        .description("other account")
+        .send()
+        .await
+        .unwrap()
+        .group_id
+        .unwrap();
     // A fresh firewall that has observed nothing: the route must come from the change itself.
     let firewall = Ec2Firewall::new(&sdk_config().await);
     let rule = AppliedRule {
@@ -34,7 +42,8 @@ async fn a_change_carries_its_route_so_applying_needs_no_observe_first() {
     let applied = firewall.apply(&change).await.expect("applied through the change's role");
     assert_eq!(applied.authorized, 1);
     let out = other.describe_security_groups().group_ids(&group).send().await.unwrap();
-    let cidrs: Vec<&str> = out.security_groups()[0].ip_permissions().iter().flat_map(|p| p.ip_ranges()).filter_map(|r| r.cidr_ip()).collect();
+    let cidrs: Vec<&str> =
+        out.security_groups()[0].ip_permissions().iter().flat_map(|p| p.ip_ranges()).filter_map(|r| r.cidr_ip()).collect();
     assert_eq!(cidrs, ["198.51.100.9/32"]);
 }
 
@@ -97,7 +106,10 @@ async fn an_admin_tokens_environments_bound_every_v1_route() {
 
 #[tokio::test]
 async fn refused_requests_do_not_use_up_a_callers_changes() {
-    let c = Conn::start("default_environment = \"dev\"\n[connection]\nrate_limit_per_minute = 2\n[environments.dev]\n[environments.prod]\n").await;
+    let c = Conn::start(
+        "default_environment = \"dev\"\n[connection]\nrate_limit_per_minute = 2\n[environments.dev]\n[environments.prod]\n",
+    )
+    .await;
     let (secret, _) = c.token("ci", Role::SelfService, &["dev"], None).await;
     // Three refusals (a token for dev, asking for prod)…
     for _ in 0..3 {

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::support::{text, World};
+use crate::support::{World, text};
 
 const HOME: &str = "pc:dev tester: Home office";
 
@@ -36,7 +36,8 @@ async fn add_refresh_remove_on_every_managed_group_leaving_others_alone() {
     // Port tags are untrusted, and a dev grant never opens a prod group.
     assert!(w.rules(&ssh).await.is_empty() && w.rules(&prod).await.is_empty());
     let report: Value = serde_json::from_slice(&w.cli(&["refresh", "--json"]).stdout).unwrap();
-    let skipped: Vec<&str> = report["skipped"].as_array().unwrap().iter().map(|s| s["id"]["group_id"].as_str().unwrap()).collect();
+    let skipped: Vec<&str> =
+        report["skipped"].as_array().unwrap().iter().map(|s| s["id"]["group_id"].as_str().unwrap()).collect();
     assert!(skipped.contains(&ssh.as_str()) && skipped.contains(&prod.as_str()), "{report}");
 
     // Adding again refreshes: no duplicate, no error, the description follows.
@@ -167,7 +168,9 @@ async fn dry_run_is_the_default_and_changes_nothing() {
     let w = World::new().await;
     let group = w.group(false, &[]).await;
     let mut cmd = w.command(&["add", "198.51.100.7", "--ttl", "5m"]);
-    cmd.env_remove("PORTCULLIS_FIREWALL").env_remove("ENABLE_SG_DISCOVERY").env("MANAGED_SECURITY_GROUP_IDS", format!("[\"{group}\"]"));
+    cmd.env_remove("PORTCULLIS_FIREWALL")
+        .env_remove("ENABLE_SG_DISCOVERY")
+        .env("MANAGED_SECURITY_GROUP_IDS", format!("[\"{group}\"]"));
     let out = cmd.output().unwrap();
     ok(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use portcullis_core::Role;
 use serde_json::Value;
 
-use crate::connection::{bearer, group_in, keys_in, Conn};
+use crate::connection::{Conn, bearer, group_in, keys_in};
 use crate::support::REGION;
 
 /// Three groups on one port, so fifty addresses fit the 60-rule quota; a trusted proxy on
@@ -47,9 +47,8 @@ async fn fifty_concurrent_first_opens_are_two_applies_and_every_answer_is_true()
             (address, status, body, missing)
         });
     }
-    let results: Vec<(String, u16, Value, Vec<String>)> = tokio::time::timeout(std::time::Duration::from_secs(120), clients.join_all())
-        .await
-        .expect("fifty opens finish");
+    let results: Vec<(String, u16, Value, Vec<String>)> =
+        tokio::time::timeout(std::time::Duration::from_secs(120), clients.join_all()).await.expect("fifty opens finish");
     for (address, status, body, missing) in &results {
         assert_eq!(*status, 201, "{address}: {body}");
         assert!(missing.is_empty(), "{address} answered 201 but is missing from {missing:?}: {body}");

@@ -5,21 +5,21 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::config::Region;
+use portcullis::app::App;
 use portcullis::auth::iam_header;
 use portcullis::config::{Config, Overrides};
-use portcullis::app::App;
 use portcullis::routes::router;
 use portcullis::wiring;
-use portcullis_aws::iam::{sign_with, IamLogin};
 use portcullis_aws::Ec2Firewall;
+use portcullis_aws::iam::{IamLogin, sign_with};
 use portcullis_core::{Environment, Interface, Role, Timestamp};
 use portcullis_engine::{Clock, Engine, ManualClock};
 use portcullis_store::{Actor, SqliteStore, Store};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::serve::{signal, token, Server};
-use crate::support::{eventually, sdk_config, text, unique, World, REGION};
+use crate::serve::{Server, signal, token};
+use crate::support::{REGION, World, eventually, sdk_config, text, unique};
 
 pub const WEST: &str = "us-west-2";
 const SERVER_ID: &str = "portcullis.test";
@@ -73,7 +73,8 @@ impl Conn {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("portcullis.db")).unwrap());
         let clock = Arc::new(ManualClock::new(Timestamp::now_utc()));
         let firewall = Arc::new(Ec2Firewall::new(&sdk_config().await));
-        let engine = Arc::new(wiring::engine_with(&config, store.clone(), firewall.clone(), clock.clone(), wiring::notifier(&config)));
+        let engine =
+            Arc::new(wiring::engine_with(&config, store.clone(), firewall.clone(), clock.clone(), wiring::notifier(&config)));
         let app = Arc::new(App::new(engine.clone(), &config, None));
         let config = config.clone();
         let served = app.clone();
@@ -94,7 +95,13 @@ impl Conn {
         (secret, token.id)
     }
 
-    pub async fn call(&self, method: reqwest::Method, query: &str, auth: Option<String>, headers: &[(&str, &str)]) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        query: &str,
+        auth: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let mut request = reqwest::Client::new().request(method, format!("{}/connection{query}", self.base));
         if let Some(auth) = auth {
             request = request.header("authorization", auth);
@@ -109,7 +116,8 @@ impl Conn {
 
     /// A `/v1` request with a bearer token and an optional JSON body.
     pub async fn v1(&self, method: reqwest::Method, path: &str, secret: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = reqwest::Client::new().request(method, format!("{}/v1{path}", self.base)).header("authorization", bearer(secret));
+        let mut request =
+            reqwest::Client::new().request(method, format!("{}/v1{path}", self.base)).header("authorization", bearer(secret));
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -297,7 +305,8 @@ fn sign(user: &str, sts: &str, server_id: &str, at: SystemTime) -> IamLogin {
 
 #[tokio::test]
 async fn iam_logins_are_verified_by_sts_and_bound_to_this_server() {
-    let sts = std::env::var("PORTCULLIS_TEST_MOTO_AUTH").expect("PORTCULLIS_TEST_MOTO_AUTH is not set: run the suite with scripts/test");
+    let sts = std::env::var("PORTCULLIS_TEST_MOTO_AUTH")
+        .expect("PORTCULLIS_TEST_MOTO_AUTH is not set: run the suite with scripts/test");
     let (east, west) = (group_in(REGION).await, group_in(WEST).await);
     let iam = format!("[auth.iam]\nserver_id = \"{SERVER_ID}\"\nsts_endpoint = \"{sts}\"\n");
     let c = Conn::start(&format!("default_environment = \"dev\"\n{}", two_regions(&east, &west, &iam))).await;
@@ -419,8 +428,10 @@ async fn portcullis_open_opens_renews_and_closes() {
     open.env("PORTCULLIS_TOKEN", &secret).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let child = open.spawn().unwrap();
 
-    eventually(Duration::from_secs(60), "open to add the rule", || async { w.keys(&group).await.contains(&("127.0.0.1/32".into(), 443)) })
-        .await;
+    eventually(Duration::from_secs(60), "open to add the rule", || async {
+        w.keys(&group).await.contains(&("127.0.0.1/32".into(), 443))
+    })
+    .await;
     eventually(Duration::from_secs(60), "open to renew", || async {
         let out = w.cli(&["audit", "--json"]);
         let audit: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -440,7 +451,11 @@ async fn portcullis_open_opens_renews_and_closes() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not authenticated"), "{}", text(&out));
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let out = w.command(&["open", "--server", &format!("http://{closed}"), "--once"]).env("PORTCULLIS_TOKEN", &secret).output().unwrap();
+    let out = w
+        .command(&["open", "--server", &format!("http://{closed}"), "--once"])
+        .env("PORTCULLIS_TOKEN", &secret)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"), "{}", text(&out));
 }
@@ -494,7 +509,8 @@ async fn lambda_mode_takes_the_address_from_the_request_context() {
 pub async fn ec2_as(role: &str, region: &str) -> aws_sdk_ec2::Client {
     let base = sdk_config().await;
     let provider = aws_config::sts::AssumeRoleProvider::builder(role).session_name("test").configure(&base).build().await;
-    let config = aws_sdk_ec2::config::Builder::from(&base).region(Region::new(region.to_string())).credentials_provider(provider).build();
+    let config =
+        aws_sdk_ec2::config::Builder::from(&base).region(Region::new(region.to_string())).credentials_provider(provider).build();
     aws_sdk_ec2::Client::from_conf(config)
 }
 
@@ -502,7 +518,15 @@ pub async fn ec2_as(role: &str, region: &str) -> aws_sdk_ec2::Client {
 async fn a_target_in_another_account_is_reached_through_its_role() {
     let role = "arn:aws:iam::210987654321:role/portcullis";
     let other = ec2_as(role, WEST).await;
-    let group = other.create_security_group().group_name(unique("sg")).description("other account").send().await.unwrap().group_id.unwrap();
+    let group = other
+        .create_security_group()
+        .group_name(unique("sg"))
+        .description("other account")
+        .send()
+        .await
+        .unwrap()
+        .group_id
+        .unwrap();
     let c = Conn::start(&format!(
         "default_environment = \"dev\"\n[environments.dev]\n[[environments.dev.targets]]\nregion = \"{WEST}\"\ngroup_ids = [\"{group}\"]\nports = \"tcp:443\"\nrole_arn = \"{role}\"\n"
     ))
@@ -512,7 +536,8 @@ async fn a_target_in_another_account_is_reached_through_its_role() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["targets"][0]["outcome"], "authorized", "{body}");
     let out = other.describe_security_groups().group_ids(&group).send().await.unwrap();
-    let cidrs: Vec<&str> = out.security_groups()[0].ip_permissions().iter().flat_map(|p| p.ip_ranges()).filter_map(|r| r.cidr_ip()).collect();
+    let cidrs: Vec<&str> =
+        out.security_groups()[0].ip_permissions().iter().flat_map(|p| p.ip_ranges()).filter_map(|r| r.cidr_ip()).collect();
     assert_eq!(cidrs, ["127.0.0.1/32"]);
     // Without the role the group is not even visible: the rule went through the assumed role.
     assert!(ec2_in(WEST).await.describe_security_groups().group_ids(&group).send().await.is_err());

@@ -13,7 +13,7 @@ use portcullis_core::{Cidr, Description, Environment, Interface, Source, Ttl};
 use portcullis_engine::{AddRequest, Clock, ManualClock, Requester};
 use serde_json::Value;
 
-use crate::support::{moto, sdk_config, text, unique, Receiver, World};
+use crate::support::{Receiver, World, moto, sdk_config, text, unique};
 
 /// The fixture events, as the seed's Lambda received them.
 pub fn fixture(name: &str) -> String {
@@ -118,13 +118,17 @@ async fn init_creates_the_tables_once_and_a_missing_table_names_init() {
     let out = d.cli(&["init"]);
     assert!(out.status.success(), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(said.contains(&format!("created {}", d.table("dev"))) && said.contains(&format!("created {}", d.own_table())), "{said}");
+    assert!(
+        said.contains(&format!("created {}", d.table("dev"))) && said.contains(&format!("created {}", d.own_table())),
+        "{said}"
+    );
 
     let client = d.dynamo().await;
     let table = client.describe_table().table_name(d.table("dev")).send().await.unwrap();
     let t = table.table().unwrap();
     assert_eq!(t.stream_specification().unwrap().stream_view_type().unwrap().as_str(), "NEW_AND_OLD_IMAGES");
-    let keys: Vec<_> = t.key_schema().iter().map(|k| (k.attribute_name().to_string(), k.key_type().as_str().to_string())).collect();
+    let keys: Vec<_> =
+        t.key_schema().iter().map(|k| (k.attribute_name().to_string(), k.key_type().as_str().to_string())).collect();
     assert_eq!(keys, [("ip_address".to_string(), "HASH".to_string()), ("environment".to_string(), "RANGE".to_string())]);
     let ttl = client.describe_time_to_live().table_name(d.table("dev")).send().await.unwrap();
     assert_eq!(ttl.time_to_live_description().unwrap().attribute_name(), Some("ttl"));
@@ -164,7 +168,11 @@ async fn the_fixture_events_through_invoke_have_the_seeds_effects() {
     let ours: Vec<_> = rules.iter().map(|(c, p, d)| (c.as_str(), *p, d.as_deref().unwrap_or_default())).collect();
     assert_eq!(ours, [("1.2.3.4/32", 80, "pc:dev john.doe: Home office"), ("1.2.3.4/32", 443, "pc:dev john.doe: Home office")]);
     let hooks = d.receiver.wait_for("/webhook", 1).await;
-    assert!(hooks[0].json()["text"].as_str().unwrap().starts_with(":white_check_mark: IP Whitelist Update\nIP `1.2.3.4/32` added to `dev` whitelist.\nAdded by: @john.doe"));
+    assert!(
+        hooks[0].json()["text"].as_str().unwrap().starts_with(
+            ":white_check_mark: IP Whitelist Update\nIP `1.2.3.4/32` added to `dev` whitelist.\nAdded by: @john.doe"
+        )
+    );
 
     let (code, list, all) = d.invoke(&fixture("event-list.json"));
     assert_eq!(code, Some(0), "{all}");
@@ -184,12 +192,19 @@ async fn the_fixture_events_through_invoke_have_the_seeds_effects() {
     assert!(d.item("dev", "1.2.3.4/32").await.is_none(), "the item is deleted");
     assert!(d.w.rules(&group).await.is_empty());
     let texts = d.announced();
-    assert!(texts.iter().any(|t| t.starts_with(":wastebasket: IP Whitelist Update\nIP `1.2.3.4/32` removed from `dev` whitelist.\nRemoved by: @john.doe")), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t.starts_with(
+            ":wastebasket: IP Whitelist Update\nIP `1.2.3.4/32` removed from `dev` whitelist.\nRemoved by: @john.doe"
+        )),
+        "{texts:?}"
+    );
 
     // Bad events change nothing and say why.
-    let (code, bad, _) = d.invoke(r#"{"action":"add","ip_address":"0.0.0.0/0","environment":"dev","user_info":{"user_id":"U1"}}"#);
+    let (code, bad, _) =
+        d.invoke(r#"{"action":"add","ip_address":"0.0.0.0/0","environment":"dev","user_info":{"user_id":"U1"}}"#);
     assert_eq!((code, bad["success"].clone()), (Some(2), Value::Bool(false)), "{bad}");
-    let (code, _, all) = d.invoke(r#"{"action":"add","ip_address":"1.2.3.4","environment":"dev","user_info":{"user_id":"U1"},"ttl_minutes":0}"#);
+    let (code, _, all) =
+        d.invoke(r#"{"action":"add","ip_address":"1.2.3.4","environment":"dev","user_info":{"user_id":"U1"},"ttl_minutes":0}"#);
     assert_eq!(code, Some(2), "{all}");
     let (code, _, all) = d.invoke(r#"{"nothing": true}"#);
     assert_eq!(code, Some(2), "{all}");
@@ -203,7 +218,9 @@ async fn an_old_lambda_item_is_applied_and_an_expired_one_is_not() {
     d.init();
     let client = d.dynamo().await;
     let now = time::OffsetDateTime::now_utc();
-    for (ip, expires) in [("198.51.100.20/32", now + time::Duration::days(1)), ("198.51.100.21/32", now - time::Duration::hours(1))] {
+    for (ip, expires) in
+        [("198.51.100.20/32", now + time::Duration::days(1)), ("198.51.100.21/32", now - time::Duration::hours(1))]
+    {
         // Exactly what seed 000's Lambda writes (Python's isoformat, microseconds included).
         let iso = |t: time::OffsetDateTime| portcullis_store::seed::iso(t);
         client
@@ -289,7 +306,13 @@ async fn stream_removals_are_announced_once_and_only_when_not_ours() {
     assert_eq!(code, Some(0), "{all}");
     assert_eq!(response["batchItemFailures"], serde_json::json!([]), "the poison record is skipped, not retried: {response}");
     let hooks = d.receiver.wait_for("/webhook", 3).await;
-    assert!(hooks[2].json()["text"].as_str().unwrap().starts_with(":wastebasket: IP Whitelist Update\nIP `1.2.3.4/32` removed from `dev` whitelist.\nRemoved outside portcullis"), "{:?}", hooks[2]);
+    assert!(
+        hooks[2].json()["text"].as_str().unwrap().starts_with(
+            ":wastebasket: IP Whitelist Update\nIP `1.2.3.4/32` removed from `dev` whitelist.\nRemoved outside portcullis"
+        ),
+        "{:?}",
+        hooks[2]
+    );
     let out = d.cli(&["audit", "--json"]);
     let audit: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
@@ -395,7 +418,10 @@ async fn adopt_takes_over_a_markerless_rule_matching_a_grant_and_nothing_else() 
     let (code, _, all) = d.invoke(&fixture("event-add.json"));
     assert_eq!(code, Some(0), "{all}");
     let before = d.w.rules(&group).await;
-    assert!(before.contains(&("1.2.3.4/32".into(), 80, Some(String::new()))) || before.contains(&("1.2.3.4/32".into(), 80, None)), "{before:?}");
+    assert!(
+        before.contains(&("1.2.3.4/32".into(), 80, Some(String::new()))) || before.contains(&("1.2.3.4/32".into(), 80, None)),
+        "{before:?}"
+    );
 
     let out = d.cli(&["adopt", "--dry-run"]);
     let said = String::from_utf8_lossy(&out.stdout).to_string();
@@ -481,7 +507,10 @@ async fn two_replicas_share_one_table_and_one_sweeper() {
     // A grant added through the follower lands once, and the leader's stream reconcile adds nothing.
     follower.engine.add(add_request("203.0.113.40", "1m", "alice")).await.unwrap();
     let rules = d.w.rules(&group).await;
-    assert_eq!(rules.iter().map(|(c, p, _)| (c.as_str(), *p)).collect::<Vec<_>>(), [("203.0.113.40/32", 80), ("203.0.113.40/32", 443)]);
+    assert_eq!(
+        rules.iter().map(|(c, p, _)| (c.as_str(), *p)).collect::<Vec<_>>(),
+        [("203.0.113.40/32", 80), ("203.0.113.40/32", 443)]
+    );
     advance_until(&clock, "the add announced", || recorder.texts().len() == 1).await;
 
     // It expires: the leader revokes and announces it once; the stream's REMOVE is ours.
@@ -500,7 +529,10 @@ async fn two_replicas_share_one_table_and_one_sweeper() {
     drop(tasks);
     advance_until(&clock, "the lease handed over", || follower.leads()).await;
     follower.engine.add(add_request("203.0.113.41", "1m", "bob")).await.unwrap();
-    advance_until(&clock, "the new leader's expiry", || recorder.texts().iter().filter(|t| t.starts_with(":hourglass:")).count() == 2).await;
+    advance_until(&clock, "the new leader's expiry", || {
+        recorder.texts().iter().filter(|t| t.starts_with(":hourglass:")).count() == 2
+    })
+    .await;
     assert!(d.w.rules(&group).await.is_empty());
 }
 

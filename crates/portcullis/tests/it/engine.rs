@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use portcullis_aws::Ec2Firewall;
 use portcullis_core::{
-    Cidr, Description, Environment, Interface, Marker, Policy, PortSet, RuleQuota, Source, TargetSelector,
-    TargetSpec, Ttl,
+    Cidr, Description, Environment, Interface, Marker, Policy, PortSet, RuleQuota, Source, TargetSelector, TargetSpec, Ttl,
 };
-use portcullis_engine::{AddRequest, Requester, Cause, Clock, Engine, Firewall, HeldFirewall, ManualClock, Scope, Settings};
+use portcullis_engine::{AddRequest, Cause, Clock, Engine, Firewall, HeldFirewall, ManualClock, Requester, Scope, Settings};
 use portcullis_store::{SqliteStore, Store};
 use tokio::sync::watch;
 
-use crate::support::{eventually, sdk_config, World, REGION};
+use crate::support::{REGION, World, eventually, sdk_config};
 
 fn dev() -> Environment {
     Environment::parse("dev").unwrap()
@@ -31,7 +30,10 @@ fn settings(w: &World, extra: Vec<TargetSpec>) -> Settings {
     specs.extend(extra);
     Settings {
         specs,
-        policies: BTreeMap::from([(dev(), Policy::new(portcullis_core::PolicyRules { max_grants_per_user: 100, ..Default::default() }).unwrap())]),
+        policies: BTreeMap::from([(
+            dev(),
+            Policy::new(portcullis_core::PolicyRules { max_grants_per_user: 100, ..Default::default() }).unwrap(),
+        )]),
         marker: Marker::default(),
         quota: RuleQuota::default(),
     }
@@ -105,7 +107,12 @@ async fn expiry_on_virtual_time_revokes_exactly_when_due() {
     .await;
     assert_eq!(w.keys(&group).await.len(), 2, "the other grant stays");
     eventually(Duration::from_secs(30), "the expiry to be recorded", || async {
-        engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }, &admin()).await.unwrap().iter().any(|e| e.action == portcullis_core::Action::Expired)
+        engine
+            .audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }, &admin())
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.action == portcullis_core::Action::Expired)
     })
     .await;
     stop.send(true).unwrap();

@@ -5,14 +5,14 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::Router;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::dynamo::{fixture, DynamoWorld};
+use crate::dynamo::{DynamoWorld, fixture};
 use crate::support::{eventually, text};
 
 #[derive(Default)]
@@ -36,7 +36,10 @@ async fn next(State(rt): State<Arc<Runtime>>) -> impl IntoResponse {
             let mut headers = HeaderMap::new();
             headers.insert("lambda-runtime-aws-request-id", id.parse().unwrap());
             headers.insert("lambda-runtime-deadline-ms", deadline.to_string().parse().unwrap());
-            headers.insert("lambda-runtime-invoked-function-arn", "arn:aws:lambda:us-east-1:123456789012:function:portcullis".parse().unwrap());
+            headers.insert(
+                "lambda-runtime-invoked-function-arn",
+                "arn:aws:lambda:us-east-1:123456789012:function:portcullis".parse().unwrap(),
+            );
             headers.insert("lambda-runtime-trace-id", "Root=1-5759e988-bd862e3fe1be46a994272793".parse().unwrap());
             return (headers, event.to_string());
         }
@@ -111,7 +114,19 @@ async fn lambda_mode_handles_every_event_kind_through_the_runtime_api() {
     assert!(done.is_ok(), "{:?}\n{}", answers(), text(&out));
     let answers = answers();
     let kinds: Vec<_> = answers.iter().map(|(id, k, _)| format!("{id}:{k}")).collect();
-    assert_eq!(kinds, ["req-1:response", "req-2:response", "req-3:response", "req-4:response", "req-5:response", "req-6:response", "req-7:response", "req-8:error"]);
+    assert_eq!(
+        kinds,
+        [
+            "req-1:response",
+            "req-2:response",
+            "req-3:response",
+            "req-4:response",
+            "req-5:response",
+            "req-6:response",
+            "req-7:response",
+            "req-8:error"
+        ]
+    );
     let body = |i: usize| answers[i].2.clone();
     assert_eq!(body(0)["success"], true, "{}", body(0));
     assert_eq!(body(0)["item"]["username"], "john.doe");
@@ -124,7 +139,10 @@ async fn lambda_mode_handles_every_event_kind_through_the_runtime_api() {
     assert!(body(7)["errorMessage"].as_str().unwrap_or_default().contains("not an event portcullis handles"), "{}", body(7));
     assert!(d.w.rules(&group).await.is_empty(), "added, then removed");
     let texts = d.announced();
-    assert!(texts.iter().any(|t| t.starts_with(":white_check_mark:")) && texts.iter().any(|t| t.starts_with(":wastebasket:")), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t.starts_with(":white_check_mark:")) && texts.iter().any(|t| t.starts_with(":wastebasket:")),
+        "{texts:?}"
+    );
     assert!(texts.iter().any(|t| t.ends_with("Expired at: 2025-01-17 12:00:00 UTC")), "{texts:?}");
     // Logs are JSON lines in Lambda.
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -6,9 +6,9 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::support::{eventually, text, World};
+use crate::support::{World, eventually, text};
 
 /// A running `portcullis serve`, killed when dropped.
 pub struct Server {
@@ -155,10 +155,8 @@ async fn a_grant_added_by_the_cli_expires_on_a_running_server() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(w.keys(&group).await.len(), 2, "the rule exists when add exits 0");
     let added = Instant::now();
-    eventually(Duration::from_secs(120), "the server to revoke the expired grant", || async {
-        w.keys(&group).await.is_empty()
-    })
-    .await;
+    eventually(Duration::from_secs(120), "the server to revoke the expired grant", || async { w.keys(&group).await.is_empty() })
+        .await;
     assert!(added.elapsed() >= Duration::from_secs(55), "revoked before it expired");
     let audit: Value = serde_json::from_slice(&w.cli(&["audit", "--json"]).stdout).unwrap();
     assert_eq!(audit[0]["action"], "expired", "{audit}");
@@ -171,7 +169,8 @@ async fn serve_killed_mid_work_converges_after_restart() {
     let group = w.group(true, &[("WhitelistPorts", "nlb")]).await;
     // One admin adds all 40: lift the per-user and rate limits.
     let config = w.dir.path().join("portcullis.toml");
-    std::fs::write(&config, "[connection]\nrate_limit_per_minute = 1000\n[environments.dev]\nmax_grants_per_user = 100\n").unwrap();
+    std::fs::write(&config, "[connection]\nrate_limit_per_minute = 1000\n[environments.dev]\nmax_grants_per_user = 100\n")
+        .unwrap();
     let config = config.display().to_string();
     let server = Server::start(&w, &[("PORTCULLIS_CONFIG", &config)]);
     let http = admin(&w, &[("PORTCULLIS_CONFIG", &config)]);
@@ -218,8 +217,10 @@ async fn serve_reads_its_slack_secrets_from_secrets_manager() {
         let secrets = secrets.clone();
         async move { secrets.create_secret().name(name).secret_string(value).send().await.unwrap().arn.unwrap() }
     };
-    let signing = create(crate::support::unique("slack-signing"), format!(r#"{{"signing_secret": "{}"}}"#, crate::slack::SECRET)).await;
-    let webhook = create(crate::support::unique("slack-webhook"), format!(r#"{{"webhook_url": "{}"}}"#, receiver.url("/webhook"))).await;
+    let signing =
+        create(crate::support::unique("slack-signing"), format!(r#"{{"signing_secret": "{}"}}"#, crate::slack::SECRET)).await;
+    let webhook =
+        create(crate::support::unique("slack-webhook"), format!(r#"{{"webhook_url": "{}"}}"#, receiver.url("/webhook"))).await;
     let config = w.dir.path().join("portcullis.toml");
     std::fs::write(&config, format!("[slack]\nresponse_url_prefixes = [\"{}/\"]\n", receiver.base)).unwrap();
     let config = config.display().to_string();
@@ -228,7 +229,8 @@ async fn serve_reads_its_slack_secrets_from_secrets_manager() {
         &[("SLACK_SIGNING_SECRET_ARN", &signing), ("SLACK_WEBHOOK_SECRET_ARN", &webhook), ("PORTCULLIS_CONFIG", &config)],
     );
 
-    let body = crate::support::slash_command(("U0ALICE", "alice"), "whitelist add 198.51.100.44 --ttl=5m", &receiver.url("/respond"));
+    let body =
+        crate::support::slash_command(("U0ALICE", "alice"), "whitelist add 198.51.100.44 --ttl=5m", &receiver.url("/respond"));
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let (status, ack) = crate::support::post_signed(&server.base, crate::slack::SECRET, now, &body).await;
     assert_eq!(status, 200, "{ack}");
@@ -245,7 +247,13 @@ async fn serve_reads_its_slack_secrets_from_secrets_manager() {
     // The signing secret is rotated: the first request signed with the new one makes the server
     // read the secret again and is accepted; the old secret and a wrong one are refused.
     let rotated = "0123456789abcdef0123456789abcdef";
-    secrets.put_secret_value().secret_id(&signing).secret_string(format!(r#"{{"signing_secret": "{rotated}"}}"#)).send().await.unwrap();
+    secrets
+        .put_secret_value()
+        .secret_id(&signing)
+        .secret_string(format!(r#"{{"signing_secret": "{rotated}"}}"#))
+        .send()
+        .await
+        .unwrap();
     let list = crate::support::slash_command(("U0ALICE", "alice"), "whitelist list", &receiver.url("/respond"));
     let (status, answer) = crate::support::post_signed(&server.base, rotated, now, &list).await;
     assert_eq!(status, 200, "{answer}");
@@ -284,7 +292,10 @@ async fn two_serve_replicas_on_one_table_sweep_once_and_hand_over() {
     let a = Server::start(&d.w, &env);
     let b = Server::start(&d.w, &env);
     let http = admin(&d.w, &env);
-    eventually(Duration::from_secs(60), "one replica to hold the sweeper lease", || async { leads(&http, &a).await || leads(&http, &b).await }).await;
+    eventually(Duration::from_secs(60), "one replica to hold the sweeper lease", || async {
+        leads(&http, &a).await || leads(&http, &b).await
+    })
+    .await;
     let (a_leads, b_leads) = (leads(&http, &a).await, leads(&http, &b).await);
     assert!(a_leads != b_leads, "exactly one replica sweeps");
     let (leader, follower) = if a_leads { (a, b) } else { (b, a) };
@@ -373,8 +384,16 @@ async fn slow_or_oversized_requests_are_cut_off_and_every_error_is_json() {
         ("405", reqwest::get(server.url("/connection")).await.unwrap(), 405),
         ("bad query", http.get(server.url("/v1/grants?all=maybe")).send().await.unwrap(), 400),
         ("duplicate query key", http.get(server.url("/v1/grants?env=dev&env=dev")).send().await.unwrap(), 400),
-        ("413 on /connection", reqwest::Client::new().post(server.url("/connection")).body(big.clone()).send().await.unwrap(), 413),
-        ("413 on /slack/commands", reqwest::Client::new().post(server.url("/slack/commands")).body(big.clone()).send().await.unwrap(), 413),
+        (
+            "413 on /connection",
+            reqwest::Client::new().post(server.url("/connection")).body(big.clone()).send().await.unwrap(),
+            413,
+        ),
+        (
+            "413 on /slack/commands",
+            reqwest::Client::new().post(server.url("/slack/commands")).body(big.clone()).send().await.unwrap(),
+            413,
+        ),
         ("slack off", reqwest::Client::new().post(server.url("/slack/commands")).body("x").send().await.unwrap(), 503),
     ] {
         assert_eq!(response.status().as_u16(), status, "{what}");

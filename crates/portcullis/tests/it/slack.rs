@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::config::{Config, Overrides};
 use portcullis::app::App;
+use portcullis::config::{Config, Overrides};
 use portcullis::routes::router;
-use portcullis::wiring::slack_endpoint;
 use portcullis::wiring;
+use portcullis::wiring::slack_endpoint;
 use portcullis_aws::Ec2Firewall;
 use portcullis_core::{Action, Cidr, Description, Environment, Interface, Source, Ttl};
 use portcullis_engine::{
@@ -20,7 +20,7 @@ use portcullis_store::{SqliteStore, Store};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::support::{eventually, post_signed, sdk_config, slash_command, text, Canned, Receiver, World};
+use crate::support::{Canned, Receiver, World, eventually, post_signed, sdk_config, slash_command, text};
 
 pub const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 
@@ -57,7 +57,12 @@ fn dev_targets(w: &World, receiver: &Receiver, extra: &str) -> String {
 }
 
 impl SlackServer {
-    async fn start(config: &Config, firewall: Arc<dyn Firewall>, clock: Arc<dyn Clock>, notifier: Arc<dyn Notifier>) -> SlackServer {
+    async fn start(
+        config: &Config,
+        firewall: Arc<dyn Firewall>,
+        clock: Arc<dyn Clock>,
+        notifier: Arc<dyn Notifier>,
+    ) -> SlackServer {
         let store = wiring::open_store(config).await.unwrap();
         let engine = Arc::new(wiring::engine_with(config, store, firewall, clock.clone(), notifier));
         let slack = slack_endpoint(config).await.unwrap().map(Arc::new);
@@ -108,8 +113,7 @@ async fn signatures_are_checked_before_anything_else() {
     let receiver = Receiver::start().await;
     let cfg = config(&w, &dev_targets(&w, &receiver, ""), &[]);
     // The fixture's clock: Slack's published example must verify as it is.
-    let fixture: Value =
-        serde_json::from_str(include_str!("../../../../fixtures/slack-signature.json")).unwrap();
+    let fixture: Value = serde_json::from_str(include_str!("../../../../fixtures/slack-signature.json")).unwrap();
     let at = fixture["timestamp"].as_str().unwrap().parse::<i64>().unwrap();
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::from_unix_timestamp(at + 30).unwrap()));
     let firewall = Arc::new(MemoryFirewall::new(clock.clone()));
@@ -147,7 +151,10 @@ async fn signatures_are_checked_before_anything_else() {
         assert_eq!(status, 401, "skew {skew}: {answer}");
     }
     assert!(s.engine.live_grants(&portcullis_engine::Scope::All, &admin()).await.unwrap().is_empty());
-    assert!(s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }, &admin()).await.unwrap().is_empty(), "nothing recorded for unsigned requests");
+    assert!(
+        s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }, &admin()).await.unwrap().is_empty(),
+        "nothing recorded for unsigned requests"
+    );
     assert!(receiver.requests("/").is_empty());
 
     // Slack's ssl_check, signed, is answered with an empty 200.
@@ -191,7 +198,8 @@ async fn add_list_remove_refresh_over_slack_on_moto_with_announcements() {
     assert!(help.contains("/infra whitelist add &lt;ip|cidr&gt;"), "mrkdwn-escaped: {help}");
 
     // Each mistake: HTTP 200, the reason and the usage, nothing changed.
-    let audit_before = s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 100 }, &admin()).await.unwrap().len();
+    let audit_before =
+        s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 100 }, &admin()).await.unwrap().len();
     for (text, reason) in [
         ("whitelist add", "add needs an IP address"),
         ("whitelist add 198.51.100.300", "invalid address"),
@@ -277,7 +285,10 @@ async fn only_listed_users_and_group_members_act_in_prod_and_changes_are_rate_li
     let mallory = said(&s.command(("U0MALLORY", "alice"), "whitelist add 198.51.100.1 --env prod", &respond).await);
     assert!(mallory.contains("may not change grants in environment prod"), "a name is not an identity: {mallory}");
     let refusals = s.engine.audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }, &admin()).await.unwrap();
-    assert_eq!((refusals[0].action, refusals[0].interface, refusals[0].actor.as_str()), (Action::Refused, Interface::Slack, "alice (U0MALLORY)"));
+    assert_eq!(
+        (refusals[0].action, refusals[0].interface, refusals[0].actor.as_str()),
+        (Action::Refused, Interface::Slack, "alice (U0MALLORY)")
+    );
     let peek = said(&s.command(("U0MALLORY", "mallory"), "whitelist list prod", &respond).await);
     assert!(peek.contains("may not change grants"), "{peek}");
 
@@ -334,7 +345,9 @@ async fn a_429_with_retry_after_delays_delivery_and_loses_nothing() {
     let retry_ms = ((t0 + time::Duration::seconds(2)).unix_timestamp_nanos() / 1_000_000) as i64;
     eventually(Duration::from_secs(10), "the retry to be scheduled Retry-After from now", || async {
         let first: (i64, i64) = db
-            .query_row("SELECT next_attempt_ms, attempts FROM outbox ORDER BY audit_id LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row("SELECT next_attempt_ms, attempts FROM outbox ORDER BY audit_id LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .unwrap();
         first == (retry_ms, 1)
     })
@@ -353,10 +366,8 @@ async fn a_429_with_retry_after_delays_delivery_and_loses_nothing() {
     let all = receiver.wait_for("/webhook", 3).await;
     assert!(all[2].body.contains("198.51.100.2/32"), "{:?}", all[2]);
     assert!(all[1].body.contains("198.51.100.1/32"), "in order");
-    eventually(Duration::from_secs(10), "the outbox to empty", || async {
-        store.outbox_status().await.unwrap().pending == 0
-    })
-    .await;
+    eventually(Duration::from_secs(10), "the outbox to empty", || async { store.outbox_status().await.unwrap().pending == 0 })
+        .await;
 }
 
 // Multi-threaded: the receiver must answer while this thread waits for the CLI process.
@@ -382,8 +393,12 @@ async fn the_cli_leaves_undelivered_announcements_for_the_next_run() {
     let out = run(&["add", "198.51.100.22", "--ttl", "1h"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("outbox"), "{}", text(&out));
-    let delivered: Vec<String> =
-        receiver.requests("/webhook").into_iter().filter(|r| r.status == 200).map(|r| r.json()["text"].as_str().unwrap().to_string()).collect();
+    let delivered: Vec<String> = receiver
+        .requests("/webhook")
+        .into_iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.json()["text"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(delivered.len(), 2, "{delivered:?}");
     assert!(delivered[0].contains("198.51.100.21/32") && delivered[0].contains("Description: first"));
     assert!(delivered[1].contains("198.51.100.22/32"));

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
+use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::{Credentials, Region};
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, Tag};
-use aws_sdk_ec2::Client;
 
 pub const REGION: &str = "us-east-1";
 
@@ -289,10 +289,8 @@ impl Receiver {
 
     /// Waits until at least `n` requests under `prefix` have arrived, and returns them all.
     pub async fn wait_for(&self, prefix: &str, n: usize) -> Vec<Received> {
-        eventually(Duration::from_secs(30), &format!("{n} requests to {prefix}"), || async {
-            self.requests(prefix).len() >= n
-        })
-        .await;
+        eventually(Duration::from_secs(30), &format!("{n} requests to {prefix}"), || async { self.requests(prefix).len() >= n })
+            .await;
         self.requests(prefix)
     }
 }

@@ -3,9 +3,9 @@
 use std::os::unix::fs::PermissionsExt;
 
 use portcullis_core::{Action, Cidr, Description, Environment, Grant, Interface, Owner, Source, Timestamp, ValidationError};
-use portcullis_store::{Actor, Settlement, SqliteStore, Store, StoreError, Upsert, NOTICE_LEASE};
-use time::macros::datetime;
+use portcullis_store::{Actor, NOTICE_LEASE, Settlement, SqliteStore, Store, StoreError, Upsert};
 use time::Duration;
+use time::macros::datetime;
 
 const T0: Timestamp = datetime!(2026-03-01 09:00 UTC);
 
@@ -55,7 +55,8 @@ async fn refresh_keeps_owner_takes_later_expiry_and_audits_both_users() {
     assert_eq!(second.grant.expires_at, Some(T0 + Duration::days(7)));
     assert_eq!(store.grants(None).await.unwrap().len(), 1);
     assert_eq!(store.grant(&second.grant.key()).await.unwrap(), Some(second.grant.clone()), "one grant by its key");
-    let other = portcullis_core::GrantKey { cidr: Cidr::parse("198.51.100.8").unwrap(), environment: Environment::parse("dev").unwrap() };
+    let other =
+        portcullis_core::GrantKey { cidr: Cidr::parse("198.51.100.8").unwrap(), environment: Environment::parse("dev").unwrap() };
     assert_eq!(store.grant(&other).await.unwrap(), None);
     let audit = store.audit(None, 10).await.unwrap();
     assert_eq!(audit[0].action, Action::Refreshed);
