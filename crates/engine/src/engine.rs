@@ -369,12 +369,11 @@ impl Engine {
         let now = self.clock.now();
         let (admitted, refused) = admit_grants(self.store.grants(scope.environment()).await?, &self.settings.policies, now);
         let new: Vec<RefusedGrant> = {
+            // Only refusals this process has not reported yet are audited; the map is the
+            // scope's refusals as of now.
             let mut known = self.refused.lock().expect("refusal map poisoned");
-            let before = std::mem::take(&mut *known);
-            let (kept, others): (BTreeMap<_, _>, BTreeMap<_, _>) =
-                before.into_iter().partition(|(k, _)| !scope.covers(&k.environment));
-            *known = kept;
-            let new = refused.iter().filter(|r| others.get(&r.grant.key()) != Some(*r)).cloned().collect();
+            let new = refused.iter().filter(|r| known.get(&r.grant.key()) != Some(*r)).cloned().collect();
+            known.retain(|k, _| !scope.covers(&k.environment));
             known.extend(refused.into_iter().map(|r| (r.grant.key(), r)));
             new
         };

@@ -58,7 +58,7 @@ pub struct ReconcileReport {
 impl ReconcileReport {
     /// True when some group or region could not be brought to the desired state.
     pub fn failed(&self) -> bool {
-        !self.observe_failures.is_empty() || self.outcomes.iter().any(|o| o.error.is_some()) || !self.overflows.is_empty()
+        self.failed_to_apply() || !self.overflows.is_empty()
     }
 
     /// True when a region could not be observed or a group's change failed (an overflow is a

@@ -141,25 +141,16 @@ impl App {
             }
         })?;
         let now = self.engine.clock().now();
-        if mutating && let Err(wait) = self.refusals.peek(principal.id(), now) {
-            tracing::warn!(principal = %principal.id(), "rate-limited: too many refused requests");
-            let secs = wait.whole_seconds().max(1);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("at most {} refused requests a minute; try again in {secs} s", self.refusals.per_minute()),
-            )
-            .retry_after(secs));
-        }
-        if mutating && let Err(wait) = self.limiter.check(principal.id(), now) {
-            tracing::warn!(principal = %principal.id(), "rate-limited");
-            let secs = wait.whole_seconds().max(1);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("at most {} changes a minute; try again in {secs} s", self.limiter.per_minute()),
-            )
-            .retry_after(secs));
+        if mutating {
+            let limited = |wait: time::Duration, per_minute: usize, what: &str| {
+                tracing::warn!(principal = %principal.id(), what, "rate-limited");
+                let secs = wait.whole_seconds().max(1);
+                let message = format!("at most {per_minute} {what} a minute; try again in {secs} s");
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).retry_after(secs)
+            };
+            // Refusals are counted apart (see `settle`), and only looked at here.
+            self.refusals.peek(principal.id(), now).map_err(|w| limited(w, self.refusals.per_minute(), "refused requests"))?;
+            self.limiter.check(principal.id(), now).map_err(|w| limited(w, self.limiter.per_minute(), "changes"))?;
         }
         Ok(principal)
     }

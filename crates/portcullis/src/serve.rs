@@ -20,14 +20,15 @@ pub enum ServeError {
 
 /// Answers HTTP on `listener` until `stop`, then lets open requests finish (at most 20 s).
 /// Unlike `axum::serve`, a client must send each request's headers within
-/// `header_read_timeout` (a slow-header client, or an idle keep-alive connection, is closed).
+/// `header_read_timeout` (an HTTP/1 client slow with its headers, or an idle keep-alive
+/// connection, is closed).
 async fn serve_http(listener: tokio::net::TcpListener, app: axum::Router, http: HttpConfig, mut stop: watch::Receiver<bool>) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(http.header_read_timeout);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(http.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

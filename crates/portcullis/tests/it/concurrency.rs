@@ -22,14 +22,20 @@ async fn three_groups() -> (Conn, Vec<String>) {
     (c, groups)
 }
 
+/// A self-service token for each of `n` clients.
+async fn self_service_tokens(c: &Conn, n: usize) -> Vec<String> {
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        tokens.push(c.token(&format!("ci-{i}"), Role::SelfService, &[], None).await.0);
+    }
+    tokens
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_first_opens_are_two_applies_and_every_answer_is_true() {
     let (c, groups) = three_groups().await;
     let c = Arc::new(c);
-    let mut tokens = Vec::new();
-    for i in 0..50 {
-        tokens.push(c.token(&format!("ci-{i}"), Role::SelfService, &[], None).await.0);
-    }
+    let tokens = self_service_tokens(&c, 50).await;
     let calls_before = c.firewall.calls().snapshot();
     let mut clients = tokio::task::JoinSet::new();
     for (i, token) in tokens.into_iter().enumerate() {
@@ -68,10 +74,7 @@ async fn concurrent_removes_adds_and_an_expiry_all_land() {
     use portcullis_engine::{AddRequest, Requester, Scope};
     let (c, groups) = three_groups().await;
     let c = Arc::new(c);
-    let mut tokens = Vec::new();
-    for i in 0..40 {
-        tokens.push(c.token(&format!("ci-{i}"), Role::SelfService, &[], None).await.0);
-    }
+    let tokens = self_service_tokens(&c, 40).await;
     let address = |i: usize| format!("198.51.100.{}", i + 1);
     for (i, token) in tokens.iter().enumerate().take(20) {
         let (status, body) = c.call(reqwest::Method::POST, "", Some(bearer(token)), &[("x-forwarded-for", &address(i))]).await;
