@@ -88,9 +88,9 @@ impl ApiToken {
         (!self.environments.is_empty()).then(|| self.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(","))
     }
 
-    /// Whether the token may act in `env` (the policy decides about the user separately).
-    pub fn covers(&self, env: &Environment) -> bool {
-        self.environments.is_empty() || self.environments.contains(env)
+    /// What the token allows beyond its user: its environments.
+    pub fn credential(&self) -> Credential {
+        Credential::Token { id: self.id.clone(), environments: self.environments.clone() }
     }
 }
 
@@ -251,8 +251,14 @@ mod tests {
         assert_eq!(t.state(now), TokenState::Valid);
         assert_eq!(t.state(now + time::Duration::hours(1)), TokenState::Expired);
         assert_eq!(ApiToken { revoked_at: Some(now), ..t.clone() }.state(now), TokenState::Revoked);
-        assert!(t.covers(&Environment::parse("dev").unwrap()));
-        assert!(!t.covers(&Environment::parse("prod").unwrap()));
+        let policy = Policy::default();
+        assert!(t.credential().covers(&Environment::parse("dev").unwrap(), &policy));
+        assert!(!t.credential().covers(&Environment::parse("prod").unwrap(), &policy));
+        assert!(
+            ApiToken { environments: Default::default(), ..t }.credential().covers(&Environment::parse("prod").unwrap(), &policy)
+        );
+        let iam = Credential::Iam { arn: "arn:aws:iam::123456789012:user/alice".into() };
+        assert!(!iam.covers(&Environment::parse("dev").unwrap(), &policy), "IAM needs a listed principal");
     }
 
     proptest! {

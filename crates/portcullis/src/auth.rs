@@ -102,7 +102,7 @@ impl Principal {
             }
         };
         let credential = match self {
-            Principal::Token(t) => Credential::Token { id: t.id.clone(), environments: t.environments.clone() },
+            Principal::Token(t) => t.credential(),
             Principal::Iam(i) => Credential::Iam { arn: i.arn.clone() },
         };
         Requester { owner, groups: Vec::new(), interface: Interface::Http, credential }
