@@ -79,21 +79,34 @@ fn shared(err: &EngineError) -> EngineError {
 
 impl Engine {
     /// Queues an add for its environment's next apply and waits for its own outcome.
+    ///
+    /// A leader whose caller went away (a client that hung up) is cancelled mid-run and drops
+    /// the adds it had taken; each of their callers finds its answer gone and queues its add
+    /// again (storing it twice is a refresh), so no add is lost to someone else's cancellation.
     pub(crate) async fn add_coalesced(&self, grant: Grant, by: Requester, policy: Policy) -> Result<AddOutcome, EngineError> {
+        use tokio::sync::oneshot::error::TryRecvError;
         let env = grant.environment.clone();
-        let (reply, mut rx) = oneshot::channel();
         let slot = self.slots.get(&env);
-        slot.adds.lock().unwrap_or_else(PoisonError::into_inner).push(PendingAdd { grant, by, policy, reply });
-        let mut runs = slot.gate.lock().await;
-        // A leader before us may have carried this add already.
-        if let Ok(outcome) = rx.try_recv() {
-            return outcome;
+        for _ in 0..3 {
+            let (reply, mut rx) = oneshot::channel();
+            let add = PendingAdd { grant: grant.clone(), by: by.clone(), policy: policy.clone(), reply };
+            slot.adds.lock().unwrap_or_else(PoisonError::into_inner).push(add);
+            let mut runs = slot.gate.lock().await;
+            // A leader before us may have carried this add already (or dropped it).
+            match rx.try_recv() {
+                Ok(outcome) => return outcome,
+                Err(TryRecvError::Closed) => continue,
+                Err(TryRecvError::Empty) => {}
+            }
+            if let Err(err) = self.run(&env, &slot, &mut runs, Cause::Change).await {
+                tracing::warn!(environment = %env, error = %err, "an apply failed");
+            }
+            match rx.try_recv() {
+                Ok(outcome) => return outcome,
+                Err(_) => continue,
+            }
         }
-        if let Err(err) = self.run(&env, &slot, &mut runs, Cause::Change).await {
-            tracing::warn!(environment = %env, error = %err, "an apply failed");
-        }
-        rx.try_recv()
-            .unwrap_or_else(|_| Err(EngineError::Store(StoreError::Task("the apply carrying this add did not answer".into()))))
+        Err(EngineError::Store(StoreError::Task("the applies carrying this add were cancelled three times".into())))
     }
 
     /// A reconcile of one environment, through its slot (see the module docs).

@@ -209,3 +209,27 @@ async fn a_batch_that_lost_to_a_concurrent_writer_is_observed_again_not_failed()
     let rules = r.firewall.rules("us-east-1", "sg-us-east-1");
     assert_eq!(rules.len(), 1, "the rule the other writer added is the grant's, and are not added twice: {rules:?}");
 }
+
+#[tokio::test]
+async fn an_add_outlives_the_cancelled_caller_whose_apply_carried_it() {
+    let r = rig(&["us-east-1"]);
+    let held = Arc::new(portcullis_engine::HeldFirewall::new(r.firewall.clone()));
+    let engine = Arc::new(Engine::new(r.store.clone(), held.clone(), r.clock.clone(), r.settings.clone()));
+    let (observed, _release) = held.hold_next_observe();
+    // Two adds inside one batching window: the first to take the gate carries both.
+    let first = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.add(add("198.51.100.1", "1h")).await }
+    });
+    let second = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.add(add("198.51.100.2", "1h")).await }
+    });
+    observed.await.unwrap();
+    // The carrying caller hangs up while its apply is observing.
+    first.abort();
+    let outcome = second.await.unwrap().expect("the second add is answered, not lost with the first");
+    assert!(outcome.report.is_some_and(|r| !r.failed()));
+    let rules: Vec<String> = r.firewall.rules("us-east-1", "sg-us-east-1").iter().map(|r| r.raw_cidr.clone()).collect();
+    assert!(rules.contains(&"198.51.100.2/32".to_string()), "{rules:?}");
+}
