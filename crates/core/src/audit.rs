@@ -110,9 +110,10 @@ impl AuditScope {
 
     /// The environments a token may act in: all of them when it names none.
     pub fn of_environments(environments: &BTreeSet<Environment>) -> AuditScope {
-        match environments.len() {
-            0 => AuditScope::All,
-            1 => AuditScope::Environment(environments.iter().next().cloned().expect("one environment")),
+        let mut each = environments.iter();
+        match (each.next(), each.next()) {
+            (None, _) => AuditScope::All,
+            (Some(only), None) => AuditScope::Environment(only.clone()),
             _ => AuditScope::Environments(environments.clone()),
         }
     }
