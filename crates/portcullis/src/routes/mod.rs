@@ -45,24 +45,32 @@ async fn bounded_body(
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("bodies are limited to {} KiB", BODY_LIMIT / 1024))
     };
     if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
-        return too_large().into_response();
+        return unread(too_large());
     }
     let (parts, body) = request.into_parts();
     match tokio::time::timeout(app.body_read_timeout, axum::body::to_bytes(body, BODY_LIMIT)).await {
         Err(_) => {
             let secs = app.body_read_timeout.as_secs();
-            ApiError::new(
+            unread(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
                 format!("the request body did not arrive within {secs} s"),
-            )
-            .into_response()
+            ))
         }
-        Ok(Err(err)) if err.to_string().contains("length limit") => too_large().into_response(),
-        Ok(Err(err)) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("could not read the request body: {err}"))
-            .into_response(),
+        Ok(Err(err)) if err.to_string().contains("length limit") => unread(too_large()),
+        Ok(Err(err)) => {
+            unread(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("could not read the request body: {err}")))
+        }
         Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
     }
+}
+
+/// An answer given before the request's body was read to its end: the connection cannot carry
+/// another request, so the answer says it closes (`Connection: close`) and no client reuses it.
+fn unread(error: ApiError) -> Response {
+    let mut response = error.into_response();
+    response.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    response
 }
 
 /// The one rejection handler: every error answer is `{"error": {"code", "message"}}`,

@@ -1,5 +1,9 @@
 //! The DynamoDB store on moto: the seed schema, `init`, the fixture events through `invoke`,
 //! stream records (TTL, manual and our own removals, poison records), `adopt`.
+//!
+//! tidy: long file — every scenario runs on one `DynamoWorld` (its tables, moto, the CLI and
+//! the stream reader); split, the helpers would move to a module of their own for no reader's
+//! gain.
 
 use std::collections::HashMap;
 use std::process::Output;

@@ -372,6 +372,10 @@ async fn slow_or_oversized_requests_are_cut_off_and_every_error_is_json() {
     let answer = raw_exchange(&addr, b"POST /connection HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n{}").await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains(r#""code":"body_too_large""#), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "the unread connection is not offered for reuse: {answer}"
+    );
     // A body that stalls: 408 after the body timeout.
     let answer = raw_exchange(&addr, b"POST /connection HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}").await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
