@@ -15,6 +15,10 @@
 //! taken read the store after the request's own write, so a `Change` request whose ticket a
 //! finished run covers takes that run's report instead of running again.
 //!
+//! Across processes (replicas, the CLI beside `serve`, Lambda invocations) the gate's holder
+//! also takes the environment's apply lease before it observes (`apply_lock`), and a batch
+//! that lost to a concurrent writer anyway is observed again and planned anew.
+//!
 //! The batching window is [`BATCH_WINDOW`] (20 ms) at the start of a `Change` run, and then
 //! the apply in flight: a burst of changes that arrive within 20 ms is one apply, and what
 //! arrives during it is the next. A lone change waits 20 ms, a small price next to the EC2
@@ -131,8 +135,11 @@ impl Engine {
         for slot in &slots {
             gates.push(slot.gate.lock().await);
         }
+        let lock = self.lock_applies(self.policies().keys()).await;
         let observed = self.observe(&Scope::All).await;
-        self.plan_and_apply(cause, &Scope::All, observed).await
+        let result = self.plan_and_apply(cause, &Scope::All, observed).await;
+        lock.release().await;
+        result
     }
 
     /// One apply of `env` by the gate's holder: everything queued so far, then one plan.
@@ -142,18 +149,26 @@ impl Engine {
             tokio::time::sleep(BATCH_WINDOW).await;
         }
         let covered = slot.requested.load(Ordering::SeqCst);
+        // Another process's apply of this environment ends before ours observes (see `apply_lock`).
+        let lock = self.lock_applies([env]).await;
         let pending = std::mem::take(&mut *slot.adds.lock().unwrap_or_else(PoisonError::into_inner));
         let scope = Scope::Environment(env.clone());
-        let observed = self.observe(&scope).await;
-        let accepted = self.store_pending(&scope, &observed, pending).await?;
-        let mut result = self.plan_and_apply(cause, &scope, observed).await;
-        // Another process changed a group since it was observed (its rules are there now, or
-        // fill the quota): observe again and plan anew, once, instead of failing.
-        if result.as_ref().is_ok_and(|r| r.outcomes.iter().any(|o| o.lost_to_a_concurrent_writer())) {
-            tracing::info!(environment = %env, "a group changed under this apply; observing it again");
+        let applied = async {
             let observed = self.observe(&scope).await;
-            result = self.plan_and_apply(cause, &scope, observed).await;
-        }
+            let accepted = self.store_pending(&scope, &observed, pending).await?;
+            let mut result = self.plan_and_apply(cause, &scope, observed).await;
+            // Another process changed a group since it was observed (its rules are there now, or
+            // fill the quota): observe again and plan anew, once, instead of failing.
+            if result.as_ref().is_ok_and(|r| r.outcomes.iter().any(|o| o.lost_to_a_concurrent_writer())) {
+                tracing::info!(environment = %env, "a group changed under this apply; observing it again");
+                let observed = self.observe(&scope).await;
+                result = self.plan_and_apply(cause, &scope, observed).await;
+            }
+            Ok::<_, EngineError>((accepted, result))
+        };
+        let applied = applied.await;
+        lock.release().await;
+        let (accepted, result) = applied?;
         match &result {
             Ok(report) => {
                 for (reply, upserted) in accepted {

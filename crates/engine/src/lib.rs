@@ -5,6 +5,7 @@
 //! Ordering rules live here: a change is written to the store before the firewall is touched,
 //! and a reconcile observes the firewall before it reads the store.
 
+mod apply_lock;
 mod authorize;
 mod clock;
 mod coalesce;
@@ -24,6 +25,7 @@ use portcullis_core::{GroupChange, ObservedGroup, TargetSpec};
 use serde::Serialize;
 use thiserror::Error;
 
+pub use apply_lock::{APPLY_LEASE, APPLY_LOCK_WAIT, apply_lease_name};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use coalesce::BATCH_WINDOW;
 pub use dry_run::DryRunFirewall;
@@ -35,6 +37,15 @@ pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing
 pub use queries::AuditQuery;
 pub use report::{AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome, Status, SweepReport};
 pub use stream::StreamOutcome;
+
+/// `value` less a random part of up to half of it: spreads retries that would otherwise fire
+/// together. (Monotonic pacing only; nothing audited depends on it.)
+pub(crate) fn jitter_down(value: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState draws fresh keys from a per-thread counter seeded by the OS.
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    value - value / 2 * (random % 1024) / 1024
+}
 
 /// What one describe pass saw.
 #[derive(Debug, Clone, Default)]

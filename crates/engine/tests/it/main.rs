@@ -210,7 +210,7 @@ async fn a_batch_that_lost_to_a_concurrent_writer_is_observed_again_not_failed()
     assert_eq!(rules.len(), 1, "the rule the other writer added is the grant's, and are not added twice: {rules:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_add_outlives_the_cancelled_caller_whose_apply_carried_it() {
     let r = rig(&["us-east-1"]);
     let held = Arc::new(portcullis_engine::HeldFirewall::new(r.firewall.clone()));
@@ -221,6 +221,9 @@ async fn an_add_outlives_the_cancelled_caller_whose_apply_carried_it() {
         let engine = engine.clone();
         async move { engine.add(add("198.51.100.1", "1h")).await }
     });
+    // On virtual time: the first holds the gate in its batching window when the second queues,
+    // so the first is the leader (the one whose observe is held).
+    tokio::time::sleep(portcullis_engine::BATCH_WINDOW / 4).await;
     let second = tokio::spawn({
         let engine = engine.clone();
         async move { engine.add(add("198.51.100.2", "1h")).await }
@@ -232,4 +235,62 @@ async fn an_add_outlives_the_cancelled_caller_whose_apply_carried_it() {
     assert!(outcome.report.is_some_and(|r| !r.failed()));
     let rules: Vec<String> = r.firewall.rules("us-east-1", "sg-us-east-1").iter().map(|r| r.raw_cidr.clone()).collect();
     assert!(rules.contains(&"198.51.100.2/32".to_string()), "{rules:?}");
+}
+
+fn lease_claim<'a>(name: &'a str, holder: &'a str, now: portcullis_core::Timestamp) -> portcullis_store::LeaseClaim<'a> {
+    portcullis_store::LeaseClaim { name, holder, now, duration: Duration::minutes(1) }
+}
+
+fn describes(firewall: &MemoryFirewall) -> usize {
+    firewall.calls().iter().filter(|c| c.action == "DescribeSecurityGroups").count()
+}
+
+/// Two processes on one SQLite file (each its own connection and instance name), one EC2: the
+/// second's apply waits for the first's to end, so it never observes groups the first is changing.
+#[tokio::test(start_paused = true)]
+async fn two_processes_on_one_store_apply_an_environment_one_at_a_time() {
+    let r = rig(&["us-east-1"]);
+    let held = Arc::new(portcullis_engine::HeldFirewall::new(r.firewall.clone()));
+    let first = Arc::new(Engine::new(r.store.clone(), held.clone(), r.clock.clone(), r.settings.clone()));
+    let other: Arc<dyn Store> = Arc::new(SqliteStore::open(r._dir.path().join("p.db")).unwrap());
+    assert_ne!(other.instance(), r.store.instance());
+    let second = Engine::new(other, r.firewall.clone(), r.clock.clone(), r.settings.clone());
+
+    let (observed, release) = held.hold_next_observe();
+    let a = tokio::spawn({
+        let first = first.clone();
+        async move { first.add(add("198.51.100.1", "1h")).await }
+    });
+    observed.await.unwrap();
+    let b = tokio::spawn(async move { second.add(add("198.51.100.2", "1h")).await });
+    // Virtual time: the second process polls the lease meanwhile, and must not observe.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(describes(&r.firewall), 1, "the second process observed while the first was applying");
+    assert!(!b.is_finished());
+
+    release.send(()).unwrap();
+    for (task, cidr) in [(a, "198.51.100.1/32"), (b, "198.51.100.2/32")] {
+        let report = task.await.unwrap().unwrap().report.expect("applied");
+        assert!(!report.failed(), "{cidr}: {:?}", report.failure_messages());
+    }
+    let rules: Vec<String> = r.firewall.rules("us-east-1", "sg-us-east-1").iter().map(|r| r.raw_cidr.clone()).collect();
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert_eq!(describes(&r.firewall), 2);
+    // Both gave the lease up: a third process takes it at once.
+    let name = portcullis_engine::apply_lease_name(&dev());
+    assert!(r.store.acquire_lease(lease_claim(&name, "third", r.clock.now())).await.unwrap());
+}
+
+/// A peer that took the apply lease and died holding it delays an apply by the lock's wait,
+/// never blocks it.
+#[tokio::test(start_paused = true)]
+async fn an_apply_lease_held_by_a_dead_peer_delays_an_apply_but_does_not_stop_it() {
+    let r = rig(&["us-east-1"]);
+    let name = portcullis_engine::apply_lease_name(&dev());
+    assert!(r.store.acquire_lease(lease_claim(&name, "dead-peer", r.clock.now())).await.unwrap());
+    let started = tokio::time::Instant::now();
+    let report = r.engine.add(add("198.51.100.7", "1h")).await.unwrap().report.expect("applied");
+    assert!(!report.failed(), "{:?}", report.failure_messages());
+    assert!(started.elapsed() >= portcullis_engine::APPLY_LOCK_WAIT, "applied after {:?}", started.elapsed());
+    assert_eq!(r.firewall.rules("us-east-1", "sg-us-east-1").len(), 1);
 }
