@@ -871,7 +871,7 @@ impl Store for DynamoStore {
         Ok(out)
     }
 
-    async fn expire(&self, now: Timestamp) -> Result<Vec<Grant>, StoreError> {
+    async fn expire(&self, now: Timestamp, environments: &BTreeSet<Environment>) -> Result<Vec<Grant>, StoreError> {
         let mut expired = Vec::new();
         for read in self.scan(None).await? {
             if let Some(mark) = read.removal() {
@@ -882,6 +882,9 @@ impl Store for DynamoStore {
                 continue;
             }
             let Ok(g) = &read.grant else { continue };
+            if !environments.contains(&g.environment) {
+                continue;
+            }
             let Some(at) = g.expires_at.filter(|at| *at <= now) else { continue };
             let reason = format!("expired at {at}");
             let e = event(now, &sweeper(), Action::Expired, g, Some(g.clone()), None, reason);

@@ -159,7 +159,8 @@ async fn describe_region(client: Client, region: String, specs: Vec<(usize, Targ
             }
             Err(err) => {
                 out.groups.clear();
-                out.failures.push(ObserveFailure { region: region.clone(), group_id: None, error: firewall_error(err).message });
+                let err = firewall_error(err);
+                out.failures.push(ObserveFailure { region: region.clone(), group_id: None, error: err.message, code: err.code });
                 return out;
             }
         }
@@ -169,6 +170,7 @@ async fn describe_region(client: Client, region: String, specs: Vec<(usize, Targ
             region: region.clone(),
             group_id: Some(id.to_string()),
             error: "security group not found".into(),
+            code: Some("InvalidGroup.NotFound".into()),
         });
     }
     out
@@ -297,6 +299,7 @@ impl Firewall for Ec2Firewall {
                     region: "?".into(),
                     group_id: None,
                     error: format!("describe task failed: {err}"),
+                    code: None,
                 }),
             }
         }

@@ -64,3 +64,35 @@ impl Clock for ManualClock {
         let _ = rx.wait_for(|now| *now >= at).await;
     }
 }
+
+/// Virtual time that follows tokio's clock (the `test-support` feature): on a paused runtime
+/// (`start_paused`) it moves only when every task waits, by exactly as much as the next timer
+/// needs, so a test runs the real loops (sweeper, retries) over hours in milliseconds.
+#[cfg(feature = "test-support")]
+pub struct TokioClock {
+    start: Timestamp,
+    base: tokio::time::Instant,
+}
+
+#[cfg(feature = "test-support")]
+impl TokioClock {
+    /// A clock that reads `start` now.
+    pub fn new(start: Timestamp) -> TokioClock {
+        TokioClock { start, base: tokio::time::Instant::now() }
+    }
+}
+
+#[cfg(feature = "test-support")]
+#[async_trait]
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        self.start + self.base.elapsed()
+    }
+
+    async fn sleep_until(&self, at: Timestamp) {
+        let left = at - self.now();
+        if left > time::Duration::ZERO {
+            tokio::time::sleep(left.try_into().unwrap_or_default()).await;
+        }
+    }
+}

@@ -137,7 +137,7 @@ impl Engine {
         }
         let lock = self.lock_applies(self.policies().keys()).await;
         let observed = self.observe(&Scope::All).await;
-        let result = self.plan_and_apply(cause, &Scope::All, observed).await;
+        let result = self.apply_rounds(cause, &Scope::All, observed).await;
         lock.release().await;
         result
     }
@@ -156,14 +156,7 @@ impl Engine {
         let applied = async {
             let observed = self.observe(&scope).await;
             let accepted = self.store_pending(&scope, &observed, pending).await?;
-            let mut result = self.plan_and_apply(cause, &scope, observed).await;
-            // Another process changed a group since it was observed (its rules are there now, or
-            // fill the quota): observe again and plan anew, once, instead of failing.
-            if result.as_ref().is_ok_and(|r| r.outcomes.iter().any(|o| o.lost_to_a_concurrent_writer())) {
-                tracing::info!(environment = %env, "a group changed under this apply; observing it again");
-                let observed = self.observe(&scope).await;
-                result = self.plan_and_apply(cause, &scope, observed).await;
-            }
+            let result = self.apply_rounds(cause, &scope, observed).await;
             Ok::<_, EngineError>((accepted, result))
         };
         let applied = applied.await;
@@ -191,6 +184,29 @@ impl Engine {
             }
         }
         result
+    }
+
+    /// Plans and applies from `observed`, then, while the error policy says another round may
+    /// cure what failed (`error_policy`), observes again and plans anew: at once after a
+    /// concurrent writer's change, after a jittered backoff after throttling or a timeout.
+    async fn apply_rounds(
+        &self,
+        cause: Cause,
+        scope: &Scope,
+        observed: crate::engine::Observed,
+    ) -> Result<ReconcileReport, EngineError> {
+        let mut report = self.plan_and_apply(cause, scope, observed).await?;
+        let mut round = 0;
+        while let Some(pause) = crate::next_round(&report, round) {
+            tracing::info!(scope = ?scope, round, pause = ?pause, failures = ?report.failure_messages(),
+                "an apply failed in a way another round may cure; observing again");
+            // Pacing in monotonic time, like the batching window: nothing stored depends on it.
+            tokio::time::sleep(pause).await;
+            round += 1;
+            let observed = self.observe(scope).await;
+            report = self.plan_and_apply(cause, scope, observed).await?;
+        }
+        Ok(report)
     }
 
     /// Checks each queued add against the quotas (with the adds accepted before it counted) and

@@ -203,6 +203,10 @@ impl Engine {
         &self.clock
     }
 
+    pub(crate) fn specs(&self) -> &[TargetSpec] {
+        &self.settings.specs
+    }
+
     pub(crate) fn policies(&self) -> &BTreeMap<Environment, Policy> {
         &self.settings.policies
     }

@@ -11,6 +11,9 @@ mod clock;
 mod coalesce;
 mod dry_run;
 mod engine;
+mod error_policy;
+#[cfg(feature = "test-support")]
+mod faults;
 mod lease;
 #[cfg(feature = "test-support")]
 mod memory;
@@ -26,13 +29,18 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub use apply_lock::{APPLY_LEASE, APPLY_LOCK_WAIT, apply_lease_name};
+#[cfg(feature = "test-support")]
+pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use coalesce::BATCH_WINDOW;
 pub use dry_run::DryRunFirewall;
 pub use engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope, Settings};
+pub use error_policy::{ErrorClass, ROUNDS, next_round};
+#[cfg(feature = "test-support")]
+pub use faults::{Fault, FaultyFirewall};
 pub use lease::{Lease, SWEEPER_LEASE};
 #[cfg(feature = "test-support")]
-pub use memory::{HeldFirewall, MemoryFirewall, RecordedCall};
+pub use memory::{Effect, HeldFirewall, MemoryFirewall, RecordedCall};
 pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing};
 pub use queries::AuditQuery;
 pub use report::{AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome, Status, SweepReport};
@@ -62,6 +70,9 @@ pub struct ObserveFailure {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
     pub error: String,
+    /// The service's error code, when it answered with one (see `error_policy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// What one group's change did.

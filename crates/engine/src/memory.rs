@@ -20,6 +20,17 @@ pub struct RecordedCall {
     pub rules: Vec<ObservedRule>,
 }
 
+/// A rule a call really added or removed (not one it found already there or already gone),
+/// with the (injected) time: enough to rebuild when each rule was present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effect {
+    pub at: Timestamp,
+    pub group: TargetId,
+    pub raw_cidr: String,
+    pub ports: portcullis_core::PortRange,
+    pub added: bool,
+}
+
 /// Security groups in memory: for engine tests and benchmarks that must not depend on AWS.
 /// It behaves like EC2 on the points that matter (one describe per region, duplicate and
 /// missing rules, per-region failures) and records every call with its time.
@@ -27,12 +38,19 @@ pub struct MemoryFirewall {
     clock: Arc<dyn Clock>,
     groups: Mutex<BTreeMap<TargetId, ObservedGroup>>,
     calls: Mutex<Vec<RecordedCall>>,
+    effects: Mutex<Vec<Effect>>,
     failing_regions: Mutex<BTreeSet<String>>,
 }
 
 impl MemoryFirewall {
     pub fn new(clock: Arc<dyn Clock>) -> MemoryFirewall {
-        MemoryFirewall { clock, groups: Mutex::default(), calls: Mutex::default(), failing_regions: Mutex::default() }
+        MemoryFirewall {
+            clock,
+            groups: Mutex::default(),
+            calls: Mutex::default(),
+            effects: Mutex::default(),
+            failing_regions: Mutex::default(),
+        }
     }
 
     /// Creates (or replaces) a group with tags and no rules.
@@ -78,6 +96,11 @@ impl MemoryFirewall {
     /// Every call made so far.
     pub fn calls(&self) -> Vec<RecordedCall> {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Every rule a call added or removed so far, in order.
+    pub fn effects(&self) -> Vec<Effect> {
+        self.effects.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Makes every call to a region fail (or succeed again).
@@ -126,7 +149,12 @@ impl Firewall for MemoryFirewall {
             let id = TargetId { region: region.into(), group_id: "*".into() };
             self.record("DescribeSecurityGroups", &id, vec![]);
             if self.failing(region) {
-                out.failures.push(ObserveFailure { region: region.into(), group_id: None, error: "region unreachable".into() });
+                out.failures.push(ObserveFailure {
+                    region: region.into(),
+                    group_id: None,
+                    error: "region unreachable".into(),
+                    code: None,
+                });
                 continue;
             }
             let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
@@ -149,11 +177,21 @@ impl Firewall for MemoryFirewall {
             .get_mut(&change.target)
             .ok_or_else(|| FirewallError { code: Some("InvalidGroup.NotFound".into()), message: "no such group".into() })?;
         let same = |o: &ObservedRule, r: &portcullis_core::AppliedRule| o.raw_cidr == r.ec2_cidr && o.ports == r.ports;
+        let at = self.clock.now();
+        let mut effects = Vec::new();
+        let effect = |r: &portcullis_core::AppliedRule, added| Effect {
+            at,
+            group: change.target.clone(),
+            raw_cidr: r.ec2_cidr.clone(),
+            ports: r.ports,
+            added,
+        };
         for r in &change.revoke {
             match group.rules.iter().position(|o| same(o, r)) {
                 Some(i) => {
                     group.rules.remove(i);
                     applied.revoked += 1;
+                    effects.push(effect(r, false));
                 }
                 None => applied.already_done += 1,
             }
@@ -170,10 +208,12 @@ impl Firewall for MemoryFirewall {
             } else {
                 group.rules.push(as_rule(r, true));
                 applied.authorized += 1;
+                effects.push(effect(r, true));
             }
         }
         group.counts = counts_after(group.counts, change);
         drop(groups);
+        self.effects.lock().unwrap_or_else(PoisonError::into_inner).extend(effects);
         for (action, rules) in [
             ("RevokeSecurityGroupIngress", &change.revoke),
             ("UpdateSecurityGroupRuleDescriptionsIngress", &change.update_descriptions),

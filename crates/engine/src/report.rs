@@ -21,18 +21,6 @@ pub struct GroupOutcome {
     pub code: Option<String>,
 }
 
-impl GroupOutcome {
-    /// Whether the group's change failed because another writer changed the group since it
-    /// was observed (a rule now present, or gone, or the quota filled by others' rules): worth
-    /// observing again and planning anew rather than failing.
-    pub fn lost_to_a_concurrent_writer(&self) -> bool {
-        matches!(
-            self.code.as_deref(),
-            Some("RulesPerSecurityGroupLimitExceeded" | "InvalidPermission.Duplicate" | "InvalidPermission.NotFound")
-        )
-    }
-}
-
 /// What a reconcile saw, decided and did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReconcileReport {
@@ -104,9 +92,13 @@ pub struct RemoveOutcome {
 }
 
 /// What one sweep did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SweepReport {
     pub expired: Vec<Grant>,
+    /// Environments whose expired grants could not be revoked everywhere: they stay stored
+    /// (overdue) until a retry revokes them.
+    #[serde(skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub retrying: std::collections::BTreeSet<Environment>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconcile: Option<ReconcileReport>,
 }

@@ -231,8 +231,9 @@ pub trait Store: Send + Sync {
     /// Every stored grant (expired ones not yet swept included), in one environment or all.
     async fn grants(&self, environment: Option<&Environment>) -> Result<Vec<Grant>, StoreError>;
 
-    /// Deletes the grants that expired at or before `now`, recording `expired` for each.
-    async fn expire(&self, now: Timestamp) -> Result<Vec<Grant>, StoreError>;
+    /// Deletes the grants of `environments` that expired at or before `now`, recording
+    /// `expired` for each. Grants of other environments stay, due or not.
+    async fn expire(&self, now: Timestamp, environments: &BTreeSet<Environment>) -> Result<Vec<Grant>, StoreError>;
 
     /// The earliest expiry of any stored grant.
     async fn next_expiry(&self) -> Result<Option<Timestamp>, StoreError>;

@@ -497,10 +497,11 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn expire(&self, now: Timestamp) -> Result<Vec<Grant>, StoreError> {
-        let this = self.clone();
+    async fn expire(&self, now: Timestamp, environments: &BTreeSet<Environment>) -> Result<Vec<Grant>, StoreError> {
+        let (this, environments) = (self.clone(), environments.clone());
         self.write(move |tx| {
-            let expired = this.select_grants(tx, "expires_at_ms <= ?1 ORDER BY expires_at_ms", params![ms(now)])?;
+            let mut expired = this.select_grants(tx, "expires_at_ms <= ?1 ORDER BY expires_at_ms", params![ms(now)])?;
+            expired.retain(|g| environments.contains(&g.environment));
             for g in &expired {
                 this.delete(tx, &g.key())?;
                 let at = g.expires_at.expect("selected by expiry");

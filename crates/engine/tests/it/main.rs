@@ -13,6 +13,8 @@ use time::Duration;
 use time::macros::datetime;
 use tokio::sync::watch;
 
+mod model;
+
 fn dev() -> Environment {
     Environment::parse("dev").unwrap()
 }
@@ -293,4 +295,80 @@ async fn an_apply_lease_held_by_a_dead_peer_delays_an_apply_but_does_not_stop_it
     assert!(!report.failed(), "{:?}", report.failure_messages());
     assert!(started.elapsed() >= portcullis_engine::APPLY_LOCK_WAIT, "applied after {:?}", started.elapsed());
     assert_eq!(r.firewall.rules("us-east-1", "sg-us-east-1").len(), 1);
+}
+
+/// The in-memory firewall, whose revokes fail while `failing` is set (as a throttled or
+/// unavailable EC2 answers).
+struct RevokesFail {
+    inner: Arc<MemoryFirewall>,
+    failing: std::sync::atomic::AtomicBool,
+    attempts: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl portcullis_engine::Firewall for RevokesFail {
+    async fn observe(&self, specs: &[TargetSpec]) -> portcullis_engine::Observation {
+        self.inner.observe(specs).await
+    }
+
+    async fn apply(
+        &self,
+        change: &portcullis_core::GroupChange,
+    ) -> Result<portcullis_engine::Applied, portcullis_engine::FirewallError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !change.revoke.is_empty() && self.failing.load(SeqCst) {
+            self.attempts.fetch_add(1, SeqCst);
+            return Err(portcullis_engine::FirewallError {
+                code: Some("Unavailable".into()),
+                message: "Unavailable: the service is unavailable".into(),
+            });
+        }
+        self.inner.apply(change).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expiry_whose_revoke_fails_stays_overdue_and_is_retried_until_the_rule_is_gone() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(portcullis_engine::TokioClock::new(datetime!(2026-06-01 00:00 UTC)));
+    let memory = Arc::new(MemoryFirewall::new(clock.clone()));
+    memory.put_group("us-east-1", "sg-us-east-1", &[("WhitelistManaged", "true")]);
+    let firewall = Arc::new(RevokesFail { inner: memory.clone(), failing: Default::default(), attempts: Default::default() });
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("p.db")).unwrap());
+    let settings = Settings {
+        specs: vec![spec("us-east-1")],
+        policies: BTreeMap::from([(dev(), Policy::default())]),
+        marker: Marker::default(),
+        quota: RuleQuota::default(),
+    };
+    let engine = Arc::new(Engine::new(store.clone(), firewall.clone(), clock.clone(), settings));
+    engine.add(add("198.51.100.7", "5m")).await.unwrap();
+    firewall.failing.store(true, SeqCst);
+    let (stop, stopped) = watch::channel(false);
+    let sweeper = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.run_sweeper(stopped).await }
+    });
+    let who = Requester::named("test", Interface::Cli);
+
+    // A minute past the expiry, every revoke has failed: the grant is overdue, not expired.
+    tokio::time::sleep(std::time::Duration::from_secs(6 * 60)).await;
+    assert_eq!(memory.rules("us-east-1", "sg-us-east-1").len(), 1);
+    let overdue = engine.status(&who).await.unwrap().overdue;
+    assert_eq!(overdue.iter().map(|g| g.cidr.to_string()).collect::<Vec<_>>(), ["198.51.100.7/32"]);
+    assert!(store.audit(None, 100).await.unwrap().iter().all(|e| e.action != Action::Expired));
+    let attempts = firewall.attempts.load(SeqCst);
+    // Retried with a backoff (at most every 5 s, four rounds each), not in a hot loop.
+    assert!((8..=4 * 60).contains(&attempts), "{attempts} revoke attempts in a minute");
+
+    // EC2 answers again: the next retry, within 5 s, revokes it and records the expiry once.
+    firewall.failing.store(false, SeqCst);
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert!(memory.rules("us-east-1", "sg-us-east-1").is_empty());
+    assert!(engine.status(&who).await.unwrap().overdue.is_empty());
+    let expired = store.audit(None, 100).await.unwrap().into_iter().filter(|e| e.action == Action::Expired).count();
+    assert_eq!(expired, 1);
+    stop.send(true).unwrap();
+    sweeper.await.unwrap();
 }
