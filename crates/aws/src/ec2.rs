@@ -219,7 +219,15 @@ impl Call {
         }
     }
 
-    async fn send(self, client: &Client, group: &str, perms: Vec<IpPermission>) -> Result<(), FirewallError> {
+    /// Sends one call; returns how many of its rules the service said were not there.
+    ///
+    /// EC2 behaviours this relies on (moto differs on the second; `tests/it/ec2_proxy.rs`
+    /// answers as EC2 does): an Authorize with a rule already present fails whole with
+    /// `InvalidPermission.Duplicate` and adds nothing; a Revoke of rules some of which are
+    /// gone succeeds, revokes the rest, and lists the gone ones in `UnknownIpPermissions` (moto
+    /// fails it whole with `InvalidPermission.NotFound`, which is handled too); an
+    /// UpdateDescriptions of a missing rule fails whole.
+    async fn send(self, client: &Client, group: &str, perms: Vec<IpPermission>) -> Result<usize, FirewallError> {
         let perms = Some(perms);
         match self {
             Call::Authorize => client
@@ -228,7 +236,7 @@ impl Call {
                 .set_ip_permissions(perms)
                 .send()
                 .await
-                .map(drop)
+                .map(|_| 0)
                 .map_err(firewall_error),
             Call::Revoke => client
                 .revoke_security_group_ingress()
@@ -236,7 +244,7 @@ impl Call {
                 .set_ip_permissions(perms)
                 .send()
                 .await
-                .map(drop)
+                .map(|out| out.unknown_ip_permissions().iter().map(|p| p.ip_ranges().len() + p.ipv6_ranges().len()).sum())
                 .map_err(firewall_error),
             Call::UpdateDescriptions => client
                 .update_security_group_rule_descriptions_ingress()
@@ -244,7 +252,7 @@ impl Call {
                 .set_ip_permissions(perms)
                 .send()
                 .await
-                .map(drop)
+                .map(|_| 0)
                 .map_err(firewall_error),
         }
     }
@@ -257,12 +265,17 @@ impl Call {
         }
         let with_descriptions = !matches!(self, Call::Revoke);
         match self.send(client, group, permissions(rules, with_descriptions)).await {
-            Ok(()) => Ok((rules.len(), 0)),
+            // Only what really changed counts: rules EC2 reports unknown were gone already.
+            Ok(unknown) => {
+                let unknown = unknown.min(rules.len());
+                Ok((rules.len() - unknown, unknown))
+            }
             Err(err) if err.code.is_some() && err.code.as_deref() == self.done_code() => {
                 let (mut done, mut already) = (0, 0);
                 for rule in rules {
                     match self.send(client, group, permissions(std::slice::from_ref(rule), with_descriptions)).await {
-                        Ok(()) => done += 1,
+                        Ok(0) => done += 1,
+                        Ok(_) => already += 1,
                         Err(e) if e.code.as_deref() == self.done_code() => already += 1,
                         Err(e) => return Err(e),
                     }

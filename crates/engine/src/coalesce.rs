@@ -204,7 +204,8 @@ impl Engine {
             tokio::time::sleep(pause).await;
             round += 1;
             let observed = self.observe(scope).await;
-            report = self.plan_and_apply(cause, scope, observed).await?;
+            let earlier = std::mem::replace(&mut report, self.plan_and_apply(cause, scope, observed).await?);
+            report.carry(&earlier);
         }
         Ok(report)
     }

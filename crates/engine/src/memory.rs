@@ -227,11 +227,17 @@ impl Firewall for MemoryFirewall {
     }
 }
 
-/// Wraps a firewall so that a test can stop one observe mid-way: the next observe completes,
-/// signals, and returns only after the test releases it.
+/// Wraps a firewall so that a test can stop one observe: before it looks at the firewall
+/// ([`HeldFirewall::hold_before_next_observe`]) or after ([`HeldFirewall::hold_next_observe`]).
 pub struct HeldFirewall {
     inner: Arc<dyn Firewall>,
-    hold: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
+    hold: Mutex<Option<Hold>>,
+}
+
+struct Hold {
+    before: bool,
+    reached: oneshot::Sender<()>,
+    release: oneshot::Receiver<()>,
 }
 
 impl HeldFirewall {
@@ -242,20 +248,39 @@ impl HeldFirewall {
     /// Arms the hold; returns (observed, release): `observed` fires once the next observe has
     /// seen the firewall, and that observe returns once `release` is sent.
     pub fn hold_next_observe(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
-        let (observed_tx, observed_rx) = oneshot::channel();
-        let (release_tx, release_rx) = oneshot::channel();
-        *self.hold.lock().unwrap_or_else(PoisonError::into_inner) = Some((observed_tx, release_rx));
-        (observed_rx, release_tx)
+        self.arm(false)
+    }
+
+    /// Arms the hold; returns (reached, release): `reached` fires when the next observe
+    /// begins, and it looks at the firewall only once `release` is sent. What the test changes
+    /// meanwhile is in that observation.
+    pub fn hold_before_next_observe(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        self.arm(true)
+    }
+
+    fn arm(&self, before: bool) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (reached, reached_rx) = oneshot::channel();
+        let (release_tx, release) = oneshot::channel();
+        *self.hold.lock().unwrap_or_else(PoisonError::into_inner) = Some(Hold { before, reached, release });
+        (reached_rx, release_tx)
     }
 }
 
 #[async_trait]
 impl Firewall for HeldFirewall {
     async fn observe(&self, specs: &[TargetSpec]) -> Observation {
-        let observation = self.inner.observe(specs).await;
         let hold = self.hold.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some((observed, release)) = hold {
-            let _ = observed.send(());
+        let (before, after) = match hold {
+            Some(hold) if hold.before => (Some(hold), None),
+            hold => (None, hold),
+        };
+        if let Some(Hold { reached, release, .. }) = before {
+            let _ = reached.send(());
+            let _ = release.await;
+        }
+        let observation = self.inner.observe(specs).await;
+        if let Some(Hold { reached, release, .. }) = after {
+            let _ = reached.send(());
             let _ = release.await;
         }
         observation

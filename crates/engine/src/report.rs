@@ -55,6 +55,28 @@ impl ReconcileReport {
         !self.observe_failures.is_empty() || self.outcomes.iter().any(|o| o.error.is_some())
     }
 
+    /// Takes in what an earlier round of the same apply did (`error_policy`): a group that
+    /// round changed keeps its changes in this report, so a caller is told its rule was
+    /// authorized, not that its group was unchanged, when a retry for another group followed.
+    pub fn carry(&mut self, earlier: &ReconcileReport) {
+        for before in earlier.outcomes.iter().filter(|o| o.error.is_none()) {
+            let Some(done) = before.applied else { continue };
+            self.authorized += done.authorized;
+            self.revoked += done.revoked;
+            self.updated += done.updated;
+            match self.outcomes.iter_mut().find(|o| o.target == before.target) {
+                Some(now) => {
+                    if let Some(applied) = &mut now.applied {
+                        applied.authorized += done.authorized;
+                        applied.revoked += done.revoked;
+                        applied.updated += done.updated;
+                    }
+                }
+                None => self.outcomes.push(before.clone()),
+            }
+        }
+    }
+
     /// One line per failure, naming the group or region.
     pub fn failure_messages(&self) -> Vec<String> {
         let mut out: Vec<String> = self

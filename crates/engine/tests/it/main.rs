@@ -76,6 +76,9 @@ async fn a_failed_region_is_named_and_retried_by_the_periodic_reconcile() {
     let report = outcome.report.expect("a new grant is applied");
     assert!(report.failed());
     assert!(report.failure_messages().iter().any(|m| m.contains("eu-west-1")));
+    // The retries for eu-west-1 do not hide what the first round did in us-east-1.
+    let east = report.outcomes.iter().find(|o| o.target.region == "us-east-1").expect("us-east-1's outcome");
+    assert_eq!(east.applied.map(|a| a.authorized), Some(1), "{east:?}");
     assert_eq!(r.firewall.rules("us-east-1", "sg-us-east-1").len(), 1);
     assert!(r.firewall.rules("eu-west-1", "sg-eu-west-1").is_empty());
     let status = r.engine.status(&Requester::named("test", Interface::Cli)).await.unwrap();

@@ -8,6 +8,7 @@ mod cli;
 mod concurrency;
 mod connection;
 mod dynamo;
+mod ec2_proxy;
 mod engine;
 mod lambda;
 mod serve;

@@ -1,0 +1,151 @@
+//! A loopback proxy in front of moto that answers `RevokeSecurityGroupIngress` as real EC2
+//! does: rules that are there are revoked, rules that are not are listed in
+//! `UnknownIpPermissions`, and the call succeeds (moto fails the whole call with
+//! `InvalidPermission.NotFound` instead). Every other request passes through unchanged.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use portcullis_core::{AppliedRule, Cidr, Environment, GroupChange, PortRange, Protocol, Route, TargetId};
+use portcullis_engine::Firewall;
+
+use crate::support::{REGION, World, moto, sdk_config};
+
+struct Upstream {
+    moto: String,
+    http: reqwest::Client,
+}
+
+/// The proxy's address (`http://127.0.0.1:PORT`); it serves until the test's runtime ends.
+pub async fn start() -> String {
+    let upstream = Arc::new(Upstream { moto: moto(), http: reqwest::Client::new() });
+    let app = axum::Router::new().fallback(forward).with_state(upstream);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+async fn forward(State(up): State<Arc<Upstream>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let action = form.iter().find(|(k, _)| k == "Action").map(|(_, v)| v.as_str());
+    let (status, answer) = send(&up, &method, &uri, &headers, body.clone()).await;
+    if action != Some("RevokeSecurityGroupIngress") || !answer.contains("InvalidPermission.NotFound") {
+        return (status, answer).into_response();
+    }
+    // As EC2: revoke each rule on its own, and report those that were not there.
+    let mut unknown = String::new();
+    for single in single_rules(&form) {
+        let body = serde_urlencoded::to_string(&single.form).unwrap();
+        let (status, answer) = send(&up, &method, &uri, &headers, Bytes::from(body)).await;
+        if answer.contains("InvalidPermission.NotFound") {
+            unknown.push_str(&single.xml);
+        } else if !status.is_success() {
+            return (status, answer).into_response();
+        }
+    }
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<RevokeSecurityGroupIngressResponse \
+         xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>proxy</requestId><return>true</return>\
+         <unknownIpPermissionSet>{unknown}</unknownIpPermissionSet></RevokeSecurityGroupIngressResponse>"
+    );
+    (StatusCode::OK, [("content-type", "text/xml")], xml).into_response()
+}
+
+async fn send(up: &Upstream, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> (StatusCode, String) {
+    let url = format!("{}{}", up.moto, uri.path_and_query().map_or("/", |p| p.as_str()));
+    let mut request = up.http.request(method.clone(), url).body(body);
+    for (name, value) in headers {
+        // moto reads the account from the signature's key; the signature itself it ignores.
+        if name != "host" && name != "content-length" {
+            request = request.header(name, value);
+        }
+    }
+    let response = request.send().await.unwrap();
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+    (status, response.text().await.unwrap())
+}
+
+/// One rule of a revoke request: the request for it alone, and its `UnknownIpPermissions` item.
+struct Single {
+    form: Vec<(String, String)>,
+    xml: String,
+}
+
+fn single_rules(form: &[(String, String)]) -> Vec<Single> {
+    let common: Vec<(String, String)> = form.iter().filter(|(k, _)| !k.starts_with("IpPermissions.")).cloned().collect();
+    let field = |perm: &str, name: &str| {
+        form.iter().find(|(k, _)| *k == format!("IpPermissions.{perm}.{name}")).map(|(_, v)| v.clone()).unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for (key, cidr) in form {
+        let Some(rest) = key.strip_prefix("IpPermissions.") else { continue };
+        let (perm, range) = rest.split_once('.').unwrap();
+        let (list, cidr_field, xml_list, xml_field) = if range.starts_with("IpRanges.") && range.ends_with(".CidrIp") {
+            ("IpRanges", "CidrIp", "ipRanges", "cidrIp")
+        } else if range.starts_with("Ipv6Ranges.") && range.ends_with(".CidrIpv6") {
+            ("Ipv6Ranges", "CidrIpv6", "ipv6Ranges", "cidrIpv6")
+        } else {
+            continue;
+        };
+        let (protocol, from, to) = (field(perm, "IpProtocol"), field(perm, "FromPort"), field(perm, "ToPort"));
+        let mut single = common.clone();
+        single.extend([
+            ("IpPermissions.1.IpProtocol".to_string(), protocol.clone()),
+            ("IpPermissions.1.FromPort".to_string(), from.clone()),
+            ("IpPermissions.1.ToPort".to_string(), to.clone()),
+            (format!("IpPermissions.1.{list}.1.{cidr_field}"), cidr.clone()),
+        ]);
+        let xml = format!(
+            "<item><ipProtocol>{protocol}</ipProtocol><fromPort>{from}</fromPort><toPort>{to}</toPort>\
+             <{xml_list}><item><{xml_field}>{cidr}</{xml_field}></item></{xml_list}></item>"
+        );
+        out.push(Single { form: single, xml });
+    }
+    out
+}
+
+fn rule(cidr: &str, port: u16) -> AppliedRule {
+    AppliedRule {
+        cidr: Cidr::parse(cidr).unwrap(),
+        ec2_cidr: cidr.into(),
+        ports: PortRange::single(Protocol::Tcp, port),
+        description: "pc:dev test".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_revoke_of_rules_partly_gone_counts_only_what_real_ec2_revoked() {
+    let test = async {
+        let w = World::new().await;
+        let group = w.group(true, &[]).await;
+        w.hand_rule(&group, "198.51.100.1/32", 443, "pc:dev test").await;
+        w.hand_rule(&group, "2001:db8::1/128", 443, "pc:dev test").await;
+        let proxy = start().await;
+        let firewall = portcullis_aws::Ec2Firewall::new(&sdk_config().await);
+        let change = GroupChange {
+            target: TargetId { region: REGION.into(), group_id: group.clone() },
+            route: Route { region: REGION.into(), endpoint_url: Some(proxy), role_arn: None },
+            environment: Environment::parse("dev").unwrap(),
+            authorize: vec![],
+            // Two that are there, two already gone (one of each family).
+            revoke: vec![
+                rule("198.51.100.1/32", 443),
+                rule("198.51.100.2/32", 443),
+                rule("2001:db8::1/128", 443),
+                rule("2001:db8::2/128", 443),
+            ],
+            update_descriptions: vec![],
+        };
+        let applied = firewall.apply(&change).await.unwrap();
+        assert_eq!((applied.revoked, applied.already_done), (2, 2), "{applied:?}");
+        assert!(w.rules(&group).await.is_empty());
+        // All gone: nothing revoked, nothing failed.
+        let applied = firewall.apply(&change).await.unwrap();
+        assert_eq!((applied.revoked, applied.already_done), (0, 4), "{applied:?}");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), test).await.expect("the test timed out");
+}
