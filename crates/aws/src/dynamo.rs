@@ -925,7 +925,7 @@ impl Store for DynamoStore {
                 events.push(self.parse_event(&item)?);
             }
         }
-        events.sort_by(|a, b| b.id.cmp(&a.id));
+        events.sort_by_key(|e| std::cmp::Reverse(e.id));
         events.truncate(limit);
         Ok(events)
     }

@@ -72,15 +72,9 @@ impl PolicyError {
 
 /// What an environment allows: the rules every grant in it must satisfy. Valid by
 /// construction: only [`Policy::new`] makes one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Policy {
     rules: PolicyRules,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy { rules: PolicyRules::default() }
-    }
 }
 
 /// A stored grant its environment's policy does not admit, and why.

@@ -84,13 +84,13 @@ impl Ttl {
 
 impl fmt::Display for Ttl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.seconds % 60 != 0 {
+        if !self.seconds.is_multiple_of(60) {
             return write!(f, "{}s", self.seconds);
         }
         let m = self.minutes();
-        if m % (24 * 60) == 0 {
+        if m.is_multiple_of(24 * 60) {
             write!(f, "{}d", m / (24 * 60))
-        } else if m % 60 == 0 && m <= 24 * 60 {
+        } else if m.is_multiple_of(60) && m <= 24 * 60 {
             write!(f, "{}h", m / 60)
         } else {
             write!(f, "{m}m")

@@ -16,8 +16,11 @@ pub struct Directory {
     client: reqwest::Client,
     api_url: String,
     token: String,
-    cache: Mutex<HashMap<String, (Instant, Arc<BTreeSet<String>>)>>,
+    cache: Mutex<HashMap<String, Cached>>,
 }
+
+/// A group's members, and when Slack said so.
+type Cached = (Instant, Arc<BTreeSet<String>>);
 
 #[derive(Deserialize)]
 struct UsersList {

@@ -135,7 +135,7 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         let location = path.display().to_string();
         let io = |source| StoreError::Io { location: location.clone(), source };
-        OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(&path).map_err(io)?;
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(io)?;
         let sqlite = |source: rusqlite::Error| StoreError::Backend { location: location.clone(), source: Box::new(source) };
         let mut conn = Connection::open(&path).map_err(sqlite)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(sqlite)?;

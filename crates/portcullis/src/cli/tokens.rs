@@ -109,8 +109,8 @@ async fn list(cx: &Context) -> Result<ExitCode, CliError> {
         println!("no tokens");
     } else {
         println!(
-            "{:<12}  {:<16} {:<12} {:<16} {:<23} {:<23} {}",
-            "ID", "USER", "ROLE", "ENVIRONMENTS", "CREATED", "EXPIRES", "REVOKED"
+            "{:<12}  {:<16} {:<12} {:<16} {:<23} {:<23} REVOKED",
+            "ID", "USER", "ROLE", "ENVIRONMENTS", "CREATED", "EXPIRES"
         );
         for t in &tokens {
             println!(

@@ -143,7 +143,7 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
     };
     if policy.needs_groups(&by.owner.id) {
         match &slack.directory {
-            Some(directory) => match directory.groups_of(&by.owner.id, &policy.allowed_groups()).await {
+            Some(directory) => match directory.groups_of(&by.owner.id, policy.allowed_groups()).await {
                 Ok(groups) => by.groups = groups,
                 Err(err) => {
                     tracing::warn!(error = %err, "could not check Slack user-group membership");

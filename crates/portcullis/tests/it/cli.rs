@@ -175,7 +175,7 @@ async fn dry_run_is_the_default_and_changes_nothing() {
     ok(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("DRY RUN - nothing is changed"), "{stdout}");
-    assert!(stdout.contains(&format!("AuthorizeSecurityGroupIngress tcp:443 198.51.100.7/32 \"pc:dev tester:\"")), "{stdout}");
+    assert!(stdout.contains(&"AuthorizeSecurityGroupIngress tcp:443 198.51.100.7/32 \"pc:dev tester:\"".to_string()), "{stdout}");
     assert!(w.rules(&group).await.is_empty());
 }
 

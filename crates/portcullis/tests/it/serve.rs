@@ -189,10 +189,10 @@ async fn serve_killed_mid_work_converges_after_restart() {
     let _ = server.child.wait();
     let mut acknowledged = BTreeSet::new();
     for (i, task) in tasks.into_iter().enumerate() {
-        if let Some(Some(status)) = task.await.ok() {
-            if status == 201 {
-                acknowledged.insert(format!("203.0.113.{i}/32"));
-            }
+        if let Ok(Some(status)) = task.await
+            && status == 201
+        {
+            acknowledged.insert(format!("203.0.113.{i}/32"));
         }
     }
 

@@ -66,7 +66,7 @@ impl SlackServer {
         let store = wiring::open_store(config).await.unwrap();
         let engine = Arc::new(wiring::engine_with(config, store, firewall, clock.clone(), notifier));
         let slack = slack_endpoint(config).await.unwrap().map(Arc::new);
-        let app = Arc::new(App::new(engine.clone(), &config, slack));
+        let app = Arc::new(App::new(engine.clone(), config, slack));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router(app)).await.unwrap() });
@@ -129,7 +129,8 @@ async fn signatures_are_checked_before_anything_else() {
 
     let tampered = body.replace("roadrunner", "coyote");
     let wrong = SigningSecret::new("not the secret").sign(&ts, body.as_bytes());
-    let cases: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+    type Headers = Vec<(&'static str, String)>;
+    let cases: Vec<(&str, String, Headers)> = vec![
         ("tampered body", tampered, vec![("x-slack-request-timestamp", ts.clone()), ("x-slack-signature", good.clone())]),
         ("wrong secret", body.into(), vec![("x-slack-request-timestamp", ts.clone()), ("x-slack-signature", wrong)]),
         ("missing signature", body.into(), vec![("x-slack-request-timestamp", ts.clone())]),
