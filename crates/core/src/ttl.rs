@@ -111,10 +111,34 @@ impl Serialize for Ttl {
     }
 }
 
+/// Reads back what [`fmt::Display`] writes, so every TTL survives a serde round trip: the
+/// grammar, plus `Ns` (whole seconds from 60) and `Nm`/`Nh`/`Nd` past the grammar's per-unit
+/// ranges up to [`Ttl::MAX`] (seed 001's seconds and the seed event's minutes display so).
 impl<'de> Deserialize<'de> for Ttl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Ttl, D::Error> {
         let text = String::deserialize(d)?;
-        Ttl::parse(&text).map_err(serde::de::Error::custom)
+        Ttl::parse(&text).or_else(|_| Ttl::parse_displayed(&text)).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Ttl {
+    /// The display form, with any count: `N` then `s`, `m`, `h` or `d`, within 60 s..=[`Ttl::MAX`].
+    fn parse_displayed(input: &str) -> Result<Ttl, ValidationError> {
+        let invalid = || ValidationError::InvalidTtl { input: input.to_string() };
+        let unit = input.chars().last().ok_or_else(invalid)?;
+        let digits = &input[..input.len() - unit.len_utf8()];
+        if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid());
+        }
+        let n: u64 = digits.parse().map_err(|_| invalid())?;
+        let scale = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 60 * 60,
+            'd' => 24 * 60 * 60,
+            _ => return Err(invalid()),
+        };
+        Ttl::from_seconds(n * scale).map_err(|_| invalid())
     }
 }
 
@@ -157,12 +181,19 @@ mod tests {
 
     proptest! {
         #[test]
-        fn display_parses_back(minutes in 1u64..=525_600) {
-            let ttl = Ttl::from_minutes(minutes).unwrap();
-            // Every TTL whose display is in the grammar parses back to itself.
-            if let Ok(back) = Ttl::parse(&ttl.to_string()) {
-                prop_assert_eq!(back, ttl);
-            }
+        fn what_the_grammar_accepts_displays_in_the_grammar(
+            (n, unit) in prop_oneof![(1u32..=1440, Just('m')), (1u32..=24, Just('h')), (1u32..=365, Just('d'))]
+        ) {
+            let ttl = Ttl::parse(&format!("{n}{unit}")).unwrap();
+            // No value is skipped: a TTL a user typed is shown in a form they could type back.
+            prop_assert_eq!(Ttl::parse(&ttl.to_string()).unwrap(), ttl);
+        }
+
+        #[test]
+        fn every_ttl_survives_a_serde_round_trip(seconds in 60u64..=31_536_000) {
+            let ttl = Ttl::from_seconds(seconds).unwrap();
+            let json = serde_json::to_string(&ttl).unwrap();
+            prop_assert_eq!(serde_json::from_str::<Ttl>(&json).unwrap(), ttl, "{}", json);
         }
 
         #[test]
