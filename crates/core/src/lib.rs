@@ -31,7 +31,8 @@ pub use external::{ExternalChange, ExternalKind, ExternalStep, external_step};
 pub use grant::{Grant, GrantKey, Owner, Source};
 pub use marker::Marker;
 pub use plan::{
-    AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld, counts_after, plan, plan_adoption,
+    AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld, counts_after, lapsed_revokes, plan,
+    plan_adoption,
 };
 pub use policy::{Policy, PolicyError, PolicyRules, RefusedGrant, admit_grants, policy_for};
 pub use ports::{PortRange, PortSet, Protocol};

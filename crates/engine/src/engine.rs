@@ -447,7 +447,7 @@ impl Engine {
             unowned: p.foreign,
         };
         if matches!(cause, Cause::Refresh | Cause::Periodic) {
-            self.audit_drift(&report).await;
+            self.audit_drift(&report, &grants).await;
         }
         *self.last_reconcile.lock().expect("status mutex poisoned") = Some(ReconcileSummary {
             at: now,
@@ -500,11 +500,14 @@ impl Engine {
     }
 
     /// Records `drift-repaired` for each environment whose groups a refresh or periodic run changed.
-    async fn audit_drift(&self, report: &ReconcileReport) {
+    /// Closing a lapsed grant's rules is its expiry (the sweeper records and announces it), not a repair.
+    async fn audit_drift(&self, report: &ReconcileReport, grants: &[Grant]) {
         let mut per_env: BTreeMap<&Environment, Vec<String>> = BTreeMap::new();
         for (change, outcome) in report.changes.iter().zip(&report.outcomes) {
             // Only what the firewall really changed is a repair (a dry run changes nothing).
-            if let Some(a) = outcome.applied.filter(|a| a.authorized + a.revoked + a.updated > 0) {
+            let Some(mut a) = outcome.applied else { continue };
+            a.revoked = a.revoked.saturating_sub(portcullis_core::lapsed_revokes(change, grants, report.at));
+            if a.authorized + a.revoked + a.updated > 0 {
                 per_env.entry(&change.environment).or_default().push(format!(
                     "{}: {} restored, {} removed, {} descriptions updated",
                     change.target, a.authorized, a.revoked, a.updated

@@ -104,6 +104,26 @@ async fn a_failed_region_is_named_and_retried_by_the_periodic_reconcile() {
 }
 
 #[tokio::test]
+async fn a_periodic_reconcile_that_closes_a_lapsed_grant_reports_no_repair() {
+    let r = rig(&["us-east-1"]);
+    r.engine.add(add("198.51.100.7", "5m")).await.unwrap();
+    r.engine.add(add("198.51.100.8", "1h")).await.unwrap();
+    // The first grant lapses before the sweeper runs; the second's rule is deleted by hand.
+    r.clock.advance(Duration::minutes(6));
+    let drifted = r.firewall.rules("us-east-1", "sg-us-east-1").into_iter().find(|o| o.raw_cidr == "198.51.100.8/32").unwrap();
+    r.firewall.delete_rule("us-east-1", "sg-us-east-1", &drifted.raw_cidr, drifted.ports);
+    let report = r.engine.reconcile(Scope::All, Cause::Periodic).await.unwrap();
+    assert_eq!((report.authorized, report.revoked), (1, 1), "{report:?}");
+    let audit = r.store.audit(None, 10).await.unwrap();
+    let repaired: Vec<_> = audit.iter().filter(|e| e.action == Action::DriftRepaired).map(|e| e.reason.as_str()).collect();
+    assert_eq!(
+        repaired,
+        ["sg-us-east-1 (us-east-1): 1 restored, 0 removed, 0 descriptions updated"],
+        "the lapsed grant's close is no repair"
+    );
+}
+
+#[tokio::test]
 async fn the_sweeper_revokes_at_the_exact_expiry_on_virtual_time() {
     let r = rig(&["us-east-1"]);
     r.engine.add(add("198.51.100.7", "5m")).await.unwrap();
@@ -133,7 +153,7 @@ async fn the_sweeper_revokes_at_the_exact_expiry_on_virtual_time() {
 }
 
 #[tokio::test]
-async fn hand_made_rules_survive_every_operation() {
+async fn a_hand_made_rule_on_a_granted_address_survives_add_refresh_and_expiry() {
     let r = rig(&["us-east-1"]);
     let hand = ObservedRule {
         cidr: Cidr::parse("198.51.100.7").unwrap(),
