@@ -221,7 +221,7 @@ impl Call {
 
     /// Sends one call; returns how many of its rules the service said were not there.
     ///
-    /// EC2 behaviours this relies on (moto differs on the second; `tests/it/ec2_proxy.rs`
+    /// EC2 behaviours this relies on (moto differs on the second; `tests/it/aws_proxy.rs`
     /// answers as EC2 does): an Authorize with a rule already present fails whole with
     /// `InvalidPermission.Duplicate` and adds nothing; a Revoke of rules some of which are
     /// gone succeeds, revokes the rest, and lists the gone ones in `UnknownIpPermissions` (moto

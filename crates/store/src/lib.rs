@@ -4,6 +4,8 @@
 //! The store is the source of truth: every change is written here before the firewall is
 //! touched, and each write records its audit event in the same transaction.
 
+#[cfg(feature = "test-support")]
+pub mod contract;
 pub mod seed;
 mod sqlite;
 mod upsert;

@@ -1,7 +1,15 @@
-//! A loopback proxy in front of moto that answers `RevokeSecurityGroupIngress` as real EC2
-//! does: rules that are there are revoked, rules that are not are listed in
-//! `UnknownIpPermissions`, and the call succeeds (moto fails the whole call with
-//! `InvalidPermission.NotFound` instead). Every other request passes through unchanged.
+//! A loopback proxy in front of moto that answers as AWS does where moto does not:
+//!
+//! - **EC2** `RevokeSecurityGroupIngress`: rules that are there are revoked, rules that are not
+//!   are listed in `UnknownIpPermissions`, and the call succeeds (moto fails the whole call with
+//!   `InvalidPermission.NotFound` instead).
+//! - **DynamoDB**: requests are isolated from each other, as DynamoDB's are. moto's threaded
+//!   server runs a `TransactWriteItems` unlocked (check every condition, then write; on a failed
+//!   condition it restores a copy of the table taken before), so two racing transactions can both
+//!   pass a condition only one may pass, and a restore can undo a write that had succeeded. The
+//!   proxy lets one DynamoDB call through at a time; DynamoDB Streams calls pass freely.
+//!
+//! Every other request passes through unchanged.
 
 use std::sync::Arc;
 
@@ -17,11 +25,13 @@ use crate::support::{REGION, World, moto, sdk_config};
 struct Upstream {
     moto: String,
     http: reqwest::Client,
+    /// Held for the length of each DynamoDB call.
+    dynamodb: tokio::sync::Mutex<()>,
 }
 
 /// The proxy's address (`http://127.0.0.1:PORT`); it serves until the test's runtime ends.
 pub async fn start() -> String {
-    let upstream = Arc::new(Upstream { moto: moto(), http: reqwest::Client::new() });
+    let upstream = Arc::new(Upstream { moto: moto(), http: reqwest::Client::new(), dynamodb: tokio::sync::Mutex::new(()) });
     let app = axum::Router::new().fallback(forward).with_state(upstream);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -29,7 +39,17 @@ pub async fn start() -> String {
     format!("http://{addr}")
 }
 
+/// An SDK configuration whose every service is reached through the proxy at `endpoint`.
+pub async fn sdk_config_at(endpoint: &str) -> aws_config::SdkConfig {
+    sdk_config().await.into_builder().endpoint_url(endpoint).build()
+}
+
 async fn forward(State(up): State<Arc<Upstream>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let target = headers.get("x-amz-target").and_then(|t| t.to_str().ok()).unwrap_or_default();
+    if target.starts_with("DynamoDB_20120810.") {
+        let _one_at_a_time = up.dynamodb.lock().await;
+        return pass(&up, &method, &uri, &headers, body).await;
+    }
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let action = form.iter().find(|(k, _)| k == "Action").map(|(_, v)| v.as_str());
     let (status, answer) = send(&up, &method, &uri, &headers, body.clone()).await;
@@ -55,7 +75,20 @@ async fn forward(State(up): State<Arc<Upstream>>, method: Method, uri: Uri, head
     (StatusCode::OK, [("content-type", "text/xml")], xml).into_response()
 }
 
-async fn send(up: &Upstream, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> (StatusCode, String) {
+/// Passes a request to moto and its answer back whole: status, headers (DynamoDB's error type
+/// and checksum among them) and body.
+async fn pass(up: &Upstream, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Response {
+    let response = request(up, method, uri, headers, body).send().await.unwrap();
+    let mut answer = Response::builder().status(response.status().as_u16());
+    for (name, value) in response.headers() {
+        if name != "content-length" && name != "transfer-encoding" {
+            answer = answer.header(name.as_str(), value.as_bytes());
+        }
+    }
+    answer.body(axum::body::Body::from(response.bytes().await.unwrap())).unwrap()
+}
+
+fn request(up: &Upstream, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> reqwest::RequestBuilder {
     let url = format!("{}{}", up.moto, uri.path_and_query().map_or("/", |p| p.as_str()));
     let mut request = up.http.request(method.clone(), url).body(body);
     for (name, value) in headers {
@@ -64,7 +97,11 @@ async fn send(up: &Upstream, method: &Method, uri: &Uri, headers: &HeaderMap, bo
             request = request.header(name, value);
         }
     }
-    let response = request.send().await.unwrap();
+    request
+}
+
+async fn send(up: &Upstream, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> (StatusCode, String) {
+    let response = request(up, method, uri, headers, body).send().await.unwrap();
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
     (status, response.text().await.unwrap())
 }

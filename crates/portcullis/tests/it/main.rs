@@ -4,13 +4,14 @@
 mod support;
 
 mod access;
+mod aws_proxy;
 mod cli;
 mod concurrency;
 mod connection;
 mod dynamo;
-mod ec2_proxy;
 mod engine;
 mod lambda;
 mod serve;
 mod slack;
+mod store_contract;
 mod tidy;

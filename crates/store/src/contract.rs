@@ -1,0 +1,330 @@
+//! The contract every [`Store`] keeps, as one suite each backend runs: SQLite here, DynamoDB on
+//! moto in the binary's tests. Each case gets two handles on one fresh store (two processes,
+//! each with its own [`Store::instance`]), so races between writers are part of the contract.
+//!
+//! [`store_contract!`](crate::store_contract) turns every case into a test of its own.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use portcullis_core::{
+    Action, ApiToken, AuditEvent, Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Role, Source, Timestamp,
+    ValidationError,
+};
+use time::Duration;
+use time::macros::datetime;
+
+use crate::{Actor, LeaseClaim, NOTICE_LEASE, Settlement, Store, StoreError, Upsert};
+
+/// Two handles on one store, as two processes would hold it.
+pub struct Pair {
+    pub a: Arc<dyn Store>,
+    pub b: Arc<dyn Store>,
+    /// Whatever must outlive the case (a temporary directory, say).
+    pub keep: Box<dyn std::any::Any + Send>,
+}
+
+/// The environments the cases use; a backend must be able to hold grants in both.
+pub const ENVIRONMENTS: [&str; 2] = ["dev", "prod"];
+
+const T0: Timestamp = datetime!(2026-03-01 09:00 UTC);
+const LIMIT: usize = 3;
+
+fn env(name: &str) -> Environment {
+    Environment::parse(name).expect("a valid environment")
+}
+
+fn grant(cidr: &str, environment: &str, owner: &str, at: Timestamp, ttl: Duration) -> Grant {
+    Grant {
+        cidr: Cidr::parse(cidr).expect("a valid cidr"),
+        environment: env(environment),
+        owner: Owner::named(owner),
+        source: Source::Manual,
+        description: Description::parse("").expect("an empty description"),
+        created_at: at,
+        expires_at: Some(at + ttl),
+    }
+}
+
+fn actor(name: &str) -> Actor {
+    Actor { name: name.into(), interface: Interface::Cli }
+}
+
+fn upsert(grant: Grant, by: &str) -> Upsert {
+    Upsert { grant, actor: actor(by), max_grants_per_user: LIMIT }
+}
+
+fn key(cidr: &str, environment: &str) -> GrantKey {
+    GrantKey { cidr: Cidr::parse(cidr).expect("a valid cidr"), environment: env(environment) }
+}
+
+fn event(action: Action, reason: &str) -> AuditEvent {
+    AuditEvent {
+        id: 0,
+        at: T0,
+        actor: "stream".into(),
+        interface: Interface::Stream,
+        action,
+        environment: env("dev").into(),
+        cidr: None,
+        before: None,
+        after: None,
+        reason: reason.into(),
+    }
+}
+
+/// The audit actions recorded for one address, oldest first.
+async fn actions_for(store: &dyn Store, cidr: &str) -> Vec<Action> {
+    let cidr = Cidr::parse(cidr).expect("a valid cidr");
+    let mut events: Vec<AuditEvent> =
+        store.audit(None, 10_000).await.expect("audit").into_iter().filter(|e| e.cidr == Some(cidr)).collect();
+    events.reverse();
+    events.into_iter().map(|e| e.action).collect()
+}
+
+/// Add, look up, refresh by another user (owner kept, later expiry, description replaced),
+/// remove, remove again; each change audited, the environment in the history.
+pub async fn upsert_refresh_remove(p: Pair) {
+    assert!(p.a.environments_with_history().await.unwrap().is_empty(), "a new store has no history");
+    let first = p.a.upsert(upsert(grant("198.51.100.7", "dev", "alice", T0, Duration::days(7)), "alice")).await.unwrap();
+    assert!(first.previous.is_none());
+    assert_eq!(p.b.grant(&key("198.51.100.7", "dev")).await.unwrap(), Some(first.grant.clone()), "read through the other handle");
+    assert_eq!(p.b.grant(&key("198.51.100.7", "prod")).await.unwrap(), None, "keys are per environment");
+
+    let mut asked = grant("198.51.100.7/32", "dev", "bob", T0 + Duration::hours(1), Duration::hours(1));
+    asked.description = Description::parse("office").unwrap();
+    let second = p.b.upsert(upsert(asked, "bob")).await.unwrap();
+    assert_eq!(second.previous.as_ref(), Some(&first.grant));
+    assert_eq!(second.grant.owner.name, "alice", "the owner is kept");
+    assert_eq!(second.grant.description.as_str(), "office", "the description is replaced");
+    assert_eq!(second.grant.expires_at, Some(T0 + Duration::days(7)), "the later expiry is kept");
+    assert_eq!(p.a.grants(Some(&env("dev"))).await.unwrap(), vec![second.grant.clone()]);
+    assert!(p.a.grants(Some(&env("prod"))).await.unwrap().is_empty());
+
+    let removed = p.a.remove(&key("198.51.100.7", "dev"), &actor("carol"), T0 + Duration::hours(2)).await.unwrap();
+    assert_eq!(removed, Some(second.grant));
+    assert_eq!(p.b.remove(&key("198.51.100.7", "dev"), &actor("carol"), T0 + Duration::hours(2)).await.unwrap(), None);
+    assert!(p.b.grants(None).await.unwrap().is_empty());
+    assert_eq!(actions_for(p.a.as_ref(), "198.51.100.7/32").await, [Action::Added, Action::Refreshed, Action::Removed]);
+    let refreshed = p.a.audit(None, 10).await.unwrap().into_iter().find(|e| e.action == Action::Refreshed).unwrap();
+    assert!(refreshed.reason.contains("bob") && refreshed.reason.contains("alice"), "{}", refreshed.reason);
+    assert_eq!(p.b.environments_with_history().await.unwrap(), BTreeSet::from([env("dev")]));
+}
+
+/// The per-user limit counts live grants of one owner in one environment; `expire` takes
+/// exactly the due grants of the environments asked for, and records each once.
+pub async fn per_user_limit_and_expiry(p: Pair) {
+    for i in 1..=LIMIT as i64 {
+        p.a.upsert(upsert(grant(&format!("203.0.113.{i}"), "dev", "alice", T0, Duration::minutes(i)), "alice")).await.unwrap();
+    }
+    let err = p.b.upsert(upsert(grant("203.0.113.9", "dev", "alice", T0, Duration::days(1)), "alice")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Validation(ValidationError::TooManyGrants { .. })), "{err}");
+    assert_eq!(p.b.grant(&key("203.0.113.9", "dev")).await.unwrap(), None, "a refused add stores nothing");
+    // Another owner, and the same owner elsewhere, have limits of their own.
+    p.b.upsert(upsert(grant("203.0.113.10", "dev", "bob", T0, Duration::days(1)), "bob")).await.unwrap();
+    p.b.upsert(upsert(grant("203.0.113.11", "prod", "alice", T0, Duration::minutes(1)), "alice")).await.unwrap();
+    // A refresh of one of alice's own grants is no new grant.
+    p.b.upsert(upsert(grant("203.0.113.3", "dev", "alice", T0, Duration::minutes(3)), "alice")).await.unwrap();
+
+    assert_eq!(p.a.next_expiry().await.unwrap(), Some(T0 + Duration::minutes(1)));
+    let later = T0 + Duration::minutes(2);
+    assert!(p.a.expire(later, &BTreeSet::new()).await.unwrap().is_empty(), "no environment asked for, none expired");
+    let mut gone: Vec<String> =
+        p.a.expire(later, &BTreeSet::from([env("dev")])).await.unwrap().iter().map(|g| g.cidr.to_string()).collect();
+    gone.sort();
+    assert_eq!(gone, ["203.0.113.1/32", "203.0.113.2/32"], "due at or before now, in dev only");
+    assert!(p.b.expire(later, &BTreeSet::from([env("dev")])).await.unwrap().is_empty(), "expired once");
+    assert_eq!(
+        p.b.grant(&key("203.0.113.11", "prod")).await.unwrap().map(|g| g.environment),
+        Some(env("prod")),
+        "prod stays due"
+    );
+    assert_eq!(actions_for(p.b.as_ref(), "203.0.113.1/32").await, [Action::Added, Action::Expired]);
+    // Expired grants no longer count against the limit.
+    p.b.upsert(upsert(grant("203.0.113.9", "dev", "alice", later, Duration::days(1)), "alice")).await.unwrap();
+}
+
+/// One holder at a time, renewable, until it lapses or its holder gives it up.
+pub async fn leases(p: Pair) {
+    let claim = |holder, now| LeaseClaim { name: "sweeper", holder, now, duration: Duration::seconds(15) };
+    assert!(p.a.acquire_lease(claim("a", T0)).await.unwrap());
+    assert!(!p.b.acquire_lease(claim("b", T0 + Duration::seconds(5))).await.unwrap(), "held by a");
+    assert!(p.b.acquire_lease(LeaseClaim { name: "apply:dev", ..claim("b", T0) }).await.unwrap(), "leases are by name");
+    assert!(p.a.acquire_lease(claim("a", T0 + Duration::seconds(10))).await.unwrap(), "a renews");
+    assert!(!p.b.acquire_lease(claim("b", T0 + Duration::seconds(24))).await.unwrap(), "renewed until 25 s");
+    assert!(p.b.acquire_lease(claim("b", T0 + Duration::seconds(25))).await.unwrap(), "lapsed: b takes it");
+    p.a.release_lease("sweeper", "a").await.unwrap();
+    assert!(!p.a.acquire_lease(claim("a", T0 + Duration::seconds(26))).await.unwrap(), "a cannot release b's lease");
+    p.b.release_lease("sweeper", "b").await.unwrap();
+    assert!(p.a.acquire_lease(claim("a", T0 + Duration::seconds(27))).await.unwrap(), "released: free at once");
+}
+
+/// Two processes racing for a free lease: exactly one gets it, every round.
+pub async fn racing_for_one_lease(p: Pair) {
+    for round in 0..10 {
+        let now = T0 + Duration::minutes(round);
+        let name = format!("race-{round}");
+        let claim = |holder| LeaseClaim { name: &name, holder, now, duration: Duration::seconds(15) };
+        let (a, b) = tokio::join!(p.a.acquire_lease(claim("a")), p.b.acquire_lease(claim("b")));
+        assert!(a.unwrap() ^ b.unwrap(), "round {round}: exactly one holder");
+    }
+}
+
+/// `record_once` writes one event per key, whichever handle asks, however often.
+pub async fn record_once_and_claims(p: Pair) {
+    assert!(p.a.record_once(event(Action::Refused, "unreadable"), "stream:1").await.unwrap());
+    assert!(!p.b.record_once(event(Action::Refused, "unreadable"), "stream:1").await.unwrap(), "another process");
+    let (one, two) = tokio::join!(
+        p.a.record_once(event(Action::Refused, "raced"), "stream:2"),
+        p.b.record_once(event(Action::Refused, "raced"), "stream:2")
+    );
+    assert!(one.unwrap() ^ two.unwrap(), "racing: exactly one records it");
+    let recorded: Vec<String> = p.a.audit(None, 10).await.unwrap().into_iter().map(|e| e.reason).collect();
+    assert_eq!(recorded, ["raced", "unreadable"]);
+
+    let until = T0 + Duration::minutes(10);
+    assert!(p.a.claim_once("slack:v0=abc", T0, until).await.unwrap(), "first use");
+    assert!(!p.b.claim_once("slack:v0=abc", T0 + Duration::minutes(1), until).await.unwrap(), "a replay, elsewhere");
+    assert!(p.b.claim_once("slack:v0=def", T0, until).await.unwrap(), "another key");
+    assert!(p.a.claim_once("slack:v0=abc", until, until + Duration::minutes(10)).await.unwrap(), "lapsed: claimable again");
+}
+
+/// Tokens by hash, listed, revoked once, each audited without the hash.
+pub async fn tokens(p: Pair) {
+    let token = ApiToken {
+        id: "abc123".into(),
+        hash: "f".repeat(64),
+        user: "ci".into(),
+        role: Role::Admin,
+        environments: [env("dev")].into(),
+        created_at: T0,
+        expires_at: Some(T0 + Duration::days(1)),
+        revoked_at: None,
+        created_by: "root".into(),
+    };
+    let root = actor("root");
+    p.a.create_token(token.clone(), &root).await.unwrap();
+    assert_eq!(p.b.token_by_hash(&"f".repeat(64)).await.unwrap(), Some(token.clone()));
+    assert_eq!(p.b.token_by_hash("nope").await.unwrap(), None);
+    assert!(p.b.create_token(token.clone(), &root).await.is_err(), "ids and hashes are unique");
+    let revoked = p.b.revoke_token("abc123", &root, T0 + Duration::hours(1)).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(T0 + Duration::hours(1)));
+    let again = p.a.revoke_token("abc123", &root, T0 + Duration::hours(2)).await.unwrap().unwrap();
+    assert_eq!(again.revoked_at, Some(T0 + Duration::hours(1)), "revoking twice changes nothing");
+    assert_eq!(p.a.revoke_token("missing", &root, T0).await.unwrap(), None);
+    assert_eq!(p.a.tokens().await.unwrap(), vec![revoked]);
+    let audit = p.a.audit(None, 10).await.unwrap();
+    let actions: Vec<Action> = audit.iter().map(|e| e.action).collect();
+    assert_eq!(actions, [Action::TokenRevoked, Action::TokenCreated]);
+    assert!(audit.iter().all(|e| !e.reason.contains(&"f".repeat(64))), "the audit never holds the hash");
+}
+
+/// Announced changes enter the outbox with their audit record, leased to the writer for
+/// [`NOTICE_LEASE`]; a retry is anyone's once due; a crashed claimant's notice is taken over.
+pub async fn outbox(p: Pair) {
+    assert_ne!(p.a.instance(), p.b.instance());
+    let g = grant("198.51.100.7", "dev", "alice", T0, Duration::days(1));
+    p.a.upsert(upsert(g.clone(), "alice")).await.unwrap();
+    p.a.upsert(upsert(g.clone(), "alice")).await.unwrap(); // a refresh is audited, not announced
+    p.a.remove(&g.key(), &actor("bob"), T0).await.unwrap();
+    assert_eq!(p.a.outbox_status().await.unwrap().pending, 2);
+
+    assert_eq!(p.b.claim_notice(T0).await.unwrap(), None, "the writer's own, until its lease lapses");
+    let first = p.a.claim_notice(T0).await.unwrap().unwrap();
+    assert_eq!((first.event.action, first.attempts), (Action::Added, 0));
+    p.a.settle_notice(first.event.id, Settlement::Delivered, T0).await.unwrap();
+    let second = p.a.claim_notice(T0).await.unwrap().unwrap();
+    assert_eq!(second.event.action, Action::Removed);
+    let retry_at = T0 + Duration::seconds(2);
+    p.a.settle_notice(second.event.id, Settlement::Retry { at: retry_at, error: "503".into() }, T0).await.unwrap();
+    assert_eq!(p.a.claim_notice(T0 + Duration::seconds(1)).await.unwrap(), None, "not due before its retry time");
+    assert_eq!(p.b.outbox_status().await.unwrap().next_due, Some(retry_at));
+
+    let again = p.b.claim_notice(retry_at).await.unwrap().unwrap();
+    assert_eq!((again.event.id, again.attempts), (second.event.id, 1));
+    assert_eq!(p.a.claim_notice(retry_at).await.unwrap(), None, "claimed by b");
+    let crashed = p.a.claim_notice(retry_at + NOTICE_LEASE).await.unwrap().unwrap();
+    assert_eq!(crashed.event.id, second.event.id, "a crashed claimant's notice is delivered by another");
+    p.a.settle_notice(crashed.event.id, Settlement::Delivered, retry_at + NOTICE_LEASE).await.unwrap();
+    assert_eq!(p.b.outbox_status().await.unwrap().pending, 0);
+}
+
+/// Two writers add the same key at once, round after round: exactly one adds it, the other
+/// refreshes it, and both writes are audited.
+pub async fn racing_writers_on_one_key(p: Pair) {
+    for round in 0..10 {
+        let cidr = format!("198.51.100.{}", round + 1);
+        let (alice, bob) = (format!("alice{round}"), format!("bob{round}"));
+        let (a, b) = tokio::join!(
+            p.a.upsert(upsert(grant(&cidr, "dev", &alice, T0, Duration::hours(1)), &alice)),
+            p.b.upsert(upsert(grant(&cidr, "dev", &bob, T0, Duration::hours(2)), &bob))
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a.previous.is_none() ^ b.previous.is_none(), "round {round}: exactly one adds it");
+        let stored = p.a.grant(&key(&cidr, "dev")).await.unwrap().unwrap();
+        let winner = if a.previous.is_none() { &alice } else { &bob };
+        assert_eq!(&stored.owner.name, winner, "round {round}: the adder owns it");
+        assert_eq!(stored.expires_at, Some(T0 + Duration::hours(2)), "round {round}: the later expiry wins");
+        assert_eq!(actions_for(p.b.as_ref(), &format!("{cidr}/32")).await, [Action::Added, Action::Refreshed], "round {round}");
+    }
+    assert_eq!(p.a.grants(None).await.unwrap().len(), 10, "nothing lost");
+}
+
+/// Two writers add different addresses for one owner at once, with one place left under the
+/// limit: exactly one gets it, the other is refused, and the limit holds.
+pub async fn racing_writers_on_one_users_limit(p: Pair) {
+    for round in 0..6u8 {
+        let owner = format!("user{round}");
+        for i in 1..LIMIT as u8 {
+            let cidr = format!("203.0.{round}.{i}");
+            p.a.upsert(upsert(grant(&cidr, "dev", &owner, T0, Duration::hours(1)), &owner)).await.unwrap();
+        }
+        let (x, y) = (format!("203.0.{round}.100"), format!("203.0.{round}.101"));
+        let (a, b) = tokio::join!(
+            p.a.upsert(upsert(grant(&x, "dev", &owner, T0, Duration::hours(1)), &owner)),
+            p.b.upsert(upsert(grant(&y, "dev", &owner, T0, Duration::hours(1)), &owner))
+        );
+        let refused = |r: &Result<_, StoreError>| matches!(r, Err(StoreError::Validation(ValidationError::TooManyGrants { .. })));
+        assert!(
+            (a.is_ok() && refused(&b)) || (refused(&a) && b.is_ok()),
+            "round {round}: exactly one wins: {:?} / {:?}",
+            a.as_ref().err(),
+            b.as_ref().err()
+        );
+        let held = p.b.grants(Some(&env("dev"))).await.unwrap().into_iter().filter(|g| g.owner.name == owner).count();
+        assert_eq!(held, LIMIT, "round {round}: the limit holds and the winner's grant is stored");
+    }
+}
+
+/// Two writers remove one grant at once: exactly one removes it, and it is audited once.
+pub async fn racing_removes(p: Pair) {
+    for round in 0..5 {
+        let cidr = format!("192.0.2.{}", round + 1);
+        p.a.upsert(upsert(grant(&cidr, "dev", "alice", T0, Duration::hours(1)), "alice")).await.unwrap();
+        let k = key(&cidr, "dev");
+        let (by_a, by_b) = (actor("a"), actor("b"));
+        let (a, b) = tokio::join!(p.a.remove(&k, &by_a, T0), p.b.remove(&k, &by_b, T0));
+        assert!(a.unwrap().is_some() ^ b.unwrap().is_some(), "round {round}: exactly one removes it");
+        assert_eq!(actions_for(p.a.as_ref(), &format!("{cidr}/32")).await, [Action::Added, Action::Removed], "round {round}");
+    }
+}
+
+/// One `#[tokio::test]` per contract case, each on the pair `$pair().await` makes (a fresh
+/// store for each case).
+#[macro_export]
+macro_rules! store_contract {
+    ($pair:path) => {
+        $crate::store_contract!(@cases $pair;
+            upsert_refresh_remove, per_user_limit_and_expiry, leases, racing_for_one_lease,
+            record_once_and_claims, tokens, outbox, racing_writers_on_one_key,
+            racing_writers_on_one_users_limit, racing_removes);
+    };
+    (@cases $pair:path; $($case:ident),*) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::contract::$case($pair().await).await
+            }
+        )*
+    };
+}
