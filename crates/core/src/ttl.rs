@@ -24,13 +24,8 @@ impl Ttl {
     /// Parses `Nm`, `Nh` or `Nd` within the seed's ranges.
     pub fn parse(input: &str) -> Result<Ttl, ValidationError> {
         let invalid = || ValidationError::InvalidTtl { input: input.to_string() };
-        let text = input.trim();
-        let unit = text.chars().last().ok_or_else(invalid)?;
-        let digits = &text[..text.len() - unit.len_utf8()];
-        if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid());
-        }
-        let n: u32 = digits.parse().map_err(|_| invalid())?;
+        let (n, unit) = count_and_unit(input.trim(), 4).ok_or_else(invalid)?;
+        let n = n as u32; // at most 4 digits
         let minutes = match unit {
             'm' if (1..=1440).contains(&n) => n,
             'h' if (1..=24).contains(&n) => n * 60,
@@ -125,12 +120,7 @@ impl Ttl {
     /// The display form, with any count: `N` then `s`, `m`, `h` or `d`, within 60 s..=[`Ttl::MAX`].
     fn parse_displayed(input: &str) -> Result<Ttl, ValidationError> {
         let invalid = || ValidationError::InvalidTtl { input: input.to_string() };
-        let unit = input.chars().last().ok_or_else(invalid)?;
-        let digits = &input[..input.len() - unit.len_utf8()];
-        if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid());
-        }
-        let n: u64 = digits.parse().map_err(|_| invalid())?;
+        let (n, unit) = count_and_unit(input, 9).ok_or_else(invalid)?;
         let scale = match unit {
             's' => 1,
             'm' => 60,
@@ -140,6 +130,16 @@ impl Ttl {
         };
         Ttl::from_seconds(n * scale).map_err(|_| invalid())
     }
+}
+
+/// `N` (1 to `max_digits` ASCII digits) then one unit character.
+fn count_and_unit(text: &str, max_digits: usize) -> Option<(u64, char)> {
+    let unit = text.chars().last()?;
+    let digits = &text[..text.len() - unit.len_utf8()];
+    if digits.is_empty() || digits.len() > max_digits || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((digits.parse().ok()?, unit))
 }
 
 #[cfg(test)]
