@@ -16,6 +16,7 @@ mod marker;
 mod plan;
 mod policy;
 mod ports;
+mod repair;
 mod target;
 mod ttl;
 mod user;
@@ -31,11 +32,11 @@ pub use external::{ExternalChange, ExternalKind, ExternalStep, external_step};
 pub use grant::{Grant, GrantKey, Owner, Source};
 pub use marker::Marker;
 pub use plan::{
-    AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld, counts_after, lapsed_revokes, plan,
-    plan_adoption,
+    AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld, counts_after, plan, plan_adoption,
 };
 pub use policy::{Policy, PolicyError, PolicyRules, RefusedGrant, admit_grants, policy_for};
 pub use ports::{PortRange, PortSet, Protocol};
+pub use repair::lapsed_revokes;
 pub use target::{
     ENVIRONMENT_TAG, FamilyCounts, GroupId, ObservedGroup, ObservedRule, PORTS_TAG, Route, SkippedGroup, Target, TargetId,
     TargetSelector, TargetSpec, resolve_targets,

@@ -239,17 +239,6 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     out
 }
 
-/// How many of `change`'s revokes close the rule of a grant that has lapsed (stored, past its
-/// expiry, not yet recorded expired by the sweeper). Such a revoke is the expiry arriving early
-/// through a reconcile, not drift: a repair report leaves it out.
-pub fn lapsed_revokes(change: &GroupChange, grants: &[Grant], now: Timestamp) -> usize {
-    let lapsed: BTreeSet<Cidr> =
-        grants.iter().filter(|g| g.environment == change.environment && !g.is_live(now)).map(|g| g.cidr).collect();
-    let live: BTreeSet<Cidr> =
-        grants.iter().filter(|g| g.environment == change.environment && g.is_live(now)).map(|g| g.cidr).collect();
-    change.revoke.iter().filter(|r| lapsed.contains(&r.cidr) && !live.contains(&r.cidr)).count()
-}
-
 /// The marker-less rules to take over: those matching a live grant exactly (same address,
 /// group and port range) that carry no marker at all. Each becomes a description update to the
 /// grant's marked description; nothing else is ever proposed, so every other unowned rule (and
@@ -586,27 +575,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn a_lapsed_grants_revokes_are_counted_unless_the_address_is_live_again() {
-        let applied = |cidr: &str| {
-            let r = rule(cidr, 22, None);
-            AppliedRule { cidr: r.cidr, ec2_cidr: r.raw_cidr, ports: r.ports, description: String::new() }
-        };
-        let change = GroupChange {
-            revoke: vec![applied("192.0.2.1/32"), applied("192.0.2.2/32"), applied("192.0.2.3/32")],
-            ..GroupChange::none(&target("sg-1", "dev", PortSet::default(), vec![]), &env("dev"))
-        };
-        let grants = [
-            grant("192.0.2.1", "dev", "", Some(-1)),
-            grant("192.0.2.2", "dev", "", Some(-1)),
-            grant("192.0.2.2", "dev", "", Some(60)),
-        ];
-        // .1 lapsed; .2 lapsed but is live again (another grant); .3 has no grant at all (drift).
-        assert_eq!(lapsed_revokes(&change, &grants, NOW), 1);
-        assert_eq!(lapsed_revokes(&change, &grants, NOW - time::Duration::minutes(2)), 0, "nothing lapsed yet");
-        let elsewhere = [grant("192.0.2.1", "prod", "", Some(-1))];
-        assert_eq!(lapsed_revokes(&change, &elsewhere, NOW), 0, "another environment's grant is not this one's");
     }
 }

@@ -107,26 +107,42 @@ impl DynamoWorld {
         assert!(out.status.success(), "{}", text(&out));
     }
 
-    /// Puts a live item in `dev` by hand and deletes it again, so the stream carries a removal
-    /// made outside portcullis, announced with `cidr` in it. The stream is read in order, so once
-    /// that announcement is out, every earlier record was handled: a count taken then is final.
-    pub async fn stream_barrier(&self, cidr: &str) {
-        let client = self.dynamo().await;
-        let now = time::OffsetDateTime::now_utc();
+    /// Puts an item in `dev` exactly as seed 000's Lambda writes it (Python's isoformat,
+    /// microseconds included): `user` is (id, name).
+    pub async fn put_seed_item(
+        &self,
+        cidr: &str,
+        added_at: time::OffsetDateTime,
+        expires_at: time::OffsetDateTime,
+        user: (&str, &str),
+        description: Option<&str>,
+    ) {
         let iso = portcullis_store::seed::iso;
-        client
+        let mut put = self
+            .dynamo()
+            .await
             .put_item()
             .table_name(self.table("dev"))
             .item("ip_address", s(cidr))
             .item("environment", s("dev"))
-            .item("added_at", s(&iso(now)))
-            .item("expires_at", s(&iso(now + time::Duration::days(1))))
-            .item("ttl", AttributeValue::N((now + time::Duration::days(1)).unix_timestamp().to_string()))
-            .item("user_id", s("U0BARRIER"))
-            .item("username", s("barrier"))
-            .send()
-            .await
-            .unwrap();
+            .item("added_at", s(&iso(added_at)))
+            .item("expires_at", s(&iso(expires_at)))
+            .item("ttl", AttributeValue::N(expires_at.unix_timestamp().to_string()))
+            .item("user_id", s(user.0))
+            .item("username", s(user.1));
+        if let Some(d) = description {
+            put = put.item("description", s(d));
+        }
+        put.send().await.unwrap();
+    }
+
+    /// Puts a live item in `dev` by hand and deletes it again, so the stream carries a removal
+    /// made outside portcullis, announced with `cidr` in it. The stream is read in order, so once
+    /// that announcement is out, every earlier record was handled: a count taken then is final.
+    pub async fn stream_barrier(&self, cidr: &str) {
+        let now = time::OffsetDateTime::now_utc();
+        self.put_seed_item(cidr, now, now + time::Duration::days(1), ("U0BARRIER", "barrier"), None).await;
+        let client = self.dynamo().await;
         client
             .delete_item()
             .table_name(self.table("dev"))
@@ -255,27 +271,11 @@ async fn an_old_lambda_item_is_applied_and_an_expired_one_is_not() {
     let d = DynamoWorld::new().await;
     let group = d.w.group(true, &[]).await;
     d.init();
-    let client = d.dynamo().await;
     let now = time::OffsetDateTime::now_utc();
     for (ip, expires) in
         [("198.51.100.20/32", now + time::Duration::days(1)), ("198.51.100.21/32", now - time::Duration::hours(1))]
     {
-        // Exactly what seed 000's Lambda writes (Python's isoformat, microseconds included).
-        let iso = |t: time::OffsetDateTime| portcullis_store::seed::iso(t);
-        client
-            .put_item()
-            .table_name(d.table("dev"))
-            .item("ip_address", s(ip))
-            .item("environment", s("dev"))
-            .item("added_at", s(&iso(now - time::Duration::days(2))))
-            .item("expires_at", s(&iso(expires)))
-            .item("ttl", AttributeValue::N(expires.unix_timestamp().to_string()))
-            .item("user_id", s("U0OLD"))
-            .item("username", s("old.lambda"))
-            .item("description", s("from the seed"))
-            .send()
-            .await
-            .unwrap();
+        d.put_seed_item(ip, now - time::Duration::days(2), expires, ("U0OLD", "old.lambda"), Some("from the seed")).await;
     }
     let out = d.cli(&["refresh"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -607,9 +607,7 @@ async fn items_another_writer_puts_past_the_policy_are_never_applied() {
     let d = DynamoWorld::new().await;
     let group = d.w.group(true, &[]).await;
     d.init();
-    let client = d.dynamo().await;
     let now = time::OffsetDateTime::now_utc();
-    let iso = |t: time::OffsetDateTime| portcullis_store::seed::iso(t);
     // The whole internet, a /8 (the CLI refuses wider than /24), two years (max_ttl is 365d),
     // and one item that is fine.
     for (ip, expires) in [
@@ -618,19 +616,7 @@ async fn items_another_writer_puts_past_the_policy_are_never_applied() {
         ("198.51.100.30/32", now + time::Duration::days(730)),
         ("198.51.100.31/32", now + time::Duration::days(1)),
     ] {
-        client
-            .put_item()
-            .table_name(d.table("dev"))
-            .item("ip_address", s(ip))
-            .item("environment", s("dev"))
-            .item("added_at", s(&iso(now)))
-            .item("expires_at", s(&iso(expires)))
-            .item("ttl", AttributeValue::N(expires.unix_timestamp().to_string()))
-            .item("user_id", s("U0CONSOLE"))
-            .item("username", s("console"))
-            .send()
-            .await
-            .unwrap();
+        d.put_seed_item(ip, now, expires, ("U0CONSOLE", "console"), None).await;
     }
     for _ in 0..2 {
         let out = d.cli(&["refresh"]);

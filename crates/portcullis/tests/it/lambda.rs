@@ -5,7 +5,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -62,22 +61,14 @@ async fn lambda_mode_handles_every_event_kind_through_the_runtime_api() {
     // A grant that expired an hour ago, its item not yet deleted by DynamoDB's TTL, its rule
     // still open: the scheduled run must close it and say so.
     let expired_at = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-    let iso = portcullis_store::seed::iso;
-    d.dynamo()
-        .await
-        .put_item()
-        .table_name(d.table("dev"))
-        .item("ip_address", AttributeValue::S("198.51.100.30/32".into()))
-        .item("environment", AttributeValue::S("dev".into()))
-        .item("added_at", AttributeValue::S(iso(expired_at - time::Duration::days(1))))
-        .item("expires_at", AttributeValue::S(iso(expired_at)))
-        .item("ttl", AttributeValue::N(expired_at.unix_timestamp().to_string()))
-        .item("user_id", AttributeValue::S("U0OLD".into()))
-        .item("username", AttributeValue::S("old.lambda".into()))
-        .item("description", AttributeValue::S("lapsed".into()))
-        .send()
-        .await
-        .unwrap();
+    d.put_seed_item(
+        "198.51.100.30/32",
+        expired_at - time::Duration::days(1),
+        expired_at,
+        ("U0OLD", "old.lambda"),
+        Some("lapsed"),
+    )
+    .await;
     for port in [80, 443] {
         d.w.hand_rule(&group, "198.51.100.30/32", port, "pc:dev old.lambda: lapsed").await;
     }
