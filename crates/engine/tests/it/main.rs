@@ -186,15 +186,20 @@ async fn a_dry_run_reconcile_changes_nothing_and_audits_no_repair() {
     assert!(audit.iter().all(|e| e.action != Action::DriftRepaired), "{audit:?}");
 }
 
-/// The in-memory firewall, with another writer that, just before this process's first apply,
-/// adds the same rules itself: the apply then fails as EC2 answers a quota filled by them.
-struct RacedOnce {
+/// The in-memory firewall, with `before` asked first on every apply: it may act on the
+/// firewall as another writer would, or answer for it (an error EC2 would give); `None` applies.
+struct BeforeApply<F> {
     inner: Arc<MemoryFirewall>,
-    raced: std::sync::atomic::AtomicBool,
+    before: F,
 }
 
+type Answer = Option<Result<portcullis_engine::Applied, portcullis_engine::FirewallError>>;
+
 #[async_trait::async_trait]
-impl portcullis_engine::Firewall for RacedOnce {
+impl<F> portcullis_engine::Firewall for BeforeApply<F>
+where
+    F: Fn(&portcullis_core::GroupChange, &MemoryFirewall) -> Answer + Send + Sync,
+{
     async fn observe(&self, specs: &[TargetSpec]) -> portcullis_engine::Observation {
         self.inner.observe(specs).await
     }
@@ -203,36 +208,50 @@ impl portcullis_engine::Firewall for RacedOnce {
         &self,
         change: &portcullis_core::GroupChange,
     ) -> Result<portcullis_engine::Applied, portcullis_engine::FirewallError> {
-        if !change.authorize.is_empty() && !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            for rule in &change.authorize {
-                let observed = ObservedRule {
-                    cidr: rule.cidr,
-                    raw_cidr: rule.ec2_cidr.clone(),
-                    ports: rule.ports,
-                    description: Some(rule.description.clone()),
-                };
-                self.inner.put_rule(&change.target.region, &change.target.group_id, observed);
-            }
-            return Err(portcullis_engine::FirewallError {
-                code: Some("RulesPerSecurityGroupLimitExceeded".into()),
-                message: "RulesPerSecurityGroupLimitExceeded: the maximum number of rules per security group has been reached"
-                    .into(),
-            });
+        match (self.before)(change, &self.inner) {
+            Some(answer) => answer,
+            None => self.inner.apply(change).await,
         }
-        self.inner.apply(change).await
+    }
+}
+
+/// Another writer that, just before this process's first apply, adds the same rules itself:
+/// the apply then fails as EC2 answers a quota filled by them.
+fn raced_once() -> impl Fn(&portcullis_core::GroupChange, &MemoryFirewall) -> Answer + Send + Sync {
+    let raced = std::sync::atomic::AtomicBool::new(false);
+    move |change, inner| {
+        if change.authorize.is_empty() || raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        for rule in &change.authorize {
+            let observed = ObservedRule {
+                cidr: rule.cidr,
+                raw_cidr: rule.ec2_cidr.clone(),
+                ports: rule.ports,
+                description: Some(rule.description.clone()),
+            };
+            inner.put_rule(&change.target.region, &change.target.group_id, observed);
+        }
+        Some(Err(portcullis_engine::FirewallError {
+            code: Some("RulesPerSecurityGroupLimitExceeded".into()),
+            message: "RulesPerSecurityGroupLimitExceeded: the maximum number of rules per security group has been reached".into(),
+        }))
     }
 }
 
 #[tokio::test]
 async fn a_batch_that_lost_to_a_concurrent_writer_is_observed_again_not_failed() {
     let r = rig(&["us-east-1"]);
-    let raced = Arc::new(RacedOnce { inner: r.firewall.clone(), raced: Default::default() });
+    let raced = Arc::new(BeforeApply { inner: r.firewall.clone(), before: raced_once() });
     let engine = Engine::new(r.store.clone(), raced, r.clock.clone(), r.settings.clone());
     let outcome = engine.add(add("198.51.100.8", "1h")).await.unwrap();
     let report = outcome.report.expect("applied");
     assert!(!report.failed(), "{:?}", report.failure_messages());
     let rules = r.firewall.rules("us-east-1", "sg-us-east-1");
     assert_eq!(rules.len(), 1, "the rule the other writer added is the grant's, and are not added twice: {rules:?}");
+    // The race did happen: the first apply lost it, and the second plan found nothing to add.
+    let authorized = r.firewall.calls().iter().filter(|c| c.action == "AuthorizeSecurityGroupIngress").count();
+    assert_eq!(authorized, 0, "{:?}", r.firewall.calls());
 }
 
 #[tokio::test(start_paused = true)]
@@ -320,33 +339,22 @@ async fn an_apply_lease_held_by_a_dead_peer_delays_an_apply_but_does_not_stop_it
     assert_eq!(r.firewall.rules("us-east-1", "sg-us-east-1").len(), 1);
 }
 
-/// The in-memory firewall, whose revokes fail while `failing` is set (as a throttled or
-/// unavailable EC2 answers).
-struct RevokesFail {
-    inner: Arc<MemoryFirewall>,
-    failing: std::sync::atomic::AtomicBool,
-    attempts: std::sync::atomic::AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl portcullis_engine::Firewall for RevokesFail {
-    async fn observe(&self, specs: &[TargetSpec]) -> portcullis_engine::Observation {
-        self.inner.observe(specs).await
-    }
-
-    async fn apply(
-        &self,
-        change: &portcullis_core::GroupChange,
-    ) -> Result<portcullis_engine::Applied, portcullis_engine::FirewallError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if !change.revoke.is_empty() && self.failing.load(SeqCst) {
-            self.attempts.fetch_add(1, SeqCst);
-            return Err(portcullis_engine::FirewallError {
-                code: Some("Unavailable".into()),
-                message: "Unavailable: the service is unavailable".into(),
-            });
+/// Revokes fail while `failing` is set (as a throttled or unavailable EC2 answers), each
+/// failed attempt counted in `attempts`.
+fn revokes_fail(
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    attempts: Arc<std::sync::atomic::AtomicUsize>,
+) -> impl Fn(&portcullis_core::GroupChange, &MemoryFirewall) -> Answer + Send + Sync {
+    use std::sync::atomic::Ordering::SeqCst;
+    move |change, _| {
+        if change.revoke.is_empty() || !failing.load(SeqCst) {
+            return None;
         }
-        self.inner.apply(change).await
+        attempts.fetch_add(1, SeqCst);
+        Some(Err(portcullis_engine::FirewallError {
+            code: Some("Unavailable".into()),
+            message: "Unavailable: the service is unavailable".into(),
+        }))
     }
 }
 
@@ -357,7 +365,9 @@ async fn an_expiry_whose_revoke_fails_stays_overdue_and_is_retried_until_the_rul
     let clock = Arc::new(portcullis_engine::TokioClock::new(datetime!(2026-06-01 00:00 UTC)));
     let memory = Arc::new(MemoryFirewall::new(clock.clone()));
     memory.put_group("us-east-1", "sg-us-east-1", &[("WhitelistManaged", "true")]);
-    let firewall = Arc::new(RevokesFail { inner: memory.clone(), failing: Default::default(), attempts: Default::default() });
+    let (failing, attempts) =
+        (Arc::new(std::sync::atomic::AtomicBool::new(false)), Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+    let firewall = Arc::new(BeforeApply { inner: memory.clone(), before: revokes_fail(failing.clone(), attempts.clone()) });
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("p.db")).unwrap());
     let settings = Settings {
         specs: vec![spec("us-east-1")],
@@ -367,7 +377,7 @@ async fn an_expiry_whose_revoke_fails_stays_overdue_and_is_retried_until_the_rul
     };
     let engine = Arc::new(Engine::new(store.clone(), firewall.clone(), clock.clone(), settings));
     engine.add(add("198.51.100.7", "5m")).await.unwrap();
-    firewall.failing.store(true, SeqCst);
+    failing.store(true, SeqCst);
     let (stop, stopped) = watch::channel(false);
     let sweeper = tokio::spawn({
         let engine = engine.clone();
@@ -381,12 +391,12 @@ async fn an_expiry_whose_revoke_fails_stays_overdue_and_is_retried_until_the_rul
     let overdue = engine.status(&who).await.unwrap().overdue;
     assert_eq!(overdue.iter().map(|g| g.cidr.to_string()).collect::<Vec<_>>(), ["198.51.100.7/32"]);
     assert!(store.audit(None, 100).await.unwrap().iter().all(|e| e.action != Action::Expired));
-    let attempts = firewall.attempts.load(SeqCst);
+    let attempts = attempts.load(SeqCst);
     // Retried with a backoff (at most every 5 s, four rounds each), not in a hot loop.
     assert!((8..=4 * 60).contains(&attempts), "{attempts} revoke attempts in a minute");
 
     // EC2 answers again: the next retry, within 5 s, revokes it and records the expiry once.
-    firewall.failing.store(false, SeqCst);
+    failing.store(false, SeqCst);
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     assert!(memory.rules("us-east-1", "sg-us-east-1").is_empty());
     assert!(engine.status(&who).await.unwrap().overdue.is_empty());
