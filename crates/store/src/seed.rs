@@ -26,6 +26,25 @@ pub enum Attr {
 /// An item: attribute name to value.
 pub type Item = BTreeMap<String, Attr>;
 
+/// An item in DynamoDB JSON (`{"S": "…"}`, `{"N": "…"}`), as stream events carry it; `None`
+/// when the value is not an object.
+pub fn item_from_json(value: Option<&serde_json::Value>) -> Option<Item> {
+    let serde_json::Value::Object(map) = value? else { return None };
+    Some(
+        map.iter()
+            .map(|(k, v)| {
+                let text = |tag| v.get(tag).and_then(serde_json::Value::as_str);
+                let attr = match (text("S"), text("N")) {
+                    (Some(s), _) => Attr::S(s.to_string()),
+                    (None, Some(n)) => Attr::N(n.to_string()),
+                    _ => Attr::Other,
+                };
+                (k.clone(), attr)
+            })
+            .collect(),
+    )
+}
+
 pub const IP_ADDRESS: &str = "ip_address";
 pub const ENVIRONMENT: &str = "environment";
 pub const ADDED_AT: &str = "added_at";
@@ -141,6 +160,9 @@ pub enum ItemError {
     NoExpiry,
 }
 
+/// 9999-12-31T23:59:59Z, the last second the ISO form (four-digit years) can write.
+const MAX_TTL_SECS: i64 = 253_402_300_799;
+
 /// Reads a grant from an item, as the old Lambda or portcullis wrote it. Lenient where the
 /// old Lambda was (a missing user name or description); an error names what is wrong.
 pub fn from_item(item: &Item) -> Result<Grant, ItemError> {
@@ -152,9 +174,16 @@ pub fn from_item(item: &Item) -> Result<Grant, ItemError> {
         Some(text) => Source::parse(&text).ok_or(ItemError::UnknownSource(text))?,
         None => Source::Manual,
     };
-    let iso = |attribute: &'static str, text: String| parse_iso(&text).ok_or(ItemError::NotIso { attribute, value: text });
+    // Kept to whole microseconds, as `to_item` writes them, so a grant read and written back
+    // reads the same.
+    let iso = |attribute: &'static str, text: String| {
+        parse_iso(&text).map(to_micros).ok_or(ItemError::NotIso { attribute, value: text })
+    };
     let expires_at = match (s(item, EXPIRES_AT), n(item, TTL)) {
         (Some(text), _) => Some(iso(EXPIRES_AT, text)?),
+        // Epoch seconds the ISO form can write (years 1970 to 9999); DynamoDB's TTL ignores
+        // anything else, and so do we.
+        (None, Some(secs)) if !(0..=MAX_TTL_SECS).contains(&secs) => return Err(ItemError::TtlOutOfRange(secs)),
         (None, Some(secs)) => Some(Timestamp::from_unix_timestamp(secs).map_err(|_| ItemError::TtlOutOfRange(secs))?),
         (None, None) if source.may_be_permanent() => None,
         (None, None) => return Err(ItemError::NoExpiry),
@@ -294,6 +323,30 @@ mod tests {
         let change = external_change(record(ChangeKind::Modify, Some(item)));
         assert!(matches!(change.kind, ExternalKind::Written { .. }), "{change:?}");
     }
+    /// Found by the `seed_item` fuzz target: an item with only a `ttl` far in the past read
+    /// as a grant expiring in year -366, which `to_item` wrote as text no reader accepts.
+    #[test]
+    fn a_ttl_the_iso_form_cannot_write_is_refused_and_what_reads_writes_back_the_same() {
+        let item = |extra: (&str, Attr)| {
+            Item::from([
+                (IP_ADDRESS.to_string(), Attr::S("1.2.3.34/2".into())),
+                (ENVIRONMENT.to_string(), Attr::S("dev".into())),
+                (ADDED_AT.to_string(), Attr::S("2025-01-10T12:00:00+00:01".into())),
+                (extra.0.to_string(), extra.1),
+            ])
+        };
+        assert_eq!(from_item(&item((TTL, Attr::N("-73700115200".into())))), Err(ItemError::TtlOutOfRange(-73_700_115_200)));
+        assert_eq!(from_item(&item((TTL, Attr::N("253402300800".into())))), Err(ItemError::TtlOutOfRange(253_402_300_800)));
+        for extra in [
+            (TTL, Attr::N("253402300799".into())),
+            (TTL, Attr::N("0".into())),
+            (EXPIRES_AT, Attr::S("2026-06-01T00:00:00.123456789+00:00".into())),
+        ] {
+            let grant = from_item(&item(extra)).unwrap();
+            assert_eq!(from_item(&to_item(&grant)), Ok(grant));
+        }
+    }
+
     use time::macros::datetime;
 
     fn seed_item() -> Item {
