@@ -1,5 +1,5 @@
 //! The only crate that talks to AWS: security groups, the DynamoDB store and its streams, and
-//! Secrets Manager, through the official SDK for Rust; and IAM authentication (`iam`: a signed
+//! Secrets Manager, Auto Scaling group members (`autoscaling`), through the official SDK for Rust; and IAM authentication (`iam`: a signed
 //! `sts:GetCallerIdentity`, checked and forwarded to STS).
 //!
 //! One `DescribeSecurityGroups` (paginated) per region per observation; per group at most one
@@ -8,6 +8,7 @@
 //! batch is then retried rule by rule so the rest still lands. Throttling is the SDK's retry
 //! configuration's job (adaptive, with backoff).
 
+mod autoscaling;
 mod counter;
 mod dynamo;
 mod ec2;
@@ -15,6 +16,7 @@ pub mod iam;
 mod secrets;
 mod streams;
 
+pub use autoscaling::AsgMembership;
 pub use counter::CallCounter;
 pub use dynamo::{DynamoStore, InitReport, TableNames, from_sdk};
 pub use ec2::Ec2Firewall;

@@ -22,6 +22,8 @@ pub enum Action {
     /// An API token was created or revoked (`cidr` is empty; `reason` names the token).
     TokenCreated,
     TokenRevoked,
+    /// An Auto Scaling lifecycle action was completed (`reason`: CONTINUE or ABANDON, and why).
+    LifecycleCompleted,
 }
 
 impl Action {
@@ -38,14 +40,28 @@ impl Action {
             Action::Adopted => "adopted",
             Action::TokenCreated => "token-created",
             Action::TokenRevoked => "token-revoked",
+            Action::LifecycleCompleted => "lifecycle-completed",
         }
     }
 
     pub fn parse(text: &str) -> Option<Action> {
         use Action::*;
-        [Added, Refreshed, Removed, Expired, DriftRepaired, Refused, Approved, Denied, Adopted, TokenCreated, TokenRevoked]
-            .into_iter()
-            .find(|a| a.as_str() == text)
+        [
+            Added,
+            Refreshed,
+            Removed,
+            Expired,
+            DriftRepaired,
+            Refused,
+            Approved,
+            Denied,
+            Adopted,
+            TokenCreated,
+            TokenRevoked,
+            LifecycleCompleted,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == text)
     }
 }
 

@@ -49,4 +49,8 @@ pub enum ValidationError {
     InvalidGroupId { input: String },
     #[error("no grant for {cidr} in environment {environment}")]
     NoSuchGrant { cidr: String, environment: String },
+    #[error(
+        "{cidr} in environment {environment} is a member of the Auto Scaling group {owner}: membership decides, so it goes when the instance leaves the group"
+    )]
+    MembershipDecides { cidr: String, environment: String, owner: String },
 }

@@ -13,6 +13,7 @@ mod error;
 mod external;
 mod grant;
 mod marker;
+mod members;
 mod plan;
 mod policy;
 mod ports;
@@ -31,6 +32,7 @@ pub use error::ValidationError;
 pub use external::{ExternalChange, ExternalKind, ExternalStep, external_step};
 pub use grant::{Grant, GrantKey, Owner, Source};
 pub use marker::Marker;
+pub use members::{AddressKind, Instance, MemberPlan, MemberSource, member_grant, member_instance, plan_members};
 pub use plan::{
     AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld, counts_after, plan, plan_adoption,
 };

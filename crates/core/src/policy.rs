@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
-use crate::{Cidr, Environment, Family, Grant, PortSet, PrincipalPattern, Timestamp, Ttl, ValidationError};
+use crate::{Cidr, Environment, Family, Grant, PortSet, PrincipalPattern, Source, Timestamp, Ttl, ValidationError};
 
 /// The knobs of an environment's policy, as configured; [`Policy::new`] checks them. The
 /// defaults are DESIGN.md's.
@@ -193,11 +193,14 @@ impl Policy {
         let env = &grant.environment;
         self.check_cidr(env, &grant.cidr)?;
         match grant.expires_at {
-            Some(at) if at - now > self.rules.max_ttl.duration() + Self::CLOCK_SLACK => Err(ValidationError::ExpiresTooLate {
-                cidr: grant.cidr.to_string(),
-                environment: env.to_string(),
-                max: self.rules.max_ttl,
-            }),
+            // A member grant lives while its instance is a member: `member_ttl` is its backstop.
+            Some(at) if grant.source != Source::AsgMember && at - now > self.rules.max_ttl.duration() + Self::CLOCK_SLACK => {
+                Err(ValidationError::ExpiresTooLate {
+                    cidr: grant.cidr.to_string(),
+                    environment: env.to_string(),
+                    max: self.rules.max_ttl,
+                })
+            }
             None if !grant.source.may_be_permanent() => {
                 Err(ValidationError::NoExpiry { cidr: grant.cidr.to_string(), environment: env.to_string() })
             }
@@ -307,6 +310,7 @@ mod tests {
         assert!(p.admits(&grant("203.0.113.7", barely, Source::Manual), now).is_ok(), "a writer's clock a minute ahead");
         assert!(matches!(p.admits(&grant("203.0.113.7", None, Source::Manual), now), Err(ValidationError::NoExpiry { .. })));
         assert!(p.admits(&grant("203.0.113.7", None, Source::AsgMember), now).is_ok());
+        assert!(p.admits(&grant("203.0.113.7", late, Source::AsgMember), now).is_ok(), "membership decides, not max_ttl");
         let policies = BTreeMap::from([(dev(), p)]);
         let (admitted, refused) = admit_grants(
             vec![grant("203.0.113.7", day, Source::Manual), grant("0.0.0.0/0", day, Source::Manual)],

@@ -140,6 +140,8 @@ pub struct Engine {
     pub(crate) refused: Mutex<BTreeMap<GrantKey, RefusedGrant>>,
     /// One apply at a time per environment (`coalesce`).
     pub(crate) slots: crate::coalesce::Slots,
+    /// The Auto Scaling groups whose members are admitted (`members`).
+    pub(crate) members: Option<Arc<crate::members::Members>>,
 }
 
 impl Engine {
@@ -156,6 +158,7 @@ impl Engine {
             known_targets: Mutex::new(BTreeMap::new()),
             refused: Mutex::new(BTreeMap::new()),
             slots: Default::default(),
+            members: None,
         }
     }
 
@@ -317,6 +320,14 @@ impl Engine {
     pub async fn remove(&self, key: &GrantKey, by: &Requester) -> Result<RemoveOutcome, EngineError> {
         let env = &key.environment;
         self.authorize_for(env, Some(&key.cidr), by).await?;
+        if let Some(member) = self.store.grant(key).await?.filter(|g| g.source == Source::AsgMember) {
+            let err = ValidationError::MembershipDecides {
+                cidr: key.cidr.to_string(),
+                environment: env.to_string(),
+                owner: member.owner.name.trim_start_matches("asg:").to_string(),
+            };
+            return Err(self.refuse(err, env, Some(&key.cidr), &by.refused_actor()).await);
+        }
         let actor = by.actor();
         let removed = self
             .store

@@ -15,6 +15,7 @@ mod error_policy;
 #[cfg(feature = "test-support")]
 mod faults;
 mod lease;
+mod members;
 #[cfg(feature = "test-support")]
 mod memory;
 mod outbox;
@@ -39,8 +40,12 @@ pub use error_policy::{ErrorClass, ROUNDS, next_round};
 #[cfg(feature = "test-support")]
 pub use faults::{Fault, FaultyFirewall};
 pub use lease::{Lease, SWEEPER_LEASE};
+pub use members::{
+    DEFAULT_MEMBER_TTL, HeldAddress, LifecycleAction, LifecycleResult, MemberEvent, MemberOutcome, Members, Membership,
+    MembershipError, SkippedMember, region_holds,
+};
 #[cfg(feature = "test-support")]
-pub use memory::{Effect, HeldFirewall, MemoryFirewall, RecordedCall};
+pub use memory::{Effect, HeldFirewall, MemoryFirewall, MemoryMembership, RecordedCall};
 pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing};
 pub use queries::AuditQuery;
 pub use report::{AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome, Status, SweepReport};

@@ -1,5 +1,6 @@
 //! Test doubles (the `test-support` feature; never in a release build): [`MemoryFirewall`],
-//! EC2 in memory, and [`HeldFirewall`], a wrapper that pauses an observe. A test that
+//! EC2 in memory, [`HeldFirewall`], a wrapper that pauses an observe, and
+//! [`MemoryMembership`], Auto Scaling in memory. A test that
 //! misuses them (a rule for a group it never made) panics with a message saying so.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -288,5 +289,92 @@ impl Firewall for HeldFirewall {
 
     async fn apply(&self, change: &GroupChange) -> Result<Applied, FirewallError> {
         self.inner.apply(change).await
+    }
+}
+
+/// Auto Scaling groups in memory: set their instances, fail a region, and read back every
+/// lifecycle action completed.
+#[derive(Default)]
+pub struct MemoryMembership {
+    groups: Mutex<BTreeMap<(String, String), Vec<portcullis_core::Instance>>>,
+    failing_regions: Mutex<BTreeSet<String>>,
+    completed: Mutex<Vec<(String, crate::LifecycleAction, crate::LifecycleResult)>>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl MemoryMembership {
+    /// Sets the ASG's instances (creating it).
+    pub fn set_instances(&self, region: &str, asg: &str, instances: Vec<portcullis_core::Instance>) {
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner).insert((region.into(), asg.into()), instances);
+    }
+
+    pub fn set_region_failing(&self, region: &str, failing: bool) {
+        let mut regions = self.failing_regions.lock().unwrap_or_else(PoisonError::into_inner);
+        if failing {
+            regions.insert(region.into());
+        } else {
+            regions.remove(region);
+        }
+    }
+
+    /// Every lifecycle action completed: (region, action, result).
+    pub fn completed(&self) -> Vec<(String, crate::LifecycleAction, crate::LifecycleResult)> {
+        self.completed.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Every call, as `Action region`.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn call(&self, action: &str, region: &str) -> Result<(), crate::MembershipError> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(format!("{action} {region}"));
+        if self.failing_regions.lock().unwrap_or_else(PoisonError::into_inner).contains(region) {
+            return Err(crate::MembershipError {
+                code: Some("ServiceUnavailable".into()),
+                message: format!("{region} is failing"),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl crate::Membership for MemoryMembership {
+    async fn instances(
+        &self,
+        route: &portcullis_core::Route,
+        asg: &str,
+    ) -> Result<Option<Vec<portcullis_core::Instance>>, crate::MembershipError> {
+        self.call("DescribeAutoScalingGroups", &route.region)?;
+        let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(groups.get(&(route.region.clone(), asg.to_string())).cloned())
+    }
+
+    async fn describe(
+        &self,
+        route: &portcullis_core::Route,
+        ids: &[String],
+    ) -> Result<Vec<portcullis_core::Instance>, crate::MembershipError> {
+        self.call("DescribeInstances", &route.region)?;
+        let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = groups
+            .iter()
+            .filter(|((region, _), _)| *region == route.region)
+            .flat_map(|(_, instances)| instances.iter())
+            .filter(|i| ids.contains(&i.id))
+            .map(|i| portcullis_core::Instance { lifecycle_state: String::new(), ..i.clone() });
+        Ok(found.collect())
+    }
+
+    async fn complete(
+        &self,
+        route: &portcullis_core::Route,
+        action: &crate::LifecycleAction,
+        result: crate::LifecycleResult,
+    ) -> Result<(), crate::MembershipError> {
+        self.call("CompleteLifecycleAction", &route.region)?;
+        self.completed.lock().unwrap_or_else(PoisonError::into_inner).push((route.region.clone(), action.clone(), result));
+        Ok(())
     }
 }

@@ -113,6 +113,8 @@ pub struct App {
     pub refusals: RateLimiter,
     /// How long a request's body may take to arrive, once its headers are in.
     pub body_read_timeout: std::time::Duration,
+    /// How often the ASGs' members are trued up (`member_sync_secs`).
+    pub member_sync: time::Duration,
 }
 
 impl App {
@@ -125,6 +127,7 @@ impl App {
             limiter: RateLimiter::new(config.connection.rate_limit_per_minute),
             refusals: RateLimiter::new(config.connection.rate_limit_per_minute.saturating_mul(REFUSALS_PER_CHANGE)),
             body_read_timeout: config.http.body_read_timeout,
+            member_sync: config.member_sync_interval,
             engine,
             slack,
         }

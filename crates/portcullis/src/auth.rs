@@ -168,12 +168,7 @@ impl Authenticator {
         let Some(verifier) = &self.iam else {
             return Err(AuthError::Invalid("IAM authentication is not enabled on this server ([auth.iam])".into()));
         };
-        let json = base64::engine::general_purpose::STANDARD
-            .decode(credentials)
-            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(credentials))
-            .map_err(|_| AuthError::Invalid("the IAM login is not base64".into()))?;
-        let login: IamLogin =
-            serde_json::from_slice(&json).map_err(|e| AuthError::Invalid(format!("the IAM login is not valid JSON: {e}")))?;
+        let login = decode_iam_login(credentials)?;
         let now = self.engine.clock().now();
         // Replays are refused by every replica: the signature is claimed in the store.
         let (key, window) = verifier.replay_key(&login, now).map_err(|e| AuthError::Invalid(e.to_string()))?;
@@ -188,6 +183,15 @@ impl Authenticator {
             Err(e) => Err(AuthError::Invalid(e.to_string())),
         }
     }
+}
+
+/// Decodes what follows the IAM scheme in an `Authorization` header (`iam_header`'s inverse).
+pub fn decode_iam_login(credentials: &str) -> Result<IamLogin, AuthError> {
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(credentials)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(credentials))
+        .map_err(|_| AuthError::Invalid("the IAM login is not base64".into()))?;
+    serde_json::from_slice(&json).map_err(|e| AuthError::Invalid(format!("the IAM login is not valid JSON: {e}")))
 }
 
 /// Encodes a login for the `Authorization` header.

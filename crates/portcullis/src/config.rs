@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use portcullis_core::{
-    Environment, GroupId, Marker, Policy, PolicyRules, PortSet, PrincipalPattern, RuleQuota, TargetSelector, TargetSpec, Ttl,
+    AddressKind, Environment, GroupId, Marker, MemberSource, Policy, PolicyRules, PortSet, PrincipalPattern, Route, RuleQuota,
+    TargetSelector, TargetSpec, Ttl,
 };
 use portcullis_slack::UrlPrefix;
 use serde::Deserialize;
@@ -42,6 +43,10 @@ struct FileConfig {
     rule_quota_ipv4: Option<usize>,
     rule_quota_ipv6: Option<usize>,
     reconcile_interval_secs: Option<u64>,
+    /// How long a member grant lives unless a true-up confirms it (TTL text or seconds).
+    member_ttl: Option<TtlOrSeconds>,
+    /// How often `serve` (and Lambda's scheduled event) runs a true-up of every ASG.
+    member_sync_secs: Option<u64>,
     default_ports: Option<String>,
     discovery_tag_key: Option<String>,
     discovery_tag_value: Option<String>,
@@ -125,6 +130,20 @@ struct FileEnvironment {
     time_to_expire: Option<TtlOrSeconds>,
     #[serde(default)]
     targets: Vec<FileTarget>,
+    /// Auto Scaling groups whose members are admitted (seed 002).
+    #[serde(default)]
+    members: Vec<FileMember>,
+}
+
+/// One `[[environments.NAME.members]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMember {
+    asg: String,
+    region: String,
+    address: Option<String>,
+    role_arn: Option<String>,
+    endpoint_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +273,10 @@ pub struct Config {
     pub marker: Marker,
     pub quota: RuleQuota,
     pub reconcile_interval: time::Duration,
+    /// The Auto Scaling groups whose members are admitted, in every environment.
+    pub members: Vec<MemberSource>,
+    pub member_ttl: time::Duration,
+    pub member_sync_interval: time::Duration,
     pub slack: SlackConfig,
     pub connection: ConnectionConfig,
     /// `None`: IAM authentication is off.
@@ -283,6 +306,12 @@ impl Config {
             None => FileConfig::default(),
         };
         Config::resolve(file, overrides, env)
+    }
+
+    /// A configuration from a file's text (as `load` reads it), with the command line and
+    /// environment over it.
+    pub fn from_toml(text: &str, origin: &str, overrides: &Overrides, env: Env<'_>) -> Result<Config, ConfigError> {
+        Config::resolve(parse_file(text, origin)?, overrides, env)
     }
 
     fn resolve(file: FileConfig, overrides: &Overrides, env: Env<'_>) -> Result<Config, ConfigError> {
@@ -316,6 +345,18 @@ impl Config {
         let default_environment = Environment::parse(&default_env_text)
             .map_err(|e| error(if env("ENVIRONMENT").is_some() { "ENVIRONMENT" } else { "default_environment" }, e))?;
         let (policies, mut specs) = environments(&file.environments, &defaults, &default_environment)?;
+        let members = members(&file.environments, &policies)?;
+        let member_ttl = match &file.member_ttl {
+            None => portcullis_engine::DEFAULT_MEMBER_TTL,
+            Some(TtlOrSeconds::Seconds(n)) => Ttl::from_seconds(u64::try_from(*n).unwrap_or(0))
+                .map_err(|_| error("member_ttl", "seconds must be from 60 to 31536000 (365 days)"))?
+                .duration(),
+            Some(TtlOrSeconds::Text(text)) => Ttl::parse_or_seconds(text).map_err(|e| error("member_ttl", e))?.duration(),
+        };
+        let sync = file.member_sync_secs.unwrap_or(300);
+        if sync == 0 {
+            return Err(error("member_sync_secs", "must be at least 1"));
+        }
         // The seed's variables configure the default environment when the file gives it no targets.
         if !specs.iter().any(|s| s.environment == default_environment) {
             specs.extend(seed_target(env, defaults, &default_environment)?);
@@ -337,6 +378,9 @@ impl Config {
             marker,
             quota,
             reconcile_interval: time::Duration::seconds(interval as i64),
+            members,
+            member_ttl,
+            member_sync_interval: time::Duration::seconds(i64::try_from(sync).unwrap_or(i64::MAX)),
         })
     }
 }
@@ -401,6 +445,61 @@ fn environments(
         return Err(error("ENVIRONMENT", format!("{default_environment} is not one of the configured environments ({known})")));
     }
     Ok((policies, specs))
+}
+
+/// Every `[[environments.NAME.members]]`, checked against its environment's policy.
+fn members(
+    file: &BTreeMap<String, FileEnvironment>,
+    policies: &BTreeMap<Environment, Policy>,
+) -> Result<Vec<MemberSource>, ConfigError> {
+    let mut out: Vec<MemberSource> = Vec::new();
+    for (name, fe) in file {
+        let environment = Environment::parse(name).map_err(|e| error(format!("environments.{name}"), e))?;
+        for (i, m) in fe.members.iter().enumerate() {
+            let key = format!("environments.{name}.members[{i}]");
+            if m.asg.trim().is_empty() || m.asg.len() > 255 {
+                return Err(error(format!("{key}.asg"), "give the Auto Scaling group's name (1-255 characters)"));
+            }
+            if m.region.trim().is_empty() {
+                return Err(error(format!("{key}.region"), "is empty"));
+            }
+            let address = match &m.address {
+                None => AddressKind::Public,
+                Some(text) => AddressKind::parse(text)
+                    .ok_or_else(|| error(format!("{key}.address"), format!("{text:?} is not public, private or ipv6")))?,
+            };
+            if address == AddressKind::Private && policies.get(&environment).is_some_and(|p| p.rules().refuse_special_purpose) {
+                return Err(error(
+                    format!("{key}.address"),
+                    format!(
+                        "private addresses are special-purpose ranges, which environments.{name} refuses (refuse_special_purpose)"
+                    ),
+                ));
+            }
+            if let Some(role) = &m.role_arn
+                && !(role.starts_with("arn:") && role.contains(":role/"))
+            {
+                return Err(error(
+                    format!("{key}.role_arn"),
+                    format!("{role:?} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)"),
+                ));
+            }
+            let source = MemberSource {
+                environment: environment.clone(),
+                asg: m.asg.clone(),
+                route: Route { region: m.region.clone(), endpoint_url: m.endpoint_url.clone(), role_arn: m.role_arn.clone() },
+                address,
+            };
+            if out
+                .iter()
+                .any(|o| o.environment == source.environment && o.asg == source.asg && o.route.region == source.route.region)
+            {
+                return Err(error(key, format!("{} in {} is listed twice", m.asg, m.region)));
+            }
+            out.push(source);
+        }
+    }
+    Ok(out)
 }
 
 /// One `[[environments.NAME.targets]]`.
@@ -653,15 +752,22 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         return Err(error(key(), format!("is larger than {} KiB; is it the configuration file?", MAX_FILE_BYTES / 1024)));
     }
     let text = String::from_utf8(bytes).map_err(|_| error(key(), "is not UTF-8 text"))?;
-    toml::from_str(&text).map_err(|e| {
+    parse_file(&text, &key())
+}
+
+/// A configuration file's text, read; errors name `origin` and the line.
+fn parse_file(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
         let message = e.message().to_string();
         let key = e
             .span()
             .map(|span| {
-                let line = text[..span.start].lines().count().max(1);
-                format!("{} line {line}", path.display())
+                // 1 + the newlines before the error (`lines()` would miss the line an error
+                // starts at the very beginning of).
+                let line = 1 + text.get(..span.start).unwrap_or(text).matches('\n').count();
+                format!("{origin} line {line}")
             })
-            .unwrap_or_else(|| path.display().to_string());
+            .unwrap_or_else(|| origin.to_string());
         error(key, message)
     })
 }
@@ -714,9 +820,59 @@ mod tests {
     use super::*;
 
     fn load(toml_text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let file: FileConfig = toml::from_str(toml_text).map_err(|e| error("file", e.message()))?;
         let vars: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Config::resolve(file, &Overrides::default(), &|k| vars.get(k).cloned())
+        Config::from_toml(toml_text, "file", &Overrides::default(), &|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn members_are_read_with_their_defaults_and_checked() {
+        let c = load(
+            r#"
+            default_environment = "prod"
+            member_ttl = "12h"
+            [environments.prod]
+            [[environments.prod.members]]
+            asg = "web"
+            region = "us-east-1"
+            [[environments.prod.members]]
+            asg = "web"
+            region = "eu-west-1"
+            address = "ipv6"
+            role_arn = "arn:aws:iam::210987654321:role/portcullis"
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.members.len(), 2);
+        assert_eq!((c.members[0].address, c.members[0].owner().id.as_str()), (AddressKind::Public, "asg:us-east-1/web"));
+        assert_eq!(c.members[1].route.role_arn.as_deref(), Some("arn:aws:iam::210987654321:role/portcullis"));
+        assert_eq!(c.member_ttl, time::Duration::hours(12));
+        assert_eq!(c.member_sync_interval, time::Duration::minutes(5));
+        let refused = |toml: &str| load(toml, &[]).unwrap_err().to_string();
+        let env = "default_environment = \"prod\"\n[environments.prod]\n";
+        assert!(
+            refused(&format!(
+                "{env}[[environments.prod.members]]\nasg = \"web\"\nregion = \"us-east-1\"\naddress = \"elastic\"\n"
+            ))
+            .contains("is not public, private or ipv6")
+        );
+        assert!(
+            refused(&format!("{env}[[environments.prod.members]]\nasg = \"\"\nregion = \"us-east-1\"\n"))
+                .contains("members[0].asg")
+        );
+        let private = "default_environment = \"prod\"\n[environments.prod]\nrefuse_special_purpose = true\n\
+                       [[environments.prod.members]]\nasg = \"web\"\nregion = \"us-east-1\"\naddress = \"private\"\n";
+        assert!(refused(private).contains("refuse_special_purpose"));
+        assert!(refused("member_sync_secs = 0\n").contains("member_sync_secs"));
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line() {
+        // The error starts the third line: a count of `lines()` before it would say line 2.
+        let err = load("rule_quota_ipv4 = 60\nrule_quota_ipv6 = 60\n= 1\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("file line 3"), "{err}");
+        let err = load("rule_quota_ipv4 = 60\nrule_quota_ipv6 = \"x\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("file line 2"), "{err}");
     }
 
     #[test]

@@ -21,12 +21,13 @@ use portcullis_core::{
     Cidr, Credential, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Ttl, UserName, ValidationError,
 };
 use portcullis_engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope};
-use portcullis_store::seed::{self, Attr, ChangeKind, Item, StreamItems, external_change, unreadable_record};
+use portcullis_store::seed::{self, Attr, ChangeKind, StreamItems, external_change, unreadable_record};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::app::App;
+use crate::events::{self, AsgEvent, MalformedEvent};
 use crate::routes::router;
 
 /// How long an invocation waits for its announcements before returning.
@@ -38,6 +39,8 @@ pub enum Event {
     Stream(Vec<Value>),
     Scheduled,
     Http(Box<ApiGatewayV2httpRequest>),
+    /// An Auto Scaling lifecycle action, true-up or test notification (`events`).
+    Asg(AsgEvent),
 }
 
 /// A seed 000 action event.
@@ -78,6 +81,8 @@ pub enum InvocationError {
     InvalidAction(serde_json::Error),
     #[error("invalid HTTP API event: {0}")]
     InvalidHttp(serde_json::Error),
+    #[error(transparent)]
+    InvalidAsg(#[from] MalformedEvent),
     #[error(
         "not an event portcullis handles: expected an action event, DynamoDB Stream records, an EventBridge scheduled event or an API Gateway HTTP API request"
     )]
@@ -107,6 +112,9 @@ pub fn classify(value: Value) -> Result<Event, InvocationError> {
     }
     if map.contains_key("action") {
         return serde_json::from_value(value).map(Event::Action).map_err(InvocationError::InvalidAction);
+    }
+    if let Some(asg) = events::read(&value) {
+        return Ok(Event::Asg(asg?));
     }
     if map.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
         || map.get("source").and_then(Value::as_str) == Some("aws.events")
@@ -239,23 +247,6 @@ pub async fn handle_action(
     }
 }
 
-/// DynamoDB JSON (`{"S": "…"}`, `{"N": "…"}`) as an item.
-fn item_from_json(value: Option<&Value>) -> Option<Item> {
-    let Value::Object(map) = value? else { return None };
-    Some(
-        map.iter()
-            .map(|(k, v)| {
-                let attr = match (v.get("S").and_then(Value::as_str), v.get("N").and_then(Value::as_str)) {
-                    (Some(s), _) => Attr::S(s.to_string()),
-                    (None, Some(n)) => Attr::N(n.to_string()),
-                    _ => Attr::Other,
-                };
-                (k.clone(), attr)
-            })
-            .collect(),
-    )
-}
-
 /// One record of a DynamoDB Stream event, read.
 pub fn stream_record(value: &Value) -> ExternalChange {
     let sequence = value.pointer("/dynamodb/SequenceNumber").and_then(Value::as_str).map(str::to_string);
@@ -274,7 +265,7 @@ pub fn stream_record(value: &Value) -> ExternalChange {
     let (Some(event_id), Some(seq)) = (event_id.clone(), sequence.clone()) else {
         return unreadable("no eventID or SequenceNumber".into());
     };
-    let Some(keys) = item_from_json(value.pointer("/dynamodb/Keys")) else { return unreadable("no Keys".into()) };
+    let Some(keys) = seed::item_from_json(value.pointer("/dynamodb/Keys")) else { return unreadable("no Keys".into()) };
     let by_service =
         record.user_identity.as_ref().is_some_and(|u| u.type_ == "Service" && u.principal_id == "dynamodb.amazonaws.com");
     external_change(StreamItems {
@@ -283,8 +274,8 @@ pub fn stream_record(value: &Value) -> ExternalChange {
         kind,
         by_service,
         keys,
-        old: item_from_json(value.pointer("/dynamodb/OldImage")),
-        new: item_from_json(value.pointer("/dynamodb/NewImage")),
+        old: seed::item_from_json(value.pointer("/dynamodb/OldImage")),
+        new: seed::item_from_json(value.pointer("/dynamodb/NewImage")),
     })
 }
 
@@ -311,7 +302,7 @@ pub async fn handle_stream(engine: &Engine, records: &[Value]) -> DynamoDbEventR
 /// A scheduled run: sweep expiries and reconcile everything, if this invocation gets the
 /// engine's sweeper lease (another replica may be doing it). An engine without a lease is the
 /// only process, and runs at once.
-pub async fn handle_scheduled(engine: &Engine) -> Result<Value, EngineError> {
+pub async fn handle_scheduled(engine: &Engine, member_sync: time::Duration) -> Result<Value, EngineError> {
     let lease = engine.lease();
     if let Some(lease) = lease
         && !lease.try_acquire().await
@@ -322,18 +313,38 @@ pub async fn handle_scheduled(engine: &Engine) -> Result<Value, EngineError> {
     let result = async {
         let sweep = engine.sweep().await?;
         let report = engine.reconcile(Scope::All, Cause::Periodic).await?;
-        Ok::<Value, EngineError>(json!({
+        let mut answer = json!({
             "expired": sweep.expired.iter().map(item_json).collect::<Vec<_>>(),
             "authorized": report.authorized,
             "revoked": report.revoked,
             "failures": report.failure_messages(),
-        }))
+        });
+        if let Some(true_up) = scheduled_true_up(engine, member_sync).await? {
+            answer["members"] = true_up;
+        }
+        Ok::<Value, EngineError>(answer)
     }
     .await;
     if let Some(lease) = lease {
         lease.release().await;
     }
     result
+}
+
+/// A true-up of every configured ASG, when none ran in this `member_sync` period: scheduled
+/// events come every minute, and the period's claim in the store says whether this one is the
+/// first of its period.
+async fn scheduled_true_up(engine: &Engine, member_sync: time::Duration) -> Result<Option<Value>, EngineError> {
+    if engine.member_sources().is_empty() {
+        return Ok(None);
+    }
+    let period = member_sync.whole_seconds().max(1);
+    let key = format!("member-sync:{}", engine.clock().now().unix_timestamp() / period);
+    if !engine.first_use(&key, member_sync * 2).await? {
+        return Ok(None);
+    }
+    let true_up = AsgEvent::Member(portcullis_engine::MemberEvent::TrueUp { asg: None, region: None });
+    Ok(Some(events::handle(engine, true_up, Interface::Sweeper).await?))
 }
 
 /// An API Gateway HTTP API request, answered by the same router `serve` uses.
@@ -418,7 +429,8 @@ impl Handler {
                 Err((v, _)) => Err(InvocationError::Action(v["error"]["message"].as_str().unwrap_or("failed").to_string())),
             },
             Event::Stream(records) => Ok(serde_json::to_value(handle_stream(&self.engine, &records).await).expect("serialises")),
-            Event::Scheduled => Ok(handle_scheduled(&self.engine).await?),
+            Event::Scheduled => Ok(handle_scheduled(&self.engine, self.app.member_sync).await?),
+            Event::Asg(event) => Ok(events::handle(&self.engine, event, Interface::Lambda).await?),
             Event::Http(request) => Ok(serde_json::to_value(handle_http(self.app.clone(), *request).await).expect("serialises")),
         }
     }

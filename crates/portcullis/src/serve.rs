@@ -98,6 +98,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             }
         }
     });
+    let member_sync = tokio::spawn({
+        let (engine, stop, every) = (engine.clone(), stop_rx.clone(), config.member_sync_interval);
+        async move { engine.run_member_sync(every, stop).await }
+    });
     let announcer = tokio::spawn({
         let (engine, stop) = (engine.clone(), stop_rx.clone());
         async move {
@@ -114,7 +118,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         let _ = stop_tx.send(true);
     };
     let ((), ()) = tokio::join!(server, signals);
-    let _ = tokio::join!(sweeper, reconciler, streams, announcer);
+    let _ = tokio::join!(sweeper, reconciler, member_sync, streams, announcer);
     // Released last, so no other replica starts sweeping while this one still is.
     let _ = lease.await;
     // Acknowledged Slack commands finish and answer; then what they announced goes out.

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use portcullis_aws::{DynamoStore, Ec2Firewall, InitReport, Secrets, TableNames};
 use portcullis_engine::{
-    Clock, DryRunFirewall, Engine, Firewall, Lease, LogNotifier, Notifier, Outbox, Pacing, SWEEPER_LEASE, Settings, SystemClock,
+    Clock, DryRunFirewall, Engine, Firewall, Lease, LogNotifier, Members, Notifier, Outbox, Pacing, SWEEPER_LEASE, Settings,
+    SystemClock,
 };
 use portcullis_slack::{FixedUrl, UrlSource, Webhook, webhook_url_from_secret};
 use portcullis_store::{SqliteStore, Store};
@@ -163,7 +164,16 @@ pub async fn leased_engine(config: &Config) -> Result<Engine, WiringError> {
     let firewall = firewall(config, false, true).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let lease = sweeper_lease(store.clone(), clock.clone());
-    Ok(engine_with(config, store, firewall, clock, notifier(config)).with_lease(lease))
+    Ok(with_members(config, engine_with(config, store, firewall, clock, notifier(config)).with_lease(lease)).await)
+}
+
+/// The engine, admitting the configured ASGs' members through Auto Scaling (when any are).
+pub async fn with_members(config: &Config, engine: Engine) -> Engine {
+    if config.members.is_empty() {
+        return engine;
+    }
+    let membership = Arc::new(portcullis_aws::AsgMembership::new(portcullis_aws::shared_sdk_config().await));
+    engine.with_members(Members { sources: config.members.clone(), member_ttl: config.member_ttl, membership })
 }
 
 /// A `serve` replica's engine: it sweeps and reconciles only while it holds the sweeper lease,
@@ -181,7 +191,8 @@ pub async fn replica(config: &Config) -> Result<(Engine, Option<portcullis_aws::
         }
     };
     let lease = sweeper_lease(store.clone(), clock.clone());
-    Ok((engine_with(config, store, firewall, clock, notifier(config)).with_lease(lease), tail))
+    let engine = with_members(config, engine_with(config, store, firewall, clock, notifier(config)).with_lease(lease)).await;
+    Ok((engine, tail))
 }
 
 /// The engine over given adapters (tests and benchmarks pass their own).

@@ -204,7 +204,8 @@ pub fn notification(event: &AuditEvent) -> Option<String> {
         | Action::Denied
         | Action::Adopted
         | Action::TokenCreated
-        | Action::TokenRevoked => return None,
+        | Action::TokenRevoked
+        | Action::LifecycleCompleted => return None,
     }
     Some(lines.join("\n"))
 }

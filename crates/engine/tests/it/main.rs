@@ -13,6 +13,7 @@ use time::Duration;
 use time::macros::datetime;
 use tokio::sync::watch;
 
+mod members;
 mod model;
 
 fn dev() -> Environment {

@@ -84,7 +84,14 @@ pub(super) async fn invoke(cx: &Context, a: InvokeArgs) -> Result<ExitCode, CliE
             let code = if r.batch_item_failures.is_empty() { 0 } else { 1 };
             (serde_json::to_value(r).expect("serialises"), code)
         }
-        Event::Scheduled => (lambda::handle_scheduled(&engine).await?, 0),
+        Event::Scheduled => (lambda::handle_scheduled(&engine, cx.config.member_sync_interval).await?, 0),
+        Event::Asg(event) => {
+            let answer = crate::events::handle(&engine, event, Interface::Cli).await?;
+            // An ignored event (an ASG no environment lists) is not a failure; one that failed
+            // somewhere is.
+            let failed = answer["failures"].as_array().is_some_and(|f| !f.is_empty());
+            (answer, if failed { 1 } else { 0 })
+        }
         Event::Http(_) => {
             return Err(CliError::Usage("HTTP API events are served by `portcullis lambda` or `serve`, not invoke".into()));
         }

@@ -2,7 +2,7 @@
 //! `/slack/commands` (Slack's signature) and `/healthz`. `serve` and Lambda run the same router.
 
 mod connection;
-mod slack;
+pub mod slack;
 mod v1;
 
 use std::sync::Arc;

@@ -24,13 +24,19 @@ use crate::slack::SlackEndpoint;
 /// The form Slack posts for a slash command (fields we do not use are ignored).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct SlashCommand {
-    command: String,
-    text: String,
-    user_id: String,
-    user_name: String,
-    response_url: String,
-    ssl_check: String,
+pub struct SlashCommand {
+    pub command: String,
+    pub text: String,
+    pub user_id: String,
+    pub user_name: String,
+    pub response_url: String,
+    pub ssl_check: String,
+}
+
+/// A slash command's form body, read; the error is the reply's text.
+pub fn read_form(body: &[u8]) -> Result<SlashCommand, String> {
+    strict_utf8_form(body)?;
+    serde_urlencoded::from_bytes(body).map_err(|e| e.to_string())
 }
 
 pub(super) async fn command(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -47,9 +53,6 @@ pub(super) async fn command(State(app): State<Arc<App>>, headers: HeaderMap, bod
         tracing::warn!(error = %err, "refused a Slack request with a bad signature");
         return (StatusCode::UNAUTHORIZED, format!("invalid request signature: {err}")).into_response();
     }
-    if let Err(err) = strict_utf8_form(&body) {
-        return Json(Reply::refused(&format!("could not read the command: {err}"))).into_response();
-    }
     // A signed request stays valid for its timestamp's window: remember each signature for
     // that long, in the store, so no replica runs a replay of it.
     let signature = header(SIGNATURE_HEADER).unwrap_or_default();
@@ -64,7 +67,7 @@ pub(super) async fn command(State(app): State<Arc<App>>, headers: HeaderMap, bod
             return (StatusCode::SERVICE_UNAVAILABLE, "cannot check the request against replays; try again").into_response();
         }
     }
-    let form: SlashCommand = match serde_urlencoded::from_bytes(&body) {
+    let form = match read_form(&body) {
         Ok(form) => form,
         Err(err) => return Json(Reply::refused(&format!("could not read the command: {err}"))).into_response(),
     };

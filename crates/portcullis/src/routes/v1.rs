@@ -5,9 +5,9 @@ use std::sync::Arc;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use portcullis_core::{Cidr, Description, GrantKey, Source, Ttl};
+use portcullis_core::{Cidr, Credential, Description, GrantKey, Interface, Source, Ttl};
 use portcullis_engine::{AddRequest, AuditQuery, Scope};
 use serde::Deserialize;
 
@@ -23,6 +23,7 @@ pub(super) fn routes(app: Arc<App>) -> Router<AppState> {
         .route("/v1/grants", get(list_grants).post(add_grant))
         .route("/v1/grants/{env}/{*cidr}", delete(remove_grant))
         .route("/v1/audit", get(audit))
+        .route("/v1/events", post(event))
         .route_layer(axum::middleware::from_fn_with_state(app, require_admin))
 }
 
@@ -109,6 +110,32 @@ async fn remove_grant(
     let outcome = app.engine.remove(&key, &by).await?;
     let failures = outcome.report.failure_messages();
     Ok(Json(serde_json::json!({"grant": outcome.grant, "failures": failures, "report": outcome.report})).into_response())
+}
+
+/// `POST /v1/events`: an Auto Scaling event, as the Lambda takes it. Membership reaches every
+/// environment that lists the ASG, so only a token for every environment may send one.
+async fn event(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let invalid = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", message);
+    let event = match crate::events::read(&body) {
+        None => return Err(invalid("not an event /v1/events handles: send an Auto Scaling lifecycle action or true-up".into())),
+        Some(Err(err)) => return Err(invalid(err.to_string())),
+        Some(Ok(event)) => event,
+    };
+    if let Credential::Token { id, environments } = &principal.requester().credential
+        && !environments.is_empty()
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "out_of_scope",
+            format!("token {id} is limited to some environments; Auto Scaling events need a token for every environment"),
+        ));
+    }
+    let answer = crate::events::handle(&app.engine, event, Interface::Http).await?;
+    Ok(Json(answer).into_response())
 }
 
 #[derive(Deserialize)]

@@ -9,9 +9,16 @@
 //!   pass a condition only one may pass, and a restore can undo a write that had succeeded. The
 //!   proxy lets one DynamoDB call through at a time; DynamoDB Streams calls pass freely.
 //!
+//! - **Auto Scaling** `CompleteLifecycleAction`: moto does not implement it (HTTP 500, which
+//!   the SDK retries); the proxy answers it as AWS does, with an empty success, and records the
+//!   form it received ([`Proxy::completed`]).
+//! - **A failing region** ([`Proxy::fail_region`]): security-group calls signed for it are refused with
+//!   `UnauthorizedOperation`, as when a role loses its permissions there.
+//!
 //! Every other request passes through unchanged.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -27,16 +34,70 @@ struct Upstream {
     http: reqwest::Client,
     /// Held for the length of each DynamoDB call.
     dynamodb: tokio::sync::Mutex<()>,
+    completed: Mutex<Vec<BTreeMap<String, String>>>,
+    failing: Mutex<BTreeSet<String>>,
+    /// Every query-protocol call (EC2, Auto Scaling): (region, service, action).
+    calls: Mutex<Vec<(String, String, String)>>,
+}
+
+/// A running proxy.
+#[derive(Clone)]
+pub struct Proxy {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    upstream: Arc<Upstream>,
+}
+
+impl Proxy {
+    /// Every `CompleteLifecycleAction` received, as its form fields.
+    pub fn completed(&self) -> Vec<BTreeMap<String, String>> {
+        self.upstream.completed.lock().unwrap().clone()
+    }
+
+    /// The query-protocol calls (EC2, Auto Scaling) received, as (region, service, action).
+    pub fn calls(&self) -> Vec<(String, String, String)> {
+        self.upstream.calls.lock().unwrap().clone()
+    }
+
+    /// Refuses (or, with `false`, lets through again) security-group calls signed for `region`.
+    pub fn fail_region(&self, region: &str, failing: bool) {
+        let mut regions = self.upstream.failing.lock().unwrap();
+        if failing {
+            regions.insert(region.to_string());
+        } else {
+            regions.remove(region);
+        }
+    }
 }
 
 /// The proxy's address (`http://127.0.0.1:PORT`); it serves until the test's runtime ends.
 pub async fn start() -> String {
-    let upstream = Arc::new(Upstream { moto: moto(), http: reqwest::Client::new(), dynamodb: tokio::sync::Mutex::new(()) });
-    let app = axum::Router::new().fallback(forward).with_state(upstream);
+    start_proxy().await.url
+}
+
+/// A proxy with its records and switches; it serves until the test's runtime ends.
+pub async fn start_proxy() -> Proxy {
+    let upstream = Arc::new(Upstream {
+        moto: moto(),
+        http: reqwest::Client::new(),
+        dynamodb: tokio::sync::Mutex::new(()),
+        completed: Mutex::default(),
+        failing: Mutex::default(),
+        calls: Mutex::default(),
+    });
+    let app = axum::Router::new().fallback(forward).with_state(upstream.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
+    Proxy { url: format!("http://{addr}"), upstream }
+}
+
+/// The region and service a SigV4 `Authorization` header is scoped to.
+fn signed_scope(headers: &HeaderMap) -> Option<(String, String)> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let credential = auth.split("Credential=").nth(1)?.split(',').next()?;
+    let scope: Vec<&str> = credential.split('/').collect();
+    (scope.len() == 5).then(|| (scope[2].to_string(), scope[3].to_string()))
 }
 
 /// An SDK configuration whose every service is reached through the proxy at `endpoint`.
@@ -52,6 +113,29 @@ async fn forward(State(up): State<Arc<Upstream>>, method: Method, uri: Uri, head
     }
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let action = form.iter().find(|(k, _)| k == "Action").map(|(_, v)| v.as_str());
+    let scope = signed_scope(&headers);
+    if let (Some((region, service)), Some(action)) = (&scope, action) {
+        up.calls.lock().unwrap().push((region.clone(), service.clone(), action.to_string()));
+    }
+    if let Some((region, service)) = &scope
+        && service == "ec2"
+        && action.is_some_and(|a| a.contains("SecurityGroup"))
+        && up.failing.lock().unwrap().contains(region)
+    {
+        let xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>UnauthorizedOperation</Code>\
+             <Message>You are not authorized to perform this operation in {region}.</Message></Error></Errors>\
+             <RequestID>proxy</RequestID></Response>"
+        );
+        return (StatusCode::FORBIDDEN, [("content-type", "text/xml")], xml).into_response();
+    }
+    if action == Some("CompleteLifecycleAction") {
+        up.completed.lock().unwrap().push(form.iter().cloned().collect());
+        let xml = "<CompleteLifecycleActionResponse xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\">\
+                   <CompleteLifecycleActionResult/><ResponseMetadata><RequestId>proxy</RequestId></ResponseMetadata>\
+                   </CompleteLifecycleActionResponse>";
+        return (StatusCode::OK, [("content-type", "text/xml")], xml).into_response();
+    }
     let (status, answer) = send(&up, &method, &uri, &headers, body.clone()).await;
     if action != Some("RevokeSecurityGroupIngress") || !answer.contains("InvalidPermission.NotFound") {
         return (status, answer).into_response();

@@ -11,6 +11,7 @@ mod connection;
 mod dynamo;
 mod engine;
 mod lambda;
+mod members;
 mod serve;
 mod slack;
 mod store_contract;

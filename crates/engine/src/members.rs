@@ -1,0 +1,411 @@
+//! Auto Scaling group members as grants (seed 002): lifecycle events and true-ups write member
+//! grants to the store, and the environment's reconcile applies them, as for every grant.
+//! What changes is decided in `core::plan_members`; this module reads, writes and completes
+//! lifecycle actions.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use portcullis_core::{
+    Action, AuditEvent, AuditScope, Cidr, Environment, Grant, Instance, Interface, MemberSource, Route, member_grant,
+    member_instance, plan_members,
+};
+use portcullis_store::{Actor, Upsert};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::{Cause, Engine, EngineError, ReconcileReport, Scope};
+
+/// How long a member grant lives without a true-up confirming it (the backstop expiry).
+pub const DEFAULT_MEMBER_TTL: time::Duration = time::Duration::days(1);
+
+/// Auto Scaling groups and their instances, as the engine needs them.
+#[async_trait]
+pub trait Membership: Send + Sync {
+    /// The ASG's instances with their lifecycle states and addresses, `None` when there is no
+    /// such ASG. Costs one ASG describe and ⌈N/1000⌉ instance describes.
+    async fn instances(&self, route: &Route, asg: &str) -> Result<Option<Vec<Instance>>, MembershipError>;
+
+    /// Instances by id, with their addresses (the lifecycle state is left empty).
+    async fn describe(&self, route: &Route, ids: &[String]) -> Result<Vec<Instance>, MembershipError>;
+
+    /// Completes a lifecycle action (`CompleteLifecycleAction`).
+    async fn complete(&self, route: &Route, action: &LifecycleAction, result: LifecycleResult) -> Result<(), MembershipError>;
+}
+
+/// An Auto Scaling call that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{message}")]
+pub struct MembershipError {
+    pub code: Option<String>,
+    pub message: String,
+}
+
+/// A lifecycle hook's pending action, as its event names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LifecycleAction {
+    pub asg: String,
+    pub hook: String,
+    pub token: String,
+    pub instance_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LifecycleResult {
+    Continue,
+    Abandon,
+}
+
+impl LifecycleResult {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LifecycleResult::Continue => "CONTINUE",
+            LifecycleResult::Abandon => "ABANDON",
+        }
+    }
+}
+
+/// What an Auto Scaling event asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// An instance is launching (`EC2 Instance-launch Lifecycle Action`) in `region`.
+    Launch { region: String, action: LifecycleAction },
+    /// An instance is terminating.
+    Terminate { region: String, action: LifecycleAction },
+    /// Bring member grants to the ASGs' members: one ASG (by name, and region when given), or
+    /// every configured one.
+    TrueUp { asg: Option<String>, region: Option<String> },
+}
+
+/// The ASGs an engine admits members of, and how it reaches them.
+pub struct Members {
+    pub sources: Vec<MemberSource>,
+    pub member_ttl: time::Duration,
+    pub membership: Arc<dyn Membership>,
+}
+
+/// What a member event did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemberOutcome {
+    /// Why nothing was done, when nothing was (an ASG no environment lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
+    /// Member grants written (new or renewed).
+    pub granted: Vec<Grant>,
+    /// Member grants removed.
+    pub removed: Vec<Grant>,
+    /// Members not admitted, and why (no address of the configured kind).
+    pub skipped: Vec<SkippedMember>,
+    /// Member addresses another owner's grant holds already.
+    pub held_by_others: Vec<HeldAddress>,
+    /// How the lifecycle action was completed, if the event had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleResult>,
+    /// What went wrong on the way (a region that failed, an ASG that could not be described).
+    pub failures: Vec<String>,
+    #[serde(skip)]
+    pub reports: Vec<ReconcileReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedMember {
+    pub asg: String,
+    pub instance_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldAddress {
+    pub cidr: Cidr,
+    pub environment: Environment,
+    pub owner: String,
+}
+
+/// Whether every group of `region` holds the change: it was observed, and no apply or quota
+/// check there failed.
+pub fn region_holds(report: &ReconcileReport, region: &str) -> bool {
+    !report.observe_failures.iter().any(|f| f.region == region)
+        && !report.outcomes.iter().any(|o| o.target.region == region && o.error.is_some())
+        && !report.overflows.iter().any(|o| o.target.region == region)
+}
+
+impl Engine {
+    /// Admits the members of these ASGs.
+    pub fn with_members(mut self, members: Members) -> Engine {
+        self.members = Some(Arc::new(members));
+        self
+    }
+
+    /// The configured member sources (none without [`Engine::with_members`]).
+    pub fn member_sources(&self) -> &[MemberSource] {
+        self.members.as_ref().map_or(&[], |m| m.sources.as_slice())
+    }
+
+    /// True-ups of every configured ASG, every `interval`, while this process holds the
+    /// sweeper lease (so one replica does it); returns at once when no ASG is configured.
+    pub async fn run_member_sync(&self, interval: time::Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        if self.member_sources().is_empty() {
+            return;
+        }
+        loop {
+            if !self.lead(&mut shutdown).await {
+                return;
+            }
+            let true_up = MemberEvent::TrueUp { asg: None, region: None };
+            match self.member_event(true_up, Interface::Reconciler).await {
+                Ok(outcome) if !outcome.failures.is_empty() => {
+                    tracing::warn!(failures = ?outcome.failures, "member true-up left failures; will retry")
+                }
+                Ok(outcome) => tracing::info!(granted = outcome.granted.len(), removed = outcome.removed.len(), "member true-up"),
+                Err(err) => tracing::warn!(error = %err, "member true-up failed; will retry"),
+            }
+            let next = self.clock().now() + interval;
+            tokio::select! {
+                _ = self.clock().sleep_until(next) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Handles an Auto Scaling event; `interface` is how it arrived.
+    pub async fn member_event(&self, event: MemberEvent, interface: Interface) -> Result<MemberOutcome, EngineError> {
+        let Some(members) = self.members.clone() else {
+            return Ok(ignored("no environment lists Auto Scaling groups ([[environments.X.members]])".into()));
+        };
+        match event {
+            MemberEvent::Launch { region, action } => self.launch(&members, &region, action, interface).await,
+            MemberEvent::Terminate { region, action } => self.terminate(&members, &region, action, interface).await,
+            MemberEvent::TrueUp { asg, region } => {
+                let sources: Vec<&MemberSource> = members
+                    .sources
+                    .iter()
+                    .filter(|s| asg.as_ref().is_none_or(|a| *a == s.asg))
+                    .filter(|s| region.as_ref().is_none_or(|r| *r == s.route.region))
+                    .collect();
+                if sources.is_empty() {
+                    return Ok(ignored(format!("no environment lists the Auto Scaling group {}", asg.unwrap_or_default())));
+                }
+                self.true_up(&members, &sources, interface).await
+            }
+        }
+    }
+
+    async fn launch(
+        &self,
+        members: &Members,
+        region: &str,
+        action: LifecycleAction,
+        interface: Interface,
+    ) -> Result<MemberOutcome, EngineError> {
+        let sources = sources_of(members, region, &action.asg);
+        let Some(first) = sources.first() else {
+            return Ok(ignored(format!("no environment lists the Auto Scaling group {} in {region}", action.asg)));
+        };
+        let mut outcome = MemberOutcome::default();
+        let described = members.membership.describe(&first.route, std::slice::from_ref(&action.instance_id)).await;
+        let instance = match described {
+            Ok(found) => found.into_iter().find(|i| i.id == action.instance_id),
+            Err(err) => {
+                outcome.failures.push(format!("cannot describe {} in {region}: {err}", action.instance_id));
+                None
+            }
+        };
+        let now = self.clock().now();
+        let mut environments = BTreeSet::new();
+        if let Some(instance) = &instance {
+            for source in &sources {
+                let addresses = instance.addresses(source.address);
+                if addresses.is_empty() {
+                    outcome.skipped.push(SkippedMember {
+                        asg: source.asg.clone(),
+                        instance_id: instance.id.clone(),
+                        reason: format!("it has no {} address", source.address.as_str()),
+                    });
+                }
+                for cidr in addresses {
+                    let grant = member_grant(source, &instance.id, cidr, now, members.member_ttl);
+                    self.write_member(source, grant, interface, &mut outcome).await?;
+                    environments.insert(source.environment.clone());
+                }
+            }
+        }
+        let holds = self.apply_members(&environments, region, &mut outcome).await?;
+        // The instance may serve once its own region admits it; other regions catch up.
+        let result = if instance.is_some() && holds { LifecycleResult::Continue } else { LifecycleResult::Abandon };
+        self.complete(first, region, &action, result, interface, &mut outcome).await;
+        Ok(outcome)
+    }
+
+    async fn terminate(
+        &self,
+        members: &Members,
+        region: &str,
+        action: LifecycleAction,
+        interface: Interface,
+    ) -> Result<MemberOutcome, EngineError> {
+        let sources = sources_of(members, region, &action.asg);
+        let Some(first) = sources.first() else {
+            return Ok(ignored(format!("no environment lists the Auto Scaling group {} in {region}", action.asg)));
+        };
+        let mut outcome = MemberOutcome::default();
+        let mut environments = BTreeSet::new();
+        for source in &sources {
+            let grants = self.store().grants(Some(&source.environment)).await?;
+            for grant in grants.iter().filter(|g| source.owns(g) && member_instance(g) == Some(action.instance_id.as_str())) {
+                let actor = Actor { name: source.owner().name, interface };
+                if let Some(removed) = self.store().remove(&grant.key(), &actor, self.clock().now()).await? {
+                    outcome.removed.push(removed);
+                    environments.insert(source.environment.clone());
+                }
+            }
+        }
+        if !environments.is_empty() {
+            self.announce();
+        }
+        // A terminating instance goes whatever happens here: a revoke that failed is retried
+        // by the reconcile, so the action always continues.
+        self.apply_members(&environments, region, &mut outcome).await?;
+        self.complete(first, region, &action, LifecycleResult::Continue, interface, &mut outcome).await;
+        Ok(outcome)
+    }
+
+    async fn true_up(
+        &self,
+        members: &Members,
+        sources: &[&MemberSource],
+        interface: Interface,
+    ) -> Result<MemberOutcome, EngineError> {
+        let mut outcome = MemberOutcome::default();
+        let mut environments = BTreeSet::new();
+        let now = self.clock().now();
+        for source in sources {
+            let instances = match members.membership.instances(&source.route, &source.asg).await {
+                Ok(Some(instances)) => instances,
+                Ok(None) => {
+                    outcome
+                        .failures
+                        .push(format!("the Auto Scaling group {} does not exist in {}", source.asg, source.route.region));
+                    continue;
+                }
+                Err(err) => {
+                    outcome.failures.push(format!("cannot describe {} in {}: {err}", source.asg, source.route.region));
+                    continue;
+                }
+            };
+            let existing = self.store().grants(Some(&source.environment)).await?;
+            let plan = plan_members(source, &instances, &existing, now, members.member_ttl);
+            for (instance_id, reason) in plan.skipped {
+                outcome.skipped.push(SkippedMember { asg: source.asg.clone(), instance_id, reason });
+            }
+            for (cidr, owner) in plan.held_by_others {
+                outcome.held_by_others.push(HeldAddress { cidr, environment: source.environment.clone(), owner: owner.name });
+            }
+            let changed = !plan.upserts.is_empty() || !plan.removals.is_empty();
+            for grant in plan.upserts {
+                self.write_member(source, grant, interface, &mut outcome).await?;
+            }
+            let actor = Actor { name: source.owner().name, interface };
+            for key in plan.removals {
+                if let Some(removed) = self.store().remove(&key, &actor, now).await? {
+                    outcome.removed.push(removed);
+                }
+            }
+            if changed {
+                self.announce();
+                environments.insert(source.environment.clone());
+            }
+        }
+        for env in &environments {
+            let report = self.reconcile(Scope::Environment(env.clone()), Cause::Change).await?;
+            outcome.failures.extend(report.failure_messages());
+            outcome.reports.push(report);
+        }
+        Ok(outcome)
+    }
+
+    /// Writes one member grant (exempt from per-user caps: membership decides).
+    async fn write_member(
+        &self,
+        source: &MemberSource,
+        grant: Grant,
+        interface: Interface,
+        outcome: &mut MemberOutcome,
+    ) -> Result<(), EngineError> {
+        let actor = Actor { name: source.owner().name, interface };
+        let upserted = self.store().upsert(Upsert { grant, actor, max_grants_per_user: usize::MAX }).await?;
+        self.wake_sweeper.notify_one();
+        self.announce();
+        outcome.granted.push(upserted.grant);
+        Ok(())
+    }
+
+    /// Reconciles the environments a member change touched; whether `region` holds it.
+    async fn apply_members(
+        &self,
+        environments: &BTreeSet<Environment>,
+        region: &str,
+        outcome: &mut MemberOutcome,
+    ) -> Result<bool, EngineError> {
+        let mut holds = true;
+        for env in environments {
+            let report = self.reconcile(Scope::Environment(env.clone()), Cause::Change).await?;
+            holds &= region_holds(&report, region);
+            outcome.failures.extend(report.failure_messages());
+            outcome.reports.push(report);
+        }
+        Ok(holds)
+    }
+
+    /// Completes the lifecycle action, and audits how.
+    async fn complete(
+        &self,
+        source: &MemberSource,
+        region: &str,
+        action: &LifecycleAction,
+        result: LifecycleResult,
+        interface: Interface,
+        outcome: &mut MemberOutcome,
+    ) {
+        let members = self.members.as_ref().expect("members are configured");
+        let why = match (result, outcome.failures.first()) {
+            (LifecycleResult::Abandon, Some(failure)) => format!(": {region} does not hold the rule ({failure})"),
+            (LifecycleResult::Abandon, None) => format!(": {} was not found", action.instance_id),
+            (LifecycleResult::Continue, _) => String::new(),
+        };
+        let mut reason = format!("{} {} of {} ({}){why}", result.as_str(), action.hook, action.instance_id, action.asg);
+        if let Err(err) = members.membership.complete(&source.route, action, result).await {
+            reason.push_str(&format!("; completing it failed: {err}"));
+            outcome.failures.push(format!("CompleteLifecycleAction for {}: {err}", action.instance_id));
+        } else {
+            outcome.lifecycle = Some(result);
+        }
+        let event = AuditEvent {
+            id: 0,
+            at: self.clock().now(),
+            actor: source.owner().name.as_str().into(),
+            interface,
+            action: Action::LifecycleCompleted,
+            environment: AuditScope::from(&source.environment),
+            cidr: None,
+            before: None,
+            after: None,
+            reason,
+        };
+        if let Err(err) = self.store().record(event).await {
+            tracing::warn!(error = %err, "could not audit a lifecycle action");
+        }
+        tracing::info!(asg = %action.asg, instance = %action.instance_id, result = result.as_str(), "lifecycle action completed");
+    }
+}
+
+fn ignored(reason: String) -> MemberOutcome {
+    tracing::info!(%reason, "Auto Scaling event ignored");
+    MemberOutcome { ignored: Some(reason), ..MemberOutcome::default() }
+}
+
+/// The sources that list `asg` in `region` (one per environment that admits its members).
+fn sources_of<'a>(members: &'a Members, region: &str, asg: &str) -> Vec<&'a MemberSource> {
+    members.sources.iter().filter(|s| s.asg == asg && s.route.region == region).collect()
+}

@@ -1,0 +1,212 @@
+//! Auto Scaling members as grants, over the in-memory firewall and Auto Scaling: lifecycle
+//! events, true-ups, the lifecycle result by region, and ownership.
+
+use std::sync::Arc;
+
+use portcullis_core::{
+    Action, AddressKind, Cidr, GrantKey, Instance, Interface, Marker, MemberSource, ObservedRule, PortRange, Protocol, Route,
+    Source, ValidationError,
+};
+use portcullis_engine::{
+    DEFAULT_MEMBER_TTL, Engine, EngineError, LifecycleAction, LifecycleResult, MemberEvent, Members, MemoryMembership, Requester,
+};
+
+use crate::{Rig, dev, rig};
+
+const EAST: &str = "us-east-1";
+const WEST: &str = "eu-west-1";
+
+fn source(asg: &str, address: AddressKind) -> MemberSource {
+    MemberSource {
+        environment: dev(),
+        asg: asg.into(),
+        route: Route { region: EAST.into(), endpoint_url: None, role_arn: None },
+        address,
+    }
+}
+
+fn instance(id: &str, state: &str, public: &str) -> Instance {
+    Instance {
+        id: id.into(),
+        lifecycle_state: state.into(),
+        public_ipv4: Some(public.parse().unwrap()),
+        private_ipv4: Some(format!("10.0.0.{}", &public[public.rfind('.').unwrap() + 1..]).parse().unwrap()),
+        ipv6: vec![],
+    }
+}
+
+fn members(r: &Rig, sources: Vec<MemberSource>) -> (Arc<Engine>, Arc<MemoryMembership>) {
+    let membership = Arc::new(MemoryMembership::default());
+    let engine = Engine::new(r.store.clone(), r.firewall.clone(), r.clock.clone(), r.settings.clone()).with_members(Members {
+        sources,
+        member_ttl: DEFAULT_MEMBER_TTL,
+        membership: membership.clone(),
+    });
+    (Arc::new(engine), membership)
+}
+
+fn action(instance_id: &str) -> LifecycleAction {
+    LifecycleAction {
+        asg: "web".into(),
+        hook: "portcullis-launch".into(),
+        token: format!("token-{instance_id}"),
+        instance_id: instance_id.into(),
+    }
+}
+
+fn launch(instance_id: &str) -> MemberEvent {
+    MemberEvent::Launch { region: EAST.into(), action: action(instance_id) }
+}
+
+/// The addresses ours on a group (carrying the marker).
+fn ours(r: &Rig, region: &str) -> Vec<String> {
+    let marker = Marker::default();
+    let rules = r.firewall.rules(region, &format!("sg-{region}"));
+    let ours = rules.iter().filter(|x| x.description.as_deref().and_then(|d| marker.decode(d)).is_some());
+    let mut cidrs: Vec<String> = ours.map(|x| x.cidr.to_string()).collect();
+    cidrs.sort();
+    cidrs.dedup();
+    cidrs
+}
+
+#[tokio::test]
+async fn a_launch_opens_every_region_then_continues_and_a_terminate_closes_them() {
+    let r = rig(&[EAST, WEST]);
+    let (engine, asg) = members(&r, vec![source("web", AddressKind::Public)]);
+    asg.set_instances(EAST, "web", vec![instance("i-1", "Pending:Wait", "198.51.100.1")]);
+
+    let outcome = engine.member_event(launch("i-1"), Interface::Lambda).await.unwrap();
+    assert_eq!(outcome.lifecycle, Some(LifecycleResult::Continue));
+    assert_eq!(ours(&r, EAST), ["198.51.100.1/32"]);
+    assert_eq!(ours(&r, WEST), ["198.51.100.1/32"]);
+    let completed = asg.completed();
+    assert_eq!(completed.len(), 1);
+    assert_eq!((completed[0].1.token.as_str(), completed[0].2), ("token-i-1", LifecycleResult::Continue));
+    let grant = r.store.grant(&key("198.51.100.1")).await.unwrap().expect("the member grant");
+    assert_eq!((grant.source, grant.owner.id.as_str()), (Source::AsgMember, "asg:us-east-1/web"));
+    assert!(grant.description.as_str().contains("i-1"), "{}", grant.description.as_str());
+
+    let outcome = engine
+        .member_event(MemberEvent::Terminate { region: EAST.into(), action: action("i-1") }, Interface::Lambda)
+        .await
+        .unwrap();
+    assert_eq!(outcome.lifecycle, Some(LifecycleResult::Continue));
+    assert_eq!(outcome.removed.len(), 1);
+    assert!(ours(&r, EAST).is_empty() && ours(&r, WEST).is_empty());
+    let audit = r.store.audit(None, 20).await.unwrap();
+    let completions: Vec<&str> =
+        audit.iter().filter(|e| e.action == Action::LifecycleCompleted).map(|e| e.reason.as_str()).collect();
+    assert_eq!(completions.len(), 2, "{completions:?}");
+    assert!(completions.iter().all(|c| c.starts_with("CONTINUE")), "{completions:?}");
+}
+
+#[tokio::test]
+async fn the_asgs_own_region_failing_abandons_and_another_region_failing_continues() {
+    let r = rig(&[EAST, WEST]);
+    let (engine, asg) = members(&r, vec![source("web", AddressKind::Public)]);
+    asg.set_instances(
+        EAST,
+        "web",
+        vec![instance("i-1", "Pending:Wait", "198.51.100.1"), instance("i-2", "Pending", "198.51.100.2")],
+    );
+
+    r.firewall.set_region_failing(WEST, true);
+    let outcome = engine.member_event(launch("i-1"), Interface::Lambda).await.unwrap();
+    assert_eq!(outcome.lifecycle, Some(LifecycleResult::Continue), "another region never blocks the action");
+    assert!(outcome.failures.iter().any(|f| f.contains(WEST)), "{:?}", outcome.failures);
+    r.firewall.set_region_failing(WEST, false);
+
+    r.firewall.set_region_failing(EAST, true);
+    let outcome = engine.member_event(launch("i-2"), Interface::Lambda).await.unwrap();
+    assert_eq!(outcome.lifecycle, Some(LifecycleResult::Abandon));
+    let audit = r.store.audit(None, 20).await.unwrap();
+    let abandoned = audit.iter().find(|e| e.action == Action::LifecycleCompleted && e.reason.starts_with("ABANDON"));
+    let abandoned = abandoned.expect("the audit says the action was abandoned");
+    assert!(abandoned.reason.contains(EAST) && abandoned.reason.contains("i-2"), "{}", abandoned.reason);
+}
+
+#[tokio::test]
+async fn a_true_up_converges_on_the_members_and_leaves_hand_made_rules_alone() {
+    let r = rig(&[EAST, WEST]);
+    let (engine, asg) = members(&r, vec![source("web", AddressKind::Public)]);
+    let hand_made = ObservedRule {
+        cidr: Cidr::parse("198.51.100.2").unwrap(),
+        raw_cidr: "198.51.100.2/32".into(),
+        ports: PortRange { protocol: Protocol::Tcp, from: 80, to: 80 },
+        description: Some("office".into()),
+    };
+    r.firewall.put_rule(WEST, "sg-eu-west-1", hand_made.clone());
+    asg.set_instances(
+        EAST,
+        "web",
+        vec![instance("i-1", "InService", "198.51.100.1"), instance("i-2", "InService", "198.51.100.2")],
+    );
+    let true_up = || MemberEvent::TrueUp { asg: None, region: None };
+    let first = engine.member_event(true_up(), Interface::Cli).await.unwrap();
+    assert_eq!(first.granted.len(), 2);
+    assert_eq!(ours(&r, WEST), ["198.51.100.1/32", "198.51.100.2/32"]);
+
+    // Behind our back: i-1 detached, i-2 terminating, i-3 and i-4 (no address yet) launched.
+    let mut no_address = instance("i-4", "InService", "198.51.100.4");
+    no_address.public_ipv4 = None;
+    asg.set_instances(
+        EAST,
+        "web",
+        vec![instance("i-2", "Terminating:Wait", "198.51.100.2"), instance("i-3", "InService", "198.51.100.3"), no_address],
+    );
+    let second = engine.member_event(true_up(), Interface::Cli).await.unwrap();
+    assert_eq!(ours(&r, EAST), ["198.51.100.3/32"]);
+    assert_eq!(ours(&r, WEST), ["198.51.100.3/32"]);
+    assert_eq!(second.removed.len(), 2);
+    assert_eq!(second.skipped.iter().map(|s| s.instance_id.as_str()).collect::<Vec<_>>(), ["i-4"]);
+    assert!(r.firewall.rules(WEST, "sg-eu-west-1").contains(&hand_made), "the hand-made rule is untouched");
+    let calls = asg.calls();
+    assert_eq!(calls.iter().filter(|c| c.starts_with("DescribeAutoScalingGroups")).count(), 2, "{calls:?}");
+
+    // A third true-up with nothing changed renews and touches no rule.
+    let before = r.firewall.calls().len();
+    let third = engine.member_event(true_up(), Interface::Cli).await.unwrap();
+    assert!(third.removed.is_empty());
+    let applied: Vec<_> = r.firewall.calls()[before..].iter().filter(|c| c.action != "DescribeSecurityGroups").cloned().collect();
+    assert!(applied.is_empty(), "{applied:?}");
+}
+
+#[tokio::test]
+async fn the_private_option_admits_private_addresses() {
+    let r = rig(&[EAST]);
+    let (engine, asg) = members(&r, vec![source("web", AddressKind::Private)]);
+    asg.set_instances(EAST, "web", vec![instance("i-1", "InService", "198.51.100.1")]);
+    engine.member_event(MemberEvent::TrueUp { asg: Some("web".into()), region: None }, Interface::Cli).await.unwrap();
+    assert_eq!(ours(&r, EAST), ["10.0.0.1/32"]);
+}
+
+#[tokio::test]
+async fn membership_decides_so_removing_a_member_grant_is_refused() {
+    let r = rig(&[EAST]);
+    let (engine, asg) = members(&r, vec![source("web", AddressKind::Public)]);
+    asg.set_instances(EAST, "web", vec![instance("i-1", "InService", "198.51.100.1")]);
+    engine.member_event(MemberEvent::TrueUp { asg: None, region: None }, Interface::Cli).await.unwrap();
+    let err = engine.remove(&key("198.51.100.1"), &Requester::named("alice", Interface::Cli)).await.unwrap_err();
+    assert!(matches!(err, EngineError::Validation(ValidationError::MembershipDecides { .. })), "{err}");
+    assert!(err.to_string().contains("membership decides"), "{err}");
+    assert_eq!(ours(&r, EAST), ["198.51.100.1/32"]);
+}
+
+#[tokio::test]
+async fn an_asg_no_environment_lists_is_ignored_and_nothing_changes() {
+    let r = rig(&[EAST]);
+    let (engine, asg) = members(&r, vec![source("web", AddressKind::Public)]);
+    asg.set_instances(EAST, "api", vec![instance("i-9", "InService", "198.51.100.9")]);
+    let mut other = action("i-9");
+    other.asg = "api".into();
+    let outcome =
+        engine.member_event(MemberEvent::Launch { region: EAST.into(), action: other }, Interface::Lambda).await.unwrap();
+    assert!(outcome.ignored.as_deref().is_some_and(|m| m.contains("api")), "{outcome:?}");
+    assert!(asg.calls().is_empty(), "{:?}", asg.calls());
+    assert!(ours(&r, EAST).is_empty());
+    assert!(r.store.grants(None).await.unwrap().is_empty());
+}
+
+fn key(cidr: &str) -> GrantKey {
+    GrantKey { cidr: Cidr::parse(cidr).unwrap(), environment: dev() }
+}

@@ -1,0 +1,343 @@
+//! Auto Scaling members (seed 002) end to end: `portcullis invoke --event` with the fixture
+//! events, against an ASG on moto, groups in two regions, and the loopback proxy answering
+//! `CompleteLifecycleAction` (which moto lacks) and counting every call.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aws_sdk_ec2::config::Region;
+use serde_json::{Value, json};
+
+use crate::aws_proxy::{Proxy, start_proxy};
+use crate::support::{REGION, World, sdk_config, text, unique};
+
+const WEST: &str = "eu-west-1";
+
+/// An ASG on moto, groups in us-east-1 (tcp:443) and eu-west-1 (tcp:80, tcp:443) for
+/// environment prod, and a configuration admitting the ASG's members there.
+struct Fleet {
+    world: World,
+    proxy: Proxy,
+    asg_name: String,
+    autoscaling: aws_sdk_autoscaling::Client,
+    east: String,
+    west: String,
+    west_ec2: aws_sdk_ec2::Client,
+    config: PathBuf,
+}
+
+async fn fleet(desired: i32, address: &str) -> Fleet {
+    let world = World::new().await;
+    let proxy = start_proxy().await;
+    let sdk = sdk_config().await;
+    let autoscaling = aws_sdk_autoscaling::Client::new(&sdk);
+    let west_ec2 = aws_sdk_ec2::Client::from_conf(aws_sdk_ec2::config::Builder::from(&sdk).region(Region::new(WEST)).build());
+    let asg_name = unique("web");
+    let template = unique("lt");
+    let image = world.ec2.describe_images().send().await.unwrap().images()[0].image_id().unwrap().to_string();
+    world
+        .ec2
+        .create_launch_template()
+        .launch_template_name(&template)
+        .launch_template_data(
+            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                .image_id(image)
+                .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let subnets = world.ec2.describe_subnets().send().await.unwrap();
+    let subnet = subnets.subnets().iter().find(|s| s.map_public_ip_on_launch() == Some(true)).unwrap().subnet_id().unwrap();
+    autoscaling
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(&asg_name)
+        .launch_template(
+            aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder().launch_template_name(&template).build(),
+        )
+        .min_size(0)
+        .max_size(10)
+        .desired_capacity(desired)
+        .vpc_zone_identifier(subnet)
+        .send()
+        .await
+        .unwrap();
+    let east = world.group(false, &[]).await;
+    let west = west_ec2
+        .create_security_group()
+        .group_name(unique("sg"))
+        .description("portcullis test")
+        .send()
+        .await
+        .unwrap()
+        .group_id
+        .unwrap();
+    let config = world.dir.path().join("portcullis.toml");
+    let toml = format!(
+        r#"
+        default_environment = "prod"
+        [environments.prod]
+        [[environments.prod.targets]]
+        region = "{REGION}"
+        group_ids = ["{east}"]
+        ports = "tcp:443"
+        [[environments.prod.targets]]
+        region = "{WEST}"
+        group_ids = ["{west}"]
+        ports = "tcp:80,tcp:443"
+        [[environments.prod.members]]
+        asg = "{asg_name}"
+        region = "{REGION}"
+        address = "{address}"
+        "#
+    );
+    std::fs::write(&config, toml).unwrap();
+    Fleet { world, proxy, asg_name, autoscaling, east, west, west_ec2, config }
+}
+
+impl Fleet {
+    /// The ASG's instance ids, sorted.
+    async fn instances(&self) -> Vec<String> {
+        let out = self.autoscaling.describe_auto_scaling_groups().auto_scaling_group_names(&self.asg_name).send().await.unwrap();
+        let mut ids: Vec<String> =
+            out.auto_scaling_groups()[0].instances().iter().map(|i| i.instance_id().unwrap().to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// An instance's public (or private) address.
+    async fn address(&self, id: &str, private: bool) -> String {
+        let out = self.world.ec2.describe_instances().instance_ids(id).send().await.unwrap();
+        let instance = &out.reservations()[0].instances()[0];
+        let ip = if private { instance.private_ip_address() } else { instance.public_ip_address() };
+        format!("{}/32", ip.unwrap())
+    }
+
+    /// Runs `portcullis invoke --event` with this event, through the proxy.
+    async fn invoke(&self, event: &Value) -> (i32, Value, String) {
+        let path = self.world.dir.path().join(format!("{}.json", unique("event")));
+        std::fs::write(&path, event.to_string()).unwrap();
+        let mut cmd = self.world.command(&["invoke", "--event", path.to_str().unwrap()]);
+        cmd.env("AWS_ENDPOINT_URL", &self.proxy.url)
+            .env("PORTCULLIS_CONFIG", &self.config)
+            .env("ENVIRONMENT", "prod")
+            .env_remove("ENABLE_SG_DISCOVERY");
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+        let answer = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code().unwrap_or(-1), answer, text(&out))
+    }
+
+    /// The addresses of our rules (with the marker) on each group: (east, west), each as
+    /// (cidr, port) pairs.
+    async fn ours(&self) -> (Vec<(String, i32)>, Vec<(String, i32)>) {
+        let east = self.world.rules(&self.east).await;
+        let west = rules_of(&self.west_ec2, &self.west).await;
+        let mine = |rules: Vec<(String, i32, Option<String>)>| {
+            rules
+                .into_iter()
+                .filter(|(_, _, d)| d.as_deref().is_some_and(|d| d.starts_with("pc:")))
+                .map(|(c, p, _)| (c, p))
+                .collect()
+        };
+        (mine(east), mine(west))
+    }
+}
+
+async fn rules_of(ec2: &aws_sdk_ec2::Client, group: &str) -> Vec<(String, i32, Option<String>)> {
+    let out = ec2.describe_security_groups().group_ids(group).send().await.unwrap();
+    let mut rules = Vec::new();
+    for p in out.security_groups()[0].ip_permissions() {
+        for r in p.ip_ranges() {
+            rules.push((r.cidr_ip().unwrap().to_string(), p.from_port().unwrap_or(-1), r.description().map(str::to_string)));
+        }
+    }
+    rules.sort();
+    rules
+}
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/../../fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn lifecycle(name: &str, asg: &str, instance: &str) -> Value {
+    let mut event = fixture(name);
+    event["detail"]["AutoScalingGroupName"] = json!(asg);
+    event["detail"]["EC2InstanceId"] = json!(instance);
+    event["detail"]["LifecycleActionToken"] = json!(format!("token-{instance}"));
+    event
+}
+
+async fn within<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(Duration::from_secs(120), test).await.expect("the test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_opens_both_regions_on_each_groups_ports_then_continues_and_a_terminate_closes_them() {
+    within(async {
+        let f = fleet(1, "public").await;
+        let id = f.instances().await.remove(0);
+        let ip = f.address(&id, false).await;
+
+        let (code, answer, out) = f.invoke(&lifecycle("asg-launch.json", &f.asg_name, &id)).await;
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(answer["lifecycle"], "CONTINUE", "{answer}");
+        let (east, west) = f.ours().await;
+        assert_eq!(east, [(ip.clone(), 443)]);
+        assert_eq!(west, [(ip.clone(), 80), (ip.clone(), 443)]);
+        let completed = f.proxy.completed();
+        assert_eq!(completed.len(), 1, "{completed:?}");
+        let c = &completed[0];
+        assert_eq!(c["AutoScalingGroupName"], f.asg_name);
+        assert_eq!(c["LifecycleHookName"], "portcullis-launch");
+        assert_eq!(c["LifecycleActionToken"], format!("token-{id}"));
+        assert_eq!(c["InstanceId"], id);
+        assert_eq!(c["LifecycleActionResult"], "CONTINUE");
+        let listed = f
+            .world
+            .command(&["list", "--all", "--json"])
+            .env("PORTCULLIS_CONFIG", &f.config)
+            .env("ENVIRONMENT", "prod")
+            .output()
+            .unwrap();
+        let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+        assert!(listed.to_string().contains("asg-member") && listed.to_string().contains(&id), "{listed}");
+
+        let (code, answer, out) = f.invoke(&lifecycle("asg-terminate.json", &f.asg_name, &id)).await;
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(answer["lifecycle"], "CONTINUE", "{answer}");
+        assert_eq!(f.ours().await, (vec![], vec![]));
+        assert_eq!(f.proxy.completed()[1]["LifecycleActionResult"], "CONTINUE");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_asgs_own_region_failing_abandons_and_another_region_failing_continues_and_is_reported() {
+    within(async {
+        let f = fleet(2, "public").await;
+        let ids = f.instances().await;
+
+        f.proxy.fail_region(REGION, true);
+        let (_, answer, out) = f.invoke(&lifecycle("asg-launch.json", &f.asg_name, &ids[0])).await;
+        assert_eq!(answer["lifecycle"], "ABANDON", "{answer}\n{out}");
+        assert_eq!(f.proxy.completed()[0]["LifecycleActionResult"], "ABANDON");
+        f.proxy.fail_region(REGION, false);
+
+        f.proxy.fail_region(WEST, true);
+        let (code, answer, out) = f.invoke(&lifecycle("asg-launch.json", &f.asg_name, &ids[1])).await;
+        assert_eq!(answer["lifecycle"], "CONTINUE", "{answer}\n{out}");
+        assert_eq!(code, 1, "a failure is reported: {out}");
+        assert!(answer["failures"].to_string().contains(WEST), "{answer}");
+        assert_eq!(f.proxy.completed()[1]["LifecycleActionResult"], "CONTINUE");
+        let ip = f.address(&ids[1], false).await;
+        assert!(f.ours().await.0.contains(&(ip, 443)), "the own region holds the rule");
+
+        let audit = f
+            .world
+            .command(&["audit", "--json"])
+            .env("PORTCULLIS_CONFIG", &f.config)
+            .env("ENVIRONMENT", "prod")
+            .output()
+            .unwrap();
+        let audit = String::from_utf8_lossy(&audit.stdout).to_string();
+        assert!(audit.contains("lifecycle-completed") && audit.contains("ABANDON"), "{audit}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_true_up_after_changes_behind_our_back_converges_exactly_in_one_describe_each() {
+    within(async {
+        let f = fleet(3, "public").await;
+        f.world.hand_rule(&f.east, "203.0.113.9/32", 443, "office").await;
+        let (code, answer, out) = f.invoke(&json!({"trueup": true})).await;
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(answer["granted"].as_array().unwrap().len(), 3, "{answer}");
+
+        // Behind our back: one more instance, one detached.
+        let before = f.instances().await;
+        f.autoscaling.set_desired_capacity().auto_scaling_group_name(&f.asg_name).desired_capacity(4).send().await.unwrap();
+        f.autoscaling
+            .detach_instances()
+            .auto_scaling_group_name(&f.asg_name)
+            .instance_ids(&before[0])
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await
+            .unwrap();
+        let members = f.instances().await;
+        assert_eq!(members.len(), 3);
+        let calls_before = f.proxy.calls().len();
+        let (code, answer, out) = f.invoke(&fixture_trueup(&f.asg_name)).await;
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(answer["removed"].as_array().unwrap().len(), 1, "{answer}");
+        let mut want = Vec::new();
+        for id in &members {
+            want.push(f.address(id, false).await);
+        }
+        want.sort();
+        let (east, west) = f.ours().await;
+        assert_eq!(east.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>(), want);
+        assert_eq!(west.len(), 2 * want.len());
+        assert!(
+            f.world.rules(&f.east).await.contains(&("203.0.113.9/32".into(), 443, Some("office".into()))),
+            "hand-made rule kept"
+        );
+
+        let calls: Vec<(String, String, String)> = f.proxy.calls()[calls_before..].to_vec();
+        let count = |service: &str, action: &str| calls.iter().filter(|(_, s, a)| s == service && a == action).count();
+        assert_eq!(count("autoscaling", "DescribeAutoScalingGroups"), 1, "{calls:?}");
+        assert_eq!(count("ec2", "DescribeInstances"), 1, "{calls:?}");
+        // Per group at most one authorize and one revoke.
+        assert_eq!(count("ec2", "AuthorizeSecurityGroupIngress"), 2, "{calls:?}");
+        assert_eq!(count("ec2", "RevokeSecurityGroupIngress"), 2, "{calls:?}");
+    })
+    .await;
+}
+
+fn fixture_trueup(asg: &str) -> Value {
+    let mut event = fixture("asg-trueup.json");
+    event["detail"]["AutoScalingGroupName"] = json!(asg);
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_private_option_admits_private_addresses() {
+    within(async {
+        let f = fleet(1, "private").await;
+        let id = f.instances().await.remove(0);
+        let (code, _, out) = f.invoke(&fixture_trueup(&f.asg_name)).await;
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(f.ours().await.0, [(f.address(&id, true).await, 443)]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfigured_asgs_test_notifications_and_malformed_events_change_nothing() {
+    within(async {
+        let f = fleet(1, "public").await;
+        let id = f.instances().await.remove(0);
+        let (code, answer, out) = f.invoke(&lifecycle("asg-launch.json", "not-listed", &id)).await;
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(answer["success"], false);
+        assert!(answer["ignored"].as_str().unwrap().contains("not-listed"), "{answer}");
+
+        let test = json!({"source": "aws.autoscaling", "detail-type": "EC2 Instance-launch Lifecycle Action",
+            "detail": {"LifecycleTransition": "autoscaling:TEST_NOTIFICATION", "AutoScalingGroupName": f.asg_name}});
+        let (code, answer, _) = f.invoke(&test).await;
+        assert_eq!((code, answer["success"].clone()), (0, json!(true)));
+
+        let mut malformed = lifecycle("asg-launch.json", &f.asg_name, &id);
+        malformed["detail"].as_object_mut().unwrap().remove("LifecycleActionToken");
+        let (code, _, out) = f.invoke(&malformed).await;
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains("LifecycleActionToken is missing"), "{out}");
+
+        assert!(f.proxy.completed().is_empty());
+        assert_eq!(f.ours().await, (vec![], vec![]));
+    })
+    .await;
+}

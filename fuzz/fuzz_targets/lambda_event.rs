@@ -1,0 +1,93 @@
+//! Any payload the Lambda function (or `portcullis invoke`) may be handed: action events,
+//! DynamoDB Stream batches, EventBridge schedules and API Gateway HTTP requests, dispatched
+//! by the real handler to an engine on SQLite with the dry-run firewall.
+//!
+//! HTTP requests for `/slack/commands` are signed here with the fuzzing secret, so the
+//! fuzzer reaches the command handling behind the signature check.
+//!
+//! Beyond "never panics": every answer is a JSON object, and a refused action says so.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+
+use libfuzzer_sys::fuzz_target;
+use portcullis::app::App;
+use portcullis::config::{Config, Overrides};
+use portcullis::lambda::{Handler, classify};
+use portcullis::slack::SlackEndpoint;
+use portcullis::wiring;
+use portcullis_engine::{Clock, DryRunFirewall, Firewall, LogNotifier, SystemClock};
+use portcullis_slack::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use portcullis_slack::{SigningSecret, SigningSecrets};
+use serde_json::Value;
+
+const SECRET: &str = "fuzzing-signing-secret";
+
+struct World {
+    runtime: tokio::runtime::Runtime,
+    handler: Handler,
+    _dir: tempfile::TempDir,
+}
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let toml = format!(
+            r#"
+            store = "sqlite:{}/fuzz.db"
+            default_environment = "dev"
+            [environments.dev]
+            [[environments.dev.targets]]
+            region = "us-east-1"
+            group_ids = ["sg-0123456789abcdef0", "sg-0fedcba9876543210"]
+            [environments.prod]
+            [[environments.prod.targets]]
+            region = "eu-west-1"
+            group_ids = ["sg-00000000000000001"]
+            ports = "nlb"
+            "#,
+            dir.path().display()
+        );
+        let config = Config::from_toml(&toml, "fuzz.toml", &Overrides::default(), &|_| None).expect("the fuzzing configuration");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let handler = runtime.block_on(async {
+            let store = wiring::open_store(&config).await.expect("the store");
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+            let firewall: Arc<dyn Firewall> = Arc::new(DryRunFirewall::new(None, Box::new(std::io::sink())));
+            let lease = wiring::sweeper_lease(store.clone(), clock.clone());
+            let engine =
+                Arc::new(wiring::engine_with(&config, store, firewall, clock, Arc::new(LogNotifier)).with_lease(lease));
+            let secrets = SigningSecrets { current: SigningSecret::new(SECRET), next: None };
+            let slack = SlackEndpoint::new(&config.slack, secrets, None).inline();
+            let app = Arc::new(App::new(engine.clone(), &config, Some(Arc::new(slack))));
+            Handler { engine, app }
+        });
+        World { runtime, handler, _dir: dir }
+    })
+}
+
+/// Signs an HTTP API request's body for now, as Slack would.
+fn sign_http(value: &mut Value) {
+    if value.pointer("/requestContext/http").is_none() || value.get("isBase64Encoded") == Some(&Value::Bool(true)) {
+        return;
+    }
+    let body = value.get("body").and_then(Value::as_str).unwrap_or_default().to_string();
+    let Some(Value::Object(headers)) = value.get_mut("headers") else { return };
+    let now = SystemClock.now().unix_timestamp().to_string();
+    let signature = SigningSecret::new(SECRET).sign(&now, body.as_bytes());
+    headers.insert(TIMESTAMP_HEADER.into(), Value::String(now));
+    headers.insert(SIGNATURE_HEADER.into(), Value::String(signature));
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(mut value) = serde_json::from_slice::<Value>(data) else { return };
+    sign_http(&mut value);
+    let is_action = classify(value.clone()).is_ok() && value.get("action").is_some();
+    let world = world();
+    let Ok(answer) = world.runtime.block_on(world.handler.handle(value)) else { return };
+    assert!(answer.is_object(), "an answer is a JSON object: {answer}");
+    if is_action {
+        assert!(answer.get("success").is_some_and(Value::is_boolean), "an action's answer says whether it succeeded: {answer}");
+    }
+});
