@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
-use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_autoscaling::error::ProvideErrorMetadata;
 use aws_sdk_ec2::config::Region;
 use portcullis_core::{Instance, Route};
 use portcullis_engine::{LifecycleAction, LifecycleResult, Membership, MembershipError};
@@ -29,11 +29,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    let code = err.code().map(str::to_string);
-    let message = match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        _ => DisplayErrorContext(&err).to_string(),
-    };
+    let (code, message) = crate::error_parts(&err);
     MembershipError { code, message }
 }
 
@@ -97,7 +93,7 @@ impl AsgMembership {
                         break;
                     }
                     Err(err) if err.code() == Some("InvalidInstanceID.NotFound") => break,
-                    Err(err) => return Err(ec2_error(err)),
+                    Err(err) => return Err(membership_error(err)),
                 };
                 for instance in answer.reservations().iter().flat_map(|r| r.instances()) {
                     let parse = |ip: Option<&str>| ip.and_then(|ip| ip.parse().ok());
@@ -126,19 +122,6 @@ impl AsgMembership {
         }
         Ok(out)
     }
-}
-
-fn ec2_error<E, R>(err: aws_sdk_ec2::error::SdkError<E, R>) -> MembershipError
-where
-    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let code = err.code().map(str::to_string);
-    let message = match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        _ => aws_sdk_ec2::error::DisplayErrorContext(&err).to_string(),
-    };
-    MembershipError { code, message }
 }
 
 #[async_trait]

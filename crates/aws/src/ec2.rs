@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::Region;
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, SecurityGroup};
 use portcullis_core::{
     AppliedRule, Cidr, FamilyCounts, GroupChange, GroupId, ObservedGroup, ObservedRule, PortRange, Protocol, Route, TargetId,
@@ -65,11 +65,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    let code = err.code().map(str::to_string);
-    let message = match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        _ => DisplayErrorContext(&err).to_string(),
-    };
+    let (code, message) = crate::error_parts(&err);
     FirewallError { code, message }
 }
 

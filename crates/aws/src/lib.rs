@@ -50,6 +50,21 @@ pub async fn shared_sdk_config() -> &'static SdkConfig {
     SDK.get_or_init(load_sdk_config).await
 }
 
+/// An SDK error's code, and a message naming it (`Code: message`, else the whole error chain),
+/// for every service's errors.
+pub(crate) fn error_parts<E, R>(err: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> (Option<String>, String)
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+    let message = match (err.code(), err.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        _ => aws_smithy_types::error::display::DisplayErrorContext(err).to_string(),
+    };
+    (err.code().map(str::to_string), message)
+}
+
 /// The region the standard configuration names (`AWS_REGION`, profile), if any.
 pub fn configured_region(config: &SdkConfig) -> Option<String> {
     config.region().map(|r| r.to_string())

@@ -31,6 +31,15 @@ impl AddressKind {
         }
     }
 
+    /// Why an instance with no address of this kind is not admitted.
+    pub fn missing(&self) -> &'static str {
+        match self {
+            AddressKind::Public => "it has no public IPv4 address (yet, or it is stopped)",
+            AddressKind::Private => "it has no private IPv4 address",
+            AddressKind::Ipv6 => "it has no IPv6 address",
+        }
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             AddressKind::Public => "public",
@@ -142,12 +151,7 @@ pub fn plan_members(
     for instance in instances.iter().filter(|i| i.is_member()) {
         let addresses = instance.addresses(source.address);
         if addresses.is_empty() {
-            let why = match source.address {
-                AddressKind::Public => "it has no public IPv4 address (yet, or it is stopped)",
-                AddressKind::Private => "it has no private IPv4 address",
-                AddressKind::Ipv6 => "it has no IPv6 address",
-            };
-            plan.skipped.push((instance.id.clone(), why.to_string()));
+            plan.skipped.push((instance.id.clone(), source.address.missing().to_string()));
         }
         for cidr in addresses {
             wanted.entry(cidr).or_insert(&instance.id);

@@ -174,9 +174,9 @@ impl Engine {
         let Some(members) = self.members.clone() else {
             return Ok(ignored("no environment lists Auto Scaling groups ([[environments.X.members]])".into()));
         };
-        match event {
-            MemberEvent::Launch { region, action } => self.launch(&members, &region, action, interface).await,
-            MemberEvent::Terminate { region, action } => self.terminate(&members, &region, action, interface).await,
+        let (launching, region, action) = match event {
+            MemberEvent::Launch { region, action } => (true, region, action),
+            MemberEvent::Terminate { region, action } => (false, region, action),
             MemberEvent::TrueUp { asg, region } => {
                 let sources: Vec<&MemberSource> = members
                     .sources
@@ -187,22 +187,29 @@ impl Engine {
                 if sources.is_empty() {
                     return Ok(ignored(format!("no environment lists the Auto Scaling group {}", asg.unwrap_or_default())));
                 }
-                self.true_up(&members, &sources, interface).await
+                return self.true_up(&members, &sources, interface).await;
             }
+        };
+        let sources = sources_of(&members, &region, &action.asg);
+        if sources.is_empty() {
+            return Ok(ignored(format!("no environment lists the Auto Scaling group {} in {region}", action.asg)));
+        }
+        match launching {
+            true => self.launch(&members, &sources, &region, action, interface).await,
+            false => self.terminate(&sources, &region, action, interface).await,
         }
     }
 
+    /// `sources`: those listing the event's ASG (at least one).
     async fn launch(
         &self,
         members: &Members,
+        sources: &[&MemberSource],
         region: &str,
         action: LifecycleAction,
         interface: Interface,
     ) -> Result<MemberOutcome, EngineError> {
-        let sources = sources_of(members, region, &action.asg);
-        let Some(first) = sources.first() else {
-            return Ok(ignored(format!("no environment lists the Auto Scaling group {} in {region}", action.asg)));
-        };
+        let first = sources[0];
         let mut outcome = MemberOutcome::default();
         let described = members.membership.describe(&first.route, std::slice::from_ref(&action.instance_id)).await;
         let instance = match described {
@@ -215,13 +222,13 @@ impl Engine {
         let now = self.clock().now();
         let mut environments = BTreeSet::new();
         if let Some(instance) = &instance {
-            for source in &sources {
+            for source in sources {
                 let addresses = instance.addresses(source.address);
                 if addresses.is_empty() {
                     outcome.skipped.push(SkippedMember {
                         asg: source.asg.clone(),
                         instance_id: instance.id.clone(),
-                        reason: format!("it has no {} address", source.address.as_str()),
+                        reason: source.address.missing().to_string(),
                     });
                 }
                 for cidr in addresses {
@@ -238,20 +245,18 @@ impl Engine {
         Ok(outcome)
     }
 
+    /// `sources`: those listing the event's ASG (at least one).
     async fn terminate(
         &self,
-        members: &Members,
+        sources: &[&MemberSource],
         region: &str,
         action: LifecycleAction,
         interface: Interface,
     ) -> Result<MemberOutcome, EngineError> {
-        let sources = sources_of(members, region, &action.asg);
-        let Some(first) = sources.first() else {
-            return Ok(ignored(format!("no environment lists the Auto Scaling group {} in {region}", action.asg)));
-        };
+        let first = sources[0];
         let mut outcome = MemberOutcome::default();
         let mut environments = BTreeSet::new();
-        for source in &sources {
+        for source in sources {
             let grants = self.store().grants(Some(&source.environment)).await?;
             for grant in grants.iter().filter(|g| source.owns(g) && member_instance(g) == Some(action.instance_id.as_str())) {
                 let actor = Actor { name: source.owner().name, interface };

@@ -64,19 +64,13 @@ async fn fleet(desired: i32, address: &str) -> Fleet {
         .await
         .unwrap();
     let east = world.group(false, &[]).await;
-    let west = west_ec2
-        .create_security_group()
-        .group_name(unique("sg"))
-        .description("portcullis test")
-        .send()
-        .await
-        .unwrap()
-        .group_id
-        .unwrap();
+    let west = crate::connection::group_in(WEST).await;
     let config = world.dir.path().join("portcullis.toml");
     let toml = format!(
         r#"
         default_environment = "prod"
+        # One period a year: two scheduled runs of a test never straddle a period's end.
+        member_sync_secs = 31536000
         [environments.prod]
         [[environments.prod.targets]]
         region = "{REGION}"
@@ -338,6 +332,91 @@ async fn unconfigured_asgs_test_notifications_and_malformed_events_change_nothin
 
         assert!(f.proxy.completed().is_empty());
         assert_eq!(f.ours().await, (vec![], vec![]));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_v1_events_takes_the_same_events_from_an_admin_token_for_every_environment() {
+    use std::sync::Arc;
+
+    use portcullis::app::App;
+    use portcullis::config::{Config, Overrides};
+    use portcullis::routes::router;
+    use portcullis_core::{Environment, Role, Timestamp};
+    use portcullis_engine::Members;
+    use portcullis_store::{Actor, SqliteStore, Store};
+
+    within(async {
+        let f = fleet(2, "public").await;
+        let overrides = Overrides { config_file: Some(f.config.clone()), ..Overrides::default() };
+        let config = Config::load(&overrides, &|_| None).unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(f.world.store_path()).unwrap());
+        let through_proxy = crate::aws_proxy::sdk_config_at(&f.proxy.url).await;
+        let firewall = Arc::new(portcullis_aws::Ec2Firewall::new(&through_proxy));
+        let clock = Arc::new(portcullis_engine::ManualClock::new(Timestamp::now_utc()));
+        let membership = Arc::new(portcullis_aws::AsgMembership::new(&through_proxy));
+        let engine = portcullis::wiring::engine_with(
+            &config,
+            store.clone(),
+            firewall,
+            clock.clone(),
+            Arc::new(portcullis_engine::LogNotifier),
+        )
+        .with_members(Members { sources: config.members.clone(), member_ttl: config.member_ttl, membership });
+        let app = Arc::new(App::new(Arc::new(engine), &config, None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(listener, router(app).into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap()
+        });
+        let token = |envs: &[&str]| {
+            let envs = envs.iter().map(|e| Environment::parse(e).unwrap()).collect();
+            let (secret, token) = portcullis::auth::issue("ops", Role::Admin, envs, Timestamp::now_utc(), None, "test").unwrap();
+            (secret, token)
+        };
+        let (admin, stored) = token(&[]);
+        store.create_token(stored, &Actor { name: "test".into(), interface: portcullis_core::Interface::Cli }).await.unwrap();
+        let (limited, stored) = token(&["prod"]);
+        store.create_token(stored, &Actor { name: "test".into(), interface: portcullis_core::Interface::Cli }).await.unwrap();
+        let post = |secret: String, body: Value| {
+            let url = format!("{base}/v1/events");
+            async move {
+                let response = reqwest::Client::new().post(url).bearer_auth(secret).json(&body).send().await.unwrap();
+                (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        };
+
+        let (status, answer) = post(admin.clone(), fixture_trueup(&f.asg_name)).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["granted"].as_array().map(Vec::len), Some(2), "{answer}");
+        assert_eq!(f.ours().await.0.len(), 2);
+        let (status, answer) = post(limited, json!({"trueup": true})).await;
+        assert_eq!(status, 403, "{answer}");
+        let mut malformed = lifecycle("asg-launch.json", &f.asg_name, "i-0a1b2c3d4e5f67890");
+        malformed["detail"].as_object_mut().unwrap().remove("LifecycleHookName");
+        let (status, answer) = post(admin.clone(), malformed).await;
+        assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_event")), "{answer}");
+        let (status, _) = post(admin, fixture("event-add.json")).await;
+        assert_eq!(status, 400, "a seed action is for the Lambda and invoke");
+        assert!(f.proxy.completed().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_event_trues_up_once_per_member_sync_period() {
+    within(async {
+        let f = fleet(2, "public").await;
+        let scheduled = json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}});
+        let (code, answer, out) = f.invoke(&scheduled).await;
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(answer["members"]["granted"].as_array().map(Vec::len), Some(2), "{answer}");
+        assert_eq!(f.ours().await.0.len(), 2);
+        // The next minute's run, in the same period, leaves the members to the next period's.
+        let (code, answer, out) = f.invoke(&scheduled).await;
+        assert_eq!(code, 0, "{out}");
+        assert!(answer.get("members").is_none(), "{answer}");
     })
     .await;
 }
