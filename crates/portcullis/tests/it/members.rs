@@ -420,3 +420,26 @@ async fn the_scheduled_event_trues_up_once_per_member_sync_period() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_trues_up_the_members_of_every_configured_asg() {
+    within(async {
+        let f = fleet(2, "public").await;
+        let config = f.config.display().to_string();
+        let env = [("AWS_ENDPOINT_URL", f.proxy.url.as_str()), ("PORTCULLIS_CONFIG", config.as_str()), ("ENVIRONMENT", "prod")];
+        let _server = crate::serve::Server::start(&f.world, &env);
+        let mut want = Vec::new();
+        for id in f.instances().await {
+            want.push((f.address(&id, false).await, 443));
+        }
+        want.sort();
+        crate::support::eventually(Duration::from_secs(60), "serve's first true-up", || async {
+            let (east, west) = f.ours().await;
+            east == want && west.len() == 2 * want.len()
+        })
+        .await;
+        let calls = f.proxy.calls();
+        assert_eq!(calls.iter().filter(|(_, _, a)| a == "DescribeAutoScalingGroups").count(), 1, "{calls:?}");
+    })
+    .await;
+}
