@@ -210,3 +210,28 @@ async fn an_asg_no_environment_lists_is_ignored_and_nothing_changes() {
 fn key(cidr: &str) -> GrantKey {
     GrantKey { cidr: Cidr::parse(cidr).unwrap(), environment: dev() }
 }
+
+#[tokio::test]
+async fn member_grants_count_against_the_group_quota_before_any_call() {
+    let mut r = rig(&[EAST]);
+    // The group holds two rules; three members would need three (nlb: one port each).
+    r.settings.quota = portcullis_core::RuleQuota { ipv4: 2, ipv6: 2 };
+    let (engine, asg) = members(&r, vec![source("web", AddressKind::Public)]);
+    let instances = (1..=3).map(|i| instance(&format!("i-{i}"), "InService", &format!("198.51.100.{i}"))).collect();
+    asg.set_instances(EAST, "web", instances);
+    let outcome = engine.member_event(MemberEvent::TrueUp { asg: None, region: None }, Interface::Cli).await.unwrap();
+    // As for every grant (`core::plan`): a change that would overflow the group is not sent.
+    assert!(ours(&r, EAST).is_empty(), "{:?}", ours(&r, EAST));
+    assert!(outcome.failures.iter().any(|f| f.contains("sg-us-east-1")), "{:?}", outcome.failures);
+    let authorizes = r.firewall.calls().iter().filter(|c| c.action == "AuthorizeSecurityGroupIngress").count();
+    assert_eq!(authorizes, 0, "no call is made past the quota");
+    // One member leaves: the rest fit, and go out.
+    asg.set_instances(
+        EAST,
+        "web",
+        (1..=2).map(|i| instance(&format!("i-{i}"), "InService", &format!("198.51.100.{i}"))).collect(),
+    );
+    let outcome = engine.member_event(MemberEvent::TrueUp { asg: None, region: None }, Interface::Cli).await.unwrap();
+    assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
+    assert_eq!(ours(&r, EAST), ["198.51.100.1/32", "198.51.100.2/32"]);
+}
