@@ -238,7 +238,8 @@ impl Engine {
                 }
             }
         }
-        let holds = self.apply_members(&environments, region, &mut outcome).await?;
+        self.apply_members(&environments, &mut outcome).await?;
+        let holds = outcome.reports.iter().all(|r| region_holds(r, region));
         // The instance may serve once its own region admits it; other regions catch up.
         let result = if instance.is_some() && holds { LifecycleResult::Continue } else { LifecycleResult::Abandon };
         self.complete(first, region, &action, result, interface, &mut outcome).await;
@@ -271,7 +272,7 @@ impl Engine {
         }
         // A terminating instance goes whatever happens here: a revoke that failed is retried
         // by the reconcile, so the action always continues.
-        self.apply_members(&environments, region, &mut outcome).await?;
+        self.apply_members(&environments, &mut outcome).await?;
         self.complete(first, region, &action, LifecycleResult::Continue, interface, &mut outcome).await;
         Ok(outcome)
     }
@@ -322,11 +323,7 @@ impl Engine {
                 environments.insert(source.environment.clone());
             }
         }
-        for env in &environments {
-            let report = self.reconcile(Scope::Environment(env.clone()), Cause::Change).await?;
-            outcome.failures.extend(report.failure_messages());
-            outcome.reports.push(report);
-        }
+        self.apply_members(&environments, &mut outcome).await?;
         Ok(outcome)
     }
 
@@ -346,21 +343,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Reconciles the environments a member change touched; whether `region` holds it.
-    async fn apply_members(
-        &self,
-        environments: &BTreeSet<Environment>,
-        region: &str,
-        outcome: &mut MemberOutcome,
-    ) -> Result<bool, EngineError> {
-        let mut holds = true;
+    /// Reconciles the environments a member change touched, into the outcome.
+    async fn apply_members(&self, environments: &BTreeSet<Environment>, outcome: &mut MemberOutcome) -> Result<(), EngineError> {
         for env in environments {
             let report = self.reconcile(Scope::Environment(env.clone()), Cause::Change).await?;
-            holds &= region_holds(&report, region);
             outcome.failures.extend(report.failure_messages());
             outcome.reports.push(report);
         }
-        Ok(holds)
+        Ok(())
     }
 
     /// Completes the lifecycle action, and audits how.
