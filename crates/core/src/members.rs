@@ -146,6 +146,22 @@ pub fn plan_members(
     now: Timestamp,
     member_ttl: time::Duration,
 ) -> MemberPlan {
+    let mut plan = plan_admission(source, instances, existing, now, member_ttl);
+    let wanted: BTreeSet<Cidr> = instances.iter().filter(|i| i.is_member()).flat_map(|i| i.addresses(source.address)).collect();
+    for grant in existing.iter().filter(|g| source.owns(g) && !wanted.contains(&g.cidr)) {
+        plan.removals.push(grant.key());
+    }
+    plan
+}
+
+/// [`plan_members`] without the removals: what admitting `instances` changes (a launch's).
+pub fn plan_admission(
+    source: &MemberSource,
+    instances: &[Instance],
+    existing: &[Grant],
+    now: Timestamp,
+    member_ttl: time::Duration,
+) -> MemberPlan {
     let mut plan = MemberPlan::default();
     let mut wanted: BTreeMap<Cidr, &str> = BTreeMap::new();
     for instance in instances.iter().filter(|i| i.is_member()) {
@@ -169,10 +185,6 @@ pub fn plan_members(
             }
             None => plan.upserts.push(member_grant(source, instance_id, *cidr, now, member_ttl)),
         }
-    }
-    let wanted: BTreeSet<&Cidr> = wanted.keys().collect();
-    for grant in existing.iter().filter(|g| source.owns(g) && !wanted.contains(&g.cidr)) {
-        plan.removals.push(grant.key());
     }
     plan
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use portcullis_core::{
-    Action, AuditEvent, AuditScope, Cidr, Environment, Grant, Instance, Interface, MemberSource, Route, member_grant,
-    member_instance, plan_members,
+    Action, AuditEvent, AuditScope, Cidr, Environment, Grant, Instance, Interface, MemberPlan, MemberSource, Route,
+    member_instance, plan_admission, plan_members,
 };
 use portcullis_store::{Actor, Upsert};
 use serde::Serialize;
@@ -222,18 +222,12 @@ impl Engine {
         let now = self.clock().now();
         let mut environments = BTreeSet::new();
         if let Some(instance) = &instance {
+            // It is launching: a member on its way in, whatever EC2's describe says of it.
+            let launching = [Instance { lifecycle_state: "Pending:Wait".into(), ..instance.clone() }];
             for source in sources {
-                let addresses = instance.addresses(source.address);
-                if addresses.is_empty() {
-                    outcome.skipped.push(SkippedMember {
-                        asg: source.asg.clone(),
-                        instance_id: instance.id.clone(),
-                        reason: source.address.missing().to_string(),
-                    });
-                }
-                for cidr in addresses {
-                    let grant = member_grant(source, &instance.id, cidr, now, members.member_ttl);
-                    self.write_member(source, grant, interface, &mut outcome).await?;
+                let existing = self.store().grants(Some(&source.environment)).await?;
+                let plan = plan_admission(source, &launching, &existing, now, members.member_ttl);
+                if self.record_plan(source, plan, interface, &mut outcome).await? {
                     environments.insert(source.environment.clone());
                 }
             }
@@ -302,29 +296,42 @@ impl Engine {
             };
             let existing = self.store().grants(Some(&source.environment)).await?;
             let plan = plan_members(source, &instances, &existing, now, members.member_ttl);
-            for (instance_id, reason) in plan.skipped {
-                outcome.skipped.push(SkippedMember { asg: source.asg.clone(), instance_id, reason });
-            }
-            for (cidr, owner) in plan.held_by_others {
-                outcome.held_by_others.push(HeldAddress { cidr, environment: source.environment.clone(), owner: owner.name });
-            }
-            let changed = !plan.upserts.is_empty() || !plan.removals.is_empty();
-            for grant in plan.upserts {
-                self.write_member(source, grant, interface, &mut outcome).await?;
-            }
-            let actor = Actor { name: source.owner().name, interface };
-            for key in plan.removals {
-                if let Some(removed) = self.store().remove(&key, &actor, now).await? {
-                    outcome.removed.push(removed);
-                }
-            }
-            if changed {
-                self.announce();
+            if self.record_plan(source, plan, interface, &mut outcome).await? {
                 environments.insert(source.environment.clone());
             }
         }
         self.apply_members(&environments, &mut outcome).await?;
         Ok(outcome)
+    }
+
+    /// Writes a plan to the store: its member grants (exempt from per-user caps: membership
+    /// decides) and removals; reports what it skipped and what other owners hold. Whether it
+    /// changed anything.
+    async fn record_plan(
+        &self,
+        source: &MemberSource,
+        plan: MemberPlan,
+        interface: Interface,
+        outcome: &mut MemberOutcome,
+    ) -> Result<bool, EngineError> {
+        let changed = !plan.upserts.is_empty() || !plan.removals.is_empty();
+        for (instance_id, reason) in plan.skipped {
+            outcome.skipped.push(SkippedMember { asg: source.asg.clone(), instance_id, reason });
+        }
+        for (cidr, owner) in plan.held_by_others {
+            outcome.held_by_others.push(HeldAddress { cidr, environment: source.environment.clone(), owner: owner.name });
+        }
+        for grant in plan.upserts {
+            self.write_member(source, grant, interface, outcome).await?;
+        }
+        let actor = Actor { name: source.owner().name, interface };
+        for key in plan.removals {
+            if let Some(removed) = self.store().remove(&key, &actor, self.clock().now()).await? {
+                outcome.removed.push(removed);
+                self.announce();
+            }
+        }
+        Ok(changed)
     }
 
     /// Writes one member grant (exempt from per-user caps: membership decides).

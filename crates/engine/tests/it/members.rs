@@ -235,3 +235,16 @@ async fn member_grants_count_against_the_group_quota_before_any_call() {
     assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
     assert_eq!(ours(&r, EAST), ["198.51.100.1/32", "198.51.100.2/32"]);
 }
+
+#[tokio::test]
+async fn a_launch_never_takes_over_an_address_a_person_holds() {
+    let r = rig(&[EAST]);
+    let (engine, asg) = members(&r, vec![source("web", AddressKind::Public)]);
+    r.engine.add(crate::add("198.51.100.1", "1h")).await.unwrap();
+    asg.set_instances(EAST, "web", vec![instance("i-1", "Pending:Wait", "198.51.100.1")]);
+    let outcome = engine.member_event(launch("i-1"), Interface::Lambda).await.unwrap();
+    assert_eq!(outcome.held_by_others.len(), 1, "{outcome:?}");
+    assert_eq!(outcome.lifecycle, Some(LifecycleResult::Continue), "the address is admitted already");
+    let grant = r.store.grant(&key("198.51.100.1")).await.unwrap().unwrap();
+    assert_eq!((grant.source, grant.owner.id.as_str()), (Source::Manual, "alice"), "the person's grant is left as it was");
+}
