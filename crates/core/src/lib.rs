@@ -32,7 +32,9 @@ pub use error::ValidationError;
 pub use external::{ExternalChange, ExternalKind, ExternalStep, external_step};
 pub use grant::{Grant, GrantKey, Owner, Source};
 pub use marker::Marker;
-pub use members::{AddressKind, Instance, MemberPlan, MemberSource, member_grant, member_instance, plan_admission, plan_members};
+pub use members::{
+    AddressKind, Instance, ListedGrant, MemberPlan, MemberSource, member_grant, member_instance, plan_admission, plan_members,
+};
 pub use plan::{
     AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld, counts_after, plan, plan_adoption,
 };

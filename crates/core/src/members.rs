@@ -123,6 +123,26 @@ pub fn member_instance(grant: &Grant) -> Option<&str> {
         .filter(|w| w.starts_with("i-"))
 }
 
+/// A grant as `list`, `/v1/grants` and Slack show it: the grant itself, and for a member grant
+/// the instance it stands for, so a reader need not pick it out of the description.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ListedGrant<'a> {
+    #[serde(flatten)]
+    pub grant: &'a Grant,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<&'a str>,
+}
+
+impl<'a> ListedGrant<'a> {
+    pub fn new(grant: &'a Grant) -> ListedGrant<'a> {
+        ListedGrant { grant, instance: member_instance(grant) }
+    }
+
+    pub fn all(grants: &'a [Grant]) -> Vec<ListedGrant<'a>> {
+        grants.iter().map(ListedGrant::new).collect()
+    }
+}
+
 /// What a true-up changes.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MemberPlan {
@@ -275,5 +295,19 @@ mod tests {
         let plan = plan_members(&s, &[instance("i-1", "InService", Some("198.51.100.1"))], &[], NOW, DAY);
         assert!(plan.upserts.is_empty());
         assert_eq!(plan.skipped[0].1, "it has no IPv6 address");
+    }
+
+    #[test]
+    fn a_listed_member_grant_names_its_instance_and_a_person_s_does_not() {
+        let member = member_grant(&source(), "i-0abc", Cidr::parse("198.51.100.1").unwrap(), NOW, DAY);
+        let json = serde_json::to_value(ListedGrant::new(&member)).unwrap();
+        assert_eq!(json["instance"], "i-0abc");
+        assert_eq!(json["source"], "asg-member");
+        assert_eq!(json["owner"]["name"], "asg:us-east-1/web");
+        let mut person = member.clone();
+        person.source = Source::Manual;
+        let json = serde_json::to_value(ListedGrant::new(&person)).unwrap();
+        assert!(json.get("instance").is_none(), "only a member grant stands for an instance: {json}");
+        assert_eq!(json["cidr"], "198.51.100.1/32");
     }
 }

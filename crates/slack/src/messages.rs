@@ -1,6 +1,6 @@
 //! What people read: Block Kit replies to slash commands, and the seed's notification texts.
 
-use portcullis_core::{Action, AuditEvent, Environment, Grant, Timestamp, format_utc, time_left};
+use portcullis_core::{Action, AuditEvent, Environment, Grant, Source, Timestamp, format_utc, member_instance, time_left};
 use portcullis_engine::ReconcileReport;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -91,8 +91,11 @@ impl Reply {
         let mut shown = 0;
         for g in &live {
             let expiry = g.expires_at.map(|t| time_left(t, now)).unwrap_or_else(|| "no expiry".into());
-            let mut line = format!("• `{}`  @{}  {expiry}", g.cidr, escape(&g.owner.name));
-            if !g.description.as_str().is_empty() {
+            let mut line = match member_instance(g) {
+                Some(instance) => format!("• `{}`  member of `{}`, `{instance}`  {expiry}", g.cidr, escape(&g.owner.name)),
+                None => format!("• `{}`  @{}  {expiry}", g.cidr, escape(&g.owner.name)),
+            };
+            if g.source != Source::AsgMember && !g.description.as_str().is_empty() {
                 line.push_str(&format!("  _{}_", escape(g.description.as_str())));
             }
             if chunk.len() + line.len() + 1 > MAX_SECTION_CHARS {
@@ -282,6 +285,18 @@ pub(crate) mod tests {
         assert!(body.contains("@john.doe") && body.contains("Home office"));
         assert!(!body.contains("5.6.7.8"));
         assert_eq!(reply.response_type, Visibility::Ephemeral);
+    }
+
+    #[test]
+    fn list_names_a_member_grant_s_asg_and_instance() {
+        let now = datetime!(2025-01-10 12:01:00 UTC);
+        let mut member = grant("web member i-0abc");
+        member.source = Source::AsgMember;
+        member.owner = portcullis_core::Owner::named("asg:us-east-1/web");
+        let reply = Reply::list(&Environment::parse("dev").unwrap(), &[member], now);
+        let body = serde_json::to_string(&reply).unwrap();
+        assert!(body.contains("member of `asg:us-east-1/web`, `i-0abc`"), "{body}");
+        assert!(!body.contains("@asg"), "{body}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use portcullis_core::{Cidr, Description, Environment, GrantKey, Source, Ttl, format_utc, time_left};
+use portcullis_core::{Cidr, Description, Environment, GrantKey, ListedGrant, Source, Ttl, format_utc, time_left};
 use portcullis_engine::{AddRequest, AuditQuery, Cause, Scope};
 
 use super::print::{exit_for, print_json, print_report};
@@ -127,15 +127,16 @@ pub(super) async fn list(cx: &Context, a: ListArgs) -> Result<ExitCode, CliError
     let grants = engine.live_grants(&scope, &acting_user(None)?).await?;
     let now = engine.clock().now();
     if cx.json {
-        print_json(&grants);
+        print_json(&ListedGrant::all(&grants));
     } else if grants.is_empty() {
         println!("no live grants");
     } else {
         for g in &grants {
             println!(
-                "{:<20} {:<8} {:<16} {:<24} {}",
+                "{:<20} {:<8} {:<13} {:<24} {:<24} {}",
                 g.cidr.to_string(),
                 g.environment.as_str(),
+                g.source.as_str(),
                 g.owner.name,
                 g.expires_at.map(|t| time_left(t, now)).unwrap_or_else(|| "no expiry".into()),
                 g.description

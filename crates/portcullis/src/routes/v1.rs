@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use portcullis_core::{Cidr, Credential, Description, GrantKey, Interface, Source, Ttl};
+use portcullis_core::{Cidr, Credential, Description, GrantKey, Interface, ListedGrant, Source, Ttl};
 use portcullis_engine::{AddRequest, AuditQuery, Scope};
 use serde::Deserialize;
 
@@ -70,7 +70,8 @@ async fn list_grants(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let scope = if q.all { Scope::All } else { Scope::Environment(environment(&app, q.env.as_deref())?) };
-    Ok(Json(app.engine.live_grants(&scope, &principal.requester()).await?).into_response())
+    let grants = app.engine.live_grants(&scope, &principal.requester()).await?;
+    Ok(Json(ListedGrant::all(&grants)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -188,15 +188,19 @@ async fn a_launch_opens_both_regions_on_each_groups_ports_then_continues_and_a_t
         assert_eq!(c["LifecycleActionToken"], format!("token-{id}"));
         assert_eq!(c["InstanceId"], id);
         assert_eq!(c["LifecycleActionResult"], "CONTINUE");
-        let listed = f
-            .world
-            .command(&["list", "--all", "--json"])
-            .env("PORTCULLIS_CONFIG", &f.config)
-            .env("ENVIRONMENT", "prod")
-            .output()
-            .unwrap();
-        let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
-        assert!(listed.to_string().contains("asg-member") && listed.to_string().contains(&id), "{listed}");
+        let list = |json: bool| {
+            let args: &[&str] = if json { &["list", "--all", "--json"] } else { &["list", "--all"] };
+            f.world.command(args).env("PORTCULLIS_CONFIG", &f.config).env("ENVIRONMENT", "prod").output().unwrap().stdout
+        };
+        let listed: Value = serde_json::from_slice(&list(true)).unwrap();
+        assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+        assert_eq!(
+            (&listed[0]["source"], &listed[0]["instance"], &listed[0]["owner"]["name"]),
+            (&json!("asg-member"), &json!(id), &json!(format!("asg:{REGION}/{}", f.asg_name))),
+            "{listed}"
+        );
+        let text = String::from_utf8(list(false)).unwrap();
+        assert!(text.contains("asg-member") && text.contains(&id), "{text}");
 
         let (code, answer, out) = f.invoke(&lifecycle("asg-terminate.json", &f.asg_name, &id)).await;
         assert_eq!(code, 0, "{out}");
@@ -391,6 +395,20 @@ async fn post_v1_events_takes_the_same_events_from_an_admin_token_for_every_envi
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["granted"].as_array().map(Vec::len), Some(2), "{answer}");
         assert_eq!(f.ours().await.0.len(), 2);
+        let listed: Value = reqwest::Client::new()
+            .get(format!("{base}/v1/grants?all=true"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut instances: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|g| g["instance"].as_str()).collect();
+        instances.sort_unstable();
+        let mut members = f.instances().await;
+        members.sort_unstable();
+        assert_eq!(instances, members, "/v1/grants names each member's instance: {listed}");
         let (status, answer) = post(limited, json!({"trueup": true})).await;
         assert_eq!(status, 403, "{answer}");
         let mut malformed = lifecycle("asg-launch.json", &f.asg_name, "i-0a1b2c3d4e5f67890");
