@@ -9,7 +9,7 @@ use aws_sdk_ec2::config::Region;
 use serde_json::{Value, json};
 
 use crate::aws_proxy::{Proxy, start_proxy};
-use crate::support::{REGION, World, sdk_config, text, unique};
+use crate::support::{REGION, World, rules_of, sdk_config, text, unique};
 
 const WEST: &str = "eu-west-1";
 
@@ -48,8 +48,7 @@ async fn fleet(desired: i32, address: &str) -> Fleet {
         .send()
         .await
         .unwrap();
-    let subnets = world.ec2.describe_subnets().send().await.unwrap();
-    let subnet = subnets.subnets().iter().find(|s| s.map_public_ip_on_launch() == Some(true)).unwrap().subnet_id().unwrap();
+    let subnet = if address == "ipv6" { dual_stack_subnet(&world.ec2).await } else { public_subnet(&world.ec2).await };
     autoscaling
         .create_auto_scaling_group()
         .auto_scaling_group_name(&asg_name)
@@ -59,7 +58,7 @@ async fn fleet(desired: i32, address: &str) -> Fleet {
         .min_size(0)
         .max_size(10)
         .desired_capacity(desired)
-        .vpc_zone_identifier(subnet)
+        .vpc_zone_identifier(&subnet)
         .send()
         .await
         .unwrap();
@@ -88,6 +87,22 @@ async fn fleet(desired: i32, address: &str) -> Fleet {
     );
     std::fs::write(&config, toml).unwrap();
     Fleet { world, proxy, asg_name, autoscaling, east, west, west_ec2, config }
+}
+
+/// A default-VPC subnet, which maps public IPv4 addresses on launch.
+async fn public_subnet(ec2: &aws_sdk_ec2::Client) -> String {
+    let subnets = ec2.describe_subnets().send().await.unwrap();
+    subnets.subnets().iter().find(|s| s.map_public_ip_on_launch() == Some(true)).unwrap().subnet_id().unwrap().to_string()
+}
+
+/// A subnet of a new VPC with an Amazon-provided IPv6 block (moto assigns IPv6 addresses only
+/// on a subnet that has one).
+async fn dual_stack_subnet(ec2: &aws_sdk_ec2::Client) -> String {
+    let vpc = ec2.create_vpc().cidr_block("10.42.0.0/16").amazon_provided_ipv6_cidr_block(true).send().await.unwrap();
+    let vpc = vpc.vpc().unwrap();
+    let block = vpc.ipv6_cidr_block_association_set()[0].ipv6_cidr_block().unwrap().replace("/56", "/64");
+    let subnet = ec2.create_subnet().vpc_id(vpc.vpc_id().unwrap()).cidr_block("10.42.1.0/24").ipv6_cidr_block(block).send().await;
+    subnet.unwrap().subnet().unwrap().subnet_id().unwrap().to_string()
 }
 
 impl Fleet {
@@ -136,18 +151,6 @@ impl Fleet {
         };
         (mine(east), mine(west))
     }
-}
-
-async fn rules_of(ec2: &aws_sdk_ec2::Client, group: &str) -> Vec<(String, i32, Option<String>)> {
-    let out = ec2.describe_security_groups().group_ids(group).send().await.unwrap();
-    let mut rules = Vec::new();
-    for p in out.security_groups()[0].ip_permissions() {
-        for r in p.ip_ranges() {
-            rules.push((r.cidr_ip().unwrap().to_string(), p.from_port().unwrap_or(-1), r.description().map(str::to_string)));
-        }
-    }
-    rules.sort();
-    rules
 }
 
 fn fixture(name: &str) -> Value {
@@ -309,6 +312,41 @@ async fn the_private_option_admits_private_addresses() {
         let (code, _, out) = f.invoke(&fixture_trueup(&f.asg_name)).await;
         assert_eq!(code, 0, "{out}");
         assert_eq!(f.ours().await.0, [(f.address(&id, true).await, 443)]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ipv6_option_admits_each_of_an_instance_s_ipv6_addresses_and_follows_them() {
+    within(async {
+        let f = fleet(1, "ipv6").await;
+        let id = f.instances().await.remove(0);
+        let (code, answer, out) = f.invoke(&fixture_trueup(&f.asg_name)).await;
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(answer["skipped"][0]["instance_id"], id, "no IPv6 address yet: skipped and reported, {answer}");
+        assert_eq!(f.ours().await, (vec![], vec![]));
+
+        let described = f.world.ec2.describe_instances().instance_ids(&id).send().await.unwrap();
+        let eni = described.reservations()[0].instances()[0].network_interfaces()[0].network_interface_id().unwrap().to_string();
+        let assigned = f.world.ec2.assign_ipv6_addresses().network_interface_id(&eni).ipv6_address_count(2).send().await.unwrap();
+        let mut hosts: Vec<String> = assigned.assigned_ipv6_addresses().iter().map(|a| format!("{a}/128")).collect();
+        hosts.sort();
+        assert_eq!(hosts.len(), 2);
+        let (code, _, out) = f.invoke(&fixture_trueup(&f.asg_name)).await;
+        assert_eq!(code, 0, "{out}");
+        let (east, west) = f.ours().await;
+        assert_eq!(east, hosts.iter().map(|h| (h.clone(), 443)).collect::<Vec<_>>());
+        let mut want_west: Vec<(String, i32)> = hosts.iter().flat_map(|h| [(h.clone(), 80), (h.clone(), 443)]).collect();
+        want_west.sort();
+        assert_eq!(west, want_west);
+
+        let dropped = assigned.assigned_ipv6_addresses()[0].to_string();
+        f.world.ec2.unassign_ipv6_addresses().network_interface_id(&eni).ipv6_addresses(&dropped).send().await.unwrap();
+        let (code, _, out) = f.invoke(&fixture_trueup(&f.asg_name)).await;
+        assert_eq!(code, 0, "{out}");
+        let kept: Vec<(String, i32)> =
+            hosts.iter().filter(|h| !h.starts_with(&format!("{dropped}/"))).map(|h| (h.clone(), 443)).collect();
+        assert_eq!(f.ours().await.0, kept, "the unassigned address's rule is gone, the other stays");
     })
     .await;
 }

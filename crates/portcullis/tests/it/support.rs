@@ -110,27 +110,7 @@ impl World {
 
     /// Every inbound CIDR rule of a group, sorted.
     pub async fn rules(&self, group: &str) -> Vec<Rule> {
-        let out = self
-            .ec2
-            .describe_security_groups()
-            .filters(Filter::builder().name("group-id").values(group).build())
-            .send()
-            .await
-            .unwrap();
-        let mut rules = Vec::new();
-        for sg in out.security_groups() {
-            for p in sg.ip_permissions() {
-                let port = p.from_port().unwrap_or(-1);
-                for r in p.ip_ranges() {
-                    rules.push((r.cidr_ip().unwrap().to_string(), port, r.description().map(str::to_string)));
-                }
-                for r in p.ipv6_ranges() {
-                    rules.push((r.cidr_ipv6().unwrap().to_string(), port, r.description().map(str::to_string)));
-                }
-            }
-        }
-        rules.sort();
-        rules
+        rules_of(&self.ec2, group).await
     }
 
     /// The (cidr, port) pairs of a group's rules.
@@ -325,4 +305,24 @@ pub async fn post_signed(base: &str, secret: &str, at: i64, body: &str) -> (u16,
         .await
         .unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// Every inbound CIDR rule (IPv4 and IPv6) of a group, through any region's client, sorted.
+pub async fn rules_of(ec2: &aws_sdk_ec2::Client, group: &str) -> Vec<Rule> {
+    let out =
+        ec2.describe_security_groups().filters(Filter::builder().name("group-id").values(group).build()).send().await.unwrap();
+    let mut rules = Vec::new();
+    for sg in out.security_groups() {
+        for p in sg.ip_permissions() {
+            let port = p.from_port().unwrap_or(-1);
+            for r in p.ip_ranges() {
+                rules.push((r.cidr_ip().unwrap().to_string(), port, r.description().map(str::to_string)));
+            }
+            for r in p.ipv6_ranges() {
+                rules.push((r.cidr_ipv6().unwrap().to_string(), port, r.description().map(str::to_string)));
+            }
+        }
+    }
+    rules.sort();
+    rules
 }
