@@ -15,7 +15,11 @@
 //!   under concurrent adds;
 //! - `counter` / `audit`: the last audit id handed out;
 //! - `lease` / name, `once` / key, `checkpoint` / shard: leases, stream records already
-//!   recorded, and how far each stream shard has been read.
+//!   recorded, and how far each stream shard has been read;
+//! - `request` / id: a guard change request (JSON) and its `version`, which every decision is
+//!   conditional on; `request-event` / event id: the event that filed it (a redelivered event
+//!   finds it and files nothing); `baseline` / `{region}/{group}`: a guarded group's approved
+//!   rules (JSON).
 //!
 //! Deleting a grant is two steps: the item is first marked (`pc_removal`) in the transaction
 //! that records and announces the change, then deleted. The REMOVE stream record thus carries
@@ -35,7 +39,8 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType, Put, ScalarAttributeType,
     StreamSpecification, StreamViewType, TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
 };
-use portcullis_core::{Action, ApiToken, AuditEvent, Environment, Grant, GrantKey, Timestamp};
+use portcullis_core::guard::{ChangeRequest, GroupRule, RequestStatus};
+use portcullis_core::{Action, ApiToken, AuditEvent, Environment, Grant, GrantKey, TargetId, Timestamp};
 use portcullis_store::seed::{self, Attr, Item};
 use portcullis_store::{
     Actor, Decided, LeaseClaim, NOTICE_LEASE, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, UpsertDecision,
@@ -793,6 +798,58 @@ impl DynamoStore {
         })
     }
 
+    /// Numbers audit events and adds them (with their notices) to a transaction.
+    async fn append_all(&self, tx: &mut Tx, events: &mut [AuditEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let first = self.allocate(events.len() as i64).await?;
+        let (mut history, mut filed) = (false, BTreeSet::new());
+        for (i, event) in events.iter_mut().enumerate() {
+            event.id = first + i as i64;
+            self.append(tx, event, event.at, &mut history);
+            self.file(tx, &event.environment.to_string(), &mut filed);
+        }
+        Ok(())
+    }
+
+    fn request_item(&self, request: &ChangeRequest) -> HashMap<String, AttributeValue> {
+        let mut item = meta_key("request", &request.id);
+        item.insert("body".into(), s(serde_json::to_string(request).expect("requests serialise")));
+        item.insert("version".into(), n(request.version));
+        item.insert("status".into(), s(request.status.as_str()));
+        item
+    }
+
+    fn parse_request(&self, item: &HashMap<String, AttributeValue>) -> Result<ChangeRequest, StoreError> {
+        serde_json::from_str(&get_s(item, "body").unwrap_or_default()).map_err(|e| StoreError::Corrupt {
+            location: format!("dynamodb:{}", self.meta()),
+            message: format!("change request {:?}: {e}", get_s(item, "sk")),
+        })
+    }
+
+    /// Writes a request item under `cond` with its audit events, in one transaction (plus
+    /// `extra`); `false` when a condition did not hold.
+    async fn write_request(
+        &self,
+        request: &ChangeRequest,
+        cond: Expr,
+        extra: Option<(HashMap<String, AttributeValue>, Expr)>,
+        mut events: Vec<AuditEvent>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = Tx::default();
+        self.append_all(&mut tx, &mut events).await?;
+        if let Some((item, cond)) = extra {
+            tx.put(self.meta(), item, Some(cond));
+        }
+        tx.put(self.meta(), self.request_item(request), Some(cond));
+        match self.commit(tx).await {
+            Ok(()) => Ok(true),
+            Err(Failure::Conflict) => Ok(false),
+            Err(Failure::Store(e)) => Err(e),
+        }
+    }
+
     /// How far a stream shard has been read (its last processed sequence number).
     pub async fn checkpoint(&self, shard: &str) -> Result<Option<String>, StoreError> {
         let out = self
@@ -1095,5 +1152,74 @@ impl Store for DynamoStore {
             })
             .min();
         Ok(OutboxStatus { pending: items.len(), next_due: next.map(from_ms) })
+    }
+
+    async fn file_request(&self, request: &ChangeRequest, events: Vec<AuditEvent>) -> Result<bool, StoreError> {
+        let absent = || {
+            let mut e = Expr::new();
+            let k = e.name("pk");
+            e.and(format!("attribute_not_exists({k})"));
+            e
+        };
+        let mut marker = meta_key("request-event", &request.event_id);
+        marker.insert("id".into(), s(request.id.clone()));
+        self.write_request(request, absent(), Some((marker, absent())), events).await
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<ChangeRequest>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.meta())
+            .set_key(Some(meta_key("request", id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
+        out.item.as_ref().map(|i| self.parse_request(i)).transpose()
+    }
+
+    async fn requests(&self, status: Option<RequestStatus>) -> Result<Vec<ChangeRequest>, StoreError> {
+        let items = self.partition("request", false, None).await?;
+        let mut requests = items.iter().map(|i| self.parse_request(i)).collect::<Result<Vec<_>, _>>()?;
+        requests.retain(|r| status.is_none_or(|s| r.status == s));
+        requests.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(requests)
+    }
+
+    async fn update_request(&self, request: &ChangeRequest, events: Vec<AuditEvent>) -> Result<bool, StoreError> {
+        let mut cond = Expr::new();
+        let (k, v) = (cond.name("version"), cond.value(n(request.version.saturating_sub(1))));
+        cond.and(format!("{k} = {v}"));
+        self.write_request(request, cond, None, events).await
+    }
+
+    async fn baseline(&self, group: &TargetId) -> Result<Option<Vec<GroupRule>>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.meta())
+            .set_key(Some(meta_key("baseline", &format!("{}/{}", group.region, group.group_id))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
+        let Some(item) = out.item else { return Ok(None) };
+        serde_json::from_str(&get_s(&item, "rules").unwrap_or_default()).map(Some).map_err(|e| StoreError::Corrupt {
+            location: format!("dynamodb:{}", self.meta()),
+            message: format!("baseline of {group}: {e}"),
+        })
+    }
+
+    async fn set_baseline(&self, group: &TargetId, rules: &[GroupRule], mut events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        let mut tx = Tx::default();
+        self.append_all(&mut tx, &mut events).await?;
+        let mut item = meta_key("baseline", &format!("{}/{}", group.region, group.group_id));
+        item.insert("rules".into(), s(serde_json::to_string(rules).expect("rules serialise")));
+        tx.put(self.meta(), item, None);
+        self.commit(tx).await.map_err(|f| match f {
+            Failure::Conflict => self.contended(),
+            Failure::Store(e) => e,
+        })
     }
 }

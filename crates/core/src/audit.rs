@@ -24,6 +24,14 @@ pub enum Action {
     TokenRevoked,
     /// An Auto Scaling lifecycle action was completed (`reason`: CONTINUE or ABANDON, and why).
     LifecycleCompleted,
+    /// Guard undid an out-of-band change (`reason` names the request, the group and the rules).
+    ChangeReverted,
+    /// Guard filed a change request for it.
+    ChangeRequested,
+    /// A change request was approved (and applied), denied, or expired undecided.
+    ChangeApproved,
+    ChangeDenied,
+    ChangeExpired,
 }
 
 impl Action {
@@ -41,6 +49,11 @@ impl Action {
             Action::TokenCreated => "token-created",
             Action::TokenRevoked => "token-revoked",
             Action::LifecycleCompleted => "lifecycle-completed",
+            Action::ChangeReverted => "change-reverted",
+            Action::ChangeRequested => "change-requested",
+            Action::ChangeApproved => "change-approved",
+            Action::ChangeDenied => "change-denied",
+            Action::ChangeExpired => "change-expired",
         }
     }
 
@@ -59,6 +72,11 @@ impl Action {
             TokenCreated,
             TokenRevoked,
             LifecycleCompleted,
+            ChangeReverted,
+            ChangeRequested,
+            ChangeApproved,
+            ChangeDenied,
+            ChangeExpired,
         ]
         .into_iter()
         .find(|a| a.as_str() == text)

@@ -12,6 +12,7 @@ mod environment;
 mod error;
 mod external;
 mod grant;
+pub mod guard;
 mod marker;
 mod members;
 mod plan;

@@ -201,7 +201,18 @@ pub fn notification(event: &AuditEvent) -> Option<String> {
             lines.push(format!("Security groups of `{env}` were repaired to match the whitelist."));
             lines.extend(event.reason.split("; ").map(escape));
         }
-        Action::Refreshed
+        Action::ChangeReverted | Action::ChangeApproved | Action::ChangeDenied | Action::ChangeExpired => {
+            let headline = match event.action {
+                Action::ChangeReverted => ":shield: Guard: a change was reverted, pending approval",
+                Action::ChangeApproved => ":white_check_mark: Guard: a change was approved and applied",
+                Action::ChangeDenied => ":no_entry: Guard: a change was denied; the revert stays",
+                _ => ":hourglass: Guard: a change request expired undecided; the revert stays",
+            };
+            lines.push(headline.into());
+            lines.extend(event.reason.split('\n').map(escape));
+        }
+        Action::ChangeRequested
+        | Action::Refreshed
         | Action::Refused
         | Action::Approved
         | Action::Denied

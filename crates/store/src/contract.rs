@@ -14,6 +14,9 @@ use portcullis_core::{
 use time::Duration;
 use time::macros::datetime;
 
+use portcullis_core::TargetId;
+use portcullis_core::guard::{ChangeRequest, GroupRule, GuardRule, RequestStatus, RuleSource};
+
 use crate::{Actor, LeaseClaim, NOTICE_LEASE, Settlement, Store, StoreError, Upsert};
 
 /// Two handles on one store, as two processes would hold it.
@@ -309,6 +312,83 @@ pub async fn racing_removes(p: Pair) {
     }
 }
 
+fn change_request(id: &str, event_id: &str) -> ChangeRequest {
+    ChangeRequest {
+        id: id.into(),
+        event_id: event_id.into(),
+        requester: "arn:aws:iam::123456789012:user/alice".into(),
+        requester_user: None,
+        account: "123456789012".into(),
+        region: "us-east-1".into(),
+        group_id: "sg-0123".into(),
+        add: vec![GuardRule::new("tcp", Some(22), Some(22), RuleSource::Ipv4("203.0.113.0/24".into()), None)],
+        remove: vec![],
+        notes: vec![],
+        status: RequestStatus::Pending,
+        approvals: vec![],
+        denied_by: None,
+        reason: None,
+        created_at: T0,
+        expires_at: T0 + Duration::hours(24),
+        decided_at: None,
+        applied_at: None,
+        version: 0,
+    }
+}
+
+/// A request is filed once per event, and a decision is written only over the version it
+/// read: of two handles deciding from one read, exactly one wins.
+pub async fn change_requests(p: Pair) {
+    let r = change_request("r1", "e1");
+    let filed = crate::request_event(T0, &actor("guard"), Action::ChangeRequested, &r, "");
+    assert!(p.a.file_request(&r, vec![filed.clone()]).await.unwrap());
+    assert!(!p.b.file_request(&change_request("r2", "e1"), vec![filed]).await.unwrap(), "the same event files nothing new");
+    assert_eq!(p.b.request("r2").await.unwrap(), None);
+    assert_eq!(p.b.request("r1").await.unwrap(), Some(r.clone()));
+    let later = ChangeRequest { created_at: T0 + Duration::minutes(1), ..change_request("r0", "e0") };
+    assert!(p.b.file_request(&later, vec![]).await.unwrap());
+
+    let mut approved = r.clone();
+    approved.status = RequestStatus::Approved;
+    approved.approvals = vec!["UBOB".into()];
+    approved.version = 1;
+    let mut denied = r.clone();
+    denied.status = RequestStatus::Denied;
+    denied.denied_by = Some("UCAROL".into());
+    denied.version = 1;
+    let event = |action, request: &ChangeRequest| vec![crate::request_event(T0, &actor("x"), action, request, "")];
+    let (a, b) = tokio::join!(
+        p.a.update_request(&approved, event(Action::ChangeApproved, &approved)),
+        p.b.update_request(&denied, event(Action::ChangeDenied, &denied)),
+    );
+    assert!(a.as_ref().unwrap() ^ b.as_ref().unwrap(), "exactly one decision lands: {a:?} {b:?}");
+    let stored = p.a.request("r1").await.unwrap().unwrap();
+    assert_eq!(stored, if *a.as_ref().unwrap() { approved } else { denied });
+    let decided: Vec<Action> = p.a.audit(None, 10).await.unwrap().iter().map(|e| e.action).collect();
+    assert_eq!(decided.iter().filter(|a| matches!(a, Action::ChangeApproved | Action::ChangeDenied)).count(), 1, "{decided:?}");
+
+    let all: Vec<String> = p.b.requests(None).await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(all, ["r1", "r0"], "oldest first");
+    let pending: Vec<String> = p.b.requests(Some(RequestStatus::Pending)).await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(pending, ["r0"]);
+}
+
+/// A guarded group's baseline: absent until recorded, then replaced whole.
+pub async fn baselines(p: Pair) {
+    let group = TargetId { region: "us-east-1".into(), group_id: "sg-0123".into() };
+    assert_eq!(p.a.baseline(&group).await.unwrap(), None);
+    let rule = |port| GroupRule {
+        rule_id: Some(format!("sgr-{port}")),
+        rule: GuardRule::new("tcp", Some(port), Some(port), RuleSource::Group("sg-9".into()), Some("app")),
+    };
+    p.a.set_baseline(&group, &[rule(22), rule(443)], vec![]).await.unwrap();
+    assert_eq!(p.b.baseline(&group).await.unwrap(), Some(vec![rule(22), rule(443)]));
+    p.b.set_baseline(&group, &[], vec![]).await.unwrap();
+    assert_eq!(p.a.baseline(&group).await.unwrap(), Some(vec![]), "an empty baseline is a baseline");
+    let other = TargetId { region: "eu-west-1".into(), group_id: "sg-0123".into() };
+    assert_eq!(p.a.baseline(&other).await.unwrap(), None);
+}
+
 /// One `#[tokio::test]` per contract case, each on the pair `$pair().await` makes (a fresh
 /// store for each case).
 #[macro_export]
@@ -317,7 +397,7 @@ macro_rules! store_contract {
         $crate::store_contract!(@cases $pair;
             upsert_refresh_remove, per_user_limit_and_expiry, leases, racing_for_one_lease,
             record_once_and_claims, tokens, outbox, racing_writers_on_one_key,
-            racing_writers_on_one_users_limit, racing_removes);
+            racing_writers_on_one_users_limit, racing_removes, change_requests, baselines);
     };
     (@cases $pair:path; $($case:ident),*) => {
         $(

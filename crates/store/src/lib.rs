@@ -13,7 +13,10 @@ mod upsert;
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use portcullis_core::{ApiToken, AuditEvent, AuditScope, Environment, Grant, GrantKey, Interface, Timestamp, ValidationError};
+use portcullis_core::guard::{ChangeRequest, GroupRule, RequestStatus};
+use portcullis_core::{
+    ApiToken, AuditEvent, AuditScope, Environment, Grant, GrantKey, Interface, TargetId, Timestamp, ValidationError,
+};
 use thiserror::Error;
 
 pub use sqlite::SqliteStore;
@@ -22,10 +25,11 @@ pub use upsert::{Decided, UpsertDecision};
 /// How long a process holds a notice it wrote or claimed before another may deliver it.
 pub const NOTICE_LEASE: time::Duration = time::Duration::seconds(30);
 
-/// Whether an audit action is announced (and so gets an outbox entry with its audit record).
+/// Whether an audit action is announced (and so gets an outbox entry with its audit record):
+/// grant changes, and guard's notices for the monitoring channel.
 pub fn is_announced(action: portcullis_core::Action) -> bool {
     use portcullis_core::Action::*;
-    matches!(action, Added | Removed | Expired | DriftRepaired)
+    matches!(action, Added | Removed | Expired | DriftRepaired | ChangeReverted | ChangeApproved | ChangeDenied | ChangeExpired)
 }
 
 /// Whether an audit action is a grant change, which marks its environment as one this store
@@ -101,6 +105,41 @@ pub fn token_event(at: Timestamp, actor: &Actor, action: portcullis_core::Action
         before: None,
         after: None,
         reason: format!("token {} ({}, user {}) {verb}", token.id, token.role, token.user),
+    }
+}
+
+/// A guard audit event about one change request: scoped to every environment (a guarded group
+/// belongs to none); its reason names the request, the group, the rules and `detail`.
+pub fn request_event(
+    at: Timestamp,
+    actor: &Actor,
+    action: portcullis_core::Action,
+    request: &ChangeRequest,
+    detail: &str,
+) -> AuditEvent {
+    let mut reason = format!(
+        "request {} by {}: {} in {} ({})",
+        request.id, request.requester, request.group_id, request.region, request.account
+    );
+    if !detail.is_empty() {
+        reason.push_str("; ");
+        reason.push_str(detail);
+    }
+    for line in request.rules_in_words() {
+        reason.push('\n');
+        reason.push_str(&line);
+    }
+    AuditEvent {
+        id: 0,
+        at,
+        actor: actor.name.as_str().into(),
+        interface: actor.interface,
+        action,
+        environment: AuditScope::All,
+        cidr: None,
+        before: None,
+        after: None,
+        reason,
     }
 }
 
@@ -289,4 +328,23 @@ pub trait Store: Send + Sync {
     /// Revokes a token at `now` and audits it; `None` when there is no such id. Revoking a
     /// revoked token changes nothing and returns it as it is.
     async fn revoke_token(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<Option<ApiToken>, StoreError>;
+
+    /// Files a new change request with its audit events, in one write. `false`, and nothing
+    /// written, when a request for the same event id exists (a redelivered event).
+    async fn file_request(&self, request: &ChangeRequest, events: Vec<AuditEvent>) -> Result<bool, StoreError>;
+
+    async fn request(&self, id: &str) -> Result<Option<ChangeRequest>, StoreError>;
+
+    /// Every request, oldest first; `status` narrows them.
+    async fn requests(&self, status: Option<RequestStatus>) -> Result<Vec<ChangeRequest>, StoreError>;
+
+    /// Writes `request` (its version already bumped by one) with its audit events, only over
+    /// the version before it: `false`, and nothing written, when another write came first.
+    async fn update_request(&self, request: &ChangeRequest, events: Vec<AuditEvent>) -> Result<bool, StoreError>;
+
+    /// A guarded group's approved rules; `None` until a baseline is recorded.
+    async fn baseline(&self, group: &TargetId) -> Result<Option<Vec<GroupRule>>, StoreError>;
+
+    /// Records a guarded group's approved rules, with the audit events that say why.
+    async fn set_baseline(&self, group: &TargetId, rules: &[GroupRule], events: Vec<AuditEvent>) -> Result<(), StoreError>;
 }

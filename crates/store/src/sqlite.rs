@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use portcullis_core::TargetId;
+use portcullis_core::guard::{ChangeRequest, GroupRule, RequestStatus};
 use portcullis_core::{
     Action, ActorName, ApiToken, AuditEvent, AuditScope, Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Role,
     Source, Timestamp, ValidationError,
@@ -114,6 +116,25 @@ CREATE TABLE claims (
     until_ms INTEGER NOT NULL
 );
 CREATE INDEX claims_until ON claims (until_ms);
+"#,
+    r#"
+-- Guard: change requests (the request as JSON; version for conditional decisions) and the
+-- approved rules of each guarded group.
+CREATE TABLE change_requests (
+    id            TEXT PRIMARY KEY,
+    event_id      TEXT NOT NULL UNIQUE,
+    status        TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    body          TEXT NOT NULL
+);
+CREATE INDEX change_requests_status ON change_requests (status, created_at_ms);
+CREATE TABLE baselines (
+    region   TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    rules    TEXT NOT NULL,
+    PRIMARY KEY (region, group_id)
+);
 "#,
 ];
 
@@ -242,6 +263,11 @@ const TOKEN_COLUMNS: &str = "id, hash, user, role, environments, created_at_ms, 
 /// A row that does not read as what its table holds: a corrupt store.
 struct CorruptRow(String);
 
+fn request_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ChangeRequest, CorruptRow>> {
+    let (id, body): (String, String) = (row.get(0)?, row.get(1)?);
+    Ok(serde_json::from_str(&body).map_err(|e| CorruptRow(format!("change request {id}: {e}"))))
+}
+
 fn token_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiToken, CorruptRow>> {
     let (id, role, envs): (String, String, String) = (row.get(0)?, row.get(3)?, row.get(4)?);
     let environments = envs.split(',').filter(|e| !e.is_empty()).map(Environment::parse).collect::<Result<_, _>>();
@@ -361,6 +387,16 @@ impl SqliteStore {
 
     fn select_tokens(&self, conn: &Connection, clause: &str, args: impl rusqlite::Params) -> Result<Vec<ApiToken>, StoreError> {
         self.select(conn, &format!("{TOKEN_COLUMNS} FROM tokens"), clause, args, token_from_row)
+    }
+
+    /// Change requests matching a `WHERE … ORDER BY …` clause.
+    fn select_requests(
+        &self,
+        conn: &Connection,
+        clause: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<ChangeRequest>, StoreError> {
+        self.select(conn, "id, body FROM change_requests", clause, args, request_from_row)
     }
 
     fn get(&self, tx: &Connection, key: &GrantKey) -> Result<Option<Grant>, StoreError> {
@@ -739,6 +775,102 @@ impl Store for SqliteStore {
             tx.execute("UPDATE tokens SET revoked_at_ms = ?2 WHERE id = ?1", params![id, ms(now)]).map_err(|e| this.err(e))?;
             this.append(tx, &token_event(now, &actor, Action::TokenRevoked, &token))?;
             Ok(Some(token))
+        })
+        .await
+    }
+
+    async fn file_request(&self, request: &ChangeRequest, events: Vec<AuditEvent>) -> Result<bool, StoreError> {
+        let (this, request) = (self.clone(), request.clone());
+        self.write(move |tx| {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO change_requests (id, event_id, status, version, created_at_ms, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (event_id) DO NOTHING",
+                    params![
+                        request.id,
+                        request.event_id,
+                        request.status.as_str(),
+                        request.version as i64,
+                        ms(request.created_at),
+                        serde_json::to_string(&request).expect("requests serialise"),
+                    ],
+                )
+                .map_err(|e| this.err(e))?;
+            if inserted == 0 {
+                return Ok(false);
+            }
+            events.iter().try_for_each(|e| this.append(tx, e))?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<ChangeRequest>, StoreError> {
+        let (this, id) = (self.clone(), id.to_string());
+        self.run(move |conn| Ok(this.select_requests(conn, "id = ?1", params![id])?.pop())).await
+    }
+
+    async fn requests(&self, status: Option<RequestStatus>) -> Result<Vec<ChangeRequest>, StoreError> {
+        let this = self.clone();
+        self.run(move |conn| match status {
+            Some(s) => this.select_requests(conn, "status = ?1 ORDER BY created_at_ms, id", params![s.as_str()]),
+            None => this.select_requests(conn, "1 ORDER BY created_at_ms, id", []),
+        })
+        .await
+    }
+
+    async fn update_request(&self, request: &ChangeRequest, events: Vec<AuditEvent>) -> Result<bool, StoreError> {
+        let (this, request) = (self.clone(), request.clone());
+        self.write(move |tx| {
+            let updated = tx
+                .execute(
+                    "UPDATE change_requests SET status = ?2, version = ?3, body = ?4 WHERE id = ?1 AND version = ?3 - 1",
+                    params![
+                        request.id,
+                        request.status.as_str(),
+                        request.version as i64,
+                        serde_json::to_string(&request).expect("requests serialise"),
+                    ],
+                )
+                .map_err(|e| this.err(e))?;
+            if updated == 0 {
+                return Ok(false);
+            }
+            events.iter().try_for_each(|e| this.append(tx, e))?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn baseline(&self, group: &TargetId) -> Result<Option<Vec<GroupRule>>, StoreError> {
+        let (this, group) = (self.clone(), group.clone());
+        self.run(move |conn| {
+            let rules: Option<String> = conn
+                .query_row(
+                    "SELECT rules FROM baselines WHERE region = ?1 AND group_id = ?2",
+                    params![group.region, group.group_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| this.err(e))?;
+            rules
+                .map(|json| serde_json::from_str(&json).map_err(|e| this.corrupt(format!("baseline of {group}: {e}"))))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn set_baseline(&self, group: &TargetId, rules: &[GroupRule], events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        let (this, group) = (self.clone(), group.clone());
+        let json = serde_json::to_string(rules).expect("rules serialise");
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO baselines (region, group_id, rules) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (region, group_id) DO UPDATE SET rules = excluded.rules",
+                params![group.region, group.group_id, json],
+            )
+            .map_err(|e| this.err(e))?;
+            events.iter().try_for_each(|e| this.append(tx, e))
         })
         .await
     }

@@ -1,0 +1,190 @@
+use time::macros::datetime;
+
+use super::*;
+
+const NOW: Timestamp = datetime!(2026-12-03 12:00 UTC);
+
+fn tcp(port: i32, cidr: &str, description: Option<&str>) -> GuardRule {
+    GuardRule::new("tcp", Some(port), Some(port), RuleSource::Ipv4(cidr.into()), description)
+}
+
+fn with_id(id: &str, rule: GuardRule) -> GroupRule {
+    GroupRule { rule_id: Some(id.into()), rule }
+}
+
+fn marker() -> Marker {
+    Marker::default()
+}
+
+#[test]
+fn rules_have_one_spelling_and_read_in_words() {
+    let all = GuardRule::new("-1", Some(-1), Some(-1), RuleSource::Group("sg-1".into()), Some(" "));
+    assert_eq!((all.from_port, all.to_port, all.description.as_deref()), (None, None, None));
+    assert_eq!(all.to_string(), "all traffic from group sg-1");
+    assert_eq!(GuardRule::new("6", Some(22), Some(22), RuleSource::Ipv4("1.2.3.4/32".into()), None).protocol, "tcp");
+    assert_eq!(tcp(22, "203.0.113.0/24", Some("temp ssh")).to_string(), "tcp 22 from 203.0.113.0/24 (\"temp ssh\")");
+    let range = GuardRule::new("udp", Some(1000), Some(2000), RuleSource::PrefixList("pl-1".into()), None);
+    assert_eq!(range.to_string(), "udp 1000-2000 from pl-1");
+}
+
+#[test]
+fn an_addition_is_revoked_by_id_when_the_event_names_one_else_by_content() {
+    let changes = Changes {
+        added: vec![
+            with_id("sgr-1", tcp(22, "203.0.113.0/24", None)),
+            GroupRule { rule_id: None, rule: tcp(80, "0.0.0.0/0", None) },
+        ],
+        ..Changes::default()
+    };
+    let r = revert(&changes, None, &marker());
+    assert_eq!(r.revoke_ids, ["sgr-1"]);
+    assert_eq!(r.revoke, [tcp(80, "0.0.0.0/0", None)]);
+    assert_eq!(r.add.len(), 2);
+    assert!(r.authorize.is_empty() && r.remove.is_empty() && r.notes.is_empty());
+}
+
+#[test]
+fn a_removal_is_restored_with_the_baseline_s_description() {
+    let baseline = [with_id("sgr-9", tcp(443, "198.51.100.0/24", Some("office")))];
+    let changes = Changes { removed: vec![tcp(443, "198.51.100.0/24", None)], ..Changes::default() };
+    let r = revert(&changes, Some(&baseline), &marker());
+    assert_eq!(r.authorize, [tcp(443, "198.51.100.0/24", Some("office"))]);
+    assert_eq!(r.remove, r.authorize);
+    let by_id = Changes { removed_ids: vec!["sgr-9".into(), "sgr-unknown".into()], ..Changes::default() };
+    let r = revert(&by_id, Some(&baseline), &marker());
+    assert_eq!(r.authorize, [tcp(443, "198.51.100.0/24", Some("office"))]);
+    assert!(r.notes[0].contains("sgr-unknown"), "{:?}", r.notes);
+}
+
+#[test]
+fn an_edit_is_restored_from_the_baseline_or_revoked_when_unknown() {
+    let before = tcp(443, "198.51.100.0/24", Some("office"));
+    let after = tcp(443, "0.0.0.0/0", Some("open to all"));
+    let changes = Changes { edits: vec![with_id("sgr-9", after.clone())], ..Changes::default() };
+    let r = revert(&changes, Some(&[with_id("sgr-9", before.clone())]), &marker());
+    assert_eq!(r.restore, [("sgr-9".to_string(), before.clone())]);
+    assert_eq!((r.remove.clone(), r.add.clone()), (vec![before], vec![after.clone()]));
+    let r = revert(&changes, None, &marker());
+    assert_eq!(r.revoke_ids, ["sgr-9"]);
+    assert!(r.restore.is_empty());
+    assert!(r.notes[0].contains("fail closed"), "{:?}", r.notes);
+}
+
+#[test]
+fn our_own_rules_are_left_to_the_reconcile() {
+    let ours = tcp(443, "192.0.2.1/32", Some("pc:prod alice: laptop"));
+    let changes = Changes { added: vec![with_id("sgr-1", ours.clone())], removed: vec![ours.clone()], ..Changes::default() };
+    assert!(changes.only_ours(&marker()));
+    assert!(revert(&changes, None, &marker()).is_empty());
+    let by_id = Changes { removed_ids: vec!["sgr-1".into()], ..Changes::default() };
+    assert!(!by_id.only_ours(&marker()), "content unknown: guard looks at it");
+}
+
+#[test]
+fn drift_finds_additions_removals_and_edits_against_the_baseline() {
+    let kept = with_id("sgr-1", tcp(22, "10.0.0.0/8", None));
+    let edited_before = with_id("sgr-2", tcp(443, "198.51.100.0/24", None));
+    let edited_after = with_id("sgr-2", tcp(443, "0.0.0.0/0", None));
+    let gone = with_id("sgr-3", tcp(80, "192.0.2.0/24", None));
+    let new = with_id("sgr-4", tcp(3389, "0.0.0.0/0", None));
+    let ours = with_id("sgr-5", tcp(443, "192.0.2.1/32", Some("pc:prod alice: x")));
+    let baseline = [kept.clone(), edited_before, gone.clone()];
+    let observed = [kept.clone(), edited_after.clone(), new.clone(), ours];
+    let d = drift(&baseline, &observed, &marker());
+    assert_eq!(d.added, [new]);
+    assert_eq!(d.removed, [gone.rule]);
+    assert_eq!(d.edits, [edited_after]);
+    let renumbered = [GroupRule { rule_id: Some("sgr-77".into()), rule: kept.rule.clone() }];
+    assert!(drift(&[kept], &renumbered, &marker()).is_empty(), "the same rule under a new id is no change");
+}
+
+fn request() -> ChangeRequest {
+    ChangeRequest {
+        id: "r1".into(),
+        event_id: "e1".into(),
+        requester: "arn:aws:iam::123456789012:user/alice".into(),
+        requester_user: None,
+        account: "123456789012".into(),
+        region: "us-east-1".into(),
+        group_id: "sg-1".into(),
+        add: vec![tcp(22, "203.0.113.0/24", None)],
+        remove: vec![],
+        notes: vec![],
+        status: RequestStatus::Pending,
+        approvals: vec![],
+        denied_by: None,
+        reason: None,
+        created_at: NOW,
+        expires_at: NOW + time::Duration::hours(24),
+        decided_at: None,
+        applied_at: None,
+        version: 0,
+    }
+}
+
+fn approvers(min: usize) -> Approvers {
+    let alice = PrincipalPattern::parse("arn:aws:iam::123456789012:user/alice").unwrap();
+    Approvers {
+        users: ["UALICE", "UBOB", "UCAROL"].map(String::from).into(),
+        groups: ["SSEC"].map(String::from).into(),
+        min_approvals: min,
+        people: [("UALICE".to_string(), vec![alice])].into(),
+    }
+}
+
+fn who(name: &str) -> Decider {
+    Decider { name: name.into(), groups: BTreeSet::new() }
+}
+
+#[test]
+fn only_approvers_decide_and_never_on_their_own_change() {
+    let r = request();
+    assert_eq!(
+        decide(&r, &who("UMALLORY"), &Verdict::Approve, &approvers(1), NOW),
+        Err(Refusal::NotApprover { who: "UMALLORY".into() })
+    );
+    assert_eq!(
+        decide(&r, &who("UALICE"), &Verdict::Approve, &approvers(1), NOW),
+        Err(Refusal::OwnRequest { who: "UALICE".into() })
+    );
+    assert!(matches!(
+        decide(&r, &who("UALICE"), &Verdict::Deny { reason: None }, &approvers(1), NOW),
+        Err(Refusal::OwnRequest { .. })
+    ));
+    let in_group = Decider { name: "UDAVE".into(), groups: ["SSEC".to_string()].into() };
+    let approved = decide(&r, &in_group, &Verdict::Approve, &approvers(1), NOW).unwrap();
+    assert_eq!(
+        (approved.status, approved.approvals.as_slice(), approved.version),
+        (RequestStatus::Approved, &["UDAVE".to_string()][..], 1)
+    );
+    assert_eq!(
+        decide(&approved, &who("UBOB"), &Verdict::Approve, &approvers(1), NOW),
+        Err(Refusal::AlreadyDecided { id: "r1".into(), status: RequestStatus::Approved, by: vec!["UDAVE".into()] })
+    );
+}
+
+#[test]
+fn a_quorum_needs_distinct_approvers_and_a_deny_ends_it() {
+    let r = request();
+    let once = decide(&r, &who("UBOB"), &Verdict::Approve, &approvers(2), NOW).unwrap();
+    assert_eq!(once.status, RequestStatus::Pending);
+    assert!(matches!(decide(&once, &who("UBOB"), &Verdict::Approve, &approvers(2), NOW), Err(Refusal::AlreadyApproved { .. })));
+    let twice = decide(&once, &who("UCAROL"), &Verdict::Approve, &approvers(2), NOW).unwrap();
+    assert_eq!((twice.status, twice.approvals.len()), (RequestStatus::Approved, 2));
+    let denied = decide(&once, &who("UCAROL"), &Verdict::Deny { reason: Some("no".into()) }, &approvers(2), NOW).unwrap();
+    assert_eq!(
+        (denied.status, denied.denied_by.as_deref(), denied.reason.as_deref()),
+        (RequestStatus::Denied, Some("UCAROL"), Some("no"))
+    );
+}
+
+#[test]
+fn a_request_expires_undecided() {
+    let r = request();
+    assert_eq!(expire(&r, NOW), None);
+    let late = r.expires_at;
+    assert_eq!(decide(&r, &who("UBOB"), &Verdict::Approve, &approvers(1), late), Err(Refusal::Expired { id: "r1".into() }));
+    let expired = expire(&r, late).unwrap();
+    assert_eq!((expired.status, expired.version), (RequestStatus::Expired, 1));
+    assert_eq!(expire(&expired, late), None);
+}
