@@ -35,7 +35,7 @@ impl Ec2Firewall {
         &self.counter
     }
 
-    async fn client(&self, route: &Route) -> Client {
+    pub(crate) async fn client(&self, route: &Route) -> Client {
         if let Some(client) = self.clients.lock().expect("client cache poisoned").get(route) {
             return client.clone();
         }
@@ -60,7 +60,7 @@ impl Ec2Firewall {
     }
 }
 
-fn firewall_error<E, R>(err: aws_sdk_ec2::error::SdkError<E, R>) -> FirewallError
+pub(crate) fn firewall_error<E, R>(err: aws_sdk_ec2::error::SdkError<E, R>) -> FirewallError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,

@@ -12,6 +12,7 @@ mod autoscaling;
 mod counter;
 mod dynamo;
 mod ec2;
+mod guard;
 pub mod iam;
 mod secrets;
 mod streams;

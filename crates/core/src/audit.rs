@@ -32,6 +32,8 @@ pub enum Action {
     ChangeApproved,
     ChangeDenied,
     ChangeExpired,
+    /// `guard baseline` recorded a group's rules as approved.
+    BaselineRecorded,
 }
 
 impl Action {
@@ -54,6 +56,7 @@ impl Action {
             Action::ChangeApproved => "change-approved",
             Action::ChangeDenied => "change-denied",
             Action::ChangeExpired => "change-expired",
+            Action::BaselineRecorded => "baseline-recorded",
         }
     }
 
@@ -77,6 +80,7 @@ impl Action {
             ChangeApproved,
             ChangeDenied,
             ChangeExpired,
+            BaselineRecorded,
         ]
         .into_iter()
         .find(|a| a.as_str() == text)

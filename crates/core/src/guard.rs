@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Marker, PrincipalPattern, Timestamp};
+use crate::{Marker, PrincipalPattern, Route, TargetId, Timestamp};
 
 /// The tag that marks a group as guarded when guard selects groups by tag.
 pub const GUARD_TAG: &str = "PortcullisGuard";
@@ -107,6 +107,45 @@ impl fmt::Display for GuardRule {
         }
         Ok(())
     }
+}
+
+/// Which groups guard watches in a region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupSelection {
+    /// Groups tagged `PortcullisGuard=true`.
+    Tagged,
+    /// Every group.
+    All,
+    /// These groups.
+    Ids(BTreeSet<String>),
+}
+
+/// Where guard watches: a region (and account, through `role_arn`) and which groups there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardScope {
+    pub route: Route,
+    pub selection: GroupSelection,
+}
+
+impl GuardScope {
+    /// The account a role in another account names (`arn:aws:iam::ACCOUNT:role/…`); `None`
+    /// for the process's own account.
+    pub fn account(&self) -> Option<&str> {
+        self.route.role_arn.as_deref().and_then(|arn| arn.split(':').nth(4)).filter(|a| !a.is_empty())
+    }
+
+    /// Whether an event from `account` in `region` is this scope's.
+    pub fn covers(&self, account: &str, region: &str) -> bool {
+        self.route.region == region && self.account().is_none_or(|a| a == account)
+    }
+}
+
+/// A guarded group as observed: where it is, whose it is, and every inbound rule with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardedGroup {
+    pub id: TargetId,
+    pub account: String,
+    pub rules: Vec<GroupRule>,
 }
 
 /// A rule on a group, with its id when the firewall (or the event) named one.

@@ -142,6 +142,8 @@ pub struct Engine {
     pub(crate) slots: crate::coalesce::Slots,
     /// The Auto Scaling groups whose members are admitted (`members`).
     pub(crate) members: Option<Arc<crate::members::Members>>,
+    /// Guard's configuration and firewall (`guard`).
+    pub(crate) guard: Option<Arc<crate::guard::Guard>>,
 }
 
 impl Engine {
@@ -159,6 +161,7 @@ impl Engine {
             refused: Mutex::new(BTreeMap::new()),
             slots: Default::default(),
             members: None,
+            guard: None,
         }
     }
 
@@ -204,6 +207,10 @@ impl Engine {
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    pub(crate) fn marker(&self) -> &Marker {
+        &self.settings.marker
     }
 
     pub(crate) fn specs(&self) -> &[TargetSpec] {

@@ -14,6 +14,7 @@ mod engine;
 mod error_policy;
 #[cfg(feature = "test-support")]
 mod faults;
+mod guard;
 mod lease;
 mod members;
 #[cfg(feature = "test-support")]
@@ -39,6 +40,7 @@ pub use engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope, Setti
 pub use error_policy::{ErrorClass, ROUNDS, next_round};
 #[cfg(feature = "test-support")]
 pub use faults::{Fault, FaultyFirewall};
+pub use guard::{BaselineReport, DecisionOutcome, Guard, GuardError, GuardEvent, GuardFirewall, GuardOutcome, GuardSweepReport};
 pub use lease::{Lease, SWEEPER_LEASE};
 pub use members::{
     DEFAULT_MEMBER_TTL, HeldAddress, LifecycleAction, LifecycleResult, MemberEvent, MemberOutcome, Members, Membership,

@@ -6,6 +6,8 @@
 //! tidy: long file — the whole configuration format (every key, its default and its error)
 //! and its tests in one place, which is what an operator reading it wants.
 
+mod guard;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,8 @@ use portcullis_core::{
 use portcullis_slack::UrlPrefix;
 use serde::Deserialize;
 use thiserror::Error;
+
+pub use guard::GuardConfig;
 
 #[derive(Debug, Error)]
 #[error("invalid configuration: {key}: {message}")]
@@ -52,6 +56,8 @@ struct FileConfig {
     discovery_tag_value: Option<String>,
     #[serde(default)]
     environments: BTreeMap<String, FileEnvironment>,
+    /// Out-of-band changes to guarded groups (seed 003).
+    guard: Option<guard::FileGuard>,
     #[serde(default)]
     slack: FileSlack,
     #[serde(default)]
@@ -277,6 +283,8 @@ pub struct Config {
     pub members: Vec<MemberSource>,
     pub member_ttl: time::Duration,
     pub member_sync_interval: time::Duration,
+    /// `None`: guard is off.
+    pub guard: Option<GuardConfig>,
     pub slack: SlackConfig,
     pub connection: ConnectionConfig,
     /// `None`: IAM authentication is off.
@@ -381,6 +389,7 @@ impl Config {
             members,
             member_ttl,
             member_sync_interval: time::Duration::seconds(i64::try_from(sync).unwrap_or(i64::MAX)),
+            guard: file.guard.as_ref().map(guard::guard).transpose()?,
         })
     }
 }

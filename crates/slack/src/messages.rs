@@ -212,6 +212,7 @@ pub fn notification(event: &AuditEvent) -> Option<String> {
             lines.extend(event.reason.split('\n').map(escape));
         }
         Action::ChangeRequested
+        | Action::BaselineRecorded
         | Action::Refreshed
         | Action::Refused
         | Action::Approved

@@ -1,0 +1,453 @@
+//! Guard (seed 003): out-of-band changes to guarded groups are reverted exactly and filed as
+//! change requests; approvers decide them (the rules are `core::guard::decide`, here for every
+//! interface); the guard sweep compares each group with its baseline, so a lost event cannot
+//! leave a change in place.
+//!
+//! Order: a request is stored before its revert touches the firewall, so a crash between the
+//! two leaves a request (and the sweep finds the change); a decision is one conditional write,
+//! and the firewall is changed only by the write that won.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use portcullis_core::guard::{
+    self, Approvers, ChangeRequest, Changes, Decider, GroupRule, GuardRule, GuardScope, GuardedGroup, Refusal, RequestStatus,
+    Revert, UNKNOWN_REQUESTER, Verdict,
+};
+use portcullis_core::{Action, PrincipalPattern, Route, TargetId, Timestamp};
+use portcullis_store::{Actor, request_event};
+use serde::Serialize;
+
+use crate::{Engine, EngineError, FirewallError, Requester};
+
+/// Security groups as guard sees them: every rule, any source, by id.
+#[async_trait]
+pub trait GuardFirewall: Send + Sync {
+    /// The groups one scope guards, with every inbound rule and its id.
+    async fn guarded(&self, scope: &GuardScope) -> Result<Vec<GuardedGroup>, FirewallError>;
+    /// Revokes inbound rules by id and by exact permissions (one call each at most).
+    async fn revoke(&self, route: &Route, group_id: &str, ids: &[String], rules: &[GuardRule]) -> Result<(), FirewallError>;
+    /// Adds inbound rules exactly as given (descriptions included).
+    async fn authorize(&self, route: &Route, group_id: &str, rules: &[GuardRule]) -> Result<(), FirewallError>;
+    /// Puts a rule back to `rule`, keeping its id.
+    async fn modify(&self, route: &Route, group_id: &str, rule_id: &str, rule: &GuardRule) -> Result<(), FirewallError>;
+}
+
+/// Guard's configuration and its firewall.
+pub struct Guard {
+    pub scopes: Vec<GuardScope>,
+    /// portcullis's own identities: their events are never reverted.
+    pub own_principals: Vec<PrincipalPattern>,
+    pub approvers: Approvers,
+    pub request_ttl: time::Duration,
+    /// An older event is left to the guard sweep (the rule may have been decided since).
+    pub max_event_age: time::Duration,
+    pub firewall: Arc<dyn GuardFirewall>,
+}
+
+/// One CloudTrail record of a rule change, as read from the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardEvent {
+    pub event_id: String,
+    pub event_name: String,
+    pub account: String,
+    pub region: String,
+    pub group_id: String,
+    pub principal: String,
+    pub error_code: Option<String>,
+    pub at: Timestamp,
+    pub changes: Changes,
+}
+
+/// What handling an event did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum GuardOutcome {
+    /// Nothing to do, and why.
+    Ignored { reason: String },
+    /// This event filed a request already (a redelivery).
+    Duplicate { event_id: String },
+    /// Reverted (where `failures` is empty) and filed.
+    Reverted { request: Box<ChangeRequest>, failures: Vec<String> },
+}
+
+/// What a decision did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum DecisionOutcome {
+    /// Written; `applied` when it completed an approval and the change is on the firewall.
+    Decided { request: Box<ChangeRequest>, failures: Vec<String> },
+    /// Refused, and why (told to the decider, audited).
+    Refused { message: String },
+}
+
+/// What a guard sweep found and did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GuardSweepReport {
+    pub groups: usize,
+    /// Requests filed for differences no event reported.
+    pub reverted: Vec<ChangeRequest>,
+    /// Guarded groups with no baseline yet: only reported.
+    pub without_baseline: Vec<TargetId>,
+    pub expired: Vec<String>,
+    /// Approved changes applied now (an earlier apply failed).
+    pub applied: Vec<String>,
+    pub failures: Vec<String>,
+}
+
+/// The baseline a `guard baseline` records (or would).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BaselineReport {
+    pub groups: Vec<(TargetId, usize)>,
+    pub failures: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("guard is not configured (add a [guard] section)")]
+    NotConfigured,
+    #[error("no change request {0}")]
+    NoSuchRequest(String),
+    #[error("guard could not read the guarded groups: {0}")]
+    Firewall(FirewallError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<portcullis_store::StoreError> for GuardError {
+    fn from(e: portcullis_store::StoreError) -> Self {
+        GuardError::Engine(e.into())
+    }
+}
+
+fn guard_actor() -> Actor {
+    Actor { name: "guard".into(), interface: portcullis_core::Interface::Reconciler }
+}
+
+/// A fresh request id: `r-` and 16 hex digits from the OS's randomness.
+fn request_id() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS has randomness");
+    format!("r-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+impl Engine {
+    pub fn with_guard(mut self, guard: Guard) -> Engine {
+        self.guard = Some(Arc::new(guard));
+        self
+    }
+
+    fn guard(&self) -> Result<&Arc<Guard>, GuardError> {
+        self.guard.as_ref().ok_or(GuardError::NotConfigured)
+    }
+
+    /// Handles one CloudTrail rule-change event: ignored, a redelivery, or reverted and filed.
+    pub async fn guard_event(&self, event: GuardEvent) -> Result<GuardOutcome, GuardError> {
+        let guard = self.guard()?;
+        let now = self.clock().now();
+        let ignored = |reason: String| {
+            tracing::info!(event = %event.event_id, group = %event.group_id, %reason, "guard: event ignored");
+            Ok(GuardOutcome::Ignored { reason })
+        };
+        if let Some(code) = &event.error_code {
+            return ignored(format!("the call failed ({code}); nothing changed"));
+        }
+        if guard.own_principals.iter().any(|p| p.matches(&event.principal)) {
+            return ignored(format!("{} is portcullis's own identity", event.principal));
+        }
+        if event.changes.only_ours(self.marker()) {
+            return ignored("it touched only portcullis's own rules (the reconcile's)".into());
+        }
+        if now - event.at > guard.max_event_age {
+            return ignored(format!(
+                "it is older than max_event_age ({}); the guard sweep compares the group with its baseline",
+                guard.max_event_age
+            ));
+        }
+        let Some(scope) = guard.scopes.iter().find(|s| s.covers(&event.account, &event.region)) else {
+            return ignored(format!("account {} in {} is not guarded", event.account, event.region));
+        };
+        let groups = guard.firewall.guarded(scope).await.map_err(GuardError::Firewall)?;
+        let Some(group) = groups.into_iter().find(|g| g.id.group_id == event.group_id) else {
+            return ignored(format!("{} is not a guarded group", event.group_id));
+        };
+        let baseline = self.store().baseline(&group.id).await?;
+        let revert = guard::revert(&event.changes, baseline.as_deref(), self.marker());
+        if revert.is_empty() {
+            return ignored("nothing to undo".into());
+        }
+        let requester_user = guard.approvers.user_of(&event.principal).map(str::to_string);
+        let request = Self::new_request(guard, &event.event_id, &event.principal, requester_user, &group, &revert, now);
+        self.file_and_revert(scope, request, revert, now).await
+    }
+
+    fn new_request(
+        guard: &Guard,
+        event_id: &str,
+        requester: &str,
+        requester_user: Option<String>,
+        group: &GuardedGroup,
+        revert: &Revert,
+        now: Timestamp,
+    ) -> ChangeRequest {
+        ChangeRequest {
+            id: request_id(),
+            event_id: event_id.to_string(),
+            requester: requester.to_string(),
+            requester_user,
+            account: group.account.clone(),
+            region: group.id.region.clone(),
+            group_id: group.id.group_id.clone(),
+            add: revert.add.clone(),
+            remove: revert.remove.clone(),
+            notes: revert.notes.clone(),
+            status: RequestStatus::Pending,
+            approvals: vec![],
+            denied_by: None,
+            reason: None,
+            created_at: now,
+            expires_at: now + guard.request_ttl,
+            decided_at: None,
+            applied_at: None,
+            version: 0,
+        }
+    }
+
+    /// Stores the request, then undoes the change, then audits the revert (announced).
+    async fn file_and_revert(
+        &self,
+        scope: &GuardScope,
+        request: ChangeRequest,
+        revert: Revert,
+        now: Timestamp,
+    ) -> Result<GuardOutcome, GuardError> {
+        let actor = guard_actor();
+        let filed = request_event(now, &actor, Action::ChangeRequested, &request, "pending approval");
+        if !self.store().file_request(&request, vec![filed]).await? {
+            return Ok(GuardOutcome::Duplicate { event_id: request.event_id });
+        }
+        let failures = self.undo(&scope.route, &request.group_id, &revert).await;
+        let detail = match (failures.is_empty(), revert.notes.is_empty()) {
+            (true, true) => "reverted, pending approval".to_string(),
+            (true, false) => format!("reverted, pending approval; {}", revert.notes.join("; ")),
+            (false, _) => format!("revert FAILED ({}); the guard sweep will try again", failures.join("; ")),
+        };
+        self.store().record(request_event(self.clock().now(), &actor, Action::ChangeReverted, &request, &detail)).await?;
+        self.announce();
+        Ok(GuardOutcome::Reverted { request: Box::new(request), failures })
+    }
+
+    async fn undo(&self, route: &Route, group_id: &str, revert: &Revert) -> Vec<String> {
+        let Ok(guard) = self.guard() else { return vec![] };
+        let fw = &guard.firewall;
+        let mut failures = Vec::new();
+        if (!revert.revoke_ids.is_empty() || !revert.revoke.is_empty())
+            && let Err(e) = fw.revoke(route, group_id, &revert.revoke_ids, &revert.revoke).await
+        {
+            failures.push(format!("revoke: {e}"));
+        }
+        if !revert.authorize.is_empty()
+            && let Err(e) = fw.authorize(route, group_id, &revert.authorize).await
+        {
+            failures.push(format!("restore: {e}"));
+        }
+        for (id, rule) in &revert.restore {
+            if let Err(e) = fw.modify(route, group_id, id, rule).await {
+                failures.push(format!("restore {id}: {e}"));
+            }
+        }
+        failures
+    }
+
+    /// A decision on a request, by whoever `by` is, through any interface: the rules are
+    /// `core::guard::decide`; the write is conditional on the version read, so of two
+    /// concurrent deciders exactly one lands and the other is told what happened.
+    pub async fn decide(&self, id: &str, verdict: Verdict, by: &Requester) -> Result<DecisionOutcome, GuardError> {
+        let guard = self.guard()?;
+        let decider = Decider { name: by.owner.id.clone(), groups: by.groups.iter().cloned().collect() };
+        loop {
+            let now = self.clock().now();
+            let request = self.store().request(id).await?.ok_or_else(|| GuardError::NoSuchRequest(id.to_string()))?;
+            let next = match guard::decide(&request, &decider, &verdict, &guard.approvers, now) {
+                Ok(next) => next,
+                Err(refusal) => return self.refuse_decision(&request, &refusal, by).await,
+            };
+            let actor = by.actor();
+            let (action, detail) = match next.status {
+                RequestStatus::Approved => (Action::ChangeApproved, format!("approved by {}", next.approvals.join(", "))),
+                RequestStatus::Denied => (
+                    Action::ChangeDenied,
+                    format!("denied by {}{}", decider.name, next.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()),
+                ),
+                _ => (
+                    Action::Approved,
+                    format!("approval {} of {} by {}", next.approvals.len(), guard.approvers.min_approvals.max(1), decider.name),
+                ),
+            };
+            if !self.store().update_request(&next, vec![request_event(now, &actor, action, &next, &detail)]).await? {
+                continue;
+            }
+            self.announce();
+            let (request, failures) =
+                if next.status == RequestStatus::Approved { self.apply_approved(next).await? } else { (next, vec![]) };
+            return Ok(DecisionOutcome::Decided { request: Box::new(request), failures });
+        }
+    }
+
+    async fn refuse_decision(
+        &self,
+        request: &ChangeRequest,
+        refusal: &Refusal,
+        by: &Requester,
+    ) -> Result<DecisionOutcome, GuardError> {
+        let message = refusal.to_string();
+        let event = request_event(self.clock().now(), &by.refused_actor(), Action::Refused, request, &message);
+        self.store().record(event).await?;
+        Ok(DecisionOutcome::Refused { message })
+    }
+
+    /// Puts an approved change on the firewall, keeps the baseline current, and records when.
+    async fn apply_approved(&self, request: ChangeRequest) -> Result<(ChangeRequest, Vec<String>), GuardError> {
+        let guard = self.guard()?;
+        let group = TargetId { region: request.region.clone(), group_id: request.group_id.clone() };
+        let Some(scope) = guard.scopes.iter().find(|s| s.covers(&request.account, &request.region)) else {
+            return Ok((request, vec!["its region is no longer guarded".into()]));
+        };
+        let fw = &guard.firewall;
+        let mut failures = Vec::new();
+        if !request.remove.is_empty()
+            && let Err(e) = fw.revoke(&scope.route, &request.group_id, &[], &request.remove).await
+        {
+            failures.push(format!("revoke: {e}"));
+        }
+        if !request.add.is_empty()
+            && let Err(e) = fw.authorize(&scope.route, &request.group_id, &request.add).await
+        {
+            failures.push(format!("authorize: {e}"));
+        }
+        if !failures.is_empty() {
+            return Ok((request, failures));
+        }
+        let observed = fw.guarded(scope).await.map_err(GuardError::Firewall)?;
+        let now_rules = observed.into_iter().find(|g| g.id == group).map(|g| g.rules).unwrap_or_default();
+        let mut baseline = self.store().baseline(&group).await?.unwrap_or_default();
+        baseline.retain(|b| !request.remove.iter().any(|r| r.same_access(&b.rule)));
+        for added in &request.add {
+            let id = now_rules.iter().find(|o| o.rule == *added).and_then(|o| o.rule_id.clone());
+            baseline.push(GroupRule { rule_id: id, rule: added.clone() });
+        }
+        self.store().set_baseline(&group, &baseline, vec![]).await?;
+        let mut applied = request.clone();
+        applied.applied_at = Some(self.clock().now());
+        applied.version += 1;
+        // Only this process applies it (its decision won); a lost write just leaves applied_at unset,
+        // and the sweep's apply is idempotent.
+        self.store().update_request(&applied, vec![]).await?;
+        Ok((applied, failures))
+    }
+
+    /// The requests, oldest first (`status` narrows).
+    pub async fn requests(&self, status: Option<RequestStatus>) -> Result<Vec<ChangeRequest>, GuardError> {
+        Ok(self.store().requests(status).await?)
+    }
+
+    /// Records the current rules of every guarded group as approved (`dry_run`: only says).
+    pub async fn record_baseline(&self, dry_run: bool, by: &Requester) -> Result<BaselineReport, GuardError> {
+        let guard = self.guard()?;
+        let mut report = BaselineReport { groups: vec![], failures: vec![] };
+        for scope in &guard.scopes {
+            let groups = match guard.firewall.guarded(scope).await {
+                Ok(groups) => groups,
+                Err(e) => {
+                    report.failures.push(format!("{}: {e}", scope.route.region));
+                    continue;
+                }
+            };
+            for group in groups {
+                let theirs: Vec<GroupRule> = group.rules.into_iter().filter(|r| !r.rule.is_ours(self.marker())).collect();
+                report.groups.push((group.id.clone(), theirs.len()));
+                if dry_run {
+                    continue;
+                }
+                let event = portcullis_core::AuditEvent {
+                    id: 0,
+                    at: self.clock().now(),
+                    actor: by.owner.name.as_str().into(),
+                    interface: by.interface,
+                    action: Action::BaselineRecorded,
+                    environment: portcullis_core::AuditScope::All,
+                    cidr: None,
+                    before: None,
+                    after: None,
+                    reason: format!(
+                        "guard baseline of {} ({}): {} rules approved as they are",
+                        group.id.group_id,
+                        group.id.region,
+                        theirs.len()
+                    ),
+                };
+                self.store().set_baseline(&group.id, &theirs, vec![event]).await?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Expires undecided requests, applies approved ones an earlier apply missed, and compares
+    /// every guarded group with its baseline: what differs is reverted and filed (requester
+    /// unknown); a group with no baseline is only reported.
+    pub async fn guard_sweep(&self) -> Result<GuardSweepReport, GuardError> {
+        let guard = self.guard()?;
+        let mut report = GuardSweepReport::default();
+        let now = self.clock().now();
+        for request in self.store().requests(Some(RequestStatus::Pending)).await? {
+            if let Some(expired) = guard::expire(&request, now) {
+                let event =
+                    request_event(now, &guard_actor(), Action::ChangeExpired, &expired, "expired undecided; the revert stays");
+                if self.store().update_request(&expired, vec![event]).await? {
+                    report.expired.push(expired.id);
+                }
+            }
+        }
+        for request in self.store().requests(Some(RequestStatus::Approved)).await? {
+            if request.applied_at.is_none() {
+                let (applied, failures) = self.apply_approved(request).await?;
+                report.failures.extend(failures.into_iter().map(|f| format!("{}: {f}", applied.id)));
+                if applied.applied_at.is_some() {
+                    report.applied.push(applied.id);
+                }
+            }
+        }
+        for scope in &guard.scopes {
+            let groups = match guard.firewall.guarded(scope).await {
+                Ok(groups) => groups,
+                Err(e) => {
+                    report.failures.push(format!("{}: {e}", scope.route.region));
+                    continue;
+                }
+            };
+            for group in groups {
+                report.groups += 1;
+                let Some(baseline) = self.store().baseline(&group.id).await? else {
+                    report.without_baseline.push(group.id);
+                    continue;
+                };
+                let changes = guard::drift(&baseline, &group.rules, self.marker());
+                let revert = guard::revert(&changes, Some(&baseline), self.marker());
+                if changes.is_empty() || revert.is_empty() {
+                    continue;
+                }
+                let event_id = format!("sweep:{}", request_id());
+                let request = Self::new_request(guard, &event_id, UNKNOWN_REQUESTER, None, &group, &revert, now);
+                match self.file_and_revert(scope, request, revert, now).await? {
+                    GuardOutcome::Reverted { request, failures } => {
+                        report.failures.extend(failures);
+                        report.reverted.push(*request);
+                    }
+                    GuardOutcome::Ignored { .. } | GuardOutcome::Duplicate { .. } => {}
+                }
+            }
+        }
+        self.announce();
+        Ok(report)
+    }
+}

@@ -1,0 +1,179 @@
+//! `[guard]` (seed 003): which groups are guarded where, who approves, and for how long a
+//! request waits.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use portcullis_core::guard::{Approvers, GroupSelection, GuardScope};
+use portcullis_core::{GroupId, PrincipalPattern, Route, Ttl};
+use serde::Deserialize;
+
+use super::{ConfigError, error};
+
+/// `[guard]`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileGuard {
+    groups: Option<FileGroups>,
+    #[serde(default)]
+    own_principals: Vec<String>,
+    #[serde(default)]
+    approvers: Vec<String>,
+    #[serde(default)]
+    approver_groups: Vec<String>,
+    min_approvals: Option<usize>,
+    request_ttl: Option<String>,
+    temporary_approval: Option<String>,
+    max_event_age: Option<String>,
+    #[serde(default)]
+    targets: Vec<FileGuardTarget>,
+    #[serde(default)]
+    people: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileGroups {
+    Kind(String),
+    Ids(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGuardTarget {
+    region: String,
+    role_arn: Option<String>,
+    endpoint_url: Option<String>,
+}
+
+/// Guard, resolved and checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardConfig {
+    pub scopes: Vec<GuardScope>,
+    pub own_principals: Vec<PrincipalPattern>,
+    pub approvers: Approvers,
+    pub request_ttl: time::Duration,
+    /// What "Approve for 24 h" grants (kept for the rule grants to come; see the README).
+    pub temporary_approval: time::Duration,
+    pub max_event_age: time::Duration,
+}
+
+fn duration(key: &str, text: Option<&str>, default: time::Duration) -> Result<time::Duration, ConfigError> {
+    match text {
+        None => Ok(default),
+        Some(t) => Ok(Ttl::parse_or_seconds(t).map_err(|e| error(format!("guard.{key}"), e))?.duration()),
+    }
+}
+
+fn principals(key: &str, texts: &[String]) -> Result<Vec<PrincipalPattern>, ConfigError> {
+    texts.iter().map(|t| PrincipalPattern::parse(t).map_err(|e| error(key, e))).collect()
+}
+
+pub(super) fn guard(file: &FileGuard) -> Result<GuardConfig, ConfigError> {
+    let selection = match &file.groups {
+        None => GroupSelection::Tagged,
+        Some(FileGroups::Kind(k)) if k == "tagged" => GroupSelection::Tagged,
+        Some(FileGroups::Kind(k)) if k == "all" => GroupSelection::All,
+        Some(FileGroups::Kind(k)) => {
+            return Err(error("guard.groups", format!("{k:?} is not \"tagged\", \"all\" or a list of group ids")));
+        }
+        Some(FileGroups::Ids(ids)) => {
+            let ids = ids.iter().map(|id| GroupId::parse(id).map(|g| g.to_string()).map_err(|e| error("guard.groups", e)));
+            GroupSelection::Ids(ids.collect::<Result<BTreeSet<_>, _>>()?)
+        }
+    };
+    if file.targets.is_empty() {
+        return Err(error("guard.targets", "name at least one region to guard ([[guard.targets]] region = \"…\")"));
+    }
+    let mut scopes = Vec::new();
+    for (i, t) in file.targets.iter().enumerate() {
+        if t.region.trim().is_empty() {
+            return Err(error(format!("guard.targets[{i}].region"), "is empty"));
+        }
+        if let Some(role) = &t.role_arn
+            && !(role.starts_with("arn:") && role.contains(":role/"))
+        {
+            return Err(error(
+                format!("guard.targets[{i}].role_arn"),
+                format!("{role:?} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)"),
+            ));
+        }
+        let route = Route { region: t.region.clone(), endpoint_url: t.endpoint_url.clone(), role_arn: t.role_arn.clone() };
+        scopes.push(GuardScope { route, selection: selection.clone() });
+    }
+    if file.approvers.is_empty() && file.approver_groups.is_empty() {
+        return Err(error("guard.approvers", "name at least one approver (a Slack user id or user name) or approver group"));
+    }
+    let min_approvals = file.min_approvals.unwrap_or(1);
+    if min_approvals == 0 {
+        return Err(error("guard.min_approvals", "must be at least 1"));
+    }
+    if file.approver_groups.is_empty() && min_approvals > file.approvers.len() {
+        return Err(error(
+            "guard.min_approvals",
+            format!("{min_approvals} approvals can never be reached by {} approvers", file.approvers.len()),
+        ));
+    }
+    let mut people = BTreeMap::new();
+    for (user, arns) in &file.people {
+        people.insert(user.clone(), principals(&format!("guard.people.{user}"), arns)?);
+    }
+    let hours = time::Duration::hours;
+    Ok(GuardConfig {
+        scopes,
+        own_principals: principals("guard.own_principals", &file.own_principals)?,
+        approvers: Approvers {
+            users: file.approvers.iter().cloned().collect(),
+            groups: file.approver_groups.iter().cloned().collect(),
+            min_approvals,
+            people,
+        },
+        request_ttl: duration("request_ttl", file.request_ttl.as_deref(), hours(24))?,
+        temporary_approval: duration("temporary_approval", file.temporary_approval.as_deref(), hours(24))?,
+        max_event_age: duration("max_event_age", file.max_event_age.as_deref(), time::Duration::minutes(15))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Result<GuardConfig, ConfigError> {
+        guard(&toml::from_str::<FileGuard>(text).unwrap())
+    }
+
+    #[test]
+    fn the_issue_s_example_reads_with_its_defaults() {
+        let g = read(
+            r#"
+            groups = "tagged"
+            own_principals = ["arn:aws:sts::123456789012:assumed-role/portcullis/*"]
+            approvers = ["U0APPROVER1"]
+            [[targets]]
+            region = "us-east-1"
+            [people]
+            U0ALICE = ["arn:aws:iam::123456789012:user/alice", "arn:aws:sts::123456789012:assumed-role/*/alice@example.com"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(g.scopes[0].selection, GroupSelection::Tagged);
+        assert_eq!(
+            (g.approvers.min_approvals, g.request_ttl, g.max_event_age),
+            (1, time::Duration::hours(24), time::Duration::minutes(15))
+        );
+        assert_eq!(g.approvers.user_of("arn:aws:sts::123456789012:assumed-role/Admin/alice@example.com"), Some("U0ALICE"));
+        assert!(g.own_principals[0].matches("arn:aws:sts::123456789012:assumed-role/portcullis/i-0abc"));
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        let base = "approvers = [\"U1\"]\n[[targets]]\nregion = \"us-east-1\"\n";
+        let refused = |extra: &str| read(&format!("{extra}\n{base}")).unwrap_err().key;
+        assert_eq!(refused("groups = \"some\""), "guard.groups");
+        assert_eq!(refused("groups = [\"nope\"]"), "guard.groups");
+        assert_eq!(refused("min_approvals = 2"), "guard.min_approvals");
+        assert_eq!(refused("own_principals = [\"alice\"]"), "guard.own_principals");
+        assert_eq!(refused("request_ttl = \"soon\""), "guard.request_ttl");
+        assert_eq!(read("[[targets]]\nregion = \"us-east-1\"\n").unwrap_err().key, "guard.approvers");
+        assert_eq!(read("approvers = [\"U1\"]\n").unwrap_err().key, "guard.targets");
+    }
+}
