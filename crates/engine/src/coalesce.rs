@@ -78,6 +78,7 @@ fn shared(err: &EngineError) -> EngineError {
     match err {
         EngineError::Validation(v) => EngineError::Validation(v.clone()),
         EngineError::Store(s) => EngineError::Store(StoreError::Remote { location: "store".into(), message: s.to_string() }),
+        EngineError::Firewall(f) => EngineError::Firewall(f.clone()),
     }
 }
 

@@ -105,6 +105,9 @@ pub enum EngineError {
     Validation(#[from] ValidationError),
     #[error(transparent)]
     Store(StoreError),
+    /// The firewall could not be read where nothing can be decided without it (guard).
+    #[error("the security groups could not be read: {0}")]
+    Firewall(crate::FirewallError),
 }
 
 impl From<StoreError> for EngineError {

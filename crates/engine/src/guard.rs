@@ -108,8 +108,6 @@ pub enum GuardError {
     NotConfigured,
     #[error("no change request {0}")]
     NoSuchRequest(String),
-    #[error("guard could not read the guarded groups: {0}")]
-    Firewall(FirewallError),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -135,6 +133,11 @@ impl Engine {
     pub fn with_guard(mut self, guard: Guard) -> Engine {
         self.guard = Some(Arc::new(guard));
         self
+    }
+
+    /// Whether guard is configured here.
+    pub fn guards(&self) -> bool {
+        self.guard.is_some()
     }
 
     fn guard(&self) -> Result<&Arc<Guard>, GuardError> {
@@ -167,7 +170,7 @@ impl Engine {
         let Some(scope) = guard.scopes.iter().find(|s| s.covers(&event.account, &event.region)) else {
             return ignored(format!("account {} in {} is not guarded", event.account, event.region));
         };
-        let groups = guard.firewall.guarded(scope).await.map_err(GuardError::Firewall)?;
+        let groups = guard.firewall.guarded(scope).await.map_err(EngineError::Firewall)?;
         let Some(group) = groups.into_iter().find(|g| g.id.group_id == event.group_id) else {
             return ignored(format!("{} is not a guarded group", event.group_id));
         };
@@ -328,7 +331,7 @@ impl Engine {
         if !failures.is_empty() {
             return Ok((request, failures));
         }
-        let observed = fw.guarded(scope).await.map_err(GuardError::Firewall)?;
+        let observed = fw.guarded(scope).await.map_err(EngineError::Firewall)?;
         let now_rules = observed.into_iter().find(|g| g.id == group).map(|g| g.rules).unwrap_or_default();
         let mut baseline = self.store().baseline(&group).await?.unwrap_or_default();
         baseline.retain(|b| !request.remove.iter().any(|r| r.same_access(&b.rule)));

@@ -125,6 +125,15 @@ impl Engine {
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "periodic reconcile failed; will retry"),
             }
+            if self.guard.is_some() {
+                match self.guard_sweep().await {
+                    Ok(report) if !report.failures.is_empty() => {
+                        tracing::warn!(failures = ?report.failures, "guard sweep left failures; will retry")
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "guard sweep failed; will retry"),
+                }
+            }
             let next = self.clock().now() + interval;
             tokio::select! {
                 _ = self.clock().sleep_until(next) => {}

@@ -1,46 +1,65 @@
-//! Auto Scaling events (seed 002), read the same way by `invoke`, the Lambda and
-//! `POST /v1/events`: EventBridge lifecycle actions (`../shared/fixtures/asg-*.json`), the
-//! true-up, and `autoscaling:TEST_NOTIFICATION`; and the answer each gets.
+//! The AWS events portcullis acts on, read the same way by `invoke`, the Lambda and
+//! `POST /v1/events`: Auto Scaling (seed 002: EventBridge lifecycle actions, fixtures
+//! `asg-*.json`, the true-up, and `autoscaling:TEST_NOTIFICATION`) and CloudTrail rule changes
+//! for guard (seed 003, `cloudtrail`); and the answer each gets.
 
 use portcullis_core::{Grant, Interface, member_instance};
-use portcullis_engine::{Engine, EngineError, LifecycleAction, MemberEvent, MemberOutcome};
+use portcullis_engine::{Engine, EngineError, GuardError, GuardEvent, GuardOutcome, LifecycleAction, MemberEvent, MemberOutcome};
 use serde_json::{Value, json};
+
+use crate::cloudtrail::{self, MalformedTrail, Trail};
 
 const LAUNCH: &str = "EC2 Instance-launch Lifecycle Action";
 const TERMINATE: &str = "EC2 Instance-terminate Lifecycle Action";
 const TEST_NOTIFICATION: &str = "autoscaling:TEST_NOTIFICATION";
 
-/// What an Auto Scaling payload is.
+/// What an AWS event payload is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AsgEvent {
+pub enum AwsEvent {
     Member(MemberEvent),
     /// `autoscaling:TEST_NOTIFICATION`: acknowledged, nothing done.
     Test,
+    /// A CloudTrail inbound-rule change, for guard.
+    Guard(Box<GuardEvent>),
+    /// Another CloudTrail call: acknowledged, nothing done, and why.
+    OtherCall(String),
 }
 
-/// Why an Auto Scaling payload cannot be handled.
+/// Why an AWS event payload cannot be handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid Auto Scaling event: {0}")]
-pub struct MalformedEvent(pub String);
+pub enum MalformedEvent {
+    #[error("invalid Auto Scaling event: {0}")]
+    Asg(String),
+    #[error(transparent)]
+    Trail(#[from] MalformedTrail),
+}
 
-/// Whether a payload claims to be an Auto Scaling event (`None`: it does not), and which.
-pub fn read(value: &Value) -> Option<Result<AsgEvent, MalformedEvent>> {
+/// Whether a payload claims to be an Auto Scaling or CloudTrail event (`None`: neither), and
+/// which.
+pub fn read(value: &Value) -> Option<Result<AwsEvent, MalformedEvent>> {
+    if let Some(trail) = cloudtrail::read(value) {
+        return Some(match trail {
+            Ok(Trail::Change(event)) => Ok(AwsEvent::Guard(event)),
+            Ok(Trail::Other(reason)) => Ok(AwsEvent::OtherCall(reason)),
+            Err(e) => Err(e.into()),
+        });
+    }
     let detail_type = value.get("detail-type").and_then(Value::as_str);
     let transition =
         value.pointer("/detail/LifecycleTransition").or_else(|| value.pointer("/detail/Event")).and_then(Value::as_str);
     if transition == Some(TEST_NOTIFICATION) || value.get("Event").and_then(Value::as_str) == Some(TEST_NOTIFICATION) {
-        return Some(Ok(AsgEvent::Test));
+        return Some(Ok(AwsEvent::Test));
     }
     if value.get("trueup").is_some() {
         return Some(true_up(value));
     }
     match detail_type {
-        Some(LAUNCH) => Some(lifecycle(value).map(|(region, action)| AsgEvent::Member(MemberEvent::Launch { region, action }))),
+        Some(LAUNCH) => Some(lifecycle(value).map(|(region, action)| AwsEvent::Member(MemberEvent::Launch { region, action }))),
         Some(TERMINATE) => {
-            Some(lifecycle(value).map(|(region, action)| AsgEvent::Member(MemberEvent::Terminate { region, action })))
+            Some(lifecycle(value).map(|(region, action)| AwsEvent::Member(MemberEvent::Terminate { region, action })))
         }
         _ if value.get("source").and_then(Value::as_str) == Some("aws.autoscaling") => {
-            Some(Err(MalformedEvent(format!("detail-type {detail_type:?} is not a lifecycle action portcullis handles"))))
+            Some(Err(MalformedEvent::Asg(format!("detail-type {detail_type:?} is not a lifecycle action portcullis handles"))))
         }
         _ => None,
     }
@@ -49,8 +68,8 @@ pub fn read(value: &Value) -> Option<Result<AsgEvent, MalformedEvent>> {
 fn text<'a>(value: &'a Value, pointer: &str, name: &str) -> Result<&'a str, MalformedEvent> {
     match value.pointer(pointer) {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
-        Some(Value::String(_)) | None => Err(MalformedEvent(format!("{name} is missing"))),
-        Some(_) => Err(MalformedEvent(format!("{name} is not a string"))),
+        Some(Value::String(_)) | None => Err(MalformedEvent::Asg(format!("{name} is missing"))),
+        Some(_) => Err(MalformedEvent::Asg(format!("{name} is not a string"))),
     }
 }
 
@@ -62,30 +81,32 @@ fn lifecycle(value: &Value) -> Result<(String, LifecycleAction), MalformedEvent>
         instance_id: text(value, "/detail/EC2InstanceId", "detail.EC2InstanceId")?.to_string(),
     };
     if !action.instance_id.starts_with("i-") {
-        return Err(MalformedEvent(format!("detail.EC2InstanceId {:?} is not an instance id (i-…)", action.instance_id)));
+        return Err(MalformedEvent::Asg(format!("detail.EC2InstanceId {:?} is not an instance id (i-…)", action.instance_id)));
     }
     Ok((text(value, "/region", "region")?.to_string(), action))
 }
 
-fn true_up(value: &Value) -> Result<AsgEvent, MalformedEvent> {
+fn true_up(value: &Value) -> Result<AwsEvent, MalformedEvent> {
     if value.get("trueup") != Some(&Value::Bool(true)) {
-        return Err(MalformedEvent("trueup must be true".into()));
+        return Err(MalformedEvent::Asg("trueup must be true".into()));
     }
     let optional = |pointer: &str, name: &str| match value.pointer(pointer) {
         None | Some(Value::Null) => Ok(None),
         Some(_) => text(value, pointer, name).map(|s| Some(s.to_string())),
     };
-    Ok(AsgEvent::Member(MemberEvent::TrueUp {
+    Ok(AwsEvent::Member(MemberEvent::TrueUp {
         asg: optional("/detail/AutoScalingGroupName", "detail.AutoScalingGroupName")?,
         region: optional("/region", "region")?,
     }))
 }
 
 /// Handles an Auto Scaling event; `Err` when the engine could not (worth retrying).
-pub async fn handle(engine: &Engine, event: AsgEvent, interface: Interface) -> Result<Value, EngineError> {
+pub async fn handle(engine: &Engine, event: AwsEvent, interface: Interface) -> Result<Value, EngineError> {
     let event = match event {
-        AsgEvent::Test => return Ok(json!({"success": true, "action": "test-notification", "message": "acknowledged"})),
-        AsgEvent::Member(event) => event,
+        AwsEvent::Test => return Ok(json!({"success": true, "action": "test-notification", "message": "acknowledged"})),
+        AwsEvent::OtherCall(reason) => return Ok(json!({"success": true, "action": "guard", "ignored": reason})),
+        AwsEvent::Guard(event) => return guard_answer(engine.guard_event(*event).await),
+        AwsEvent::Member(event) => event,
     };
     let action = match &event {
         MemberEvent::Launch { .. } => "launch",
@@ -94,6 +115,23 @@ pub async fn handle(engine: &Engine, event: AsgEvent, interface: Interface) -> R
     };
     let outcome = engine.member_event(event, interface).await?;
     Ok(answer(action, &outcome))
+}
+
+/// The answer to a guard event: `success` unless a revert failed (then the sweep retries).
+fn guard_answer(outcome: Result<GuardOutcome, GuardError>) -> Result<Value, EngineError> {
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(GuardError::Engine(e)) => return Err(e),
+        Err(e @ (GuardError::NotConfigured | GuardError::NoSuchRequest(_))) => {
+            tracing::info!(error = %e, "guard event ignored");
+            return Ok(json!({"success": false, "action": "guard", "ignored": e.to_string()}));
+        }
+    };
+    let failed = matches!(&outcome, GuardOutcome::Reverted { failures, .. } if !failures.is_empty());
+    let mut answer = serde_json::to_value(&outcome).expect("outcomes serialise");
+    answer["success"] = json!(!failed);
+    answer["action"] = json!("guard");
+    Ok(answer)
 }
 
 fn member_json(grant: &Grant) -> Value {
@@ -134,7 +172,7 @@ mod tests {
 
     #[test]
     fn the_fixtures_read_as_their_events() {
-        let Some(Ok(AsgEvent::Member(MemberEvent::Launch { region, action }))) = read(&fixture("asg-launch.json")) else {
+        let Some(Ok(AwsEvent::Member(MemberEvent::Launch { region, action }))) = read(&fixture("asg-launch.json")) else {
             panic!("a launch")
         };
         assert_eq!(region, "us-east-1");
@@ -147,12 +185,12 @@ mod tests {
                 instance_id: "i-0a1b2c3d4e5f67890".into(),
             }
         );
-        assert!(matches!(read(&fixture("asg-terminate.json")), Some(Ok(AsgEvent::Member(MemberEvent::Terminate { .. })))));
+        assert!(matches!(read(&fixture("asg-terminate.json")), Some(Ok(AwsEvent::Member(MemberEvent::Terminate { .. })))));
         assert_eq!(
             read(&fixture("asg-trueup.json")),
-            Some(Ok(AsgEvent::Member(MemberEvent::TrueUp { asg: Some("web".into()), region: None })))
+            Some(Ok(AwsEvent::Member(MemberEvent::TrueUp { asg: Some("web".into()), region: None })))
         );
-        assert_eq!(read(&json!({"trueup": true})), Some(Ok(AsgEvent::Member(MemberEvent::TrueUp { asg: None, region: None }))));
+        assert_eq!(read(&json!({"trueup": true})), Some(Ok(AwsEvent::Member(MemberEvent::TrueUp { asg: None, region: None }))));
         assert_eq!(read(&fixture("event-add.json")), None, "not an Auto Scaling event");
     }
 
@@ -160,19 +198,19 @@ mod tests {
     fn test_notifications_are_acknowledged_and_malformed_events_say_what_is_wrong() {
         let test =
             json!({"source": "aws.autoscaling", "detail-type": LAUNCH, "detail": {"LifecycleTransition": TEST_NOTIFICATION}});
-        assert_eq!(read(&test), Some(Ok(AsgEvent::Test)));
-        assert_eq!(read(&json!({"Event": TEST_NOTIFICATION, "AutoScalingGroupName": "web"})), Some(Ok(AsgEvent::Test)));
+        assert_eq!(read(&test), Some(Ok(AwsEvent::Test)));
+        assert_eq!(read(&json!({"Event": TEST_NOTIFICATION, "AutoScalingGroupName": "web"})), Some(Ok(AwsEvent::Test)));
         let mut launch = fixture("asg-launch.json");
         launch["detail"].as_object_mut().unwrap().remove("LifecycleActionToken");
-        assert_eq!(read(&launch), Some(Err(MalformedEvent("detail.LifecycleActionToken is missing".into()))));
+        assert_eq!(read(&launch), Some(Err(MalformedEvent::Asg("detail.LifecycleActionToken is missing".into()))));
         launch["detail"]["LifecycleActionToken"] = json!(7);
-        assert_eq!(read(&launch), Some(Err(MalformedEvent("detail.LifecycleActionToken is not a string".into()))));
+        assert_eq!(read(&launch), Some(Err(MalformedEvent::Asg("detail.LifecycleActionToken is not a string".into()))));
         let mut other = fixture("asg-launch.json");
         other["detail-type"] = json!("EC2 Instance Launch Successful");
-        assert!(matches!(read(&other), Some(Err(MalformedEvent(m))) if m.contains("EC2 Instance Launch Successful")));
+        assert!(matches!(read(&other), Some(Err(MalformedEvent::Asg(m))) if m.contains("EC2 Instance Launch Successful")));
         assert!(matches!(read(&json!({"trueup": "yes"})), Some(Err(_))));
         let mut bad_id = fixture("asg-terminate.json");
         bad_id["detail"]["EC2InstanceId"] = json!("web-1");
-        assert!(matches!(read(&bad_id), Some(Err(MalformedEvent(m))) if m.contains("not an instance id")));
+        assert!(matches!(read(&bad_id), Some(Err(MalformedEvent::Asg(m))) if m.contains("not an instance id")));
     }
 }

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::app::App;
-use crate::events::{self, AsgEvent, MalformedEvent};
+use crate::events::{self, AwsEvent, MalformedEvent};
 use crate::routes::router;
 
 /// How long an invocation waits for its announcements before returning.
@@ -39,8 +39,9 @@ pub enum Event {
     Stream(Vec<Value>),
     Scheduled,
     Http(Box<ApiGatewayV2httpRequest>),
-    /// An Auto Scaling lifecycle action, true-up or test notification (`events`).
-    Asg(AsgEvent),
+    /// An Auto Scaling lifecycle action, true-up or test notification, or a CloudTrail rule
+    /// change for guard (`events`).
+    Asg(AwsEvent),
 }
 
 /// A seed 000 action event.
@@ -322,6 +323,13 @@ pub async fn handle_scheduled(engine: &Engine, member_sync: time::Duration) -> R
         if let Some(true_up) = scheduled_true_up(engine, member_sync).await? {
             answer["members"] = true_up;
         }
+        if engine.guards() {
+            match engine.guard_sweep().await {
+                Ok(report) => answer["guard"] = serde_json::to_value(report).expect("reports serialise"),
+                Err(portcullis_engine::GuardError::Engine(e)) => return Err(e),
+                Err(e) => answer["guard"] = json!({"error": e.to_string()}),
+            }
+        }
         Ok::<Value, EngineError>(answer)
     }
     .await;
@@ -343,7 +351,7 @@ async fn scheduled_true_up(engine: &Engine, member_sync: time::Duration) -> Resu
     if !engine.first_use(&key, member_sync * 2).await? {
         return Ok(None);
     }
-    let true_up = AsgEvent::Member(portcullis_engine::MemberEvent::TrueUp { asg: None, region: None });
+    let true_up = AwsEvent::Member(portcullis_engine::MemberEvent::TrueUp { asg: None, region: None });
     Ok(Some(events::handle(engine, true_up, Interface::Sweeper).await?))
 }
 

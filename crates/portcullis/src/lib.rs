@@ -10,6 +10,7 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod cloudtrail;
 pub mod config;
 pub mod events;
 pub mod lambda;

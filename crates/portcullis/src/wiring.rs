@@ -6,8 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use portcullis_aws::{DynamoStore, Ec2Firewall, InitReport, Secrets, TableNames};
 use portcullis_engine::{
-    Clock, DryRunFirewall, Engine, Firewall, Lease, LogNotifier, Members, Notifier, Outbox, Pacing, SWEEPER_LEASE, Settings,
-    SystemClock,
+    Clock, DryRunFirewall, Engine, Firewall, Guard, Lease, LogNotifier, Members, Notifier, Outbox, Pacing, SWEEPER_LEASE,
+    Settings, SystemClock,
 };
 use portcullis_slack::{FixedUrl, UrlSource, Webhook, webhook_url_from_secret};
 use portcullis_store::{SqliteStore, Store};
@@ -146,7 +146,7 @@ pub async fn engine(config: &Config, dry_run: bool, json: bool) -> Result<Engine
     let store = open_store(config).await?;
     let firewall = firewall(config, dry_run, json).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    Ok(engine_with(config, store, firewall, clock, notifier(config)))
+    Ok(with_guard(config, engine_with(config, store, firewall, clock, notifier(config))).await)
 }
 
 /// An engine for commands that only read the store or change tokens: it never calls the
@@ -164,7 +164,8 @@ pub async fn leased_engine(config: &Config) -> Result<Engine, WiringError> {
     let firewall = firewall(config, false, true).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let lease = sweeper_lease(store.clone(), clock.clone());
-    Ok(with_members(config, engine_with(config, store, firewall, clock, notifier(config)).with_lease(lease)).await)
+    let engine = with_members(config, engine_with(config, store, firewall, clock, notifier(config)).with_lease(lease)).await;
+    Ok(with_guard(config, engine).await)
 }
 
 /// The engine, admitting the configured ASGs' members through Auto Scaling (when any are).
@@ -174,6 +175,22 @@ pub async fn with_members(config: &Config, engine: Engine) -> Engine {
     }
     let membership = Arc::new(portcullis_aws::AsgMembership::new(portcullis_aws::shared_sdk_config().await));
     engine.with_members(Members { sources: config.members.clone(), member_ttl: config.member_ttl, membership })
+}
+
+/// The engine, guarding the configured groups through EC2 (with the AWS firewall only: the
+/// dry-run firewall changes nothing, and guard's whole job is to change rules).
+pub async fn with_guard(config: &Config, engine: Engine) -> Engine {
+    let (Some(g), FirewallKind::Aws) = (&config.guard, &config.firewall) else {
+        return engine;
+    };
+    engine.with_guard(Guard {
+        scopes: g.scopes.clone(),
+        own_principals: g.own_principals.clone(),
+        approvers: g.approvers.clone(),
+        request_ttl: g.request_ttl,
+        max_event_age: g.max_event_age,
+        firewall: Arc::new(Ec2Firewall::new(portcullis_aws::shared_sdk_config().await)),
+    })
 }
 
 /// A `serve` replica's engine: it sweeps and reconciles only while it holds the sweeper lease,
@@ -192,7 +209,7 @@ pub async fn replica(config: &Config) -> Result<(Engine, Option<portcullis_aws::
     };
     let lease = sweeper_lease(store.clone(), clock.clone());
     let engine = with_members(config, engine_with(config, store, firewall, clock, notifier(config)).with_lease(lease)).await;
-    Ok((engine, tail))
+    Ok((with_guard(config, engine).await, tail))
 }
 
 /// The engine over given adapters (tests and benchmarks pass their own).

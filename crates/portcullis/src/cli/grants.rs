@@ -153,14 +153,32 @@ pub(super) async fn refresh(cx: &Context, a: RefreshArgs) -> Result<ExitCode, Cl
     };
     let engine = wiring::engine(&cx.config, a.dry_run, cx.json).await?;
     let report = engine.reconcile(scope, Cause::Refresh).await;
+    // Guard compares its groups with their baselines too (not in a dry run: it reverts).
+    let guard = if engine.guards() && !a.dry_run { Some(engine.guard_sweep().await) } else { None };
     announce(&engine).await;
     let report = report?;
+    let guard = guard.transpose()?;
     if cx.json {
-        print_json(&report);
+        match &guard {
+            Some(g) => print_json(&serde_json::json!({"reconcile": report, "guard": g})),
+            None => print_json(&report),
+        }
     } else {
         print_report(&report);
+        if let Some(g) = &guard {
+            println!(
+                "guard: {} groups compared, {} changes reverted, {} without a baseline",
+                g.groups,
+                g.reverted.len(),
+                g.without_baseline.len()
+            );
+            for f in &g.failures {
+                eprintln!("failed: guard: {f}");
+            }
+        }
     }
-    Ok(exit_for(&report))
+    let guard_failed = guard.is_some_and(|g| !g.failures.is_empty());
+    Ok(if guard_failed { ExitCode::from(1) } else { exit_for(&report) })
 }
 
 pub(super) async fn sweep(cx: &Context) -> Result<ExitCode, CliError> {

@@ -3,6 +3,7 @@
 //! (0 ok, 1 operational error, 2 usage or validation error).
 
 mod grants;
+mod guard;
 mod print;
 mod process;
 mod tokens;
@@ -86,6 +87,18 @@ enum Command {
     /// Open access for this machine through a portcullis server's /connection, renew it while
     /// running, and close it on Ctrl-C or SIGTERM.
     Open(process::OpenArgs),
+    /// Guard (seed 003): record the baseline of the guarded groups, or compare them with it now.
+    Guard {
+        #[command(subcommand)]
+        command: guard::GuardCommand,
+    },
+    /// Show guard's change requests (out-of-band changes, reverted, awaiting a decision).
+    Requests(guard::RequestsArgs),
+    /// Approve a change request: it is applied as it was made (approvers only, never the
+    /// requester).
+    Approve(guard::ApproveArgs),
+    /// Deny a change request: the revert stays.
+    Deny(guard::DenyArgs),
 }
 
 /// A failure, with the exit code it maps to.
@@ -203,6 +216,10 @@ async fn execute(args: Args) -> Result<ExitCode, CliError> {
         Command::Lambda => process::lambda(&cx).await,
         Command::Serve(_) => process::serve(cx).await,
         Command::Token { command } => tokens::run(&cx, command).await,
+        Command::Guard { command } => guard::run(&cx, command).await,
+        Command::Requests(a) => guard::requests(&cx, a).await,
+        Command::Approve(a) => guard::approve(&cx, a).await,
+        Command::Deny(a) => guard::deny(&cx, a).await,
         Command::Open(_) => unreachable!("handled before the configuration is loaded"),
     }
 }

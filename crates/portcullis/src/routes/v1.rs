@@ -113,26 +113,31 @@ async fn remove_grant(
     Ok(Json(serde_json::json!({"grant": outcome.grant, "failures": failures, "report": outcome.report})).into_response())
 }
 
-/// `POST /v1/events`: an Auto Scaling event, as the Lambda takes it. Membership reaches every
-/// environment that lists the ASG, so only a token for every environment may send one.
+/// `POST /v1/events`: an Auto Scaling or CloudTrail event, as the Lambda takes it. Membership
+/// reaches every environment that lists the ASG, and guard reaches groups outside any
+/// environment, so only a token for every environment may send one.
 async fn event(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let invalid = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", message);
-    let event = match crate::events::read(&body) {
-        None => return Err(invalid("not an event /v1/events handles: send an Auto Scaling lifecycle action or true-up".into())),
-        Some(Err(err)) => return Err(invalid(err.to_string())),
-        Some(Ok(event)) => event,
-    };
+    let event =
+        match crate::events::read(&body) {
+            None => return Err(invalid(
+                "not an event /v1/events handles: send an Auto Scaling lifecycle action or true-up, or a CloudTrail rule change"
+                    .into(),
+            )),
+            Some(Err(err)) => return Err(invalid(err.to_string())),
+            Some(Ok(event)) => event,
+        };
     if let Credential::Token { id, environments } = &principal.requester().credential
         && !environments.is_empty()
     {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "out_of_scope",
-            format!("token {id} is limited to some environments; Auto Scaling events need a token for every environment"),
+            format!("token {id} is limited to some environments; AWS events need a token for every environment"),
         ));
     }
     let answer = crate::events::handle(&app.engine, event, Interface::Http).await?;

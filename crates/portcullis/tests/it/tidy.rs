@@ -139,6 +139,7 @@ fn the_binary_modules_import_only_lower_layers() {
         ("ratelimit", 0),
         ("auth", 0),
         ("replica", 0),
+        ("cloudtrail", 0),
         ("events", 0),
         ("slack", 1),
         ("app", 2),
