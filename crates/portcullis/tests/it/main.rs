@@ -10,6 +10,7 @@ mod concurrency;
 mod connection;
 mod dynamo;
 mod engine;
+mod guard;
 mod lambda;
 mod members;
 mod serve;

@@ -9,7 +9,7 @@ use aws_sdk_ec2::config::Region;
 use serde_json::{Value, json};
 
 use crate::aws_proxy::{Proxy, start_proxy};
-use crate::support::{REGION, World, rules_of, sdk_config, text, unique};
+use crate::support::{REGION, World, fixture, rules_of, sdk_config, text, unique, within};
 
 const WEST: &str = "eu-west-1";
 
@@ -153,21 +153,12 @@ impl Fleet {
     }
 }
 
-fn fixture(name: &str) -> Value {
-    let path = format!("{}/../../fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 fn lifecycle(name: &str, asg: &str, instance: &str) -> Value {
     let mut event = fixture(name);
     event["detail"]["AutoScalingGroupName"] = json!(asg);
     event["detail"]["EC2InstanceId"] = json!(instance);
     event["detail"]["LifecycleActionToken"] = json!(format!("token-{instance}"));
     event
-}
-
-async fn within<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::time::timeout(Duration::from_secs(120), test).await.expect("the test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -326,3 +326,14 @@ pub async fn rules_of(ec2: &aws_sdk_ec2::Client, group: &str) -> Vec<Rule> {
     rules.sort();
     rules
 }
+
+/// A wire-format sample from `fixtures/`.
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = format!("{}/../../fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Runs a test with a two-minute limit.
+pub async fn within<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(Duration::from_secs(120), test).await.expect("the test timed out");
+}
