@@ -272,6 +272,10 @@ pub struct AuditEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Grant>,
     pub reason: String,
+    /// The guard change request an event is about (`change-*`), whole, so its notice can show
+    /// it and carry its buttons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Box<crate::guard::ChangeRequest>>,
 }
 
 impl AuditEvent {

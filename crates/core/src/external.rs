@@ -82,6 +82,7 @@ pub fn external_step(change: &ExternalChange, manages: &dyn Fn(&Environment) -> 
                 before: Some(grant.clone()),
                 after: None,
                 reason,
+                request: None,
             };
             ExternalStep::Announce { key, environment: grant.environment.clone(), event }
         }
@@ -101,6 +102,7 @@ pub fn external_step(change: &ExternalChange, manages: &dyn Fn(&Environment) -> 
                 before: None,
                 after: None,
                 reason: format!("unreadable stream record {name}: {error}"),
+                request: None,
             };
             ExternalStep::Refuse { key: change.key(), event }
         }

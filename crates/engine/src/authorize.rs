@@ -71,6 +71,7 @@ impl Engine {
             before: None,
             after: None,
             reason: err.to_string(),
+            request: None,
         };
         if let Err(store_err) = self.store().record(event).await {
             tracing::warn!(error = %store_err, "could not audit a refusal");

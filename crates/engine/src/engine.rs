@@ -418,6 +418,7 @@ impl Engine {
                 before: Some(r.grant.clone()),
                 after: None,
                 reason: format!("stored grant not applied: {}", r.reason),
+                request: None,
             };
             if let Err(err) = self.store.record_once(event, &key).await {
                 tracing::warn!(error = %err, "could not audit a refused grant");
@@ -547,6 +548,7 @@ impl Engine {
                 before: None,
                 after: None,
                 reason: parts.join("; "),
+                request: None,
             };
             match self.store.record(event).await {
                 Ok(()) => self.announce(),
@@ -593,6 +595,7 @@ impl Engine {
                         "took over {} {} on {}: description now {:?}",
                         rule.ec2_cidr, rule.ports, change.target, rule.description
                     ),
+                    request: None,
                 };
                 if let Err(err) = self.store.record(event).await {
                     tracing::warn!(error = %err, "could not audit an adoption");

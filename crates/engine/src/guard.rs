@@ -135,6 +135,11 @@ impl Engine {
         self
     }
 
+    /// The Slack user groups whose members may approve (none without guard).
+    pub fn approver_groups(&self) -> std::collections::BTreeSet<String> {
+        self.guard.as_ref().map(|g| g.approvers.groups.clone()).unwrap_or_default()
+    }
+
     /// Whether guard is configured here.
     pub fn guards(&self) -> bool {
         self.guard.is_some()
@@ -388,6 +393,7 @@ impl Engine {
                         group.id.region,
                         theirs.len()
                     ),
+                    request: None,
                 };
                 self.store().set_baseline(&group.id, &theirs, vec![event]).await?;
             }

@@ -394,6 +394,7 @@ impl Engine {
             before: None,
             after: None,
             reason,
+            request: None,
         };
         if let Err(err) = self.store().record(event).await {
             tracing::warn!(error = %err, "could not audit a lifecycle action");

@@ -234,6 +234,10 @@ pub struct SlackConfig {
     pub webhook: Option<Secret>,
     /// `SLACK_BOT_TOKEN` / `SLACK_BOT_TOKEN_SECRET_ARN`: needed to check `user_groups`.
     pub bot_token: Option<Secret>,
+    /// `APPROVAL_WEBHOOK_URL` / `_SECRET_ARN`: guard's approval messages (else `webhook`).
+    pub approval_webhook: Option<Secret>,
+    /// `MONITORING_WEBHOOK_URL` / `_SECRET_ARN`: guard's notices (else `webhook`).
+    pub monitoring_webhook: Option<Secret>,
 }
 
 /// `POST|DELETE /connection`.
@@ -658,8 +662,16 @@ fn slack(file: &FileSlack, env: Env<'_>) -> Result<SlackConfig, ConfigError> {
         return Err(error("slack.api_url", format!("{api_url:?} is not an http(s) URL")));
     }
     let webhook = secret(env, "SLACK_WEBHOOK_URL", "SLACK_WEBHOOK_SECRET_ARN", "webhook_secret_arn", &file.webhook_secret_arn)?;
-    if let Some(Secret::Value(url)) = &webhook {
-        portcullis_slack::webhook_url_from_secret(url).map_err(|e| error("SLACK_WEBHOOK_URL", e))?;
+    let approval_webhook = secret(env, "APPROVAL_WEBHOOK_URL", "APPROVAL_WEBHOOK_SECRET_ARN", "-", &None)?;
+    let monitoring_webhook = secret(env, "MONITORING_WEBHOOK_URL", "MONITORING_WEBHOOK_SECRET_ARN", "-", &None)?;
+    for (var, hook) in [
+        ("SLACK_WEBHOOK_URL", &webhook),
+        ("APPROVAL_WEBHOOK_URL", &approval_webhook),
+        ("MONITORING_WEBHOOK_URL", &monitoring_webhook),
+    ] {
+        if let Some(Secret::Value(url)) = hook {
+            portcullis_slack::webhook_url_from_secret(url).map_err(|e| error(var, e))?;
+        }
     }
     Ok(SlackConfig {
         command,
@@ -685,6 +697,8 @@ fn slack(file: &FileSlack, env: Env<'_>) -> Result<SlackConfig, ConfigError> {
             "bot_token_secret_arn",
             &file.bot_token_secret_arn,
         )?,
+        approval_webhook,
+        monitoring_webhook,
     })
 }
 

@@ -133,12 +133,25 @@ impl UrlSource for SecretUrl {
 
 /// Where announcements go: the Slack webhook when one is configured, else the log alone.
 pub fn notifier(config: &Config) -> Arc<dyn Notifier> {
-    let source: Arc<dyn UrlSource> = match &config.slack.webhook {
-        None => return Arc::new(LogNotifier),
-        Some(Secret::Value(url)) => Arc::new(FixedUrl(url.clone())),
-        Some(Secret::Arn(arn)) => Arc::new(SecretUrl { arn: arn.clone() }),
+    let hook = |secret: &Option<Secret>| {
+        let source: Arc<dyn UrlSource> = match secret.as_ref()? {
+            Secret::Value(url) => Arc::new(FixedUrl(url.clone())),
+            Secret::Arn(arn) => Arc::new(SecretUrl { arn: arn.clone() }),
+        };
+        Some(Webhook::new(source))
     };
-    Arc::new(Webhook::new(source))
+    let slack = &config.slack;
+    if config.guard.is_some() {
+        // Guard's approval messages and notices go to their own channels, when configured.
+        let (main, approval, monitoring) = (hook(&slack.webhook), hook(&slack.approval_webhook), hook(&slack.monitoring_webhook));
+        if main.is_some() || approval.is_some() || monitoring.is_some() {
+            return Arc::new(portcullis_slack::guard::Channels { main, approval, monitoring });
+        }
+    }
+    match hook(&slack.webhook) {
+        Some(webhook) => Arc::new(webhook),
+        None => Arc::new(LogNotifier),
+    }
 }
 
 /// The engine over the configured store and firewall, announcing through the outbox.

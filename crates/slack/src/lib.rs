@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod directory;
+pub mod guard;
 pub mod messages;
 pub mod respond;
 pub mod signature;

@@ -255,6 +255,7 @@ pub(crate) mod tests {
             before,
             after,
             reason: String::new(),
+            request: None,
         }
     }
 

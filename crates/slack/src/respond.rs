@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::messages::Reply;
 use crate::url::UrlPrefix;
 use crate::webhook::{error_chain, http_client};
 
@@ -59,7 +58,7 @@ impl Responder {
     }
 
     /// Posts a reply, retrying a failed post twice.
-    pub async fn post(&self, url: &str, reply: &Reply) -> Result<(), RespondError> {
+    pub async fn post<T: serde::Serialize + ?Sized + Sync>(&self, url: &str, reply: &T) -> Result<(), RespondError> {
         if !self.allows(url) {
             return Err(RespondError::NotAllowed);
         }

@@ -123,7 +123,19 @@ impl Webhook {
 impl Notifier for Webhook {
     async fn announce(&self, event: &AuditEvent) -> Result<(), NotifyError> {
         let Some(text) = notification(event) else { return Ok(()) };
-        let body = serde_json::json!({ "text": text });
+        self.send(&serde_json::json!({ "text": text })).await
+    }
+
+    /// Incoming webhooks accept about one message a second.
+    fn min_interval(&self) -> time::Duration {
+        time::Duration::seconds(1)
+    }
+}
+
+impl Webhook {
+    /// Posts one message body (text or Block Kit) to the webhook.
+    pub async fn send(&self, body: &serde_json::Value) -> Result<(), NotifyError> {
+        let body = body.clone();
         let url = self.url(false).await?;
         match self.post(&url, &body).await {
             Ok(()) => Ok(()),
@@ -138,11 +150,6 @@ impl Notifier for Webhook {
             }
             Err((_, err)) => Err(err),
         }
-    }
-
-    /// Incoming webhooks accept about one message a second.
-    fn min_interval(&self) -> time::Duration {
-        time::Duration::seconds(1)
     }
 }
 

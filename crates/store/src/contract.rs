@@ -73,6 +73,7 @@ fn event(action: Action, reason: &str) -> AuditEvent {
         before: None,
         after: None,
         reason: reason.into(),
+        request: None,
     }
 }
 

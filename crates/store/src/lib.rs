@@ -29,7 +29,18 @@ pub const NOTICE_LEASE: time::Duration = time::Duration::seconds(30);
 /// grant changes, and guard's notices for the monitoring channel.
 pub fn is_announced(action: portcullis_core::Action) -> bool {
     use portcullis_core::Action::*;
-    matches!(action, Added | Removed | Expired | DriftRepaired | ChangeReverted | ChangeApproved | ChangeDenied | ChangeExpired)
+    matches!(
+        action,
+        Added
+            | Removed
+            | Expired
+            | DriftRepaired
+            | ChangeRequested
+            | ChangeReverted
+            | ChangeApproved
+            | ChangeDenied
+            | ChangeExpired
+    )
 }
 
 /// Whether an audit action is a grant change, which marks its environment as one this store
@@ -86,6 +97,7 @@ pub fn grant_event(
         before,
         after,
         reason,
+        request: None,
     }
 }
 
@@ -105,6 +117,7 @@ pub fn token_event(at: Timestamp, actor: &Actor, action: portcullis_core::Action
         before: None,
         after: None,
         reason: format!("token {} ({}, user {}) {verb}", token.id, token.role, token.user),
+        request: None,
     }
 }
 
@@ -140,6 +153,7 @@ pub fn request_event(
         before: None,
         after: None,
         reason,
+        request: Some(Box::new(request.clone())),
     }
 }
 

@@ -135,6 +135,8 @@ CREATE TABLE baselines (
     rules    TEXT NOT NULL,
     PRIMARY KEY (region, group_id)
 );
+-- The request a guard event is about, so its notice can show it (and its buttons).
+ALTER TABLE audit ADD COLUMN request_json TEXT;
 "#,
 ];
 
@@ -309,7 +311,8 @@ fn grant_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Grant, CorruptRow>> 
     })())
 }
 
-const AUDIT_COLUMNS: &str = "id, at_ms, actor, interface, action, environment, cidr, before_json, after_json, reason";
+const AUDIT_COLUMNS: &str =
+    "id, at_ms, actor, interface, action, environment, cidr, before_json, after_json, reason, request_json";
 
 impl SqliteStore {
     /// Audit events matching a `WHERE … ORDER BY …` clause.
@@ -329,12 +332,14 @@ impl SqliteStore {
                     r.get::<_, Option<String>>(7)?,
                     r.get::<_, Option<String>>(8)?,
                     r.get::<_, String>(9)?,
+                    r.get::<_, Option<String>>(10)?,
                 ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, at, actor, interface, action, environment, cidr, before, after, reason) = row.map_err(|e| self.err(e))?;
+            let (id, at, actor, interface, action, environment, cidr, before, after, reason, request) =
+                row.map_err(|e| self.err(e))?;
             let grant = |json: Option<String>| -> Result<Option<Grant>, StoreError> {
                 json.map(|j| serde_json::from_str(&j).map_err(|e| self.corrupt(format!("audit {id}: {e}")))).transpose()
             };
@@ -351,6 +356,9 @@ impl SqliteStore {
                 before: grant(before)?,
                 after: grant(after)?,
                 reason,
+                request: request
+                    .map(|j| serde_json::from_str(&j).map_err(|e| self.corrupt(format!("audit {id}: request: {e}"))))
+                    .transpose()?,
             });
         }
         Ok(out)
@@ -443,8 +451,8 @@ impl SqliteStore {
     fn append(&self, tx: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
         let json = |g: &Option<Grant>| g.as_ref().map(|g| serde_json::to_string(g).expect("grants serialise"));
         tx.execute(
-            "INSERT INTO audit (at_ms, actor, interface, action, environment, cidr, before_json, after_json, reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO audit (at_ms, actor, interface, action, environment, cidr, before_json, after_json, reason, request_json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 ms(e.at),
                 e.actor.as_str(),
@@ -455,6 +463,7 @@ impl SqliteStore {
                 json(&e.before),
                 json(&e.after),
                 e.reason,
+                e.request.as_ref().map(|r| serde_json::to_string(r).expect("requests serialise")),
             ],
         )
         .map_err(|e| self.err(e))?;

@@ -1,7 +1,8 @@
 //! The HTTP routes, over [`App`]: `/v1` (admin tokens), `/connection` (any token or IAM login),
-//! `/slack/commands` (Slack's signature) and `/healthz`. `serve` and Lambda run the same router.
+//! `/slack/commands` and `/slack/interactions` (Slack's signature) and `/healthz`. `serve` and Lambda run the same router.
 
 mod connection;
+mod interactions;
 pub mod slack;
 mod v1;
 
@@ -23,6 +24,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(v1::routes(app.clone()))
         .route("/connection", post(connection::handle).delete(connection::handle))
         .route("/slack/commands", post(slack::command))
+        .route("/slack/interactions", post(interactions::interaction))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(app.clone(), bounded_body))

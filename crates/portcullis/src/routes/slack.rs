@@ -40,33 +40,11 @@ pub fn read_form(body: &[u8]) -> Result<SlashCommand, String> {
 }
 
 pub(super) async fn command(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(slack) = app.slack.clone() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Slack is not configured on this server: set SLACK_SIGNING_SECRET or SLACK_SIGNING_SECRET_ARN",
-        )
-            .into_response();
+    let slack = match verified(&app, &headers, &body).await {
+        Ok(slack) => slack,
+        Err(response) => return response,
     };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = app.engine.clock().now();
-    if let Err(err) = slack.verify(header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER), &body, now.unix_timestamp()).await {
-        tracing::warn!(error = %err, "refused a Slack request with a bad signature");
-        return (StatusCode::UNAUTHORIZED, format!("invalid request signature: {err}")).into_response();
-    }
-    // A signed request stays valid for its timestamp's window: remember each signature for
-    // that long, in the store, so no replica runs a replay of it.
-    let signature = header(SIGNATURE_HEADER).unwrap_or_default();
-    match app.engine.first_use(&format!("slack:{signature}"), time::Duration::seconds(2 * MAX_SKEW_SECS)).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!("refused a replayed Slack request");
-            return (StatusCode::UNAUTHORIZED, "this signed request was used before").into_response();
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "cannot check a Slack request against replays");
-            return (StatusCode::SERVICE_UNAVAILABLE, "cannot check the request against replays; try again").into_response();
-        }
-    }
     let form = match read_form(&body) {
         Ok(form) => form,
         Err(err) => return Json(Reply::refused(&format!("could not read the command: {err}"))).into_response(),
@@ -75,6 +53,38 @@ pub(super) async fn command(State(app): State<Arc<App>>, headers: HeaderMap, bod
         return StatusCode::OK.into_response();
     }
     Json(handle(&app, &slack, form, now).await).into_response()
+}
+
+/// Slack's endpoint, once the request's signature is checked and it is no replay; else the
+/// answer to give (nothing of the body has been read).
+pub(super) async fn verified(app: &Arc<App>, headers: &HeaderMap, body: &[u8]) -> Result<Arc<SlackEndpoint>, Response> {
+    let Some(slack) = app.slack.clone() else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Slack is not configured on this server: set SLACK_SIGNING_SECRET or SLACK_SIGNING_SECRET_ARN",
+        )
+            .into_response());
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let now = app.engine.clock().now();
+    if let Err(err) = slack.verify(header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER), body, now.unix_timestamp()).await {
+        tracing::warn!(error = %err, "refused a Slack request with a bad signature");
+        return Err((StatusCode::UNAUTHORIZED, format!("invalid request signature: {err}")).into_response());
+    }
+    // A signed request stays valid for its timestamp's window: remember each signature for
+    // that long, in the store, so no replica runs a replay of it.
+    let signature = header(SIGNATURE_HEADER).unwrap_or_default();
+    match app.engine.first_use(&format!("slack:{signature}"), time::Duration::seconds(2 * MAX_SKEW_SECS)).await {
+        Ok(true) => Ok(slack),
+        Ok(false) => {
+            tracing::warn!("refused a replayed Slack request");
+            Err((StatusCode::UNAUTHORIZED, "this signed request was used before").into_response())
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "cannot check a Slack request against replays");
+            Err((StatusCode::SERVICE_UNAVAILABLE, "cannot check the request against replays; try again").into_response())
+        }
+    }
 }
 
 /// Refuses a form whose fields do not decode to UTF-8 (form decoding would quietly store

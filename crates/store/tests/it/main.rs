@@ -108,6 +108,7 @@ async fn history_counts_grant_changes_not_refusals() {
             before: None,
             after: None,
             reason: "not allowed".into(),
+            request: None,
         })
         .await
         .unwrap();
@@ -128,7 +129,7 @@ async fn a_store_from_before_the_outbox_is_migrated_in_place() {
     store.upsert(upsert(g, "alice")).await.unwrap();
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE outbox; DROP TABLE leases; DROP TABLE recorded_once; DROP TABLE tokens; DROP TABLE claims; DROP TABLE change_requests; DROP TABLE baselines; PRAGMA user_version = 1;").unwrap();
+    conn.execute_batch("DROP TABLE outbox; DROP TABLE leases; DROP TABLE recorded_once; DROP TABLE tokens; DROP TABLE claims; DROP TABLE change_requests; DROP TABLE baselines; ALTER TABLE audit DROP COLUMN request_json; PRAGMA user_version = 1;").unwrap();
     drop(conn);
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.schema_version().unwrap(), 6);

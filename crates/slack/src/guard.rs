@@ -1,0 +1,230 @@
+//! Guard's Slack: the approval message with its buttons, the message that replaces it once
+//! decided, the `block_actions` payload a click sends, and the notifier that routes guard's
+//! messages to the approval and monitoring channels.
+
+use async_trait::async_trait;
+use portcullis_core::guard::{ChangeRequest, RequestStatus};
+use portcullis_core::{Action, AuditEvent, format_utc};
+use portcullis_engine::{Notifier, NotifyError};
+use serde_json::{Value, json};
+
+use crate::messages::escape;
+use crate::{Webhook, notification};
+
+/// The buttons' `action_id`s.
+pub const APPROVE: &str = "approve";
+pub const DENY: &str = "deny";
+
+fn requester(r: &ChangeRequest) -> String {
+    match &r.requester_user {
+        Some(user) => format!("<@{}> (`{}`)", escape(user), escape(&r.requester)),
+        None => format!("`{}`", escape(&r.requester)),
+    }
+}
+
+fn rules_text(r: &ChangeRequest) -> String {
+    let mut lines: Vec<String> = r.add.iter().map(|rule| format!("• add: {}", escape(&rule.to_string()))).collect();
+    lines.extend(r.remove.iter().map(|rule| format!("• remove: {}", escape(&rule.to_string()))));
+    lines.join("\n")
+}
+
+fn summary(r: &ChangeRequest) -> Value {
+    json!({"type": "section", "fields": [
+        {"type": "mrkdwn", "text": format!("*Request*\n`{}`", escape(&r.id))},
+        {"type": "mrkdwn", "text": format!("*Requester*\n{}", requester(r))},
+        {"type": "mrkdwn", "text": format!("*Group*\n`{}`", escape(&r.group_id))},
+        {"type": "mrkdwn", "text": format!("*Account / region*\n{} / {}", escape(&r.account), escape(&r.region))},
+    ]})
+}
+
+/// The approval channel's message for a pending request: what changed, who made it, and the
+/// buttons (each carrying the request id).
+pub fn approval_message(r: &ChangeRequest) -> Value {
+    let mut blocks = vec![
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": ":shield: *An out-of-band change was reverted and awaits approval*"}}),
+        summary(r),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": rules_text(r)}}),
+    ];
+    if !r.notes.is_empty() {
+        let notes = r.notes.iter().map(|n| format!(":warning: {}", escape(n))).collect::<Vec<_>>().join("\n");
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": notes}]}));
+    }
+    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("Expires undecided at {}", format_utc(r.expires_at))}]}));
+    blocks.push(json!({"type": "actions", "block_id": "decision", "elements": [
+        {"type": "button", "action_id": APPROVE, "text": {"type": "plain_text", "text": "Approve"}, "style": "primary", "value": r.id},
+        {"type": "button", "action_id": DENY, "text": {"type": "plain_text", "text": "Deny"}, "style": "danger", "value": r.id},
+    ]}));
+    json!({"text": format!("Change request {} on {}: approval needed", r.id, r.group_id), "blocks": blocks})
+}
+
+/// What replaces the approval message once a click has decided (or advanced) the request.
+pub fn decided_message(r: &ChangeRequest) -> Value {
+    let who = |names: &[String]| names.iter().map(|n| format!("<@{}>", escape(n))).collect::<Vec<_>>().join(", ");
+    let headline = match r.status {
+        RequestStatus::Approved => format!(":white_check_mark: *Approved* by {} and applied", who(&r.approvals)),
+        RequestStatus::Denied => format!(
+            ":no_entry: *Denied* by {}{}; the revert stays",
+            who(r.denied_by.as_slice()),
+            r.reason.as_ref().map(|x| format!(" ({})", escape(x))).unwrap_or_default()
+        ),
+        RequestStatus::Expired => ":hourglass: *Expired* undecided; the revert stays".to_string(),
+        RequestStatus::Pending => {
+            format!(":ballot_box_with_check: Approved by {}; waiting for another approver", who(&r.approvals))
+        }
+    };
+    let mut blocks = vec![
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": headline}}),
+        summary(r),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": rules_text(r)}}),
+    ];
+    if r.status == RequestStatus::Pending {
+        blocks.extend(approval_message(r)["blocks"].as_array().and_then(|b| b.last()).cloned());
+    }
+    json!({"replace_original": true, "text": format!("Change request {}: {}", r.id, r.status.as_str()), "blocks": blocks})
+}
+
+/// One button click, as `block_actions` sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Click {
+    pub user_id: String,
+    pub user_name: String,
+    pub action_id: String,
+    /// The request id the button carries.
+    pub value: String,
+    pub response_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid interaction payload: {0}")]
+pub struct InteractionError(pub String);
+
+/// Reads a `block_actions` payload (the `payload` form field's JSON).
+pub fn read_click(payload: &str) -> Result<Click, InteractionError> {
+    let bad = |m: &str| InteractionError(m.to_string());
+    let v: Value = serde_json::from_str(payload).map_err(|e| InteractionError(format!("not JSON: {e}")))?;
+    if v.get("type").and_then(Value::as_str) != Some("block_actions") {
+        return Err(bad("only block_actions payloads are handled"));
+    }
+    let text = |p: &str| v.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let action = v.pointer("/actions/0").ok_or_else(|| bad("no action"))?;
+    let field = |k: &str| action.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    Ok(Click {
+        user_id: text("/user/id").ok_or_else(|| bad("no user id"))?.to_string(),
+        user_name: text("/user/username").or(text("/user/name")).unwrap_or_default().to_string(),
+        action_id: field("action_id").ok_or_else(|| bad("the action has no action_id"))?.to_string(),
+        value: field("value").ok_or_else(|| bad("the action has no value"))?.to_string(),
+        response_url: text("/response_url").map(str::to_string),
+    })
+}
+
+/// Routes announcements: a new change request's approval message to the approval channel,
+/// guard's notices to the monitoring channel, everything else to the main webhook. A channel
+/// not configured falls back to the main one.
+pub struct Channels {
+    pub main: Option<Webhook>,
+    pub approval: Option<Webhook>,
+    pub monitoring: Option<Webhook>,
+}
+
+impl Channels {
+    fn pick<'a>(&'a self, own: &'a Option<Webhook>) -> Option<&'a Webhook> {
+        own.as_ref().or(self.main.as_ref())
+    }
+}
+
+#[async_trait]
+impl Notifier for Channels {
+    async fn announce(&self, event: &AuditEvent) -> Result<(), NotifyError> {
+        let (hook, body) = match (event.action, &event.request) {
+            (Action::ChangeRequested, Some(request)) => (self.pick(&self.approval), approval_message(request)),
+            (Action::ChangeReverted | Action::ChangeApproved | Action::ChangeDenied | Action::ChangeExpired, _) => {
+                let Some(text) = notification(event) else { return Ok(()) };
+                (self.pick(&self.monitoring), json!({"text": text}))
+            }
+            _ => {
+                let Some(text) = notification(event) else { return Ok(()) };
+                (self.main.as_ref(), json!({"text": text}))
+            }
+        };
+        match hook {
+            Some(hook) => hook.send(&body).await,
+            None => {
+                tracing::info!(action = event.action.as_str(), "no webhook for this announcement; logged only");
+                Ok(())
+            }
+        }
+    }
+
+    fn min_interval(&self) -> time::Duration {
+        time::Duration::seconds(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_core::guard::{GuardRule, RuleSource};
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn request() -> ChangeRequest {
+        ChangeRequest {
+            id: "r-1".into(),
+            event_id: "e".into(),
+            requester: "arn:aws:iam::123456789012:user/alice".into(),
+            requester_user: Some("U0ALICE".into()),
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+            group_id: "sg-1".into(),
+            add: vec![GuardRule::new("tcp", Some(22), Some(22), RuleSource::Ipv4("203.0.113.0/24".into()), Some("<!channel>"))],
+            remove: vec![],
+            notes: vec![],
+            status: RequestStatus::Pending,
+            approvals: vec![],
+            denied_by: None,
+            reason: None,
+            created_at: datetime!(2026-12-03 12:00 UTC),
+            expires_at: datetime!(2026-12-04 12:00 UTC),
+            decided_at: None,
+            applied_at: None,
+            version: 0,
+        }
+    }
+
+    #[test]
+    fn the_approval_message_names_the_change_and_its_buttons_carry_the_request_id() {
+        let m = approval_message(&request());
+        let body = m.to_string();
+        assert!(body.contains("sg-1") && body.contains("tcp 22 from 203.0.113.0/24") && body.contains("<@U0ALICE>"), "{body}");
+        assert!(!body.contains("<!channel>"), "descriptions are escaped");
+        let actions = m["blocks"].as_array().unwrap().last().unwrap()["elements"].as_array().unwrap().clone();
+        assert_eq!(
+            actions.iter().map(|a| (a["action_id"].as_str().unwrap(), a["value"].as_str().unwrap())).collect::<Vec<_>>(),
+            [(APPROVE, "r-1"), (DENY, "r-1")]
+        );
+    }
+
+    #[test]
+    fn a_decided_message_replaces_the_original_and_names_who_decided() {
+        let mut r = request();
+        r.status = RequestStatus::Approved;
+        r.approvals = vec!["U0BOB".into()];
+        let m = decided_message(&r);
+        assert_eq!(m["replace_original"], true);
+        assert!(m.to_string().contains("Approved* by <@U0BOB>"), "{m}");
+        assert!(!m.to_string().contains("\"actions\""), "no buttons once decided");
+    }
+
+    #[test]
+    fn the_fixture_reads_as_a_click() {
+        let path = format!("{}/../../fixtures/slack-block-actions.json", env!("CARGO_MANIFEST_DIR"));
+        let click = read_click(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(
+            (click.user_id.as_str(), click.action_id.as_str(), click.value.as_str()),
+            ("U0APPROVER1", "approve", "REQUEST-ID")
+        );
+        assert!(click.response_url.unwrap().starts_with("https://hooks.slack.com/actions/"));
+        assert!(read_click("{\"type\": \"view_submission\"}").is_err());
+        assert!(read_click("not json").is_err());
+    }
+}
