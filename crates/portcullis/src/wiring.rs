@@ -6,8 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use portcullis_aws::{DynamoStore, Ec2Firewall, InitReport, Secrets, TableNames};
 use portcullis_engine::{
-    Clock, DryRunFirewall, Engine, Firewall, Guard, Lease, LogNotifier, Members, Notifier, Outbox, Pacing, SWEEPER_LEASE,
-    Settings, SystemClock,
+    Clock, DryRunFirewall, Engine, Firewall, Guard, GuardFirewall, Lease, LogNotifier, Members, Notifier, Outbox, Pacing,
+    SWEEPER_LEASE, Settings, SystemClock,
 };
 use portcullis_slack::{FixedUrl, UrlSource, Webhook, webhook_url_from_secret};
 use portcullis_store::{SqliteStore, Store};
@@ -193,16 +193,26 @@ pub async fn with_members(config: &Config, engine: Engine) -> Engine {
 /// The engine, guarding the configured groups through EC2 (with the AWS firewall only: the
 /// dry-run firewall changes nothing, and guard's whole job is to change rules).
 pub async fn with_guard(config: &Config, engine: Engine) -> Engine {
-    let (Some(g), FirewallKind::Aws) = (&config.guard, &config.firewall) else {
+    if config.guard.is_none() || config.firewall != FirewallKind::Aws {
         return engine;
-    };
-    engine.with_guard(Guard {
+    }
+    let firewall = Arc::new(Ec2Firewall::new(portcullis_aws::shared_sdk_config().await));
+    match guard_with(config, firewall) {
+        Some(guard) => engine.with_guard(guard),
+        None => engine,
+    }
+}
+
+/// Guard as configured, over the given firewall (tests pass one on moto).
+pub fn guard_with(config: &Config, firewall: Arc<dyn GuardFirewall>) -> Option<Guard> {
+    let g = config.guard.as_ref()?;
+    Some(Guard {
         scopes: g.scopes.clone(),
         own_principals: g.own_principals.clone(),
         approvers: g.approvers.clone(),
         request_ttl: g.request_ttl,
         max_event_age: g.max_event_age,
-        firewall: Arc::new(Ec2Firewall::new(portcullis_aws::shared_sdk_config().await)),
+        firewall,
     })
 }
 

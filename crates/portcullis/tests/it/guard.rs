@@ -393,3 +393,103 @@ async fn the_sweep_reverts_a_change_no_event_reported_and_only_reports_a_group_w
     })
     .await;
 }
+
+const SECRET: &str = "guard-test-signing-secret-0123456";
+
+/// A signed `block_actions` post: `user` clicks `action` on request `id`.
+fn click(user: &str, action: &str, id: &str, response_url: &str) -> String {
+    let mut payload = fixture("slack-block-actions.json");
+    payload["user"]["id"] = json!(user);
+    payload["user"]["username"] = json!(user.to_lowercase());
+    payload["actions"][0]["action_id"] = json!(action);
+    payload["actions"][0]["value"] = json!(id);
+    payload["response_url"] = json!(response_url);
+    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_gets_the_approval_message_and_its_buttons_decide_through_the_same_rules() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use portcullis::app::App;
+    use portcullis::config::{Config, Overrides};
+    use portcullis::routes::router;
+    use portcullis::wiring;
+
+    use crate::support::{Receiver, post_signed_to, sdk_config};
+
+    within(async {
+        let w = World::new().await;
+        let group = w.group(false, &[]).await;
+        let receiver = Receiver::start().await;
+        let path = w.dir.path().join("portcullis.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[slack]\nresponse_url_prefixes = [\"{base}/\"]\n[guard]\ngroups = [\"{group}\"]\napprovers = [\"U0BOB\", \"U0ALICE\"]\n\
+                 [[guard.targets]]\nregion = \"us-east-1\"\n[guard.people]\nU0ALICE = [\"{ALICE}\"]\n",
+                base = receiver.base
+            ),
+        )
+        .unwrap();
+        let vars: BTreeMap<&str, String> = [
+            ("SLACK_SIGNING_SECRET", SECRET.to_string()),
+            ("APPROVAL_WEBHOOK_URL", receiver.url("/approval")),
+            ("MONITORING_WEBHOOK_URL", receiver.url("/monitoring")),
+            ("PORTCULLIS_FIREWALL", "aws".into()),
+        ]
+        .into();
+        let overrides =
+            Overrides { config_file: Some(path), store: Some(format!("sqlite:{}", w.store_path().display())), ..Overrides::default() };
+        let config = Config::load(&overrides, &|k| vars.get(k).cloned()).unwrap();
+        let store = wiring::open_store(&config).await.unwrap();
+        let firewall = Arc::new(portcullis_aws::Ec2Firewall::new(&sdk_config().await));
+        let clock = Arc::new(portcullis_engine::SystemClock);
+        let engine = wiring::engine_with(&config, store, firewall.clone(), clock, wiring::notifier(&config))
+            .with_guard(wiring::guard_with(&config, firewall).unwrap());
+        let engine = Arc::new(engine);
+        let slack = wiring::slack_endpoint(&config).await.unwrap().map(Arc::new);
+        let app = Arc::new(App::new(engine.clone(), &config, slack));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router(app)).await.unwrap() });
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        let outbox = engine.outbox().unwrap().clone();
+        tokio::spawn(async move { outbox.run(rx).await });
+
+        engine.record_baseline(false, &portcullis_engine::Requester::named("ops", portcullis_core::Interface::Cli)).await.unwrap();
+        let g = Guarded { world: w, config: std::path::PathBuf::new() };
+        let id = g.authorize(&group, "203.0.113.0/24", 22, None).await;
+        let Some(Ok(event)) = portcullis::events::read(&added(&group, &id, "203.0.113.0/24", 22, ALICE)) else { panic!("an event") };
+        let answer = portcullis::events::handle(&engine, event, portcullis_core::Interface::Lambda).await.unwrap();
+        let request = answer["request"]["id"].as_str().unwrap().to_string();
+        assert!(g.rules(&group).await.is_empty());
+
+        let approval: Value = serde_json::from_str(&receiver.wait_for("/approval", 1).await[0].body).unwrap();
+        let buttons = approval["blocks"].as_array().unwrap().last().unwrap()["elements"].as_array().unwrap().clone();
+        assert!(buttons.iter().all(|b| b["value"] == request.as_str()), "{approval}");
+        assert!(approval.to_string().contains("tcp 22 from 203.0.113.0/24"), "{approval}");
+        let notice = receiver.wait_for("/monitoring", 1).await;
+        assert!(notice[0].body.contains("reverted") && notice[0].body.contains(&group), "{}", notice[0].body);
+
+        let interactions = format!("{base}/slack/interactions");
+        let now = || time::OffsetDateTime::now_utc().unix_timestamp();
+        let (status, _) = post_signed_to(&interactions, "not-the-secret", now(), &click("U0BOB", "approve", &request, &receiver.url("/r/1"))).await;
+        assert_eq!(status, 401, "the signature is checked first");
+        let (status, _) = post_signed_to(&interactions, SECRET, now(), &click("U0ALICE", "approve", &request, &receiver.url("/r/alice"))).await;
+        assert_eq!(status, 200);
+        let refused = receiver.wait_for("/r/alice", 1).await;
+        assert!(refused[0].body.contains("may not decide") && refused[0].body.contains("ephemeral"), "{}", refused[0].body);
+        assert!(g.rules(&group).await.is_empty());
+
+        let (status, _) = post_signed_to(&interactions, SECRET, now(), &click("U0BOB", "approve", &request, &receiver.url("/r/bob"))).await;
+        assert_eq!(status, 200);
+        let decided: Value = serde_json::from_str(&receiver.wait_for("/r/bob", 1).await[0].body).unwrap();
+        assert_eq!(decided["replace_original"], true, "{decided}");
+        assert!(decided.to_string().contains("Approved* by <@U0BOB>"), "{decided}");
+        assert_eq!(g.rules(&group).await.len(), 1, "approved: the rule is back");
+        receiver.wait_for("/monitoring", 2).await;
+    })
+    .await;
+}

@@ -293,10 +293,15 @@ pub fn slash_command(user: (&str, &str), text: &str, response_url: &str) -> Stri
 
 /// Posts a form body to `/slack/commands` signed with `secret` at Unix time `at`.
 pub async fn post_signed(base: &str, secret: &str, at: i64, body: &str) -> (u16, String) {
+    post_signed_to(&format!("{base}/slack/commands"), secret, at, body).await
+}
+
+/// Posts a form body to `url` signed as Slack signs its requests.
+pub async fn post_signed_to(url: &str, secret: &str, at: i64, body: &str) -> (u16, String) {
     let ts = at.to_string();
     let sig = portcullis_slack::SigningSecret::new(secret).sign(&ts, body.as_bytes());
     let resp = reqwest::Client::new()
-        .post(format!("{base}/slack/commands"))
+        .post(url)
         .header("content-type", "application/x-www-form-urlencoded")
         .header("x-slack-request-timestamp", ts)
         .header("x-slack-signature", sig)
