@@ -7,8 +7,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use portcullis_core::guard::{RequestStatus, Verdict};
 use portcullis_core::{Cidr, Credential, Description, GrantKey, Interface, ListedGrant, Source, Ttl};
-use portcullis_engine::{AddRequest, AuditQuery, Scope};
+use portcullis_engine::{AddRequest, AuditQuery, DecisionOutcome, GuardError, Scope};
 use serde::Deserialize;
 
 use crate::app::{ApiError, ApiJson, App, environment};
@@ -24,6 +25,9 @@ pub(super) fn routes(app: Arc<App>) -> Router<AppState> {
         .route("/v1/grants/{env}/{*cidr}", delete(remove_grant))
         .route("/v1/audit", get(audit))
         .route("/v1/events", post(event))
+        .route("/v1/requests", get(list_requests))
+        .route("/v1/requests/{id}/approve", post(approve_request))
+        .route("/v1/requests/{id}/deny", post(deny_request))
         .route_layer(axum::middleware::from_fn_with_state(app, require_admin))
 }
 
@@ -142,6 +146,87 @@ async fn event(
     }
     let answer = crate::events::handle(&app.engine, event, Interface::Http).await?;
     Ok(Json(answer).into_response())
+}
+
+impl From<GuardError> for ApiError {
+    fn from(err: GuardError) -> Self {
+        match err {
+            GuardError::NotConfigured => ApiError::new(StatusCode::NOT_FOUND, "guard_not_configured", err.to_string()),
+            GuardError::NoSuchRequest(_) => ApiError::new(StatusCode::NOT_FOUND, "no_such_request", err.to_string()),
+            GuardError::Engine(e) => e.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RequestsQuery {
+    status: Option<String>,
+}
+
+/// `GET /v1/requests[?status=pending|approved|denied|expired|all]` (default pending).
+async fn list_requests(State(app): State<AppState>, Query(q): Query<RequestsQuery>) -> Result<Response, ApiError> {
+    let status = match q.status.as_deref().unwrap_or("pending") {
+        "all" => None,
+        s => Some(RequestStatus::parse(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_status",
+                format!("status {s:?}: use pending, approved, denied, expired or all"),
+            )
+        })?),
+    };
+    Ok(Json(app.engine.requests(status).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyBody {
+    reason: Option<String>,
+}
+
+async fn approve_request(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    decided(app.engine.decide(&id, Verdict::Approve, &principal.requester()).await?)
+}
+
+async fn deny_request(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    // The body is optional: `{"reason": "…"}`, or nothing.
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<DenyBody>(&body)
+            .map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("the body is not {{\"reason\": \"…\"}}: {e}"))
+            })?
+            .reason
+    };
+    decided(app.engine.decide(&id, Verdict::Deny { reason }, &principal.requester()).await?)
+}
+
+/// 200 with the request when decided; 403 `refused` (the token's user is no approver, made the
+/// change, …) or 409 when it is already decided.
+fn decided(outcome: DecisionOutcome) -> Result<Response, ApiError> {
+    match outcome {
+        DecisionOutcome::Decided { request, failures } => {
+            Ok(Json(serde_json::json!({"request": request, "failures": failures})).into_response())
+        }
+        DecisionOutcome::Refused { message } => {
+            let status = if message.contains("already") || message.contains("expired") {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            Err(ApiError::new(status, "refused", message))
+        }
+    }
 }
 
 #[derive(Deserialize)]

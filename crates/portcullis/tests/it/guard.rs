@@ -493,3 +493,115 @@ async fn slack_gets_the_approval_message_and_its_buttons_decide_through_the_same
     })
     .await;
 }
+
+/// Guard over the engine on a virtual clock, on `store`, with `/v1/requests` over real HTTP:
+/// a decision by an admin token's user, a non-approver refused, and a request that expires.
+async fn decisions_over_v1_and_expiry_on_virtual_time(store: std::sync::Arc<dyn portcullis_store::Store>) {
+    use std::sync::Arc;
+
+    use portcullis::app::App;
+    use portcullis::config::{Config, Overrides};
+    use portcullis::routes::router;
+    use portcullis::wiring;
+    use portcullis_core::{Interface, Role, Timestamp};
+    use portcullis_engine::{Clock, ManualClock, Requester};
+    use portcullis_store::Actor;
+
+    use crate::support::sdk_config;
+
+    let w = World::new().await;
+    let group = w.group(false, &[]).await;
+    let path = w.dir.path().join("portcullis.toml");
+    std::fs::write(
+        &path,
+        format!("[guard]\ngroups = [\"{group}\"]\napprovers = [\"ubob\"]\nrequest_ttl = \"2h\"\n[[guard.targets]]\nregion = \"us-east-1\"\n"),
+    )
+    .unwrap();
+    let overrides = Overrides { config_file: Some(path), firewall: Some("aws".into()), ..Overrides::default() };
+    let config = Config::load(&overrides, &|_| None).unwrap();
+    let firewall = Arc::new(portcullis_aws::Ec2Firewall::new(&sdk_config().await));
+    let clock = Arc::new(ManualClock::new(Timestamp::now_utc()));
+    let engine =
+        wiring::engine_with(&config, store.clone(), firewall.clone(), clock.clone(), Arc::new(portcullis_engine::LogNotifier))
+            .with_guard(wiring::guard_with(&config, firewall).unwrap());
+    let engine = Arc::new(engine);
+    let app = Arc::new(App::new(engine.clone(), &config, None));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, router(app).into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap()
+    });
+    let token = |user: &str| {
+        let (secret, token) =
+            portcullis::auth::issue(user, Role::Admin, Default::default(), Timestamp::now_utc(), None, "test").unwrap();
+        (secret, token)
+    };
+    let actor = Actor { name: "test".into(), interface: Interface::Cli };
+    let (bob, stored) = token("ubob");
+    store.create_token(stored, &actor).await.unwrap();
+    let (mallory, stored) = token("mallory");
+    store.create_token(stored, &actor).await.unwrap();
+    let http = reqwest::Client::new();
+    let post = |secret: String, url: String| {
+        let http = http.clone();
+        async move {
+            let r = http.post(url).bearer_auth(secret).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    engine.record_baseline(false, &Requester::named("ops", Interface::Cli)).await.unwrap();
+    let g = Guarded { world: w, config: std::path::PathBuf::new() };
+    let mut ids = Vec::new();
+    for (cidr, port) in [("203.0.113.0/24", 22), ("192.0.2.0/24", 3389)] {
+        let rule = g.authorize(&group, cidr, port, None).await;
+        let mut e = added(&group, &rule, cidr, port, ALICE);
+        let at = clock.now().format(&time::format_description::well_known::Rfc3339).unwrap();
+        e["detail"]["eventTime"] = json!(at);
+        let Some(Ok(event)) = portcullis::events::read(&e) else { panic!("an event") };
+        let answer = portcullis::events::handle(&engine, event, Interface::Http).await.unwrap();
+        ids.push(answer["request"]["id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_string());
+    }
+    assert!(g.rules(&group).await.is_empty());
+    let listed: Value = http.get(format!("{base}/v1/requests")).bearer_auth(&bob).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+
+    let (status, answer) = post(mallory.clone(), format!("{base}/v1/requests/{}/approve", ids[0])).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("refused")), "{answer}");
+    let (status, answer) = post(bob.clone(), format!("{base}/v1/requests/{}/approve", ids[0])).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(g.rules(&group).await.len(), 1);
+    let (status, _) = post(bob.clone(), format!("{base}/v1/requests/nope/approve")).await;
+    assert_eq!(status, 404);
+
+    clock.advance(time::Duration::hours(2));
+    let sweep = engine.guard_sweep().await.unwrap();
+    assert_eq!(sweep.expired, [ids[1].clone()]);
+    let (status, answer) = post(bob, format!("{base}/v1/requests/{}/approve", ids[1])).await;
+    assert_eq!((status, answer["error"]["message"].as_str().map(|m| m.contains("expired"))), (409, Some(true)), "{answer}");
+    assert_eq!(g.rules(&group).await.len(), 1, "the expired request's revert stays");
+    let actions: Vec<String> = store.audit(None, 50).await.unwrap().iter().map(|e| e.action.as_str().to_string()).collect();
+    assert!(actions.contains(&"change-expired".to_string()) && actions.contains(&"change-approved".to_string()), "{actions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_and_expiry_on_sqlite() {
+    within(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(portcullis_store::SqliteStore::open(dir.path().join("g.db")).unwrap());
+        decisions_over_v1_and_expiry_on_virtual_time(store).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_and_expiry_on_dynamodb() {
+    within(async {
+        let sdk = crate::aws_proxy::sdk_config_at(&crate::aws_proxy::start().await).await;
+        let env = portcullis_core::Environment::parse("dev").unwrap();
+        let store = portcullis_aws::DynamoStore::new(&sdk, portcullis_aws::TableNames::new(&unique("guard"), None), vec![env]);
+        store.init().await.unwrap();
+        decisions_over_v1_and_expiry_on_virtual_time(std::sync::Arc::new(store)).await;
+    })
+    .await;
+}
