@@ -57,11 +57,19 @@ pub(super) async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap,
     if click.response_url.is_some() && url.is_none() {
         tracing::warn!(url = %redact_url(click.response_url.as_deref().unwrap_or_default()), "interaction with a response_url outside the allowed prefixes");
     }
-    if slack.inline || url.is_none() {
-        // No way to answer later (Lambda, or no usable response_url): decide now.
+    let Some(url) = url else {
+        // No usable response_url: decide now, and answer in the response.
         return axum::Json(answer(&app.engine, &click.value, verdict, &by).await).into_response();
+    };
+    if slack.inline {
+        // Lambda cannot work after it answers: decide, replace the message, then answer.
+        let message = answer(&app.engine, &click.value, verdict, &by).await;
+        if let Err(err) = slack.responder.post(&url, &message).await {
+            tracing::warn!(error = %err, "could not post a decision to the interaction's response_url");
+        }
+        return axum::Json(message).into_response();
     }
-    let (engine, slack_for_task, url, id) = (app.engine.clone(), slack.clone(), url.unwrap_or_default(), click.value.clone());
+    let (engine, slack_for_task, id) = (app.engine.clone(), slack.clone(), click.value.clone());
     slack.spawn(async move {
         let message = answer(&engine, &id, verdict, &by).await;
         if let Err(err) = slack_for_task.responder.post(&url, &message).await {

@@ -28,11 +28,17 @@ async fn guarded(groups: &[&str], min_approvals: usize) -> Guarded {
 impl Guarded {
     /// (Re)writes the configuration: guard these groups, with this quorum.
     fn guard(&self, groups: &[&str], min_approvals: usize) {
+        self.write(groups, min_approvals, "");
+    }
+
+    /// The same, with `top` (other sections) before `[guard]`.
+    fn write(&self, groups: &[&str], min_approvals: usize, top: &str) {
         let ids = groups.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(", ");
         std::fs::write(
             &self.config,
             format!(
                 r#"
+                {top}
                 [guard]
                 groups = [{ids}]
                 own_principals = ["arn:aws:sts::123456789012:assumed-role/portcullis/*"]
@@ -602,6 +608,62 @@ async fn decisions_and_expiry_on_dynamodb() {
         let store = portcullis_aws::DynamoStore::new(&sdk, portcullis_aws::TableNames::new(&unique("guard"), None), vec![env]);
         store.init().await.unwrap();
         decisions_over_v1_and_expiry_on_virtual_time(std::sync::Arc::new(store)).await;
+    })
+    .await;
+}
+
+/// An API Gateway HTTP API (v2) event: a signed Slack interaction post.
+fn gateway_interaction(body: &str, at: i64) -> Value {
+    let ts = at.to_string();
+    let sig = portcullis_slack::SigningSecret::new(SECRET).sign(&ts, body.as_bytes());
+    json!({
+        "version": "2.0", "routeKey": "$default", "rawPath": "/slack/interactions", "rawQueryString": "",
+        "headers": {"host": "example.execute-api.us-east-1.amazonaws.com", "content-type": "application/x-www-form-urlencoded",
+                    "x-slack-request-timestamp": ts, "x-slack-signature": sig},
+        "requestContext": {"http": {"method": "POST", "path": "/slack/interactions", "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "Slackbot"},
+                           "requestId": "r1", "routeKey": "$default", "stage": "$default", "timeEpoch": 0},
+        "body": body, "isBase64Encoded": false
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lambda_reverts_from_eventbridge_and_decides_a_click_through_api_gateway() {
+    use crate::lambda::{Runtime, in_lambda};
+
+    within(async {
+        let w = World::new().await;
+        let group = w.group(false, &[]).await;
+        let g = guarded(&[&group], 1).await;
+        let receiver = crate::support::Receiver::start().await;
+        g.write(&[&group], 1, &format!("[slack]\nresponse_url_prefixes = [\"{}/\"]", receiver.base));
+        assert!(g.cli(&["guard", "baseline"]).status.success());
+        let rule = g.authorize(&group, "203.0.113.0/24", 22, None).await;
+        let (rt, addr) = Runtime::start().await;
+        rt.queue.lock().unwrap().push_back(added(&group, &rule, "203.0.113.0/24", 22, ALICE));
+        let mut cmd = g.world.command(&["lambda"]);
+        cmd.env("PORTCULLIS_CONFIG", &g.config).env("SLACK_SIGNING_SECRET", SECRET);
+        in_lambda(&mut cmd, addr);
+        let mut child = cmd.spawn().unwrap();
+
+        let (_, kind, reverted) = rt.answer(1).await;
+        assert_eq!((kind.as_str(), reverted["outcome"].as_str()), ("response", Some("reverted")), "{reverted}");
+        assert!(g.rules(&group).await.is_empty());
+        let request = reverted["request"]["id"].as_str().unwrap().to_string();
+        let body = click("ubob", "approve", &request, &receiver.url("/actions/1"));
+        rt.queue.lock().unwrap().push_back(gateway_interaction(&body, time::OffsetDateTime::now_utc().unix_timestamp()));
+        let (_, kind, response) = rt.answer(2).await;
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!((kind.as_str(), response["statusCode"].as_i64()), ("response", Some(200)), "{response}\n{}", text(&out));
+        let decided: Value = serde_json::from_str(response["body"].as_str().unwrap_or_default()).unwrap_or(Value::Null);
+        assert!(decided.to_string().contains("Approved* by <@ubob>"), "answered inline in Lambda: {response}");
+        assert_eq!(g.rules(&group).await.len(), 1);
+        let replaced = receiver.wait_for("/actions/1", 1).await;
+        assert!(
+            replaced[0].body.contains("\"replace_original\":true"),
+            "the message is replaced before Lambda answers: {}",
+            replaced[0].body
+        );
     })
     .await;
 }

@@ -16,11 +16,47 @@ use crate::dynamo::{DynamoWorld, fixture};
 use crate::support::{eventually, text};
 
 #[derive(Default)]
-struct Runtime {
-    queue: Mutex<VecDeque<Value>>,
+pub(crate) struct Runtime {
+    pub(crate) queue: Mutex<VecDeque<Value>>,
     handed_out: Mutex<usize>,
     /// (request id, "response" | "error", body)
-    answers: Mutex<Vec<(String, String, Value)>>,
+    pub(crate) answers: Mutex<Vec<(String, String, Value)>>,
+}
+
+impl Runtime {
+    /// The stand-in on a loopback port: events queued on `queue` are handed out in order.
+    pub(crate) async fn start() -> (Arc<Runtime>, std::net::SocketAddr) {
+        let rt = Arc::new(Runtime::default());
+        let app = Router::new()
+            .route("/2018-06-01/runtime/invocation/next", get(next))
+            .route("/2018-06-01/runtime/invocation/{id}/{kind}", post(answer))
+            .with_state(rt.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (rt, addr)
+    }
+
+    /// Waits for the `n`th answer and returns it.
+    pub(crate) async fn answer(&self, n: usize) -> (String, String, Value) {
+        eventually(Duration::from_secs(60), &format!("answer {n}"), || {
+            let got = self.answers.lock().unwrap().len();
+            async move { got >= n }
+        })
+        .await;
+        self.answers.lock().unwrap()[n - 1].clone()
+    }
+}
+
+/// `cmd` as Lambda runs the function, against the runtime at `addr`.
+pub(crate) fn in_lambda(cmd: &mut std::process::Command, addr: std::net::SocketAddr) {
+    cmd.env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "portcullis")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("LOG_LEVEL", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
 }
 
 async fn next(State(rt): State<Arc<Runtime>>) -> impl IntoResponse {
@@ -73,7 +109,7 @@ async fn lambda_mode_handles_every_event_kind_through_the_runtime_api() {
         d.w.hand_rule(&group, "198.51.100.30/32", port, "pc:dev old.lambda: lapsed").await;
     }
 
-    let rt = Arc::new(Runtime::default());
+    let (rt, addr) = Runtime::start().await;
     let healthz = json!({
         "version": "2.0", "routeKey": "$default", "rawPath": "/healthz", "rawQueryString": "",
         "headers": {"host": "example.execute-api.us-east-1.amazonaws.com"},
@@ -96,24 +132,10 @@ async fn lambda_mode_handles_every_event_kind_through_the_runtime_api() {
     ] {
         rt.queue.lock().unwrap().push_back(event);
     }
-    let app = Router::new()
-        .route("/2018-06-01/runtime/invocation/next", get(next))
-        .route("/2018-06-01/runtime/invocation/{id}/{kind}", post(answer))
-        .with_state(rt.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
     let mut cmd = d.w.command(&["lambda"]);
     cmd.env_clear().envs(d.env());
     cmd.env_remove("PORTCULLIS_FIREWALL"); // Lambda mode defaults to the aws firewall
-    cmd.env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "portcullis")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("LOG_LEVEL", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    in_lambda(&mut cmd, addr);
     let child = cmd.spawn().unwrap();
 
     let answers = || rt.answers.lock().unwrap().clone();
