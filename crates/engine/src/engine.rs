@@ -8,11 +8,10 @@ use portcullis_core::{
 };
 use portcullis_store::{Actor, Store, StoreError, Upsert};
 use serde::Serialize;
-use thiserror::Error;
 use tokio::sync::{Notify, watch};
 
 use crate::report::{AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome};
-use crate::{Clock, Firewall, Lease, ObserveFailure, Outbox};
+use crate::{Clock, EngineError, Firewall, Lease, ObserveFailure, Outbox};
 
 /// What the engine is configured with.
 #[derive(Debug, Clone)]
@@ -97,26 +96,6 @@ pub struct AddRequest {
     pub description: Description,
     pub source: Source,
     pub by: Requester,
-}
-
-#[derive(Debug, Error)]
-pub enum EngineError {
-    #[error(transparent)]
-    Validation(#[from] ValidationError),
-    #[error(transparent)]
-    Store(StoreError),
-    /// The firewall could not be read where nothing can be decided without it (guard).
-    #[error("the security groups could not be read: {0}")]
-    Firewall(crate::FirewallError),
-}
-
-impl From<StoreError> for EngineError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Validation(v) => EngineError::Validation(v),
-            other => EngineError::Store(other),
-        }
-    }
 }
 
 /// The targets one observation resolved to.

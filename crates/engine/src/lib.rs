@@ -11,6 +11,7 @@ mod clock;
 mod coalesce;
 mod dry_run;
 mod engine;
+mod error;
 mod error_policy;
 #[cfg(feature = "test-support")]
 mod faults;
@@ -36,7 +37,8 @@ pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use coalesce::BATCH_WINDOW;
 pub use dry_run::DryRunFirewall;
-pub use engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope, Settings};
+pub use engine::{AddRequest, Cause, Engine, Requester, Scope, Settings};
+pub use error::EngineError;
 pub use error_policy::{ErrorClass, ROUNDS, next_round};
 #[cfg(feature = "test-support")]
 pub use faults::{Fault, FaultyFirewall};

@@ -11,6 +11,7 @@ mod connection;
 mod dynamo;
 mod engine;
 mod guard;
+mod guard_slack;
 mod lambda;
 mod members;
 mod serve;

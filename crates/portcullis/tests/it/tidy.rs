@@ -140,7 +140,7 @@ fn the_binary_modules_import_only_lower_layers() {
         ("auth", 0),
         ("replica", 0),
         ("cloudtrail", 0),
-        ("events", 0),
+        ("events", 1),
         ("slack", 1),
         ("app", 2),
         ("wiring", 2),
