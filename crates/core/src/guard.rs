@@ -353,6 +353,39 @@ pub struct ChangeRequest {
 }
 
 impl ChangeRequest {
+    /// A new pending request about `group`, made by `requester`, open until `created_at + ttl`;
+    /// the change itself is added to `add` and `remove`.
+    pub fn pending(
+        id: &str,
+        event_id: &str,
+        requester: &str,
+        group: &GuardedGroup,
+        created_at: Timestamp,
+        ttl: time::Duration,
+    ) -> ChangeRequest {
+        ChangeRequest {
+            id: id.to_string(),
+            event_id: event_id.to_string(),
+            requester: requester.to_string(),
+            requester_user: None,
+            account: group.account.clone(),
+            region: group.id.region.clone(),
+            group_id: group.id.group_id.clone(),
+            add: vec![],
+            remove: vec![],
+            notes: vec![],
+            status: RequestStatus::Pending,
+            approvals: vec![],
+            denied_by: None,
+            reason: None,
+            created_at,
+            expires_at: created_at + ttl,
+            decided_at: None,
+            applied_at: None,
+            version: 0,
+        }
+    }
+
     /// The change in words, one rule a line: `+ tcp 22 from 203.0.113.0/24`, `- …`.
     pub fn rules_in_words(&self) -> Vec<String> {
         let add = self.add.iter().map(|r| format!("+ {r}"));

@@ -15,7 +15,7 @@ use portcullis_core::guard::{
     Revert, UNKNOWN_REQUESTER, Verdict,
 };
 use portcullis_core::{Action, PrincipalPattern, Route, TargetId, Timestamp};
-use portcullis_store::{Actor, request_event};
+use portcullis_store::{Actor, baseline_event, request_event};
 use serde::Serialize;
 
 use crate::{Engine, EngineError, FirewallError, Requester};
@@ -198,27 +198,12 @@ impl Engine {
         revert: &Revert,
         now: Timestamp,
     ) -> ChangeRequest {
-        ChangeRequest {
-            id: request_id(),
-            event_id: event_id.to_string(),
-            requester: requester.to_string(),
-            requester_user,
-            account: group.account.clone(),
-            region: group.id.region.clone(),
-            group_id: group.id.group_id.clone(),
-            add: revert.add.clone(),
-            remove: revert.remove.clone(),
-            notes: revert.notes.clone(),
-            status: RequestStatus::Pending,
-            approvals: vec![],
-            denied_by: None,
-            reason: None,
-            created_at: now,
-            expires_at: now + guard.request_ttl,
-            decided_at: None,
-            applied_at: None,
-            version: 0,
-        }
+        let mut request = ChangeRequest::pending(&request_id(), event_id, requester, group, now, guard.request_ttl);
+        request.requester_user = requester_user;
+        request.add = revert.add.clone();
+        request.remove = revert.remove.clone();
+        request.notes = revert.notes.clone();
+        request
     }
 
     /// Stores the request, then undoes the change, then audits the revert (announced).
@@ -354,6 +339,18 @@ impl Engine {
         Ok((applied, failures))
     }
 
+    /// Every scope's guarded groups; a scope that cannot be read is a failure, and skipped.
+    async fn observe_guarded<'a>(guard: &'a Guard, failures: &mut Vec<String>) -> Vec<(&'a GuardScope, Vec<GuardedGroup>)> {
+        let mut out = Vec::new();
+        for scope in &guard.scopes {
+            match guard.firewall.guarded(scope).await {
+                Ok(groups) => out.push((scope, groups)),
+                Err(e) => failures.push(format!("{}: {e}", scope.route.region)),
+            }
+        }
+        out
+    }
+
     /// The requests, oldest first (`status` narrows).
     pub async fn requests(&self, status: Option<RequestStatus>) -> Result<Vec<ChangeRequest>, GuardError> {
         Ok(self.store().requests(status).await?)
@@ -363,38 +360,14 @@ impl Engine {
     pub async fn record_baseline(&self, dry_run: bool, by: &Requester) -> Result<BaselineReport, GuardError> {
         let guard = self.guard()?;
         let mut report = BaselineReport { groups: vec![], failures: vec![] };
-        for scope in &guard.scopes {
-            let groups = match guard.firewall.guarded(scope).await {
-                Ok(groups) => groups,
-                Err(e) => {
-                    report.failures.push(format!("{}: {e}", scope.route.region));
-                    continue;
-                }
-            };
+        for (_, groups) in Self::observe_guarded(guard, &mut report.failures).await {
             for group in groups {
                 let theirs: Vec<GroupRule> = group.rules.into_iter().filter(|r| !r.rule.is_ours(self.marker())).collect();
                 report.groups.push((group.id.clone(), theirs.len()));
                 if dry_run {
                     continue;
                 }
-                let event = portcullis_core::AuditEvent {
-                    id: 0,
-                    at: self.clock().now(),
-                    actor: by.owner.name.as_str().into(),
-                    interface: by.interface,
-                    action: Action::BaselineRecorded,
-                    environment: portcullis_core::AuditScope::All,
-                    cidr: None,
-                    before: None,
-                    after: None,
-                    reason: format!(
-                        "guard baseline of {} ({}): {} rules approved as they are",
-                        group.id.group_id,
-                        group.id.region,
-                        theirs.len()
-                    ),
-                    request: None,
-                };
+                let event = baseline_event(self.clock().now(), &by.actor(), &group.id, theirs.len());
                 self.store().set_baseline(&group.id, &theirs, vec![event]).await?;
             }
         }
@@ -426,14 +399,7 @@ impl Engine {
                 }
             }
         }
-        for scope in &guard.scopes {
-            let groups = match guard.firewall.guarded(scope).await {
-                Ok(groups) => groups,
-                Err(e) => {
-                    report.failures.push(format!("{}: {e}", scope.route.region));
-                    continue;
-                }
-            };
+        for (scope, groups) in Self::observe_guarded(guard, &mut report.failures).await {
             for group in groups {
                 report.groups += 1;
                 let Some(baseline) = self.store().baseline(&group.id).await? else {

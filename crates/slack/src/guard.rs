@@ -162,33 +162,23 @@ impl Notifier for Channels {
 
 #[cfg(test)]
 mod tests {
-    use portcullis_core::guard::{GuardRule, RuleSource};
+    use portcullis_core::guard::{GuardRule, GuardedGroup, RuleSource};
     use time::macros::datetime;
 
     use super::*;
 
     fn request() -> ChangeRequest {
-        ChangeRequest {
-            id: "r-1".into(),
-            event_id: "e".into(),
-            requester: "arn:aws:iam::123456789012:user/alice".into(),
-            requester_user: Some("U0ALICE".into()),
+        let group = GuardedGroup {
+            id: portcullis_core::TargetId { region: "us-east-1".into(), group_id: "sg-1".into() },
             account: "123456789012".into(),
-            region: "us-east-1".into(),
-            group_id: "sg-1".into(),
-            add: vec![GuardRule::new("tcp", Some(22), Some(22), RuleSource::Ipv4("203.0.113.0/24".into()), Some("<!channel>"))],
-            remove: vec![],
-            notes: vec![],
-            status: RequestStatus::Pending,
-            approvals: vec![],
-            denied_by: None,
-            reason: None,
-            created_at: datetime!(2026-12-03 12:00 UTC),
-            expires_at: datetime!(2026-12-04 12:00 UTC),
-            decided_at: None,
-            applied_at: None,
-            version: 0,
-        }
+            rules: vec![],
+        };
+        let at = datetime!(2026-12-03 12:00 UTC);
+        let mut r =
+            ChangeRequest::pending("r-1", "e", "arn:aws:iam::123456789012:user/alice", &group, at, time::Duration::days(1));
+        r.requester_user = Some("U0ALICE".into());
+        r.add = vec![GuardRule::new("tcp", Some(22), Some(22), RuleSource::Ipv4("203.0.113.0/24".into()), Some("<!channel>"))];
+        r
     }
 
     #[test]

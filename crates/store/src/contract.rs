@@ -15,7 +15,7 @@ use time::Duration;
 use time::macros::datetime;
 
 use portcullis_core::TargetId;
-use portcullis_core::guard::{ChangeRequest, GroupRule, GuardRule, RequestStatus, RuleSource};
+use portcullis_core::guard::{ChangeRequest, GroupRule, GuardRule, GuardedGroup, RequestStatus, RuleSource};
 
 use crate::{Actor, LeaseClaim, NOTICE_LEASE, Settlement, Store, StoreError, Upsert};
 
@@ -314,27 +314,14 @@ pub async fn racing_removes(p: Pair) {
 }
 
 fn change_request(id: &str, event_id: &str) -> ChangeRequest {
-    ChangeRequest {
-        id: id.into(),
-        event_id: event_id.into(),
-        requester: "arn:aws:iam::123456789012:user/alice".into(),
-        requester_user: None,
+    let group = GuardedGroup {
+        id: TargetId { region: "us-east-1".into(), group_id: "sg-0123".into() },
         account: "123456789012".into(),
-        region: "us-east-1".into(),
-        group_id: "sg-0123".into(),
-        add: vec![GuardRule::new("tcp", Some(22), Some(22), RuleSource::Ipv4("203.0.113.0/24".into()), None)],
-        remove: vec![],
-        notes: vec![],
-        status: RequestStatus::Pending,
-        approvals: vec![],
-        denied_by: None,
-        reason: None,
-        created_at: T0,
-        expires_at: T0 + Duration::hours(24),
-        decided_at: None,
-        applied_at: None,
-        version: 0,
-    }
+        rules: vec![],
+    };
+    let mut r = ChangeRequest::pending(id, event_id, "arn:aws:iam::123456789012:user/alice", &group, T0, Duration::hours(24));
+    r.add = vec![GuardRule::new("tcp", Some(22), Some(22), RuleSource::Ipv4("203.0.113.0/24".into()), None)];
+    r
 }
 
 /// A request is filed once per event, and a decision is written only over the version it

@@ -76,6 +76,31 @@ pub struct Actor {
     pub interface: Interface,
 }
 
+/// An audit event by `actor` with nothing in it yet but what it is and where.
+fn event_by(at: Timestamp, actor: &Actor, action: portcullis_core::Action, environment: AuditScope) -> AuditEvent {
+    AuditEvent {
+        id: 0,
+        at,
+        actor: actor.name.as_str().into(),
+        interface: actor.interface,
+        action,
+        environment,
+        cidr: None,
+        before: None,
+        after: None,
+        reason: String::new(),
+        request: None,
+    }
+}
+
+/// `guard baseline` recorded a group's rules as approved.
+pub fn baseline_event(at: Timestamp, actor: &Actor, group: &TargetId, rules: usize) -> AuditEvent {
+    AuditEvent {
+        reason: format!("guard baseline of {} ({}): {rules} rules approved as they are", group.group_id, group.region),
+        ..event_by(at, actor, portcullis_core::Action::BaselineRecorded, AuditScope::All)
+    }
+}
+
 /// The audit event of a change to one grant.
 pub fn grant_event(
     at: Timestamp,
@@ -87,17 +112,11 @@ pub fn grant_event(
     reason: String,
 ) -> AuditEvent {
     AuditEvent {
-        id: 0,
-        at,
-        actor: actor.name.as_str().into(),
-        interface: actor.interface,
-        action,
-        environment: AuditScope::from(&grant.environment),
         cidr: Some(grant.cidr),
         before,
         after,
         reason,
-        request: None,
+        ..event_by(at, actor, action, AuditScope::from(&grant.environment))
     }
 }
 
@@ -107,17 +126,8 @@ pub fn token_event(at: Timestamp, actor: &Actor, action: portcullis_core::Action
     let environment = AuditScope::of_environments(&token.environments);
     let verb = if action == portcullis_core::Action::TokenRevoked { "revoked" } else { "created" };
     AuditEvent {
-        id: 0,
-        at,
-        actor: actor.name.as_str().into(),
-        interface: actor.interface,
-        action,
-        environment,
-        cidr: None,
-        before: None,
-        after: None,
         reason: format!("token {} ({}, user {}) {verb}", token.id, token.role, token.user),
-        request: None,
+        ..event_by(at, actor, action, environment)
     }
 }
 
@@ -142,19 +152,7 @@ pub fn request_event(
         reason.push('\n');
         reason.push_str(&line);
     }
-    AuditEvent {
-        id: 0,
-        at,
-        actor: actor.name.as_str().into(),
-        interface: actor.interface,
-        action,
-        environment: AuditScope::All,
-        cidr: None,
-        before: None,
-        after: None,
-        reason,
-        request: Some(Box::new(request.clone())),
-    }
+    AuditEvent { reason, request: Some(Box::new(request.clone())), ..event_by(at, actor, action, AuditScope::All) }
 }
 
 /// The actor recorded for expiries.

@@ -99,27 +99,15 @@ fn drift_finds_additions_removals_and_edits_against_the_baseline() {
 }
 
 fn request() -> ChangeRequest {
-    ChangeRequest {
-        id: "r1".into(),
-        event_id: "e1".into(),
-        requester: "arn:aws:iam::123456789012:user/alice".into(),
-        requester_user: None,
+    let group = GuardedGroup {
+        id: TargetId { region: "us-east-1".into(), group_id: "sg-1".into() },
         account: "123456789012".into(),
-        region: "us-east-1".into(),
-        group_id: "sg-1".into(),
-        add: vec![tcp(22, "203.0.113.0/24", None)],
-        remove: vec![],
-        notes: vec![],
-        status: RequestStatus::Pending,
-        approvals: vec![],
-        denied_by: None,
-        reason: None,
-        created_at: NOW,
-        expires_at: NOW + time::Duration::hours(24),
-        decided_at: None,
-        applied_at: None,
-        version: 0,
-    }
+        rules: vec![],
+    };
+    let mut r =
+        ChangeRequest::pending("r1", "e1", "arn:aws:iam::123456789012:user/alice", &group, NOW, time::Duration::hours(24));
+    r.add = vec![tcp(22, "203.0.113.0/24", None)];
+    r
 }
 
 fn approvers(min: usize) -> Approvers {
