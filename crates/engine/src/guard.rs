@@ -104,7 +104,7 @@ pub struct BaselineReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
-    #[error("guard is not configured (add a [guard] section)")]
+    #[error("guard is not configured here: it needs a [guard] section and the aws firewall (firewall = \"aws\")")]
     NotConfigured,
     #[error("no change request {0}")]
     NoSuchRequest(String),

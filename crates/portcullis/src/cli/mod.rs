@@ -72,8 +72,9 @@ enum Command {
     /// Take over the rules seed 000's Lambda made (no marker) that match a live grant exactly,
     /// by rewriting their descriptions. Prints what it changes; nothing else is touched.
     Adopt(grants::AdoptArgs),
-    /// Handle one seed-format event (action, DynamoDB Stream batch, scheduled event) as the
-    /// Lambda would, and print the JSON response.
+    /// Handle one event (seed action, DynamoDB Stream batch, scheduled event, Auto Scaling
+    /// lifecycle action or true-up, CloudTrail rule change) as the Lambda would, and print the
+    /// JSON response.
     Invoke(process::InvokeArgs),
     /// Run as an AWS Lambda function (Runtime API); the firewall defaults to aws.
     Lambda,

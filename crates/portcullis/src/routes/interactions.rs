@@ -28,6 +28,12 @@ struct Form {
     payload: String,
 }
 
+/// An interaction's form body (`payload=<JSON>`), read into the click it carries.
+pub fn read_interaction(body: &[u8]) -> Result<Click, String> {
+    let form: Form = serde_urlencoded::from_bytes(body).map_err(|e| e.to_string())?;
+    read_click(&form.payload).map_err(|e| e.to_string())
+}
+
 fn ephemeral(text: &str) -> Value {
     json!({"response_type": "ephemeral", "replace_original": false, "text": text})
 }
@@ -37,10 +43,7 @@ pub(super) async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap,
         Ok(slack) => slack,
         Err(response) => return response,
     };
-    let click = match serde_urlencoded::from_bytes::<Form>(&body)
-        .map_err(|e| e.to_string())
-        .and_then(|f| read_click(&f.payload).map_err(|e| e.to_string()))
-    {
+    let click = match read_interaction(&body) {
         Ok(click) => click,
         Err(err) => return (StatusCode::BAD_REQUEST, format!("could not read the interaction: {err}")).into_response(),
     };

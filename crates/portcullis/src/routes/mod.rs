@@ -2,7 +2,7 @@
 //! `/slack/commands` and `/slack/interactions` (Slack's signature) and `/healthz`. `serve` and Lambda run the same router.
 
 mod connection;
-mod interactions;
+pub mod interactions;
 pub mod slack;
 mod v1;
 
