@@ -2,7 +2,8 @@
 //! of any protocol and source, by rule id, and the exact calls that undo or apply a change.
 //!
 //! Per scope and sweep: one `DescribeSecurityGroups` (tagged or all groups; none for a list of
-//! ids) and one `DescribeSecurityGroupRules` per 200 groups.
+//! ids) and one `DescribeSecurityGroupRules` per 200 groups. An event or an approval reads only
+//! its own group (`GuardScope::only`).
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
@@ -83,23 +84,28 @@ impl GuardFirewall for Ec2Firewall {
     async fn guarded(&self, scope: &GuardScope) -> Result<Vec<GuardedGroup>, FirewallError> {
         let client = self.client(&scope.route).await;
         let mut groups: Vec<(String, String)> = Vec::new();
-        match &scope.selection {
-            GroupSelection::Ids(ids) => groups.extend(ids.iter().map(|id| (id.clone(), String::new()))),
-            selection => {
-                let mut pages = client
-                    .describe_security_groups()
-                    .set_filters(
-                        matches!(selection, GroupSelection::Tagged)
-                            .then(|| vec![Filter::builder().name(format!("tag:{GUARD_TAG}")).values("true").build()]),
-                    )
-                    .into_paginator()
-                    .send();
-                while let Some(page) = pages.next().await {
-                    let page = page.map_err(firewall_error)?;
-                    for sg in page.security_groups() {
-                        if let Some(id) = sg.group_id() {
-                            groups.push((id.to_string(), sg.owner_id().unwrap_or_default().to_string()));
-                        }
+        let (ids, tagged) = match &scope.selection {
+            GroupSelection::Ids(ids) => {
+                groups.extend(ids.iter().map(|id| (id.clone(), String::new())));
+                (None, false)
+            }
+            GroupSelection::All => (None, false),
+            GroupSelection::Tagged => (None, true),
+            GroupSelection::TaggedAmong(ids) => (Some(ids.iter().cloned().collect::<Vec<_>>()), true),
+        };
+        if !matches!(scope.selection, GroupSelection::Ids(_)) {
+            let filter = tagged.then(|| vec![Filter::builder().name(format!("tag:{GUARD_TAG}")).values("true").build()]);
+            let mut pages = client.describe_security_groups().set_group_ids(ids).set_filters(filter).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                let page = match page.map_err(firewall_error) {
+                    Ok(page) => page,
+                    // A group named by id that is gone is not guarded.
+                    Err(e) if e.code.as_deref() == Some("InvalidGroup.NotFound") => break,
+                    Err(e) => return Err(e),
+                };
+                for sg in page.security_groups() {
+                    if let Some(id) = sg.group_id() {
+                        groups.push((id.to_string(), sg.owner_id().unwrap_or_default().to_string()));
                     }
                 }
             }

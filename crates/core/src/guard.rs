@@ -118,6 +118,8 @@ pub enum GroupSelection {
     All,
     /// These groups.
     Ids(BTreeSet<String>),
+    /// Those of these groups tagged `PortcullisGuard=true` (one group's check, for an event).
+    TaggedAmong(BTreeSet<String>),
 }
 
 /// Where guard watches: a region (and account, through `role_arn`) and which groups there.
@@ -132,6 +134,18 @@ impl GuardScope {
     /// for the process's own account.
     pub fn account(&self) -> Option<&str> {
         self.route.role_arn.as_deref().and_then(|arn| arn.split(':').nth(4)).filter(|a| !a.is_empty())
+    }
+
+    /// This scope narrowed to one group, so checking an event reads that group only; `None`
+    /// when a list of ids does not name it (no call needed to know it is not guarded).
+    pub fn only(&self, group_id: &str) -> Option<GuardScope> {
+        let one = BTreeSet::from([group_id.to_string()]);
+        let selection = match &self.selection {
+            GroupSelection::Ids(ids) | GroupSelection::TaggedAmong(ids) if !ids.contains(group_id) => return None,
+            GroupSelection::Ids(_) | GroupSelection::All => GroupSelection::Ids(one),
+            GroupSelection::Tagged | GroupSelection::TaggedAmong(_) => GroupSelection::TaggedAmong(one),
+        };
+        Some(GuardScope { route: self.route.clone(), selection })
     }
 
     /// Whether an event from `account` in `region` is this scope's.

@@ -72,13 +72,12 @@ pub enum GuardOutcome {
 }
 
 /// What a decision did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "outcome", rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DecisionOutcome {
-    /// Written; `applied` when it completed an approval and the change is on the firewall.
+    /// Written; `failures` names what could not be applied yet (the guard sweep retries).
     Decided { request: Box<ChangeRequest>, failures: Vec<String> },
     /// Refused, and why (told to the decider, audited).
-    Refused { message: String },
+    Refused(Refusal),
 }
 
 /// What a guard sweep found and did.
@@ -175,10 +174,10 @@ impl Engine {
         let Some(scope) = guard.scopes.iter().find(|s| s.covers(&event.account, &event.region)) else {
             return ignored(format!("account {} in {} is not guarded", event.account, event.region));
         };
-        let groups = guard.firewall.guarded(scope).await.map_err(EngineError::Firewall)?;
-        let Some(group) = groups.into_iter().find(|g| g.id.group_id == event.group_id) else {
-            return ignored(format!("{} is not a guarded group", event.group_id));
-        };
+        let not_guarded = || ignored(format!("{} is not a guarded group", event.group_id));
+        let Some(one) = scope.only(&event.group_id) else { return not_guarded() };
+        let groups = guard.firewall.guarded(&one).await.map_err(EngineError::Firewall)?;
+        let Some(group) = groups.into_iter().find(|g| g.id.group_id == event.group_id) else { return not_guarded() };
         let baseline = self.store().baseline(&group.id).await?;
         let revert = guard::revert(&event.changes, baseline.as_deref(), self.marker());
         if revert.is_empty() {
@@ -219,7 +218,7 @@ impl Engine {
         if !self.store().file_request(&request, vec![filed]).await? {
             return Ok(GuardOutcome::Duplicate { event_id: request.event_id });
         }
-        let failures = self.undo(&scope.route, &request.group_id, &revert).await;
+        let failures = self.carry_out(&scope.route, &request.group_id, &revert).await;
         let detail = match (failures.is_empty(), revert.notes.is_empty()) {
             (true, true) => "reverted, pending approval".to_string(),
             (true, false) => format!("reverted, pending approval; {}", revert.notes.join("; ")),
@@ -230,21 +229,23 @@ impl Engine {
         Ok(GuardOutcome::Reverted { request: Box::new(request), failures })
     }
 
-    async fn undo(&self, route: &Route, group_id: &str, revert: &Revert) -> Vec<String> {
+    /// Carries out firewall steps on one group, in order: revoke (by id, then by content),
+    /// authorize, modify; each failure named.
+    async fn carry_out(&self, route: &Route, group_id: &str, steps: &Revert) -> Vec<String> {
         let Ok(guard) = self.guard() else { return vec![] };
         let fw = &guard.firewall;
         let mut failures = Vec::new();
-        if (!revert.revoke_ids.is_empty() || !revert.revoke.is_empty())
-            && let Err(e) = fw.revoke(route, group_id, &revert.revoke_ids, &revert.revoke).await
+        if (!steps.revoke_ids.is_empty() || !steps.revoke.is_empty())
+            && let Err(e) = fw.revoke(route, group_id, &steps.revoke_ids, &steps.revoke).await
         {
             failures.push(format!("revoke: {e}"));
         }
-        if !revert.authorize.is_empty()
-            && let Err(e) = fw.authorize(route, group_id, &revert.authorize).await
+        if !steps.authorize.is_empty()
+            && let Err(e) = fw.authorize(route, group_id, &steps.authorize).await
         {
-            failures.push(format!("restore: {e}"));
+            failures.push(format!("authorize: {e}"));
         }
-        for (id, rule) in &revert.restore {
+        for (id, rule) in &steps.restore {
             if let Err(e) = fw.modify(route, group_id, id, rule).await {
                 failures.push(format!("restore {id}: {e}"));
             }
@@ -293,10 +294,9 @@ impl Engine {
         refusal: &Refusal,
         by: &Requester,
     ) -> Result<DecisionOutcome, GuardError> {
-        let message = refusal.to_string();
-        let event = request_event(self.clock().now(), &by.refused_actor(), Action::Refused, request, &message);
+        let event = request_event(self.clock().now(), &by.refused_actor(), Action::Refused, request, &refusal.to_string());
         self.store().record(event).await?;
-        Ok(DecisionOutcome::Refused { message })
+        Ok(DecisionOutcome::Refused(refusal.clone()))
     }
 
     /// Puts an approved change on the firewall, keeps the baseline current, and records when.
@@ -306,22 +306,14 @@ impl Engine {
         let Some(scope) = guard.scopes.iter().find(|s| s.covers(&request.account, &request.region)) else {
             return Ok((request, vec!["its region is no longer guarded".into()]));
         };
-        let fw = &guard.firewall;
-        let mut failures = Vec::new();
-        if !request.remove.is_empty()
-            && let Err(e) = fw.revoke(&scope.route, &request.group_id, &[], &request.remove).await
-        {
-            failures.push(format!("revoke: {e}"));
-        }
-        if !request.add.is_empty()
-            && let Err(e) = fw.authorize(&scope.route, &request.group_id, &request.add).await
-        {
-            failures.push(format!("authorize: {e}"));
-        }
+        let steps = Revert { revoke: request.remove.clone(), authorize: request.add.clone(), ..Revert::default() };
+        let failures = self.carry_out(&scope.route, &request.group_id, &steps).await;
         if !failures.is_empty() {
             return Ok((request, failures));
         }
-        let observed = fw.guarded(scope).await.map_err(EngineError::Firewall)?;
+        // The added rules' ids, for the baseline: this group's rules only.
+        let one = scope.only(&request.group_id).unwrap_or_else(|| scope.clone());
+        let observed = guard.firewall.guarded(&one).await.map_err(EngineError::Firewall)?;
         let now_rules = observed.into_iter().find(|g| g.id == group).map(|g| g.rules).unwrap_or_default();
         let mut baseline = self.store().baseline(&group).await?.unwrap_or_default();
         baseline.retain(|b| !request.remove.iter().any(|r| r.same_access(&b.rule)));

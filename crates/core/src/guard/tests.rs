@@ -176,3 +176,16 @@ fn a_request_expires_undecided() {
     assert_eq!((expired.status, expired.version), (RequestStatus::Expired, 1));
     assert_eq!(expire(&expired, late), None);
 }
+
+#[test]
+fn a_scope_narrows_to_one_group_and_a_list_that_does_not_name_it_needs_no_call() {
+    let scope = |selection| GuardScope { route: Route::region("us-east-1"), selection };
+    let ids = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        scope(GroupSelection::Ids(ids(&["sg-1", "sg-2"]))).only("sg-2").unwrap().selection,
+        GroupSelection::Ids(ids(&["sg-2"]))
+    );
+    assert_eq!(scope(GroupSelection::Ids(ids(&["sg-1"]))).only("sg-9"), None);
+    assert_eq!(scope(GroupSelection::All).only("sg-9").unwrap().selection, GroupSelection::Ids(ids(&["sg-9"])));
+    assert_eq!(scope(GroupSelection::Tagged).only("sg-9").unwrap().selection, GroupSelection::TaggedAmong(ids(&["sg-9"])));
+}

@@ -143,7 +143,7 @@ async fn decide(cx: &Context, id: &str, verdict: Verdict, as_user: Option<String
     let outcome = engine.decide(id, verdict, &by).await;
     announce(&engine).await;
     match outcome? {
-        DecisionOutcome::Refused { message } => Err(CliError::Usage(message)),
+        DecisionOutcome::Refused(refusal) => Err(CliError::Usage(refusal.to_string())),
         DecisionOutcome::Decided { request, failures } => {
             if cx.json {
                 print_json(&serde_json::json!({"outcome": "decided", "request": request, "failures": failures}));

@@ -116,7 +116,7 @@ async fn answer(engine: &Engine, id: &str, verdict: Verdict, by: &Requester) -> 
             ));
             message
         }
-        Ok(DecisionOutcome::Refused { message }) => ephemeral(&message),
+        Ok(DecisionOutcome::Refused(refusal)) => ephemeral(&refusal.to_string()),
         Err(err) => {
             tracing::error!(error = %err, "a Slack decision failed");
             ephemeral(&format!("portcullis could not decide: {err}"))

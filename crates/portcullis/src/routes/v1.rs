@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use portcullis_core::guard::{RequestStatus, Verdict};
+use portcullis_core::guard::{Refusal, RequestStatus, Verdict};
 use portcullis_core::{Cidr, Credential, Description, GrantKey, Interface, ListedGrant, Source, Ttl};
 use portcullis_engine::{AddRequest, AuditQuery, DecisionOutcome, GuardError, Scope};
 use serde::Deserialize;
@@ -218,13 +218,14 @@ fn decided(outcome: DecisionOutcome) -> Result<Response, ApiError> {
         DecisionOutcome::Decided { request, failures } => {
             Ok(Json(serde_json::json!({"request": request, "failures": failures})).into_response())
         }
-        DecisionOutcome::Refused { message } => {
-            let status = if message.contains("already") || message.contains("expired") {
-                StatusCode::CONFLICT
-            } else {
-                StatusCode::FORBIDDEN
+        DecisionOutcome::Refused(refusal) => {
+            let status = match refusal {
+                Refusal::NotApprover { .. } | Refusal::OwnRequest { .. } => StatusCode::FORBIDDEN,
+                Refusal::AlreadyDecided { .. } | Refusal::AlreadyApproved { .. } | Refusal::Expired { .. } => {
+                    StatusCode::CONFLICT
+                }
             };
-            Err(ApiError::new(status, "refused", message))
+            Err(ApiError::new(status, "refused", refusal.to_string()))
         }
     }
 }

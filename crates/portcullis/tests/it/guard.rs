@@ -399,3 +399,23 @@ async fn the_sweep_reverts_a_change_no_event_reported_and_only_reports_a_group_w
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_selection_guards_a_tagged_group_and_ignores_an_untagged_one() {
+    within(async {
+        let w = World::new().await;
+        let (tagged, plain) = (w.group(false, &[("PortcullisGuard", "true")]).await, w.group(false, &[]).await);
+        let g = guarded(&[], 1).await;
+        let config = std::fs::read_to_string(&g.config).unwrap().replace("groups = []", "groups = \"tagged\"");
+        std::fs::write(&g.config, config).unwrap();
+        for (group, outcome) in [(&tagged, "reverted"), (&plain, "ignored")] {
+            let id = g.authorize(group, "203.0.113.0/24", 22, None).await;
+            let (code, answer, out) = g.invoke(&added(group, &id, "203.0.113.0/24", 22, ALICE)).await;
+            assert_eq!(code, 0, "{out}");
+            assert_eq!(answer["outcome"], outcome, "{group}: {answer}");
+        }
+        assert!(g.rules(&tagged).await.is_empty(), "the tagged group's change is reverted");
+        assert_eq!(g.rules(&plain).await.len(), 1, "the untagged group is not guard's");
+    })
+    .await;
+}
