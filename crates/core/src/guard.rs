@@ -88,7 +88,7 @@ impl GuardRule {
 
     /// A rule portcullis made (its description carries our marker): the reconcile's, not guard's.
     pub fn is_ours(&self, marker: &Marker) -> bool {
-        self.description.as_deref().is_some_and(|d| marker.decode(d).is_some())
+        self.description.as_deref().is_some_and(|d| marker.is_ours(d))
     }
 }
 
@@ -361,9 +361,26 @@ pub struct ChangeRequest {
     /// When an approved change was applied; none while it still has to be.
     #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<Timestamp>,
+    /// A temporary approval ("Approve for 24 h"): the added rules are a rule grant, with our
+    /// marker, until it expires; none for an ordinary approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporary: Option<Temporary>,
     /// Bumped by every write; a decision is written only over the version it read.
     #[serde(default)]
     pub version: u64,
+}
+
+/// The term of a temporary approval, and where its rule grant stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Temporary {
+    /// The shortest term an approver asked for (least privilege wins).
+    pub seconds: i64,
+    /// When the rule grant expires: set when the request is approved.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    /// When its expiry was recorded, its rules revoked; none while it is live or overdue.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Timestamp>,
 }
 
 impl ChangeRequest {
@@ -396,8 +413,40 @@ impl ChangeRequest {
             expires_at: created_at + ttl,
             decided_at: None,
             applied_at: None,
+            temporary: None,
             version: 0,
         }
+    }
+
+    /// The group this request is about.
+    pub fn group(&self) -> TargetId {
+        TargetId { region: self.region.clone(), group_id: self.group_id.clone() }
+    }
+
+    /// When its rule grant expires, if it is an approved temporary one whose expiry is not
+    /// recorded yet (live, or due at `until`).
+    pub fn rule_grant_until(&self) -> Option<Timestamp> {
+        let t = self.temporary.as_ref().filter(|t| self.status == RequestStatus::Approved && t.ended_at.is_none())?;
+        t.until
+    }
+
+    /// A temporary approval's term in words: `for 2h once approved`, `a rule grant until …`,
+    /// `a rule grant that expired at …`; none for an ordinary request.
+    pub fn term_in_words(&self) -> Option<String> {
+        let t = self.temporary.as_ref()?;
+        Some(match (t.until, t.ended_at) {
+            (_, Some(ended)) => format!("a rule grant that expired at {}", crate::format_utc(ended)),
+            (Some(until), None) => format!("a rule grant until {}", crate::format_utc(until)),
+            (None, None) => {
+                let term = time::Duration::seconds(t.seconds);
+                format!("for {} once approved", crate::time_left(self.created_at + term, self.created_at))
+            }
+        })
+    }
+
+    /// Whether its rule grant opens the firewall at `now`.
+    pub fn rule_grant_live(&self, now: Timestamp) -> bool {
+        self.rule_grant_until().is_some_and(|until| now < until)
     }
 
     /// The change in words, one rule a line: `+ tcp 22 from 203.0.113.0/24`, `- …`.
@@ -438,7 +487,11 @@ pub struct Decider {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Approve,
-    Deny { reason: Option<String> },
+    /// Approve an addition for a time only: its rules become a rule grant that expires.
+    ApproveFor(time::Duration),
+    Deny {
+        reason: Option<String>,
+    },
 }
 
 /// Why a decision was refused; each is told to the decider and audited.
@@ -454,6 +507,8 @@ pub enum Refusal {
     AlreadyApproved { id: String, who: String },
     #[error("request {id} expired undecided")]
     Expired { id: String },
+    #[error("request {id} removes or edits rules; only an addition can be approved for a time")]
+    NotAnAddition { id: String },
 }
 
 /// The request after `decider`'s verdict, or why it may not be given. A deny by any approver
@@ -493,12 +548,25 @@ pub fn decide(
             next.reason = reason.clone();
             next.decided_at = Some(now);
         }
-        Verdict::Approve if request.approvals.contains(&who) => return Err(Refusal::AlreadyApproved { id, who }),
-        Verdict::Approve => {
+        Verdict::Approve | Verdict::ApproveFor(_) if request.approvals.contains(&who) => {
+            return Err(Refusal::AlreadyApproved { id, who });
+        }
+        Verdict::ApproveFor(_) if !request.remove.is_empty() || request.add.is_empty() => {
+            return Err(Refusal::NotAnAddition { id });
+        }
+        Verdict::Approve | Verdict::ApproveFor(_) => {
+            if let Verdict::ApproveFor(term) = verdict {
+                let seconds = term.whole_seconds().max(1);
+                let shortest = next.temporary.map_or(seconds, |t| t.seconds.min(seconds));
+                next.temporary = Some(Temporary { seconds: shortest, until: None, ended_at: None });
+            }
             next.approvals.push(who);
             if next.approvals.len() >= approvers.min_approvals.max(1) {
                 next.status = RequestStatus::Approved;
                 next.decided_at = Some(now);
+                if let Some(t) = &mut next.temporary {
+                    t.until = Some(now + time::Duration::seconds(t.seconds));
+                }
             }
         }
     }
@@ -515,6 +583,9 @@ pub fn expire(request: &ChangeRequest, now: Timestamp) -> Option<ChangeRequest> 
         next
     })
 }
+
+mod grants;
+pub use grants::{RuleGrantChange, RuleGrantOverflow, RuleGrantPlan, plan_rule_grants, rule_grant_groups, rule_grant_rule};
 
 #[cfg(test)]
 mod tests;

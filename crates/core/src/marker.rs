@@ -1,6 +1,9 @@
 use crate::description::ec2_safe;
 use crate::{Description, Environment};
 
+/// What follows the prefix in a rule grant's marker.
+const RULE_GRANT: &str = "grant/";
+
 /// The ownership marker at the start of every EC2 rule description portcullis writes:
 /// `pc:<environment> <owner>: <description>`. A rule without it is never revoked or edited.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,14 +35,19 @@ impl Marker {
     /// The EC2 rule description for a grant: marker, owner and description in EC2's
     /// charset, cut to 255 bytes.
     pub fn encode(&self, environment: &Environment, owner: &str, description: &Description) -> String {
-        let mut text = format!("{}:{}", self.prefix, environment);
+        self.mark(environment.as_str(), owner, description.as_str())
+    }
+
+    /// `<prefix>:<what> <owner>: <description>` in EC2's charset, cut to 255 bytes.
+    fn mark(&self, what: &str, owner: &str, description: &str) -> String {
+        let mut text = format!("{}:{what}", self.prefix);
         let owner = ec2_safe(owner.trim());
         if !owner.is_empty() {
             text.push(' ');
             text.push_str(&owner);
             text.push(':');
         }
-        let description = ec2_safe(description.as_str());
+        let description = ec2_safe(description);
         if !description.is_empty() {
             text.push(' ');
             text.push_str(&description);
@@ -48,6 +56,27 @@ impl Marker {
         text.truncate(Self::MAX_BYTES);
         text.truncate(text.trim_end().len());
         text
+    }
+
+    /// The EC2 rule description for a rule grant (a temporary approval of request
+    /// `request_id`): `pc:grant/<request> <approvers>: <the rule's own description>`. The `/`
+    /// is outside every environment name, so the reconcile of an environment never takes a
+    /// rule grant's rule for its own.
+    pub fn encode_rule_grant(&self, request_id: &str, approvers: &str, description: Option<&str>) -> String {
+        self.mark(&format!("{RULE_GRANT}{}", ec2_safe(request_id)), approvers, description.unwrap_or_default())
+    }
+
+    /// The request a rule grant's rule was made for, if its description carries our
+    /// rule-grant marker.
+    pub fn decode_rule_grant<'a>(&self, rule_description: &'a str) -> Option<&'a str> {
+        let rest = rule_description.strip_prefix(self.prefix.as_str())?.strip_prefix(':')?.strip_prefix(RULE_GRANT)?;
+        let id = rest.split(' ').next().unwrap_or(rest);
+        (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')).then_some(id)
+    }
+
+    /// Whether a description carries our marker of either kind.
+    pub fn is_ours(&self, rule_description: &str) -> bool {
+        self.decode(rule_description).is_some() || self.decode_rule_grant(rule_description).is_some()
     }
 
     /// The environment a rule belongs to, if its description carries our marker.
@@ -91,6 +120,21 @@ mod tests {
                 assert_eq!(m.decode(d), None, "{d:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_rule_grant_marker_names_its_request_and_no_environment() {
+        let m = Marker::default();
+        let d = m.encode_rule_grant("r-00ff", "U0BOB, U0CAROL", Some("vendor VPN"));
+        assert_eq!(d, "pc:grant/r-00ff U0BOB, U0CAROL: vendor VPN");
+        assert_eq!(m.decode_rule_grant(&d), Some("r-00ff"));
+        assert_eq!(m.decode(&d), None, "an environment's reconcile never takes it for its own");
+        assert!(m.is_ours(&d) && m.is_ours("pc:dev") && !m.is_ours("grant/r-1"));
+        assert_eq!(m.encode_rule_grant("r-1", "", None), "pc:grant/r-1");
+        for other in ["pc:grant/", "pc:grant", "pc:dev x", "xpc:grant/r-1", "pc:grant/r 1"] {
+            assert_ne!(m.decode_rule_grant(other), Some("r-1"), "{other:?}");
+        }
+        assert_eq!(m.decode_rule_grant("pc:grant/"), None);
     }
 
     proptest! {

@@ -20,7 +20,7 @@ impl Default for RuleQuota {
 }
 
 impl RuleQuota {
-    fn get(&self, family: Family) -> usize {
+    pub(crate) fn get(&self, family: Family) -> usize {
         match family {
             Family::Ipv4 => self.ipv4,
             Family::Ipv6 => self.ipv6,
@@ -249,7 +249,8 @@ pub fn plan_adoption(input: &PlanInput<'_>) -> Vec<GroupChange> {
         let env = &target.environment;
         let mut change = GroupChange::none(target, env);
         for rule in &target.rules {
-            let marked = rule.description.as_deref().and_then(|d| input.marker.decode(d)).is_some();
+            // Marked of either kind: another environment's, or a rule grant's.
+            let marked = rule.description.as_deref().is_some_and(|d| input.marker.is_ours(d));
             if marked || !target.ports.iter().any(|p| *p == rule.ports) {
                 continue;
             }

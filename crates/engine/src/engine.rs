@@ -195,6 +195,10 @@ impl Engine {
         &self.settings.marker
     }
 
+    pub(crate) fn quota(&self) -> RuleQuota {
+        self.settings.quota
+    }
+
     pub(crate) fn specs(&self) -> &[TargetSpec] {
         &self.settings.specs
     }

@@ -42,6 +42,8 @@ pub struct Guard {
     pub request_ttl: time::Duration,
     /// An older event is left to the guard sweep (the rule may have been decided since).
     pub max_event_age: time::Duration,
+    /// What "Approve for …" grants: the term of a rule grant.
+    pub temporary_approval: time::Duration,
     pub firewall: Arc<dyn GuardFirewall>,
 }
 
@@ -91,6 +93,8 @@ pub struct GuardSweepReport {
     pub expired: Vec<String>,
     /// Approved changes applied now (an earlier apply failed).
     pub applied: Vec<String>,
+    /// Temporary approvals: rule grants put on or, expired, revoked.
+    pub rule_grants: crate::RuleGrantReport,
     pub failures: Vec<String>,
 }
 
@@ -117,7 +121,7 @@ impl From<portcullis_store::StoreError> for GuardError {
     }
 }
 
-fn guard_actor() -> Actor {
+pub(crate) fn guard_actor() -> Actor {
     Actor { name: "guard".into(), interface: portcullis_core::Interface::Reconciler }
 }
 
@@ -139,12 +143,17 @@ impl Engine {
         self.guard.as_ref().map(|g| g.approvers.groups.clone()).unwrap_or_default()
     }
 
+    /// The term "Approve for …" grants (none without guard).
+    pub fn temporary_approval(&self) -> Option<time::Duration> {
+        self.guard.as_ref().map(|g| g.temporary_approval)
+    }
+
     /// Whether guard is configured here.
     pub fn guards(&self) -> bool {
         self.guard.is_some()
     }
 
-    fn guard(&self) -> Result<&Arc<Guard>, GuardError> {
+    pub(crate) fn guard(&self) -> Result<&Arc<Guard>, GuardError> {
         self.guard.as_ref().ok_or(GuardError::NotConfigured)
     }
 
@@ -231,7 +240,7 @@ impl Engine {
 
     /// Carries out firewall steps on one group, in order: revoke (by id, then by content),
     /// authorize, modify; each failure named.
-    async fn carry_out(&self, route: &Route, group_id: &str, steps: &Revert) -> Vec<String> {
+    pub(crate) async fn carry_out(&self, route: &Route, group_id: &str, steps: &Revert) -> Vec<String> {
         let Ok(guard) = self.guard() else { return vec![] };
         let fw = &guard.firewall;
         let mut failures = Vec::new();
@@ -268,7 +277,10 @@ impl Engine {
             };
             let actor = by.actor();
             let (action, detail) = match next.status {
-                RequestStatus::Approved => (Action::ChangeApproved, format!("approved by {}", next.approvals.join(", "))),
+                RequestStatus::Approved => {
+                    let term = next.term_in_words().map(|t| format!(", as {t}")).unwrap_or_default();
+                    (Action::ChangeApproved, format!("approved by {}{term}", next.approvals.join(", ")))
+                }
                 RequestStatus::Denied => (
                     Action::ChangeDenied,
                     format!("denied by {}{}", decider.name, next.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()),
@@ -300,7 +312,15 @@ impl Engine {
     }
 
     /// Puts an approved change on the firewall, keeps the baseline current, and records when.
+    /// A temporary approval goes on as a rule grant instead (the baseline is left alone: its
+    /// rules are ours).
     async fn apply_approved(&self, request: ChangeRequest) -> Result<(ChangeRequest, Vec<String>), GuardError> {
+        if request.temporary.is_some() {
+            let report = self.reconcile_rule_grants().await?;
+            let failures = report.failures_for(&request.group());
+            let now = self.store().request(&request.id).await?.unwrap_or(request);
+            return Ok((now, failures));
+        }
         let guard = self.guard()?;
         let group = TargetId { region: request.region.clone(), group_id: request.group_id.clone() };
         let Some(scope) = guard.scopes.iter().find(|s| s.covers(&request.account, &request.region)) else {
@@ -383,7 +403,8 @@ impl Engine {
             }
         }
         for request in self.store().requests(Some(RequestStatus::Approved)).await? {
-            if request.applied_at.is_none() {
+            // Rule grants (temporary approvals) are reconciled below, all at once.
+            if request.applied_at.is_none() && request.temporary.is_none() {
                 let (applied, failures) = self.apply_approved(request).await?;
                 report.failures.extend(failures.into_iter().map(|f| format!("{}: {f}", applied.id)));
                 if applied.applied_at.is_some() {
@@ -391,6 +412,8 @@ impl Engine {
                 }
             }
         }
+        report.rule_grants = self.reconcile_rule_grants().await?;
+        report.failures.extend(report.rule_grants.failures.iter().cloned());
         for (scope, groups) in Self::observe_guarded(guard, &mut report.failures).await {
             for group in groups {
                 report.groups += 1;

@@ -23,6 +23,7 @@ mod memory;
 mod outbox;
 mod queries;
 mod report;
+mod rule_grants;
 mod stream;
 mod sweeper;
 
@@ -53,6 +54,7 @@ pub use memory::{Effect, HeldFirewall, MemoryFirewall, MemoryMembership, Recorde
 pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing};
 pub use queries::AuditQuery;
 pub use report::{AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome, Status, SweepReport};
+pub use rule_grants::RuleGrantReport;
 pub use stream::StreamOutcome;
 
 /// `value` less a random part of up to half of it: spreads retries that would otherwise fire

@@ -123,6 +123,9 @@ pub struct SweepReport {
     pub retrying: std::collections::BTreeSet<Environment>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconcile: Option<ReconcileReport>,
+    /// Guard's expired rule grants, when one was due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_grants: Option<crate::RuleGrantReport>,
 }
 
 /// What `adopt` found and did.

@@ -35,12 +35,19 @@ impl Engine {
     /// only in environments whose revokes all went through. Where one failed (or a region
     /// could not be observed) the grants stay stored, listed as overdue in `/v1/status`, and
     /// the report says so in `retrying`; the sweeper tries again with a backoff.
+    ///
+    /// With guard, rule grants (temporary approvals) that have expired are revoked and
+    /// recorded the same way, in `rule_grants`.
     pub async fn sweep(&self) -> Result<SweepReport, EngineError> {
         let now = self.clock().now();
+        let rule_grants = match (&self.guard, self.next_rule_grant_expiry().await?) {
+            (Some(guard), Some(at)) if at <= now => Some(self.rule_grants_of(guard).await?),
+            _ => None,
+        };
         let due: BTreeSet<Environment> =
             self.store().grants(None).await?.into_iter().filter(|g| !g.is_live(now)).map(|g| g.environment).collect();
         if due.is_empty() {
-            return Ok(SweepReport::default());
+            return Ok(SweepReport { rule_grants, ..SweepReport::default() });
         }
         let scope = match due.iter().next() {
             Some(env) if due.len() == 1 && self.policy(env).is_ok() => Scope::Environment(env.clone()),
@@ -61,7 +68,7 @@ impl Engine {
             tracing::warn!(environments = ?retrying, failures = ?report.failure_messages(),
                 "expired grants could not be revoked everywhere; they stay overdue and are retried");
         }
-        Ok(SweepReport { expired, retrying, reconcile: Some(report) })
+        Ok(SweepReport { expired, retrying, reconcile: Some(report), rule_grants })
     }
 
     /// Sleeps until the earliest expiry and sweeps it, until shut down. Woken at once by this
@@ -82,9 +89,18 @@ impl Engine {
                     None
                 }
             };
+            let next = match self.next_rule_grant_expiry().await {
+                Ok(rule) => next.into_iter().chain(rule).min(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "sweeper could not read the next rule grant's expiry");
+                    next
+                }
+            };
             if next.is_some_and(|at| at <= now) {
                 let retry = match self.sweep().await {
-                    Ok(report) => !report.retrying.is_empty(),
+                    Ok(report) => {
+                        !report.retrying.is_empty() || report.rule_grants.as_ref().is_some_and(|r| !r.failures.is_empty())
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "sweep failed; retrying");
                         true

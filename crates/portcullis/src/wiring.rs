@@ -145,7 +145,8 @@ pub fn notifier(config: &Config) -> Arc<dyn Notifier> {
         // Guard's approval messages and notices go to their own channels, when configured.
         let (main, approval, monitoring) = (hook(&slack.webhook), hook(&slack.approval_webhook), hook(&slack.monitoring_webhook));
         if main.is_some() || approval.is_some() || monitoring.is_some() {
-            return Arc::new(portcullis_slack::guard::Channels { main, approval, monitoring });
+            let temporary = config.guard.as_ref().map(|g| g.temporary_approval);
+            return Arc::new(portcullis_slack::guard::Channels { main, approval, monitoring, temporary });
         }
     }
     match hook(&slack.webhook) {
@@ -212,6 +213,7 @@ pub fn guard_with(config: &Config, firewall: Arc<dyn GuardFirewall>) -> Option<G
         approvers: g.approvers.clone(),
         request_ttl: g.request_ttl,
         max_event_age: g.max_event_age,
+        temporary_approval: g.temporary_approval,
         firewall,
     })
 }

@@ -13,6 +13,8 @@ use crate::{Webhook, notification};
 
 /// The buttons' `action_id`s.
 pub const APPROVE: &str = "approve";
+/// "Approve for 24 h": the addition becomes a rule grant for the configured term.
+pub const APPROVE_TEMPORARY: &str = "approve_temporary";
 pub const DENY: &str = "deny";
 
 fn requester(r: &ChangeRequest) -> String {
@@ -37,9 +39,33 @@ fn summary(r: &ChangeRequest) -> Value {
     ]})
 }
 
+/// A term as a button says it: `24 h`, `7 d`, `90 min`.
+fn term_label(term: time::Duration) -> String {
+    let s = term.whole_seconds();
+    match s {
+        _ if s >= 2 * 86_400 && s % 86_400 == 0 => format!("{} d", s / 86_400),
+        _ if s >= 3_600 && s % 3_600 == 0 => format!("{} h", s / 3_600),
+        _ => format!("{} min", (s / 60).max(1)),
+    }
+}
+
+/// The decision buttons, each carrying the request id; "Approve for …" only for an addition
+/// (`temporary` is the configured term).
+fn buttons(r: &ChangeRequest, temporary: Option<time::Duration>) -> Value {
+    let mut elements = vec![
+        json!({"type": "button", "action_id": APPROVE, "text": {"type": "plain_text", "text": "Approve"}, "style": "primary", "value": r.id}),
+    ];
+    if let Some(term) = temporary.filter(|_| r.remove.is_empty() && !r.add.is_empty()) {
+        let text = format!("Approve for {}", term_label(term));
+        elements.push(json!({"type": "button", "action_id": APPROVE_TEMPORARY, "text": {"type": "plain_text", "text": text}, "value": r.id}));
+    }
+    elements.push(json!({"type": "button", "action_id": DENY, "text": {"type": "plain_text", "text": "Deny"}, "style": "danger", "value": r.id}));
+    json!({"type": "actions", "block_id": "decision", "elements": elements})
+}
+
 /// The approval channel's message for a pending request: what changed, who made it, and the
 /// buttons (each carrying the request id).
-pub fn approval_message(r: &ChangeRequest) -> Value {
+pub fn approval_message(r: &ChangeRequest, temporary: Option<time::Duration>) -> Value {
     let mut blocks = vec![
         json!({"type": "section", "text": {"type": "mrkdwn", "text": ":shield: *An out-of-band change was reverted and awaits approval*"}}),
         summary(r),
@@ -50,18 +76,18 @@ pub fn approval_message(r: &ChangeRequest) -> Value {
         blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": notes}]}));
     }
     blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("Expires undecided at {}", format_utc(r.expires_at))}]}));
-    blocks.push(json!({"type": "actions", "block_id": "decision", "elements": [
-        {"type": "button", "action_id": APPROVE, "text": {"type": "plain_text", "text": "Approve"}, "style": "primary", "value": r.id},
-        {"type": "button", "action_id": DENY, "text": {"type": "plain_text", "text": "Deny"}, "style": "danger", "value": r.id},
-    ]}));
+    blocks.push(buttons(r, temporary));
     json!({"text": format!("Change request {} on {}: approval needed", r.id, r.group_id), "blocks": blocks})
 }
 
 /// What replaces the approval message once a click has decided (or advanced) the request.
-pub fn decided_message(r: &ChangeRequest) -> Value {
+pub fn decided_message(r: &ChangeRequest, temporary: Option<time::Duration>) -> Value {
     let who = |names: &[String]| names.iter().map(|n| format!("<@{}>", escape(n))).collect::<Vec<_>>().join(", ");
     let headline = match r.status {
-        RequestStatus::Approved => format!(":white_check_mark: *Approved* by {} and applied", who(&r.approvals)),
+        RequestStatus::Approved => match r.term_in_words() {
+            Some(term) => format!(":white_check_mark: *Approved for a time* by {}: {}", who(&r.approvals), escape(&term)),
+            None => format!(":white_check_mark: *Approved* by {} and applied", who(&r.approvals)),
+        },
         RequestStatus::Denied => format!(
             ":no_entry: *Denied* by {}{}; the revert stays",
             who(r.denied_by.as_slice()),
@@ -78,7 +104,7 @@ pub fn decided_message(r: &ChangeRequest) -> Value {
         json!({"type": "section", "text": {"type": "mrkdwn", "text": rules_text(r)}}),
     ];
     if r.status == RequestStatus::Pending {
-        blocks.extend(approval_message(r)["blocks"].as_array().and_then(|b| b.last()).cloned());
+        blocks.push(buttons(r, temporary));
     }
     json!({"replace_original": true, "text": format!("Change request {}: {}", r.id, r.status.as_str()), "blocks": blocks})
 }
@@ -124,6 +150,8 @@ pub struct Channels {
     pub main: Option<Webhook>,
     pub approval: Option<Webhook>,
     pub monitoring: Option<Webhook>,
+    /// The term "Approve for …" grants; none: no such button.
+    pub temporary: Option<time::Duration>,
 }
 
 impl Channels {
@@ -136,8 +164,9 @@ impl Channels {
 impl Notifier for Channels {
     async fn announce(&self, event: &AuditEvent) -> Result<(), NotifyError> {
         let (hook, body) = match (event.action, &event.request) {
-            (Action::ChangeRequested, Some(request)) => (self.pick(&self.approval), approval_message(request)),
-            (Action::ChangeReverted | Action::ChangeApproved | Action::ChangeDenied | Action::ChangeExpired, _) => {
+            (Action::ChangeRequested, Some(request)) => (self.pick(&self.approval), approval_message(request, self.temporary)),
+            (Action::ChangeReverted | Action::ChangeApproved | Action::ChangeDenied | Action::ChangeExpired, _)
+            | (Action::Expired, Some(_)) => {
                 let Some(text) = notification(event) else { return Ok(()) };
                 (self.pick(&self.monitoring), json!({"text": text}))
             }
@@ -181,9 +210,44 @@ mod tests {
         r
     }
 
+    fn actions(m: &Value) -> Vec<(String, String, String)> {
+        let elements = m["blocks"].as_array().unwrap().last().unwrap()["elements"].as_array().unwrap().clone();
+        let text = |a: &Value, k: &str| a.pointer(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        elements.iter().map(|a| (text(a, "/action_id"), text(a, "/value"), text(a, "/text/text"))).collect()
+    }
+
+    #[test]
+    fn only_an_addition_offers_approve_for_a_time() {
+        let day = Some(time::Duration::hours(24));
+        let ids = |m: &Value| actions(m).into_iter().map(|(a, v, t)| format!("{a}={v}:{t}")).collect::<Vec<_>>();
+        assert_eq!(
+            ids(&approval_message(&request(), day)),
+            ["approve=r-1:Approve", "approve_temporary=r-1:Approve for 24 h", "deny=r-1:Deny"]
+        );
+        assert_eq!(actions(&approval_message(&request(), Some(time::Duration::days(7))))[1].2, "Approve for 7 d");
+        let mut removal = request();
+        removal.remove = std::mem::take(&mut removal.add);
+        assert_eq!(ids(&approval_message(&removal, day)), ["approve=r-1:Approve", "deny=r-1:Deny"]);
+        assert_eq!(actions(&approval_message(&request(), None)).len(), 2, "no term configured: no button");
+    }
+
+    #[test]
+    fn a_temporary_approval_says_until_when() {
+        let mut r = request();
+        r.status = RequestStatus::Approved;
+        r.approvals = vec!["U0BOB".into()];
+        r.temporary = Some(portcullis_core::guard::Temporary {
+            seconds: 3600,
+            until: Some(datetime!(2026-12-03 13:00 UTC)),
+            ended_at: None,
+        });
+        let m = decided_message(&r, None).to_string();
+        assert!(m.contains("Approved for a time* by <@U0BOB>: a rule grant until 2026-12-03 13:00:00 UTC"), "{m}");
+    }
+
     #[test]
     fn the_approval_message_names_the_change_and_its_buttons_carry_the_request_id() {
-        let m = approval_message(&request());
+        let m = approval_message(&request(), None);
         let body = m.to_string();
         assert!(body.contains("sg-1") && body.contains("tcp 22 from 203.0.113.0/24") && body.contains("<@U0ALICE>"), "{body}");
         assert!(!body.contains("<!channel>"), "descriptions are escaped");
@@ -199,7 +263,7 @@ mod tests {
         let mut r = request();
         r.status = RequestStatus::Approved;
         r.approvals = vec!["U0BOB".into()];
-        let m = decided_message(&r);
+        let m = decided_message(&r, Some(time::Duration::hours(24)));
         assert_eq!(m["replace_original"], true);
         assert!(m.to_string().contains("Approved* by <@U0BOB>"), "{m}");
         assert!(!m.to_string().contains("\"actions\""), "no buttons once decided");

@@ -189,6 +189,10 @@ pub fn notification(event: &AuditEvent) -> Option<String> {
             }
             described(&mut lines, g);
         }
+        Action::Expired if event.request.is_some() => {
+            lines.push(":hourglass: Guard: a temporary approval ended; its rule grant was revoked".into());
+            lines.extend(event.reason.split('\n').map(escape));
+        }
         Action::Expired => {
             let g = event.before.as_ref()?;
             lines.push(":hourglass: IP Whitelist Update".into());

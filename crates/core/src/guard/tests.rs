@@ -167,6 +167,32 @@ fn a_quorum_needs_distinct_approvers_and_a_deny_ends_it() {
 }
 
 #[test]
+fn a_temporary_approval_takes_the_shortest_term_asked_and_starts_it_at_the_quorum() {
+    let r = request();
+    let hours = |h| Verdict::ApproveFor(time::Duration::hours(h));
+    let once = decide(&r, &who("UBOB"), &hours(24), &approvers(2), NOW).unwrap();
+    assert_eq!(once.temporary, Some(Temporary { seconds: 86_400, until: None, ended_at: None }));
+    assert_eq!(once.rule_grant_until(), None, "not approved yet: no rule grant");
+    let later = NOW + time::Duration::minutes(5);
+    let twice = decide(&once, &who("UCAROL"), &Verdict::Approve, &approvers(2), later).unwrap();
+    assert_eq!(twice.rule_grant_until(), Some(later + time::Duration::hours(24)), "a plain approval keeps the term asked");
+    let shorter = decide(&once, &who("UCAROL"), &hours(2), &approvers(2), later).unwrap();
+    assert_eq!(shorter.rule_grant_until(), Some(later + time::Duration::hours(2)), "least privilege wins");
+    assert!(shorter.rule_grant_live(later) && !shorter.rule_grant_live(later + time::Duration::hours(2)));
+    let plain = decide(&r, &who("UBOB"), &Verdict::Approve, &approvers(1), NOW).unwrap();
+    assert_eq!((plain.temporary, plain.rule_grant_until()), (None, None));
+}
+
+#[test]
+fn only_an_addition_can_be_approved_for_a_time() {
+    let mut r = request();
+    r.remove = vec![tcp(443, "0.0.0.0/0", None)];
+    let refused = decide(&r, &who("UBOB"), &Verdict::ApproveFor(time::Duration::hours(1)), &approvers(1), NOW);
+    assert_eq!(refused, Err(Refusal::NotAnAddition { id: "r1".into() }));
+    assert!(decide(&r, &who("UBOB"), &Verdict::Approve, &approvers(1), NOW).is_ok(), "a plain approval still may");
+}
+
+#[test]
 fn a_request_expires_undecided() {
     let r = request();
     assert_eq!(expire(&r, NOW), None);

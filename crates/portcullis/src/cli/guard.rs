@@ -47,6 +47,10 @@ pub(super) struct ApproveArgs {
     /// Act as this user (an approver's Slack id or user name); default the OS user.
     #[arg(long = "as", value_name = "USER")]
     as_user: Option<String>,
+    /// Approve an addition for this long only (`24h`, `7d`): its rules become a rule grant,
+    /// with our marker, revoked when it expires.
+    #[arg(long = "for", value_name = "TTL", value_parser = |s: &str| portcullis_core::Ttl::parse(s).map_err(|e| e.to_string()))]
+    term: Option<portcullis_core::Ttl>,
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +136,9 @@ fn print_request(r: &ChangeRequest) {
     for line in r.rules_in_words() {
         println!("    {line}");
     }
+    if let Some(term) = r.term_in_words() {
+        println!("    temporary: {term}");
+    }
     for note in &r.notes {
         println!("    note: {note}");
     }
@@ -159,7 +166,8 @@ async fn decide(cx: &Context, id: &str, verdict: Verdict, as_user: Option<String
 }
 
 pub(super) async fn approve(cx: &Context, a: ApproveArgs) -> Result<ExitCode, CliError> {
-    decide(cx, &a.id, Verdict::Approve, a.as_user).await
+    let verdict = a.term.map_or(Verdict::Approve, |t| Verdict::ApproveFor(t.duration()));
+    decide(cx, &a.id, verdict, a.as_user).await
 }
 
 pub(super) async fn deny(cx: &Context, a: DenyArgs) -> Result<ExitCode, CliError> {

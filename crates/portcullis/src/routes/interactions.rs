@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use portcullis_core::guard::Verdict;
 use portcullis_core::{Credential, Interface, Owner};
 use portcullis_engine::{DecisionOutcome, Engine, Requester};
-use portcullis_slack::guard::{APPROVE, Click, DENY, decided_message, read_click};
+use portcullis_slack::guard::{APPROVE, APPROVE_TEMPORARY, Click, DENY, decided_message, read_click};
 use portcullis_slack::redact_url;
 use serde_json::{Value, json};
 
@@ -49,6 +49,10 @@ pub(super) async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap,
     };
     let verdict = match click.action_id.as_str() {
         APPROVE => Verdict::Approve,
+        APPROVE_TEMPORARY => match app.engine.temporary_approval() {
+            Some(term) => Verdict::ApproveFor(term),
+            None => return axum::Json(ephemeral("guard is not configured here")).into_response(),
+        },
         DENY => Verdict::Deny { reason: None },
         other => return axum::Json(ephemeral(&format!("portcullis has no action {other:?}"))).into_response(),
     };
@@ -106,9 +110,11 @@ async fn decider(engine: &Engine, slack: &SlackEndpoint, click: &Click) -> Resul
 /// What the clicker (and, once decided, the channel) is told.
 async fn answer(engine: &Engine, id: &str, verdict: Verdict, by: &Requester) -> Value {
     match engine.decide(id, verdict, by).await {
-        Ok(DecisionOutcome::Decided { request, failures }) if failures.is_empty() => decided_message(&request),
+        Ok(DecisionOutcome::Decided { request, failures }) if failures.is_empty() => {
+            decided_message(&request, engine.temporary_approval())
+        }
         Ok(DecisionOutcome::Decided { request, failures }) => {
-            let mut message = decided_message(&request);
+            let mut message = decided_message(&request, engine.temporary_approval());
             message["text"] = json!(format!(
                 "{} — applying it failed: {}; the guard sweep retries",
                 message["text"].as_str().unwrap_or_default(),

@@ -178,18 +178,45 @@ async fn list_requests(State(app): State<AppState>, Query(q): Query<RequestsQuer
     Ok(Json(app.engine.requests(status).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct DenyBody {
     reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    /// A temporary approval's term (`24h`, `7d`: the TTL grammar).
+    #[serde(rename = "for")]
+    term: Option<String>,
+}
+
+/// Reads an optional JSON body; nothing (or whitespace) is `T::default()`.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("the body is not {shape}: {e}")))
 }
 
 async fn approve_request(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    decided(app.engine.decide(&id, Verdict::Approve, &principal.requester()).await?)
+    let ApproveBody { term } = optional_body(&body, "{\"for\": \"24h\"}")?;
+    let verdict = match term {
+        None => Verdict::Approve,
+        Some(text) => Verdict::ApproveFor(
+            portcullis_core::Ttl::parse(&text)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_term", format!("for: {e}")))?
+                .duration(),
+        ),
+    };
+    decided(app.engine.decide(&id, verdict, &principal.requester()).await?)
 }
 
 async fn deny_request(
@@ -198,16 +225,7 @@ async fn deny_request(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    // The body is optional: `{"reason": "…"}`, or nothing.
-    let reason = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        serde_json::from_slice::<DenyBody>(&body)
-            .map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("the body is not {{\"reason\": \"…\"}}: {e}"))
-            })?
-            .reason
-    };
+    let DenyBody { reason } = optional_body(&body, "{\"reason\": \"…\"}")?;
     decided(app.engine.decide(&id, Verdict::Deny { reason }, &principal.requester()).await?)
 }
 
@@ -221,6 +239,7 @@ fn decided(outcome: DecisionOutcome) -> Result<Response, ApiError> {
         DecisionOutcome::Refused(refusal) => {
             let status = match refusal {
                 Refusal::NotApprover { .. } | Refusal::OwnRequest { .. } => StatusCode::FORBIDDEN,
+                Refusal::NotAnAddition { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 Refusal::AlreadyDecided { .. } | Refusal::AlreadyApproved { .. } | Refusal::Expired { .. } => {
                     StatusCode::CONFLICT
                 }

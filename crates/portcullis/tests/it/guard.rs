@@ -115,6 +115,17 @@ impl Guarded {
         self.world.ec2.authorize_security_group_ingress().group_id(group).ip_permissions(perm).send().await.unwrap();
         self.rules(group).await.into_iter().find(|r| r.1 == port && r.2 == cidr).unwrap().0
     }
+
+    /// Revokes tcp `port` from `cidr` by its permissions, out of band.
+    pub(crate) async fn revoke(&self, group: &str, cidr: &str, port: i32) {
+        let perm = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(port)
+            .to_port(port)
+            .ip_ranges(IpRange::builder().cidr_ip(cidr).build())
+            .build();
+        self.world.ec2.revoke_security_group_ingress().group_id(group).ip_permissions(perm).send().await.unwrap();
+    }
 }
 
 /// The fixture's event, made about `group` now, with a fresh event id.
@@ -188,13 +199,7 @@ async fn an_addition_a_removal_and_an_edit_are_each_reverted_exactly_and_filed_o
             .unwrap();
 
         // A removal: restored, with the description the baseline remembers.
-        let perm = IpPermission::builder()
-            .ip_protocol("tcp")
-            .from_port(443)
-            .to_port(443)
-            .ip_ranges(IpRange::builder().cidr_ip("198.51.100.0/24").build())
-            .build();
-        g.world.ec2.revoke_security_group_ingress().group_id(&group).ip_permissions(perm).send().await.unwrap();
+        g.revoke(&group, "198.51.100.0/24", 443).await;
         assert!(g.rules(&group).await.is_empty());
         let (code, answer, out) = g.invoke(&event("cloudtrail-revoke-ingress.json", &group)).await;
         assert_eq!((code, answer["outcome"].as_str()), (0, Some("reverted")), "{out}");
@@ -336,6 +341,48 @@ async fn approvals_need_distinct_approvers_never_the_requester_and_apply_the_cha
         let actions: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
         assert!(actions.contains(&"change-approved") && actions.contains(&"change-denied"), "{actions:?}");
         assert_eq!(actions.iter().filter(|a| **a == "refused").count(), 4, "each refusal is audited: {actions:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_for_a_time_puts_an_addition_on_as_a_rule_grant_and_refuses_a_removal() {
+    within(async {
+        let w = World::new().await;
+        let group = w.group(false, &[]).await;
+        let g = guarded(&[&group], 1).await;
+        g.authorize(&group, "198.51.100.0/24", 443, Some("office")).await;
+        assert!(g.cli(&["guard", "baseline"]).status.success());
+
+        // A removal, reverted: it can be approved, but not for a time.
+        g.revoke(&group, "198.51.100.0/24", 443).await;
+        let (_, answer, out) = g.invoke(&event("cloudtrail-revoke-ingress.json", &group)).await;
+        let removal = answer["request"]["id"].as_str().unwrap_or_else(|| panic!("{out}")).to_string();
+        let out = g.cli(&["approve", &removal, "--as", "ubob", "--for", "2h"]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains("only an addition can be approved for a time"), "{}", text(&out));
+        let out = g.cli(&["approve", &removal, "--as", "ubob", "--for", "forever"]);
+        assert_eq!(out.status.code(), Some(2), "a bad term is a usage error: {}", text(&out));
+        assert_eq!(g.requests("pending").len(), 1, "nothing was decided");
+
+        // An addition, approved for 2 h: on again, under our rule-grant marker.
+        let id = g.authorize(&group, "203.0.113.0/24", 22, None).await;
+        let (_, answer, out) = g.invoke(&added(&group, &id, "203.0.113.0/24", 22, ALICE)).await;
+        let addition = answer["request"]["id"].as_str().unwrap_or_else(|| panic!("{out}")).to_string();
+        let out = g.cli(&["approve", &addition, "--as", "ubob", "--for", "2h"]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("temporary: a rule grant until"), "{}", text(&out));
+        let rules: Vec<_> = g.rules(&group).await.into_iter().map(|r| (r.1, r.2, r.3)).collect();
+        let marker = format!("pc:grant/{addition} ubob:");
+        assert_eq!(
+            rules,
+            [(22, "203.0.113.0/24".to_string(), Some(marker)), (443, "198.51.100.0/24".to_string(), Some("office".to_string()))],
+            "the rule grant's rule beside the untouched hand-made one"
+        );
+        let approved = g.requests("approved");
+        assert!(approved[0]["temporary"]["until"].is_string() && approved[0]["applied_at"].is_string(), "{approved:?}");
+        let sweep: Value = serde_json::from_slice(&g.cli(&["guard", "sweep", "--json"]).stdout).unwrap();
+        assert_eq!((sweep["reverted"].clone(), sweep["rule_grants"]["authorized"].clone()), (json!([]), json!(0)), "{sweep}");
     })
     .await;
 }

@@ -82,6 +82,8 @@ async fn slack_gets_the_approval_message_and_its_buttons_decide_through_the_same
         let approval: Value = serde_json::from_str(&receiver.wait_for("/approval", 1).await[0].body).unwrap();
         let buttons = approval["blocks"].as_array().unwrap().last().unwrap()["elements"].as_array().unwrap().clone();
         assert!(buttons.iter().all(|b| b["value"] == request.as_str()), "{approval}");
+        let labels: Vec<&str> = buttons.iter().filter_map(|b| b["text"]["text"].as_str()).collect();
+        assert_eq!(labels, ["Approve", "Approve for 24 h", "Deny"], "{approval}");
         assert!(approval.to_string().contains("tcp 22 from 203.0.113.0/24"), "{approval}");
         let notice = receiver.wait_for("/monitoring", 1).await;
         assert!(notice[0].body.contains("reverted") && notice[0].body.contains(&group), "{}", notice[0].body);
@@ -103,6 +105,20 @@ async fn slack_gets_the_approval_message_and_its_buttons_decide_through_the_same
         assert!(decided.to_string().contains("Approved* by <@U0BOB>"), "{decided}");
         assert_eq!(g.rules(&group).await.len(), 1, "approved: the rule is back");
         receiver.wait_for("/monitoring", 2).await;
+
+        // "Approve for 24 h": the addition goes on as a rule grant, and the message says until when.
+        let id = g.authorize(&group, "198.51.100.0/24", 443, None).await;
+        let Some(Ok(event)) = portcullis::events::read(&added(&group, &id, "198.51.100.0/24", 443, ALICE)) else { panic!() };
+        let answer = portcullis::events::handle(&engine, event, portcullis_core::Interface::Lambda).await.unwrap();
+        let second = answer["request"]["id"].as_str().unwrap().to_string();
+        let body = click("U0BOB", "approve_temporary", &second, &receiver.url("/r/bob2"));
+        let (status, _) = post_signed_to(&interactions, SECRET, now(), &body).await;
+        assert_eq!(status, 200);
+        let decided = receiver.wait_for("/r/bob2", 1).await[0].body.clone();
+        assert!(decided.contains("Approved for a time* by <@U0BOB>: a rule grant until"), "{decided}");
+        let rules = g.rules(&group).await;
+        let granted = rules.iter().find(|r| r.1 == 443).unwrap_or_else(|| panic!("{rules:?}"));
+        assert!(granted.3.as_deref().is_some_and(|d| d.starts_with(&format!("pc:grant/{second} "))), "{rules:?}");
     })
     .await;
 }
@@ -166,7 +182,7 @@ async fn decisions_over_v1_and_expiry_on_virtual_time(store: std::sync::Arc<dyn 
     engine.record_baseline(false, &Requester::named("ops", Interface::Cli)).await.unwrap();
     let g = Guarded { world: w, config: std::path::PathBuf::new() };
     let mut ids = Vec::new();
-    for (cidr, port) in [("203.0.113.0/24", 22), ("192.0.2.0/24", 3389)] {
+    for (cidr, port) in [("203.0.113.0/24", 22), ("192.0.2.0/24", 3389), ("198.51.100.0/24", 443)] {
         let rule = g.authorize(&group, cidr, port, None).await;
         let mut e = added(&group, &rule, cidr, port, ALICE);
         let at = clock.now().format(&time::format_description::well_known::Rfc3339).unwrap();
@@ -177,7 +193,7 @@ async fn decisions_over_v1_and_expiry_on_virtual_time(store: std::sync::Arc<dyn 
     }
     assert!(g.rules(&group).await.is_empty());
     let listed: Value = http.get(format!("{base}/v1/requests")).bearer_auth(&bob).send().await.unwrap().json().await.unwrap();
-    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
 
     let (status, answer) = post(mallory.clone(), format!("{base}/v1/requests/{}/approve", ids[0])).await;
     assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("refused")), "{answer}");
@@ -187,8 +203,46 @@ async fn decisions_over_v1_and_expiry_on_virtual_time(store: std::sync::Arc<dyn 
     let (status, _) = post(bob.clone(), format!("{base}/v1/requests/nope/approve")).await;
     assert_eq!(status, 404);
 
+    // "Approve for 1 h": the addition goes on as a rule grant, under our marker.
+    let approve_for = |term: &str| {
+        let (http, secret, url) = (http.clone(), bob.clone(), format!("{base}/v1/requests/{}/approve", ids[2]));
+        let body = json!({"for": term});
+        async move {
+            let r = http.post(url).bearer_auth(secret).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, answer) = approve_for("forever").await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_term")), "{answer}");
+    let (status, answer) = approve_for("1h").await;
+    assert_eq!(status, 200, "{answer}");
+    let until = clock.now() + time::Duration::hours(1);
+    let until = until.format(&time::format_description::well_known::Rfc3339).unwrap();
+    assert_eq!(answer["request"]["temporary"]["until"].as_str(), Some(until.as_str()), "{answer}");
+    assert!(answer["request"]["applied_at"].is_string(), "{answer}");
+    let rules = g.rules(&group).await;
+    let granted = rules.iter().find(|r| r.1 == 443).unwrap_or_else(|| panic!("{rules:?}"));
+    assert_eq!(granted.3.as_deref(), Some(format!("pc:grant/{} ubob:", ids[2]).as_str()), "{rules:?}");
+    assert!(engine.reconcile_rule_grants().await.unwrap().authorized == 0, "level-triggered: nothing more to put on");
+    let quiet = engine.guard_sweep().await.unwrap();
+    assert!(quiet.reverted.is_empty(), "a rule grant's rule is ours, not drift: {quiet:?}");
+
     clock.advance(time::Duration::hours(2));
+    let swept = engine.sweep().await.unwrap();
+    let rule_grants = swept.rule_grants.unwrap_or_default();
+    assert_eq!((rule_grants.expired, rule_grants.revoked), (vec![ids[2].clone()], 1), "the sweeper revokes it on time");
+    let rules = g.rules(&group).await;
+    assert_eq!(rules.iter().map(|r| r.1).collect::<Vec<_>>(), [22], "only the rule grant went: {rules:?}");
+    let ended = store.request(&ids[2]).await.unwrap().unwrap();
+    assert!(ended.temporary.and_then(|t| t.ended_at).is_some(), "{ended:?}");
+    let expired = store.audit(None, 50).await.unwrap();
+    let expired = expired.iter().find(|e| e.action == portcullis_core::Action::Expired).expect("audited as expired");
+    assert!(expired.reason.contains(&ids[2]) && expired.request.is_some(), "{}", expired.reason);
+    let notice = portcullis_slack::notification(expired).unwrap_or_default();
+    assert!(notice.starts_with(":hourglass:") && notice.contains("198.51.100.0/24"), "{notice}");
+
     let sweep = engine.guard_sweep().await.unwrap();
+    assert!(sweep.reverted.is_empty(), "{sweep:?}");
     assert_eq!(sweep.expired, [ids[1].clone()]);
     let (status, answer) = post(bob, format!("{base}/v1/requests/{}/approve", ids[1])).await;
     assert_eq!((status, answer["error"]["message"].as_str().map(|m| m.contains("expired"))), (409, Some(true)), "{answer}");

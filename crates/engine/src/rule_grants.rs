@@ -1,0 +1,140 @@
+//! Rule grants (guard's "Approve for 24 h"): the added rules of a change approved for a time,
+//! held on their group under our marker and revoked when the term ends. Level-triggered like
+//! the reconcile: read the approved requests, observe their groups, `plan_rule_grants`, apply,
+//! then record what the firewall now shows: applied (`applied_at`), or expired (`expired`,
+//! announced with ⌛) once its rules are gone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use portcullis_core::guard::{self, ChangeRequest, GroupSelection, GuardScope, GuardedGroup, RequestStatus, Revert};
+use portcullis_core::{Action, TargetId, Timestamp};
+use portcullis_store::request_event;
+use serde::Serialize;
+
+use crate::guard::guard_actor;
+use crate::{Engine, EngineError, Guard, GuardError};
+
+/// What one rule-grant reconcile did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RuleGrantReport {
+    pub authorized: usize,
+    pub revoked: usize,
+    /// Requests whose rule grant is on the firewall now, for the first time.
+    pub applied: Vec<String>,
+    /// Requests whose rule grant expired and whose rules are gone, recorded now.
+    pub expired: Vec<String>,
+    /// Each names its group (`sg-… (region): …`) or, for a whole region, the region.
+    pub failures: Vec<String>,
+}
+
+impl RuleGrantReport {
+    /// The failures that concern `group`: its own, and its region's.
+    pub fn failures_for(&self, group: &TargetId) -> Vec<String> {
+        let (own, region) = (format!("{group}:"), format!("{}:", group.region));
+        self.failures.iter().filter(|f| f.starts_with(&own) || f.starts_with(&region)).cloned().collect()
+    }
+}
+
+impl Engine {
+    /// When the next rule grant expires (or the earliest overdue one did); none without guard.
+    pub async fn next_rule_grant_expiry(&self) -> Result<Option<Timestamp>, EngineError> {
+        if self.guard.is_none() {
+            return Ok(None);
+        }
+        let requests = self.store().requests(Some(RequestStatus::Approved)).await?;
+        Ok(requests.iter().filter_map(ChangeRequest::rule_grant_until).min())
+    }
+
+    /// Brings every rule grant's rules to what its request wants now: live ones authorized
+    /// (within the quota), expired ones revoked and recorded `expired`. Only rules carrying
+    /// our rule-grant marker are ever revoked. One observe per region (and account) with rule
+    /// grants; none at all when there are none.
+    pub async fn reconcile_rule_grants(&self) -> Result<RuleGrantReport, GuardError> {
+        Ok(self.rule_grants_of(self.guard()?).await?)
+    }
+
+    pub(crate) async fn rule_grants_of(&self, guard: &Guard) -> Result<RuleGrantReport, EngineError> {
+        let mut report = RuleGrantReport::default();
+        let requests = self.store().requests(Some(RequestStatus::Approved)).await?;
+        let mut by_scope: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+        for (account, group) in guard::rule_grant_groups(&requests) {
+            match guard.scopes.iter().position(|s| s.covers(&account, &group.region)) {
+                Some(i) => {
+                    by_scope.entry(i).or_default().insert(group.group_id);
+                }
+                None => report.failures.push(format!("{group}: its region (and account) is no longer guarded")),
+            }
+        }
+        let now = self.clock().now();
+        // Groups whose rule grants are settled: observed, and every change to them went through.
+        let mut settled: BTreeSet<TargetId> = BTreeSet::new();
+        for (i, ids) in by_scope {
+            let scope = &guard.scopes[i];
+            let one = GuardScope { route: scope.route.clone(), selection: GroupSelection::Ids(ids) };
+            let groups: Vec<GuardedGroup> = match guard.firewall.guarded(&one).await {
+                Ok(groups) => groups,
+                Err(e) => {
+                    report.failures.push(format!("{}: {e}", scope.route.region));
+                    continue;
+                }
+            };
+            let plan = guard::plan_rule_grants(&requests, &groups, self.marker(), self.quota(), now);
+            let mut failed: BTreeSet<TargetId> = BTreeSet::new();
+            for o in &plan.overflows {
+                report.failures.push(format!(
+                    "{}: the rule grants would take it to {} {} rules (quota {}); not authorized",
+                    o.group, o.would_hold, o.family, o.quota
+                ));
+                failed.insert(o.group.clone());
+            }
+            for change in &plan.changes {
+                let Some(group) = &change.group else { continue };
+                let steps = Revert {
+                    revoke_ids: change.revoke_ids.clone(),
+                    revoke: change.revoke.clone(),
+                    authorize: change.authorize.clone(),
+                    ..Revert::default()
+                };
+                let failures = self.carry_out(&scope.route, &group.group_id, &steps).await;
+                if failures.is_empty() {
+                    report.authorized += change.authorize.len();
+                    report.revoked += change.revoke_ids.len() + change.revoke.len();
+                } else {
+                    report.failures.extend(failures.into_iter().map(|f| format!("{group}: {f}")));
+                    failed.insert(group.clone());
+                }
+            }
+            settled.extend(groups.into_iter().map(|g| g.id).filter(|id| !failed.contains(id)));
+        }
+        for request in requests.iter().filter(|r| r.rule_grant_until().is_some() && settled.contains(&r.group())) {
+            let mut next = request.clone();
+            next.version += 1;
+            let event = if request.rule_grant_live(now) {
+                if request.applied_at.is_some() {
+                    continue;
+                }
+                next.applied_at = Some(now);
+                vec![]
+            } else {
+                if let Some(t) = &mut next.temporary {
+                    t.ended_at = Some(now);
+                }
+                let detail = "the temporary approval ended: its rule grant's rules were revoked";
+                vec![request_event(now, &guard_actor(), Action::Expired, &next, detail)]
+            };
+            let expired = !event.is_empty();
+            if self.store().update_request(&next, event).await? {
+                if expired {
+                    tracing::info!(request = %next.id, group = %next.group_id, "rule grant expired");
+                    report.expired.push(next.id);
+                } else {
+                    report.applied.push(next.id);
+                }
+            }
+        }
+        if !report.expired.is_empty() {
+            self.announce();
+        }
+        Ok(report)
+    }
+}
