@@ -36,6 +36,8 @@ pub use marker::Marker;
 pub use members::{
     AddressKind, Instance, ListedGrant, MemberPlan, MemberSource, member_grant, member_instance, plan_admission, plan_members,
 };
+#[cfg(feature = "reference-planner")]
+pub use plan::reference_plan;
 pub use plan::{
     AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld, counts_after, plan, plan_adoption,
 };

@@ -79,6 +79,15 @@ impl Marker {
         self.decode(rule_description).is_some() || self.decode_rule_grant(rule_description).is_some()
     }
 
+    /// Whether a rule's description carries our marker for `environment` (what
+    /// `decode(d) == Some(environment)` says, without building an `Environment`).
+    pub fn is_for(&self, rule_description: &str, environment: &Environment) -> bool {
+        let Some(rest) = rule_description.strip_prefix(self.prefix.as_str()).and_then(|r| r.strip_prefix(':')) else {
+            return false;
+        };
+        rest.strip_prefix(environment.as_str()).is_some_and(|after| after.is_empty() || after.starts_with(' '))
+    }
+
     /// The environment a rule belongs to, if its description carries our marker.
     pub fn decode(&self, rule_description: &str) -> Option<Environment> {
         let rest = rule_description.strip_prefix(self.prefix.as_str())?.strip_prefix(':')?;
@@ -151,6 +160,13 @@ mod tests {
             prop_assert!(encoded.len() <= Marker::MAX_BYTES);
             prop_assert!(encoded.chars().all(|c| c.is_ascii() && !c.is_control()));
             prop_assert_eq!(m.decode(&encoded), Some(e));
+        }
+
+        #[test]
+        fn is_for_agrees_with_decode(text in "(pc:)?(dev|de|prod|dev2|dev/x)?( .{0,10})?", env in "(dev|de|prod)") {
+            let m = Marker::default();
+            let e = Environment::parse(&env).unwrap();
+            prop_assert_eq!(m.is_for(&text, &e), m.decode(&text).as_ref() == Some(&e), "{:?}", text);
         }
 
         #[test]

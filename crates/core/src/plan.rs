@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -141,29 +141,63 @@ impl Plan {
 
 type RuleKey = (Cidr, PortRange);
 
+/// Each environment's live grants, by address, with the rule description each gets: worked
+/// out once per environment, not once per group. Where two grants name one address (the store
+/// never holds two), the later wins.
+fn desired_by_environment<'a>(input: &'a PlanInput<'_>) -> HashMap<&'a Environment, Vec<Desired>> {
+    let mut by_env: HashMap<&Environment, Vec<Desired>> = HashMap::new();
+    for grant in input.grants.iter().filter(|g| g.is_live(input.now)) {
+        let description = input.marker.encode(&grant.environment, &grant.owner.name, &grant.description);
+        by_env.entry(&grant.environment).or_default().push(Desired {
+            cidr: grant.cidr,
+            text: grant.cidr.to_string(),
+            description,
+        });
+    }
+    for grants in by_env.values_mut() {
+        // Stable sort of the reversed list: the first of each address is the last given.
+        grants.reverse();
+        grants.sort_by_key(|d| d.cidr);
+        grants.dedup_by_key(|d| d.cidr);
+    }
+    by_env
+}
+
+/// A live grant as every group of its environment wants it: its address (and its text, for
+/// EC2) and its rule description.
+struct Desired {
+    cidr: Cidr,
+    text: String,
+    description: String,
+}
+
 /// Decides what changes: the single place that does.
 ///
 /// Level-triggered and idempotent: applying the result and planning again yields no changes.
 /// Only rules whose description carries our marker for the target's environment are ever
 /// revoked or edited.
+///
+/// Cost: descriptions are encoded once per environment; each group then walks its
+/// environment's sorted grants against hash lookups of its own rules, and builds an
+/// authorization only once the quota check has kept its family.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut out = Plan::default();
+    let by_env = desired_by_environment(input);
+    let none: Vec<Desired> = Vec::new();
     for target in input.targets {
         let env = &target.environment;
-        let mut desired: BTreeMap<RuleKey, (Cidr, String)> = BTreeMap::new();
-        for grant in input.grants.iter().filter(|g| &g.environment == env && g.is_live(input.now)) {
-            let description = input.marker.encode(env, &grant.owner.name, &grant.description);
-            for ports in target.ports.iter() {
-                desired.insert((grant.cidr, *ports), (grant.cidr, description.clone()));
-            }
-        }
+        let grants = by_env.get(env).unwrap_or(&none);
+        let ports: Vec<PortRange> = target.ports.iter().copied().collect();
+        let is_desired =
+            |(cidr, ports_of): &RuleKey| ports.contains(ports_of) && grants.binary_search_by_key(cidr, |d| d.cidr).is_ok();
 
-        let mut owned: BTreeMap<RuleKey, Vec<&ObservedRule>> = BTreeMap::new();
-        let mut foreign_keys: BTreeSet<RuleKey> = BTreeSet::new();
+        // Each owned key's first rule, and any duplicates (rare: they are revoked).
+        let mut owned: HashMap<RuleKey, (&ObservedRule, Vec<&ObservedRule>)> = HashMap::with_capacity(target.rules.len());
+        let mut foreign_keys: HashSet<RuleKey> = HashSet::new();
         for rule in &target.rules {
-            let ours = rule.description.as_deref().and_then(|d| input.marker.decode(d)).as_ref() == Some(env);
+            let ours = rule.description.as_deref().is_some_and(|d| input.marker.is_for(d, env));
             if ours {
-                owned.entry((rule.cidr, rule.ports)).or_default().push(rule);
+                owned.entry((rule.cidr, rule.ports)).and_modify(|(_, extra)| extra.push(rule)).or_insert((rule, Vec::new()));
             } else {
                 foreign_keys.insert((rule.cidr, rule.ports));
                 out.foreign.push(Foreign {
@@ -192,45 +226,53 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             }
         };
 
-        for (key, (cidr, description)) in &desired {
-            match owned.get(key).map(Vec::as_slice) {
-                Some([first, extra @ ..]) => {
-                    if first.description.as_deref() == Some(description.as_str()) {
-                        out.unchanged += 1;
-                    } else {
-                        change.update_descriptions.push(existing(first, description));
+        // Missing rules, by reference only: built below once their family is within quota.
+        let mut missing: Vec<(&Desired, PortRange)> = Vec::new();
+        for wanted in grants {
+            for ports in &ports {
+                let key = (wanted.cidr, *ports);
+                match owned.get(&key) {
+                    Some((first, extra)) => {
+                        if first.description.as_deref() == Some(wanted.description.as_str()) {
+                            out.unchanged += 1;
+                        } else {
+                            change.update_descriptions.push(existing(first, &wanted.description));
+                        }
+                        for rule in extra {
+                            revoke(rule, &mut change, &mut out);
+                        }
                     }
-                    for rule in extra {
-                        revoke(rule, &mut change, &mut out);
-                    }
+                    None if foreign_keys.contains(&key) => out.unchanged += 1,
+                    None => missing.push((wanted, *ports)),
                 }
-                _ if foreign_keys.contains(key) => out.unchanged += 1,
-                _ => change.authorize.push(AppliedRule {
-                    cidr: *cidr,
-                    ec2_cidr: cidr.to_string(),
-                    ports: key.1,
-                    description: description.clone(),
-                }),
             }
         }
-        for (key, rules) in &owned {
-            if !desired.contains_key(key) {
-                for rule in rules {
-                    revoke(rule, &mut change, &mut out);
-                }
+        let mut unwanted: Vec<&RuleKey> = owned.keys().filter(|k| !is_desired(k)).collect();
+        unwanted.sort();
+        for key in unwanted {
+            let (first, extra) = &owned[key];
+            for rule in std::iter::once(first).chain(extra) {
+                revoke(rule, &mut change, &mut out);
             }
         }
 
-        for family in [Family::Ipv4, Family::Ipv6] {
-            let count = |rules: &[AppliedRule]| rules.iter().filter(|r| r.cidr.family() == family).count();
-            let would_hold =
-                target.counts.get(family) + count(&change.authorize) - count(&change.revoke).min(target.counts.get(family));
+        let mut kept = [true, true];
+        for (i, family) in [Family::Ipv4, Family::Ipv6].into_iter().enumerate() {
+            let adding = missing.iter().filter(|(d, _)| d.cidr.family() == family).count();
+            let revoking = change.revoke.iter().filter(|r| r.cidr.family() == family).count();
+            let held = target.counts.get(family);
+            let would_hold = held + adding - revoking.min(held);
             let quota = input.quota.get(family);
-            if count(&change.authorize) > 0 && would_hold > quota {
-                change.authorize.retain(|r| r.cidr.family() != family);
+            if adding > 0 && would_hold > quota {
+                kept[i] = false;
                 out.overflows.push(Overflow { target: target.id.clone(), environment: env.clone(), family, would_hold, quota });
             }
         }
+        change.authorize = missing
+            .into_iter()
+            .filter(|(d, _)| kept[usize::from(d.cidr.family() == Family::Ipv6)])
+            .map(|(d, ports)| AppliedRule { cidr: d.cidr, ec2_cidr: d.text.clone(), ports, description: d.description.clone() })
+            .collect();
 
         if !change.is_empty() {
             out.changes.push(change);
@@ -283,298 +325,9 @@ pub fn counts_after(counts: FamilyCounts, change: &GroupChange) -> FamilyCounts 
     counts
 }
 
+#[cfg(any(test, feature = "reference-planner"))]
+mod reference;
+#[cfg(feature = "reference-planner")]
+pub use reference::reference_plan;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{Description, Owner, PortSet, Protocol, Source};
-    use proptest::prelude::*;
-    use time::macros::datetime;
-
-    const NOW: Timestamp = datetime!(2026-01-01 12:00 UTC);
-
-    fn env(s: &str) -> Environment {
-        Environment::parse(s).unwrap()
-    }
-
-    fn grant(cidr: &str, e: &str, desc: &str, expires_in_min: Option<i64>) -> Grant {
-        Grant {
-            cidr: Cidr::parse(cidr).unwrap(),
-            environment: env(e),
-            owner: Owner::named("john.doe"),
-            source: Source::Manual,
-            description: Description::parse(desc).unwrap(),
-            created_at: NOW - time::Duration::hours(1),
-            expires_at: expires_in_min.map(|m| NOW + time::Duration::minutes(m)),
-        }
-    }
-
-    fn rule(cidr: &str, port: u16, desc: Option<&str>) -> ObservedRule {
-        ObservedRule {
-            cidr: Cidr::parse(cidr).unwrap(),
-            raw_cidr: cidr.to_string(),
-            ports: PortRange::single(Protocol::Tcp, port),
-            description: desc.map(str::to_string),
-        }
-    }
-
-    fn target(id: &str, e: &str, ports: PortSet, rules: Vec<ObservedRule>) -> Target {
-        let mut counts = FamilyCounts::default();
-        for r in &rules {
-            counts.add(r.cidr.family(), 1);
-        }
-        Target {
-            id: TargetId { region: "us-east-1".into(), group_id: id.into() },
-            route: Route::region("us-east-1"),
-            name: id.into(),
-            environment: env(e),
-            ports,
-            rules,
-            counts,
-        }
-    }
-
-    fn run(grants: &[Grant], targets: &[Target], history: &[&str]) -> Plan {
-        let history: BTreeSet<Environment> = history.iter().map(|e| env(e)).collect();
-        plan(&PlanInput {
-            grants,
-            targets,
-            marker: &Marker::default(),
-            environments_with_history: &history,
-            quota: RuleQuota::default(),
-            now: NOW,
-        })
-    }
-
-    #[test]
-    fn adoption_takes_over_only_markerless_rules_matching_a_live_grant() {
-        let grants = [grant("1.2.3.4/32", "dev", "Home office", Some(60)), grant("5.6.7.8/32", "dev", "", Some(-1))];
-        let rules = vec![
-            rule("1.2.3.4/32", 80, None),                      // the seed Lambda's rule: adopted
-            rule("1.2.3.4/32", 443, Some("made by hand")),     // matches too: adopted
-            rule("1.2.3.4/32", 22, None),                      // port not managed: left
-            rule("9.9.9.9/32", 80, None),                      // no grant: left
-            rule("5.6.7.8/32", 80, None),                      // grant expired: left
-            rule("1.2.3.4/32", 7233, Some("pc:prod someone")), // another environment's: left
-        ];
-        let targets = [target("sg-1", "dev", PortSet::parse("tcp:80,tcp:443,tcp:7233").unwrap(), rules)];
-        let history = BTreeSet::new();
-        let input = PlanInput {
-            grants: &grants,
-            targets: &targets,
-            marker: &Marker::default(),
-            environments_with_history: &history,
-            quota: RuleQuota::default(),
-            now: NOW,
-        };
-        let changes = plan_adoption(&input);
-        assert_eq!(changes.len(), 1);
-        let c = &changes[0];
-        assert!(c.authorize.is_empty() && c.revoke.is_empty());
-        let updated: Vec<_> =
-            c.update_descriptions.iter().map(|r| (r.ec2_cidr.as_str(), r.ports.from, r.description.as_str())).collect();
-        assert_eq!(
-            updated,
-            [("1.2.3.4/32", 80, "pc:dev john.doe: Home office"), ("1.2.3.4/32", 443, "pc:dev john.doe: Home office")]
-        );
-        // Once adopted, the rules are ours and nothing more is proposed.
-        let mut adopted = targets.clone();
-        for (r, u) in adopted[0].rules.iter_mut().zip(&c.update_descriptions) {
-            r.description = Some(u.description.clone());
-        }
-        assert!(plan_adoption(&PlanInput { targets: &adopted, ..input }).is_empty());
-    }
-
-    #[test]
-    fn authorizes_every_port_and_leaves_hand_made_rules() {
-        let grants = [grant("198.51.100.7", "dev", "Home office", Some(60))];
-        let hand = rule("192.0.2.1/32", 80, Some("office VPN"));
-        let targets = [target("sg-1", "dev", PortSet::alb(), vec![hand.clone()])];
-        let p = run(&grants, &targets, &["dev"]);
-        assert_eq!(p.changes.len(), 1);
-        let c = &p.changes[0];
-        let auth: Vec<_> = c.authorize.iter().map(|r| (r.ec2_cidr.as_str(), r.ports.from, r.description.as_str())).collect();
-        assert_eq!(
-            auth,
-            [("198.51.100.7/32", 80, "pc:dev john.doe: Home office"), ("198.51.100.7/32", 443, "pc:dev john.doe: Home office")]
-        );
-        assert!(c.revoke.is_empty());
-        assert_eq!(p.foreign.len(), 1);
-    }
-
-    #[test]
-    fn expired_and_orphaned_owned_rules_go_foreign_stay() {
-        let grants = [grant("198.51.100.7", "dev", "x", Some(0))];
-        let targets = [target(
-            "sg-1",
-            "dev",
-            PortSet::nlb(),
-            vec![
-                rule("198.51.100.7/32", 7233, Some("pc:dev john.doe: x")),
-                rule("203.0.113.9/32", 7233, Some("pc:dev someone")),
-                rule("203.0.113.10/32", 7233, Some("2020-01-01")),
-                rule("203.0.113.11/32", 7233, Some("pc:prod other env")),
-            ],
-        )];
-        let p = run(&grants, &targets, &["dev"]);
-        let revoked: Vec<_> = p.changes[0].revoke.iter().map(|r| r.ec2_cidr.as_str()).collect();
-        assert_eq!(revoked, ["198.51.100.7/32", "203.0.113.9/32"]);
-        assert_eq!(p.foreign.len(), 2);
-        // Without history for dev, nothing is revoked: it is withheld and reported.
-        let p = run(&grants, &targets, &[]);
-        assert!(p.changes.is_empty());
-        assert_eq!(p.withheld.len(), 2);
-    }
-
-    #[test]
-    fn description_change_updates_in_place_and_identical_is_free() {
-        let targets = [target("sg-1", "dev", PortSet::nlb(), vec![rule("198.51.100.7/32", 7233, Some("pc:dev john.doe: old"))])];
-        let p = run(&[grant("198.51.100.7", "dev", "old", Some(5))], &targets, &["dev"]);
-        assert!(p.is_empty());
-        assert_eq!(p.unchanged, 1);
-        let p = run(&[grant("198.51.100.7", "dev", "new", Some(5))], &targets, &["dev"]);
-        assert_eq!(p.update_count(), 1);
-        assert_eq!(p.changes[0].update_descriptions[0].description, "pc:dev john.doe: new");
-    }
-
-    #[test]
-    fn quota_drops_the_overflowing_family() {
-        let rules: Vec<_> = (0..59).map(|i| rule(&format!("192.0.2.{i}/32"), 80, Some("hand"))).collect();
-        let targets = [target("sg-1", "dev", PortSet::alb(), rules)];
-        let p = run(&[grant("198.51.100.7", "dev", "", Some(5)), grant("2001:db8::1", "dev", "", Some(5))], &targets, &["dev"]);
-        assert_eq!(p.overflows.len(), 1);
-        assert_eq!(p.overflows[0].would_hold, 61);
-        assert_eq!(p.overflows[0].family, Family::Ipv4);
-        assert!(p.changes[0].authorize.iter().all(|r| r.cidr.family() == Family::Ipv6));
-    }
-
-    /// Applies a plan as a firewall would.
-    fn apply(targets: &mut [Target], p: &Plan) {
-        for change in &p.changes {
-            let t = targets.iter_mut().find(|t| t.id == change.target).unwrap();
-            for r in &change.revoke {
-                let before = t.rules.len();
-                t.rules.retain(|o| !(o.raw_cidr == r.ec2_cidr && o.ports == r.ports));
-                assert_eq!(before - 1, t.rules.len(), "revoke of a rule that is not there");
-            }
-            for r in &change.update_descriptions {
-                let o = t.rules.iter_mut().find(|o| o.raw_cidr == r.ec2_cidr && o.ports == r.ports).unwrap();
-                o.description = Some(r.description.clone());
-            }
-            for r in &change.authorize {
-                assert!(!t.rules.iter().any(|o| o.cidr == r.cidr && o.ports == r.ports), "duplicate authorize");
-                t.rules.push(ObservedRule {
-                    cidr: r.cidr,
-                    raw_cidr: r.ec2_cidr.clone(),
-                    ports: r.ports,
-                    description: Some(r.description.clone()),
-                });
-            }
-            t.counts = counts_after(t.counts, change);
-        }
-    }
-
-    fn arb_cidr() -> impl Strategy<Value = String> {
-        prop_oneof![
-            (0u8..6).prop_map(|i| format!("203.0.113.{i}/32")),
-            Just("203.0.113.0/24".to_string()),
-            Just("203.0.113.1/24".to_string()),
-            (0u8..3).prop_map(|i| format!("2001:db8::{i}/128")),
-        ]
-    }
-
-    fn arb_description() -> impl Strategy<Value = Option<String>> {
-        prop_oneof![
-            Just(None),
-            Just(Some("hand made".to_string())),
-            Just(Some("2020-01-01".to_string())),
-            Just(Some("pc:dev john.doe: a".to_string())),
-            Just(Some("pc:dev john.doe: b".to_string())),
-            Just(Some("pc:prod john.doe: a".to_string())),
-            Just(Some("pc:dev".to_string())),
-        ]
-    }
-
-    fn arb_world() -> impl Strategy<Value = (Vec<Grant>, Vec<Target>, Vec<&'static str>, RuleQuota)> {
-        let grants = proptest::collection::vec(
-            (
-                arb_cidr(),
-                prop_oneof![Just("dev"), Just("prod")],
-                prop_oneof![Just("a"), Just("b")],
-                proptest::option::of(-5i64..5),
-            ),
-            0..8,
-        )
-        .prop_map(|gs| {
-            let mut seen = BTreeSet::new();
-            gs.into_iter().map(|(c, e, d, x)| grant(&c, e, d, x)).filter(|g| seen.insert(g.key())).collect::<Vec<_>>()
-        });
-        let ports = prop_oneof![Just(PortSet::alb()), Just(PortSet::nlb()), Just(PortSet::parse("tcp:80").unwrap())];
-        let targets = proptest::collection::vec(
-            (
-                prop_oneof![Just("dev"), Just("prod")],
-                ports,
-                proptest::collection::vec(
-                    (arb_cidr(), prop_oneof![Just(80u16), Just(443), Just(7233)], arb_description()),
-                    0..10,
-                ),
-            ),
-            1..4,
-        )
-        .prop_map(|ts| {
-            ts.into_iter()
-                .enumerate()
-                .map(|(i, (e, p, rules))| {
-                    let mut seen = BTreeSet::new();
-                    let rules = rules
-                        .into_iter()
-                        .filter(|(c, port, _)| seen.insert((c.clone(), *port)))
-                        .map(|(c, port, d)| rule(&c, port, d.as_deref()))
-                        .collect();
-                    target(&format!("sg-{i}"), e, p, rules)
-                })
-                .collect::<Vec<_>>()
-        });
-        let history = prop_oneof![Just(vec![]), Just(vec!["dev"]), Just(vec!["dev", "prod"])];
-        let quota = (3usize..70, 3usize..70).prop_map(|(ipv4, ipv6)| RuleQuota { ipv4, ipv6 });
-        (grants, targets, history, quota)
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
-
-        #[test]
-        fn plan_after_apply_is_empty((grants, mut targets, history, quota) in arb_world()) {
-            let history: BTreeSet<Environment> = history.iter().map(|e| env(e)).collect();
-            let input = |targets: &[Target]| plan(&PlanInput {
-                grants: &grants, targets, marker: &Marker::default(),
-                environments_with_history: &history, quota, now: NOW,
-            });
-            let first = input(&targets);
-            apply(&mut targets, &first);
-            let second = input(&targets);
-            prop_assert!(second.changes.is_empty(), "second plan: {:?}", second.changes);
-        }
-
-        #[test]
-        fn never_touches_a_rule_without_our_marker((grants, targets, history, quota) in arb_world()) {
-            let history: BTreeSet<Environment> = history.iter().map(|e| env(e)).collect();
-            let marker = Marker::default();
-            let p = plan(&PlanInput {
-                grants: &grants, targets: &targets, marker: &marker,
-                environments_with_history: &history, quota, now: NOW,
-            });
-            for change in &p.changes {
-                let t = targets.iter().find(|t| t.id == change.target).unwrap();
-                for r in change.revoke.iter().chain(&change.update_descriptions) {
-                    let observed = t.rules.iter().find(|o| o.raw_cidr == r.ec2_cidr && o.ports == r.ports).unwrap();
-                    let owner = observed.description.as_deref().and_then(|d| marker.decode(d));
-                    prop_assert_eq!(owner.as_ref(), Some(&t.environment));
-                }
-                for r in &change.authorize {
-                    let prefix = format!("pc:{} ", t.environment);
-                    prop_assert!(r.description.starts_with(&prefix));
-                }
-            }
-        }
-    }
-}
+mod tests;

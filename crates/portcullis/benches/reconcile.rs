@@ -1,5 +1,6 @@
 //! Figures for the README (`scripts/bench`): API calls and wall time of a reconcile on moto
-//! beside a naive one-call-per-rule baseline, `plan()` time at scale, and expiry lag.
+//! beside a naive one-call-per-rule baseline, and expiry lag (`plan()` time: `portcullis-core`'s
+//! `plan` bench).
 //! Prints figures; asserts nothing about time.
 
 use std::collections::BTreeMap;
@@ -11,8 +12,8 @@ use aws_sdk_ec2::config::{Credentials, Region};
 use aws_sdk_ec2::types::{IpPermission, IpRange, Tag};
 use portcullis_aws::Ec2Firewall;
 use portcullis_core::{
-    Cidr, Description, Environment, FamilyCounts, Grant, Interface, Marker, Owner, PlanInput, Policy, PolicyRules, PortSet,
-    RuleQuota, Source, Target, TargetId, TargetSelector, TargetSpec, Timestamp, plan,
+    Cidr, Description, Environment, Grant, Interface, Marker, Owner, Policy, PolicyRules, PortSet, RuleQuota, Source,
+    TargetSelector, TargetSpec, Timestamp,
 };
 use portcullis_engine::{Cause, Clock, Engine, MemoryFirewall, Scope, Settings, SystemClock};
 use portcullis_store::{Actor, SqliteStore, Store, Upsert};
@@ -133,50 +134,6 @@ async fn reconcile_on_moto(moto: &str) {
     println!("  naive baseline, one call per rule: {:>10.2?}  AuthorizeSecurityGroupIngress {calls}", start.elapsed());
 }
 
-fn plan_at_scale() {
-    let now = Timestamp::now_utc();
-    let grants: Vec<Grant> = (0..10_000).map(|i| grant(i, now, now + time::Duration::days(1))).collect();
-    let mut targets: Vec<Target> = (0..50)
-        .map(|i| Target {
-            id: TargetId { region: REGION.into(), group_id: format!("sg-{i:04}") },
-            route: portcullis_core::Route::region(REGION),
-            name: format!("g{i}"),
-            environment: dev(),
-            ports: PortSet::alb(),
-            rules: vec![],
-            counts: FamilyCounts::default(),
-        })
-        .collect();
-    let history = [dev()].into();
-    let marker = Marker::default();
-    let quota = RuleQuota { ipv4: usize::MAX / 4, ipv6: usize::MAX / 4 };
-    let run = |targets: &[Target]| {
-        let start = Instant::now();
-        let p = plan(&PlanInput { grants: &grants, targets, marker: &marker, environments_with_history: &history, quota, now });
-        (start.elapsed(), p)
-    };
-    let (took, p) = run(&targets);
-    println!("plan(): 10,000 grants x 50 groups x 2 ports");
-    println!("  from empty groups: {took:>10.2?} ({} authorizations)", p.authorize_count());
-    for (target, change) in targets.iter_mut().zip(&p.changes) {
-        target.rules = change
-            .authorize
-            .iter()
-            .map(|r| portcullis_core::ObservedRule {
-                cidr: r.cidr,
-                raw_cidr: r.ec2_cidr.clone(),
-                ports: r.ports,
-                description: Some(r.description.clone()),
-            })
-            .collect();
-    }
-    let (took, p) = run(&targets);
-    println!(
-        "  steady state (all 1,000,000 rules present): {took:>10.2?} ({} operations)",
-        p.authorize_count() + p.revoke_count()
-    );
-}
-
 async fn expiry_lag() {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let firewall = Arc::new(MemoryFirewall::new(clock.clone()));
@@ -236,6 +193,5 @@ fn main() {
         Ok(moto) => runtime.block_on(reconcile_on_moto(&moto)),
         Err(_) => println!("reconcile on moto: skipped (PORTCULLIS_TEST_MOTO is not set; run scripts/bench)"),
     }
-    plan_at_scale();
     runtime.block_on(expiry_lag());
 }
