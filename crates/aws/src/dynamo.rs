@@ -30,6 +30,8 @@
 //! every `Store` method; split, the conditions each write relies on would sit apart from the
 //! items they guard. The decisions themselves are pure, in `portcullis_store`.
 
+mod index;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
@@ -47,6 +49,8 @@ use portcullis_store::{
     Upserted, grant_event as event, sweeper_actor as sweeper,
 };
 use portcullis_store::{from_millis as from_ms, millis as ms};
+
+use crate::CallCounter;
 
 /// How many times a write that lost to a concurrent one is read and tried again.
 const ATTEMPTS: u32 = 8;
@@ -97,6 +101,9 @@ pub struct DynamoStore {
     /// The environments this process knows, whose tables `grants(None)` and `audit(None)` read.
     environments: Vec<Environment>,
     instance: String,
+    /// When `next_expiry` last scanned every table (`index`): at most once a minute.
+    last_full_check: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    calls: CallCounter,
 }
 
 /// Why a DynamoDB call failed, as the store cares.
@@ -301,7 +308,15 @@ impl DynamoStore {
     /// A store over `tables`, for the `environments` this process knows.
     pub fn new(sdk: &SdkConfig, tables: TableNames, environments: Vec<Environment>) -> DynamoStore {
         let instance = portcullis_store::instance_name();
-        DynamoStore { client: Client::new(sdk), tables, environments, instance }
+        let calls = CallCounter::default();
+        let config = aws_sdk_dynamodb::config::Builder::from(sdk).interceptor(calls.clone()).build();
+        let client = Client::from_conf(config);
+        DynamoStore { client, tables, environments, instance, last_full_check: Default::default(), calls }
+    }
+
+    /// The DynamoDB calls this store has made, by operation.
+    pub fn calls(&self) -> &CallCounter {
+        &self.calls
     }
 
     /// The same store under another instance name (tests run several "processes" in one).
@@ -563,6 +578,11 @@ impl DynamoStore {
         let mut cond = Expr::unchanged(Some(&read.raw));
         let (k, v) = (cond.name(seed::REMOVAL), cond.value(s(mark.clone())));
         tx.update(&table, to_sdk(&seed::key_item(&grant.key())), &format!("SET {k} = {v}"), cond);
+        // The grant's hold and its expiry go with it.
+        let mut e = Expr::new();
+        let remove = format!("REMOVE {}", e.name(&index::hold_attr(&grant.cidr)));
+        tx.update(self.meta(), meta_key("quota", &format!("{}#{}", grant.environment, grant.owner.id)), &remove, e);
+        self.index_expiry(&mut tx, Some(grant), None);
         let (mut history, mut filed) = (false, BTreeSet::new());
         self.append(&mut tx, &event, event.at, &mut history);
         self.file(&mut tx, &event.environment.to_string(), &mut filed);
@@ -592,30 +612,6 @@ impl DynamoStore {
         }
     }
 
-    /// Live grants held by a user in an environment, read consistently.
-    async fn held_by(&self, env: &Environment, user_id: &str, now: Timestamp) -> Result<usize, StoreError> {
-        Ok(self
-            .scan(Some(env))
-            .await?
-            .iter()
-            .filter_map(Read::live_grant)
-            .filter(|g| g.owner.id == user_id && g.is_live(now))
-            .count())
-    }
-
-    async fn quota_version(&self, env: &Environment, user_id: &str) -> Result<Option<i64>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.meta())
-            .set_key(Some(meta_key("quota", &format!("{env}#{user_id}"))))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
-        Ok(out.item.as_ref().and_then(|i| get_n(i, "v")))
-    }
-
     /// One attempt at an upsert; `None` when it lost to a concurrent change.
     async fn try_upsert(&self, request: &Upsert) -> Result<Option<Upserted>, StoreError> {
         let Upsert { grant: asked, actor, max_grants_per_user } = request;
@@ -628,12 +624,34 @@ impl DynamoStore {
         let read = self.read(&asked.key()).await?;
         let request = Upsert { grant: asked, actor: actor.clone(), max_grants_per_user: *max_grants_per_user };
         let mut tx = Tx::default();
+        let quota_key = |owner: &str| meta_key("quota", &format!("{env}#{owner}"));
         let decided = match request.decide(read.as_ref().and_then(Read::live_grant)) {
-            UpsertDecision::Refresh(decided) => decided,
+            UpsertDecision::Refresh(decided) => {
+                // The owner's hold follows the refreshed expiry.
+                let mut e = Expr::new();
+                let set = format!("SET {}", DynamoStore::hold_sets(&mut e, [&decided.stored], false));
+                tx.update(self.meta(), quota_key(&decided.stored.owner.id), &set, e);
+                decided
+            }
             UpsertDecision::Add { expired } => {
                 let owner = &request.grant.owner.id;
-                let version = self.quota_version(&env, owner).await?;
-                let held = self.held_by(&env, owner, now).await?;
+                let holds = self.holds(&env, owner, now).await?;
+                let version = holds.version;
+                // The holds count; a Scan counts again where they are missing (an item older
+                // than holds) or would refuse (a hold another writer's delete left behind).
+                let (held, theirs) = match holds.live {
+                    Some(live) if live < *max_grants_per_user => (live, None),
+                    _ => {
+                        let all = self.scan(Some(&env)).await?;
+                        let theirs: Vec<Grant> = all
+                            .iter()
+                            .filter_map(Read::live_grant)
+                            .filter(|g| g.owner.id == *owner && g.is_live(now) && g.cidr != request.grant.cidr)
+                            .cloned()
+                            .collect();
+                        (theirs.len(), Some(theirs))
+                    }
+                };
                 let decided = request.add(expired, held)?;
                 // Two concurrent adds by one owner: only one may pass the count it read.
                 let mut cond = Expr::new();
@@ -646,12 +664,15 @@ impl DynamoStore {
                     None => cond.and(format!("attribute_not_exists({vk})")),
                 }
                 let one = cond.value(n(1));
-                let set = format!("ADD {vk} {one}");
-                tx.update(self.meta(), meta_key("quota", &format!("{env}#{owner}")), &set, cond);
+                let holds =
+                    DynamoStore::hold_sets(&mut cond, std::iter::once(&decided.stored).chain(theirs.iter().flatten()), true);
+                let set = format!("ADD {vk} {one} SET {holds}");
+                tx.update(self.meta(), quota_key(owner), &set, cond);
                 decided
             }
         };
         let Decided { stored, previous, mut events } = decided;
+        self.index_expiry(&mut tx, read.as_ref().and_then(|r| r.grant.as_ref().ok()), Some(&stored));
         let first = self.allocate(events.len() as i64).await?;
         tx.put(&table, to_sdk(&seed::to_item(&stored)), Some(Expr::unchanged(read.as_ref().map(|r| &r.raw))));
         let (mut history, mut filed) = (false, BTreeSet::new());
@@ -955,7 +976,7 @@ impl Store for DynamoStore {
     }
 
     async fn next_expiry(&self) -> Result<Option<Timestamp>, StoreError> {
-        Ok(self.scan(None).await?.iter().filter_map(Read::live_grant).filter_map(|g| g.expires_at).min())
+        if self.full_check_due() { self.full_expiry_check().await } else { self.next_indexed_expiry().await }
     }
 
     async fn environments_with_history(&self) -> Result<BTreeSet<Environment>, StoreError> {

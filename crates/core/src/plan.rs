@@ -313,6 +313,20 @@ pub fn plan_adoption(input: &PlanInput<'_>) -> Vec<GroupChange> {
     out
 }
 
+/// What adding `input.grants` changes, planned from the observation alone: the rules of those
+/// addresses only. Every other rule is out of view, so nothing else is revoked or edited, while
+/// each group's quota still counts every rule it holds. An add needs no other grant: the whole
+/// environment's plan belongs to the reconcile.
+pub fn plan_additions(input: &PlanInput<'_>) -> Plan {
+    let cidrs: HashSet<Cidr> = input.grants.iter().map(|g| g.cidr).collect();
+    let targets: Vec<Target> = input
+        .targets
+        .iter()
+        .map(|t| Target { rules: t.rules.iter().filter(|r| cidrs.contains(&r.cidr)).cloned().collect(), ..t.clone() })
+        .collect();
+    plan(&PlanInput { targets: &targets, ..*input })
+}
+
 /// Rule counts after a change, for callers that keep an observation up to date.
 pub fn counts_after(counts: FamilyCounts, change: &GroupChange) -> FamilyCounts {
     let mut counts = counts;

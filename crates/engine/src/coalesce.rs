@@ -138,7 +138,7 @@ impl Engine {
         }
         let lock = self.lock_applies(self.policies().keys()).await;
         let observed = self.observe(&Scope::All).await;
-        let result = self.apply_rounds(cause, &Scope::All, observed).await;
+        let result = self.apply_rounds(cause, &Scope::All, observed, None).await;
         lock.release().await;
         result
     }
@@ -153,11 +153,15 @@ impl Engine {
         // Another process's apply of this environment ends before ours observes (see `apply_lock`).
         let lock = self.lock_applies([env]).await;
         let pending = std::mem::take(&mut *slot.adds.lock().unwrap_or_else(PoisonError::into_inner));
+        // Only adds to carry (no reconcile request waits): plan their rules alone, from the
+        // observation, without reading the environment's other grants (`plan_additions`).
+        let additive = cause == Cause::Change && covered <= runs.completed && !pending.is_empty();
         let scope = Scope::Environment(env.clone());
         let applied = async {
             let observed = self.observe(&scope).await;
-            let accepted = self.store_pending(&scope, &observed, pending).await?;
-            let result = self.apply_rounds(cause, &scope, observed).await;
+            let accepted = self.store_pending(&scope, &observed, pending, additive).await?;
+            let added: Vec<Grant> = accepted.iter().map(|(_, u)| u.grant.clone()).collect();
+            let result = self.apply_rounds(cause, &scope, observed, additive.then_some(added.as_slice())).await;
             Ok::<_, EngineError>((accepted, result))
         };
         let applied = applied.await;
@@ -195,8 +199,9 @@ impl Engine {
         cause: Cause,
         scope: &Scope,
         observed: crate::engine::Observed,
+        additions: Option<&[Grant]>,
     ) -> Result<ReconcileReport, EngineError> {
-        let mut report = self.plan_and_apply(cause, scope, observed).await?;
+        let mut report = self.plan_and_apply(cause, scope, observed, additions).await?;
         let mut round = 0;
         while let Some(pause) = crate::next_round(&report, round) {
             tracing::info!(scope = ?scope, round, pause = ?pause, failures = ?report.failure_messages(),
@@ -205,25 +210,29 @@ impl Engine {
             tokio::time::sleep(pause).await;
             round += 1;
             let observed = self.observe(scope).await;
-            let earlier = std::mem::replace(&mut report, self.plan_and_apply(cause, scope, observed).await?);
+            let earlier = std::mem::replace(&mut report, self.plan_and_apply(cause, scope, observed, additions).await?);
             report.carry(&earlier);
         }
         Ok(report)
     }
 
     /// Checks each queued add against the quotas (with the adds accepted before it counted) and
-    /// stores those that fit; a refusal or a failure answers its own caller at once.
+    /// stores those that fit; a refusal or a failure answers its own caller at once. `additive`:
+    /// the check counts the batch's rules on the groups as observed, reading no other grant.
     async fn store_pending(
         &self,
         scope: &Scope,
         observed: &crate::engine::Observed,
         pending: Vec<PendingAdd>,
+        additive: bool,
     ) -> Result<Vec<(oneshot::Sender<Result<AddOutcome, EngineError>>, portcullis_store::Upserted)>, EngineError> {
         if pending.is_empty() {
             return Ok(Vec::new());
         }
-        let read =
-            async { Ok::<_, EngineError>((self.store().environments_with_history().await?, self.planned_grants(scope).await?)) };
+        let read = async {
+            let grants = if additive { Vec::new() } else { self.planned_grants(scope).await? };
+            Ok::<_, EngineError>((self.store().environments_with_history().await?, grants))
+        };
         let (history, mut grants) = match read.await {
             Ok(read) => read,
             Err(err) => {
@@ -238,7 +247,7 @@ impl Engine {
             let before = grants.clone();
             grants.retain(|g| g.key() != p.grant.key());
             grants.push(p.grant.clone());
-            if let Some(err) = self.quota_refusal(&p.grant, &grants, &observed.targets, &history, self.clock().now()) {
+            if let Some(err) = self.quota_refusal(&p.grant, &grants, &observed.targets, &history, additive) {
                 grants = before;
                 let refused = self.refuse(err, &p.grant.environment, Some(&p.grant.cidr), &p.by.refused_actor()).await;
                 let _ = p.reply.send(Err(refused));

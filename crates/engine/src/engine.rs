@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use portcullis_core::{
     Action, AuditEvent, AuditScope, Cidr, Credential, Description, Environment, Grant, GrantKey, GroupChange, Interface, Marker,
     Owner, Plan, PlanInput, Policy, PortSet, RefusedGrant, RuleQuota, SkippedGroup, Source, Target, TargetId, TargetSelector,
-    TargetSpec, Timestamp, Ttl, ValidationError, admit_grants, plan, plan_adoption, policy_for, resolve_targets,
+    TargetSpec, Ttl, ValidationError, admit_grants, plan, plan_additions, plan_adoption, policy_for, resolve_targets,
 };
 use portcullis_store::{Actor, Store, StoreError, Upsert};
 use serde::Serialize;
@@ -285,16 +285,17 @@ impl Engine {
         grants: &[Grant],
         targets: &[Target],
         history: &BTreeSet<Environment>,
-        now: Timestamp,
+        additive: bool,
     ) -> Option<ValidationError> {
-        let p = plan(&PlanInput {
+        let input = PlanInput {
             grants,
             targets,
             marker: &self.settings.marker,
             environments_with_history: history,
             quota: self.settings.quota,
-            now,
-        });
+            now: self.clock.now(),
+        };
+        let p = if additive { plan_additions(&input) } else { plan(&input) };
         p.overflows.iter().filter(|o| o.family == grant.cidr.family()).find_map(|o| {
             let target = targets.iter().find(|t| t.id == o.target)?;
             let missing =
@@ -415,19 +416,24 @@ impl Engine {
         cause: Cause,
         scope: &Scope,
         observed: Observed,
+        additions: Option<&[Grant]>,
     ) -> Result<ReconcileReport, EngineError> {
         let Observed { failures: observe_failures, targets, skipped } = observed;
-        let grants = self.planned_grants(scope).await?;
+        let grants = match additions {
+            Some(added) => added.to_vec(),
+            None => self.planned_grants(scope).await?,
+        };
         let history = self.store.environments_with_history().await?;
         let now = self.clock.now();
-        let p: Plan = plan(&PlanInput {
+        let input = PlanInput {
             grants: &grants,
             targets: &targets,
             marker: &self.settings.marker,
             environments_with_history: &history,
             quota: self.settings.quota,
             now,
-        });
+        };
+        let p: Plan = if additions.is_some() { plan_additions(&input) } else { plan(&input) };
         for w in &p.withheld {
             tracing::warn!(group = %w.target, cidr = %w.rule.ec2_cidr, environment = %w.environment,
                 "owned rule left in place: this store has never recorded anything for its environment; \

@@ -279,6 +279,28 @@ proptest! {
     }
 
     #[test]
+    fn an_additions_plan_touches_only_the_added_addresses_and_settles(
+        (grants, mut targets, history, quota) in arb_world(),
+        taken in 0usize..3,
+    ) {
+        let history: BTreeSet<Environment> = history.iter().map(|e| env(e)).collect();
+        let added: Vec<Grant> = grants.into_iter().take(taken).collect();
+        let input = |targets: &[Target]| plan_additions(&PlanInput {
+            grants: &added, targets, marker: &Marker::default(),
+            environments_with_history: &history, quota, now: NOW,
+        });
+        let first = input(&targets);
+        for change in &first.changes {
+            for r in change.authorize.iter().chain(&change.revoke).chain(&change.update_descriptions) {
+                prop_assert!(added.iter().any(|g| g.cidr == r.cidr), "{:?} is not an added address", r);
+            }
+        }
+        apply(&mut targets, &first);
+        let second = input(&targets);
+        prop_assert!(second.changes.is_empty(), "second plan: {:?}", second.changes);
+    }
+
+    #[test]
     fn never_touches_a_rule_without_our_marker((grants, targets, history, quota) in arb_world()) {
         let history: BTreeSet<Environment> = history.iter().map(|e| env(e)).collect();
         let marker = Marker::default();

@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod connection;
 mod dynamo;
+mod dynamo_cost;
 mod engine;
 mod guard;
 mod guard_slack;

@@ -1,0 +1,149 @@
+//! What the hot paths cost on DynamoDB, counted by the SDK's call counter: an add, and the
+//! sweeper's poll for the next expiry (what an idle second costs), with 10 grants in the table
+//! and again with 5,000. The counts must be the same: neither path may read the table whole.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use portcullis::wiring;
+use portcullis_aws::{DynamoStore, TableNames};
+use portcullis_core::Timestamp;
+use portcullis_engine::{Clock, LogNotifier, ManualClock, MemoryFirewall};
+use portcullis_store::Store;
+
+use crate::dynamo::{DynamoWorld, add_request};
+use crate::support::{REGION, sdk_config, within};
+
+/// Puts grants `range` into `dev`'s table as another writer would (25 a call), owned by
+/// `user0`…`user99`, expiring over the next days.
+async fn seed(d: &DynamoWorld, range: std::ops::Range<u32>, now: Timestamp) {
+    let iso = portcullis_store::seed::iso;
+    let client = d.dynamo().await;
+    let s = |v: String| AttributeValue::S(v);
+    let items: Vec<WriteRequest> = range
+        .map(|i| {
+            let expires = now + time::Duration::hours(1 + i64::from(i % 96));
+            let item = [
+                ("ip_address", s(format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255))),
+                ("environment", s("dev".into())),
+                ("added_at", s(iso(now))),
+                ("expires_at", s(iso(expires))),
+                ("ttl", AttributeValue::N(expires.unix_timestamp().to_string())),
+                ("user_id", s(format!("U{}", i % 100))),
+                ("username", s(format!("user{}", i % 100))),
+            ];
+            let put = PutRequest::builder().set_item(Some(item.map(|(k, v)| (k.to_string(), v)).into())).build().unwrap();
+            WriteRequest::builder().put_request(put).build()
+        })
+        .collect();
+    for chunk in items.chunks(25) {
+        let out = client.batch_write_item().request_items(d.table("dev"), chunk.to_vec()).send().await.unwrap();
+        assert!(out.unprocessed_items.unwrap_or_default().is_empty(), "moto processes every item");
+    }
+}
+
+/// The calls `f` made, by operation.
+async fn calls_of<F: std::future::Future<Output = ()>>(store: &DynamoStore, f: F) -> BTreeMap<String, u64> {
+    let before = store.calls().snapshot();
+    f.await;
+    let mut after = store.calls().snapshot();
+    for (op, n) in before {
+        *after.entry(op).or_default() -= n;
+    }
+    after.retain(|_, n| *n > 0);
+    after
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_and_an_idle_poll_cost_the_same_dynamodb_calls_with_10_or_5000_grants() {
+    within(async {
+        let d = DynamoWorld::new().await;
+        d.init();
+        let cfg = d.config();
+        let now = Timestamp::now_utc();
+        let clock = Arc::new(ManualClock::new(now));
+        let firewall = Arc::new(MemoryFirewall::new(clock.clone()));
+        firewall.put_group(REGION, "sg-cost", &[(d.w.tag_key.as_str(), "true")]);
+        let environments = cfg.policies.keys().cloned().collect();
+        let store = DynamoStore::new(&sdk_config().await, TableNames::new(&d.template, None), environments);
+        let engine =
+            wiring::engine_with(&cfg, Arc::new(store.clone()), firewall, clock.clone() as Arc<dyn Clock>, Arc::new(LogNotifier));
+
+        let mut figures = Vec::new();
+        for (size, (from, to), cidr) in [(10, (0, 10), "198.51.100.1"), (5_000, (10, 5_000), "198.51.100.2")] {
+            seed(&d, from..to, now).await;
+            store.full_expiry_check().await.unwrap();
+            assert_eq!(store.grants(None).await.unwrap().len(), size + figures.len(), "the table holds {size} seeded grants");
+            let idle = calls_of(&store, async {
+                store.next_expiry().await.unwrap().expect("an expiry");
+            })
+            .await;
+            let add = calls_of(&store, async {
+                let outcome = engine.add(add_request(cidr, "1h", "alice")).await.unwrap();
+                assert!(outcome.report.is_some_and(|r| r.authorized == 2), "the add's two rules");
+            })
+            .await;
+            println!("{size} grants: idle poll {idle:?}, add {add:?}");
+            figures.push((idle, add));
+        }
+        assert_eq!(figures[0], figures[1], "the same calls whatever the table's size");
+        let scans = |m: &BTreeMap<String, u64>| m.get("Scan").copied().unwrap_or(0);
+        assert_eq!((scans(&figures[1].0), scans(&figures[1].1)), (0, 0), "no Scan on a hot path: {figures:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_limit_counts_holds_and_a_hold_left_by_another_writer_refuses_nobody() {
+    use portcullis_core::{Cidr, Description, Environment, Grant, Interface, Owner, Source, ValidationError};
+    use portcullis_store::{Actor, StoreError, Upsert};
+
+    within(async {
+        let d = DynamoWorld::new().await;
+        d.init();
+        let environments = vec![Environment::parse("dev").unwrap()];
+        let store = DynamoStore::new(&sdk_config().await, TableNames::new(&d.template, None), environments);
+        let now = Timestamp::now_utc();
+        let add = |ip: &str| Upsert {
+            grant: Grant {
+                cidr: Cidr::parse(ip).unwrap(),
+                environment: Environment::parse("dev").unwrap(),
+                owner: Owner::named("alice"),
+                source: Source::Manual,
+                description: Description::parse("").unwrap(),
+                created_at: now,
+                expires_at: Some(now + time::Duration::hours(1)),
+            },
+            actor: Actor { name: "alice".into(), interface: Interface::Cli },
+            max_grants_per_user: 2,
+        };
+        store.upsert(add("203.0.113.1")).await.unwrap();
+        store.upsert(add("203.0.113.2")).await.unwrap();
+        let calls = calls_of(&store, async {
+            let err = store.upsert(add("203.0.113.3")).await.unwrap_err();
+            assert!(matches!(err, StoreError::Validation(ValidationError::TooManyGrants { .. })), "{err}");
+        })
+        .await;
+        assert_eq!(calls.get("Scan"), Some(&1), "a refusal is checked against the table itself: {calls:?}");
+
+        // Another writer deletes one of alice's grants: her hold for it stays behind.
+        d.dynamo()
+            .await
+            .delete_item()
+            .table_name(d.table("dev"))
+            .key("ip_address", AttributeValue::S("203.0.113.2/32".into()))
+            .key("environment", AttributeValue::S("dev".into()))
+            .send()
+            .await
+            .unwrap();
+        store.upsert(add("203.0.113.3")).await.expect("the Scan finds her one live grant");
+        let calls = calls_of(&store, async {
+            let err = store.upsert(add("203.0.113.4")).await.unwrap_err();
+            assert!(matches!(err, StoreError::Validation(ValidationError::TooManyGrants { .. })), "{err}");
+        })
+        .await;
+        assert_eq!(calls.get("Scan"), Some(&1), "{calls:?}");
+    })
+    .await;
+}
