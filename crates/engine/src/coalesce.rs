@@ -8,8 +8,11 @@
 //! 1. it observes the environment's groups (one describe per region);
 //! 2. it checks each queued add against the groups' quotas, with the adds accepted before it
 //!    counted, and stores those that fit (the store is written before the firewall is touched);
-//! 3. it reads the store, plans and applies once (per group at most one Authorize, one Revoke
-//!    and one description update), and hands every queued caller its own outcome.
+//! 3. it plans and applies once (per group at most one Authorize, one Revoke and one
+//!    description update), and hands every queued caller its own outcome. A run that carries
+//!    only adds (no reconcile request waits) plans their rules alone from the observation
+//!    (`core::plan_additions`), so its cost does not grow with the store; any other run reads
+//!    the store and plans the whole environment.
 //!
 //! A reconcile request takes a ticket before it waits; a run that started after the ticket was
 //! taken read the store after the request's own write, so a `Change` request whose ticket a

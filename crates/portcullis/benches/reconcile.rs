@@ -7,18 +7,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aws_config::BehaviorVersion;
-use aws_sdk_ec2::config::{Credentials, Region};
 use aws_sdk_ec2::types::{IpPermission, IpRange, Tag};
 use portcullis_aws::Ec2Firewall;
 use portcullis_core::{
-    Cidr, Description, Environment, Grant, Interface, Marker, Owner, Policy, PolicyRules, PortSet, RuleQuota, Source,
-    TargetSelector, TargetSpec, Timestamp,
+    Cidr, Description, Environment, Grant, Interface, Marker, Owner, Policy, PolicyRules, PortSet, RuleQuota, Source, TargetSpec,
+    Timestamp,
 };
 use portcullis_engine::{Cause, Clock, Engine, MemoryFirewall, Scope, Settings, SystemClock};
 use portcullis_store::{Actor, SqliteStore, Store, Upsert};
 
-const REGION: &str = "us-east-1";
+#[path = "common/moto.rs"]
+mod moto;
+use moto::REGION;
 
 fn dev() -> Environment {
     Environment::parse("dev").unwrap()
@@ -60,12 +60,7 @@ async fn store_grants(store: &SqliteStore, grants: Vec<Grant>) {
 }
 
 async fn reconcile_on_moto(moto: &str) {
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(moto)
-        .region(Region::new(REGION))
-        .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
-        .load()
-        .await;
+    let sdk = moto::sdk(moto).await;
     let ec2 = aws_sdk_ec2::Client::new(&sdk);
     let tag = format!("pc-bench-{}", std::process::id());
     let make_groups = async |n: usize, tagged: bool| {
@@ -95,14 +90,7 @@ async fn reconcile_on_moto(moto: &str) {
     let now = Timestamp::now_utc();
     store_grants(&store, (0..25).map(|i| grant(i, now, now + time::Duration::hours(1))).collect()).await;
     let firewall = Arc::new(Ec2Firewall::new(&sdk));
-    let spec = TargetSpec {
-        region: REGION.into(),
-        selector: TargetSelector::Discovery { tag_key: tag.clone(), tag_value: "true".into() },
-        environment: dev(),
-        default_ports: PortSet::alb(),
-        endpoint_url: None,
-        role_arn: None,
-    };
+    let spec = moto::discovered(&tag, PortSet::alb());
     let engine = Engine::new(Arc::new(store), firewall.clone(), Arc::new(SystemClock), settings(vec![spec]));
     let start = Instant::now();
     let report = engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
@@ -145,14 +133,7 @@ async fn expiry_lag() {
     let grants: Vec<Grant> = (0..200).map(|i| grant(i, now, start + time::Duration::milliseconds(i64::from(i) * 50))).collect();
     let due: BTreeMap<Cidr, Timestamp> = grants.iter().map(|g| (g.cidr, g.expires_at.unwrap())).collect();
     store_grants(&store, grants).await;
-    let spec = TargetSpec {
-        region: REGION.into(),
-        selector: TargetSelector::Discovery { tag_key: "WhitelistManaged".into(), tag_value: "true".into() },
-        environment: dev(),
-        default_ports: PortSet::nlb(),
-        endpoint_url: None,
-        role_arn: None,
-    };
+    let spec = moto::discovered("WhitelistManaged", PortSet::nlb());
     // One in-memory group holds all 200 rules; it has no EC2 quota to respect.
     let quota = RuleQuota { ipv4: 1000, ipv6: 1000 };
     let engine = Arc::new(Engine::new(Arc::new(store), firewall.clone(), clock, Settings { quota, ..settings(vec![spec]) }));

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::AttributeValue;
 use portcullis::wiring;
 use portcullis_aws::{DynamoStore, TableNames};
 use portcullis_core::Timestamp;
@@ -15,45 +15,9 @@ use portcullis_store::Store;
 use crate::dynamo::{DynamoWorld, add_request};
 use crate::support::{REGION, sdk_config, within};
 
-/// Puts grants `range` into `dev`'s table as another writer would (25 a call), owned by
-/// `user0`…`user99`, expiring over the next days.
-async fn seed(d: &DynamoWorld, range: std::ops::Range<u32>, now: Timestamp) {
-    let iso = portcullis_store::seed::iso;
-    let client = d.dynamo().await;
-    let s = |v: String| AttributeValue::S(v);
-    let items: Vec<WriteRequest> = range
-        .map(|i| {
-            let expires = now + time::Duration::hours(1 + i64::from(i % 96));
-            let item = [
-                ("ip_address", s(format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255))),
-                ("environment", s("dev".into())),
-                ("added_at", s(iso(now))),
-                ("expires_at", s(iso(expires))),
-                ("ttl", AttributeValue::N(expires.unix_timestamp().to_string())),
-                ("user_id", s(format!("U{}", i % 100))),
-                ("username", s(format!("user{}", i % 100))),
-            ];
-            let put = PutRequest::builder().set_item(Some(item.map(|(k, v)| (k.to_string(), v)).into())).build().unwrap();
-            WriteRequest::builder().put_request(put).build()
-        })
-        .collect();
-    for chunk in items.chunks(25) {
-        let out = client.batch_write_item().request_items(d.table("dev"), chunk.to_vec()).send().await.unwrap();
-        assert!(out.unprocessed_items.unwrap_or_default().is_empty(), "moto processes every item");
-    }
-}
-
-/// The calls `f` made, by operation.
-async fn calls_of<F: std::future::Future<Output = ()>>(store: &DynamoStore, f: F) -> BTreeMap<String, u64> {
-    let before = store.calls().snapshot();
-    f.await;
-    let mut after = store.calls().snapshot();
-    for (op, n) in before {
-        *after.entry(op).or_default() -= n;
-    }
-    after.retain(|_, n| *n > 0);
-    after
-}
+#[path = "../../benches/common/dynamo_cost.rs"]
+mod common;
+use common::{calls_of, seed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_add_and_an_idle_poll_cost_the_same_dynamodb_calls_with_10_or_5000_grants() {
@@ -72,7 +36,7 @@ async fn an_add_and_an_idle_poll_cost_the_same_dynamodb_calls_with_10_or_5000_gr
 
         let mut figures = Vec::new();
         for (size, (from, to), cidr) in [(10, (0, 10), "198.51.100.1"), (5_000, (10, 5_000), "198.51.100.2")] {
-            seed(&d, from..to, now).await;
+            seed(&d.dynamo().await, &d.table("dev"), from..to, now).await;
             store.full_expiry_check().await.unwrap();
             assert_eq!(store.grants(None).await.unwrap().len(), size + figures.len(), "the table holds {size} seeded grants");
             let idle = calls_of(&store, async {
@@ -84,7 +48,7 @@ async fn an_add_and_an_idle_poll_cost_the_same_dynamodb_calls_with_10_or_5000_gr
                 assert!(outcome.report.is_some_and(|r| r.authorized == 2), "the add's two rules");
             })
             .await;
-            println!("{size} grants: idle poll {idle:?}, add {add:?}");
+            println!("{size} grants: idle poll {}, add {}", common::in_words(&idle), common::in_words(&add));
             figures.push((idle, add));
         }
         assert_eq!(figures[0], figures[1], "the same calls whatever the table's size");
