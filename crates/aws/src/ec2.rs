@@ -98,6 +98,7 @@ fn observed_group(sg: &SecurityGroup, region: &str, spec: usize) -> ObservedGrou
         counts.ipv4 += perm.user_id_group_pairs().len() + perm.prefix_list_ids().len();
     }
     ObservedGroup {
+        list: None,
         id: TargetId { region: region.to_string(), group_id: sg.group_id().unwrap_or_default().to_string() },
         name: sg.group_name().unwrap_or_default().to_string(),
         tags: sg.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect(),
@@ -113,24 +114,40 @@ fn selects(spec: &TargetSpec, sg: &SecurityGroup) -> bool {
             sg.tags().iter().any(|t| t.key() == Some(tag_key) && t.value() == Some(tag_value))
         }
         TargetSelector::Ids(ids) => sg.group_id().is_some_and(|id| ids.iter().any(|i| i.as_str() == id)),
+        TargetSelector::PrefixLists(_) => false,
     }
 }
 
-/// One region's describe: a filter when every spec there selects the same way, else all groups.
+/// One region's describe: a filter when every spec there selects the same way, else all groups;
+/// and its prefix lists, when specs name any.
 async fn describe_region(client: Client, region: String, specs: Vec<(usize, TargetSpec)>) -> Observation {
+    let (lists, specs): (Vec<_>, Vec<_>) =
+        specs.into_iter().partition(|(_, s)| matches!(s.selector, TargetSelector::PrefixLists(_)));
+    let mut out = crate::prefix_list::describe_lists(&client, &region, &lists).await;
+    if specs.is_empty() {
+        return out;
+    }
+    let groups = describe_groups(client, region, specs).await;
+    out.groups.extend(groups.groups);
+    out.failures.extend(groups.failures);
+    out
+}
+
+/// One region's security groups.
+async fn describe_groups(client: Client, region: String, specs: Vec<(usize, TargetSpec)>) -> Observation {
     let mut request = client.describe_security_groups();
     let discovery: BTreeSet<(&str, &str)> = specs
         .iter()
         .filter_map(|(_, s)| match &s.selector {
             TargetSelector::Discovery { tag_key, tag_value } => Some((tag_key.as_str(), tag_value.as_str())),
-            TargetSelector::Ids(_) => None,
+            TargetSelector::Ids(_) | TargetSelector::PrefixLists(_) => None,
         })
         .collect();
     let ids: BTreeSet<&str> = specs
         .iter()
         .flat_map(|(_, s)| match &s.selector {
             TargetSelector::Ids(ids) => ids.iter().map(GroupId::as_str).collect::<Vec<_>>(),
-            TargetSelector::Discovery { .. } => vec![],
+            TargetSelector::Discovery { .. } | TargetSelector::PrefixLists(_) => vec![],
         })
         .collect();
     if ids.is_empty() && discovery.len() == 1 {
@@ -320,6 +337,9 @@ impl Firewall for Ec2Firewall {
         // The change names its route: a group in another account is changed with that
         // account's role whether or not this process observed it first.
         let client = self.client(&change.route).await;
+        if let Some(list) = change.list {
+            return crate::prefix_list::apply_list(&client, change, list).await;
+        }
         let group = change.target.group_id.as_str();
         // Revoke first: it frees quota for what is authorized after.
         let (revoked, gone) = Call::Revoke.batch(&client, group, &change.revoke).await?;

@@ -14,6 +14,7 @@ mod dynamo;
 mod ec2;
 mod guard;
 pub mod iam;
+mod prefix_list;
 mod secrets;
 mod streams;
 

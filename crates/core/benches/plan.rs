@@ -79,6 +79,7 @@ fn main() {
         World { grants: (0..10_000).map(|i| grant(i, now)).collect(), marker: Marker::default(), history: [dev()].into(), now };
     let mut targets: Vec<Target> = (0..50)
         .map(|i| Target {
+            list: None,
             id: TargetId { region: REGION.into(), group_id: format!("sg-{i:04}") },
             route: Route::region(REGION),
             name: format!("g{i}"),

@@ -47,6 +47,8 @@ pub enum ValidationError {
     InvalidPrincipal { input: String, reason: String },
     #[error("invalid security group id {input:?}: use sg- and letters or digits, e.g. sg-0123456789abcdef0")]
     InvalidGroupId { input: String },
+    #[error("invalid prefix list id {input:?}: use pl- and letters or digits, e.g. pl-0123456789abcdef0")]
+    InvalidPrefixListId { input: String },
     #[error("no grant for {cidr} in environment {environment}")]
     NoSuchGrant { cidr: String, environment: String },
     #[error(

@@ -3,7 +3,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::{
-    Cidr, Environment, Family, FamilyCounts, Grant, Marker, ObservedRule, PortRange, Route, Target, TargetId, Timestamp,
+    Cidr, Environment, Family, FamilyCounts, Grant, ListInfo, Marker, ObservedRule, PortRange, Route, Target, TargetId, Timestamp,
 };
 
 /// How many inbound rules a group may hold per address family (EC2's default is 60 each).
@@ -57,6 +57,9 @@ pub struct GroupChange {
     #[serde(skip)]
     pub route: Route,
     pub environment: Environment,
+    /// For a managed prefix list: the version the change is made over, and its capacity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list: Option<ListInfo>,
     pub authorize: Vec<AppliedRule>,
     pub revoke: Vec<AppliedRule>,
     pub update_descriptions: Vec<AppliedRule>,
@@ -69,6 +72,7 @@ impl GroupChange {
             target: target.id.clone(),
             route: target.route.clone(),
             environment: environment.clone(),
+            list: target.list,
             authorize: vec![],
             revoke: vec![],
             update_descriptions: vec![],
@@ -188,8 +192,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         let env = &target.environment;
         let grants = by_env.get(env).unwrap_or(&none);
         let ports: Vec<PortRange> = target.ports.iter().copied().collect();
-        let is_desired =
-            |(cidr, ports_of): &RuleKey| ports.contains(ports_of) && grants.binary_search_by_key(cidr, |d| d.cidr).is_ok();
+        let is_desired = |(cidr, ports_of): &RuleKey| {
+            ports.contains(ports_of) && target.accepts(cidr) && grants.binary_search_by_key(cidr, |d| d.cidr).is_ok()
+        };
 
         // Each owned key's first rule, and any duplicates (rare: they are revoked).
         let mut owned: HashMap<RuleKey, (&ObservedRule, Vec<&ObservedRule>)> = HashMap::with_capacity(target.rules.len());
@@ -228,7 +233,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
         // Missing rules, by reference only: built below once their family is within quota.
         let mut missing: Vec<(&Desired, PortRange)> = Vec::new();
-        for wanted in grants {
+        for wanted in grants.iter().filter(|d| target.accepts(&d.cidr)) {
             for ports in &ports {
                 let key = (wanted.cidr, *ports);
                 match owned.get(&key) {
@@ -262,7 +267,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             let revoking = change.revoke.iter().filter(|r| r.cidr.family() == family).count();
             let held = target.counts.get(family);
             let would_hold = held + adding - revoking.min(held);
-            let quota = input.quota.get(family);
+            let quota = target.quota(input.quota).get(family);
             if adding > 0 && would_hold > quota {
                 kept[i] = false;
                 out.overflows.push(Overflow { target: target.id.clone(), environment: env.clone(), family, would_hold, quota });

@@ -42,6 +42,10 @@ pub struct PortRange {
 }
 
 impl PortRange {
+    /// What a managed prefix list's entry stands for in a plan: an address with no ports of its
+    /// own (the groups that reference the list decide the ports).
+    pub const ENTRY: PortRange = PortRange { protocol: Protocol::Tcp, from: 0, to: 65535 };
+
     pub fn single(protocol: Protocol, port: u16) -> PortRange {
         PortRange { protocol, from: port, to: port }
     }
@@ -80,6 +84,11 @@ impl PortSet {
 
     pub fn nlb() -> PortSet {
         PortSet([PortRange::single(Protocol::Tcp, 7233)].into_iter().collect())
+    }
+
+    /// A prefix list's "ports": its entries, one per address.
+    pub fn entries() -> PortSet {
+        PortSet([PortRange::ENTRY].into_iter().collect())
     }
 
     pub fn new(ranges: impl IntoIterator<Item = PortRange>) -> PortSet {

@@ -43,6 +43,7 @@ mod tests {
     #[test]
     fn a_lapsed_grants_revokes_are_counted_unless_the_address_is_live_again() {
         let change = GroupChange {
+            list: None,
             target: TargetId { region: "us-east-1".into(), group_id: "sg-1".into() },
             route: Route::region("us-east-1"),
             environment: Environment::parse("dev").unwrap(),

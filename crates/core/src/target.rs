@@ -70,6 +70,37 @@ pub enum TargetSelector {
     Discovery { tag_key: String, tag_value: String },
     /// These group ids.
     Ids(Vec<GroupId>),
+    /// These managed prefix lists (`pl-…`): grants become their entries, and the groups that
+    /// reference a list (set up by the operator) let its entries in.
+    PrefixLists(Vec<PrefixListId>),
+}
+
+/// A managed prefix list's id (`pl-` and letters or digits), checked when it is made.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PrefixListId(String);
+
+impl PrefixListId {
+    pub fn parse(text: &str) -> Result<PrefixListId, crate::ValidationError> {
+        let ok = text.strip_prefix("pl-").is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if ok {
+            Ok(PrefixListId(text.to_string()))
+        } else {
+            Err(crate::ValidationError::InvalidPrefixListId { input: text.to_string() })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a managed prefix list is beyond its entries: the version a change must name, how many
+/// entries it may hold, and the one address family it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ListInfo {
+    pub version: i64,
+    pub max_entries: usize,
+    pub family: Family,
 }
 
 /// One configured source of targets: groups of one region, for one environment.
@@ -140,6 +171,9 @@ pub struct ObservedGroup {
     pub counts: FamilyCounts,
     /// Which spec found it (an index into the specs handed to the firewall).
     pub spec: usize,
+    /// For a managed prefix list: its version, capacity and family (its entries are `rules`,
+    /// on [`crate::PortRange::ENTRY`]).
+    pub list: Option<ListInfo>,
 }
 
 /// A managed group with its environment, port set and observed rules.
@@ -153,6 +187,25 @@ pub struct Target {
     pub ports: PortSet,
     pub rules: Vec<ObservedRule>,
     pub counts: FamilyCounts,
+    /// For a managed prefix list: its version, capacity and family.
+    pub list: Option<ListInfo>,
+}
+
+impl Target {
+    /// What this target may hold: the group quota, or a prefix list's `MaxEntries` in its
+    /// family and nothing in the other.
+    pub fn quota(&self, groups: crate::RuleQuota) -> crate::RuleQuota {
+        match self.list {
+            None => groups,
+            Some(ListInfo { max_entries, family: Family::Ipv4, .. }) => crate::RuleQuota { ipv4: max_entries, ipv6: 0 },
+            Some(ListInfo { max_entries, family: Family::Ipv6, .. }) => crate::RuleQuota { ipv4: 0, ipv6: max_entries },
+        }
+    }
+
+    /// Whether an address can be on this target: a prefix list holds one family only.
+    pub fn accepts(&self, cidr: &Cidr) -> bool {
+        self.list.is_none_or(|l| l.family == cidr.family())
+    }
 }
 
 /// A group that was found but is not managed, and why.
@@ -198,6 +251,7 @@ pub fn resolve_targets(
             continue;
         };
         let ports = match group.tags.get(PORTS_TAG) {
+            _ if group.list.is_some() => PortSet::entries(),
             None => spec.default_ports.clone(),
             Some(tag) => match PortSet::parse(tag) {
                 Ok(ports) if ports.within(policy.allowed_ports()) => ports,
@@ -222,6 +276,7 @@ pub fn resolve_targets(
             ports,
             rules: group.rules.clone(),
             counts: group.counts,
+            list: group.list,
         });
     }
     (targets, skipped)
@@ -239,6 +294,7 @@ mod tests {
             rules: vec![],
             counts: FamilyCounts::default(),
             spec,
+            list: None,
         }
     }
 

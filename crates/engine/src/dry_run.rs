@@ -23,10 +23,12 @@ impl DryRunFirewall {
 
 fn static_groups(specs: &[TargetSpec]) -> Observation {
     static DISCOVERY_WARNING: Once = Once::new();
+    static LIST_WARNING: Once = Once::new();
     let mut groups = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         match &spec.selector {
             TargetSelector::Ids(ids) => groups.extend(ids.iter().map(|id| ObservedGroup {
+                list: None,
                 id: TargetId { region: spec.region.clone(), group_id: id.to_string() },
                 name: id.to_string(),
                 tags: Default::default(),
@@ -34,6 +36,10 @@ fn static_groups(specs: &[TargetSpec]) -> Observation {
                 counts: FamilyCounts::default(),
                 spec: i,
             })),
+            TargetSelector::PrefixLists(_) => LIST_WARNING.call_once(|| {
+                tracing::warn!(region = %spec.region,
+                    "the dry-run firewall cannot read prefix lists; use --firewall aws with refresh --dry-run");
+            }),
             TargetSelector::Discovery { .. } => DISCOVERY_WARNING.call_once(|| {
                 tracing::warn!(region = %spec.region,
                     "the dry-run firewall cannot discover tagged groups; use --firewall aws with refresh --dry-run");

@@ -52,10 +52,14 @@ impl ErrorClass {
             | "ServiceUnavailable"
             | "Unavailable"
             | "RequestTimeout"
-            | "RequestTimeoutException" => ErrorClass::Transient,
-            "InvalidPermission.Duplicate" | "InvalidPermission.NotFound" | "RulesPerSecurityGroupLimitExceeded" => {
-                ErrorClass::Conflict
-            }
+            | "RequestTimeoutException"
+            // A prefix list with a modification in progress: wait, then try again.
+            | "IncorrectState" => ErrorClass::Transient,
+            "InvalidPermission.Duplicate"
+            | "InvalidPermission.NotFound"
+            | "RulesPerSecurityGroupLimitExceeded"
+            // A prefix list someone changed since it was observed: observe again, plan anew.
+            | "PrefixListVersionMismatch" => ErrorClass::Conflict,
             "UnauthorizedOperation"
             | "AccessDenied"
             | "AccessDeniedException"
@@ -104,6 +108,8 @@ mod tests {
         assert_eq!(ErrorClass::of(Some("RequestLimitExceeded")), ErrorClass::Transient);
         assert_eq!(ErrorClass::of(Some("Unavailable")), ErrorClass::Transient);
         assert_eq!(ErrorClass::of(Some("InvalidPermission.Duplicate")), ErrorClass::Conflict);
+        assert_eq!(ErrorClass::of(Some("PrefixListVersionMismatch")), ErrorClass::Conflict);
+        assert_eq!(ErrorClass::of(Some("IncorrectState")), ErrorClass::Transient);
         assert_eq!(ErrorClass::of(Some("RulesPerSecurityGroupLimitExceeded")), ErrorClass::Conflict);
         assert_eq!(ErrorClass::of(Some("UnauthorizedOperation")), ErrorClass::Denied);
         assert_eq!(ErrorClass::of(Some("InvalidGroup.NotFound")), ErrorClass::GroupGone);

@@ -50,7 +50,7 @@ pub use members::{
     MembershipError, SkippedMember, region_holds,
 };
 #[cfg(feature = "test-support")]
-pub use memory::{Effect, HeldFirewall, MemoryFirewall, MemoryMembership, RecordedCall};
+pub use memory::{Effect, HeldFirewall, MemoryFirewall, MemoryMembership, REFUSED_VERSION, RecordedCall};
 pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing};
 pub use queries::AuditQuery;
 pub use report::{AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome, Status, SweepReport};

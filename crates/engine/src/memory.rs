@@ -12,6 +12,9 @@ use tokio::sync::oneshot;
 
 use crate::{Applied, Clock, Firewall, FirewallError, Observation, ObserveFailure};
 
+/// The action recorded for a `ModifyManagedPrefixList` refused for naming an old version.
+pub const REFUSED_VERSION: &str = "ModifyManagedPrefixList refused: PrefixListVersionMismatch";
+
 /// One call the in-memory firewall served, with the (injected) time it was made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedCall {
@@ -58,6 +61,7 @@ impl MemoryFirewall {
     pub fn put_group(&self, region: &str, group_id: &str, tags: &[(&str, &str)]) {
         let id = TargetId { region: region.into(), group_id: group_id.into() };
         let group = ObservedGroup {
+            list: None,
             id: id.clone(),
             name: group_id.into(),
             tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -68,13 +72,25 @@ impl MemoryFirewall {
         self.groups.lock().unwrap_or_else(PoisonError::into_inner).insert(id, group);
     }
 
-    /// Adds a rule as a person would by hand.
+    /// Creates (or replaces) a managed prefix list, empty, at version 1.
+    pub fn put_prefix_list(&self, region: &str, list_id: &str, max_entries: usize, family: portcullis_core::Family) {
+        self.put_group(region, list_id, &[]);
+        let id = TargetId { region: region.into(), group_id: list_id.into() };
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = groups.get_mut(&id).expect("just put");
+        list.list = Some(portcullis_core::ListInfo { version: 1, max_entries, family });
+    }
+
+    /// Adds a rule as a person would by hand (on a prefix list: an entry, a new version).
     pub fn put_rule(&self, region: &str, group_id: &str, rule: ObservedRule) {
         let id = TargetId { region: region.into(), group_id: group_id.into() };
         let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
         let group = groups.get_mut(&id).expect("put_group first: the rule's group does not exist");
         group.counts.add(rule.cidr.family(), 1);
         group.rules.push(rule);
+        if let Some(list) = &mut group.list {
+            list.version += 1;
+        }
     }
 
     /// Deletes a rule as a person would by hand.
@@ -128,7 +144,8 @@ fn selected(group: &ObservedGroup, spec: &TargetSpec) -> bool {
     group.id.region == spec.region
         && match &spec.selector {
             TargetSelector::Discovery { tag_key, tag_value } => group.tags.get(tag_key) == Some(tag_value),
-            TargetSelector::Ids(ids) => ids.iter().any(|id| id.as_str() == group.id.group_id),
+            TargetSelector::Ids(ids) => group.list.is_none() && ids.iter().any(|id| id.as_str() == group.id.group_id),
+            TargetSelector::PrefixLists(ids) => group.list.is_some() && ids.iter().any(|id| id.as_str() == group.id.group_id),
         }
 }
 
@@ -177,6 +194,30 @@ impl Firewall for MemoryFirewall {
         let group = groups
             .get_mut(&change.target)
             .ok_or_else(|| FirewallError { code: Some("InvalidGroup.NotFound".into()), message: "no such group".into() })?;
+        // A prefix list as EC2 keeps one: each call names the version it was planned over, and
+        // may not take the list past MaxEntries; each call of at most 100 additions and 100
+        // removals makes a new version.
+        let list_calls = match (&mut group.list, &change.list) {
+            (Some(list), Some(planned)) => {
+                if list.version != planned.version {
+                    let message = format!("the prefix list is at version {}, not {}", list.version, planned.version);
+                    drop(groups);
+                    self.record(REFUSED_VERSION, &change.target, vec![]);
+                    return Err(FirewallError { code: Some("PrefixListVersionMismatch".into()), message });
+                }
+                let after = group.rules.len() + change.authorize.len() - change.revoke.len().min(group.rules.len());
+                if after > list.max_entries {
+                    let message = format!("{after} entries would exceed MaxEntries {}", list.max_entries);
+                    return Err(FirewallError { code: Some("PrefixListMaxEntriesExceeded".into()), message });
+                }
+                let adds = change.authorize.len() + change.update_descriptions.len();
+                let removes = change.revoke.len() + change.update_descriptions.len();
+                let calls = adds.max(removes).div_ceil(100).max(1);
+                list.version += calls as i64;
+                Some(calls)
+            }
+            _ => None,
+        };
         let same = |o: &ObservedRule, r: &portcullis_core::AppliedRule| o.raw_cidr == r.ec2_cidr && o.ports == r.ports;
         let at = self.clock.now();
         let mut effects = Vec::new();
@@ -215,6 +256,19 @@ impl Firewall for MemoryFirewall {
         group.counts = counts_after(group.counts, change);
         drop(groups);
         self.effects.lock().unwrap_or_else(PoisonError::into_inner).extend(effects);
+        if let Some(calls) = list_calls {
+            let entries: Vec<ObservedRule> = change
+                .authorize
+                .iter()
+                .chain(&change.revoke)
+                .chain(&change.update_descriptions)
+                .map(|r| as_rule(r, true))
+                .collect();
+            for _ in 0..calls {
+                self.record("ModifyManagedPrefixList", &change.target, entries.clone());
+            }
+            return Ok(applied);
+        }
         for (action, rules) in [
             ("RevokeSecurityGroupIngress", &change.revoke),
             ("UpdateSecurityGroupRuleDescriptionsIngress", &change.update_descriptions),

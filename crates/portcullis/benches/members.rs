@@ -123,6 +123,7 @@ async fn seed_method(
         let route = Route { region: region.into(), endpoint_url: None, role_arn: None };
         for (cidr, add) in now.difference(before).map(|c| (c, true)).chain(before.difference(&now).map(|c| (c, false))) {
             let change = GroupChange {
+                list: None,
                 target: target.clone(),
                 route: route.clone(),
                 environment: prod(),

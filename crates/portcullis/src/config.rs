@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use portcullis_core::{
-    AddressKind, Environment, GroupId, Marker, MemberSource, Policy, PolicyRules, PortSet, PrincipalPattern, Route, RuleQuota,
-    TargetSelector, TargetSpec, Ttl,
+    AddressKind, Environment, GroupId, Marker, MemberSource, Policy, PolicyRules, PortSet, PrefixListId, PrincipalPattern, Route,
+    RuleQuota, TargetSelector, TargetSpec, Ttl,
 };
 use portcullis_slack::UrlPrefix;
 use serde::Deserialize;
@@ -159,6 +159,8 @@ struct FileTarget {
     #[serde(default)]
     discovery: bool,
     group_ids: Option<Vec<String>>,
+    /// Managed prefix lists whose entries are the grants (the groups reference them).
+    prefix_list_ids: Option<Vec<String>>,
     ports: Option<String>,
     endpoint_url: Option<String>,
     /// A role to assume for these groups (another account).
@@ -523,11 +525,19 @@ fn target(
     policy: &Policy,
     defaults: &TargetDefaults,
 ) -> Result<TargetSpec, ConfigError> {
-    let selector = match (&t.group_ids, t.discovery) {
-        (Some(_), true) => return Err(error(key, "give either discovery = true or group_ids, not both")),
-        (None, false) => return Err(error(key, "give discovery = true or group_ids")),
-        (Some(ids), false) => TargetSelector::Ids(group_ids(&format!("{key}.group_ids"), ids)?),
-        (None, true) => defaults.discovery.clone(),
+    let selector = match (&t.group_ids, &t.prefix_list_ids, t.discovery) {
+        (None, None, false) => return Err(error(key, "give discovery = true, group_ids or prefix_list_ids")),
+        (Some(ids), None, false) => TargetSelector::Ids(group_ids(&format!("{key}.group_ids"), ids)?),
+        (None, Some(lists), false) => {
+            let key = format!("{key}.prefix_list_ids");
+            if lists.is_empty() {
+                return Err(error(key, "is empty"));
+            }
+            let lists = lists.iter().map(|id| PrefixListId::parse(id).map_err(|e| error(key.as_str(), e)));
+            TargetSelector::PrefixLists(lists.collect::<Result<_, _>>()?)
+        }
+        (None, None, true) => defaults.discovery.clone(),
+        _ => return Err(error(key, "give one of discovery = true, group_ids or prefix_list_ids")),
     };
     let ports = match &t.ports {
         Some(text) => PortSet::parse(text).map_err(|e| error(format!("{key}.ports"), e))?,
@@ -841,6 +851,21 @@ fn policy(key: &str, fe: &FileEnvironment) -> Result<Policy, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_may_name_prefix_lists() {
+        let load = |toml: &str| Config::from_toml(toml, "portcullis.toml", &Overrides::default(), &|_| None);
+        let c = load("[[environments.dev.targets]]\nregion = \"us-east-1\"\nprefix_list_ids = [\"pl-0abc\"]\n").unwrap();
+        assert_eq!(c.specs[0].selector, TargetSelector::PrefixLists(vec![PrefixListId::parse("pl-0abc").unwrap()]));
+        for (bad, says) in [
+            ("prefix_list_ids = [\"sg-0abc\"]", "invalid prefix list id"),
+            ("prefix_list_ids = []", "is empty"),
+            ("prefix_list_ids = [\"pl-1\"]\ngroup_ids = [\"sg-1\"]", "give one of"),
+        ] {
+            let err = load(&format!("[[environments.dev.targets]]\nregion = \"us-east-1\"\n{bad}\n")).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
 
     fn load(toml_text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

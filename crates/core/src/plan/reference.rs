@@ -16,7 +16,7 @@ pub fn reference_plan(input: &PlanInput<'_>) -> Plan {
     for target in input.targets {
         let env = &target.environment;
         let mut desired: BTreeMap<RuleKey, (Cidr, String)> = BTreeMap::new();
-        for grant in input.grants.iter().filter(|g| &g.environment == env && g.is_live(input.now)) {
+        for grant in input.grants.iter().filter(|g| &g.environment == env && g.is_live(input.now) && target.accepts(&g.cidr)) {
             let description = input.marker.encode(env, &grant.owner.name, &grant.description);
             for ports in target.ports.iter() {
                 desired.insert((grant.cidr, *ports), (grant.cidr, description.clone()));
@@ -90,7 +90,7 @@ pub fn reference_plan(input: &PlanInput<'_>) -> Plan {
             let count = |rules: &[AppliedRule]| rules.iter().filter(|r| r.cidr.family() == family).count();
             let would_hold =
                 target.counts.get(family) + count(&change.authorize) - count(&change.revoke).min(target.counts.get(family));
-            let quota = input.quota.get(family);
+            let quota = target.quota(input.quota).get(family);
             if count(&change.authorize) > 0 && would_hold > quota {
                 change.authorize.retain(|r| r.cidr.family() != family);
                 out.overflows.push(Overflow { target: target.id.clone(), environment: env.clone(), family, would_hold, quota });

@@ -43,6 +43,7 @@ fn target(id: &str, e: &str, ports: PortSet, rules: Vec<ObservedRule>) -> Target
         ports,
         rules,
         counts,
+        list: None,
     }
 }
 

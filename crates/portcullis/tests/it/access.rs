@@ -32,6 +32,7 @@ async fn a_change_carries_its_route_so_applying_needs_no_observe_first() {
         description: "pc:dev routed".into(),
     };
     let change = GroupChange {
+        list: None,
         target: TargetId { region: WEST.into(), group_id: group.clone() },
         route: Route { region: WEST.into(), endpoint_url: None, role_arn: Some(role.into()) },
         environment: Environment::parse("dev").unwrap(),

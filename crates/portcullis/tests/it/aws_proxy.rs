@@ -248,6 +248,7 @@ async fn a_revoke_of_rules_partly_gone_counts_only_what_real_ec2_revoked() {
         let proxy = start().await;
         let firewall = portcullis_aws::Ec2Firewall::new(&sdk_config().await);
         let change = GroupChange {
+            list: None,
             target: TargetId { region: REGION.into(), group_id: group.clone() },
             route: Route { region: REGION.into(), endpoint_url: Some(proxy), role_arn: None },
             environment: Environment::parse("dev").unwrap(),
