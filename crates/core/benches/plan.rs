@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use portcullis_core::{
-    Cidr, Description, Environment, FamilyCounts, Grant, Marker, ObservedRule, Owner, Plan, PlanInput, PortSet, Route, RuleQuota,
-    Source, Target, TargetId, Timestamp, plan, reference_plan,
+    Cidr, Description, Environment, Family, FamilyCounts, Grant, ListInfo, Marker, ObservedRule, Owner, Plan, PlanInput, PortSet,
+    Route, RuleQuota, Source, Target, TargetId, Timestamp, plan, reference_plan,
 };
 
 const REGION: &str = "us-east-1";
@@ -93,6 +93,13 @@ fn main() {
     println!("plan(): 10,000 grants x 50 groups x 2 ports, min / median of 5 runs");
     println!("  {:<62} {:>21} {:>21}", "", "reference planner", "plan()");
     world.row("quota 60 per group, empty groups", &targets, RuleQuota::default());
+    // 45 groups and 5 prefix lists of 1,000 entries: both capacities overflow.
+    let mut mixed = targets.clone();
+    for t in mixed.iter_mut().skip(45) {
+        t.ports = PortSet::entries();
+        t.list = Some(ListInfo { version: 1, max_entries: 1_000, family: Family::Ipv4 });
+    }
+    world.row("45 groups (quota 60) + 5 prefix lists (MaxEntries 1,000)", &mixed, RuleQuota::default());
     let p = world.row("quota off, empty groups", &targets, unlimited);
     for (target, change) in targets.iter_mut().zip(&p.changes) {
         target.rules = change
