@@ -114,15 +114,14 @@ fn selects(spec: &TargetSpec, sg: &SecurityGroup) -> bool {
             sg.tags().iter().any(|t| t.key() == Some(tag_key) && t.value() == Some(tag_value))
         }
         TargetSelector::Ids(ids) => sg.group_id().is_some_and(|id| ids.iter().any(|i| i.as_str() == id)),
-        TargetSelector::PrefixLists(_) => false,
+        TargetSelector::PrefixLists(_) | TargetSelector::TaggedPrefixLists { .. } => false,
     }
 }
 
 /// One region's describe: a filter when every spec there selects the same way, else all groups;
 /// and its prefix lists, when specs name any.
 async fn describe_region(client: Client, region: String, specs: Vec<(usize, TargetSpec)>) -> Observation {
-    let (lists, specs): (Vec<_>, Vec<_>) =
-        specs.into_iter().partition(|(_, s)| matches!(s.selector, TargetSelector::PrefixLists(_)));
+    let (lists, specs): (Vec<_>, Vec<_>) = specs.into_iter().partition(|(_, s)| s.selector.is_prefix_lists());
     let mut out = crate::prefix_list::describe_lists(&client, &region, &lists).await;
     if specs.is_empty() {
         return out;
@@ -140,14 +139,14 @@ async fn describe_groups(client: Client, region: String, specs: Vec<(usize, Targ
         .iter()
         .filter_map(|(_, s)| match &s.selector {
             TargetSelector::Discovery { tag_key, tag_value } => Some((tag_key.as_str(), tag_value.as_str())),
-            TargetSelector::Ids(_) | TargetSelector::PrefixLists(_) => None,
+            _ => None,
         })
         .collect();
     let ids: BTreeSet<&str> = specs
         .iter()
         .flat_map(|(_, s)| match &s.selector {
             TargetSelector::Ids(ids) => ids.iter().map(GroupId::as_str).collect::<Vec<_>>(),
-            TargetSelector::Discovery { .. } | TargetSelector::PrefixLists(_) => vec![],
+            _ => vec![],
         })
         .collect();
     if ids.is_empty() && discovery.len() == 1 {

@@ -27,30 +27,57 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// The prefix lists the specs of one route name, with their entries.
 pub(crate) async fn describe_lists(client: &Client, region: &str, specs: &[(usize, TargetSpec)]) -> Observation {
     let mut out = Observation::default();
-    let wanted: Vec<(usize, String)> = specs
+    let named: Vec<(usize, String)> = specs
         .iter()
         .flat_map(|(i, s)| match &s.selector {
             TargetSelector::PrefixLists(ids) => ids.iter().map(|id| (*i, id.as_str().to_string())).collect(),
             _ => vec![],
         })
         .collect();
-    if wanted.is_empty() {
+    let tagged: Vec<(usize, &str, &str)> = specs
+        .iter()
+        .filter_map(|(i, s)| match &s.selector {
+            TargetSelector::TaggedPrefixLists { tag_key, tag_value } => Some((*i, tag_key.as_str(), tag_value.as_str())),
+            _ => None,
+        })
+        .collect();
+    if named.is_empty() && tagged.is_empty() {
         return out;
     }
-    let ids: Vec<String> = wanted.iter().map(|(_, id)| id.clone()).collect();
+    // Named lists by id; tagged ones by the tag filter when only one tag is asked, else all
+    // of the account's lists, picked here.
+    let mut request = client.describe_managed_prefix_lists();
+    if tagged.is_empty() {
+        request = request.set_prefix_list_ids(Some(named.iter().map(|(_, id)| id.clone()).collect()));
+    } else if named.is_empty() && tagged.len() == 1 {
+        let (_, key, value) = tagged[0];
+        request = request.filters(aws_sdk_ec2::types::Filter::builder().name(format!("tag:{key}")).values(value).build());
+    }
     let failure = |id: Option<&str>, err: FirewallError| ObserveFailure {
         region: region.to_string(),
         group_id: id.map(str::to_string),
         error: err.message,
         code: err.code,
     };
-    let lists = match client.describe_managed_prefix_lists().set_prefix_list_ids(Some(ids)).send().await {
-        Ok(out) => out.prefix_lists.unwrap_or_default(),
-        Err(err) => {
-            out.failures.push(failure(None, firewall_error(err)));
-            return out;
+    let mut lists = Vec::new();
+    let mut pages = request.into_paginator().send();
+    while let Some(page) = pages.next().await {
+        match page {
+            Ok(page) => lists.extend(page.prefix_lists.unwrap_or_default()),
+            Err(err) => {
+                out.failures.push(failure(None, firewall_error(err)));
+                return out;
+            }
         }
-    };
+    }
+    // AWS's own lists (owner "AWS") are never ours to change.
+    let found_by_tag = lists.iter().filter(|l| l.owner_id() != Some("AWS")).filter_map(|l| {
+        let tags = l.tags();
+        let spec = tagged.iter().find(|(_, k, v)| tags.iter().any(|t| t.key() == Some(*k) && t.value() == Some(*v)))?.0;
+        Some((spec, l.prefix_list_id()?.to_string()))
+    });
+    let mut wanted: Vec<(usize, String)> = named.clone();
+    wanted.extend(found_by_tag.filter(|(_, id)| !named.iter().any(|(_, n)| n == id)).collect::<Vec<_>>());
     for (spec, id) in &wanted {
         let Some(list) = lists.iter().find(|l| l.prefix_list_id() == Some(id.as_str())) else {
             let err =

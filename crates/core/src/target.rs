@@ -73,6 +73,21 @@ pub enum TargetSelector {
     /// These managed prefix lists (`pl-…`): grants become their entries, and the groups that
     /// reference a list (set up by the operator) let its entries in.
     PrefixLists(Vec<PrefixListId>),
+    /// Every managed prefix list carrying this tag key and value (environment from its
+    /// `WhitelistEnvironment` tag, as for groups).
+    TaggedPrefixLists { tag_key: String, tag_value: String },
+}
+
+impl TargetSelector {
+    /// Whether it finds its targets by tag (so one may belong to any environment).
+    pub fn discovers(&self) -> bool {
+        matches!(self, TargetSelector::Discovery { .. } | TargetSelector::TaggedPrefixLists { .. })
+    }
+
+    /// Whether its targets are managed prefix lists.
+    pub fn is_prefix_lists(&self) -> bool {
+        matches!(self, TargetSelector::PrefixLists(_) | TargetSelector::TaggedPrefixLists { .. })
+    }
 }
 
 /// A managed prefix list's id (`pl-` and letters or digits), checked when it is made.
@@ -237,7 +252,7 @@ pub fn resolve_targets(
         };
         let skip = |reason: String| SkippedGroup { id: group.id.clone(), reason };
         let environment = match (&spec.selector, group.tags.get(ENVIRONMENT_TAG)) {
-            (TargetSelector::Discovery { .. }, Some(tag)) => match Environment::parse(tag.trim()) {
+            (selector, Some(tag)) if selector.discovers() => match Environment::parse(tag.trim()) {
                 Ok(env) => env,
                 Err(_) => {
                     skipped.push(skip(format!("its {ENVIRONMENT_TAG} tag {tag:?} is not an environment name")));

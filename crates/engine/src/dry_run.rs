@@ -36,7 +36,7 @@ fn static_groups(specs: &[TargetSpec]) -> Observation {
                 counts: FamilyCounts::default(),
                 spec: i,
             })),
-            TargetSelector::PrefixLists(_) => LIST_WARNING.call_once(|| {
+            TargetSelector::PrefixLists(_) | TargetSelector::TaggedPrefixLists { .. } => LIST_WARNING.call_once(|| {
                 tracing::warn!(region = %spec.region,
                     "the dry-run firewall cannot read prefix lists; use --firewall aws with refresh --dry-run");
             }),

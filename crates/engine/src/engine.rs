@@ -3,8 +3,8 @@ use std::sync::{Arc, Mutex};
 
 use portcullis_core::{
     Action, AuditEvent, AuditScope, Cidr, Credential, Description, Environment, Grant, GrantKey, GroupChange, Interface, Marker,
-    Owner, Plan, PlanInput, Policy, PortSet, RefusedGrant, RuleQuota, SkippedGroup, Source, Target, TargetId, TargetSelector,
-    TargetSpec, Ttl, ValidationError, admit_grants, plan, plan_additions, plan_adoption, policy_for, resolve_targets,
+    Owner, Plan, PlanInput, Policy, PortSet, RefusedGrant, RuleQuota, SkippedGroup, Source, Target, TargetId, TargetSpec, Ttl,
+    ValidationError, admit_grants, plan, plan_additions, plan_adoption, policy_for, resolve_targets,
 };
 use portcullis_store::{Actor, Store, StoreError, Upsert};
 use serde::Serialize;
@@ -348,13 +348,8 @@ impl Engine {
 
     /// Observes the groups the scope needs; must come before any store read that feeds a plan.
     pub(crate) async fn observe(&self, scope: &Scope) -> Observed {
-        let specs: Vec<TargetSpec> = self
-            .settings
-            .specs
-            .iter()
-            .filter(|s| scope.covers(&s.environment) || matches!(s.selector, TargetSelector::Discovery { .. }))
-            .cloned()
-            .collect();
+        let specs: Vec<TargetSpec> =
+            self.settings.specs.iter().filter(|s| scope.covers(&s.environment) || s.selector.discovers()).cloned().collect();
         let observation = self.firewall.observe(&specs).await;
         let (targets, skipped) = resolve_targets(&observation.groups, &specs, &self.settings.policies);
         let targets: Vec<Target> = targets.into_iter().filter(|t| scope.covers(&t.environment)).collect();

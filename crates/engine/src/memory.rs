@@ -143,9 +143,14 @@ impl MemoryFirewall {
 fn selected(group: &ObservedGroup, spec: &TargetSpec) -> bool {
     group.id.region == spec.region
         && match &spec.selector {
-            TargetSelector::Discovery { tag_key, tag_value } => group.tags.get(tag_key) == Some(tag_value),
+            TargetSelector::Discovery { tag_key, tag_value } => {
+                group.list.is_none() && group.tags.get(tag_key) == Some(tag_value)
+            }
             TargetSelector::Ids(ids) => group.list.is_none() && ids.iter().any(|id| id.as_str() == group.id.group_id),
             TargetSelector::PrefixLists(ids) => group.list.is_some() && ids.iter().any(|id| id.as_str() == group.id.group_id),
+            TargetSelector::TaggedPrefixLists { tag_key, tag_value } => {
+                group.list.is_some() && group.tags.get(tag_key) == Some(tag_value)
+            }
         }
 }
 

@@ -161,6 +161,9 @@ struct FileTarget {
     group_ids: Option<Vec<String>>,
     /// Managed prefix lists whose entries are the grants (the groups reference them).
     prefix_list_ids: Option<Vec<String>>,
+    /// With `discovery = true`: discover managed prefix lists by the discovery tag, not groups.
+    #[serde(default)]
+    prefix_lists: bool,
     ports: Option<String>,
     endpoint_url: Option<String>,
     /// A role to assume for these groups (another account).
@@ -536,9 +539,17 @@ fn target(
             let lists = lists.iter().map(|id| PrefixListId::parse(id).map_err(|e| error(key.as_str(), e)));
             TargetSelector::PrefixLists(lists.collect::<Result<_, _>>()?)
         }
-        (None, None, true) => defaults.discovery.clone(),
+        (None, None, true) => match (&defaults.discovery, t.prefix_lists) {
+            (TargetSelector::Discovery { tag_key, tag_value }, true) => {
+                TargetSelector::TaggedPrefixLists { tag_key: tag_key.clone(), tag_value: tag_value.clone() }
+            }
+            (selector, _) => selector.clone(),
+        },
         _ => return Err(error(key, "give one of discovery = true, group_ids or prefix_list_ids")),
     };
+    if t.prefix_lists && !t.discovery {
+        return Err(error(format!("{key}.prefix_lists"), "needs discovery = true (name lists by id with prefix_list_ids)"));
+    }
     let ports = match &t.ports {
         Some(text) => PortSet::parse(text).map_err(|e| error(format!("{key}.ports"), e))?,
         None => defaults.ports.clone(),
@@ -857,10 +868,14 @@ mod tests {
         let load = |toml: &str| Config::from_toml(toml, "portcullis.toml", &Overrides::default(), &|_| None);
         let c = load("[[environments.dev.targets]]\nregion = \"us-east-1\"\nprefix_list_ids = [\"pl-0abc\"]\n").unwrap();
         assert_eq!(c.specs[0].selector, TargetSelector::PrefixLists(vec![PrefixListId::parse("pl-0abc").unwrap()]));
+        let c = load("[[environments.dev.targets]]\nregion = \"us-east-1\"\ndiscovery = true\nprefix_lists = true\n").unwrap();
+        let tagged = TargetSelector::TaggedPrefixLists { tag_key: "WhitelistManaged".into(), tag_value: "true".into() };
+        assert_eq!(c.specs[0].selector, tagged);
         for (bad, says) in [
             ("prefix_list_ids = [\"sg-0abc\"]", "invalid prefix list id"),
             ("prefix_list_ids = []", "is empty"),
             ("prefix_list_ids = [\"pl-1\"]\ngroup_ids = [\"sg-1\"]", "give one of"),
+            ("group_ids = [\"sg-1\"]\nprefix_lists = true", "needs discovery = true"),
         ] {
             let err = load(&format!("[[environments.dev.targets]]\nregion = \"us-east-1\"\n{bad}\n")).unwrap_err().to_string();
             assert!(err.contains(says), "{bad}: {err}");

@@ -26,9 +26,18 @@ fn dev() -> Environment {
 }
 
 fn engine(w: &World, firewall: Arc<dyn Firewall>, clock: Arc<dyn Clock>, list: &str) -> (Engine, Arc<SqliteStore>) {
+    engine_by(w, firewall, clock, TargetSelector::PrefixLists(vec![PrefixListId::parse(list).unwrap()]))
+}
+
+fn engine_by(
+    w: &World,
+    firewall: Arc<dyn Firewall>,
+    clock: Arc<dyn Clock>,
+    selector: TargetSelector,
+) -> (Engine, Arc<SqliteStore>) {
     let spec = TargetSpec {
         region: REGION.into(),
-        selector: TargetSelector::PrefixLists(vec![PrefixListId::parse(list).unwrap()]),
+        selector,
         environment: dev(),
         default_ports: PortSet::alb(),
         endpoint_url: None,
@@ -58,6 +67,18 @@ fn request(cidr: &str) -> AddRequest {
 
 /// A list on moto, IPv4, with one hand-made entry.
 async fn list_on_moto(w: &World, max_entries: i32) -> String {
+    list_tagged(w, max_entries, &[]).await
+}
+
+async fn list_tagged(w: &World, max_entries: i32, tags: &[(&str, &str)]) -> String {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    // A tag specification must name a tag: none for an untagged list.
+    let tags = (!tags.is_empty()).then(|| {
+        TagSpecification::builder()
+            .resource_type(ResourceType::PrefixList)
+            .set_tags(Some(tags.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build()).collect()))
+            .build()
+    });
     let hand = AddPrefixListEntry::builder().cidr("192.0.2.0/24").description("office, by hand").build();
     let out = w
         .ec2
@@ -66,6 +87,7 @@ async fn list_on_moto(w: &World, max_entries: i32) -> String {
         .address_family("IPv4")
         .max_entries(max_entries)
         .entries(hand)
+        .set_tag_specifications(tags.map(|t| vec![t]))
         .send()
         .await
         .unwrap();
@@ -204,6 +226,24 @@ async fn a_list_changed_since_it_was_observed_is_observed_again_and_planned_anew
                 ("198.51.100.1/32".into(), Some("pc:dev alice: laptop".into()))
             ]
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_tagged_like_groups_are_discovered_and_an_untagged_one_is_left_alone() {
+    within(async {
+        let w = World::new().await;
+        let tagged = list_tagged(&w, 10, &[(w.tag_key.as_str(), "true")]).await;
+        let untagged = list_on_moto(&w, 10).await;
+        let firewall = Arc::new(Ec2Firewall::new(&sdk_config().await));
+        let selector = TargetSelector::TaggedPrefixLists { tag_key: w.tag_key.clone(), tag_value: "true".into() };
+        let (engine, _) = engine_by(&w, firewall, Arc::new(portcullis_engine::SystemClock), selector);
+        let outcome = engine.add(request("198.51.100.7")).await.unwrap();
+        assert_eq!(outcome.report.map(|r| r.targets), Some(1), "the tagged list only");
+        let on = |entries: Vec<(String, Option<String>)>| entries.iter().any(|e| e.0 == "198.51.100.7/32");
+        assert!(on(entries(&w, &tagged).await), "the tagged list holds the grant");
+        assert!(!on(entries(&w, &untagged).await), "the untagged list is not a target");
     })
     .await;
 }
