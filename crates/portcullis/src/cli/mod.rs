@@ -69,10 +69,12 @@ enum Command {
     /// Create what the store is missing (idempotent): with DynamoDB, the grants table(s) with
     /// TTL and a stream, and portcullis's own table. Existing tables are left as they are.
     Init,
-    /// Take over the rules seed 000's Lambda made (no marker) that match a live grant exactly,
+    /// Take over the rules the docustack IP Whitelist Manager Lambda made (no marker) that match
+    /// a live grant exactly,
     /// by rewriting their descriptions. Prints what it changes; nothing else is touched.
     Adopt(grants::AdoptArgs),
-    /// Handle one event (seed action, DynamoDB Stream batch, scheduled event, Auto Scaling
+    /// Handle one event (an action of the docustack IP Whitelist Manager Lambda, a DynamoDB
+    /// Stream batch, a scheduled event, an Auto Scaling
     /// lifecycle action or true-up, CloudTrail rule change) as the Lambda would, and print the
     /// JSON response.
     Invoke(process::InvokeArgs),
@@ -88,7 +90,7 @@ enum Command {
     /// Open access for this machine through a portcullis server's /connection, renew it while
     /// running, and close it on Ctrl-C or SIGTERM.
     Open(process::OpenArgs),
-    /// Guard (seed 003): record the baseline of the guarded groups, or compare them with it now.
+    /// Guard: record the baseline of the guarded groups, or compare them with it now.
     Guard {
         #[command(subcommand)]
         command: guard::GuardCommand,
@@ -235,16 +237,19 @@ fn environment(config: &Config, env: Option<String>) -> Result<Environment, CliE
     Ok(env)
 }
 
-/// Who acts: `--as`, else the OS user, else `unknown`.
+/// Who acts: `--as`, else `$USER` / `$LOGNAME`, else the OS account this process runs as (by
+/// its uid: cron, containers and systemd units often set no `$USER`); never a made-up name.
 fn acting_user(as_user: Option<String>) -> Result<Requester, CliError> {
     if as_user.as_deref().is_some_and(|u| u.trim().is_empty()) {
         return Err(CliError::Usage("--as needs a user name; leave it out to act as the OS user".into()));
     }
+    let from_env = |k: &str| std::env::var(k).ok().filter(|n| !n.trim().is_empty());
     let name = as_user
-        .or_else(|| std::env::var("USER").ok())
-        .or_else(|| std::env::var("LOGNAME").ok())
+        .or_else(|| from_env("USER"))
+        .or_else(|| from_env("LOGNAME"))
+        .or_else(|| whoami::username().ok())
         .filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(|| "unknown".into());
+        .ok_or_else(|| CliError::Usage("cannot tell which OS account this is; name the user with --as".into()))?;
     Ok(Requester::named(UserName::parse(&name)?.as_str(), Interface::Cli))
 }
 

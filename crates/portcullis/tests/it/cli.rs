@@ -230,6 +230,21 @@ async fn an_endless_config_file_is_refused_without_reading_it_all() {
 }
 
 #[tokio::test]
+async fn without_user_the_os_account_acts_and_help_names_no_seed() {
+    let w = World::new().await;
+    let mut cmd = w.command(&["add", "198.51.100.61", "--ttl", "5m"]);
+    cmd.env_remove("USER").env_remove("LOGNAME");
+    ok(&cmd.output().unwrap());
+    let account = std::process::Command::new("id").arg("-un").output().unwrap();
+    let account = String::from_utf8_lossy(&account.stdout).trim().to_string();
+    assert_eq!(w.grants()[0]["owner"]["name"], account.as_str(), "the OS account, not \"unknown\"");
+    for args in [&["--help"][..], &["adopt", "--help"], &["invoke", "--help"], &["guard", "--help"], &["approve", "--help"]] {
+        let help = String::from_utf8_lossy(&w.cli(args).stdout).to_string();
+        assert!(!help.to_lowercase().contains("seed 0"), "{args:?} speaks of our seed numbering:\n{help}");
+    }
+}
+
+#[tokio::test]
 async fn an_empty_as_is_refused_not_replaced_by_the_os_user() {
     let w = World::new().await;
     let out = w.cli(&["add", "198.51.100.60", "--as", ""]);
