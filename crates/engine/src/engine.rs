@@ -126,6 +126,9 @@ pub struct Engine {
     pub(crate) members: Option<Arc<crate::members::Members>>,
     /// Guard's configuration and firewall (`guard`).
     pub(crate) guard: Option<Arc<crate::guard::Guard>>,
+    /// The next rule grant's expiry as last read, and when (`rule_grants`): the sweeper's
+    /// once-a-second poll reads the requests at most every [`crate::rule_grants::REREAD`].
+    pub(crate) rule_grant_expiry: Mutex<Option<(portcullis_core::Timestamp, Option<portcullis_core::Timestamp>)>>,
 }
 
 impl Engine {
@@ -144,6 +147,7 @@ impl Engine {
             slots: Default::default(),
             members: None,
             guard: None,
+            rule_grant_expiry: Mutex::new(None),
         }
     }
 

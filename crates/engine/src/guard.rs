@@ -293,6 +293,9 @@ impl Engine {
             if !self.store().update_request(&next, vec![request_event(now, &actor, action, &next, &detail)]).await? {
                 continue;
             }
+            if next.temporary.is_some() {
+                self.rule_grants_changed();
+            }
             self.announce();
             let (request, failures) =
                 if next.status == RequestStatus::Approved { self.apply_approved(next).await? } else { (next, vec![]) };

@@ -14,6 +14,11 @@ use serde::Serialize;
 use crate::guard::guard_actor;
 use crate::{Engine, EngineError, Guard, GuardError};
 
+/// How stale the sweeper's knowledge of the next rule grant's expiry may get: a rule grant
+/// approved in another process is known within this, and then revoked at its exact time (a
+/// term is at least a minute). This process's own approvals and sweeps are known at once.
+pub(crate) const REREAD: time::Duration = time::Duration::seconds(30);
+
 /// What one rule-grant reconcile did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RuleGrantReport {
@@ -41,8 +46,22 @@ impl Engine {
         if self.guard.is_none() {
             return Ok(None);
         }
+        let now = self.clock().now();
+        if let Some((read_at, next)) = *self.rule_grant_expiry.lock().expect("expiry cache poisoned")
+            && now - read_at < REREAD
+        {
+            return Ok(next);
+        }
         let requests = self.store().requests(Some(RequestStatus::Approved)).await?;
-        Ok(requests.iter().filter_map(ChangeRequest::rule_grant_until).min())
+        let next = requests.iter().filter_map(ChangeRequest::rule_grant_until).min();
+        *self.rule_grant_expiry.lock().expect("expiry cache poisoned") = Some((now, next));
+        Ok(next)
+    }
+
+    /// Forgets the cached next expiry: a decision or a rule-grant reconcile changed it.
+    pub(crate) fn rule_grants_changed(&self) {
+        *self.rule_grant_expiry.lock().expect("expiry cache poisoned") = None;
+        self.wake_sweeper.notify_one();
     }
 
     /// Brings every rule grant's rules to what its request wants now: live ones authorized
@@ -135,6 +154,7 @@ impl Engine {
         if !report.expired.is_empty() {
             self.announce();
         }
+        self.rule_grants_changed();
         Ok(report)
     }
 }
