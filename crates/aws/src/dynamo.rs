@@ -636,7 +636,7 @@ impl DynamoStore {
             UpsertDecision::Add { expired } => {
                 let owner = &request.grant.owner.id;
                 let holds = self.holds(&env, owner, now).await?;
-                let version = holds.version;
+                let (version, attrs) = (holds.version, holds.attrs);
                 // The holds count; a Scan counts again where they are missing (an item older
                 // than holds) or would refuse (a hold another writer's delete left behind).
                 let (held, theirs) = match holds.live {
@@ -664,9 +664,18 @@ impl DynamoStore {
                     None => cond.and(format!("attribute_not_exists({vk})")),
                 }
                 let one = cond.value(n(1));
-                let holds =
-                    DynamoStore::hold_sets(&mut cond, std::iter::once(&decided.stored).chain(theirs.iter().flatten()), true);
-                let set = format!("ADD {vk} {one} SET {holds}");
+                let kept: Vec<&Grant> = std::iter::once(&decided.stored).chain(theirs.iter().flatten()).collect();
+                let holds = DynamoStore::hold_sets(&mut cond, kept.iter().copied(), true);
+                let mut set = format!("ADD {vk} {one} SET {holds}");
+                // Where a Scan counted, holds it did not find (left by another writer's
+                // delete) go, so the next add counts by holds again.
+                if theirs.is_some() {
+                    let keep: BTreeSet<String> = kept.iter().map(|g| index::hold_attr(&g.cidr)).collect();
+                    let stale: Vec<String> = attrs.iter().filter(|a| !keep.contains(*a)).map(|a| cond.name(a)).collect();
+                    if !stale.is_empty() {
+                        set.push_str(&format!(" REMOVE {}", stale.join(", ")));
+                    }
+                }
                 tx.update(self.meta(), quota_key(owner), &set, cond);
                 decided
             }

@@ -75,6 +75,8 @@ pub(super) fn hold_value(grant: &Grant) -> AttributeValue {
 pub(super) struct Holds {
     pub version: Option<i64>,
     pub live: Option<usize>,
+    /// Every hold attribute the item carries, live or not.
+    pub attrs: Vec<String>,
 }
 
 impl DynamoStore {
@@ -88,7 +90,7 @@ impl DynamoStore {
             .send()
             .await
             .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
-        let Some(item) = out.item else { return Ok(Holds { version: None, live: Some(0) }) };
+        let Some(item) = out.item else { return Ok(Holds { version: None, live: Some(0), attrs: vec![] }) };
         let now = micros(now);
         let live = item
             .iter()
@@ -96,7 +98,8 @@ impl DynamoStore {
             .filter_map(|(_, v)| v.as_n().ok()?.parse::<i64>().ok())
             .filter(|&at| at == 0 || at > now)
             .count();
-        Ok(Holds { version: get_n(&item, "v"), live: item.contains_key(INDEXED).then_some(live) })
+        let attrs = item.keys().filter(|k| k.starts_with("h#")).cloned().collect();
+        Ok(Holds { version: get_n(&item, "v"), live: item.contains_key(INDEXED).then_some(live), attrs })
     }
 
     /// The SET clauses that record `grants` as held on an owner's quota item (with `complete`:

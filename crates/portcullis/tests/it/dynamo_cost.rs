@@ -108,6 +108,16 @@ async fn the_per_user_limit_counts_holds_and_a_hold_left_by_another_writer_refus
         })
         .await;
         assert_eq!(calls.get("Scan"), Some(&1), "{calls:?}");
+
+        // That Scan dropped the stale hold: after one of her grants goes, an add counts by
+        // holds again.
+        let alice = add("203.0.113.3");
+        store.remove(&alice.grant.key(), &alice.actor, now).await.unwrap();
+        let calls = calls_of(&store, async {
+            store.upsert(add("203.0.113.4")).await.unwrap();
+        })
+        .await;
+        assert_eq!(calls.get("Scan"), None, "counted by holds: {calls:?}");
     })
     .await;
 }
