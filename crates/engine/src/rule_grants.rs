@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use portcullis_core::guard::{self, ChangeRequest, GroupSelection, GuardScope, GuardedGroup, RequestStatus, Revert};
+use portcullis_core::guard::{self, ChangeRequest, GroupSelection, GuardScope, GuardedGroup, RequestStatus, RuleGrantChange};
 use portcullis_core::{Action, TargetId, Timestamp};
 use portcullis_store::request_event;
 use serde::Serialize;
@@ -106,18 +106,11 @@ impl Engine {
                 ));
                 failed.insert(o.group.clone());
             }
-            for change in &plan.changes {
-                let Some(group) = &change.group else { continue };
-                let steps = Revert {
-                    revoke_ids: change.revoke_ids.clone(),
-                    revoke: change.revoke.clone(),
-                    authorize: change.authorize.clone(),
-                    ..Revert::default()
-                };
-                let failures = self.carry_out(&scope.route, &group.group_id, &steps).await;
+            for RuleGrantChange { group, steps } in &plan.changes {
+                let failures = self.carry_out(&scope.route, &group.group_id, steps).await;
                 if failures.is_empty() {
-                    report.authorized += change.authorize.len();
-                    report.revoked += change.revoke_ids.len() + change.revoke.len();
+                    report.authorized += steps.authorize.len();
+                    report.revoked += steps.revoke_ids.len() + steps.revoke.len();
                 } else {
                     report.failures.extend(failures.into_iter().map(|f| format!("{group}: {f}")));
                     failed.insert(group.clone());

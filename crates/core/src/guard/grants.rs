@@ -7,25 +7,17 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::{ChangeRequest, GuardRule, GuardedGroup, RuleSource};
+use super::{ChangeRequest, GuardRule, GuardedGroup, Revert, RuleSource};
 use crate::{Family, Marker, RuleQuota, TargetId, Timestamp};
 
-/// What to do to one group's rule-grant rules.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What to do to one group's rule-grant rules, as the firewall steps guard carries out:
+/// `authorize` the live rule grants' rules that are missing (under our marker); revoke, by
+/// `revoke_ids` (or by content in `revoke` where the firewall named no id), the rule-grant
+/// rules no live grant wants (expired, or their request is gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleGrantChange {
-    pub group: Option<TargetId>,
-    /// Live rule grants' rules that are missing, under our marker.
-    pub authorize: Vec<GuardRule>,
-    /// Rule-grant rules no live grant wants (expired, or their request is gone), by id...
-    pub revoke_ids: Vec<String>,
-    /// ...and by content where the firewall named no id.
-    pub revoke: Vec<GuardRule>,
-}
-
-impl RuleGrantChange {
-    pub fn is_empty(&self) -> bool {
-        self.authorize.is_empty() && self.revoke_ids.is_empty() && self.revoke.is_empty()
-    }
+    pub group: TargetId,
+    pub steps: Revert,
 }
 
 /// A group whose quota the rule grants would exceed: that family's authorizations are dropped.
@@ -38,7 +30,7 @@ pub struct RuleGrantOverflow {
 }
 
 /// The changes that bring rule-grant rules to what the approved requests want.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleGrantPlan {
     pub changes: Vec<RuleGrantChange>,
     /// Wanted rules already in place.
@@ -90,7 +82,7 @@ pub fn plan_rule_grants(
             .iter()
             .filter(|r| r.rule.description.as_deref().and_then(|d| marker.decode_rule_grant(d)).is_some())
             .collect();
-        let mut change = RuleGrantChange { group: Some(group.id.clone()), ..RuleGrantChange::default() };
+        let mut change = Revert::default();
         for rule in &desired {
             if owned.iter().any(|o| o.rule == *rule) {
                 out.unchanged += 1;
@@ -116,8 +108,8 @@ pub fn plan_rule_grants(
                 out.overflows.push(RuleGrantOverflow { group: group.id.clone(), family, would_hold, quota: quota.get(family) });
             }
         }
-        if !change.is_empty() {
-            out.changes.push(change);
+        if !(change.authorize.is_empty() && change.revoke_ids.is_empty() && change.revoke.is_empty()) {
+            out.changes.push(RuleGrantChange { group: group.id.clone(), steps: change });
         }
     }
     out
@@ -166,7 +158,7 @@ mod tests {
         let r = approved("r-1", vec![rule("203.0.113.0/24", 22, Some("vendor"))], NOW + time::Duration::hours(1));
         let p = plan_rule_grants(std::slice::from_ref(&r), &[group(vec![])], &m, RuleQuota::default(), NOW);
         assert_eq!(p.changes.len(), 1);
-        let added = &p.changes[0].authorize;
+        let added = &p.changes[0].steps.authorize;
         assert_eq!(added.len(), 1);
         assert_eq!(added[0].description.as_deref(), Some("pc:grant/r-1 U0BOB: vendor"));
         assert!(added[0].same_access(&r.add[0]));
@@ -189,8 +181,8 @@ mod tests {
         let live = plan_rule_grants(std::slice::from_ref(&r), std::slice::from_ref(&g), &m, RuleQuota::default(), NOW);
         assert!(live.changes.is_empty());
         let p = plan_rule_grants(&[r], &[g], &m, RuleQuota::default(), until);
-        assert_eq!(p.changes[0].revoke_ids, ["sgr-1"], "only the rule grant's own rule");
-        assert!(p.changes[0].authorize.is_empty() && p.changes[0].revoke.is_empty());
+        assert_eq!(p.changes[0].steps.revoke_ids, ["sgr-1"], "only the rule grant's own rule");
+        assert!(p.changes[0].steps.authorize.is_empty() && p.changes[0].steps.revoke.is_empty());
     }
 
     #[test]
@@ -207,7 +199,7 @@ mod tests {
             RuleQuota::default(),
             NOW,
         );
-        assert_eq!(p.changes[0].revoke, [ours], "no id: revoked by content");
+        assert_eq!(p.changes[0].steps.revoke, [ours], "no id: revoked by content");
     }
 
     #[test]
