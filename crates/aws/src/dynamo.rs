@@ -45,8 +45,8 @@ use portcullis_core::guard::{ChangeRequest, GroupRule, RequestStatus};
 use portcullis_core::{Action, ApiToken, AuditEvent, Environment, Grant, GrantKey, TargetId, Timestamp};
 use portcullis_store::seed::{self, Attr, Item};
 use portcullis_store::{
-    Actor, Decided, LeaseClaim, NOTICE_LEASE, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, UpsertDecision,
-    Upserted, grant_event as event, sweeper_actor as sweeper,
+    Actor, AuditQuery, Decided, LeaseClaim, LeaseHolder, NOTICE_LEASE, Notice, OutboxStatus, Settlement, Store, StoreError,
+    Upsert, UpsertDecision, Upserted, grant_event as event, sweeper_actor as sweeper,
 };
 use portcullis_store::{from_millis as from_ms, millis as ms};
 
@@ -776,6 +776,47 @@ impl DynamoStore {
         }
     }
 
+    /// One audit partition's newest `limit` events that `query` matches, older than its page
+    /// start: read newest first a page at a time (the key narrows the page; the action and
+    /// user are filtered as read) until `limit` match or the partition ends.
+    async fn audit_partition(&self, pk: &str, query: &AuditQuery, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        let (condition, bound) = match query.before {
+            Some(before) => ("pk = :p AND sk < :b", Some(s(padded(before)))),
+            None => ("pk = :p", None),
+        };
+        while out.len() < limit {
+            let page = self
+                .client
+                .query()
+                .table_name(self.meta())
+                .key_condition_expression(condition)
+                .expression_attribute_values(":p", s(pk))
+                .consistent_read(true)
+                .scan_index_forward(false)
+                .limit((limit - out.len()).clamp(1, 1000) as i32)
+                .set_exclusive_start_key(start);
+            let page = match &bound {
+                Some(b) => page.expression_attribute_values(":b", b.clone()),
+                None => page,
+            };
+            let page = page.send().await.map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
+            for item in page.items() {
+                let event = self.parse_event(item)?;
+                if query.matches(&event) {
+                    out.push(event);
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
     fn parse_event(&self, item: &HashMap<String, AttributeValue>) -> Result<AuditEvent, StoreError> {
         let json = get_s(item, "event").unwrap_or_default();
         serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
@@ -1001,16 +1042,15 @@ impl Store for DynamoStore {
         self.record_with(event, Some(key)).await
     }
 
-    async fn audit(&self, environment: Option<&Environment>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        let partitions: BTreeSet<String> = match environment {
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        let limit = query.limit.min(AuditQuery::MAX_LIMIT);
+        let partitions: BTreeSet<String> = match &query.environment {
             Some(env) => BTreeSet::from([env.to_string()]),
             None => self.partition("audit-envs", false, None).await?.iter().filter_map(|i| get_s(i, "sk")).collect(),
         };
         let mut events = Vec::new();
         for env in partitions {
-            for item in self.partition(&format!("audit#{env}"), true, Some(limit)).await? {
-                events.push(self.parse_event(&item)?);
-            }
+            events.extend(self.audit_partition(&format!("audit#{env}"), query, limit).await?);
         }
         events.sort_by_key(|e| std::cmp::Reverse(e.id));
         events.truncate(limit);
@@ -1040,6 +1080,21 @@ impl Store for DynamoStore {
             Ok(_) | Err(Failure::Conflict) => Ok(()),
             Err(Failure::Store(e)) => Err(e),
         }
+    }
+
+    async fn lease_holder(&self, name: &str, now: Timestamp) -> Result<Option<LeaseHolder>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.meta())
+            .set_key(Some(meta_key("lease", name)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
+        let Some(item) = out.item else { return Ok(None) };
+        let (holder, until) = (get_s(&item, "holder").unwrap_or_default(), from_ms(get_n(&item, "until_ms").unwrap_or(0)));
+        Ok((until > now).then_some(LeaseHolder { holder, until }))
     }
 
     async fn claim_once(&self, key: &str, now: Timestamp, until: Timestamp) -> Result<bool, StoreError> {

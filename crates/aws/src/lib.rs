@@ -19,7 +19,7 @@ mod secrets;
 mod streams;
 
 pub use autoscaling::AsgMembership;
-pub use counter::CallCounter;
+pub use counter::{ApiCall, CallCounter, api_calls};
 pub use dynamo::{DynamoStore, InitReport, TableNames, from_sdk};
 pub use ec2::Ec2Firewall;
 pub use secrets::{SecretError, Secrets};

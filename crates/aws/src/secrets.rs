@@ -20,7 +20,8 @@ pub struct Secrets {
 
 impl Secrets {
     pub fn new(config: &SdkConfig) -> Secrets {
-        Secrets { client: Client::new(config) }
+        let config = aws_sdk_secretsmanager::config::Builder::from(config).interceptor(crate::CallCounter::default()).build();
+        Secrets { client: Client::from_conf(config) }
     }
 
     /// The secret's current string value (a binary secret is read as UTF-8).

@@ -57,7 +57,8 @@ fn err(location: &str, e: impl std::error::Error) -> StoreError {
 
 impl StreamTail {
     pub fn new(sdk: &SdkConfig, store: DynamoStore) -> StreamTail {
-        StreamTail { store, client: Client::new(sdk), shards: BTreeMap::new(), discovered_at: None }
+        let config = aws_sdk_dynamodbstreams::config::Builder::from(sdk).interceptor(crate::CallCounter::default()).build();
+        StreamTail { store, client: Client::from_conf(config), shards: BTreeMap::new(), discovered_at: None }
     }
 
     /// Shards being read now.

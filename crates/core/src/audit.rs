@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Cidr, Environment, Grant, Timestamp};
 
 /// What happened, in the audit log's words.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
@@ -60,7 +61,8 @@ impl Action {
         }
     }
 
-    pub fn parse(text: &str) -> Option<Action> {
+    /// Every action, in the order of the audit log's vocabulary.
+    pub const ALL: [Action; 18] = {
         use Action::*;
         [
             Added,
@@ -82,12 +84,15 @@ impl Action {
             ChangeExpired,
             BaselineRecorded,
         ]
-        .into_iter()
-        .find(|a| a.as_str() == text)
+    };
+
+    pub fn parse(text: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == text)
     }
 }
 
 /// The interface through which a change came.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Interface {
@@ -220,6 +225,15 @@ impl ActorName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether this actor is `user`: by name, or by either part of a `name (id)` pair (how a
+    /// refusal names a Slack user), so a filter by user finds everything they did.
+    pub fn is(&self, user: &str) -> bool {
+        let actor = self.0.as_str();
+        let named = actor.strip_prefix(user).is_some_and(|rest| rest.starts_with(" (") && rest.ends_with(')'));
+        let by_id = actor.strip_suffix(')').and_then(|rest| rest.strip_suffix(user)).is_some_and(|rest| rest.ends_with(" ("));
+        !user.is_empty() && (actor == user || named || by_id)
+    }
 }
 
 impl From<&str> for ActorName {
@@ -254,12 +268,14 @@ impl<'de> Deserialize<'de> for ActorName {
 
 /// One append-only record of a state change: who, what, through which interface,
 /// before and after, and why.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// Assigned by the store; 0 before it is stored.
     #[serde(default)]
     pub id: i64,
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at: Timestamp,
     pub actor: ActorName,
     pub interface: Interface,
@@ -312,5 +328,14 @@ mod tests {
         assert_eq!(ActorName::new("a\nb\u{7}").as_str(), "a b");
         assert_eq!(ActorName::new("").as_str(), "unknown");
         assert_eq!(ActorName::new(&"x".repeat(400)).as_str().chars().count(), ActorName::MAX_CHARS);
+    }
+
+    #[test]
+    fn an_actor_is_a_user_by_name_or_by_either_half_of_name_and_id() {
+        let slack = ActorName::new("john.doe (U123)");
+        assert!(slack.is("john.doe") && slack.is("U123") && slack.is("john.doe (U123)"));
+        assert!(!slack.is("john") && !slack.is("U12") && !slack.is("doe") && !slack.is(""));
+        let cli = ActorName::new("alice");
+        assert!(cli.is("alice") && !cli.is("malice") && !cli.is("alic"));
     }
 }

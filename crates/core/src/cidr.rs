@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::ValidationError;
 
 /// An address family; EC2 counts rule quotas per family.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {

@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Cidr, Description, Environment, Timestamp};
 
 /// Who holds a grant: an identity from the interface that made it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Owner {
     pub id: String,
@@ -19,7 +20,8 @@ impl Owner {
 }
 
 /// How a grant came to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Source {
     Manual,
@@ -56,6 +58,7 @@ pub struct GrantKey {
 }
 
 /// One allowed source network in one environment, until it expires.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub cidr: Cidr,
@@ -64,8 +67,10 @@ pub struct Grant {
     pub source: Source,
     pub description: Description,
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub expires_at: Option<Timestamp>,
 }
 

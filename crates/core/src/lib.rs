@@ -15,6 +15,8 @@ mod grant;
 pub mod guard;
 mod marker;
 mod members;
+#[cfg(feature = "openapi")]
+mod openapi;
 mod plan;
 mod policy;
 mod ports;

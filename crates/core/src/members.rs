@@ -125,6 +125,7 @@ pub fn member_instance(grant: &Grant) -> Option<&str> {
 
 /// A grant as `list`, `/v1/grants` and Slack show it: the grant itself, and for a member grant
 /// the instance it stands for, so a reader need not pick it out of the description.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct ListedGrant<'a> {
     #[serde(flatten)]

@@ -40,6 +40,7 @@ pub struct PlanInput<'a> {
 }
 
 /// One rule in an operation: what to send to the firewall.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct AppliedRule {
     pub cidr: Cidr,
@@ -50,6 +51,7 @@ pub struct AppliedRule {
 }
 
 /// What to do to one security group: at most one call of each kind.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GroupChange {
     pub target: TargetId,
@@ -85,6 +87,7 @@ impl GroupChange {
 }
 
 /// A rule on a managed group that is not ours (for this environment): reported, never touched.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Foreign {
     pub target: TargetId,
@@ -95,6 +98,7 @@ pub struct Foreign {
 
 /// An owned rule that would be revoked, held back because the store has no history for its
 /// environment (a wrong or new store must not wipe access).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Withheld {
     pub target: TargetId,
@@ -104,6 +108,7 @@ pub struct Withheld {
 
 /// A group whose quota the desired rules would exceed; its authorizations of that family are
 /// dropped from the plan.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Overflow {
     pub target: TargetId,

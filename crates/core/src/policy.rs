@@ -78,6 +78,7 @@ pub struct Policy {
 }
 
 /// A stored grant its environment's policy does not admit, and why.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RefusedGrant {
     pub grant: Grant,

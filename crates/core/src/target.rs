@@ -11,6 +11,7 @@ pub const ENVIRONMENT_TAG: &str = "WhitelistEnvironment";
 pub const PORTS_TAG: &str = "WhitelistPorts";
 
 /// A security group, by region and id.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct TargetId {
     pub region: String,
@@ -111,6 +112,7 @@ impl PrefixListId {
 
 /// What a managed prefix list is beyond its entries: the version a change must name, how many
 /// entries it may hold, and the one address family it holds.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ListInfo {
     pub version: i64,
@@ -224,6 +226,7 @@ impl Target {
 }
 
 /// A group that was found but is not managed, and why.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SkippedGroup {
     pub id: TargetId,

@@ -140,8 +140,10 @@ impl Engine {
             gates.push(slot.gate.lock().await);
         }
         let lock = self.lock_applies(self.policies().keys()).await;
+        let started = std::time::Instant::now();
         let observed = self.observe(&Scope::All).await;
         let result = self.apply_rounds(cause, &Scope::All, observed, None).await;
+        self.metrics.reconciled(cause, started, &result);
         lock.release().await;
         result
     }
@@ -160,6 +162,7 @@ impl Engine {
         // observation, without reading the environment's other grants (`plan_additions`).
         let additive = cause == Cause::Change && covered <= runs.completed && !pending.is_empty();
         let scope = Scope::Environment(env.clone());
+        let started = std::time::Instant::now();
         let applied = async {
             let observed = self.observe(&scope).await;
             let accepted = self.store_pending(&scope, &observed, pending, additive).await?;
@@ -170,6 +173,7 @@ impl Engine {
         let applied = applied.await;
         lock.release().await;
         let (accepted, result) = applied?;
+        self.metrics.reconciled(cause, started, &result);
         match &result {
             Ok(report) => {
                 for (reply, upserted) in accepted {

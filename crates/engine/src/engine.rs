@@ -4,13 +4,13 @@ use std::sync::{Arc, Mutex};
 use portcullis_core::{
     Action, AuditEvent, AuditScope, Cidr, Credential, Description, Environment, Grant, GrantKey, GroupChange, Interface, Marker,
     Owner, Plan, PlanInput, Policy, PortSet, RefusedGrant, RuleQuota, SkippedGroup, Source, Target, TargetId, TargetSpec, Ttl,
-    ValidationError, admit_grants, plan, plan_additions, plan_adoption, policy_for, resolve_targets,
+    ValidationError, admit_grants, plan, plan_additions, policy_for, resolve_targets,
 };
 use portcullis_store::{Actor, Store, StoreError, Upsert};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use crate::report::{AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome};
+use crate::report::{AddOutcome, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome};
 use crate::{Clock, EngineError, Firewall, Lease, ObserveFailure, Outbox};
 
 /// What the engine is configured with.
@@ -46,6 +46,7 @@ impl Scope {
 }
 
 /// Why a reconcile ran; drift repairs are audited only for refreshes and periodic runs.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Cause {
@@ -100,7 +101,7 @@ pub struct AddRequest {
 
 /// The targets one observation resolved to.
 pub(crate) struct Observed {
-    failures: Vec<ObserveFailure>,
+    pub(crate) failures: Vec<ObserveFailure>,
     pub(crate) targets: Vec<Target>,
     skipped: Vec<SkippedGroup>,
 }
@@ -129,6 +130,15 @@ pub struct Engine {
     /// The next rule grant's expiry as last read, and when (`rule_grants`): the sweeper's
     /// once-a-second poll reads the requests at most every [`crate::rule_grants::REREAD`].
     pub(crate) rule_grant_expiry: Mutex<Option<(portcullis_core::Timestamp, Option<portcullis_core::Timestamp>)>>,
+    /// What `/metrics` shows of the engine's work.
+    pub(crate) metrics: crate::Metrics,
+    /// Bumped by every change this process stores, so the gauges it read before are not
+    /// reused (`gauges`).
+    pub(crate) changes: std::sync::atomic::AtomicU64,
+    /// The gauges as last read, when, and at which `changes`.
+    pub(crate) gauges: Mutex<Option<(std::time::Instant, u64, crate::Gauges)>>,
+    /// Where progress over many groups is told, if anywhere (a terminal).
+    progress: Option<Arc<dyn crate::Progress>>,
 }
 
 impl Engine {
@@ -148,7 +158,36 @@ impl Engine {
             members: None,
             guard: None,
             rule_grant_expiry: Mutex::new(None),
+            metrics: crate::Metrics::default(),
+            changes: Default::default(),
+            gauges: Mutex::new(None),
+            progress: None,
         }
+    }
+
+    /// Tells `progress` how operations over many groups advance.
+    pub fn with_progress(mut self, progress: Arc<dyn crate::Progress>) -> Engine {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Reports `done` of `total` steps of `what`, when someone listens.
+    pub(crate) fn progress(&self, what: &'static str, done: usize, total: usize) {
+        if let Some(p) = &self.progress {
+            p.update(what, done, total);
+        }
+    }
+
+    /// Ends what `progress` drew.
+    pub(crate) fn progress_done(&self) {
+        if let Some(p) = &self.progress {
+            p.finish();
+        }
+    }
+
+    /// The engine's metrics, for a registry to expose.
+    pub fn metrics(&self) -> &crate::Metrics {
+        &self.metrics
     }
 
     /// Runs the sweeper and the periodic reconcile only while `lease` is held.
@@ -179,8 +218,10 @@ impl Engine {
         self.outbox.as_ref()
     }
 
-    /// Tells the outbox that announcements may be waiting.
+    /// Tells the outbox that announcements may be waiting (every stored change calls it, so it
+    /// also marks the gauges as stale).
     pub(crate) fn announce(&self) {
+        self.changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(outbox) = &self.outbox {
             outbox.wake();
         }
@@ -471,13 +512,14 @@ impl Engine {
         Ok(report)
     }
 
-    async fn apply_all(&self, changes: &[GroupChange]) -> Vec<GroupOutcome> {
+    pub(crate) async fn apply_all(&self, changes: &[GroupChange]) -> Vec<GroupOutcome> {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, change) in changes.iter().enumerate() {
             let (firewall, change) = (self.firewall.clone(), change.clone());
             tasks.spawn(async move { (i, firewall.apply(&change).await) });
         }
         let mut results = BTreeMap::new();
+        let total = changes.len();
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok((i, result)) => {
@@ -485,6 +527,12 @@ impl Engine {
                 }
                 Err(err) => tracing::error!(error = %err, "a firewall task failed"),
             }
+            if total > 1 {
+                self.progress("security groups changed", total - tasks.len(), total);
+            }
+        }
+        if total > 1 {
+            self.progress_done();
         }
         changes
             .iter()
@@ -543,53 +591,5 @@ impl Engine {
                 Err(err) => tracing::warn!(error = %err, "could not audit a drift repair"),
             }
         }
-    }
-
-    /// Takes over the marker-less rules (seed 000's) that match a live grant exactly, by
-    /// rewriting their descriptions to carry our marker; with `dry_run`, only says which.
-    /// Nothing else ever edits an unowned rule.
-    pub async fn adopt(&self, dry_run: bool, by: &Requester) -> Result<AdoptReport, EngineError> {
-        let observed = self.observe(&Scope::All).await;
-        let grants = self.planned_grants(&Scope::All).await?;
-        let history = self.store.environments_with_history().await?;
-        let changes = plan_adoption(&PlanInput {
-            grants: &grants,
-            targets: &observed.targets,
-            marker: &self.settings.marker,
-            environments_with_history: &history,
-            quota: self.settings.quota,
-            now: self.clock.now(),
-        });
-        if dry_run || changes.is_empty() {
-            return Ok(AdoptReport { changes, dry_run, outcomes: vec![], observe_failures: observed.failures });
-        }
-        let outcomes = self.apply_all(&changes).await;
-        for (change, outcome) in changes.iter().zip(&outcomes) {
-            if outcome.error.is_some() {
-                continue;
-            }
-            for rule in &change.update_descriptions {
-                let event = AuditEvent {
-                    id: 0,
-                    at: self.clock.now(),
-                    actor: by.actor().name.into(),
-                    interface: by.interface,
-                    action: Action::Adopted,
-                    environment: AuditScope::from(&change.environment),
-                    cidr: Some(rule.cidr),
-                    before: None,
-                    after: None,
-                    reason: format!(
-                        "took over {} {} on {}: description now {:?}",
-                        rule.ec2_cidr, rule.ports, change.target, rule.description
-                    ),
-                    request: None,
-                };
-                if let Err(err) = self.store.record(event).await {
-                    tracing::warn!(error = %err, "could not audit an adoption");
-                }
-            }
-        }
-        Ok(AdoptReport { changes, dry_run, outcomes, observe_failures: observed.failures })
     }
 }

@@ -375,10 +375,13 @@ impl Engine {
     pub async fn record_baseline(&self, dry_run: bool, by: &Requester) -> Result<BaselineReport, GuardError> {
         let guard = self.guard()?;
         let mut report = BaselineReport { groups: vec![], failures: vec![] };
-        for (_, groups) in Self::observe_guarded(guard, &mut report.failures).await {
+        let observed = Self::observe_guarded(guard, &mut report.failures).await;
+        let total = observed.iter().map(|(_, groups)| groups.len()).sum();
+        for (_, groups) in observed {
             for group in groups {
                 let theirs: Vec<GroupRule> = group.rules.into_iter().filter(|r| !r.rule.is_ours(self.marker())).collect();
                 report.groups.push((group.id.clone(), theirs.len()));
+                self.progress("groups' baselines recorded", report.groups.len(), total);
                 if dry_run {
                     continue;
                 }
@@ -386,6 +389,7 @@ impl Engine {
                 self.store().set_baseline(&group.id, &theirs, vec![event]).await?;
             }
         }
+        self.progress_done();
         Ok(report)
     }
 

@@ -5,6 +5,7 @@
 //! Ordering rules live here: a change is written to the store before the firewall is touched,
 //! and a reconcile observes the firewall before it reads the store.
 
+mod adopt;
 mod apply_lock;
 mod authorize;
 mod clock;
@@ -20,7 +21,9 @@ mod lease;
 mod members;
 #[cfg(feature = "test-support")]
 mod memory;
+mod metrics;
 mod outbox;
+mod progress;
 mod queries;
 mod report;
 mod rule_grants;
@@ -51,8 +54,10 @@ pub use members::{
 };
 #[cfg(feature = "test-support")]
 pub use memory::{Effect, HeldFirewall, MemoryFirewall, MemoryMembership, REFUSED_VERSION, RecordedCall};
+pub use metrics::{Gauges, Metrics, ReconcileLabels};
 pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing};
-pub use queries::AuditQuery;
+pub use progress::Progress;
+pub use queries::{AuditQuery, GAUGES_MAX_AGE};
 pub use report::{AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome, Status, SweepReport};
 pub use rule_grants::RuleGrantReport;
 pub use stream::StreamOutcome;
@@ -75,6 +80,7 @@ pub struct Observation {
 }
 
 /// A region or group that could not be observed, and why.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ObserveFailure {
     pub region: String,
@@ -87,6 +93,7 @@ pub struct ObserveFailure {
 }
 
 /// What one group's change did.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Applied {
     pub authorized: usize,

@@ -2,23 +2,15 @@
 //! Interfaces read through these, never through the store, so a rule about what is shown
 //! (live grants only, audit limits) is written once.
 
-use portcullis_core::{ApiToken, AuditEvent, AuditScope, Environment, Grant};
+use portcullis_core::{ApiToken, AuditEvent, AuditScope, Grant};
+pub use portcullis_store::AuditQuery;
 
-use crate::{Engine, EngineError, Requester, Scope, Status};
+use crate::{Engine, EngineError, Gauges, Requester, Scope, Status};
 
-/// Which audit events to show, newest first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditQuery {
-    /// One environment's events, or every one.
-    pub environment: Option<Environment>,
-    /// At most this many.
-    pub limit: usize,
-}
-
-impl AuditQuery {
-    /// The most events one query returns, whatever it asks for.
-    pub const MAX_LIMIT: usize = 10_000;
-}
+/// How long the gauges read for a scrape are reused while this process changes nothing: with
+/// scrapes every few seconds, the store is read (on DynamoDB, a Scan of the grants) at most
+/// this often, and a change made here shows at the next scrape.
+pub const GAUGES_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Engine {
     /// The grants that open the firewall now (stored but expired ones are not shown), in one
@@ -34,6 +26,14 @@ impl Engine {
         Ok(grants.into_iter().filter(|g| g.is_live(now) && sees(g)).collect())
     }
 
+    /// The live grant with this key (a caller's own address, say), if any; the requester's
+    /// credentials must be valid in its environment.
+    pub async fn live_grant(&self, key: &portcullis_core::GrantKey, by: &Requester) -> Result<Option<Grant>, EngineError> {
+        self.authorize_read(&key.environment, by).await?;
+        let now = self.clock().now();
+        Ok(self.store().grant(key).await?.filter(|g| g.is_live(now)))
+    }
+
     /// The audit log, newest first: one environment's, or what the requester may see of all
     /// (a limited credential sees no event about every environment or none).
     pub async fn audit(&self, query: &AuditQuery, by: &Requester) -> Result<Vec<AuditEvent>, EngineError> {
@@ -46,8 +46,8 @@ impl Engine {
             AuditScope::Environments(es) => es.iter().all(|e| visible.contains(e)),
             AuditScope::All | AuditScope::Unknown => !by.credential.is_limited(),
         };
-        let limit = query.limit.min(AuditQuery::MAX_LIMIT);
-        let events = self.store().audit(query.environment.as_ref(), limit).await?;
+        let query = AuditQuery { limit: query.limit.min(AuditQuery::MAX_LIMIT), ..query.clone() };
+        let events = self.store().query_audit(&query).await?;
         Ok(events.into_iter().filter(|e| !by.credential.is_limited() || sees(&e.environment)).collect())
     }
 
@@ -67,9 +67,48 @@ impl Engine {
         };
         let outbox_pending = self.store().outbox_status().await?.pending;
         let sweeper_lease = self.lease().map(|l| l.is_held());
+        let sweeper_lease_holder = self.store().lease_holder(crate::SWEEPER_LEASE, now).await?;
         let refused_grants =
             self.refused.lock().expect("refusal map poisoned").values().filter(|r| sees(&r.grant)).cloned().collect();
-        Ok(Status { last_reconcile, next_expiry, overdue, outbox_pending, sweeper_lease, refused_grants })
+        Ok(Status {
+            last_reconcile,
+            next_expiry,
+            overdue,
+            outbox_pending,
+            sweeper_lease,
+            sweeper_lease_holder,
+            instance: self.store().instance().to_string(),
+            refused_grants,
+        })
+    }
+
+    /// What the gauges of `/metrics` show: live grants by environment and source, the outbox's
+    /// backlog, the sweeper lease, guard's pending requests. Store reads are reused for
+    /// [`GAUGES_MAX_AGE`] unless this process stored a change since (another process's
+    /// changes show within that time).
+    pub async fn gauges(&self) -> Result<Gauges, EngineError> {
+        use std::sync::atomic::Ordering;
+        let lease_held = self.lease().map(|l| l.is_held());
+        let changes = self.changes.load(Ordering::Relaxed);
+        if let Some((at, seen, gauges)) = &*self.gauges.lock().expect("gauge cache poisoned")
+            && *seen == changes
+            && at.elapsed() < GAUGES_MAX_AGE
+        {
+            return Ok(Gauges { lease_held, ..gauges.clone() });
+        }
+        let now = self.clock().now();
+        let mut live_grants = std::collections::BTreeMap::new();
+        for g in self.store().grants(None).await?.into_iter().filter(|g| g.is_live(now)) {
+            *live_grants.entry((g.environment, g.source)).or_insert(0) += 1;
+        }
+        let pending_requests = match &self.guard {
+            Some(_) => self.store().requests(Some(portcullis_core::guard::RequestStatus::Pending)).await?.len(),
+            None => 0,
+        };
+        let outbox_pending = self.store().outbox_status().await?.pending;
+        let gauges = Gauges { live_grants, outbox_pending, lease_held, pending_requests };
+        *self.gauges.lock().expect("gauge cache poisoned") = Some((std::time::Instant::now(), changes, gauges.clone()));
+        Ok(gauges)
     }
 
     /// Whether this is the first use of `key` (a request signature) within `lifetime`, across

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::{Applied, Cause, ObserveFailure};
 
 /// One group's result in a reconcile.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupOutcome {
     pub target: TargetId,
@@ -22,9 +23,11 @@ pub struct GroupOutcome {
 }
 
 /// What a reconcile saw, decided and did.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct ReconcileReport {
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at: Timestamp,
     pub cause: Cause,
     pub targets: usize,
@@ -149,11 +152,13 @@ impl AdoptReport {
 }
 
 /// How the process is doing, for `/v1/status`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_reconcile: Option<ReconcileSummary>,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub next_expiry: Option<Timestamp>,
     /// Grants past their expiry that are still stored (the sweeper has not caught up).
     pub overdue: Vec<Grant>,
@@ -161,14 +166,21 @@ pub struct Status {
     pub outbox_pending: usize,
     /// Whether this process holds the sweeper lease (`None` when it runs without one).
     pub sweeper_lease: Option<bool>,
+    /// Which process holds the sweeper lease now, and until when (`None`: none does, as when
+    /// every replica stopped, or a CLI asks with no `serve` running).
+    pub sweeper_lease_holder: Option<portcullis_store::LeaseHolder>,
+    /// This process's name among those sharing the store (as `sweeper_lease_holder` names it).
+    pub instance: String,
     /// Stored grants the policy refuses (written by another writer past the checks an add
     /// makes): never applied.
     pub refused_grants: Vec<RefusedGrant>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct ReconcileSummary {
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at: Timestamp,
     pub cause: Cause,
     pub ok: bool,

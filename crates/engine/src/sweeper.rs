@@ -54,6 +54,7 @@ impl Engine {
             _ => Scope::All,
         };
         let report = self.reconcile(scope, Cause::Sweep).await?;
+        let gone_at = self.clock().now();
         let retrying = unsettled(&report, &due, self.specs());
         let settled: BTreeSet<Environment> = due.difference(&retrying).cloned().collect();
         let expired = if settled.is_empty() { vec![] } else { self.store().expire(now, &settled).await? };
@@ -61,6 +62,9 @@ impl Engine {
             self.announce();
         }
         for g in &expired {
+            if let Some(at) = g.expires_at {
+                self.metrics.expired(gone_at - at);
+            }
             tracing::info!(cidr = %g.cidr, environment = %g.environment,
                 expires_at = %g.expires_at.map(|t| t.to_string()).unwrap_or_default(), "grant expired");
         }

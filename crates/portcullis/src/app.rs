@@ -44,9 +44,26 @@ impl ApiError {
     }
 }
 
+/// Every error answer of `/v1` and `/connection`: `{"error": {"code", "message"}}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable code to act on, and a message for people.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// e.g. `invalid_request`, `unauthenticated`, `not_allowed`, `no_such_grant`, `group_full`,
+    /// `too_many_grants`, `rate_limited`.
+    #[schema(example = "not_allowed")]
+    pub code: String,
+    #[schema(example = "alice may not act in prod")]
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
@@ -115,6 +132,8 @@ pub struct App {
     pub body_read_timeout: std::time::Duration,
     /// How often the ASGs' members are trued up (`member_sync_secs`).
     pub member_sync: time::Duration,
+    /// Requests answered, counted for `/metrics` (by `routes`' middleware).
+    pub http_requests: crate::metrics::HttpRequests,
 }
 
 impl App {
@@ -128,6 +147,7 @@ impl App {
             refusals: RateLimiter::new(config.connection.rate_limit_per_minute.saturating_mul(REFUSALS_PER_CHANGE)),
             body_read_timeout: config.http.body_read_timeout,
             member_sync: config.member_sync_interval,
+            http_requests: Default::default(),
             engine,
             slack,
         }
@@ -170,6 +190,15 @@ impl App {
 
 /// How many refused mutating requests a principal may make for each change it may make.
 const REFUSALS_PER_CHANGE: u32 = 4;
+
+/// An audit action by its name, or a message listing the names (for `audit --action` and
+/// `/v1/audit?action=`).
+pub fn audit_action(text: &str) -> Result<portcullis_core::Action, String> {
+    portcullis_core::Action::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = portcullis_core::Action::ALL.iter().map(|a| a.as_str()).collect();
+        format!("action {text:?} is not one of {}", names.join(", "))
+    })
+}
 
 /// The environment named, or the default; it must be a known one.
 pub(crate) fn environment(app: &App, name: Option<&str>) -> Result<Environment, ApiError> {

@@ -66,6 +66,15 @@ struct FileConfig {
     auth: FileAuth,
     #[serde(default)]
     http: FileHttp,
+    #[serde(default)]
+    metrics: FileMetrics,
+}
+
+/// `[metrics]`: where `serve` answers `/metrics` (off unless given).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    listen: Option<String>,
 }
 
 /// `[http]`: how long `serve` waits for a client.
@@ -299,6 +308,9 @@ pub struct Config {
     /// `None`: IAM authentication is off.
     pub iam: Option<IamConfig>,
     pub http: HttpConfig,
+    /// Where `serve` answers `/metrics` in Prometheus text, apart from the public listener;
+    /// `None` (the default): no metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What the command line says, before the environment and file are consulted.
@@ -385,6 +397,7 @@ impl Config {
             connection: connection(&file.connection)?,
             iam: file.auth.iam.as_ref().map(|i| iam(i, env)).transpose()?,
             http: http(&file.http)?,
+            metrics_listen: metrics_listen(&file.metrics, env, listen)?,
             own_table,
             store,
             firewall,
@@ -723,6 +736,23 @@ fn slack(file: &FileSlack, env: Env<'_>) -> Result<SlackConfig, ConfigError> {
     })
 }
 
+/// `[metrics] listen` (or `PORTCULLIS_METRICS_LISTEN`): an address apart from the public one.
+fn metrics_listen(file: &FileMetrics, env: Env<'_>, public: SocketAddr) -> Result<Option<SocketAddr>, ConfigError> {
+    let (key, text) = match env("PORTCULLIS_METRICS_LISTEN").filter(|t| !t.trim().is_empty()) {
+        Some(text) => ("PORTCULLIS_METRICS_LISTEN", text),
+        None => match &file.listen {
+            Some(text) => ("metrics.listen", text.clone()),
+            None => return Ok(None),
+        },
+    };
+    let address: SocketAddr =
+        text.trim().parse().map_err(|_| error(key, format!("{text:?} is not an address:port, e.g. 127.0.0.1:9464")))?;
+    if address == public && address.port() != 0 {
+        return Err(error(key, format!("{address} is the public listener's address; metrics need one of their own")));
+    }
+    Ok(Some(address))
+}
+
 fn http(file: &FileHttp) -> Result<HttpConfig, ConfigError> {
     let secs = |key: &str, value: Option<u64>, default: u64| match value.unwrap_or(default) {
         n @ 1..=3600 => Ok(std::time::Duration::from_secs(n)),
@@ -885,6 +915,23 @@ mod tests {
     fn load(toml_text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let vars: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_toml(toml_text, "file", &Overrides::default(), &|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn metrics_listen_only_where_given_and_never_on_the_public_address() {
+        assert_eq!(load("", &[]).unwrap().metrics_listen, None, "off by default");
+        let on = load("[metrics]\nlisten = \"127.0.0.1:9464\"\n", &[]).unwrap();
+        assert_eq!(on.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let env = load("[metrics]\nlisten = \"127.0.0.1:9464\"\n", &[("PORTCULLIS_METRICS_LISTEN", "0.0.0.0:9000")]).unwrap();
+        assert_eq!(env.metrics_listen, Some("0.0.0.0:9000".parse().unwrap()), "the environment wins");
+        for (text, says) in [
+            ("[metrics]\nlisten = \"9464\"\n", "metrics.listen: \"9464\" is not an address:port"),
+            ("listen = \"127.0.0.1:8080\"\n[metrics]\nlisten = \"127.0.0.1:8080\"\n", "one of their own"),
+            ("[metrics]\nport = 1\n", "unknown field"),
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

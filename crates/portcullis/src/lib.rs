@@ -5,7 +5,8 @@
 //! errors to exit codes (0 ok, 1 operational error, 2 usage or validation error).
 //!
 //! Layers, each importing only those below it: `cli` → `serve`, `lambda` → `routes` → `app`
-//! → `auth`, `slack`, `ratelimit`, `config`; `wiring` builds the adapters from `config`.
+//! → `auth`, `slack`, `metrics`, `ratelimit`, `config`; `wiring` builds the adapters from
+//! `config`.
 
 pub mod app;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod cloudtrail;
 pub mod config;
 pub mod events;
 pub mod lambda;
+pub mod metrics;
 pub mod open;
 pub mod ratelimit;
 pub mod replica;

@@ -16,6 +16,8 @@ pub enum ServeError {
     Wiring(#[from] WiringError),
     #[error("cannot listen on {address}: {source}")]
     Listen { address: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot listen for /metrics on {address}: {source}")]
+    MetricsListen { address: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// Answers HTTP on `listener` until `stop`, then lets open requests finish (at most 20 s).
@@ -40,7 +42,8 @@ async fn serve_http(listener: tokio::net::TcpListener, app: axum::Router, http: 
                     continue;
                 }
             },
-            _ = stop.wait_for(|s| *s) => break,
+            // (The guard `wait_for` returns is dropped inside, so this future is `Send`.)
+            () = async { drop(stop.wait_for(|s| *s).await) } => break,
         };
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
@@ -71,6 +74,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(listen)?;
     let local = listener.local_addr().map_err(listen)?;
     tracing::info!(address = %local, "serving");
+    // The metrics listener is bound before anything is announced, so a bad address stops the
+    // server at start.
+    let metrics_listener = match config.metrics_listen {
+        Some(address) => {
+            let failed = |source| ServeError::MetricsListen { address, source };
+            let listener = tokio::net::TcpListener::bind(address).await.map_err(failed)?;
+            let local = listener.local_addr().map_err(failed)?;
+            tracing::info!(address = %local, "serving metrics");
+            eprintln!("portcullis metrics on http://{local}/metrics");
+            Some(listener)
+        }
+        None => None,
+    };
     eprintln!("portcullis listening on http://{local}");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -111,6 +127,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
     });
     let app = Arc::new(App::new(engine.clone(), &config, slack.clone()));
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let metrics = Arc::new(crate::metrics::Metrics::new(engine.clone(), app.http_requests.clone()));
+            let router = crate::metrics::router(metrics);
+            Some(tokio::spawn(serve_http(listener, router, config.http.clone(), stop_rx.clone())))
+        }
+        None => None,
+    };
     let server = serve_http(listener, router(app), config.http.clone(), stop_rx.clone());
     let signals = async {
         shutdown_signal().await;
@@ -118,6 +142,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         let _ = stop_tx.send(true);
     };
     let ((), ()) = tokio::join!(server, signals);
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     let _ = tokio::join!(sweeper, reconciler, member_sync, streams, announcer);
     // Released last, so no other replica starts sweeping while this one still is.
     let _ = lease.await;

@@ -17,7 +17,7 @@ use time::macros::datetime;
 use portcullis_core::TargetId;
 use portcullis_core::guard::{ChangeRequest, GroupRule, GuardRule, GuardedGroup, RequestStatus, RuleSource};
 
-use crate::{Actor, LeaseClaim, NOTICE_LEASE, Settlement, Store, StoreError, Upsert};
+use crate::{Actor, AuditQuery, LeaseClaim, LeaseHolder, NOTICE_LEASE, Settlement, Store, StoreError, Upsert};
 
 /// Two handles on one store, as two processes would hold it.
 pub struct Pair {
@@ -151,15 +151,21 @@ pub async fn per_user_limit_and_expiry(p: Pair) {
 /// One holder at a time, renewable, until it lapses or its holder gives it up.
 pub async fn leases(p: Pair) {
     let claim = |holder, now| LeaseClaim { name: "sweeper", holder, now, duration: Duration::seconds(15) };
+    assert_eq!(p.b.lease_holder("sweeper", T0).await.unwrap(), None, "never taken");
     assert!(p.a.acquire_lease(claim("a", T0)).await.unwrap());
+    let held_by_a = Some(LeaseHolder { holder: "a".into(), until: T0 + Duration::seconds(15) });
+    assert_eq!(p.b.lease_holder("sweeper", T0 + Duration::seconds(14)).await.unwrap(), held_by_a, "any handle sees the holder");
+    assert_eq!(p.b.lease_holder("sweeper", T0 + Duration::seconds(15)).await.unwrap(), None, "lapsed");
     assert!(!p.b.acquire_lease(claim("b", T0 + Duration::seconds(5))).await.unwrap(), "held by a");
     assert!(p.b.acquire_lease(LeaseClaim { name: "apply:dev", ..claim("b", T0) }).await.unwrap(), "leases are by name");
     assert!(p.a.acquire_lease(claim("a", T0 + Duration::seconds(10))).await.unwrap(), "a renews");
     assert!(!p.b.acquire_lease(claim("b", T0 + Duration::seconds(24))).await.unwrap(), "renewed until 25 s");
     assert!(p.b.acquire_lease(claim("b", T0 + Duration::seconds(25))).await.unwrap(), "lapsed: b takes it");
+    assert_eq!(p.a.lease_holder("sweeper", T0 + Duration::seconds(26)).await.unwrap().map(|h| h.holder), Some("b".into()));
     p.a.release_lease("sweeper", "a").await.unwrap();
     assert!(!p.a.acquire_lease(claim("a", T0 + Duration::seconds(26))).await.unwrap(), "a cannot release b's lease");
     p.b.release_lease("sweeper", "b").await.unwrap();
+    assert_eq!(p.a.lease_holder("sweeper", T0 + Duration::seconds(26)).await.unwrap(), None, "released");
     assert!(p.a.acquire_lease(claim("a", T0 + Duration::seconds(27))).await.unwrap(), "released: free at once");
 }
 
@@ -191,6 +197,60 @@ pub async fn record_once_and_claims(p: Pair) {
     assert!(!p.b.claim_once("slack:v0=abc", T0 + Duration::minutes(1), until).await.unwrap(), "a replay, elsewhere");
     assert!(p.b.claim_once("slack:v0=def", T0, until).await.unwrap(), "another key");
     assert!(p.a.claim_once("slack:v0=abc", until, until + Duration::minutes(10)).await.unwrap(), "lapsed: claimable again");
+}
+
+/// Audit queries: by environment, action and user (by name or either half of "name (id)"),
+/// newest first, a page at a time from the last id seen, and the same from either handle.
+pub async fn audit_queries(p: Pair) {
+    let by = |actor: &str, action: Action, environment: &str, reason: &str| AuditEvent {
+        actor: actor.into(),
+        environment: env(environment).into(),
+        ..event(action, reason)
+    };
+    let events = [
+        by("alice", Action::Refused, "dev", "1"),
+        by("john.doe (U123)", Action::Refused, "dev", "2"),
+        by("malice", Action::Refused, "dev", "3"),
+        by("alice", Action::DriftRepaired, "prod", "4"),
+        by("alice", Action::Refused, "prod", "5"),
+        by("U123", Action::Refused, "dev", "6"),
+    ];
+    for (i, e) in events.into_iter().enumerate() {
+        let store = if i % 2 == 0 { &p.a } else { &p.b };
+        store.record(e).await.unwrap();
+    }
+    let reasons = |events: Vec<AuditEvent>| events.into_iter().map(|e| e.reason).collect::<Vec<_>>();
+    let ask = |q: AuditQuery| {
+        let b = p.b.clone();
+        async move { reasons(b.query_audit(&q).await.unwrap()) }
+    };
+    let all = AuditQuery { limit: 100, ..AuditQuery::default() };
+    assert_eq!(ask(all.clone()).await, ["6", "5", "4", "3", "2", "1"], "newest first");
+    assert_eq!(ask(AuditQuery { user: Some("alice".into()), ..all.clone() }).await, ["5", "4", "1"], "not malice");
+    assert_eq!(ask(AuditQuery { user: Some("U123".into()), ..all.clone() }).await, ["6", "2"], "by Slack id");
+    assert_eq!(ask(AuditQuery { user: Some("john.doe".into()), ..all.clone() }).await, ["2"], "by Slack name");
+    assert_eq!(ask(AuditQuery { user: Some("doe".into()), ..all.clone() }).await, Vec::<String>::new(), "no part of a name");
+    assert_eq!(ask(AuditQuery { action: Some(Action::DriftRepaired), ..all.clone() }).await, ["4"]);
+    let prod_alice =
+        AuditQuery { environment: Some(env("prod")), user: Some("alice".into()), action: Some(Action::Refused), ..all.clone() };
+    assert_eq!(ask(prod_alice).await, ["5"], "every filter at once");
+
+    // Pages of two, each starting below the last id of the one before, cover the log once.
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = p.a.query_audit(&AuditQuery { before, limit: 2, ..AuditQuery::default() }).await.unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        pages.push(reasons(page));
+    }
+    assert_eq!(pages, [vec!["6", "5"], vec!["4", "3"], vec!["2", "1"]]);
+    let dev_refusals =
+        AuditQuery { environment: Some(env("dev")), action: Some(Action::Refused), limit: 2, ..AuditQuery::default() };
+    let first = p.a.query_audit(&dev_refusals).await.unwrap();
+    assert_eq!(reasons(first.clone()), ["6", "3"]);
+    let next = AuditQuery { before: first.last().map(|e| e.id), ..dev_refusals };
+    assert_eq!(ask(next).await, ["2", "1"], "a filtered page goes on where the last one ended");
 }
 
 /// Tokens by hash, listed, revoked once, each audited without the hash.
@@ -384,7 +444,7 @@ macro_rules! store_contract {
     ($pair:path) => {
         $crate::store_contract!(@cases $pair;
             upsert_refresh_remove, per_user_limit_and_expiry, leases, racing_for_one_lease,
-            record_once_and_claims, tokens, outbox, racing_writers_on_one_key,
+            record_once_and_claims, audit_queries, tokens, outbox, racing_writers_on_one_key,
             racing_writers_on_one_users_limit, racing_removes, change_requests, baselines);
     };
     (@cases $pair:path; $($case:ident),*) => {

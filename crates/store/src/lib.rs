@@ -255,6 +255,50 @@ pub enum StoreError {
     Contended { location: String, attempts: u32 },
 }
 
+/// Which audit events to read: the newest first, at most `limit`, each passing every filter
+/// given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// One environment's events, or every one.
+    pub environment: Option<Environment>,
+    pub action: Option<portcullis_core::Action>,
+    /// Events by this user ([`portcullis_core::ActorName::is`]: by name or Slack id).
+    pub user: Option<String>,
+    /// Only events older than this id: the next page after one whose last event it is.
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+impl AuditQuery {
+    /// The most events one query returns, whatever it asks for.
+    pub const MAX_LIMIT: usize = 10_000;
+
+    /// The newest `limit` events of `environment` (or every one), unfiltered.
+    pub fn newest(environment: Option<&Environment>, limit: usize) -> AuditQuery {
+        AuditQuery { environment: environment.cloned(), limit, ..AuditQuery::default() }
+    }
+
+    /// Whether `event` passes the action, user and page filters. (Backends also narrow by
+    /// environment and page in their keys; this is the whole rule, for those that filter
+    /// what they read.)
+    pub fn matches(&self, event: &AuditEvent) -> bool {
+        self.action.is_none_or(|a| a == event.action)
+            && self.user.as_deref().is_none_or(|u| event.actor.is(u))
+            && self.before.is_none_or(|b| event.id < b)
+    }
+}
+
+/// Who holds a lease, and until when.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeaseHolder {
+    /// The holder's [`Store::instance`].
+    pub holder: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub until: Timestamp,
+}
+
 /// A named lease: held by one process at a time until it lapses or is released.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseClaim<'a> {
@@ -298,8 +342,13 @@ pub trait Store: Send + Sync {
     /// Appends an audit event that goes with no grant change (`refused`, `drift-repaired`).
     async fn record(&self, event: AuditEvent) -> Result<(), StoreError>;
 
+    /// The audit events a query asks for, newest first.
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
+
     /// The newest audit events first, at most `limit`.
-    async fn audit(&self, environment: Option<&Environment>, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+    async fn audit(&self, environment: Option<&Environment>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        self.query_audit(&AuditQuery::newest(environment, limit)).await
+    }
 
     /// Appends an audit event once per `key` (e.g. a stream record's id): false, and nothing
     /// written, when an event with that key was recorded before.
@@ -310,6 +359,10 @@ pub trait Store: Send + Sync {
 
     /// Gives a lease up, if `holder` holds it.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Who holds the lease `name` at `now`; `None` when nobody does (never taken, released or
+    /// lapsed).
+    async fn lease_holder(&self, name: &str, now: Timestamp) -> Result<Option<LeaseHolder>, StoreError>;
 
     /// Claims `key` (a request signature, say) until `until`: true the first time, false while
     /// an earlier claim stands, in this process or any other on the store. Replay protection

@@ -21,8 +21,8 @@ use portcullis_core::{
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use crate::{
-    Actor, Decided, LeaseClaim, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert, UpsertDecision, Upserted,
-    grant_event as event, sweeper_actor as sweeper, token_event,
+    Actor, AuditQuery, Decided, LeaseClaim, LeaseHolder, Notice, OutboxStatus, Settlement, Store, StoreError, Upsert,
+    UpsertDecision, Upserted, grant_event as event, sweeper_actor as sweeper, token_event,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
@@ -588,10 +588,22 @@ impl Store for SqliteStore {
         self.write(move |tx| this.append(tx, &event)).await
     }
 
-    async fn audit(&self, environment: Option<&Environment>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        let (this, env) = (self.clone(), environment.map(|e| e.to_string()));
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        let this = self.clone();
+        let env = query.environment.as_ref().map(|e| e.to_string());
+        let action = query.action.map(|a| a.as_str());
+        let (user, before, limit) = (query.user.clone(), query.before, query.limit.min(AuditQuery::MAX_LIMIT) as i64);
+        // The user filter is `ActorName::is` in SQL: the name, or either half of "name (id)".
         self.run(move |conn| {
-            this.select_audit(conn, "?1 IS NULL OR environment = ?1 ORDER BY id DESC LIMIT ?2", params![env, limit as i64])
+            this.select_audit(
+                conn,
+                "(?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR action = ?2) AND (?3 IS NULL OR id < ?3)
+                 AND (?4 IS NULL OR (?4 != '' AND (actor = ?4
+                      OR (substr(actor, 1, length(?4) + 2) = ?4 || ' (' AND substr(actor, -1) = ')')
+                      OR substr(actor, -(length(?4) + 3)) = ' (' || ?4 || ')')))
+                 ORDER BY id DESC LIMIT ?5",
+                params![env, action, before, user, limit],
+            )
         })
         .await
     }
@@ -636,6 +648,18 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             tx.execute("DELETE FROM leases WHERE name = ?1 AND holder = ?2", params![name, holder]).map_err(|e| this.err(e))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn lease_holder(&self, name: &str, now: Timestamp) -> Result<Option<LeaseHolder>, StoreError> {
+        let (this, name, now) = (self.clone(), name.to_string(), ms(now));
+        self.run(move |conn| {
+            conn.query_row("SELECT holder, until_ms FROM leases WHERE name = ?1 AND until_ms > ?2", params![name, now], |r| {
+                Ok(LeaseHolder { holder: r.get(0)?, until: from_ms(r.get(1)?) })
+            })
+            .optional()
+            .map_err(|e| this.err(e))
         })
         .await
     }

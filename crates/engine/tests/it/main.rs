@@ -406,3 +406,36 @@ async fn an_expiry_whose_revoke_fails_stays_overdue_and_is_retried_until_the_rul
     stop.send(true).unwrap();
     sweeper.await.unwrap();
 }
+
+/// The registry's text after `metrics` were registered in it.
+fn metrics_text(engine: &Engine) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    engine.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+    text
+}
+
+#[tokio::test]
+async fn metrics_measure_applies_by_outcome_and_expiry_lag_on_virtual_time() {
+    let r = rig(&["us-east-1", "eu-west-1"]);
+    r.engine.add(add("198.51.100.7", "1m")).await.unwrap();
+    r.firewall.set_region_failing("eu-west-1", true);
+    r.engine.add(add("198.51.100.8", "1h")).await.unwrap();
+    r.firewall.set_region_failing("eu-west-1", false);
+    let text = metrics_text(&r.engine);
+    assert!(text.contains(r#"portcullis_reconcile_duration_seconds_count{cause="change",outcome="ok"} 1"#), "{text}");
+    assert!(text.contains(r#"portcullis_reconcile_duration_seconds_count{cause="change",outcome="failed"} 1"#), "{text}");
+    assert!(text.contains("portcullis_expiry_lag_seconds_count 0"), "nothing expired yet: {text}");
+
+    // The sweep runs 1.5 s after the first grant's expiry (virtual time): that is its lag.
+    r.clock.advance(Duration::milliseconds(61_500));
+    let swept = r.engine.sweep().await.unwrap();
+    assert_eq!(swept.expired.len(), 1);
+    let text = metrics_text(&r.engine);
+    assert!(text.contains("portcullis_expiry_lag_seconds_count 1"), "{text}");
+    assert!(text.contains("portcullis_expiry_lag_seconds_sum 1.5"), "{text}");
+    assert!(text.contains(r#"portcullis_expiry_lag_seconds_bucket{le="1.024"} 0"#), "{text}");
+    assert!(text.contains(r#"portcullis_expiry_lag_seconds_bucket{le="2.048"} 1"#), "{text}");
+    assert!(text.contains(r#"portcullis_reconcile_duration_seconds_count{cause="sweep",outcome="ok"} 1"#), "{text}");
+}

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use portcullis_core::{Cidr, Description, Environment, GrantKey, ListedGrant, Source, Ttl, format_utc, time_left};
 use portcullis_engine::{AddRequest, AuditQuery, Cause, Scope};
 
-use super::print::{exit_for, print_json, print_report};
+use super::print::{exit_for, print_json, print_report, with_progress};
 use super::{CliError, Context, acting_user, announce, environment};
 use crate::wiring;
 
@@ -60,6 +60,15 @@ pub(super) struct RefreshArgs {
 pub(super) struct AuditArgs {
     #[arg(long, value_name = "E")]
     env: Option<String>,
+    /// Only events of this action (added, removed, expired, refused, change-approved, …).
+    #[arg(long, value_name = "ACTION")]
+    action: Option<String>,
+    /// Only events by this user (a name, or a Slack user's name or id).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Only events older than this id: the next page after the last id shown.
+    #[arg(long, value_name = "ID")]
+    before: Option<i64>,
     /// At most this many events (up to 10000).
     #[arg(long, default_value_t = 100)]
     limit: usize,
@@ -151,7 +160,7 @@ pub(super) async fn refresh(cx: &Context, a: RefreshArgs) -> Result<ExitCode, Cl
         Some(name) => Scope::Environment(Environment::parse(&name)?),
         None => Scope::All,
     };
-    let engine = wiring::engine(&cx.config, a.dry_run, cx.json).await?;
+    let engine = with_progress(wiring::engine(&cx.config, a.dry_run, cx.json).await?, cx.json);
     let report = engine.reconcile(scope, Cause::Refresh).await;
     // Guard compares its groups with their baselines too (not in a dry run: it reverts).
     let guard = if engine.guards() && !a.dry_run { Some(engine.guard_sweep().await) } else { None };
@@ -202,8 +211,10 @@ pub(super) async fn sweep(cx: &Context) -> Result<ExitCode, CliError> {
 
 pub(super) async fn audit(cx: &Context, a: AuditArgs) -> Result<ExitCode, CliError> {
     let environment = a.env.map(|e| Environment::parse(&e)).transpose()?;
+    let action = a.action.map(|text| crate::app::audit_action(&text)).transpose().map_err(CliError::Usage)?;
+    let query = AuditQuery { environment, action, user: a.user, before: a.before, limit: a.limit };
     let engine = wiring::reader(&cx.config).await?;
-    let events = engine.audit(&AuditQuery { environment, limit: a.limit }, &acting_user(None)?).await?;
+    let events = engine.audit(&query, &acting_user(None)?).await?;
     if cx.json {
         print_json(&events);
     } else {
@@ -244,7 +255,7 @@ pub(super) async fn init(cx: &Context) -> Result<ExitCode, CliError> {
 
 pub(super) async fn adopt(cx: &Context, a: AdoptArgs) -> Result<ExitCode, CliError> {
     let by = acting_user(a.as_user)?;
-    let engine = wiring::engine(&cx.config, false, cx.json).await?;
+    let engine = with_progress(wiring::engine(&cx.config, false, cx.json).await?, cx.json);
     let report = engine.adopt(a.dry_run, &by).await?;
     if cx.json {
         print_json(&report);

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use portcullis_core::guard::{ChangeRequest, RequestStatus, Verdict};
 use portcullis_engine::{DecisionOutcome, GuardError};
 
-use super::print::print_json;
+use super::print::{print_json, with_progress};
 use super::{CliError, Context, acting_user, announce};
 use crate::wiring;
 
@@ -64,7 +64,7 @@ pub(super) struct DenyArgs {
 }
 
 pub(super) async fn run(cx: &Context, command: GuardCommand) -> Result<ExitCode, CliError> {
-    let engine = wiring::engine(&cx.config, false, cx.json).await?;
+    let engine = with_progress(wiring::engine(&cx.config, false, cx.json).await?, cx.json);
     match command {
         GuardCommand::Baseline { dry_run } => {
             let report = engine.record_baseline(dry_run, &acting_user(None)?).await?;

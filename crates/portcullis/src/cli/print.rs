@@ -1,9 +1,48 @@
 //! How the CLI shows reports as text.
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use portcullis_engine::ReconcileReport;
+use portcullis_engine::{Engine, Progress, ReconcileReport};
 use serde::Serialize;
+
+/// Progress as one line on stderr, redrawn at most ten times a second and cleared at the end.
+#[derive(Default)]
+struct TerminalProgress {
+    drawn: Mutex<Option<Instant>>,
+}
+
+impl Progress for TerminalProgress {
+    fn update(&self, what: &'static str, done: usize, total: usize) {
+        let mut drawn = self.drawn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if done < total && drawn.is_some_and(|at| at.elapsed() < Duration::from_millis(100)) {
+            return;
+        }
+        *drawn = Some(Instant::now());
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{what}: {done}/{total}");
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.drawn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().is_some() {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+        }
+    }
+}
+
+/// The engine, drawing progress over many groups on stderr when stderr is a terminal and the
+/// output is text; with `--json` or without a terminal, nothing extra is written.
+pub(super) fn with_progress(engine: Engine, json: bool) -> Engine {
+    if json || !std::io::stderr().is_terminal() {
+        return engine;
+    }
+    engine.with_progress(Arc::new(TerminalProgress::default()))
+}
 
 pub(super) fn print_json<T: Serialize>(value: &T) {
     println!("{}", serde_json::to_string_pretty(value).expect("values serialise"));

@@ -3,7 +3,8 @@
 //!
 //! POST: added → 201, already present (refreshed, expiry renewed) → 200. DELETE: removed → 200,
 //! not present → 404. Not authenticated → 401; not allowed → 403; too many → 429; every target
-//! failed → 502 (the grant stays stored and the reconcile keeps retrying).
+//! failed → 502 (the grant stays stored and the reconcile keeps retrying). GET says who the
+//! caller is, where from, and whether that address is open (the console's "My access").
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,31 +13,36 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use portcullis_core::{Cidr, Description, Environment, GrantKey, Source, TargetId};
+use portcullis_core::{Cidr, Description, Environment, Grant, GrantKey, Source, TargetId, Ttl};
 use portcullis_engine::{AddRequest, ReconcileReport};
 use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
 
-use crate::app::{ApiError, App, environment};
+use crate::app::{ApiError, App, ErrorBody, environment};
 use crate::auth::{Principal, client_address};
 
 /// The rule description of self-service grants.
 const DESCRIPTION: &str = "self-service";
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EnvQuery {
+    /// The environment (default: the server's default environment).
     env: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The environment, in the body instead of the query (an empty body is fine).
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EnvBody {
     env: Option<String>,
 }
 
 /// One security group's part in the answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TargetView {
     pub region: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,7 +55,7 @@ pub struct TargetView {
 }
 
 /// What happened to one group, as the answer names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum GroupResult {
     Authorized,
@@ -140,23 +146,89 @@ fn prepare(app: &App, peer: SocketAddr, query: EnvQuery, headers: &HeaderMap, bo
     Ok(GrantKey { cidr: Cidr::host(address), environment: env })
 }
 
-/// `POST /connection` opens, `DELETE /connection` closes.
-pub(super) async fn handle(
+/// Opens access for the caller's own address (as the server sees it) in the environment, for
+/// the environment's `time_to_expire`: 201 when added, 200 when it was there (its expiry is
+/// renewed).
+#[utoipa::path(post, path = "/connection", tag = "connection", security(("token" = []), ("iam" = [])), params(EnvQuery),
+    request_body(content = Option<EnvBody>),
+    responses(
+        (status = 201, body = ConnectionAnswer, description = "Added"),
+        (status = 200, body = ConnectionAnswer, description = "Already open: refreshed"),
+        (status = 400, body = ErrorBody, description = "A malformed body or environment, or no usable source address"),
+        (status = 401, body = ErrorBody, description = "No valid token or IAM login"),
+        (status = 403, body = ErrorBody, description = "Not allowed in this environment"),
+        (status = 404, body = ErrorBody, description = "Unknown environment"),
+        (status = 409, body = ErrorBody, description = "A group is full, or the user holds too many grants"),
+        (status = 413, body = ErrorBody, description = "A body over 64 KiB"), (status = 429, body = ErrorBody, description = "Too many changes; see Retry-After"),
+        (status = 502, body = ConnectionAnswer, description = "Every group failed (the grant stays stored; the reconcile retries)"),
+        (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+    ))]
+pub(super) async fn open_connection(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
     Query(query): Query<EnvQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let principal = app.principal(&headers, true).await?;
     let answer = match prepare(&app, peer, query, &headers, &body) {
-        Ok(key) if method == Method::DELETE => close(&app, &principal, key).await,
         Ok(key) => open(&app, &principal, key).await,
         Err(err) => Err(err),
     };
     app.settle(&principal, answer.as_ref().map_or_else(ApiError::status, |r| r.status()));
     answer
+}
+
+/// Closes the caller's access: 200 when removed, 404 when it was not open.
+#[utoipa::path(delete, path = "/connection", tag = "connection", security(("token" = []), ("iam" = [])), params(EnvQuery),
+    request_body(content = Option<EnvBody>),
+    responses(
+        (status = 200, body = ConnectionAnswer, description = "Removed"),
+        (status = 400, body = ErrorBody, description = "A malformed request"), (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "Not allowed"),
+        (status = 404, body = ErrorBody, description = "Not open, or an unknown environment"),
+        (status = 413, body = ErrorBody, description = "A body over 64 KiB"), (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"),
+        (status = 502, body = ConnectionAnswer, description = "Every group failed (the reconcile retries)"),
+        (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+    ))]
+pub(super) async fn close_connection(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<EnvQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let principal = app.principal(&headers, true).await?;
+    let answer = match prepare(&app, peer, query, &headers, &body) {
+        Ok(key) => close(&app, &principal, key).await,
+        Err(err) => Err(err),
+    };
+    app.settle(&principal, answer.as_ref().map_or_else(ApiError::status, |r| r.status()));
+    answer
+}
+
+/// What opening or closing did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionAnswer {
+    /// `added`, `refreshed` or `removed`.
+    result: &'static str,
+    #[schema(value_type = String, example = "203.0.113.7/32")]
+    address: Cidr,
+    #[schema(value_type = String)]
+    environment: Environment,
+    /// Who asked: the token's user or the IAM principal.
+    principal: String,
+    /// When access closes (an open only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in_seconds: Option<i64>,
+    /// The environment's `time_to_expire` (an open only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "1h")]
+    ttl: Option<Ttl>,
+    targets: Vec<TargetView>,
+    failures: Vec<String>,
 }
 
 async fn open(app: &App, principal: &Principal, key: GrantKey) -> Result<Response, ApiError> {
@@ -173,30 +245,102 @@ async fn open(app: &App, principal: &Principal, key: GrantKey) -> Result<Respons
     let targets = targets(app, &key.environment, outcome.report.as_ref());
     let status = status_for(if outcome.refreshed { StatusCode::OK } else { StatusCode::CREATED }, &targets);
     let now = app.engine.clock().now();
-    let body = serde_json::json!({
-        "result": if outcome.refreshed { "refreshed" } else { "added" },
-        "address": key.cidr,
-        "environment": key.environment,
-        "principal": principal.id(),
-        "expires_at": outcome.grant.expires_at.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
-        "expires_in_seconds": outcome.grant.expires_at.map(|t| (t - now).whole_seconds()),
-        "ttl": ttl,
-        "targets": targets,
-        "failures": outcome.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default(),
-    });
-    Ok((status, Json(body)).into_response())
+    let answer = ConnectionAnswer {
+        result: if outcome.refreshed { "refreshed" } else { "added" },
+        address: key.cidr,
+        environment: key.environment,
+        principal: principal.id().to_string(),
+        expires_at: outcome.grant.expires_at.and_then(|t| t.format(&Rfc3339).ok()),
+        expires_in_seconds: outcome.grant.expires_at.map(|t| (t - now).whole_seconds()),
+        ttl: Some(ttl),
+        targets,
+        failures: outcome.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default(),
+    };
+    Ok((status, Json(answer)).into_response())
 }
 
 async fn close(app: &App, principal: &Principal, key: GrantKey) -> Result<Response, ApiError> {
     let outcome = app.engine.remove(&key, &principal.requester()).await?;
     let targets = targets(app, &key.environment, Some(&outcome.report));
-    let body = serde_json::json!({
-        "result": "removed",
-        "address": key.cidr,
-        "environment": key.environment,
-        "principal": principal.id(),
-        "targets": targets,
-        "failures": outcome.report.failure_messages(),
-    });
-    Ok((status_for(StatusCode::OK, &targets), Json(body)).into_response())
+    let status = status_for(StatusCode::OK, &targets);
+    let answer = ConnectionAnswer {
+        result: "removed",
+        address: key.cidr,
+        environment: key.environment,
+        principal: principal.id().to_string(),
+        expires_at: None,
+        expires_in_seconds: None,
+        ttl: None,
+        targets,
+        failures: outcome.report.failure_messages(),
+    };
+    Ok((status, Json(answer)).into_response())
+}
+
+/// Who the caller is and where it calls from: what the console's "My access" shows.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Whoami {
+    /// The caller's address as the server sees it (the peer, or `X-Forwarded-For` from a
+    /// trusted proxy).
+    #[schema(value_type = String, example = "203.0.113.7/32")]
+    address: Cidr,
+    /// The environment asked about.
+    #[schema(value_type = String)]
+    environment: Environment,
+    /// Every environment this credential may see.
+    #[schema(value_type = Vec<String>)]
+    environments: Vec<Environment>,
+    /// The token's user or the IAM principal.
+    principal: String,
+    /// Whether the credential may use `/v1`.
+    admin: bool,
+    /// How long an open lasts here (`time_to_expire`).
+    #[schema(value_type = String, example = "1h")]
+    ttl: Ttl,
+    /// The caller's live grant for this address, if open.
+    grant: Option<Grant>,
+    /// Seconds until it closes.
+    expires_in_seconds: Option<i64>,
+}
+
+/// Says who the caller is, the address it calls from as the server sees it, and whether that
+/// address is open now; changes nothing. Without `env`: the default environment, or the first
+/// one the credential may see.
+#[utoipa::path(get, path = "/connection", tag = "connection", security(("token" = []), ("iam" = [])), params(EnvQuery),
+    responses(
+        (status = 200, body = Whoami, description = "OK"),
+        (status = 400, body = ErrorBody, description = "A malformed environment, or no usable source address"),
+        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "Not allowed in this environment"),
+        (status = 404, body = ErrorBody, description = "Unknown environment"),
+        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+    ))]
+pub(super) async fn whoami(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<EnvQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let principal = app.principal(&headers, false).await?;
+    let by = principal.requester();
+    let environments: Vec<Environment> = app.engine.visible_environments(&by).into_iter().collect();
+    let query = match query.env {
+        Some(env) => EnvQuery { env: Some(env) },
+        // The default environment, else the first this credential may see.
+        None if environments.contains(&app.default_environment) || environments.is_empty() => EnvQuery::default(),
+        None => EnvQuery { env: environments.first().map(|e| e.to_string()) },
+    };
+    let key = prepare(&app, peer, query, &headers, &Bytes::new())?;
+    let grant = app.engine.live_grant(&key, &by).await?;
+    let now = app.engine.clock().now();
+    let answer = Whoami {
+        address: key.cidr,
+        ttl: app.engine.policy(&key.environment)?.connection_ttl(),
+        environment: key.environment,
+        environments,
+        principal: principal.id().to_string(),
+        admin: principal.is_admin(),
+        expires_in_seconds: grant.as_ref().and_then(|g| g.expires_at).map(|t| (t - now).whole_seconds()),
+        grant,
+    };
+    Ok(Json(answer).into_response())
 }

@@ -1,35 +1,122 @@
 //! The HTTP routes, over [`App`]: `/v1` (admin tokens), `/connection` (any token or IAM login),
-//! `/slack/commands` and `/slack/interactions` (Slack's signature) and `/healthz`. `serve` and Lambda run the same router.
+//! `/slack/commands` and `/slack/interactions` (Slack's signature), `/healthz`, the OpenAPI
+//! contract of `/v1` and `/connection` at `/openapi.json`, and the operators' console at `/`.
+//! `serve` and Lambda run the same router.
 
 mod connection;
+mod console;
 pub mod interactions;
 pub mod slack;
 mod v1;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::{ApiError, App, BODY_LIMIT};
 
 pub use connection::{GroupResult, TargetView};
+pub use console::CONTENT_SECURITY_POLICY;
+
+type AppState = Arc<App>;
+
+/// The contract's frame: what it is, and how callers authenticate. The paths and schemas come
+/// from the handlers themselves (`api`).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "portcullis",
+        description = "Time-boxed, audited network allowlisting for AWS security groups: `/connection` \
+            opens and closes access for the caller's own address (any valid token or IAM login), `/v1` \
+            manages grants, the audit log and guard's change requests (admin tokens). Every error is \
+            `{\"error\": {\"code\", \"message\"}}`; bodies over 64 KiB are refused (413).",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&Security),
+    tags((name = "v1", description = "Administration: admin tokens only"),
+         (name = "connection", description = "Self-service access for the caller's own address"))
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("An API token from `portcullis token create`"))
+            .build();
+        components.add_security_scheme("token", SecurityScheme::Http(bearer));
+        // `Authorization: PortcullisIAM <base64 JSON>`: a signed, unsent sts:GetCallerIdentity.
+        let iam = ApiKey::Header(ApiKeyValue::with_description(
+            "Authorization",
+            "`PortcullisIAM <base64 JSON>`: a signed, unsent sts:GetCallerIdentity, as `portcullis open --aws` sends it",
+        ));
+        components.add_security_scheme("iam", SecurityScheme::ApiKey(iam));
+    }
+}
+
+/// The routes the contract describes, with the contract they make.
+fn api(app: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(v1::routes(app.clone()))
+        .routes(routes!(connection::whoami, connection::open_connection, connection::close_connection))
+        .split_for_parts()
+}
+
+/// The OpenAPI 3.1 contract of `/v1` and `/connection`, as `/openapi.json` serves it: made
+/// once per process (it depends on no configuration).
+pub fn openapi_json(app: &AppState) -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| api(app).1.to_json().expect("the OpenAPI document serialises"))
+}
 
 pub fn router(app: Arc<App>) -> Router {
+    let contract = openapi_json(&app);
+    let (api, _) = api(&app);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .merge(v1::routes(app.clone()))
-        .route("/connection", post(connection::handle).delete(connection::handle))
+        .merge(api)
+        .route("/openapi.json", get(move || async move { ([(header::CONTENT_TYPE, "application/json")], contract) }))
         .route("/slack/commands", post(slack::command))
         .route("/slack/interactions", post(interactions::interaction))
+        .merge(console::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(app.clone(), bounded_body))
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))
         .with_state(app)
+}
+
+/// Counts every answer for `/metrics`, by the route's pattern (never the raw path, so
+/// addresses and ids in paths do not become labels), method and status.
+async fn count_requests(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m.to_string(),
+        _ => "other".to_string(),
+    };
+    let response = next.run(request).await;
+    let labels = crate::metrics::HttpLabels { route, method, status: response.status().as_u16() };
+    app.http_requests.get_or_create(&labels).inc();
+    response
 }
 
 /// Reads every request's body before any handler sees it: a declared `Content-Length` over

@@ -1,33 +1,41 @@
-//! `/v1`: grants, the audit log and status, for admin tokens.
+//! `/v1`: grants, the audit log, status, AWS events and guard's change requests, for admin
+//! tokens. Each handler carries its OpenAPI description (`#[utoipa::path]`), and `routes!`
+//! registers the handler and its description together, so `/openapi.json` cannot name a route
+//! the router does not serve.
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
-use portcullis_core::guard::{Refusal, RequestStatus, Verdict};
-use portcullis_core::{Cidr, Credential, Description, GrantKey, Interface, ListedGrant, Source, Ttl};
-use portcullis_engine::{AddRequest, AuditQuery, DecisionOutcome, GuardError, Scope};
-use serde::Deserialize;
+use axum::routing::delete;
+use portcullis_core::guard::{ChangeRequest, Refusal, RequestStatus, Verdict};
+use portcullis_core::{AuditEvent, Cidr, Credential, Description, Grant, GrantKey, Interface, ListedGrant, Source, Ttl};
+use portcullis_engine::{AddRequest, AuditQuery, DecisionOutcome, GuardError, ReconcileReport, Scope, Status};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::{ApiError, ApiJson, App, environment};
+use crate::app::{ApiError, ApiJson, App, ErrorBody, environment};
 use crate::auth::Principal;
 
 type AppState = Arc<App>;
 
 /// The `/v1` routes, behind the admin check.
-pub(super) fn routes(app: Arc<App>) -> Router<AppState> {
-    Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/grants", get(list_grants).post(add_grant))
-        .route("/v1/grants/{env}/{*cidr}", delete(remove_grant))
-        .route("/v1/audit", get(audit))
-        .route("/v1/events", post(event))
-        .route("/v1/requests", get(list_requests))
-        .route("/v1/requests/{id}/approve", post(approve_request))
-        .route("/v1/requests/{id}/deny", post(deny_request))
+pub(super) fn routes(app: Arc<App>) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(list_grants, add_grant))
+        .routes(routes!(remove_grant))
+        // The network unencoded (`/v1/grants/dev/198.51.100.7/32`), as people type it.
+        .route("/v1/grants/{env}/{cidr}/{prefix}", delete(remove_grant_unencoded))
+        .routes(routes!(audit))
+        .routes(routes!(event))
+        .routes(routes!(list_requests))
+        .routes(routes!(approve_request))
+        .routes(routes!(deny_request))
         .route_layer(axum::middleware::from_fn_with_state(app, require_admin))
 }
 
@@ -56,18 +64,38 @@ async fn require_admin(
     response
 }
 
+/// The process's health: the last reconcile and its failures, the next expiry, overdue
+/// expiries, the outbox's backlog, and which replica holds the sweeper lease.
+#[utoipa::path(get, path = "/v1/status", tag = "v1", security(("token" = [])),
+    responses(
+        (status = 200, body = Status, description = "OK"),
+        (status = 401, body = ErrorBody, description = "No valid token"),
+        (status = 403, body = ErrorBody, description = "Not an admin token"),
+        (status = 429, body = ErrorBody, description = "Too many refused requests"),
+        (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+    ))]
 async fn status(State(app): State<AppState>, Extension(principal): Extension<Principal>) -> Result<Response, ApiError> {
     Ok(Json(app.engine.status(&principal.requester()).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// One environment (default: the server's default environment).
     env: Option<String>,
+    /// Every environment this token may see (`env` is then ignored).
     #[serde(default)]
     all: bool,
 }
 
-/// `?all=true`: every environment this token may see.
+/// Live grants, in one environment or (`all=true`) every one this token may see.
+#[utoipa::path(get, path = "/v1/grants", tag = "v1", security(("token" = [])), params(ListQuery),
+    responses(
+        (status = 200, body = Vec<ListedGrant>, description = "OK"),
+        (status = 400, body = ErrorBody, description = "A malformed query or environment name"),
+        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "Not allowed"), (status = 404, body = ErrorBody, description = "Unknown environment"),
+        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+    ))]
 async fn list_grants(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -78,16 +106,48 @@ async fn list_grants(
     Ok(Json(ListedGrant::all(&grants)).into_response())
 }
 
-#[derive(Deserialize)]
+/// A grant to add (or refresh).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddBody {
+    /// An IPv4 or IPv6 address or network.
+    #[schema(example = "198.51.100.7")]
     cidr: String,
+    /// The environment (default: the server's default environment).
     env: Option<String>,
+    /// How long: `Nm` (1-1440), `Nh` (1-24), `Nd` (1-365); default 30d.
+    #[schema(example = "12h")]
     ttl: Option<String>,
+    /// At most 200 printable characters.
     #[serde(default)]
     description: String,
 }
 
+/// What an add or refresh did.
+#[derive(Serialize, ToSchema)]
+struct GrantAnswer {
+    grant: Grant,
+    /// True when an existing grant was refreshed (its expiry renewed), not added.
+    refreshed: bool,
+    /// One line per group or region that could not be changed (the grant stays stored; the
+    /// periodic reconcile retries).
+    failures: Vec<String>,
+    /// What the apply did to each group; none when a refresh needed no firewall call.
+    report: Option<ReconcileReport>,
+}
+
+/// Adds a grant for the token's user, or refreshes the live one (the later expiry wins).
+#[utoipa::path(post, path = "/v1/grants", tag = "v1", security(("token" = [])), request_body = AddBody,
+    responses(
+        (status = 201, body = GrantAnswer, description = "Added"),
+        (status = 200, body = GrantAnswer, description = "Refreshed"),
+        (status = 400, body = ErrorBody, description = "A malformed body, network, TTL or description, or one the policy refuses"),
+        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "Not allowed in this environment"),
+        (status = 404, body = ErrorBody, description = "Unknown environment"),
+        (status = 409, body = ErrorBody, description = "A group is full, or the user holds too many grants"),
+        (status = 413, body = ErrorBody, description = "A body over 64 KiB"), (status = 415, body = ErrorBody, description = "A body that is not JSON"), (status = 422, body = ErrorBody, description = "A body of the wrong shape"),
+        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+    ))]
 async fn add_grant(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -101,25 +161,60 @@ async fn add_grant(
     let outcome = app.engine.add(AddRequest { cidr, environment, ttl, description, source: Source::Manual, by }).await?;
     let status = if outcome.refreshed { StatusCode::OK } else { StatusCode::CREATED };
     let failures = outcome.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default();
-    let body = serde_json::json!({"grant": outcome.grant, "refreshed": outcome.refreshed, "failures": failures, "report": outcome.report});
-    Ok((status, Json(body)).into_response())
+    let answer = GrantAnswer { grant: outcome.grant, refreshed: outcome.refreshed, failures, report: outcome.report };
+    Ok((status, Json(answer)).into_response())
 }
 
+/// What a removal did.
+#[derive(Serialize, ToSchema)]
+struct RemovedAnswer {
+    grant: Grant,
+    failures: Vec<String>,
+    report: ReconcileReport,
+}
+
+/// Removes a grant and revokes its rules now. The network is one path segment, its `/`
+/// encoded (`198.51.100.7%2F32`); a bare address means /32 or /128.
+#[utoipa::path(delete, path = "/v1/grants/{env}/{cidr}", tag = "v1", security(("token" = [])),
+    params(("env" = String, Path, description = "The environment"), ("cidr" = String, Path, description = "The network, `/` encoded as `%2F`")),
+    responses(
+        (status = 200, body = RemovedAnswer, description = "OK"),
+        (status = 400, body = ErrorBody, description = "A malformed request"), (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"),
+        (status = 403, body = ErrorBody, description = "Not allowed here, or a member grant (membership decides)"),
+        (status = 404, body = ErrorBody, description = "Unknown environment, or no such grant"),
+        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+    ))]
 async fn remove_grant(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path((env, cidr)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let key = GrantKey { cidr: Cidr::parse(&cidr)?, environment: environment(&app, Some(&env))? };
-    let by = principal.requester();
-    let outcome = app.engine.remove(&key, &by).await?;
+    let outcome = app.engine.remove(&key, &principal.requester()).await?;
     let failures = outcome.report.failure_messages();
-    Ok(Json(serde_json::json!({"grant": outcome.grant, "failures": failures, "report": outcome.report})).into_response())
+    Ok(Json(RemovedAnswer { grant: outcome.grant, failures, report: outcome.report }).into_response())
+}
+
+async fn remove_grant_unencoded(
+    app: State<AppState>,
+    principal: Extension<Principal>,
+    Path((env, address, prefix)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    remove_grant(app, principal, Path((env, format!("{address}/{prefix}")))).await
 }
 
 /// `POST /v1/events`: an Auto Scaling or CloudTrail event, as the Lambda takes it. Membership
 /// reaches every environment that lists the ASG, and guard reaches groups outside any
 /// environment, so only a token for every environment may send one.
+#[utoipa::path(post, path = "/v1/events", tag = "v1", security(("token" = [])),
+    request_body(content = Object, description = "An Auto Scaling lifecycle action or `{\"trueup\": true}`, or a CloudTrail security-group rule change, as EventBridge delivers it"),
+    responses(
+        (status = 200, body = Object, description = "What was done, as the Lambda answers it"),
+        (status = 400, body = ErrorBody, description = "Not an event this handles, or a malformed one"),
+        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "A token limited to some environments"),
+        (status = 413, body = ErrorBody, description = "A body over 64 KiB"), (status = 415, body = ErrorBody, description = "A body that is not JSON"), (status = 422, body = ErrorBody, description = "A body of the wrong shape"),
+        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+    ))]
 async fn event(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -158,12 +253,22 @@ impl From<GuardError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RequestsQuery {
+    /// `pending` (the default), `approved`, `denied`, `expired` or `all`.
     status: Option<String>,
 }
 
-/// `GET /v1/requests[?status=pending|approved|denied|expired|all]` (default pending).
+/// Guard's change requests, oldest first.
+#[utoipa::path(get, path = "/v1/requests", tag = "v1", security(("token" = [])), params(RequestsQuery),
+    responses(
+        (status = 200, body = Vec<ChangeRequest>, description = "OK"),
+        (status = 400, body = ErrorBody, description = "An unknown status"),
+        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "Not allowed"),
+        (status = 404, body = ErrorBody, description = "Guard is not configured"),
+        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+    ))]
 async fn list_requests(State(app): State<AppState>, Query(q): Query<RequestsQuery>) -> Result<Response, ApiError> {
     let status = match q.status.as_deref().unwrap_or("pending") {
         "all" => None,
@@ -178,18 +283,30 @@ async fn list_requests(State(app): State<AppState>, Query(q): Query<RequestsQuer
     Ok(Json(app.engine.requests(status).await?).into_response())
 }
 
-#[derive(Deserialize, Default)]
+/// A denial's reason (optional; the body may be empty).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DenyBody {
     reason: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+/// An approval's term, for a temporary approval of an addition (optional; the body may be
+/// empty for an ordinary approval).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ApproveBody {
     /// A temporary approval's term (`24h`, `7d`: the TTL grammar).
     #[serde(rename = "for")]
+    #[schema(example = "24h")]
     term: Option<String>,
+}
+
+/// What a decision did.
+#[derive(Serialize, ToSchema)]
+struct DecisionAnswer {
+    request: ChangeRequest,
+    /// What could not be applied (the sweep retries).
+    failures: Vec<String>,
 }
 
 /// Reads an optional JSON body; nothing (or whitespace) is `T::default()`.
@@ -201,6 +318,22 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8], shape: &
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("the body is not {shape}: {e}")))
 }
 
+/// Approves a change request as the token's user (an approver, never the requester): it is
+/// applied as made; with `for`, an addition is put back for that long only.
+#[utoipa::path(post, path = "/v1/requests/{id}/approve", tag = "v1", security(("token" = [])),
+    params(("id" = String, Path, description = "The request's id")),
+    request_body(content = Option<ApproveBody>),
+    responses(
+        (status = 200, body = DecisionAnswer, description = "OK"),
+        (status = 400, body = ErrorBody, description = "A malformed body or term"),
+        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"),
+        (status = 403, body = ErrorBody, description = "Not an approver, or the requester"),
+        (status = 404, body = ErrorBody, description = "No such request, or guard is not configured"),
+        (status = 409, body = ErrorBody, description = "Already decided, already approved by this user, or expired"),
+        (status = 413, body = ErrorBody, description = "A body over 64 KiB"),
+        (status = 422, body = ErrorBody, description = "Only an addition can be approved for a time"),
+        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+    ))]
 async fn approve_request(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -219,6 +352,19 @@ async fn approve_request(
     decided(app.engine.decide(&id, verdict, &principal.requester()).await?)
 }
 
+/// Denies a change request as the token's user (an approver): the revert stays.
+#[utoipa::path(post, path = "/v1/requests/{id}/deny", tag = "v1", security(("token" = [])),
+    params(("id" = String, Path, description = "The request's id")),
+    request_body(content = Option<DenyBody>),
+    responses(
+        (status = 200, body = DecisionAnswer, description = "OK"),
+        (status = 400, body = ErrorBody, description = "A malformed body"),
+        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"),
+        (status = 403, body = ErrorBody, description = "Not an approver, or the requester"),
+        (status = 404, body = ErrorBody, description = "No such request, or guard is not configured"),
+        (status = 409, body = ErrorBody, description = "Already decided, or expired"),
+        (status = 413, body = ErrorBody, description = "A body over 64 KiB"), (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+    ))]
 async fn deny_request(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -234,7 +380,7 @@ async fn deny_request(
 fn decided(outcome: DecisionOutcome) -> Result<Response, ApiError> {
     match outcome {
         DecisionOutcome::Decided { request, failures } => {
-            Ok(Json(serde_json::json!({"request": request, "failures": failures})).into_response())
+            Ok(Json(DecisionAnswer { request: *request, failures }).into_response())
         }
         DecisionOutcome::Refused(refusal) => {
             let status = match refusal {
@@ -249,19 +395,43 @@ fn decided(outcome: DecisionOutcome) -> Result<Response, ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditParams {
+    /// One environment's events (default: every environment this token may see).
     env: Option<String>,
+    /// Only this action's events (`added`, `removed`, `expired`, `refused`, …).
+    action: Option<String>,
+    /// Only this user's events: a name, or a Slack user's name or id.
+    user: Option<String>,
+    /// Only events older than this id: the next page starts below the last id of this one.
+    before: Option<i64>,
+    /// At most this many (default 100, at most 10000).
     limit: Option<usize>,
 }
 
+/// The audit log, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/audit", tag = "v1", security(("token" = [])), params(AuditParams),
+    responses(
+        (status = 200, body = Vec<AuditEvent>, description = "OK"),
+        (status = 400, body = ErrorBody, description = "A malformed query, environment or action"),
+        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "Not allowed"), (status = 404, body = ErrorBody, description = "Unknown environment"),
+        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+    ))]
 async fn audit(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
     Query(q): Query<AuditParams>,
 ) -> Result<Response, ApiError> {
     let environment = q.env.as_deref().map(|e| environment(&app, Some(e))).transpose()?;
-    let query = AuditQuery { environment, limit: q.limit.unwrap_or(100) };
+    let action = q
+        .action
+        .as_deref()
+        .map(crate::app::audit_action)
+        .transpose()
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_action", m))?;
+    let user = q.user.filter(|u| !u.trim().is_empty());
+    let query = AuditQuery { environment, action, user, before: q.before, limit: q.limit.unwrap_or(100) };
     let events = app.engine.audit(&query, &principal.requester()).await?;
     Ok(Json(events).into_response())
 }

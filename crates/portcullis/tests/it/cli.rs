@@ -255,3 +255,33 @@ async fn an_empty_as_is_refused_not_replaced_by_the_os_user() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invisible formatting"), "{}", text(&out));
     assert!(w.grants().as_array().unwrap().is_empty(), "nothing was added");
 }
+
+#[tokio::test]
+async fn refresh_shows_progress_on_a_terminal_and_nothing_extra_otherwise() {
+    let w = World::new().await;
+    let groups = [w.group(true, &[]).await, w.group(true, &[]).await, w.group(true, &[]).await];
+    ok(&w.cli(&["add", "198.51.100.62", "--ttl", "1h"]));
+    let drift = || async {
+        for g in &groups {
+            w.delete_rule(g, "198.51.100.62/32", 443).await;
+        }
+    };
+    const PROGRESS: &str = "security groups changed: 3/3";
+
+    // At a terminal: the repair of three groups is counted on one line, then cleared.
+    drift().await;
+    let shown = w.on_terminal(&["refresh"], &[]);
+    assert!(shown.contains(PROGRESS), "{shown}");
+    assert!(shown.contains("3 groups: authorized 3"), "{shown}");
+
+    // --json at a terminal, and text without one: nothing but the answer.
+    drift().await;
+    let shown = w.on_terminal(&["--json", "refresh"], &[]);
+    assert!(!shown.contains("security groups changed"), "{shown}");
+    assert!(shown.contains("\"authorized\": 3"), "{shown}");
+    drift().await;
+    let out = w.cli(&["refresh"]);
+    ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no terminal, no progress");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("authorized 3"), "{}", text(&out));
+}

@@ -108,7 +108,7 @@ async fn expiry_on_virtual_time_revokes_exactly_when_due() {
     assert_eq!(w.keys(&group).await.len(), 2, "the other grant stays");
     eventually(Duration::from_secs(30), "the expiry to be recorded", || async {
         engine
-            .audit(&portcullis_engine::AuditQuery { environment: None, limit: 10 }, &admin())
+            .audit(&portcullis_engine::AuditQuery::newest(None, 10), &admin())
             .await
             .unwrap()
             .iter()

@@ -211,7 +211,9 @@ async fn an_addition_a_removal_and_an_edit_are_each_reverted_exactly_and_filed_o
         assert_eq!(answer["request"]["requester"], "arn:aws:sts::123456789012:assumed-role/Admin/bob@example.com");
 
         // An edit of a rule the baseline knows by id: put back as it was, under the same id.
-        g.cli(&["guard", "baseline"]);
+        // (Recorded at a terminal: the baseline's progress is drawn there.)
+        let shown = g.world.on_terminal(&["guard", "baseline"], &[("PORTCULLIS_CONFIG", g.config.to_str().unwrap())]);
+        assert!(shown.contains("groups' baselines recorded: 1/1"), "{shown}");
         let rule_id = g.rules(&group).await[0].0.clone();
         let edit = SecurityGroupRuleRequest::builder()
             .ip_protocol("tcp")

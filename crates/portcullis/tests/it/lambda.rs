@@ -117,6 +117,10 @@ async fn lambda_mode_handles_every_event_kind_through_the_runtime_api() {
                            "requestId": "r1", "routeKey": "$default", "stage": "$default", "timeEpoch": 0},
         "isBase64Encoded": false
     });
+    // The console's page, through the same route.
+    let mut console = healthz.clone();
+    console["rawPath"] = json!("/");
+    console["requestContext"]["http"]["path"] = json!("/");
     let scheduled = json!({"version": "0", "id": "e1", "detail-type": "Scheduled Event", "source": "aws.events",
                            "account": "123456789012", "time": "2026-11-23T12:00:00Z", "region": "us-east-1",
                            "resources": ["arn:aws:events:us-east-1:123456789012:rule/portcullis-sweep"], "detail": {}});
@@ -128,6 +132,7 @@ async fn lambda_mode_handles_every_event_kind_through_the_runtime_api() {
         serde_json::from_str(&fixture("dynamodb-stream-ttl-remove.json")).unwrap(),
         scheduled,
         healthz,
+        console,
         json!({"nothing": true}),
     ] {
         rt.queue.lock().unwrap().push_back(event);
@@ -139,9 +144,9 @@ async fn lambda_mode_handles_every_event_kind_through_the_runtime_api() {
     let child = cmd.spawn().unwrap();
 
     let answers = || rt.answers.lock().unwrap().clone();
-    let seen = eventually(Duration::from_secs(120), "eight answers", || {
+    let seen = eventually(Duration::from_secs(120), "nine answers", || {
         let n = rt.answers.lock().unwrap().len();
-        async move { n >= 8 }
+        async move { n >= 9 }
     });
     let done = tokio::time::timeout(Duration::from_secs(125), seen).await;
     let mut child = child;
@@ -160,7 +165,8 @@ async fn lambda_mode_handles_every_event_kind_through_the_runtime_api() {
             "req-5:response",
             "req-6:response",
             "req-7:response",
-            "req-8:error"
+            "req-8:response",
+            "req-9:error"
         ]
     );
     let body = |i: usize| answers[i].2.clone();
@@ -176,7 +182,10 @@ async fn lambda_mode_handles_every_event_kind_through_the_runtime_api() {
     let expired: Vec<_> = body(5)["expired"].as_array().expect("a sweep ran").iter().map(|g| g["ip_address"].clone()).collect();
     assert_eq!(expired, [json!("198.51.100.30/32")], "{}", body(5));
     assert_eq!(body(6)["statusCode"], 200, "{}", body(6));
-    assert!(body(7)["errorMessage"].as_str().unwrap_or_default().contains("not an event portcullis handles"), "{}", body(7));
+    assert_eq!(body(7)["statusCode"], 200, "{}", body(7));
+    assert!(body(7)["headers"]["content-security-policy"].as_str().unwrap_or_default().contains("script-src 'self'"), "{}", body(7));
+    assert!(body(7)["body"].as_str().unwrap_or_default().starts_with("<!doctype html>"), "{}", body(7));
+    assert!(body(8)["errorMessage"].as_str().unwrap_or_default().contains("not an event portcullis handles"), "{}", body(8));
     assert!(d.w.rules(&group).await.is_empty(), "added, then removed");
     let texts = d.announced();
     assert!(

@@ -15,6 +15,7 @@ mod guard;
 mod guard_slack;
 mod lambda;
 mod members;
+mod operators;
 mod prefix_lists;
 mod serve;
 mod slack;

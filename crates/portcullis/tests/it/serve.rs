@@ -402,7 +402,7 @@ async fn slow_or_oversized_requests_are_cut_off_and_every_error_is_json() {
     let http = admin(&w, &[("PORTCULLIS_CONFIG", config.to_str().unwrap())]);
     let big = "x".repeat(70 * 1024);
     for (what, response, status) in [
-        ("405", reqwest::get(server.url("/connection")).await.unwrap(), 405),
+        ("405", reqwest::Client::new().put(server.url("/connection")).send().await.unwrap(), 405),
         ("bad query", http.get(server.url("/v1/grants?all=maybe")).send().await.unwrap(), 400),
         ("duplicate query key", http.get(server.url("/v1/grants?env=dev&env=dev")).send().await.unwrap(), 400),
         (

@@ -146,6 +146,28 @@ impl World {
         cmd
     }
 
+    /// Runs the CLI to completion on a pseudo-terminal (util-linux's `script`), as a person at
+    /// a terminal would, with `extra_env` besides the world's; returns what the terminal showed
+    /// (stdout and stderr together).
+    pub fn on_terminal(&self, args: &[&str], extra_env: &[(&str, &str)]) -> String {
+        let command = std::iter::once(env!("CARGO_BIN_EXE_portcullis"))
+            .chain(args.iter().copied())
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let out = Command::new("script")
+            .env_clear()
+            .envs(self.env())
+            .envs(extra_env.iter().copied())
+            .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+            .current_dir(self.dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "on a terminal: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs the CLI to completion.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()

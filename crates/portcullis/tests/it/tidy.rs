@@ -142,6 +142,7 @@ fn the_binary_modules_import_only_lower_layers() {
         ("cloudtrail", 0),
         ("events", 1),
         ("slack", 1),
+        ("metrics", 1),
         ("app", 2),
         ("wiring", 2),
         ("routes", 3),

@@ -1,0 +1,57 @@
+//! `adopt`: taking over the rules seed 000's Lambda made without our marker, when they match a
+//! live grant exactly (`core::plan_adoption` decides which).
+
+use portcullis_core::{Action, AuditEvent, AuditScope, PlanInput, plan_adoption};
+
+use crate::report::AdoptReport;
+use crate::{Engine, EngineError, Requester, Scope};
+
+impl Engine {
+    /// Takes over the marker-less rules (seed 000's) that match a live grant exactly, by
+    /// rewriting their descriptions to carry our marker; with `dry_run`, only says which.
+    /// Nothing else ever edits an unowned rule.
+    pub async fn adopt(&self, dry_run: bool, by: &Requester) -> Result<AdoptReport, EngineError> {
+        let observed = self.observe(&Scope::All).await;
+        let grants = self.planned_grants(&Scope::All).await?;
+        let history = self.store().environments_with_history().await?;
+        let changes = plan_adoption(&PlanInput {
+            grants: &grants,
+            targets: &observed.targets,
+            marker: self.marker(),
+            environments_with_history: &history,
+            quota: self.quota(),
+            now: self.clock().now(),
+        });
+        if dry_run || changes.is_empty() {
+            return Ok(AdoptReport { changes, dry_run, outcomes: vec![], observe_failures: observed.failures });
+        }
+        let outcomes = self.apply_all(&changes).await;
+        for (change, outcome) in changes.iter().zip(&outcomes) {
+            if outcome.error.is_some() {
+                continue;
+            }
+            for rule in &change.update_descriptions {
+                let event = AuditEvent {
+                    id: 0,
+                    at: self.clock().now(),
+                    actor: by.actor().name.into(),
+                    interface: by.interface,
+                    action: Action::Adopted,
+                    environment: AuditScope::from(&change.environment),
+                    cidr: Some(rule.cidr),
+                    before: None,
+                    after: None,
+                    reason: format!(
+                        "took over {} {} on {}: description now {:?}",
+                        rule.ec2_cidr, rule.ports, change.target, rule.description
+                    ),
+                    request: None,
+                };
+                if let Err(err) = self.store().record(event).await {
+                    tracing::warn!(error = %err, "could not audit an adoption");
+                }
+            }
+        }
+        Ok(AdoptReport { changes, dry_run, outcomes, observe_failures: observed.failures })
+    }
+}
