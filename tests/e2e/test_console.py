@@ -78,90 +78,95 @@ class Browser:
 
 
 @pytest.fixture
-def playwright():
-    with sync_playwright() as p:
-        yield p
+def browse():
+    """Opens browsers signed in to a server with a token; after the test, checks that none
+    sent a request to another host, logged a script error or opened an alert, and closes them."""
+    browsers = []
+    with sync_playwright() as playwright:
+        def open_(server, token, width=1280, height=900):
+            b = Browser(server, playwright, width, height)
+            browsers.append(b)
+            b.sign_in(token)
+            return b
+
+        try:
+            yield open_
+            for b in browsers:
+                b.check_clean()
+        finally:
+            for b in browsers:
+                b.close()
 
 
-def test_my_access_opens_counts_down_and_closes(tmp_path, serve, playwright):
+def test_my_access_opens_counts_down_and_closes(tmp_path, serve, browse):
     world = World(tmp_path)
     server = serve(world)
     token = world.token("carol", "self-service")
-    b = Browser(server, playwright)
-    try:
-        b.sign_in(token)
-        page = b.page
-        expect(page.locator("#access-address")).to_have_text("127.0.0.1/32")
-        expect(page.locator("#who")).to_have_text("carol")
-        expect(page.locator("#nav a[data-view=grants]")).to_be_hidden()  # not an admin
-        expect(page.locator("#access-state")).to_contain_text("Closed")
-        expect(page.locator("#access-open")).to_have_text("Open for 1 h")
-        page.click("#access-open")
-        expect(page.locator("#notice")).to_contain_text("Opened 127.0.0.1/32 in dev")
-        expect(page.locator("#access-state")).to_contain_text("Open")
-        assert ("127.0.0.1/32", 80, "pc:dev carol: self-service") in rules_of(world.group)
-        countdown = page.locator("#access-countdown")
-        first = countdown.inner_text()
-        assert re.fullmatch(r"(59m|1h 0m) \d+s", first), first
-        eventually(lambda: countdown.inner_text() != first, "the countdown to change", timeout=5)
-        b.shot("access-open")
-        page.click("#access-close")
-        expect(page.locator("#notice")).to_contain_text("Closed 127.0.0.1/32 in dev")
-        expect(page.locator("#access-state")).to_contain_text("Closed")
-        assert not [r for r in rules_of(world.group) if r[0] == "127.0.0.1/32"]
-        b.shot("access-closed")
-        b.check_clean()
-    finally:
-        b.close()
+    b = browse(server, token)
+    page = b.page
+    expect(page.locator("#access-address")).to_have_text("127.0.0.1/32")
+    expect(page.locator("#who")).to_have_text("carol")
+    expect(page.locator("#nav a[data-view=grants]")).to_be_hidden()  # not an admin
+    expect(page.locator("#access-state")).to_contain_text("Closed")
+    expect(page.locator("#access-open")).to_have_text("Open for 1 h")
+    page.click("#access-open")
+    expect(page.locator("#notice")).to_contain_text("Opened 127.0.0.1/32 in dev")
+    expect(page.locator("#access-state")).to_contain_text("Open")
+    assert ("127.0.0.1/32", 80, "pc:dev carol: self-service") in rules_of(world.group)
+    countdown = page.locator("#access-countdown")
+    first = countdown.inner_text()
+    assert re.fullmatch(r"(59m|1h 0m) \d+s", first), first
+    eventually(lambda: countdown.inner_text() != first, "the countdown to change", timeout=5)
+    b.shot("access-open")
+    page.click("#access-close")
+    expect(page.locator("#notice")).to_contain_text("Closed 127.0.0.1/32 in dev")
+    expect(page.locator("#access-state")).to_contain_text("Closed")
+    assert not [r for r in rules_of(world.group) if r[0] == "127.0.0.1/32"]
+    b.shot("access-closed")
 
 
-def test_grants_add_remove_refusal_and_hostile_text(tmp_path, serve, playwright):
+def test_grants_add_remove_refusal_and_hostile_text(tmp_path, serve, browse):
     world = World(tmp_path)
     server = serve(world)
     token = world.token("ops")
-    b = Browser(server, playwright)
-    try:
-        b.sign_in(token)
-        page = b.page
-        page.click("#nav a[data-view=grants]")
-        expect(page.locator("#view-grants")).to_be_visible()
-        expect(page.locator("#grants-empty")).to_be_visible()
+    b = browse(server, token)
+    page = b.page
+    page.click("#nav a[data-view=grants]")
+    expect(page.locator("#view-grants")).to_be_visible()
+    expect(page.locator("#grants-empty")).to_be_visible()
 
-        # A refusal is shown in words, and nothing is added.
-        page.fill("#grant-cidr", "0.0.0.0/0")
-        page.click("#grant-form button[type=submit]")
-        expect(page.locator("#error")).to_contain_text("whole internet")
-        expect(page.locator("#error")).to_contain_text("HTTP 400")
-        b.shot("grants-refused")
+    # A refusal is shown in words, and nothing is added.
+    page.fill("#grant-cidr", "0.0.0.0/0")
+    page.click("#grant-form button[type=submit]")
+    expect(page.locator("#error")).to_contain_text("whole internet")
+    expect(page.locator("#error")).to_contain_text("HTTP 400")
+    b.shot("grants-refused")
 
-        # A hostile description is stored and shown as text.
-        page.fill("#grant-cidr", "198.51.100.7")
-        page.fill("#grant-ttl", "2h")
-        page.fill("#grant-description", HOSTILE)
-        page.click("#grant-form button[type=submit]")
-        expect(page.locator("#notice")).to_contain_text("Added 198.51.100.7/32 in dev")
-        row = page.locator("#grants-body tr", has_text="198.51.100.7/32")
-        expect(row).to_have_count(1)
-        expect(row.locator("td[data-label=Description]")).to_have_text(HOSTILE)
-        expect(row.locator("td[data-label=Source]")).to_have_text("manual")
-        expect(row.locator("td[data-label=Owner]")).to_have_text("ops")
-        assert page.locator("#grants-body img").count() == 0, "the description became markup"
-        expect(row.locator("td[data-label='Time left'] time")).to_have_text(re.compile(r"^1h 59m \d+s$|^2h 0m \d+s$"))
-        assert any(r[0] == "198.51.100.7/32" for r in rules_of(world.group))
-        b.shot("grants")
+    # A hostile description is stored and shown as text.
+    page.fill("#grant-cidr", "198.51.100.7")
+    page.fill("#grant-ttl", "2h")
+    page.fill("#grant-description", HOSTILE)
+    page.click("#grant-form button[type=submit]")
+    expect(page.locator("#notice")).to_contain_text("Added 198.51.100.7/32 in dev")
+    row = page.locator("#grants-body tr", has_text="198.51.100.7/32")
+    expect(row).to_have_count(1)
+    expect(row.locator("td[data-label=Description]")).to_have_text(HOSTILE)
+    expect(row.locator("td[data-label=Source]")).to_have_text("manual")
+    expect(row.locator("td[data-label=Owner]")).to_have_text("ops")
+    assert page.locator("#grants-body img").count() == 0, "the description became markup"
+    expect(row.locator("td[data-label='Time left'] time")).to_have_text(re.compile(r"^1h 59m \d+s$|^2h 0m \d+s$"))
+    assert any(r[0] == "198.51.100.7/32" for r in rules_of(world.group))
+    b.shot("grants")
 
-        # Removal asks first, then the rule goes.
-        row.get_by_role("button", name="Remove 198.51.100.7/32 from dev").click()
-        expect(page.locator("#notice")).to_contain_text("Removed 198.51.100.7/32 from dev")
-        expect(page.locator("#grants-empty")).to_be_visible()
-        assert ("confirm", "Remove 198.51.100.7/32 from dev? Its rules are revoked at once.") in b.dialogs
-        assert not any(r[0] == "198.51.100.7/32" for r in rules_of(world.group))
-        b.check_clean()
-    finally:
-        b.close()
+    # Removal asks first, then the rule goes.
+    row.get_by_role("button", name="Remove 198.51.100.7/32 from dev").click()
+    expect(page.locator("#notice")).to_contain_text("Removed 198.51.100.7/32 from dev")
+    expect(page.locator("#grants-empty")).to_be_visible()
+    assert ("confirm", "Remove 198.51.100.7/32 from dev? Its rules are revoked at once.") in b.dialogs
+    assert not any(r[0] == "198.51.100.7/32" for r in rules_of(world.group))
 
 
-def test_audit_pages_and_filters(tmp_path, serve, playwright):
+def test_audit_pages_and_filters(tmp_path, serve, browse):
     world = World(tmp_path)
     world.config.write_text("[connection]\nrate_limit_per_minute = 1000\n")
     server = serve(world)
@@ -171,102 +176,87 @@ def test_audit_pages_and_filters(tmp_path, serve, playwright):
     for i in range(55):
         r = http.post(server.url("/v1/grants"), json={"cidr": f"10.{i}.0.0/16", "ttl": "1h"})
         assert r.status_code == 400, r.text
-    b = Browser(server, playwright)
-    try:
-        b.sign_in(token)
-        page = b.page
-        page.click("#nav a[data-view=audit]")
-        rows = page.locator("#audit-body tr")
-        expect(rows).to_have_count(50)
-        expect(page.locator("#audit-page")).to_have_text("Page 1")
-        expect(page.locator("#audit-newer")).to_be_disabled()
-        newest = rows.first.get_attribute("data-id")
-        expect(rows.first.locator("td[data-label=Address]")).to_have_text("10.54.0.0/16")
-        b.shot("audit")
-        page.click("#audit-older")
-        expect(page.locator("#audit-page")).to_have_text("Page 2")
-        expect(rows).to_have_count(6)  # five refusals and the token's creation
-        expect(rows.last.locator("td[data-label=Action]")).to_have_text("token-created")
-        expect(page.locator("#audit-older")).to_be_disabled()
-        page.click("#audit-newer")
-        expect(page.locator("#audit-page")).to_have_text("Page 1")
-        expect(rows.first).to_have_attribute("data-id", newest)
+    b = browse(server, token)
+    page = b.page
+    page.click("#nav a[data-view=audit]")
+    rows = page.locator("#audit-body tr")
+    expect(rows).to_have_count(50)
+    expect(page.locator("#audit-page")).to_have_text("Page 1")
+    expect(page.locator("#audit-newer")).to_be_disabled()
+    newest = rows.first.get_attribute("data-id")
+    expect(rows.first.locator("td[data-label=Address]")).to_have_text("10.54.0.0/16")
+    b.shot("audit")
+    page.click("#audit-older")
+    expect(page.locator("#audit-page")).to_have_text("Page 2")
+    expect(rows).to_have_count(6)  # five refusals and the token's creation
+    expect(rows.last.locator("td[data-label=Action]")).to_have_text("token-created")
+    expect(page.locator("#audit-older")).to_be_disabled()
+    page.click("#audit-newer")
+    expect(page.locator("#audit-page")).to_have_text("Page 1")
+    expect(rows.first).to_have_attribute("data-id", newest)
 
-        # Filters: by action and by user.
-        page.select_option("#audit-action", "token-created")
-        page.click("#audit-form button[type=submit]")
-        expect(rows).to_have_count(1)
-        page.select_option("#audit-action", "refused")
-        page.fill("#audit-user", "somebody-else")
-        page.click("#audit-form button[type=submit]")
-        expect(page.locator("#audit-empty")).to_be_visible()
-        page.fill("#audit-user", "ops")
-        page.click("#audit-form button[type=submit]")
-        expect(rows).to_have_count(50)
-        b.check_clean()
-    finally:
-        b.close()
+    # Filters: by action and by user.
+    page.select_option("#audit-action", "token-created")
+    page.click("#audit-form button[type=submit]")
+    expect(rows).to_have_count(1)
+    page.select_option("#audit-action", "refused")
+    page.fill("#audit-user", "somebody-else")
+    page.click("#audit-form button[type=submit]")
+    expect(page.locator("#audit-empty")).to_be_visible()
+    page.fill("#audit-user", "ops")
+    page.click("#audit-form button[type=submit]")
+    expect(rows).to_have_count(50)
 
 
-def test_status_and_a_revoked_token_returns_to_sign_in(tmp_path, serve, playwright):
+def test_status_and_a_revoked_token_returns_to_sign_in(tmp_path, serve, browse):
     world = World(tmp_path)
     server = serve(world)
     token = world.token("ops")
-    b = Browser(server, playwright)
-    try:
-        b.sign_in(token)
-        page = b.page
-        page.click("#nav a[data-view=status]")
-        facts = page.locator("#status-facts")
-        expect(facts).to_contain_text("(this replica)")
-        expect(facts).to_contain_text("Outbox backlog")
-        expect(facts).to_contain_text("Overdue expiries")
-        b.shot("status")
+    b = browse(server, token)
+    page = b.page
+    page.click("#nav a[data-view=status]")
+    facts = page.locator("#status-facts")
+    expect(facts).to_contain_text("(this replica)")
+    expect(facts).to_contain_text("Outbox backlog")
+    expect(facts).to_contain_text("Overdue expiries")
+    b.shot("status")
 
-        # The token is revoked behind the console's back: the next call returns to sign-in.
-        token_id = [line.split()[0] for line in world.cli("token", "list").stdout.splitlines() if " ops " in f" {line} "][0]
-        world.cli("token", "revoke", token_id)
-        page.click("#status-reload")
-        expect(page.locator("#view-signin")).to_be_visible()
-        expect(page.locator("#error")).to_contain_text("Signed out")
-        assert page.evaluate("sessionStorage.length") == 0
-        assert page.context.cookies() == [], "the token never goes into a cookie"
-        assert all("pct_" not in u for u in b.requests), "the token never goes into a URL"
-        b.check_clean()
-    finally:
-        b.close()
+    # The token is revoked behind the console's back: the next call returns to sign-in.
+    token_id = [line.split()[0] for line in world.cli("token", "list").stdout.splitlines() if " ops " in f" {line} "][0]
+    world.cli("token", "revoke", token_id)
+    page.click("#status-reload")
+    expect(page.locator("#view-signin")).to_be_visible()
+    expect(page.locator("#error")).to_contain_text("The server did not accept the token")
+    assert page.evaluate("sessionStorage.length") == 0
+    assert page.context.cookies() == [], "the token never goes into a cookie"
+    assert all("pct_" not in u for u in b.requests), "the token never goes into a URL"
 
 
-def test_keyboard_only_and_a_phone_width_screen(tmp_path, serve, playwright):
+def test_keyboard_only_and_a_phone_width_screen(tmp_path, serve, browse):
     world = World(tmp_path)
     server = serve(world)
     token = world.token("ops")
     world.cli("add", "203.0.113.9", "--ttl", "1d", "--description", "phone check", "--as", "ops")
-    b = Browser(server, playwright, width=375, height=740)
-    try:
-        b.sign_in(token)
-        page = b.page
-        # Tab from the page's start to the Grants link and follow it with Enter.
-        page.locator("body").focus()
-        for _ in range(20):
-            page.keyboard.press("Tab")
-            if page.evaluate("document.activeElement && document.activeElement.dataset.view") == "grants":
-                break
-        else:
-            pytest.fail("the Grants link cannot be reached with Tab")
-        page.keyboard.press("Enter")
-        expect(page.locator("#view-grants")).to_be_visible()
-        expect(page.locator("#grants-title")).to_be_focused()
-        expect(page.locator("#grants-body tr")).to_have_count(1)
-        # Nothing is wider than the screen: tables become one card per row.
-        assert page.evaluate("document.documentElement.scrollWidth") <= 375
-        b.shot("grants-phone")
-        page.click("#nav a[data-view=access]")
-        assert page.evaluate("document.documentElement.scrollWidth") <= 375
-        b.shot("access-phone")
-        b.check_clean()
-    finally:
-        b.close()
+    b = browse(server, token, width=375, height=740)
+    page = b.page
+    # Tab from the page's start to the Grants link and follow it with Enter.
+    page.locator("body").focus()
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement && document.activeElement.dataset.view") == "grants":
+            break
+    else:
+        pytest.fail("the Grants link cannot be reached with Tab")
+    page.keyboard.press("Enter")
+    expect(page.locator("#view-grants")).to_be_visible()
+    expect(page.locator("#grants-title")).to_be_focused()
+    expect(page.locator("#grants-body tr")).to_have_count(1)
+    # Nothing is wider than the screen: tables become one card per row.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    b.shot("grants-phone")
+    page.click("#nav a[data-view=access]")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    b.shot("access-phone")
 
 
 def cloudtrail_addition(group, rule_id, cidr, port, by):
@@ -285,7 +275,7 @@ def cloudtrail_addition(group, rule_id, cidr, port, by):
     return event
 
 
-def test_a_change_request_is_approved_for_24_hours_from_the_console(tmp_path, serve, playwright):
+def test_a_change_request_is_approved_for_24_hours_from_the_console(tmp_path, serve, browse):
     world = World(tmp_path)
     ec2 = aws("ec2")
     guarded = ec2.create_security_group(GroupName=unique("sg"), Description="guarded")["GroupId"]
@@ -309,24 +299,19 @@ region = "us-east-1"
     assert answer.status_code == 200 and answer.json()["outcome"] == "reverted", answer.text
     assert not [r for r in rules_of(guarded) if r[1] == 22], "reverted"
 
-    b = Browser(server, playwright)
-    try:
-        b.sign_in(token)
-        page = b.page
-        page.click("#nav a[data-view=requests]")
-        card = page.locator("#requests-list article")
-        expect(card).to_have_count(1)
-        expect(card).to_contain_text(f"{guarded} in us-east-1")
-        expect(card).to_contain_text("arn:aws:iam::123456789012:user/alice")
-        expect(card).to_contain_text("tcp 22 from 203.0.113.0/24")
-        b.shot("requests")
-        card.get_by_role("button", name="Approve for 24 h").click()
-        expect(page.locator("#notice")).to_contain_text("is now approved")
-        expect(page.locator("#requests-empty")).to_be_visible()
-        rules = [r for r in rules_of(guarded) if r[1] == 22]
-        assert len(rules) == 1 and rules[0][0] == "203.0.113.0/24" and rules[0][2].startswith("pc:grant/"), rules
-        page.select_option("#requests-status", "approved")
-        expect(card).to_contain_text("Rule grant until")
-        b.check_clean()
-    finally:
-        b.close()
+    b = browse(server, token)
+    page = b.page
+    page.click("#nav a[data-view=requests]")
+    card = page.locator("#requests-list article")
+    expect(card).to_have_count(1)
+    expect(card).to_contain_text(f"{guarded} in us-east-1")
+    expect(card).to_contain_text("arn:aws:iam::123456789012:user/alice")
+    expect(card).to_contain_text("tcp 22 from 203.0.113.0/24")
+    b.shot("requests")
+    card.get_by_role("button", name="Approve for 24 h").click()
+    expect(page.locator("#notice")).to_contain_text("is now approved")
+    expect(page.locator("#requests-empty")).to_be_visible()
+    rules = [r for r in rules_of(guarded) if r[1] == 22]
+    assert len(rules) == 1 and rules[0][0] == "203.0.113.0/24" and rules[0][2].startswith("pc:grant/"), rules
+    page.select_option("#requests-status", "approved")
+    expect(card).to_contain_text("Rule grant until")

@@ -65,7 +65,7 @@
       const message = error.message || response.statusText || "the request failed";
       const failure = new ApiError(response.status, error.code || "http_" + response.status, message);
       if (response.status === 401) {
-        signOut("Signed out: the server did not accept the token (" + message + ").");
+        signOut("The server did not accept the token (" + message + "). Sign in again with a valid one.");
       }
       throw failure;
     }

@@ -61,6 +61,20 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// The errors every authenticated route of the contract may answer, besides its own: listed
+/// once, named in each `#[utoipa::path]` as `CommonErrors`.
+#[derive(utoipa::IntoResponses)]
+pub enum CommonErrors {
+    #[response(status = 401, description = "No valid token (or IAM login)")]
+    Unauthenticated(ErrorBody),
+    #[response(status = 413, description = "A body over 64 KiB")]
+    TooLarge(ErrorBody),
+    #[response(status = 429, description = "Too many requests (refusals count apart); see Retry-After")]
+    RateLimited(ErrorBody),
+    #[response(status = 503, description = "Authentication could not be checked now")]
+    Unavailable(ErrorBody),
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };

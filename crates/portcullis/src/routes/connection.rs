@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::{ApiError, App, ErrorBody, environment};
+use crate::app::{ApiError, App, CommonErrors, ErrorBody, environment};
 use crate::auth::{Principal, client_address};
 
 /// The rule description of self-service grants.
@@ -155,13 +155,11 @@ fn prepare(app: &App, peer: SocketAddr, query: EnvQuery, headers: &HeaderMap, bo
         (status = 201, body = ConnectionAnswer, description = "Added"),
         (status = 200, body = ConnectionAnswer, description = "Already open: refreshed"),
         (status = 400, body = ErrorBody, description = "A malformed body or environment, or no usable source address"),
-        (status = 401, body = ErrorBody, description = "No valid token or IAM login"),
         (status = 403, body = ErrorBody, description = "Not allowed in this environment"),
         (status = 404, body = ErrorBody, description = "Unknown environment"),
         (status = 409, body = ErrorBody, description = "A group is full, or the user holds too many grants"),
-        (status = 413, body = ErrorBody, description = "A body over 64 KiB"), (status = 429, body = ErrorBody, description = "Too many changes; see Retry-After"),
         (status = 502, body = ConnectionAnswer, description = "Every group failed (the grant stays stored; the reconcile retries)"),
-        (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+        CommonErrors,
     ))]
 pub(super) async fn open_connection(
     State(app): State<Arc<App>>,
@@ -170,13 +168,7 @@ pub(super) async fn open_connection(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let principal = app.principal(&headers, true).await?;
-    let answer = match prepare(&app, peer, query, &headers, &body) {
-        Ok(key) => open(&app, &principal, key).await,
-        Err(err) => Err(err),
-    };
-    app.settle(&principal, answer.as_ref().map_or_else(ApiError::status, |r| r.status()));
-    answer
+    change(&app, peer, query, &headers, &body, Change::Open).await
 }
 
 /// Closes the caller's access: 200 when removed, 404 when it was not open.
@@ -184,11 +176,11 @@ pub(super) async fn open_connection(
     request_body(content = Option<EnvBody>),
     responses(
         (status = 200, body = ConnectionAnswer, description = "Removed"),
-        (status = 400, body = ErrorBody, description = "A malformed request"), (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "Not allowed"),
+        (status = 400, body = ErrorBody, description = "A malformed request"),
+        (status = 403, body = ErrorBody, description = "Not allowed"),
         (status = 404, body = ErrorBody, description = "Not open, or an unknown environment"),
-        (status = 413, body = ErrorBody, description = "A body over 64 KiB"), (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"),
         (status = 502, body = ConnectionAnswer, description = "Every group failed (the reconcile retries)"),
-        (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+        CommonErrors,
     ))]
 pub(super) async fn close_connection(
     State(app): State<Arc<App>>,
@@ -197,10 +189,30 @@ pub(super) async fn close_connection(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let principal = app.principal(&headers, true).await?;
-    let answer = match prepare(&app, peer, query, &headers, &body) {
-        Ok(key) => close(&app, &principal, key).await,
-        Err(err) => Err(err),
+    change(&app, peer, query, &headers, &body, Change::Close).await
+}
+
+#[derive(Clone, Copy)]
+enum Change {
+    Open,
+    Close,
+}
+
+/// Authenticates the caller (a change: counted against its rate limit), finds its address and
+/// environment, opens or closes, and settles the charge by the answer.
+async fn change(
+    app: &App,
+    peer: SocketAddr,
+    query: EnvQuery,
+    headers: &HeaderMap,
+    body: &Bytes,
+    change: Change,
+) -> Result<Response, ApiError> {
+    let principal = app.principal(headers, true).await?;
+    let answer = match (prepare(app, peer, query, headers, body), change) {
+        (Ok(key), Change::Open) => open(app, &principal, key).await,
+        (Ok(key), Change::Close) => close(app, &principal, key).await,
+        (Err(err), _) => Err(err),
     };
     app.settle(&principal, answer.as_ref().map_or_else(ApiError::status, |r| r.status()));
     answer
@@ -310,9 +322,9 @@ pub struct Whoami {
     responses(
         (status = 200, body = Whoami, description = "OK"),
         (status = 400, body = ErrorBody, description = "A malformed environment, or no usable source address"),
-        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "Not allowed in this environment"),
+        (status = 403, body = ErrorBody, description = "Not allowed in this environment"),
         (status = 404, body = ErrorBody, description = "Unknown environment"),
-        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+        CommonErrors,
     ))]
 pub(super) async fn whoami(
     State(app): State<Arc<App>>,

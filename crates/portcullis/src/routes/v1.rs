@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::{ApiError, ApiJson, App, ErrorBody, environment};
+use crate::app::{ApiError, ApiJson, App, CommonErrors, ErrorBody, environment};
 use crate::auth::Principal;
 
 type AppState = Arc<App>;
@@ -69,10 +69,8 @@ async fn require_admin(
 #[utoipa::path(get, path = "/v1/status", tag = "v1", security(("token" = [])),
     responses(
         (status = 200, body = Status, description = "OK"),
-        (status = 401, body = ErrorBody, description = "No valid token"),
         (status = 403, body = ErrorBody, description = "Not an admin token"),
-        (status = 429, body = ErrorBody, description = "Too many refused requests"),
-        (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+        CommonErrors,
     ))]
 async fn status(State(app): State<AppState>, Extension(principal): Extension<Principal>) -> Result<Response, ApiError> {
     Ok(Json(app.engine.status(&principal.requester()).await?).into_response())
@@ -93,8 +91,9 @@ struct ListQuery {
     responses(
         (status = 200, body = Vec<ListedGrant>, description = "OK"),
         (status = 400, body = ErrorBody, description = "A malformed query or environment name"),
-        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "Not allowed"), (status = 404, body = ErrorBody, description = "Unknown environment"),
-        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+        (status = 403, body = ErrorBody, description = "Not allowed"),
+        (status = 404, body = ErrorBody, description = "Unknown environment"),
+        CommonErrors,
     ))]
 async fn list_grants(
     State(app): State<AppState>,
@@ -142,11 +141,12 @@ struct GrantAnswer {
         (status = 201, body = GrantAnswer, description = "Added"),
         (status = 200, body = GrantAnswer, description = "Refreshed"),
         (status = 400, body = ErrorBody, description = "A malformed body, network, TTL or description, or one the policy refuses"),
-        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "Not allowed in this environment"),
+        (status = 403, body = ErrorBody, description = "Not allowed in this environment"),
         (status = 404, body = ErrorBody, description = "Unknown environment"),
         (status = 409, body = ErrorBody, description = "A group is full, or the user holds too many grants"),
-        (status = 413, body = ErrorBody, description = "A body over 64 KiB"), (status = 415, body = ErrorBody, description = "A body that is not JSON"), (status = 422, body = ErrorBody, description = "A body of the wrong shape"),
-        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+        (status = 415, body = ErrorBody, description = "A body that is not JSON"),
+        (status = 422, body = ErrorBody, description = "A body of the wrong shape"),
+        CommonErrors,
     ))]
 async fn add_grant(
     State(app): State<AppState>,
@@ -179,10 +179,10 @@ struct RemovedAnswer {
     params(("env" = String, Path, description = "The environment"), ("cidr" = String, Path, description = "The network, `/` encoded as `%2F`")),
     responses(
         (status = 200, body = RemovedAnswer, description = "OK"),
-        (status = 400, body = ErrorBody, description = "A malformed request"), (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"),
+        (status = 400, body = ErrorBody, description = "A malformed request"),
         (status = 403, body = ErrorBody, description = "Not allowed here, or a member grant (membership decides)"),
         (status = 404, body = ErrorBody, description = "Unknown environment, or no such grant"),
-        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+        CommonErrors,
     ))]
 async fn remove_grant(
     State(app): State<AppState>,
@@ -211,9 +211,10 @@ async fn remove_grant_unencoded(
     responses(
         (status = 200, body = Object, description = "What was done, as the Lambda answers it"),
         (status = 400, body = ErrorBody, description = "Not an event this handles, or a malformed one"),
-        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "A token limited to some environments"),
-        (status = 413, body = ErrorBody, description = "A body over 64 KiB"), (status = 415, body = ErrorBody, description = "A body that is not JSON"), (status = 422, body = ErrorBody, description = "A body of the wrong shape"),
-        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+        (status = 403, body = ErrorBody, description = "A token limited to some environments"),
+        (status = 415, body = ErrorBody, description = "A body that is not JSON"),
+        (status = 422, body = ErrorBody, description = "A body of the wrong shape"),
+        CommonErrors,
     ))]
 async fn event(
     State(app): State<AppState>,
@@ -265,9 +266,9 @@ struct RequestsQuery {
     responses(
         (status = 200, body = Vec<ChangeRequest>, description = "OK"),
         (status = 400, body = ErrorBody, description = "An unknown status"),
-        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "Not allowed"),
+        (status = 403, body = ErrorBody, description = "Not allowed"),
         (status = 404, body = ErrorBody, description = "Guard is not configured"),
-        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+        CommonErrors,
     ))]
 async fn list_requests(State(app): State<AppState>, Query(q): Query<RequestsQuery>) -> Result<Response, ApiError> {
     let status = match q.status.as_deref().unwrap_or("pending") {
@@ -326,13 +327,11 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8], shape: &
     responses(
         (status = 200, body = DecisionAnswer, description = "OK"),
         (status = 400, body = ErrorBody, description = "A malformed body or term"),
-        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"),
         (status = 403, body = ErrorBody, description = "Not an approver, or the requester"),
         (status = 404, body = ErrorBody, description = "No such request, or guard is not configured"),
         (status = 409, body = ErrorBody, description = "Already decided, already approved by this user, or expired"),
-        (status = 413, body = ErrorBody, description = "A body over 64 KiB"),
         (status = 422, body = ErrorBody, description = "Only an addition can be approved for a time"),
-        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+        CommonErrors,
     ))]
 async fn approve_request(
     State(app): State<AppState>,
@@ -359,11 +358,10 @@ async fn approve_request(
     responses(
         (status = 200, body = DecisionAnswer, description = "OK"),
         (status = 400, body = ErrorBody, description = "A malformed body"),
-        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"),
         (status = 403, body = ErrorBody, description = "Not an approver, or the requester"),
         (status = 404, body = ErrorBody, description = "No such request, or guard is not configured"),
         (status = 409, body = ErrorBody, description = "Already decided, or expired"),
-        (status = 413, body = ErrorBody, description = "A body over 64 KiB"), (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+        CommonErrors,
     ))]
 async fn deny_request(
     State(app): State<AppState>,
@@ -415,8 +413,9 @@ struct AuditParams {
     responses(
         (status = 200, body = Vec<AuditEvent>, description = "OK"),
         (status = 400, body = ErrorBody, description = "A malformed query, environment or action"),
-        (status = 401, body = ErrorBody, description = "No valid token (or IAM login)"), (status = 403, body = ErrorBody, description = "Not allowed"), (status = 404, body = ErrorBody, description = "Unknown environment"),
-        (status = 429, body = ErrorBody, description = "Too many requests; see Retry-After"), (status = 503, body = ErrorBody, description = "Authentication could not be checked now"),
+        (status = 403, body = ErrorBody, description = "Not allowed"),
+        (status = 404, body = ErrorBody, description = "Unknown environment"),
+        CommonErrors,
     ))]
 async fn audit(
     State(app): State<AppState>,

@@ -183,7 +183,11 @@ async fn lambda_mode_handles_every_event_kind_through_the_runtime_api() {
     assert_eq!(expired, [json!("198.51.100.30/32")], "{}", body(5));
     assert_eq!(body(6)["statusCode"], 200, "{}", body(6));
     assert_eq!(body(7)["statusCode"], 200, "{}", body(7));
-    assert!(body(7)["headers"]["content-security-policy"].as_str().unwrap_or_default().contains("script-src 'self'"), "{}", body(7));
+    assert!(
+        body(7)["headers"]["content-security-policy"].as_str().unwrap_or_default().contains("script-src 'self'"),
+        "{}",
+        body(7)
+    );
     assert!(body(7)["body"].as_str().unwrap_or_default().starts_with("<!doctype html>"), "{}", body(7));
     assert!(body(8)["errorMessage"].as_str().unwrap_or_default().contains("not an event portcullis handles"), "{}", body(8));
     assert!(d.w.rules(&group).await.is_empty(), "added, then removed");
