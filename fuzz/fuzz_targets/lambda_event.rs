@@ -61,7 +61,7 @@ fn world() -> &'static World {
             let secrets = SigningSecrets { current: SigningSecret::new(SECRET), next: None };
             let slack = SlackEndpoint::new(&config.slack, secrets, None).inline();
             let app = Arc::new(App::new(engine.clone(), &config, Some(Arc::new(slack))));
-            Handler { engine, app }
+            Handler::new(engine, app)
         });
         World { runtime, handler, _dir: dir }
     })

@@ -356,7 +356,7 @@ async fn scheduled_true_up(engine: &Engine, member_sync: time::Duration) -> Resu
 }
 
 /// An API Gateway HTTP API request, answered by the same router `serve` uses.
-pub async fn handle_http(app: Arc<App>, request: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
+pub async fn handle_http(router: &axum::Router, request: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
     use base64::Engine as _;
     let mut response = ApiGatewayV2httpResponse::default();
     let path = request.raw_path.clone().unwrap_or_else(|| "/".into());
@@ -397,7 +397,7 @@ pub async fn handle_http(app: Arc<App>, request: ApiGatewayV2httpRequest) -> Api
     let source = request.request_context.http.source_ip.as_deref().and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
     let source = source.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     http_request.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::new(source, 0)));
-    let answer = match router(app).oneshot(http_request).await {
+    let answer = match router.clone().oneshot(http_request).await {
         Ok(a) => a,
         Err(never) => match never {},
     };
@@ -412,9 +412,16 @@ pub async fn handle_http(app: Arc<App>, request: ApiGatewayV2httpRequest) -> Api
 pub struct Handler {
     pub engine: Arc<Engine>,
     pub app: Arc<App>,
+    /// The HTTP routes over `app`, built once: a warm function answers many requests.
+    router: axum::Router,
 }
 
 impl Handler {
+    pub fn new(engine: Arc<Engine>, app: Arc<App>) -> Handler {
+        let router = router(app.clone());
+        Handler { engine, app, router }
+    }
+
     /// Handles one event and delivers what it announced; `Err` makes the invocation fail (so
     /// Lambda retries it and counts an error).
     pub async fn handle(&self, payload: Value) -> Result<Value, InvocationError> {
@@ -439,7 +446,7 @@ impl Handler {
             Event::Stream(records) => Ok(serde_json::to_value(handle_stream(&self.engine, &records).await).expect("serialises")),
             Event::Scheduled => Ok(handle_scheduled(&self.engine, self.app.member_sync).await?),
             Event::Asg(event) => Ok(events::handle(&self.engine, event, Interface::Lambda).await?),
-            Event::Http(request) => Ok(serde_json::to_value(handle_http(self.app.clone(), *request).await).expect("serialises")),
+            Event::Http(request) => Ok(serde_json::to_value(handle_http(&self.router, *request).await).expect("serialises")),
         }
     }
 }

@@ -105,7 +105,7 @@ pub(super) async fn lambda(cx: &Context) -> Result<ExitCode, CliError> {
     let engine = Arc::new(wiring::leased_engine(&cx.config).await?);
     let slack = wiring::slack_endpoint(&cx.config).await?.map(|s| Arc::new(s.inline()));
     let app = Arc::new(crate::app::App::new(engine.clone(), &cx.config, slack));
-    lambda::run(lambda::Handler { engine, app }).await.map_err(|e| CliError::Operational(e.to_string()))?;
+    lambda::run(lambda::Handler::new(engine, app)).await.map_err(|e| CliError::Operational(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,7 +9,7 @@ pub mod interactions;
 pub mod slack;
 mod v1;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -73,20 +73,16 @@ fn api(app: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The OpenAPI 3.1 contract of `/v1` and `/connection`, as `/openapi.json` serves it: made
-/// once per process (it depends on no configuration).
-pub fn openapi_json(app: &AppState) -> &'static str {
-    static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| api(app).1.to_json().expect("the OpenAPI document serialises"))
-}
-
+/// Every route, with `/openapi.json` (the OpenAPI 3.1 contract of `/v1` and `/connection`)
+/// made from the same routes. Build it once per process and clone it per request: making the
+/// contract walks every handler's schemas.
 pub fn router(app: Arc<App>) -> Router {
-    let contract = openapi_json(&app);
-    let (api, _) = api(&app);
+    let (api, contract) = api(&app);
+    let contract: Arc<str> = contract.to_json().expect("the OpenAPI document serialises").into();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api)
-        .route("/openapi.json", get(move || async move { ([(header::CONTENT_TYPE, "application/json")], contract) }))
+        .route("/openapi.json", get(move || async move { ([(header::CONTENT_TYPE, "application/json")], contract.to_string()) }))
         .route("/slack/commands", post(slack::command))
         .route("/slack/interactions", post(interactions::interaction))
         .merge(console::routes())

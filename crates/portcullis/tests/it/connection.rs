@@ -487,19 +487,19 @@ async fn lambda_mode_takes_the_address_from_the_request_context() {
     ))
     .await;
     let (secret, _) = c.token("ci", Role::SelfService, &[], None).await;
-    let answer = portcullis::lambda::handle_http(c.app.clone(), api_gateway("POST", &secret, "203.0.113.77")).await;
+    let answer = portcullis::lambda::handle_http(&router(c.app.clone()), api_gateway("POST", &secret, "203.0.113.77")).await;
     assert_eq!(answer.status_code, 201, "{:?}", answer.body);
     assert_eq!(keys_in(REGION, &east).await, [("203.0.113.77/32".to_string(), 443)], "sourceIp, not X-Forwarded-For");
-    let answer = portcullis::lambda::handle_http(c.app.clone(), api_gateway("DELETE", &secret, "203.0.113.77")).await;
+    let answer = portcullis::lambda::handle_http(&router(c.app.clone()), api_gateway("DELETE", &secret, "203.0.113.77")).await;
     assert_eq!(answer.status_code, 200, "{:?}", answer.body);
     assert!(keys_in(REGION, &east).await.is_empty());
-    let answer = portcullis::lambda::handle_http(c.app.clone(), api_gateway("POST", "pct_wrong", "203.0.113.77")).await;
+    let answer = portcullis::lambda::handle_http(&router(c.app.clone()), api_gateway("POST", "pct_wrong", "203.0.113.77")).await;
     assert_eq!(answer.status_code, 401);
     // A body flagged as base64 that is not base64 is refused, not read as empty.
     let mut bad = api_gateway("POST", &secret, "203.0.113.77");
     bad.is_base64_encoded = true;
     bad.body = Some("not base64!".into());
-    let answer = portcullis::lambda::handle_http(c.app.clone(), bad).await;
+    let answer = portcullis::lambda::handle_http(&router(c.app.clone()), bad).await;
     assert_eq!(answer.status_code, 400, "{:?}", answer.body);
     assert!(keys_in(REGION, &east).await.is_empty(), "nothing was opened");
 }
