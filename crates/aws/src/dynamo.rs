@@ -776,6 +776,20 @@ impl DynamoStore {
         }
     }
 
+    /// One item of our own table, read consistently.
+    pub(crate) async fn meta_item(&self, pk: &str, sk: &str) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(self.meta())
+            .set_key(Some(meta_key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
+        Ok(out.item)
+    }
+
     /// One audit partition's newest `limit` events that `query` matches, older than its page
     /// start: read newest first a page at a time (the key narrows the page; the action and
     /// user are filtered as read) until `limit` match or the partition ends.
@@ -786,7 +800,11 @@ impl DynamoStore {
             Some(before) => ("pk = :p AND sk < :b", Some(s(padded(before)))),
             None => ("pk = :p", None),
         };
+        let filtered = query.action.is_some() || query.user.is_some();
         while out.len() < limit {
+            // Unfiltered, every event read is kept: read no more than are wanted. Filtered,
+            // most may not be: read full pages rather than many small ones.
+            let page_size = if filtered { 1000 } else { (limit - out.len()).clamp(1, 1000) };
             let page = self
                 .client
                 .query()
@@ -795,7 +813,7 @@ impl DynamoStore {
                 .expression_attribute_values(":p", s(pk))
                 .consistent_read(true)
                 .scan_index_forward(false)
-                .limit((limit - out.len()).clamp(1, 1000) as i32)
+                .limit(page_size as i32)
                 .set_exclusive_start_key(start);
             let page = match &bound {
                 Some(b) => page.expression_attribute_values(":b", b.clone()),
@@ -923,16 +941,7 @@ impl DynamoStore {
 
     /// How far a stream shard has been read (its last processed sequence number).
     pub async fn checkpoint(&self, shard: &str) -> Result<Option<String>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.meta())
-            .set_key(Some(meta_key("checkpoint", shard)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
-        Ok(out.item.as_ref().and_then(|i| get_s(i, "sequence")))
+        Ok(self.meta_item("checkpoint", shard).await?.as_ref().and_then(|i| get_s(i, "sequence")))
     }
 
     /// Whether any shard of a stream has a checkpoint (so new shards are read from their start).
@@ -1083,16 +1092,7 @@ impl Store for DynamoStore {
     }
 
     async fn lease_holder(&self, name: &str, now: Timestamp) -> Result<Option<LeaseHolder>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.meta())
-            .set_key(Some(meta_key("lease", name)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
-        let Some(item) = out.item else { return Ok(None) };
+        let Some(item) = self.meta_item("lease", name).await? else { return Ok(None) };
         let (holder, until) = (get_s(&item, "holder").unwrap_or_default(), from_ms(get_n(&item, "until_ms").unwrap_or(0)));
         Ok((until > now).then_some(LeaseHolder { holder, until }))
     }
@@ -1110,16 +1110,7 @@ impl Store for DynamoStore {
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.meta())
-            .set_key(Some(meta_key("token", hash)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
-        out.item.as_ref().map(|i| self.parse_token(i)).transpose()
+        self.meta_item("token", hash).await?.as_ref().map(|i| self.parse_token(i)).transpose()
     }
 
     async fn tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
@@ -1252,16 +1243,7 @@ impl Store for DynamoStore {
     }
 
     async fn request(&self, id: &str) -> Result<Option<ChangeRequest>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.meta())
-            .set_key(Some(meta_key("request", id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
-        out.item.as_ref().map(|i| self.parse_request(i)).transpose()
+        self.meta_item("request", id).await?.as_ref().map(|i| self.parse_request(i)).transpose()
     }
 
     async fn requests(&self, status: Option<RequestStatus>) -> Result<Vec<ChangeRequest>, StoreError> {
@@ -1280,16 +1262,9 @@ impl Store for DynamoStore {
     }
 
     async fn baseline(&self, group: &TargetId) -> Result<Option<Vec<GroupRule>>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.meta())
-            .set_key(Some(meta_key("baseline", &format!("{}/{}", group.region, group.group_id))))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
-        let Some(item) = out.item else { return Ok(None) };
+        let Some(item) = self.meta_item("baseline", &format!("{}/{}", group.region, group.group_id)).await? else {
+            return Ok(None);
+        };
         serde_json::from_str(&get_s(&item, "rules").unwrap_or_default()).map(Some).map_err(|e| StoreError::Corrupt {
             location: format!("dynamodb:{}", self.meta()),
             message: format!("baseline of {group}: {e}"),

@@ -81,16 +81,9 @@ pub(super) struct Holds {
 
 impl DynamoStore {
     pub(super) async fn holds(&self, env: &Environment, owner: &str, now: Timestamp) -> Result<Holds, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.meta())
-            .set_key(Some(meta_key("quota", &format!("{env}#{owner}"))))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| StoreError::from(failure(self.meta(), e.into())))?;
-        let Some(item) = out.item else { return Ok(Holds { version: None, live: Some(0), attrs: vec![] }) };
+        let Some(item) = self.meta_item("quota", &format!("{env}#{owner}")).await? else {
+            return Ok(Holds { version: None, live: Some(0), attrs: vec![] });
+        };
         let now = micros(now);
         let live = item
             .iter()
