@@ -165,6 +165,15 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sqlite)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
         migrate(&mut conn).map_err(sqlite)?;
+        // `actor_is(actor, user)` is `ActorName::is`, so the audit's user filter is one rule,
+        // applied in the query.
+        conn.create_scalar_function(
+            "actor_is",
+            2,
+            rusqlite::functions::FunctionFlags::SQLITE_UTF8 | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+            |cx| Ok(ActorName::new(&cx.get::<String>(0)?).is(&cx.get::<String>(1)?)),
+        )
+        .map_err(sqlite)?;
         let instance = crate::instance_name().into();
         Ok(SqliteStore { path, conn: Arc::new(Mutex::new(conn)), instance })
     }
@@ -593,15 +602,11 @@ impl Store for SqliteStore {
         let env = query.environment.as_ref().map(|e| e.to_string());
         let action = query.action.map(|a| a.as_str());
         let (user, before, limit) = (query.user.clone(), query.before, query.limit.min(AuditQuery::MAX_LIMIT) as i64);
-        // The user filter is `ActorName::is` in SQL: the name, or either half of "name (id)".
         self.run(move |conn| {
             this.select_audit(
                 conn,
                 "(?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR action = ?2) AND (?3 IS NULL OR id < ?3)
-                 AND (?4 IS NULL OR (?4 != '' AND (actor = ?4
-                      OR (substr(actor, 1, length(?4) + 2) = ?4 || ' (' AND substr(actor, -1) = ')')
-                      OR substr(actor, -(length(?4) + 3)) = ' (' || ?4 || ')')))
-                 ORDER BY id DESC LIMIT ?5",
+                 AND (?4 IS NULL OR actor_is(actor, ?4)) ORDER BY id DESC LIMIT ?5",
                 params![env, action, before, user, limit],
             )
         })
