@@ -56,6 +56,18 @@ pub enum Cause {
     Sweep,
 }
 
+impl Cause {
+    /// Its name, as the serialised form and the metrics' `cause` label spell it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Cause::Change => "change",
+            Cause::Refresh => "refresh",
+            Cause::Periodic => "periodic",
+            Cause::Sweep => "sweep",
+        }
+    }
+}
+
 /// Who asks for a change, through which interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requester {
@@ -138,7 +150,7 @@ pub struct Engine {
     /// The gauges as last read, when, and at which `changes`.
     pub(crate) gauges: Mutex<Option<(std::time::Instant, u64, crate::Gauges)>>,
     /// Where progress over many groups is told, if anywhere (a terminal).
-    progress: Option<Arc<dyn crate::Progress>>,
+    pub(crate) progress: Option<Arc<dyn crate::Progress>>,
 }
 
 impl Engine {
@@ -162,26 +174,6 @@ impl Engine {
             changes: Default::default(),
             gauges: Mutex::new(None),
             progress: None,
-        }
-    }
-
-    /// Tells `progress` how operations over many groups advance.
-    pub fn with_progress(mut self, progress: Arc<dyn crate::Progress>) -> Engine {
-        self.progress = Some(progress);
-        self
-    }
-
-    /// Reports `done` of `total` steps of `what`, when someone listens.
-    pub(crate) fn progress(&self, what: &'static str, done: usize, total: usize) {
-        if let Some(p) = &self.progress {
-            p.update(what, done, total);
-        }
-    }
-
-    /// Ends what `progress` drew.
-    pub(crate) fn progress_done(&self) {
-        if let Some(p) = &self.progress {
-            p.finish();
         }
     }
 

@@ -70,13 +70,9 @@ impl Metrics {
             Ok(_) => "ok",
             Err(_) => "error",
         };
-        let cause = match cause {
-            Cause::Change => "change",
-            Cause::Refresh => "refresh",
-            Cause::Periodic => "periodic",
-            Cause::Sweep => "sweep",
-        };
-        self.reconcile.get_or_create(&ReconcileLabels { cause, outcome }).observe(started.elapsed().as_secs_f64());
+        self.reconcile
+            .get_or_create(&ReconcileLabels { cause: cause.as_str(), outcome })
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Records that an expired grant's rules were gone `lag` after its expiry.

@@ -82,38 +82,39 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(engine: Arc<Engine>, http: HttpRequests) -> Metrics {
+        let (live_grants, outbox_pending, lease_held) = (Family::default(), Gauge::default(), Gauge::default());
+        let (pending_requests, scrape_errors) = (Gauge::default(), Counter::default());
         let mut registry = Registry::default();
-        let m = Metrics {
-            live_grants: Family::default(),
-            outbox_pending: Gauge::default(),
-            lease_held: Gauge::default(),
-            pending_requests: Gauge::default(),
-            scrape_errors: Counter::default(),
-            scraping: tokio::sync::Mutex::new(()),
-            engine,
-            registry: Registry::default(),
-        };
-        registry.register("portcullis_live_grants", "Live grants, by environment and source", m.live_grants.clone());
-        registry.register("portcullis_outbox_pending", "Announcements not yet delivered", m.outbox_pending.clone());
+        registry.register("portcullis_live_grants", "Live grants, by environment and source", live_grants.clone());
+        registry.register("portcullis_outbox_pending", "Announcements not yet delivered", outbox_pending.clone());
         registry.register(
             "portcullis_sweeper_lease_held",
             "1 while this process holds the sweeper lease (sweeps, reconciles, reads streams), else 0",
-            m.lease_held.clone(),
+            lease_held.clone(),
         );
         registry.register(
             "portcullis_change_requests_pending",
             "Guard's change requests awaiting a decision",
-            m.pending_requests.clone(),
+            pending_requests.clone(),
         );
         registry.register("portcullis_http_requests", "HTTP requests answered, by route, method and status", http);
         registry.register(
             "portcullis_metrics_read_errors",
             "Scrapes whose store reads failed (the gauges then keep their last values)",
-            m.scrape_errors.clone(),
+            scrape_errors.clone(),
         );
-        m.engine.metrics().register(&mut registry);
+        engine.metrics().register(&mut registry);
         registry.register_collector(Box::new(AwsCalls));
-        Metrics { registry, ..m }
+        Metrics {
+            registry,
+            engine,
+            live_grants,
+            outbox_pending,
+            lease_held,
+            pending_requests,
+            scrape_errors,
+            scraping: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn set(&self, gauges: &Gauges) {
