@@ -105,6 +105,8 @@ def test_my_access_opens_counts_down_and_closes(tmp_path, serve, browse):
     b = browse(server, token)
     page = b.page
     expect(page.locator("#access-address")).to_have_text("127.0.0.1/32")
+    # Signing in asks who we are once, and showing My access asks nothing more.
+    assert [urllib.parse.urlsplit(u).path for u in b.requests].count("/connection") == 1, b.requests
     expect(page.locator("#who")).to_have_text("carol")
     expect(page.locator("#nav a[data-view=grants]")).to_be_hidden()  # not an admin
     expect(page.locator("#access-state")).to_contain_text("Closed")

@@ -249,13 +249,16 @@
     }
     let view = (location.hash || "#access").slice(1);
     if (!VIEWS.includes(view) || view === "signin") view = "access";
-    if (ADMIN_VIEWS.includes(view) && me && !me.admin) {
-      view = "access";
-      showError(new ApiError(403, "not_admin", "That page needs an admin token."));
-    }
-    show(view);
     try {
-      if (view === "access") await loadAccess();
+      // Who we are is asked once per sign-in; My access asks again itself, to show it fresh.
+      const known = me !== null;
+      if (!known) await whoami();
+      if (ADMIN_VIEWS.includes(view) && !me.admin) {
+        view = "access";
+        showError(new ApiError(403, "not_admin", "That page needs an admin token."));
+      }
+      show(view);
+      if (view === "access") await (known ? loadAccess() : renderAccess());
       if (view === "grants") await loadGrants();
       if (view === "audit") {
         auditCursors = [null];
@@ -268,6 +271,8 @@
       }
     } catch (err) {
       showError(err);
+      // A server that cannot be reached at start: show the page the error is about.
+      if (token() && VIEWS.every((v) => $("view-" + v).hidden)) show(view);
     }
   }
 
@@ -282,13 +287,9 @@
     }
     sessionStorage.setItem(TOKEN_KEY, value);
     $("token").value = "";
-    try {
-      await whoami();
-      if (!location.hash || location.hash === "#signin") location.hash = "#access";
-      else await route();
-    } catch (err) {
-      showError(err);
-    }
+    me = null;
+    if (!location.hash || location.hash === "#signin") location.hash = "#access";
+    else await route();
   }
 
   function signOut(reason) {
@@ -319,8 +320,12 @@
   // -- my access
 
   async function loadAccess(env) {
-    const chosen = env || $("access-env").value || (me && me.environment);
-    await whoami(chosen);
+    await whoami(env || $("access-env").value || me.environment);
+    renderAccess();
+  }
+
+  // My access as `me` says it is.
+  function renderAccess() {
     options($("access-env"), me.environments, me.environment);
     $("access-address").textContent = me.address;
     $("access-open").textContent = (me.grant ? "Renew for " : "Open for ") + ttlWords(me.ttl);
@@ -651,13 +656,6 @@
       });
     }
     setInterval(tick, 1000);
-    if (token()) {
-      whoami().then(route, (err) => {
-        showError(err);
-        if (!(err instanceof ApiError && err.status === 401)) show("access");
-      });
-    } else {
-      route();
-    }
+    route();
   });
 })();
