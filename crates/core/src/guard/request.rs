@@ -40,7 +40,7 @@ pub struct ChangeRequest {
     pub id: String,
     /// The CloudTrail event id (or `sweep:…`): a redelivered event files nothing new.
     pub event_id: String,
-    /// The ARN that made the change, or [`UNKNOWN_REQUESTER`].
+    /// The ARN that made the change, or [`UNKNOWN_REQUESTER`](super::UNKNOWN_REQUESTER).
     pub requester: String,
     /// Who that is, from `[guard.people]`, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
