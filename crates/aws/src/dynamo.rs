@@ -19,7 +19,7 @@
 //! - `request` / id: a guard change request (JSON) and its `version`, which every decision is
 //!   conditional on; `request-event` / event id: the event that filed it (a redelivered event
 //!   finds it and files nothing); `baseline` / `{region}/{group}`: a guarded group's approved
-//!   rules (JSON).
+//!   rules (JSON); `own` / ledger key: a change guard is about to make (`dynamo/ledger.rs`).
 //!
 //! Deleting a grant is two steps: the item is first marked (`pc_removal`) in the transaction
 //! that records and announces the change, then deleted. The REMOVE stream record thus carries
@@ -31,6 +31,7 @@
 //! items they guard. The decisions themselves are pure, in `portcullis_store`.
 
 mod index;
+mod ledger;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -1281,5 +1282,13 @@ impl Store for DynamoStore {
             Failure::Conflict => self.contended(),
             Failure::Store(e) => e,
         })
+    }
+
+    async fn note_own_changes(&self, keys: &[String], until: Timestamp) -> Result<(), StoreError> {
+        self.note_own(keys, until).await
+    }
+
+    async fn noted_own_changes(&self, keys: &[String], now: Timestamp) -> Result<BTreeSet<String>, StoreError> {
+        self.noted_own(keys, now).await
     }
 }

@@ -44,19 +44,42 @@ impl Ec2Firewall {
         if let Some(url) = &route.endpoint_url {
             config = config.endpoint_url(url);
         }
-        if let Some(role) = &route.role_arn {
-            // Credentials for the other account, from STS with this process's own; renewed
-            // by the provider before they lapse.
-            let provider = aws_config::sts::AssumeRoleProvider::builder(role)
-                .session_name("portcullis")
-                .region(region)
-                .configure(&self.base)
-                .build()
-                .await;
+        if let Some(provider) = self.assumed(route).await {
             config = config.credentials_provider(provider);
         }
         let client = Client::from_conf(config.build());
         self.clients.lock().expect("client cache poisoned").entry(route.clone()).or_insert(client).clone()
+    }
+
+    /// Credentials for a route's other account, from STS with this process's own; renewed by
+    /// the provider before they lapse. `None` for the process's own account.
+    async fn assumed(&self, route: &Route) -> Option<aws_config::sts::AssumeRoleProvider> {
+        let role = route.role_arn.as_ref()?;
+        Some(
+            aws_config::sts::AssumeRoleProvider::builder(role)
+                .session_name("portcullis")
+                .region(Region::new(route.region.clone()))
+                .configure(&self.base)
+                .build()
+                .await,
+        )
+    }
+
+    /// The identity calls on `route` are made as: `sts:GetCallerIdentity` with that route's
+    /// credentials (the assumed role's, for another account).
+    pub(crate) async fn caller_identity(&self, route: &Route) -> Result<String, FirewallError> {
+        let mut config = aws_sdk_sts::config::Builder::from(&self.base)
+            .region(Region::new(route.region.clone()))
+            .interceptor(self.counter.clone());
+        if let Some(provider) = self.assumed(route).await {
+            config = config.credentials_provider(provider);
+        }
+        let out = aws_sdk_sts::Client::from_conf(config.build()).get_caller_identity().send().await;
+        let out = out.map_err(|e| {
+            let (code, message) = crate::error_parts(&e);
+            FirewallError { code, message }
+        })?;
+        out.arn().map(str::to_string).ok_or_else(|| FirewallError { code: None, message: "STS named no identity".into() })
     }
 }
 

@@ -165,17 +165,26 @@ impl GuardFirewall for Ec2Firewall {
         Ok(())
     }
 
-    async fn authorize(&self, route: &Route, group_id: &str, rules: &[GuardRule]) -> Result<(), FirewallError> {
+    async fn authorize(&self, route: &Route, group_id: &str, rules: &[GuardRule]) -> Result<Vec<GroupRule>, FirewallError> {
         let client = self.client(route).await;
+        let mut created = Vec::new();
         for rule in rules {
             // One rule a call: a Duplicate (already there) must not stop the rest.
             let call = client.authorize_security_group_ingress().group_id(group_id).ip_permissions(permission(rule));
             match call.send().await.map_err(firewall_error) {
+                Ok(out) => created.extend(out.security_group_rules().iter().filter_map(|r| {
+                    let id = r.security_group_rule_id()?.to_string();
+                    Some(GroupRule { rule_id: Some(id), rule: guard_rule(r)? })
+                })),
                 Err(e) if !already(&e) => return Err(e),
-                _ => {}
+                Err(_) => {}
             }
         }
-        Ok(())
+        Ok(created)
+    }
+
+    async fn identity(&self, route: &Route) -> Result<String, FirewallError> {
+        self.caller_identity(route).await
     }
 
     async fn modify(&self, route: &Route, group_id: &str, rule_id: &str, rule: &GuardRule) -> Result<(), FirewallError> {

@@ -1,6 +1,7 @@
 //! The only crate that talks to AWS: security groups, the DynamoDB store and its streams, and
-//! Secrets Manager, Auto Scaling group members (`autoscaling`), through the official SDK for Rust; and IAM authentication (`iam`: a signed
-//! `sts:GetCallerIdentity`, checked and forwarded to STS).
+//! Secrets Manager, Auto Scaling group members (`autoscaling`), asynchronous invocations of the
+//! Lambda itself (`invoke`), through the official SDK for Rust; and IAM authentication (`iam`: a
+//! signed `sts:GetCallerIdentity`, checked and forwarded to STS).
 //!
 //! One `DescribeSecurityGroups` (paginated) per region per observation; per group at most one
 //! Revoke, one UpdateSecurityGroupRuleDescriptionsIngress and one Authorize call, each carrying
@@ -14,6 +15,7 @@ mod dynamo;
 mod ec2;
 mod guard;
 pub mod iam;
+mod invoke;
 mod prefix_list;
 mod secrets;
 mod streams;
@@ -22,6 +24,7 @@ pub use autoscaling::AsgMembership;
 pub use counter::{ApiCall, CallCounter, api_calls};
 pub use dynamo::{DynamoStore, InitReport, TableNames, from_sdk};
 pub use ec2::Ec2Firewall;
+pub use invoke::{AsyncInvoke, InvokeError};
 pub use secrets::{SecretError, Secrets};
 pub use streams::{Batch, StreamTail};
 

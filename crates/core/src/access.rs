@@ -166,6 +166,26 @@ impl PrincipalPattern {
         &self.0
     }
 
+    /// Why the pattern is too wide to name one identity (a role or a user of one account), if
+    /// it is: its service must be `iam` or `sts`, its account twelve digits, and its resource a
+    /// kind and a name without wildcards (`assumed-role/portcullis/*` names one role).
+    pub fn too_wide(&self) -> Option<&'static str> {
+        let parts: Vec<&str> = self.0.splitn(6, ':').collect();
+        let [_, _, service, _, account, resource] = parts.as_slice() else { return Some("it is not an ARN") };
+        if !matches!(*service, "iam" | "sts") {
+            return Some("its service is not iam or sts");
+        }
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return Some("it does not name one account (twelve digits, no wildcard)");
+        }
+        let mut names = resource.split('/');
+        let (kind, name) = (names.next().unwrap_or_default(), names.next().unwrap_or_default());
+        if kind.is_empty() || name.is_empty() || kind.contains('*') || name.contains('*') {
+            return Some("it does not name one role or user (e.g. assumed-role/portcullis/*)");
+        }
+        None
+    }
+
     pub fn matches(&self, arn: &str) -> bool {
         glob(self.0.as_bytes(), arn.as_bytes())
     }

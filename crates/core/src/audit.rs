@@ -29,10 +29,18 @@ pub enum Action {
     ChangeReverted,
     /// Guard filed a change request for it.
     ChangeRequested,
-    /// A change request was approved (and applied), denied, or expired undecided.
+    /// A change request was approved, denied, or expired undecided.
     ChangeApproved,
     ChangeDenied,
     ChangeExpired,
+    /// An approved change is on its group now.
+    ChangeApplied,
+    /// Applying an approved change failed (`reason` says why); the guard sweep retries.
+    ChangeFailed,
+    /// A later event reported a change already filed; its event id was added to the request.
+    ChangeReported,
+    /// A requester applied their own addition at once, for a time (break-glass).
+    BreakGlass,
     /// `guard baseline` recorded a group's rules as approved.
     BaselineRecorded,
 }
@@ -57,12 +65,16 @@ impl Action {
             Action::ChangeApproved => "change-approved",
             Action::ChangeDenied => "change-denied",
             Action::ChangeExpired => "change-expired",
+            Action::ChangeApplied => "change-applied",
+            Action::ChangeFailed => "change-failed",
+            Action::ChangeReported => "change-reported",
+            Action::BreakGlass => "break-glass",
             Action::BaselineRecorded => "baseline-recorded",
         }
     }
 
     /// Every action, in the order of the audit log's vocabulary.
-    pub const ALL: [Action; 18] = {
+    pub const ALL: [Action; 22] = {
         use Action::*;
         [
             Added,
@@ -82,6 +94,10 @@ impl Action {
             ChangeApproved,
             ChangeDenied,
             ChangeExpired,
+            ChangeApplied,
+            ChangeFailed,
+            ChangeReported,
+            BreakGlass,
             BaselineRecorded,
         ]
     };

@@ -23,6 +23,8 @@ pub enum ValidationError {
     NoExpiry { cidr: String, environment: String },
     #[error("invalid description: {reason}")]
     InvalidDescription { reason: String },
+    #[error("invalid reason: {reason}")]
+    InvalidReason { reason: String },
     #[error("invalid environment name {input:?}: use 1-64 characters from a-z A-Z 0-9 . _ -")]
     InvalidEnvironmentName { input: String },
     #[error("unknown environment {name:?}; known environments: {known}")]

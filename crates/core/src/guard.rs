@@ -88,9 +88,25 @@ impl GuardRule {
             == (&other.protocol, other.from_port, other.to_port, &other.source)
     }
 
-    /// A rule portcullis made (its description carries our marker): the reconcile's, not guard's.
-    pub fn is_ours(&self, marker: &Marker) -> bool {
+    /// Whether its description starts with our marker. That is only a claim: a description is
+    /// anyone's to write, so guard takes a rule for ours only when the store backs it
+    /// ([`Backing`]).
+    pub fn carries_marker(&self, marker: &Marker) -> bool {
         self.description.as_deref().is_some_and(|d| marker.is_ours(d))
+    }
+
+    /// What its marker claims it is: a grant's rule in an environment, or a rule grant's.
+    pub fn claim(&self, marker: &Marker) -> Option<Claim> {
+        let d = self.description.as_deref()?;
+        if let Some(id) = marker.decode_rule_grant(d) {
+            return Some(Claim::RuleGrant(id.to_string()));
+        }
+        marker.decode(d).map(Claim::Environment)
+    }
+
+    /// The rule without its description: what it lets in.
+    pub fn access(&self) -> GuardRule {
+        GuardRule { description: None, ..self.clone() }
     }
 }
 
@@ -172,136 +188,6 @@ pub struct GroupRule {
     pub rule: GuardRule,
 }
 
-/// What was done to one group's inbound rules, by an event or found by comparing the group
-/// with its baseline.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Changes {
-    pub added: Vec<GroupRule>,
-    /// Removed rules given by content.
-    pub removed: Vec<GuardRule>,
-    /// Removed rules given only by id (`RevokeSecurityGroupIngress` with rule ids).
-    pub removed_ids: Vec<String>,
-    /// Edited rules: the id, and the content it has now.
-    pub edits: Vec<GroupRule>,
-}
-
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.removed_ids.is_empty() && self.edits.is_empty()
-    }
-
-    /// Whether every rule this touches is ours (so it belongs to the reconcile). A change that
-    /// names a rule only by id counts as not ours: its content is not known here.
-    pub fn only_ours(&self, marker: &Marker) -> bool {
-        self.removed_ids.is_empty()
-            && self.added.iter().chain(&self.edits).all(|r| r.rule.is_ours(marker))
-            && self.removed.iter().all(|r| r.is_ours(marker))
-    }
-}
-
-/// What undoes a change exactly, and what the request for it asks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Revert {
-    /// Additions to revoke by rule id.
-    pub revoke_ids: Vec<String>,
-    /// Additions to revoke by their exact permissions (no id known).
-    pub revoke: Vec<GuardRule>,
-    /// Removals to restore exactly.
-    pub authorize: Vec<GuardRule>,
-    /// Edited rules to put back to their previous content.
-    pub restore: Vec<(String, GuardRule)>,
-    /// What the request asks to apply: rules to add, rules to remove (an edit is both).
-    pub add: Vec<GuardRule>,
-    pub remove: Vec<GuardRule>,
-    /// What could not be undone exactly, in words.
-    pub notes: Vec<String>,
-}
-
-impl Revert {
-    pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.remove.is_empty() && self.notes.is_empty()
-    }
-}
-
-/// The exact undo of `changes`, given the group's baseline (the last approved observation).
-/// Rules with our marker are left to the reconcile. An edit whose previous content the
-/// baseline does not know is revoked (fail closed), and a note says so.
-pub fn revert(changes: &Changes, baseline: Option<&[GroupRule]>, marker: &Marker) -> Revert {
-    let baseline = baseline.unwrap_or(&[]);
-    let by_id = |id: &str| baseline.iter().find(|b| b.rule_id.as_deref() == Some(id)).map(|b| &b.rule);
-    let mut out = Revert::default();
-    for added in changes.added.iter().filter(|r| !r.rule.is_ours(marker)) {
-        match &added.rule_id {
-            Some(id) => out.revoke_ids.push(id.clone()),
-            None => out.revoke.push(added.rule.clone()),
-        }
-        out.add.push(added.rule.clone());
-    }
-    for removed in changes.removed.iter().filter(|r| !r.is_ours(marker)) {
-        let mut rule = removed.clone();
-        if rule.description.is_none() {
-            rule.description = baseline.iter().find(|b| b.rule.same_access(removed)).and_then(|b| b.rule.description.clone());
-        }
-        out.authorize.push(rule.clone());
-        out.remove.push(rule);
-    }
-    for id in &changes.removed_ids {
-        match by_id(id) {
-            Some(rule) if rule.is_ours(marker) => {}
-            Some(rule) => {
-                out.authorize.push(rule.clone());
-                out.remove.push(rule.clone());
-            }
-            None => out
-                .notes
-                .push(format!("rule {id} was revoked and its content is unknown (not in the baseline): it cannot be restored")),
-        }
-    }
-    for edit in &changes.edits {
-        let id = edit.rule_id.clone().unwrap_or_default();
-        match by_id(&id) {
-            Some(previous) if previous.is_ours(marker) && edit.rule.is_ours(marker) => {}
-            Some(previous) => {
-                out.restore.push((id, previous.clone()));
-                out.remove.push(previous.clone());
-                out.add.push(edit.rule.clone());
-            }
-            None => {
-                out.revoke_ids.push(id.clone());
-                out.add.push(edit.rule.clone());
-                out.notes.push(format!(
-                    "rule {id} was edited and its previous content is unknown (not in the baseline): it was revoked (fail closed)"
-                ));
-            }
-        }
-    }
-    out
-}
-
-/// How a group now differs from its baseline, ignoring our own rules: rules that are new,
-/// rules that are gone, and rules whose id is the same but whose content changed.
-pub fn drift(baseline: &[GroupRule], observed: &[GroupRule], marker: &Marker) -> Changes {
-    let theirs = |rules: &[GroupRule]| rules.iter().filter(|r| !r.rule.is_ours(marker)).cloned().collect::<Vec<_>>();
-    let (baseline, observed) = (theirs(baseline), theirs(observed));
-    let mut matched = vec![false; baseline.len()];
-    let mut changes = Changes::default();
-    for rule in &observed {
-        let same_id = baseline.iter().position(|b| b.rule_id.is_some() && b.rule_id == rule.rule_id);
-        let same_rule = || baseline.iter().enumerate().position(|(i, b)| !matched[i] && b.rule == rule.rule);
-        match same_id.or_else(same_rule) {
-            Some(i) => {
-                matched[i] = true;
-                if baseline[i].rule != rule.rule {
-                    changes.edits.push(rule.clone());
-                }
-            }
-            None => changes.added.push(rule.clone()),
-        }
-    }
-    changes.removed = baseline.into_iter().zip(matched).filter(|(_, m)| !m).map(|(b, _)| b.rule).collect();
-    changes
-}
-
 /// Who may decide requests, and who is who.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Approvers {
@@ -313,6 +199,11 @@ pub struct Approvers {
     pub min_approvals: usize,
     /// A user (Slack id or user name) and the AWS identities that are theirs.
     pub people: BTreeMap<String, Vec<PrincipalPattern>>,
+    /// The longest term "Approve for …" may give (`temporary_approval`).
+    pub max_term: time::Duration,
+    /// Whether a requester may apply their own addition at once, for at most this long, as a
+    /// rule grant (`break_glass_ttl`); `None` when break-glass is off.
+    pub break_glass: Option<time::Duration>,
 }
 
 impl Approvers {
@@ -338,6 +229,12 @@ pub enum Verdict {
     Deny {
         reason: Option<String>,
     },
+    /// The requester applies their own addition at once, for a time, as a rule grant; every
+    /// approver is told.
+    BreakGlass {
+        reason: String,
+        term: time::Duration,
+    },
 }
 
 /// Why a decision was refused; each is told to the decider and audited.
@@ -355,6 +252,23 @@ pub enum Refusal {
     Expired { id: String },
     #[error("request {id} removes or edits rules; only an addition can be approved for a time")]
     NotAnAddition { id: String },
+    #[error("a term of {asked} is longer than the {max} an approval for a time may give (temporary_approval)")]
+    TermTooLong { asked: time::Duration, max: time::Duration },
+    #[error("break-glass is off here ([guard] break_glass = true turns it on)")]
+    BreakGlassOff,
+    #[error("{who} did not make this change; only its requester may break the glass")]
+    NotRequester { who: String },
+    #[error("a break-glass of {asked} is longer than the {max} it may last (break_glass_ttl)")]
+    BreakGlassTooLong { asked: time::Duration, max: time::Duration },
+}
+
+/// A decider's reason (a denial's, a break-glass's) as it may be stored: like a description,
+/// at most 200 printable characters.
+pub fn check_reason(text: &str) -> Result<(), crate::ValidationError> {
+    crate::Description::parse(text).map(|_| ()).map_err(|e| match e {
+        crate::ValidationError::InvalidDescription { reason } => crate::ValidationError::InvalidReason { reason },
+        other => other,
+    })
 }
 
 /// The request after `decider`'s verdict, or why it may not be given. A deny by any approver
@@ -371,23 +285,29 @@ pub fn decide(
         RequestStatus::Pending if now >= request.expires_at => return Err(Refusal::Expired { id }),
         RequestStatus::Pending => {}
         RequestStatus::Expired => return Err(Refusal::Expired { id }),
-        status @ RequestStatus::Approved => return Err(Refusal::AlreadyDecided { id, status, by: request.approvals.clone() }),
+        status @ (RequestStatus::Approved | RequestStatus::Applied | RequestStatus::Failed) => {
+            return Err(Refusal::AlreadyDecided { id, status, by: request.approvals.clone() });
+        }
         status @ RequestStatus::Denied => {
             return Err(Refusal::AlreadyDecided { id, status, by: request.denied_by.iter().cloned().collect() });
         }
     }
     let who = decider.name.clone();
+    let theirs = request.requester_user.as_deref() == Some(who.as_str())
+        || approvers.people.get(&who).is_some_and(|patterns| patterns.iter().any(|p| p.matches(&request.requester)));
+    if let Verdict::BreakGlass { reason, term } = verdict {
+        return break_glass(request, who, theirs, reason, *term, approvers, now);
+    }
     if !approvers.users.contains(&who) && approvers.groups.is_disjoint(&decider.groups) {
         return Err(Refusal::NotApprover { who });
     }
-    let theirs = request.requester_user.as_deref() == Some(who.as_str())
-        || approvers.people.get(&who).is_some_and(|patterns| patterns.iter().any(|p| p.matches(&request.requester)));
     if theirs {
         return Err(Refusal::OwnRequest { who });
     }
     let mut next = request.clone();
     next.version += 1;
     match verdict {
+        Verdict::BreakGlass { .. } => unreachable!("decided above"),
         Verdict::Deny { reason } => {
             next.status = RequestStatus::Denied;
             next.denied_by = Some(who);
@@ -399,6 +319,9 @@ pub fn decide(
         }
         Verdict::ApproveFor(_) if !request.remove.is_empty() || request.add.is_empty() => {
             return Err(Refusal::NotAnAddition { id });
+        }
+        Verdict::ApproveFor(term) if *term > approvers.max_term => {
+            return Err(Refusal::TermTooLong { asked: *term, max: approvers.max_term });
         }
         Verdict::Approve | Verdict::ApproveFor(_) => {
             if let Verdict::ApproveFor(term) = verdict {
@@ -419,6 +342,38 @@ pub fn decide(
     Ok(next)
 }
 
+/// A requester's break-glass: their own addition approved at once for `term` (at most
+/// `break_glass_ttl`), as a rule grant.
+fn break_glass(
+    request: &ChangeRequest,
+    who: String,
+    theirs: bool,
+    reason: &str,
+    term: time::Duration,
+    approvers: &Approvers,
+    now: Timestamp,
+) -> Result<ChangeRequest, Refusal> {
+    let max = approvers.break_glass.ok_or(Refusal::BreakGlassOff)?;
+    if !theirs {
+        return Err(Refusal::NotRequester { who });
+    }
+    if !request.remove.is_empty() || request.add.is_empty() {
+        return Err(Refusal::NotAnAddition { id: request.id.clone() });
+    }
+    if term > max {
+        return Err(Refusal::BreakGlassTooLong { asked: term, max });
+    }
+    let mut next = request.clone();
+    next.version += 1;
+    next.status = RequestStatus::Approved;
+    next.decided_at = Some(now);
+    next.approvals = vec![who];
+    next.break_glass = Some(reason.to_string());
+    let seconds = term.whole_seconds().max(1);
+    next.temporary = Some(Temporary { seconds, until: Some(now + time::Duration::seconds(seconds)), ended_at: None });
+    Ok(next)
+}
+
 /// The request expired, if it is pending past its time.
 pub fn expire(request: &ChangeRequest, now: Timestamp) -> Option<ChangeRequest> {
     (request.status == RequestStatus::Pending && now >= request.expires_at).then(|| {
@@ -432,8 +387,12 @@ pub fn expire(request: &ChangeRequest, now: Timestamp) -> Option<ChangeRequest> 
 
 mod grants;
 mod request;
+mod revert;
 pub use grants::{RuleGrantChange, RuleGrantOverflow, RuleGrantPlan, plan_rule_grants, rule_grant_groups, rule_grant_rule};
 pub use request::{ChangeRequest, RequestStatus, Temporary};
+pub use revert::{
+    Backing, Changes, Claim, Revert, change_keys, drift, grant_backs, renumber, revert, rule_grant_backs, step_keys, unnoted,
+};
 
 #[cfg(test)]
 mod tests;

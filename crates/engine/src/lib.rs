@@ -21,6 +21,8 @@ mod lease;
 mod members;
 #[cfg(feature = "test-support")]
 mod memory;
+#[cfg(feature = "test-support")]
+mod memory_guard;
 mod metrics;
 mod outbox;
 mod progress;
@@ -46,7 +48,10 @@ pub use error::EngineError;
 pub use error_policy::{ErrorClass, ROUNDS, next_round};
 #[cfg(feature = "test-support")]
 pub use faults::{Fault, FaultyFirewall};
-pub use guard::{BaselineReport, DecisionOutcome, Guard, GuardError, GuardEvent, GuardFirewall, GuardOutcome, GuardSweepReport};
+pub use guard::{
+    Apply, BaselineReport, DecisionOutcome, Guard, GuardError, GuardEvent, GuardFirewall, GuardOutcome, GuardSettings,
+    GuardSweepReport, OwnIdentity,
+};
 pub use lease::{Lease, SWEEPER_LEASE};
 pub use members::{
     DEFAULT_MEMBER_TTL, HeldAddress, LifecycleAction, LifecycleResult, MemberEvent, MemberOutcome, Members, Membership,
@@ -54,6 +59,8 @@ pub use members::{
 };
 #[cfg(feature = "test-support")]
 pub use memory::{Effect, HeldFirewall, MemoryFirewall, MemoryMembership, REFUSED_VERSION, RecordedCall};
+#[cfg(feature = "test-support")]
+pub use memory_guard::{HandChange, MEMORY_ACCOUNT};
 pub use metrics::{Gauges, Metrics, ReconcileLabels};
 pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing};
 pub use progress::Progress;

@@ -39,11 +39,18 @@ pub struct Effect {
 /// It behaves like EC2 on the points that matter (one describe per region, duplicate and
 /// missing rules, per-region failures) and records every call with its time.
 pub struct MemoryFirewall {
-    clock: Arc<dyn Clock>,
-    groups: Mutex<BTreeMap<TargetId, ObservedGroup>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) groups: Mutex<BTreeMap<TargetId, ObservedGroup>>,
     calls: Mutex<Vec<RecordedCall>>,
     effects: Mutex<Vec<Effect>>,
     failing_regions: Mutex<BTreeSet<String>>,
+    /// Guard's view (`memory_guard`): each CIDR rule's id, the rules of other kinds, what
+    /// STS answers, and the trail of calls that changed rules.
+    pub(crate) ids: Mutex<BTreeMap<(TargetId, String, portcullis_core::PortRange), String>>,
+    pub(crate) others: Mutex<BTreeMap<TargetId, Vec<portcullis_core::guard::GroupRule>>>,
+    pub(crate) identity: Mutex<Option<String>>,
+    pub(crate) trail: Mutex<Vec<crate::memory_guard::TrailRecord>>,
+    pub(crate) next_id: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryFirewall {
@@ -54,6 +61,11 @@ impl MemoryFirewall {
             calls: Mutex::default(),
             effects: Mutex::default(),
             failing_regions: Mutex::default(),
+            ids: Mutex::default(),
+            others: Mutex::default(),
+            identity: Mutex::new(Some("arn:aws:sts::123456789012:assumed-role/portcullis/memory".into())),
+            trail: Mutex::default(),
+            next_id: Default::default(),
         }
     }
 
@@ -135,7 +147,7 @@ impl MemoryFirewall {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(RecordedCall { at, action, group: group.clone(), rules });
     }
 
-    fn failing(&self, region: &str) -> bool {
+    pub(crate) fn failing(&self, region: &str) -> bool {
         self.failing_regions.lock().unwrap_or_else(PoisonError::into_inner).contains(region)
     }
 }
@@ -226,6 +238,7 @@ impl Firewall for MemoryFirewall {
         let same = |o: &ObservedRule, r: &portcullis_core::AppliedRule| o.raw_cidr == r.ec2_cidr && o.ports == r.ports;
         let at = self.clock.now();
         let mut effects = Vec::new();
+        let (mut gone, mut made) = (Vec::new(), Vec::new());
         let effect = |r: &portcullis_core::AppliedRule, added| Effect {
             at,
             group: change.target.clone(),
@@ -236,7 +249,7 @@ impl Firewall for MemoryFirewall {
         for r in &change.revoke {
             match group.rules.iter().position(|o| same(o, r)) {
                 Some(i) => {
-                    group.rules.remove(i);
+                    gone.push(group.rules.remove(i));
                     applied.revoked += 1;
                     effects.push(effect(r, false));
                 }
@@ -254,12 +267,21 @@ impl Firewall for MemoryFirewall {
                 applied.already_done += 1;
             } else {
                 group.rules.push(as_rule(r, true));
+                made.push(as_rule(r, true));
                 applied.authorized += 1;
                 effects.push(effect(r, true));
             }
         }
         group.counts = counts_after(group.counts, change);
         drop(groups);
+        if change.list.is_none() {
+            for rule in &gone {
+                self.forget_id(&change.target, rule);
+            }
+            self.record_trail("RevokeSecurityGroupIngress", &change.target, crate::memory_guard::removed(&gone));
+            let added = crate::memory_guard::added(self, &change.target, &made);
+            self.record_trail("AuthorizeSecurityGroupIngress", &change.target, added);
+        }
         self.effects.lock().unwrap_or_else(PoisonError::into_inner).extend(effects);
         if let Some(calls) = list_calls {
             let entries: Vec<ObservedRule> = change

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use portcullis_core::{Environment, Source};
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
@@ -30,6 +31,8 @@ pub struct ReconcileLabels {
 pub struct Metrics {
     reconcile: Family<ReconcileLabels, Histogram, fn() -> Histogram>,
     expiry_lag: Histogram,
+    /// Requesters who applied their own change for a time (guard's break-glass).
+    pub(crate) break_glass: Counter,
 }
 
 impl Default for Metrics {
@@ -42,6 +45,7 @@ impl Default for Metrics {
             reconcile: Family::new_with_constructor(durations),
             // 1 ms to about 65 s: the sweeper's target is under a second, a retried revoke longer.
             expiry_lag: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            break_glass: Counter::default(),
         }
     }
 }
@@ -49,6 +53,11 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric of the engine's under `registry`.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "portcullis_guard_break_glass",
+            "Break-glass decisions: requesters who applied their own change for a time",
+            self.break_glass.clone(),
+        );
         registry.register_with_unit(
             "portcullis_reconcile_duration",
             "Applies and reconciles (observe, plan, apply and any retry rounds), by cause and outcome",

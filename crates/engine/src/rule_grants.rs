@@ -52,7 +52,7 @@ impl Engine {
         {
             return Ok(next);
         }
-        let requests = self.store().requests(Some(RequestStatus::Approved)).await?;
+        let requests = self.store().requests(None).await?;
         let next = requests.iter().filter_map(ChangeRequest::rule_grant_until).min();
         *self.rule_grant_expiry.lock().expect("expiry cache poisoned") = Some((now, next));
         Ok(next)
@@ -74,7 +74,8 @@ impl Engine {
 
     pub(crate) async fn rule_grants_of(&self, guard: &Guard) -> Result<RuleGrantReport, EngineError> {
         let mut report = RuleGrantReport::default();
-        let requests = self.store().requests(Some(RequestStatus::Approved)).await?;
+        let mut requests = self.store().requests(None).await?;
+        requests.retain(|r| r.status.is_approved());
         let mut by_scope: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
         for (account, group) in guard::rule_grant_groups(&requests) {
             match guard.scopes.iter().position(|s| s.covers(&account, &group.region)) {
@@ -107,7 +108,7 @@ impl Engine {
                 failed.insert(o.group.clone());
             }
             for RuleGrantChange { group, steps } in &plan.changes {
-                let failures = self.carry_out(&scope.route, &group.group_id, steps).await;
+                let failures = self.carry_out(&scope.route, group, steps).await.failures;
                 if failures.is_empty() {
                     report.authorized += steps.authorize.len();
                     report.revoked += steps.revoke_ids.len() + steps.revoke.len();
@@ -118,15 +119,34 @@ impl Engine {
             }
             settled.extend(groups.into_iter().map(|g| g.id).filter(|id| !failed.contains(id)));
         }
-        for request in requests.iter().filter(|r| r.rule_grant_until().is_some() && settled.contains(&r.group())) {
+        for request in requests.iter().filter(|r| r.rule_grant_until().is_some()) {
             let mut next = request.clone();
             next.version += 1;
-            let event = if request.rule_grant_live(now) {
-                if request.applied_at.is_some() {
+            let event = if !settled.contains(&request.group()) {
+                // Its group failed (or was not observed): the request says so until it holds.
+                let failure = report.failures_for(&request.group()).join("; ");
+                if failure.is_empty() || (request.status == RequestStatus::Failed && request.failure.as_deref() == Some(&failure))
+                {
                     continue;
                 }
-                next.applied_at = Some(now);
-                vec![]
+                next.status = RequestStatus::Failed;
+                next.failure = Some(failure.clone());
+                vec![request_event(
+                    now,
+                    &guard_actor(),
+                    Action::ChangeFailed,
+                    &next,
+                    &format!("putting its rule grant on failed: {failure}"),
+                )]
+            } else if request.rule_grant_live(now) {
+                if request.status == RequestStatus::Applied {
+                    continue;
+                }
+                next.status = RequestStatus::Applied;
+                next.applied_at.get_or_insert(now);
+                next.failure = None;
+                let detail = format!("its rule grant is on the group, {}", next.term_in_words().unwrap_or_default());
+                vec![request_event(now, &guard_actor(), Action::ChangeApplied, &next, &detail)]
             } else {
                 if let Some(t) = &mut next.temporary {
                     t.ended_at = Some(now);
@@ -134,18 +154,16 @@ impl Engine {
                 let detail = "the temporary approval ended: its rule grant's rules were revoked";
                 vec![request_event(now, &guard_actor(), Action::Expired, &next, detail)]
             };
-            let expired = !event.is_empty();
+            let expired = next.temporary.is_some_and(|t| t.ended_at.is_some());
             if self.store().update_request(&next, event).await? {
+                self.announce();
                 if expired {
                     tracing::info!(request = %next.id, group = %next.group_id, "rule grant expired");
                     report.expired.push(next.id);
-                } else {
+                } else if next.status == RequestStatus::Applied {
                     report.applied.push(next.id);
                 }
             }
-        }
-        if !report.expired.is_empty() {
-            self.announce();
         }
         self.rule_grants_changed();
         Ok(report)

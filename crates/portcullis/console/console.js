@@ -10,7 +10,8 @@
   const ACTIONS = [
     "added", "refreshed", "removed", "expired", "drift-repaired", "refused", "approved", "denied",
     "adopted", "token-created", "token-revoked", "lifecycle-completed", "change-reverted",
-    "change-requested", "change-approved", "change-denied", "change-expired", "baseline-recorded",
+    "change-requested", "change-approved", "change-denied", "change-expired", "change-applied",
+    "change-failed", "change-reported", "break-glass", "baseline-recorded",
   ];
   const SOURCES = { "manual": "manual", "self-service": "self-service", "asg-member": "member", "approved-change": "approved" };
 

@@ -100,8 +100,19 @@ fn true_up(value: &Value) -> Result<AwsEvent, MalformedEvent> {
     }))
 }
 
-/// Handles an Auto Scaling event; `Err` when the engine could not (worth retrying).
-pub async fn handle(engine: &Engine, event: AwsEvent, interface: Interface) -> Result<Value, EngineError> {
+/// Why an event was not handled.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// The engine could not (worth retrying).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The event itself is refused (retrying it changes nothing).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Handles an Auto Scaling or CloudTrail event.
+pub async fn handle(engine: &Engine, event: AwsEvent, interface: Interface) -> Result<Value, EventError> {
     let event = match event {
         AwsEvent::Test => return Ok(json!({"success": true, "action": "test-notification", "message": "acknowledged"})),
         AwsEvent::OtherCall(reason) => return Ok(json!({"success": true, "action": "guard", "ignored": reason})),
@@ -118,10 +129,11 @@ pub async fn handle(engine: &Engine, event: AwsEvent, interface: Interface) -> R
 }
 
 /// The answer to a guard event: `success` unless a revert failed (then the sweep retries).
-fn guard_answer(outcome: Result<GuardOutcome, GuardError>) -> Result<Value, EngineError> {
+fn guard_answer(outcome: Result<GuardOutcome, GuardError>) -> Result<Value, EventError> {
     let outcome = match outcome {
         Ok(outcome) => outcome,
-        Err(GuardError::Engine(e)) => return Err(e),
+        Err(GuardError::Engine(e)) => return Err(e.into()),
+        Err(e @ GuardError::FromTheFuture { .. }) => return Err(EventError::Refused(e.to_string())),
         Err(e @ (GuardError::NotConfigured | GuardError::NoSuchRequest(_))) => {
             tracing::info!(error = %e, "guard event ignored");
             return Ok(json!({"success": false, "action": "guard", "ignored": e.to_string()}));

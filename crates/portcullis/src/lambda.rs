@@ -29,6 +29,7 @@ use tower::ServiceExt;
 use crate::app::App;
 use crate::events::{self, AwsEvent, MalformedEvent};
 use crate::routes::router;
+use crate::slack::DeferredApply;
 
 /// How long an invocation waits for its announcements before returning.
 pub const ANNOUNCE_BUDGET: time::Duration = time::Duration::seconds(10);
@@ -42,6 +43,8 @@ pub enum Event {
     /// An Auto Scaling lifecycle action, true-up or test notification, or a CloudTrail rule
     /// change for guard (`events`).
     Asg(AwsEvent),
+    /// An approval's apply, handed over by an invocation that answered Slack first.
+    Deferred(DeferredApply),
 }
 
 /// A seed 000 action event.
@@ -82,6 +85,10 @@ pub enum InvocationError {
     InvalidAction(serde_json::Error),
     #[error("invalid HTTP API event: {0}")]
     InvalidHttp(serde_json::Error),
+    #[error("invalid deferred apply: {0}")]
+    InvalidDeferred(serde_json::Error),
+    #[error(transparent)]
+    Guard(#[from] portcullis_engine::GuardError),
     #[error(transparent)]
     InvalidAsg(#[from] MalformedEvent),
     #[error(
@@ -110,6 +117,9 @@ pub fn classify(value: Value) -> Result<Event, InvocationError> {
     if let Some(records) = map.get("Records") {
         let Value::Array(records) = records else { return Err(InvocationError::RecordsNotAnArray) };
         return Ok(Event::Stream(records.clone()));
+    }
+    if let Some(job) = map.get(crate::slack::DEFERRED) {
+        return serde_json::from_value(job.clone()).map(Event::Deferred).map_err(InvocationError::InvalidDeferred);
     }
     if map.contains_key("action") {
         return serde_json::from_value(value).map(Event::Action).map_err(InvocationError::InvalidAction);
@@ -352,7 +362,11 @@ async fn scheduled_true_up(engine: &Engine, member_sync: time::Duration) -> Resu
         return Ok(None);
     }
     let true_up = AwsEvent::Member(portcullis_engine::MemberEvent::TrueUp { asg: None, region: None });
-    Ok(Some(events::handle(engine, true_up, Interface::Sweeper).await?))
+    match events::handle(engine, true_up, Interface::Sweeper).await {
+        Ok(answer) => Ok(Some(answer)),
+        Err(events::EventError::Engine(e)) => Err(e),
+        Err(events::EventError::Refused(message)) => Ok(Some(json!({"success": false, "refused": message}))),
+    }
 }
 
 /// An API Gateway HTTP API request, answered by the same router `serve` uses.
@@ -445,9 +459,33 @@ impl Handler {
             },
             Event::Stream(records) => Ok(serde_json::to_value(handle_stream(&self.engine, &records).await).expect("serialises")),
             Event::Scheduled => Ok(handle_scheduled(&self.engine, self.app.member_sync).await?),
-            Event::Asg(event) => Ok(events::handle(&self.engine, event, Interface::Lambda).await?),
+            Event::Asg(event) => match events::handle(&self.engine, event, Interface::Lambda).await {
+                Ok(answer) => Ok(answer),
+                Err(events::EventError::Engine(e)) => Err(e.into()),
+                // Retrying a refused event changes nothing: answered, not failed.
+                Err(events::EventError::Refused(message)) => Ok(json!({"success": false, "refused": message})),
+            },
             Event::Http(request) => Ok(serde_json::to_value(handle_http(&self.router, *request).await).expect("serialises")),
+            Event::Deferred(job) => self.deferred(job).await,
         }
+    }
+
+    /// Applies an approval handed over by the invocation that answered Slack, then replaces
+    /// the clicked message with the outcome (applied, or failed and why).
+    async fn deferred(&self, job: DeferredApply) -> Result<Value, InvocationError> {
+        let (request, failures) = self.engine.apply_by_id(&job.request).await?;
+        let message = crate::routes::outcome_message(&self.engine, &request, &failures);
+        let slack = self.app.slack.as_ref();
+        match (slack, job.response_url) {
+            (Some(slack), Some(url)) if slack.responder.allows(&url) => {
+                if let Err(err) = slack.responder.post(&url, &message).await {
+                    tracing::warn!(error = %err, "could not post an applied decision to its response_url");
+                }
+            }
+            (_, Some(_)) => tracing::warn!("a deferred apply's response_url is outside the allowed prefixes; not posted"),
+            _ => {}
+        }
+        Ok(json!({"success": failures.is_empty(), "action": "apply", "request": request, "failures": failures}))
     }
 }
 

@@ -16,6 +16,33 @@ pub trait SecretReload: Send + Sync {
     async fn reload(&self) -> Result<SigningSecrets, SecretError>;
 }
 
+/// An approval's apply, handed to another invocation of the Lambda: Slack wants its answer
+/// within 3 s, and a Lambda cannot work after it answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeferredApply {
+    /// The approved request.
+    pub request: String,
+    /// Where the clicked message is replaced once the change is applied (or failed).
+    pub response_url: Option<String>,
+}
+
+/// The key of a [`DeferredApply`] event.
+pub const DEFERRED: &str = "portcullis_deferred_apply";
+
+impl DeferredApply {
+    /// The Lambda event that hands this job to another invocation.
+    pub fn event(&self) -> serde_json::Value {
+        serde_json::json!({ DEFERRED: self })
+    }
+}
+
+/// Hands a [`DeferredApply`] to another invocation.
+#[async_trait::async_trait]
+pub trait Defer: Send + Sync {
+    async fn defer(&self, job: &DeferredApply) -> Result<(), String>;
+}
+
 /// The least time between two re-reads of the signing secret, so requests with bad signatures
 /// cannot make the server hammer Secrets Manager.
 const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -32,6 +59,8 @@ pub struct SlackEndpoint {
     pub(crate) responder: Responder,
     pub(crate) limiter: RateLimiter,
     pub(crate) directory: Option<Directory>,
+    /// Where an approval's apply goes when the answer cannot wait for it (Lambda).
+    pub(crate) deferred: Option<Arc<dyn Defer>>,
     /// Commands still being worked on after their acknowledgement.
     in_flight: Mutex<JoinSet<()>>,
 }
@@ -47,6 +76,7 @@ impl SlackEndpoint {
             responder: Responder::new(config.response_url_prefixes.clone()),
             limiter: RateLimiter::new(config.rate_limit_per_minute),
             directory: bot_token.map(|t| Directory::new(&config.api_url, t)),
+            deferred: None,
             in_flight: Mutex::new(JoinSet::new()),
         }
     }
@@ -60,6 +90,12 @@ impl SlackEndpoint {
     /// Answers changes in the HTTP response (for Lambda).
     pub fn inline(mut self) -> SlackEndpoint {
         self.inline = true;
+        self
+    }
+
+    /// Hands approvals' applies to `defer` instead of making the answer wait for them.
+    pub fn deferring(mut self, defer: Arc<dyn Defer>) -> SlackEndpoint {
+        self.deferred = Some(defer);
         self
     }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use portcullis_aws::{DynamoStore, Ec2Firewall, InitReport, Secrets, TableNames};
 use portcullis_engine::{
-    Clock, DryRunFirewall, Engine, Firewall, Guard, GuardFirewall, Lease, LogNotifier, Members, Notifier, Outbox, Pacing,
-    SWEEPER_LEASE, Settings, SystemClock,
+    Clock, DryRunFirewall, Engine, Firewall, Guard, GuardFirewall, GuardSettings, Lease, LogNotifier, Members, Notifier, Outbox,
+    Pacing, SWEEPER_LEASE, Settings, SystemClock,
 };
 use portcullis_slack::{FixedUrl, UrlSource, Webhook, webhook_url_from_secret};
 use portcullis_store::{SqliteStore, Store};
@@ -146,7 +146,8 @@ pub fn notifier(config: &Config) -> Arc<dyn Notifier> {
         let (main, approval, monitoring) = (hook(&slack.webhook), hook(&slack.approval_webhook), hook(&slack.monitoring_webhook));
         if main.is_some() || approval.is_some() || monitoring.is_some() {
             let temporary = config.guard.as_ref().map(|g| g.temporary_approval);
-            return Arc::new(portcullis_slack::guard::Channels { main, approval, monitoring, temporary });
+            let break_glass = config.guard.as_ref().and_then(|g| g.approvers.break_glass);
+            return Arc::new(portcullis_slack::guard::Channels { main, approval, monitoring, temporary, break_glass });
         }
     }
     match hook(&slack.webhook) {
@@ -207,15 +208,15 @@ pub async fn with_guard(config: &Config, engine: Engine) -> Engine {
 /// Guard as configured, over the given firewall (tests pass one on moto).
 pub fn guard_with(config: &Config, firewall: Arc<dyn GuardFirewall>) -> Option<Guard> {
     let g = config.guard.as_ref()?;
-    Some(Guard {
+    let settings = GuardSettings {
         scopes: g.scopes.clone(),
         own_principals: g.own_principals.clone(),
         approvers: g.approvers.clone(),
         request_ttl: g.request_ttl,
         max_event_age: g.max_event_age,
         temporary_approval: g.temporary_approval,
-        firewall,
-    })
+    };
+    Some(Guard::new(settings, firewall))
 }
 
 /// A `serve` replica's engine: it sweeps and reconciles only while it holds the sweeper lease,
@@ -274,6 +275,31 @@ impl SecretReload for SecretSigningKey {
 
 /// The Slack endpoint, when a signing secret is configured. Its secrets are read now, so a
 /// wrong ARN stops the server at start, not at the first command.
+/// Hands approvals' applies to another invocation of this Lambda function.
+struct InvokeSelf(portcullis_aws::AsyncInvoke);
+
+#[async_trait::async_trait]
+impl crate::slack::Defer for InvokeSelf {
+    async fn defer(&self, job: &crate::slack::DeferredApply) -> Result<(), String> {
+        self.0.invoke(&job.event()).await.map_err(|e| e.to_string())
+    }
+}
+
+/// The Lambda's Slack endpoint: answers in the response, and hands approvals' applies to
+/// another invocation of the function (`AWS_LAMBDA_FUNCTION_NAME`), so Slack's answer never
+/// waits for EC2.
+pub async fn lambda_slack_endpoint(config: &Config) -> Result<Option<SlackEndpoint>, WiringError> {
+    let Some(endpoint) = slack_endpoint(config).await? else { return Ok(None) };
+    let endpoint = endpoint.inline();
+    Ok(Some(match std::env::var("AWS_LAMBDA_FUNCTION_NAME") {
+        Ok(function) if config.guard.is_some() => {
+            let invoke = portcullis_aws::AsyncInvoke::new(portcullis_aws::shared_sdk_config().await, &function);
+            endpoint.deferring(Arc::new(InvokeSelf(invoke)))
+        }
+        _ => endpoint,
+    }))
+}
+
 pub async fn slack_endpoint(config: &Config) -> Result<Option<SlackEndpoint>, WiringError> {
     let Some(secret) = &config.slack.signing_secret else {
         tracing::info!("no Slack signing secret configured: /slack/commands is off");

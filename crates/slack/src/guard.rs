@@ -16,6 +16,8 @@ pub const APPROVE: &str = "approve";
 /// "Approve for 24 h": the addition becomes a rule grant for the configured term.
 pub const APPROVE_TEMPORARY: &str = "approve_temporary";
 pub const DENY: &str = "deny";
+/// "Break glass": the requester applies their own addition at once, for a time.
+pub const BREAK_GLASS: &str = "break_glass";
 
 fn requester(r: &ChangeRequest) -> String {
     match &r.requester_user {
@@ -50,22 +52,34 @@ fn term_label(term: time::Duration) -> String {
 }
 
 /// The decision buttons, each carrying the request id; "Approve for …" only for an addition
-/// (`temporary` is the configured term).
-fn buttons(r: &ChangeRequest, temporary: Option<time::Duration>) -> Value {
+/// (`temporary` is the configured term), and "Break glass" for its requester when break-glass
+/// is on (`break_glass` is its longest term).
+fn buttons(r: &ChangeRequest, temporary: Option<time::Duration>, break_glass: Option<time::Duration>) -> Value {
+    let addition = r.remove.is_empty() && !r.add.is_empty();
     let mut elements = vec![
         json!({"type": "button", "action_id": APPROVE, "text": {"type": "plain_text", "text": "Approve"}, "style": "primary", "value": r.id}),
     ];
-    if let Some(term) = temporary.filter(|_| r.remove.is_empty() && !r.add.is_empty()) {
+    if let Some(term) = temporary.filter(|_| addition) {
         let text = format!("Approve for {}", term_label(term));
         elements.push(json!({"type": "button", "action_id": APPROVE_TEMPORARY, "text": {"type": "plain_text", "text": text}, "value": r.id}));
     }
     elements.push(json!({"type": "button", "action_id": DENY, "text": {"type": "plain_text", "text": "Deny"}, "style": "danger", "value": r.id}));
+    if let Some(term) = break_glass.filter(|_| addition && r.requester_user.is_some()) {
+        let confirm = json!({
+            "title": {"type": "plain_text", "text": "Break glass?"},
+            "text": {"type": "mrkdwn", "text": format!("Your own change goes on at once for {}; every approver is told. Only the requester may do this.", term_label(term))},
+            "confirm": {"type": "plain_text", "text": "Break glass"},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+        });
+        let text = format!("Break glass ({}, requester only)", term_label(term));
+        elements.push(json!({"type": "button", "action_id": BREAK_GLASS, "text": {"type": "plain_text", "text": text}, "value": r.id, "confirm": confirm}));
+    }
     json!({"type": "actions", "block_id": "decision", "elements": elements})
 }
 
 /// The approval channel's message for a pending request: what changed, who made it, and the
 /// buttons (each carrying the request id).
-pub fn approval_message(r: &ChangeRequest, temporary: Option<time::Duration>) -> Value {
+pub fn approval_message(r: &ChangeRequest, temporary: Option<time::Duration>, break_glass: Option<time::Duration>) -> Value {
     let mut blocks = vec![
         json!({"type": "section", "text": {"type": "mrkdwn", "text": ":shield: *An out-of-band change was reverted and awaits approval*"}}),
         summary(r),
@@ -76,18 +90,39 @@ pub fn approval_message(r: &ChangeRequest, temporary: Option<time::Duration>) ->
         blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": notes}]}));
     }
     blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("Expires undecided at {}", format_utc(r.expires_at))}]}));
-    blocks.push(buttons(r, temporary));
+    blocks.push(buttons(r, temporary, break_glass));
     json!({"text": format!("Change request {} on {}: approval needed", r.id, r.group_id), "blocks": blocks})
 }
 
 /// What replaces the approval message once a click has decided (or advanced) the request.
-pub fn decided_message(r: &ChangeRequest, temporary: Option<time::Duration>) -> Value {
+pub fn decided_message(r: &ChangeRequest, temporary: Option<time::Duration>, break_glass: Option<time::Duration>) -> Value {
     let who = |names: &[String]| names.iter().map(|n| format!("<@{}>", escape(n))).collect::<Vec<_>>().join(", ");
     let headline = match r.status {
-        RequestStatus::Approved => match r.term_in_words() {
-            Some(term) => format!(":white_check_mark: *Approved for a time* by {}: {}", who(&r.approvals), escape(&term)),
-            None => format!(":white_check_mark: *Approved* by {} and applied", who(&r.approvals)),
-        },
+        RequestStatus::Approved | RequestStatus::Applied | RequestStatus::Failed if r.break_glass.is_some() => format!(
+            ":rotating_light: *Break-glass* by {}: {} ({})",
+            who(&r.approvals),
+            escape(&r.term_in_words().unwrap_or_default()),
+            escape(r.break_glass.as_deref().unwrap_or_default())
+        ),
+        RequestStatus::Approved | RequestStatus::Applied | RequestStatus::Failed if r.temporary.is_some() => {
+            let state = match r.status {
+                RequestStatus::Applied => "",
+                RequestStatus::Failed => "; putting it on FAILED, the guard sweep retries",
+                _ => "; putting it on",
+            };
+            format!(
+                ":white_check_mark: *Approved for a time* by {}: {}{state}",
+                who(&r.approvals),
+                escape(&r.term_in_words().unwrap_or_default())
+            )
+        }
+        RequestStatus::Approved => format!(":ballot_box_with_check: *Approved* by {}; applying it", who(&r.approvals)),
+        RequestStatus::Applied => format!(":white_check_mark: *Approved* by {} and applied", who(&r.approvals)),
+        RequestStatus::Failed => format!(
+            ":x: *Approved* by {}, but applying it failed ({}); the guard sweep retries",
+            who(&r.approvals),
+            escape(r.failure.as_deref().unwrap_or("unknown error"))
+        ),
         RequestStatus::Denied => format!(
             ":no_entry: *Denied* by {}{}; the revert stays",
             who(r.denied_by.as_slice()),
@@ -104,7 +139,7 @@ pub fn decided_message(r: &ChangeRequest, temporary: Option<time::Duration>) -> 
         json!({"type": "section", "text": {"type": "mrkdwn", "text": rules_text(r)}}),
     ];
     if r.status == RequestStatus::Pending {
-        blocks.push(buttons(r, temporary));
+        blocks.push(buttons(r, temporary, break_glass));
     }
     json!({"replace_original": true, "text": format!("Change request {}: {}", r.id, r.status.as_str()), "blocks": blocks})
 }
@@ -152,6 +187,8 @@ pub struct Channels {
     pub monitoring: Option<Webhook>,
     /// The term "Approve for …" grants; none: no such button.
     pub temporary: Option<time::Duration>,
+    /// The longest break-glass; none: break-glass is off, no such button.
+    pub break_glass: Option<time::Duration>,
 }
 
 impl Channels {
@@ -164,8 +201,30 @@ impl Channels {
 impl Notifier for Channels {
     async fn announce(&self, event: &AuditEvent) -> Result<(), NotifyError> {
         let (hook, body) = match (event.action, &event.request) {
-            (Action::ChangeRequested, Some(request)) => (self.pick(&self.approval), approval_message(request, self.temporary)),
-            (Action::ChangeReverted | Action::ChangeApproved | Action::ChangeDenied | Action::ChangeExpired, _)
+            (Action::ChangeRequested, Some(request)) => {
+                (self.pick(&self.approval), approval_message(request, self.temporary, self.break_glass))
+            }
+            (Action::BreakGlass, _) => {
+                // Every approver is told (the approval channel), and the monitoring channel too.
+                let Some(text) = notification(event) else { return Ok(()) };
+                let body = json!({"text": text});
+                let (approvers, monitoring) = (self.pick(&self.approval), self.pick(&self.monitoring));
+                if let (Some(a), Some(m)) = (approvers, monitoring)
+                    && !std::ptr::eq(a, m)
+                {
+                    a.send(&body).await?;
+                }
+                (monitoring.or(approvers), body)
+            }
+            (
+                Action::ChangeReverted
+                | Action::ChangeApproved
+                | Action::ChangeDenied
+                | Action::ChangeExpired
+                | Action::ChangeApplied
+                | Action::ChangeFailed,
+                _,
+            )
             | (Action::Expired, Some(_)) => {
                 let Some(text) = notification(event) else { return Ok(()) };
                 (self.pick(&self.monitoring), json!({"text": text}))
@@ -221,14 +280,14 @@ mod tests {
         let day = Some(time::Duration::hours(24));
         let ids = |m: &Value| actions(m).into_iter().map(|(a, v, t)| format!("{a}={v}:{t}")).collect::<Vec<_>>();
         assert_eq!(
-            ids(&approval_message(&request(), day)),
+            ids(&approval_message(&request(), day, None)),
             ["approve=r-1:Approve", "approve_temporary=r-1:Approve for 24 h", "deny=r-1:Deny"]
         );
-        assert_eq!(actions(&approval_message(&request(), Some(time::Duration::days(7))))[1].2, "Approve for 7 d");
+        assert_eq!(actions(&approval_message(&request(), Some(time::Duration::days(7)), None))[1].2, "Approve for 7 d");
         let mut removal = request();
         removal.remove = std::mem::take(&mut removal.add);
-        assert_eq!(ids(&approval_message(&removal, day)), ["approve=r-1:Approve", "deny=r-1:Deny"]);
-        assert_eq!(actions(&approval_message(&request(), None)).len(), 2, "no term configured: no button");
+        assert_eq!(ids(&approval_message(&removal, day, None)), ["approve=r-1:Approve", "deny=r-1:Deny"]);
+        assert_eq!(actions(&approval_message(&request(), None, None)).len(), 2, "no term configured: no button");
     }
 
     #[test]
@@ -241,13 +300,13 @@ mod tests {
             until: Some(datetime!(2026-12-03 13:00 UTC)),
             ended_at: None,
         });
-        let m = decided_message(&r, None).to_string();
+        let m = decided_message(&r, None, None).to_string();
         assert!(m.contains("Approved for a time* by <@U0BOB>: a rule grant until 2026-12-03 13:00:00 UTC"), "{m}");
     }
 
     #[test]
     fn the_approval_message_names_the_change_and_its_buttons_carry_the_request_id() {
-        let m = approval_message(&request(), None);
+        let m = approval_message(&request(), None, None);
         let body = m.to_string();
         assert!(body.contains("sg-1") && body.contains("tcp 22 from 203.0.113.0/24") && body.contains("<@U0ALICE>"), "{body}");
         assert!(!body.contains("<!channel>"), "descriptions are escaped");
@@ -263,10 +322,29 @@ mod tests {
         let mut r = request();
         r.status = RequestStatus::Approved;
         r.approvals = vec!["U0BOB".into()];
-        let m = decided_message(&r, Some(time::Duration::hours(24)));
+        let m = decided_message(&r, Some(time::Duration::hours(24)), None);
         assert_eq!(m["replace_original"], true);
-        assert!(m.to_string().contains("Approved* by <@U0BOB>"), "{m}");
+        assert!(m.to_string().contains("Approved* by <@U0BOB>; applying it"), "approved is not applied yet: {m}");
         assert!(!m.to_string().contains("\"actions\""), "no buttons once decided");
+        r.status = RequestStatus::Applied;
+        assert!(decided_message(&r, None, None).to_string().contains("Approved* by <@U0BOB> and applied"));
+        r.status = RequestStatus::Failed;
+        r.failure = Some("UnauthorizedOperation".into());
+        let failed = decided_message(&r, None, None).to_string();
+        assert!(failed.contains("applying it failed (UnauthorizedOperation)"), "{failed}");
+    }
+
+    #[test]
+    fn only_a_known_requester_s_addition_offers_break_glass_and_asks_to_confirm() {
+        let four = Some(time::Duration::hours(4));
+        let m = approval_message(&request(), None, four);
+        let last = &actions(&m)[2];
+        assert_eq!((last.0.as_str(), last.2.as_str()), (BREAK_GLASS, "Break glass (4 h, requester only)"));
+        assert!(m.to_string().contains("\"confirm\""), "{m}");
+        let mut unknown = request();
+        unknown.requester_user = None;
+        assert_eq!(actions(&approval_message(&unknown, None, four)).len(), 2, "nobody could use it");
+        assert_eq!(actions(&approval_message(&request(), None, None)).len(), 2, "off");
     }
 
     #[test]

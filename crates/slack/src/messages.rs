@@ -205,10 +205,19 @@ pub fn notification(event: &AuditEvent) -> Option<String> {
             lines.push(format!("Security groups of `{env}` were repaired to match the whitelist."));
             lines.extend(event.reason.split("; ").map(escape));
         }
-        Action::ChangeReverted | Action::ChangeApproved | Action::ChangeDenied | Action::ChangeExpired => {
+        Action::ChangeReverted
+        | Action::ChangeApproved
+        | Action::ChangeDenied
+        | Action::ChangeExpired
+        | Action::ChangeApplied
+        | Action::ChangeFailed
+        | Action::BreakGlass => {
             let headline = match event.action {
                 Action::ChangeReverted => ":shield: Guard: a change was reverted, pending approval",
-                Action::ChangeApproved => ":white_check_mark: Guard: a change was approved and applied",
+                Action::ChangeApproved => ":ballot_box_with_check: Guard: a change was approved; applying it",
+                Action::ChangeApplied => ":white_check_mark: Guard: an approved change was applied",
+                Action::ChangeFailed => ":x: Guard: applying an approved change failed; the guard sweep retries",
+                Action::BreakGlass => ":rotating_light: Guard: BREAK-GLASS: a requester applied their own change for a time",
                 Action::ChangeDenied => ":no_entry: Guard: a change was denied; the revert stays",
                 _ => ":hourglass: Guard: a change request expired undecided; the revert stays",
             };
@@ -216,6 +225,7 @@ pub fn notification(event: &AuditEvent) -> Option<String> {
             lines.extend(event.reason.split('\n').map(escape));
         }
         Action::ChangeRequested
+        | Action::ChangeReported
         | Action::BaselineRecorded
         | Action::Refreshed
         | Action::Refused

@@ -437,6 +437,21 @@ pub async fn baselines(p: Pair) {
     assert_eq!(p.a.baseline(&other).await.unwrap(), None);
 }
 
+/// Guard's ledger: a noted change counts, in every process, until its time; others never do.
+pub async fn own_change_ledger(p: Pair) {
+    let keys = ["us-east-1/sg-1 -id sgr-1".to_string(), "us-east-1/sg-1 +rule tcp 22 from 203.0.113.0/24".to_string()];
+    let asked = [keys[0].clone(), keys[1].clone(), "us-east-1/sg-1 -id sgr-2".to_string()];
+    assert!(p.b.noted_own_changes(&asked, T0).await.unwrap().is_empty());
+    p.a.note_own_changes(&keys, T0 + Duration::minutes(20)).await.unwrap();
+    let noted = p.b.noted_own_changes(&asked, T0 + Duration::minutes(19)).await.unwrap();
+    assert_eq!(noted, keys.iter().cloned().collect::<BTreeSet<_>>(), "the other process sees the notes");
+    assert!(p.b.noted_own_changes(&asked, T0 + Duration::minutes(20)).await.unwrap().is_empty(), "lapsed");
+    // Noting again extends; an earlier time never shortens a note.
+    p.b.note_own_changes(&keys[..1], T0 + Duration::minutes(40)).await.unwrap();
+    p.a.note_own_changes(&keys[..1], T0 + Duration::minutes(30)).await.unwrap();
+    assert_eq!(p.a.noted_own_changes(&asked, T0 + Duration::minutes(35)).await.unwrap().len(), 1);
+}
+
 /// One `#[tokio::test]` per contract case, each on the pair `$pair().await` makes (a fresh
 /// store for each case).
 #[macro_export]
@@ -445,7 +460,7 @@ macro_rules! store_contract {
         $crate::store_contract!(@cases $pair;
             upsert_refresh_remove, per_user_limit_and_expiry, leases, racing_for_one_lease,
             record_once_and_claims, audit_queries, tokens, outbox, racing_writers_on_one_key,
-            racing_writers_on_one_users_limit, racing_removes, change_requests, baselines);
+            racing_writers_on_one_users_limit, racing_removes, change_requests, baselines, own_change_ledger);
     };
     (@cases $pair:path; $($case:ident),*) => {
         $(

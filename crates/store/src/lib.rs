@@ -40,6 +40,9 @@ pub fn is_announced(action: portcullis_core::Action) -> bool {
             | ChangeApproved
             | ChangeDenied
             | ChangeExpired
+            | ChangeApplied
+            | ChangeFailed
+            | BreakGlass
     )
 }
 
@@ -412,4 +415,12 @@ pub trait Store: Send + Sync {
 
     /// Records a guarded group's approved rules, with the audit events that say why.
     async fn set_baseline(&self, group: &TargetId, rules: &[GroupRule], events: Vec<AuditEvent>) -> Result<(), StoreError>;
+
+    /// Notes, until `until`, the changes guard is about to make (`core::guard::step_keys`),
+    /// so that the events its own calls cause are known as its own whatever identity they
+    /// name. Shared by every process on the store.
+    async fn note_own_changes(&self, keys: &[String], until: Timestamp) -> Result<(), StoreError>;
+
+    /// Those of `keys` noted by [`Store::note_own_changes`] and not lapsed at `now`.
+    async fn noted_own_changes(&self, keys: &[String], now: Timestamp) -> Result<BTreeSet<String>, StoreError>;
 }

@@ -138,6 +138,13 @@ CREATE TABLE baselines (
 -- The request a guard event is about, so its notice can show it (and its buttons).
 ALTER TABLE audit ADD COLUMN request_json TEXT;
 "#,
+    r#"
+-- Guard's ledger: the changes it is about to make, so the events they cause are its own.
+CREATE TABLE own_changes (
+    key      TEXT PRIMARY KEY,
+    until_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Settled notices are kept this long (for inspection), then deleted.
@@ -909,6 +916,42 @@ impl Store for SqliteStore {
             )
             .map_err(|e| this.err(e))?;
             events.iter().try_for_each(|e| this.append(tx, e))
+        })
+        .await
+    }
+
+    async fn note_own_changes(&self, keys: &[String], until: Timestamp) -> Result<(), StoreError> {
+        let (this, keys) = (self.clone(), keys.to_vec());
+        self.write(move |tx| {
+            // Notes lapsed a day before this one are of no more use: an event that old is left
+            // to the guard sweep.
+            tx.execute("DELETE FROM own_changes WHERE until_ms < ?1", params![ms(until - time::Duration::days(1))])
+                .map_err(|e| this.err(e))?;
+            for key in &keys {
+                tx.execute(
+                    "INSERT INTO own_changes (key, until_ms) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)",
+                    params![key, ms(until)],
+                )
+                .map_err(|e| this.err(e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn noted_own_changes(&self, keys: &[String], now: Timestamp) -> Result<BTreeSet<String>, StoreError> {
+        let (this, keys) = (self.clone(), keys.to_vec());
+        self.run(move |conn| {
+            let mut noted = BTreeSet::new();
+            let mut stmt =
+                conn.prepare_cached("SELECT 1 FROM own_changes WHERE key = ?1 AND until_ms > ?2").map_err(|e| this.err(e))?;
+            for key in keys {
+                if stmt.exists(params![key, ms(now)]).map_err(|e| this.err(e))? {
+                    noted.insert(key);
+                }
+            }
+            Ok(noted)
         })
         .await
     }

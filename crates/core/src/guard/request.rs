@@ -12,7 +12,12 @@ use crate::{TargetId, Timestamp};
 #[serde(rename_all = "kebab-case")]
 pub enum RequestStatus {
     Pending,
+    /// Decided: to be applied (or, approved for a time, its rule grant put on).
     Approved,
+    /// Approved, and the change is on the group.
+    Applied,
+    /// Approved, and applying it failed (`failure` says why); the guard sweep retries.
+    Failed,
     Denied,
     Expired,
 }
@@ -22,6 +27,8 @@ impl RequestStatus {
         match self {
             RequestStatus::Pending => "pending",
             RequestStatus::Approved => "approved",
+            RequestStatus::Applied => "applied",
+            RequestStatus::Failed => "failed",
             RequestStatus::Denied => "denied",
             RequestStatus::Expired => "expired",
         }
@@ -29,7 +36,12 @@ impl RequestStatus {
 
     pub fn parse(text: &str) -> Option<RequestStatus> {
         use RequestStatus::*;
-        [Pending, Approved, Denied, Expired].into_iter().find(|s| s.as_str() == text)
+        [Pending, Approved, Applied, Failed, Denied, Expired].into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Approved, whether applied yet or not.
+    pub fn is_approved(&self) -> bool {
+        matches!(self, RequestStatus::Approved | RequestStatus::Applied | RequestStatus::Failed)
     }
 }
 
@@ -77,6 +89,15 @@ pub struct ChangeRequest {
     /// marker, until it expires; none for an ordinary approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temporary: Option<Temporary>,
+    /// Why the last apply failed (status `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// Later events that reported this same change (the first one is `event_id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reported_by: Vec<String>,
+    /// The requester's reason, when they broke the glass (applied their own addition for a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<String>,
     /// Bumped by every write; a decision is written only over the version it read.
     #[serde(default)]
     pub version: u64,
@@ -129,6 +150,9 @@ impl ChangeRequest {
             decided_at: None,
             applied_at: None,
             temporary: None,
+            failure: None,
+            reported_by: vec![],
+            break_glass: None,
             version: 0,
         }
     }
@@ -141,7 +165,7 @@ impl ChangeRequest {
     /// When its rule grant expires, if it is an approved temporary one whose expiry is not
     /// recorded yet (live, or due at `until`).
     pub fn rule_grant_until(&self) -> Option<Timestamp> {
-        let t = self.temporary.as_ref().filter(|t| self.status == RequestStatus::Approved && t.ended_at.is_none())?;
+        let t = self.temporary.as_ref().filter(|t| self.status.is_approved() && t.ended_at.is_none())?;
         t.until
     }
 
@@ -162,6 +186,18 @@ impl ChangeRequest {
     /// Whether its rule grant opens the firewall at `now`.
     pub fn rule_grant_live(&self, now: Timestamp) -> bool {
         self.rule_grant_until().is_some_and(|until| now < until)
+    }
+
+    /// Whether it asks for exactly `add` and `remove` on `group` (another report of it).
+    pub fn is_change(&self, group: &TargetId, add: &[GuardRule], remove: &[GuardRule]) -> bool {
+        let same = |a: &[GuardRule], b: &[GuardRule]| {
+            let mut a: Vec<GuardRule> = a.iter().map(GuardRule::access).collect();
+            let mut b: Vec<GuardRule> = b.iter().map(GuardRule::access).collect();
+            a.sort();
+            b.sort();
+            a == b
+        };
+        self.group() == *group && same(&self.add, add) && same(&self.remove, remove)
     }
 
     /// The change in words, one rule a line: `+ tcp 22 from 203.0.113.0/24`, `- …`.

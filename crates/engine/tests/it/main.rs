@@ -13,6 +13,7 @@ use time::Duration;
 use time::macros::datetime;
 use tokio::sync::watch;
 
+mod guard;
 mod members;
 mod model;
 

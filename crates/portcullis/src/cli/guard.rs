@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use portcullis_core::guard::{ChangeRequest, RequestStatus, Verdict};
-use portcullis_engine::{DecisionOutcome, GuardError};
+use portcullis_engine::{Apply, DecisionOutcome, GuardError};
 
 use super::print::{print_json, with_progress};
 use super::{CliError, Context, acting_user, announce};
@@ -51,6 +51,14 @@ pub(super) struct ApproveArgs {
     /// with our marker, revoked when it expires.
     #[arg(long = "for", value_name = "TTL", value_parser = |s: &str| portcullis_core::Ttl::parse(s).map_err(|e| e.to_string()))]
     term: Option<portcullis_core::Ttl>,
+    /// As the change's requester, apply your own addition at once as a rule grant, for
+    /// `--for` or at most `break_glass_ttl` (default 4h); every approver is told. Needs
+    /// `[guard] break_glass = true` and `--reason`.
+    #[arg(long, requires = "reason")]
+    break_glass: bool,
+    /// Why the glass was broken (with `--break-glass`).
+    #[arg(long, requires = "break_glass")]
+    reason: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -111,13 +119,12 @@ pub(super) async fn run(cx: &Context, command: GuardCommand) -> Result<ExitCode,
 pub(super) async fn requests(cx: &Context, a: RequestsArgs) -> Result<ExitCode, CliError> {
     let status = match a.status.as_str() {
         "all" => None,
-        s => Some(
-            RequestStatus::parse(s)
-                .ok_or_else(|| CliError::Usage(format!("--status {s:?}: use pending, approved, denied, expired or all")))?,
-        ),
+        s => Some(RequestStatus::parse(s).ok_or_else(|| {
+            CliError::Usage(format!("--status {s:?}: use pending, approved, applied, failed, denied, expired or all"))
+        })?),
     };
     let engine = wiring::reader(&cx.config).await?;
-    let requests = engine.requests(status).await?;
+    let requests = engine.requests(status, &acting_user(None)?).await?;
     if cx.json {
         print_json(&requests);
     } else if requests.is_empty() {
@@ -139,6 +146,12 @@ fn print_request(r: &ChangeRequest) {
     if let Some(term) = r.term_in_words() {
         println!("    temporary: {term}");
     }
+    if let Some(reason) = &r.break_glass {
+        println!("    break-glass: {reason}");
+    }
+    if let Some(failure) = &r.failure {
+        println!("    failed: {failure}");
+    }
     for note in &r.notes {
         println!("    note: {note}");
     }
@@ -147,7 +160,7 @@ fn print_request(r: &ChangeRequest) {
 async fn decide(cx: &Context, id: &str, verdict: Verdict, as_user: Option<String>) -> Result<ExitCode, CliError> {
     let by = acting_user(as_user)?;
     let engine = wiring::engine(&cx.config, false, cx.json).await?;
-    let outcome = engine.decide(id, verdict, &by).await;
+    let outcome = engine.decide(id, verdict, &by, Apply::Now).await;
     announce(&engine).await;
     match outcome? {
         DecisionOutcome::Refused(refusal) => Err(CliError::Usage(refusal.to_string())),
@@ -166,7 +179,14 @@ async fn decide(cx: &Context, id: &str, verdict: Verdict, as_user: Option<String
 }
 
 pub(super) async fn approve(cx: &Context, a: ApproveArgs) -> Result<ExitCode, CliError> {
-    let verdict = a.term.map_or(Verdict::Approve, |t| Verdict::ApproveFor(t.duration()));
+    let verdict = match (a.break_glass, a.reason) {
+        (true, Some(reason)) => {
+            let config = cx.config.guard.as_ref();
+            let most = config.and_then(|g| g.approvers.break_glass).unwrap_or(time::Duration::hours(4));
+            Verdict::BreakGlass { reason, term: a.term.map_or(most, |t| t.duration()) }
+        }
+        _ => a.term.map_or(Verdict::Approve, |t| Verdict::ApproveFor(t.duration())),
+    };
     decide(cx, &a.id, verdict, a.as_user).await
 }
 

@@ -86,7 +86,11 @@ pub(super) async fn invoke(cx: &Context, a: InvokeArgs) -> Result<ExitCode, CliE
         }
         Event::Scheduled => (lambda::handle_scheduled(&engine, cx.config.member_sync_interval).await?, 0),
         Event::Asg(event) => {
-            let answer = crate::events::handle(&engine, event, Interface::Cli).await?;
+            let answer = match crate::events::handle(&engine, event, Interface::Cli).await {
+                Ok(answer) => answer,
+                Err(crate::events::EventError::Refused(message)) => return Err(CliError::Usage(message)),
+                Err(crate::events::EventError::Engine(e)) => return Err(e.into()),
+            };
             // An ignored event (an ASG no environment lists) is not a failure; one that failed
             // somewhere is.
             let failed = answer["failures"].as_array().is_some_and(|f| !f.is_empty());
@@ -94,6 +98,14 @@ pub(super) async fn invoke(cx: &Context, a: InvokeArgs) -> Result<ExitCode, CliE
         }
         Event::Http(_) => {
             return Err(CliError::Usage("HTTP API events are served by `portcullis lambda` or `serve`, not invoke".into()));
+        }
+        Event::Deferred(job) => {
+            let (request, failures) = engine.apply_by_id(&job.request).await?;
+            let code = if failures.is_empty() { 0 } else { 1 };
+            (
+                serde_json::json!({"success": failures.is_empty(), "action": "apply", "request": request, "failures": failures}),
+                code,
+            )
         }
     };
     announce(&engine).await;
@@ -103,7 +115,7 @@ pub(super) async fn invoke(cx: &Context, a: InvokeArgs) -> Result<ExitCode, CliE
 
 pub(super) async fn lambda(cx: &Context) -> Result<ExitCode, CliError> {
     let engine = Arc::new(wiring::leased_engine(&cx.config).await?);
-    let slack = wiring::slack_endpoint(&cx.config).await?.map(|s| Arc::new(s.inline()));
+    let slack = wiring::lambda_slack_endpoint(&cx.config).await?.map(Arc::new);
     let app = Arc::new(crate::app::App::new(engine.clone(), &cx.config, slack));
     lambda::run(lambda::Handler::new(engine, app)).await.map_err(|e| CliError::Operational(e.to_string()))?;
     Ok(ExitCode::SUCCESS)

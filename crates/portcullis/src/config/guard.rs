@@ -28,6 +28,9 @@ pub(super) struct FileGuard {
     targets: Vec<FileGuardTarget>,
     #[serde(default)]
     people: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    break_glass: bool,
+    break_glass_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +60,9 @@ pub struct GuardConfig {
     pub max_event_age: time::Duration,
 }
 
+/// How long a break-glass lasts at most when `break_glass_ttl` is not set.
+const BREAK_GLASS_TTL: time::Duration = time::Duration::hours(4);
+
 fn duration(key: &str, text: Option<&str>, default: time::Duration) -> Result<time::Duration, ConfigError> {
     match text {
         None => Ok(default),
@@ -75,6 +81,9 @@ pub(super) fn guard(file: &FileGuard) -> Result<GuardConfig, ConfigError> {
         Some(FileGroups::Kind(k)) if k == "all" => GroupSelection::All,
         Some(FileGroups::Kind(k)) => {
             return Err(error("guard.groups", format!("{k:?} is not \"tagged\", \"all\" or a list of group ids")));
+        }
+        Some(FileGroups::Ids(ids)) if ids.is_empty() => {
+            return Err(error("guard.groups", "is empty: name at least one group id, or \"tagged\" or \"all\""));
         }
         Some(FileGroups::Ids(ids)) => {
             let ids = ids.iter().map(|id| GroupId::parse(id).map(|g| g.to_string()).map_err(|e| error("guard.groups", e)));
@@ -100,6 +109,11 @@ pub(super) fn guard(file: &FileGuard) -> Result<GuardConfig, ConfigError> {
         let route = Route { region: t.region.clone(), endpoint_url: t.endpoint_url.clone(), role_arn: t.role_arn.clone() };
         scopes.push(GuardScope { route, selection: selection.clone() });
     }
+    for (key, names) in [("guard.approvers", &file.approvers), ("guard.approver_groups", &file.approver_groups)] {
+        if names.iter().any(|n| n.trim().is_empty()) {
+            return Err(error(key, "names an empty user; give a Slack user id or user name"));
+        }
+    }
     if file.approvers.is_empty() && file.approver_groups.is_empty() {
         return Err(error("guard.approvers", "name at least one approver (a Slack user id or user name) or approver group"));
     }
@@ -118,17 +132,32 @@ pub(super) fn guard(file: &FileGuard) -> Result<GuardConfig, ConfigError> {
         people.insert(user.clone(), principals(&format!("guard.people.{user}"), arns)?);
     }
     let hours = time::Duration::hours;
+    let own_principals = principals("guard.own_principals", &file.own_principals)?;
+    if let Some((p, why)) = own_principals.iter().find_map(|p| p.too_wide().map(|why| (p, why))) {
+        return Err(error(
+            "guard.own_principals",
+            format!("{p} is too wide: {why}; events of these identities are never reverted"),
+        ));
+    }
+    let temporary_approval = duration("temporary_approval", file.temporary_approval.as_deref(), hours(24))?;
+    let break_glass = match (file.break_glass, &file.break_glass_ttl) {
+        (false, Some(_)) => return Err(error("guard.break_glass_ttl", "is set, but break_glass is not true")),
+        (false, None) => None,
+        (true, ttl) => Some(duration("break_glass_ttl", ttl.as_deref(), BREAK_GLASS_TTL)?),
+    };
     Ok(GuardConfig {
         scopes,
-        own_principals: principals("guard.own_principals", &file.own_principals)?,
+        own_principals,
         approvers: Approvers {
             users: file.approvers.iter().cloned().collect(),
             groups: file.approver_groups.iter().cloned().collect(),
             min_approvals,
             people,
+            max_term: temporary_approval,
+            break_glass,
         },
         request_ttl: duration("request_ttl", file.request_ttl.as_deref(), hours(24))?,
-        temporary_approval: duration("temporary_approval", file.temporary_approval.as_deref(), hours(24))?,
+        temporary_approval,
         max_event_age: duration("max_event_age", file.max_event_age.as_deref(), time::Duration::minutes(15))?,
     })
 }
@@ -175,5 +204,28 @@ mod tests {
         assert_eq!(refused("request_ttl = \"soon\""), "guard.request_ttl");
         assert_eq!(read("[[targets]]\nregion = \"us-east-1\"\n").unwrap_err().key, "guard.approvers");
         assert_eq!(read("approvers = [\"U1\"]\n").unwrap_err().key, "guard.targets");
+    }
+
+    #[test]
+    fn footguns_are_refused_by_name() {
+        let target = "[[targets]]\nregion = \"us-east-1\"\n";
+        let refused = |text: &str| read(&format!("{text}\n{target}")).unwrap_err();
+        assert_eq!(refused("approvers = [\"\"]").key, "guard.approvers");
+        assert_eq!(refused("approvers = [\"U1\"]\napprover_groups = [\" \"]").key, "guard.approver_groups");
+        assert_eq!(refused("approvers = [\"U1\"]\ngroups = []").key, "guard.groups");
+        for wide in [
+            "arn:*:*:*:*:*",
+            "arn:aws:sts::*:assumed-role/portcullis/*",
+            "arn:aws:sts::123456789012:assumed-role/*",
+            "arn:aws:ec2::123456789012:role/x",
+        ] {
+            let e = refused(&format!("approvers = [\"U1\"]\nown_principals = [\"{wide}\"]"));
+            assert_eq!(e.key, "guard.own_principals", "{wide}");
+            assert!(e.to_string().contains("too wide"), "{e}");
+        }
+        assert_eq!(refused("approvers = [\"U1\"]\nbreak_glass_ttl = \"1h\"").key, "guard.break_glass_ttl");
+        let on = read(&format!("approvers = [\"U1\"]\nbreak_glass = true\n{target}")).unwrap();
+        assert_eq!(on.approvers.break_glass, Some(time::Duration::hours(4)));
+        assert_eq!(on.approvers.max_term, time::Duration::hours(24));
     }
 }

@@ -4,7 +4,9 @@
 //! acknowledged at once (Slack allows 3 s); the decision is the engine's (`Engine::decide`:
 //! approvers, no self-approval, one conditional write), and its outcome replaces the original
 //! message through the interaction's `response_url`, or, for a refusal, is told to the clicker
-//! alone.
+//! alone. The message says "applied" only once the change is on the group: under Lambda the
+//! decision is written at once and its apply handed to another invocation, which replaces the
+//! message again when it is done.
 
 use std::sync::Arc;
 
@@ -12,16 +14,16 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use portcullis_core::guard::Verdict;
+use portcullis_core::guard::{ChangeRequest, RequestStatus, Verdict};
 use portcullis_core::{Credential, Interface, Owner};
-use portcullis_engine::{DecisionOutcome, Engine, Requester};
-use portcullis_slack::guard::{APPROVE, APPROVE_TEMPORARY, Click, DENY, decided_message, read_click};
+use portcullis_engine::{Apply, DecisionOutcome, Engine, Requester};
+use portcullis_slack::guard::{APPROVE, APPROVE_TEMPORARY, BREAK_GLASS, Click, DENY, decided_message, read_click};
 use portcullis_slack::redact_url;
 use serde_json::{Value, json};
 
 use super::slack::verified;
 use crate::app::App;
-use crate::slack::SlackEndpoint;
+use crate::slack::{DeferredApply, SlackEndpoint};
 
 #[derive(serde::Deserialize)]
 struct Form {
@@ -53,6 +55,10 @@ pub(super) async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap,
             Some(term) => Verdict::ApproveFor(term),
             None => return axum::Json(ephemeral("guard is not configured here")).into_response(),
         },
+        BREAK_GLASS => match app.engine.break_glass_ttl() {
+            Some(term) => Verdict::BreakGlass { reason: "the requester's Break-glass button in Slack".into(), term },
+            None => return axum::Json(ephemeral("break-glass is off here")).into_response(),
+        },
         DENY => Verdict::Deny { reason: None },
         other => return axum::Json(ephemeral(&format!("portcullis has no action {other:?}"))).into_response(),
     };
@@ -66,11 +72,21 @@ pub(super) async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap,
     }
     let Some(url) = url else {
         // No usable response_url: decide now, and answer in the response.
-        return axum::Json(answer(&app.engine, &click.value, verdict, &by).await).into_response();
+        return axum::Json(answer(&app.engine, &click.value, verdict, &by, Apply::Now).await.0).into_response();
     };
     if slack.inline {
-        // Lambda cannot work after it answers: decide, replace the message, then answer.
-        let message = answer(&app.engine, &click.value, verdict, &by).await;
+        // Lambda cannot work after it answers: decide (one store write), replace the message,
+        // then answer; the apply, which waits on EC2, goes to another invocation when it can.
+        let apply = if slack.deferred.is_some() { Apply::Later } else { Apply::Now };
+        let (mut message, decided) = answer(&app.engine, &click.value, verdict, &by, apply).await;
+        if let (Some(defer), Some(request)) = (&slack.deferred, decided.filter(|r| r.status == RequestStatus::Approved)) {
+            let job = DeferredApply { request: request.id.clone(), response_url: Some(url.clone()) };
+            if let Err(err) = defer.defer(&job).await {
+                tracing::warn!(request = %request.id, error = %err, "could not hand the apply to another invocation; the guard sweep applies it");
+                message["text"] =
+                    json!(format!("{} — the guard sweep applies it ({err})", message["text"].as_str().unwrap_or_default()));
+            }
+        }
         if let Err(err) = slack.responder.post(&url, &message).await {
             tracing::warn!(error = %err, "could not post a decision to the interaction's response_url");
         }
@@ -78,7 +94,7 @@ pub(super) async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap,
     }
     let (engine, slack_for_task, id) = (app.engine.clone(), slack.clone(), click.value.clone());
     slack.spawn(async move {
-        let message = answer(&engine, &id, verdict, &by).await;
+        let (message, _) = answer(&engine, &id, verdict, &by, Apply::Now).await;
         if let Err(err) = slack_for_task.responder.post(&url, &message).await {
             tracing::warn!(error = %err, "could not post a decision to the interaction's response_url");
         }
@@ -107,25 +123,28 @@ async fn decider(engine: &Engine, slack: &SlackEndpoint, click: &Click) -> Resul
     Ok(by)
 }
 
-/// What the clicker (and, once decided, the channel) is told.
-async fn answer(engine: &Engine, id: &str, verdict: Verdict, by: &Requester) -> Value {
-    match engine.decide(id, verdict, by).await {
-        Ok(DecisionOutcome::Decided { request, failures }) if failures.is_empty() => {
-            decided_message(&request, engine.temporary_approval())
-        }
-        Ok(DecisionOutcome::Decided { request, failures }) => {
-            let mut message = decided_message(&request, engine.temporary_approval());
-            message["text"] = json!(format!(
-                "{} — applying it failed: {}; the guard sweep retries",
-                message["text"].as_str().unwrap_or_default(),
-                failures.join("; ")
-            ));
-            message
-        }
-        Ok(DecisionOutcome::Refused(refusal)) => ephemeral(&refusal.to_string()),
+/// What the clicker (and, once decided, the channel) is told, and the request as decided.
+async fn answer(engine: &Engine, id: &str, verdict: Verdict, by: &Requester, apply: Apply) -> (Value, Option<ChangeRequest>) {
+    match engine.decide(id, verdict, by, apply).await {
+        Ok(DecisionOutcome::Decided { request, failures }) => (outcome_message(engine, &request, &failures), Some(*request)),
+        Ok(DecisionOutcome::Refused(refusal)) => (ephemeral(&refusal.to_string()), None),
         Err(err) => {
             tracing::error!(error = %err, "a Slack decision failed");
-            ephemeral(&format!("portcullis could not decide: {err}"))
+            (ephemeral(&format!("portcullis could not decide: {err}")), None)
         }
     }
+}
+
+/// The message that replaces the approval message: the request as it stands now (applied,
+/// failed, or still being applied), and what failed.
+pub fn outcome_message(engine: &Engine, request: &ChangeRequest, failures: &[String]) -> Value {
+    let mut message = decided_message(request, engine.temporary_approval(), engine.break_glass_ttl());
+    if !failures.is_empty() {
+        message["text"] = json!(format!(
+            "{} — applying it failed: {}; the guard sweep retries",
+            message["text"].as_str().unwrap_or_default(),
+            failures.join("; ")
+        ));
+    }
+    message
 }

@@ -25,6 +25,7 @@ use crate::app::{ApiError, App, BODY_LIMIT};
 
 pub use connection::{GroupResult, TargetView};
 pub use console::CONTENT_SECURITY_POLICY;
+pub use interactions::outcome_message;
 
 type AppState = Arc<App>;
 

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::delete;
 use portcullis_core::guard::{ChangeRequest, Refusal, RequestStatus, Verdict};
 use portcullis_core::{AuditEvent, Cidr, Credential, Description, Grant, GrantKey, Interface, ListedGrant, Source, Ttl};
-use portcullis_engine::{AddRequest, AuditQuery, DecisionOutcome, GuardError, ReconcileReport, Scope, Status};
+use portcullis_engine::{AddRequest, Apply, AuditQuery, DecisionOutcome, GuardError, ReconcileReport, Scope, Status};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -240,7 +240,11 @@ async fn event(
             format!("token {id} is limited to some environments; AWS events need a token for every environment"),
         ));
     }
-    let answer = crate::events::handle(&app.engine, event, Interface::Http).await?;
+    let answer = match crate::events::handle(&app.engine, event, Interface::Http).await {
+        Ok(answer) => answer,
+        Err(crate::events::EventError::Refused(message)) => return Err(invalid(message)),
+        Err(crate::events::EventError::Engine(e)) => return Err(e.into()),
+    };
     Ok(Json(answer).into_response())
 }
 
@@ -249,6 +253,7 @@ impl From<GuardError> for ApiError {
         match err {
             GuardError::NotConfigured => ApiError::new(StatusCode::NOT_FOUND, "guard_not_configured", err.to_string()),
             GuardError::NoSuchRequest(_) => ApiError::new(StatusCode::NOT_FOUND, "no_such_request", err.to_string()),
+            GuardError::FromTheFuture { .. } => ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", err.to_string()),
             GuardError::Engine(e) => e.into(),
         }
     }
@@ -257,7 +262,7 @@ impl From<GuardError> for ApiError {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct RequestsQuery {
-    /// `pending` (the default), `approved`, `denied`, `expired` or `all`.
+    /// `pending` (the default), `approved`, `applied`, `failed`, `denied`, `expired` or `all`.
     status: Option<String>,
 }
 
@@ -270,7 +275,11 @@ struct RequestsQuery {
         (status = 404, body = ErrorBody, description = "Guard is not configured"),
         CommonErrors,
     ))]
-async fn list_requests(State(app): State<AppState>, Query(q): Query<RequestsQuery>) -> Result<Response, ApiError> {
+async fn list_requests(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Query(q): Query<RequestsQuery>,
+) -> Result<Response, ApiError> {
     let status = match q.status.as_deref().unwrap_or("pending") {
         "all" => None,
         s => Some(RequestStatus::parse(s).ok_or_else(|| {
@@ -281,7 +290,7 @@ async fn list_requests(State(app): State<AppState>, Query(q): Query<RequestsQuer
             )
         })?),
     };
-    Ok(Json(app.engine.requests(status).await?).into_response())
+    Ok(Json(app.engine.requests(status, &principal.requester()).await?).into_response())
 }
 
 /// A denial's reason (optional; the body may be empty).
@@ -296,10 +305,14 @@ struct DenyBody {
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ApproveBody {
-    /// A temporary approval's term (`24h`, `7d`: the TTL grammar).
+    /// A temporary approval's term (`24h`, `7d`: the TTL grammar), at most the configured
+    /// `temporary_approval` (`GET /v1/status` says it).
     #[serde(rename = "for")]
     #[schema(example = "24h")]
     term: Option<String>,
+    /// Break-glass, by the change's requester: why. The addition goes on at once as a rule
+    /// grant, for `for` or at most `break_glass_ttl`; every approver is told.
+    break_glass: Option<String>,
 }
 
 /// What a decision did.
@@ -339,16 +352,20 @@ async fn approve_request(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let ApproveBody { term } = optional_body(&body, "{\"for\": \"24h\"}")?;
-    let verdict = match term {
-        None => Verdict::Approve,
-        Some(text) => Verdict::ApproveFor(
-            portcullis_core::Ttl::parse(&text)
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_term", format!("for: {e}")))?
-                .duration(),
-        ),
+    let ApproveBody { term, break_glass } = optional_body(&body, "{\"for\": \"24h\"}")?;
+    let term = term
+        .map(|text| portcullis_core::Ttl::parse(&text).map(|t| t.duration()))
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_term", format!("for: {e}")))?;
+    let verdict = match (break_glass, term) {
+        (Some(reason), term) => {
+            let most = app.engine.break_glass_ttl().unwrap_or(time::Duration::hours(4));
+            Verdict::BreakGlass { reason, term: term.unwrap_or(most) }
+        }
+        (None, None) => Verdict::Approve,
+        (None, Some(term)) => Verdict::ApproveFor(term),
     };
-    decided(app.engine.decide(&id, verdict, &principal.requester()).await?)
+    decided(app.engine.decide(&id, verdict, &principal.requester(), Apply::Now).await?)
 }
 
 /// Denies a change request as the token's user (an approver): the revert stays.
@@ -370,7 +387,7 @@ async fn deny_request(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let DenyBody { reason } = optional_body(&body, "{\"reason\": \"…\"}")?;
-    decided(app.engine.decide(&id, Verdict::Deny { reason }, &principal.requester()).await?)
+    decided(app.engine.decide(&id, Verdict::Deny { reason }, &principal.requester(), Apply::Now).await?)
 }
 
 /// 200 with the request when decided; 403 `refused` (the token's user is no approver, made the
@@ -382,8 +399,13 @@ fn decided(outcome: DecisionOutcome) -> Result<Response, ApiError> {
         }
         DecisionOutcome::Refused(refusal) => {
             let status = match refusal {
-                Refusal::NotApprover { .. } | Refusal::OwnRequest { .. } => StatusCode::FORBIDDEN,
-                Refusal::NotAnAddition { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                Refusal::NotApprover { .. }
+                | Refusal::OwnRequest { .. }
+                | Refusal::NotRequester { .. }
+                | Refusal::BreakGlassOff => StatusCode::FORBIDDEN,
+                Refusal::NotAnAddition { .. } | Refusal::TermTooLong { .. } | Refusal::BreakGlassTooLong { .. } => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 Refusal::AlreadyDecided { .. } | Refusal::AlreadyApproved { .. } | Refusal::Expired { .. } => {
                     StatusCode::CONFLICT
                 }

@@ -14,6 +14,8 @@
 //!   form it received ([`Proxy::completed`]).
 //! - **A failing region** ([`Proxy::fail_region`]): security-group calls signed for it are refused with
 //!   `UnauthorizedOperation`, as when a role loses its permissions there.
+//! - **A slow EC2** ([`Proxy::delay_ec2`]): every EC2 call is answered that much later, as when
+//!   EC2 is degraded.
 //!
 //! Every other request passes through unchanged.
 
@@ -38,6 +40,8 @@ struct Upstream {
     failing: Mutex<BTreeSet<String>>,
     /// Every query-protocol call (EC2, Auto Scaling): (region, service, action).
     calls: Mutex<Vec<(String, String, String)>>,
+    /// How long each EC2 call is held before it is passed on.
+    ec2_delay: Mutex<std::time::Duration>,
 }
 
 /// A running proxy.
@@ -57,6 +61,11 @@ impl Proxy {
     /// The query-protocol calls (EC2, Auto Scaling) received, as (region, service, action).
     pub fn calls(&self) -> Vec<(String, String, String)> {
         self.upstream.calls.lock().unwrap().clone()
+    }
+
+    /// Holds every EC2 call this long before passing it on (zero: not at all).
+    pub fn delay_ec2(&self, delay: std::time::Duration) {
+        *self.upstream.ec2_delay.lock().unwrap() = delay;
     }
 
     /// Refuses (or, with `false`, lets through again) security-group calls signed for `region`.
@@ -84,6 +93,7 @@ pub async fn start_proxy() -> Proxy {
         completed: Mutex::default(),
         failing: Mutex::default(),
         calls: Mutex::default(),
+        ec2_delay: Mutex::default(),
     });
     let app = axum::Router::new().fallback(forward).with_state(upstream.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -116,6 +126,10 @@ async fn forward(State(up): State<Arc<Upstream>>, method: Method, uri: Uri, head
     let scope = signed_scope(&headers);
     if let (Some((region, service)), Some(action)) = (&scope, action) {
         up.calls.lock().unwrap().push((region.clone(), service.clone(), action.to_string()));
+    }
+    let delay = *up.ec2_delay.lock().unwrap();
+    if scope.as_ref().is_some_and(|(_, service)| service == "ec2") && !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     if let Some((region, service)) = &scope
         && service == "ec2"

@@ -252,9 +252,16 @@ async fn an_addition_a_removal_and_an_edit_are_each_reverted_exactly_and_filed_o
 async fn own_failed_unguarded_ours_and_other_events_are_ignored_and_change_nothing() {
     within(async {
         let w = World::new().await;
-        let (group, other) = (w.group(false, &[]).await, w.group(false, &[]).await);
-        let g = guarded(&[&group], 1).await;
-        g.cli(&["guard", "baseline"]);
+        let other = w.group(false, &[]).await;
+        let g = guarded(&[], 1).await;
+        // A dev target that is guarded too: a grant's rules on it are the reconcile's.
+        let group = g.world.group(true, &[]).await;
+        g.guard(&[&group], 1);
+        assert!(g.cli(&["guard", "baseline"]).status.success());
+        let out = g.cli(&["add", "203.0.113.0/24", "--description", "laptop"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let ours = g.rules(&group).await.into_iter().find(|r| r.1 == 443).unwrap();
+        assert_eq!(ours.3.as_deref(), Some("pc:dev tester: laptop"));
         let id = g.authorize(&group, "203.0.113.0/24", 22, None).await;
         let cases = [
             (
@@ -267,10 +274,10 @@ async fn own_failed_unguarded_ours_and_other_events_are_ignored_and_change_nothi
                 e
             }),
             ("unguarded group", added(&other, &id, "203.0.113.0/24", 22, ALICE)),
-            ("our own rule", {
-                let mut e = added(&group, &id, "203.0.113.0/24", 22, ALICE);
+            ("a rule the store backs", {
+                let mut e = added(&group, &ours.0, "203.0.113.0/24", 443, ALICE);
                 e["detail"]["responseElements"]["securityGroupRuleSet"]["items"][0]["description"] =
-                    json!("pc:dev alice: laptop");
+                    json!("pc:dev tester: laptop");
                 e
             }),
             ("another call", {
@@ -284,7 +291,7 @@ async fn own_failed_unguarded_ours_and_other_events_are_ignored_and_change_nothi
             assert_eq!(code, 0, "{case}: {out}");
             assert!(answer["ignored"].is_string() || answer["reason"].is_string(), "{case}: {answer}");
         }
-        assert_eq!(g.rules(&group).await.len(), 1, "every ignored event left the rule in place");
+        assert_eq!(g.rules(&group).await.len(), 3, "every ignored event left the rules in place");
         assert!(g.requests("all").is_empty());
         let mut malformed = added(&group, &id, "203.0.113.0/24", 22, ALICE);
         malformed["detail"].as_object_mut().unwrap().remove("eventID");
@@ -324,7 +331,8 @@ async fn approvals_need_distinct_approvers_never_the_requester_and_apply_the_cha
             [(22, "203.0.113.0/24", None)],
             "applied as made, without our marker"
         );
-        let approved = g.requests("approved");
+        assert!(g.requests("approved").is_empty(), "applied, no longer only approved");
+        let approved = g.requests("applied");
         assert_eq!(approved[0]["approvals"], json!(["ubob", "ucarol"]));
         assert!(approved[0]["applied_at"].is_string(), "{approved:?}");
         let out = g.cli(&["guard", "sweep", "--json"]);
@@ -381,7 +389,7 @@ async fn approve_for_a_time_puts_an_addition_on_as_a_rule_grant_and_refuses_a_re
             [(22, "203.0.113.0/24".to_string(), Some(marker)), (443, "198.51.100.0/24".to_string(), Some("office".to_string()))],
             "the rule grant's rule beside the untouched hand-made one"
         );
-        let approved = g.requests("approved");
+        let approved = g.requests("applied");
         assert!(approved[0]["temporary"]["until"].is_string() && approved[0]["applied_at"].is_string(), "{approved:?}");
         let sweep: Value = serde_json::from_slice(&g.cli(&["guard", "sweep", "--json"]).stdout).unwrap();
         assert_eq!((sweep["reverted"].clone(), sweep["rule_grants"]["authorized"].clone()), (json!([]), json!(0)), "{sweep}");

@@ -301,8 +301,10 @@ async fn the_lambda_reverts_from_eventbridge_and_decides_a_click_through_api_gat
         let rule = g.authorize(&group, "203.0.113.0/24", 22, None).await;
         let (rt, addr) = Runtime::start().await;
         rt.queue.lock().unwrap().push_back(added(&group, &rule, "203.0.113.0/24", 22, ALICE));
+        // EC2 through a proxy that can make it slow.
+        let proxy = crate::aws_proxy::start_proxy().await;
         let mut cmd = g.world.command(&["lambda"]);
-        cmd.env("PORTCULLIS_CONFIG", &g.config).env("SLACK_SIGNING_SECRET", SECRET);
+        cmd.env("PORTCULLIS_CONFIG", &g.config).env("SLACK_SIGNING_SECRET", SECRET).env("AWS_ENDPOINT_URL_EC2", &proxy.url);
         in_lambda(&mut cmd, addr);
         let mut child = cmd.spawn().unwrap();
 
@@ -310,21 +312,48 @@ async fn the_lambda_reverts_from_eventbridge_and_decides_a_click_through_api_gat
         assert_eq!((kind.as_str(), reverted["outcome"].as_str()), ("response", Some("reverted")), "{reverted}");
         assert!(g.rules(&group).await.is_empty());
         let request = reverted["request"]["id"].as_str().unwrap().to_string();
+
+        // EC2 takes 5 s a call now. The click is answered without a single EC2 call: the
+        // decision is written, and its apply handed to another invocation.
+        proxy.delay_ec2(std::time::Duration::from_secs(5));
+        let ec2_calls = proxy.calls().len();
         let body = click("ubob", "approve", &request, &receiver.url("/actions/1"));
+        let clicked = std::time::Instant::now();
         rt.queue.lock().unwrap().push_back(gateway_interaction(&body, time::OffsetDateTime::now_utc().unix_timestamp()));
         let (_, kind, response) = rt.answer(2).await;
+        let answered_in = clicked.elapsed();
+        assert_eq!(proxy.calls().len(), ec2_calls, "the click's answer waited on no EC2 call");
+        assert!(answered_in < std::time::Duration::from_secs(5), "answered in {answered_in:?}, not after EC2's 5 s");
+        assert_eq!((kind.as_str(), response["statusCode"].as_i64()), ("response", Some(200)), "{response}");
+        let decided: Value = serde_json::from_str(response["body"].as_str().unwrap_or_default()).unwrap_or(Value::Null);
+        assert!(decided.to_string().contains("Approved* by <@ubob>; applying it"), "not applied yet: {response}");
+        let first = receiver.wait_for("/actions/1", 1).await;
+        assert!(
+            first[0].body.contains("\"replace_original\":true") && first[0].body.contains("applying it"),
+            "{}",
+            first[0].body
+        );
+        let invoked = rt.invoked.lock().unwrap().clone();
+        assert_eq!(invoked.len(), 1, "one asynchronous invocation of the function itself");
+        assert_eq!(
+            (invoked[0].0.as_str(), invoked[0].1["portcullis_deferred_apply"]["request"].as_str()),
+            ("portcullis", Some(request.as_str()))
+        );
+
+        // The second invocation applies it, then says so where the click was.
+        rt.run_invoked();
+        let (_, kind, applied) = rt.answer(3).await;
         let _ = child.kill();
         let out = child.wait_with_output().unwrap();
-        assert_eq!((kind.as_str(), response["statusCode"].as_i64()), ("response", Some(200)), "{response}\n{}", text(&out));
-        let decided: Value = serde_json::from_str(response["body"].as_str().unwrap_or_default()).unwrap_or(Value::Null);
-        assert!(decided.to_string().contains("Approved* by <@ubob>"), "answered inline in Lambda: {response}");
-        assert_eq!(g.rules(&group).await.len(), 1);
-        let replaced = receiver.wait_for("/actions/1", 1).await;
-        assert!(
-            replaced[0].body.contains("\"replace_original\":true"),
-            "the message is replaced before Lambda answers: {}",
-            replaced[0].body
+        assert_eq!(
+            (kind.as_str(), applied["request"]["status"].as_str()),
+            ("response", Some("applied")),
+            "{applied}\n{}",
+            text(&out)
         );
+        assert_eq!(g.rules(&group).await.len(), 1);
+        let replaced = receiver.wait_for("/actions/1", 2).await;
+        assert!(replaced[1].body.contains("Approved* by <@ubob> and applied"), "{}", replaced[1].body);
     })
     .await;
 }

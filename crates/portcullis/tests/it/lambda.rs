@@ -1,5 +1,8 @@
 //! `portcullis lambda` against a loopback stand-in for the Lambda Runtime API (the real
-//! protocol: `/2018-06-01/runtime/invocation/next`, `…/{id}/response`, `…/{id}/error`).
+//! protocol: `/2018-06-01/runtime/invocation/next`, `…/{id}/response`, `…/{id}/error`), which
+//! also answers Lambda's `Invoke` (`POST /2015-03-31/functions/{name}/invocations`) as Lambda
+//! does for `InvocationType: Event`: 202, and the payload kept for a later invocation
+//! ([`Runtime::run_invoked`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -21,6 +24,8 @@ pub(crate) struct Runtime {
     handed_out: Mutex<usize>,
     /// (request id, "response" | "error", body)
     pub(crate) answers: Mutex<Vec<(String, String, Value)>>,
+    /// Asynchronous invocations received through the Invoke API: (function, payload).
+    pub(crate) invoked: Mutex<Vec<(String, Value)>>,
 }
 
 impl Runtime {
@@ -30,11 +35,19 @@ impl Runtime {
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
             .route("/2018-06-01/runtime/invocation/{id}/{kind}", post(answer))
+            .route("/2015-03-31/functions/{name}/invocations", post(invoke))
             .with_state(rt.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         (rt, addr)
+    }
+
+    /// Queues the asynchronous invocations received so far (Lambda runs them when it will;
+    /// here, when the test says).
+    pub(crate) fn run_invoked(&self) {
+        let invoked = self.invoked.lock().unwrap().clone();
+        self.queue.lock().unwrap().extend(invoked.into_iter().map(|(_, payload)| payload));
     }
 
     /// Waits for the `n`th answer and returns it.
@@ -48,9 +61,11 @@ impl Runtime {
     }
 }
 
-/// `cmd` as Lambda runs the function, against the runtime at `addr`.
+/// `cmd` as Lambda runs the function, against the runtime at `addr` (which also takes its
+/// Invoke calls).
 pub(crate) fn in_lambda(cmd: &mut std::process::Command, addr: std::net::SocketAddr) {
     cmd.env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+        .env("AWS_ENDPOINT_URL_LAMBDA", format!("http://{addr}"))
         .env("AWS_LAMBDA_FUNCTION_NAME", "portcullis")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
@@ -81,6 +96,15 @@ async fn next(State(rt): State<Arc<Runtime>>) -> impl IntoResponse {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Lambda's `Invoke` for `InvocationType: Event`: queued, answered 202 at once.
+async fn invoke(State(rt): State<Arc<Runtime>>, Path(name): Path<String>, headers: HeaderMap, body: String) -> impl IntoResponse {
+    let kind = headers.get("x-amz-invocation-type").and_then(|v| v.to_str().ok()).unwrap_or("RequestResponse");
+    assert_eq!(kind, "Event", "portcullis invokes itself asynchronously only");
+    let payload: Value = serde_json::from_str(&body).unwrap();
+    rt.invoked.lock().unwrap().push((name, payload));
+    (axum::http::StatusCode::ACCEPTED, "")
 }
 
 async fn answer(State(rt): State<Arc<Runtime>>, Path((id, kind)): Path<(String, String)>, body: String) -> impl IntoResponse {

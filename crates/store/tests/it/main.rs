@@ -53,10 +53,10 @@ async fn created_private_and_migrated_once() {
     let path = dir.path().join("p.db");
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(store.schema_version().unwrap(), 6);
+    assert_eq!(store.schema_version().unwrap(), 7);
     drop(store);
     let again = SqliteStore::open(&path).unwrap();
-    assert_eq!(again.schema_version().unwrap(), 6);
+    assert_eq!(again.schema_version().unwrap(), 7);
     assert!(SqliteStore::open(dir.path().join("missing/dir/p.db")).is_err());
 }
 
@@ -129,10 +129,10 @@ async fn a_store_from_before_the_outbox_is_migrated_in_place() {
     store.upsert(upsert(g, "alice")).await.unwrap();
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE outbox; DROP TABLE leases; DROP TABLE recorded_once; DROP TABLE tokens; DROP TABLE claims; DROP TABLE change_requests; DROP TABLE baselines; ALTER TABLE audit DROP COLUMN request_json; PRAGMA user_version = 1;").unwrap();
+    conn.execute_batch("DROP TABLE outbox; DROP TABLE leases; DROP TABLE recorded_once; DROP TABLE tokens; DROP TABLE claims; DROP TABLE change_requests; DROP TABLE baselines; DROP TABLE own_changes; ALTER TABLE audit DROP COLUMN request_json; PRAGMA user_version = 1;").unwrap();
     drop(conn);
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 6);
+    assert_eq!(store.schema_version().unwrap(), 7);
     assert_eq!(store.grants(None).await.unwrap().len(), 1);
     assert_eq!(store.outbox_status().await.unwrap().pending, 0, "old changes are not announced again");
 }

@@ -1,0 +1,137 @@
+//! The guard sweep (every guarded group against its baseline; undecided requests expired;
+//! approved changes whose apply failed retried; rule grants reconciled) and `guard baseline`.
+
+use portcullis_core::guard::{
+    self, ChangeRequest, GroupRule, GuardRule, GuardScope, GuardedGroup, RequestStatus, UNKNOWN_REQUESTER,
+};
+use portcullis_core::{Action, TargetId};
+use portcullis_store::{baseline_event, request_event};
+use serde::Serialize;
+
+use super::{Guard, GuardError, GuardOutcome, guard_actor, request_id};
+use crate::{Engine, Requester};
+
+/// What a guard sweep found and did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GuardSweepReport {
+    pub groups: usize,
+    /// Requests filed for differences no event reported.
+    pub reverted: Vec<ChangeRequest>,
+    /// Guarded groups with no baseline yet: only reported.
+    pub without_baseline: Vec<TargetId>,
+    pub expired: Vec<String>,
+    /// Approved changes applied now (an earlier apply failed or was not made).
+    pub applied: Vec<String>,
+    /// Temporary approvals: rule grants put on or, expired, revoked.
+    pub rule_grants: crate::RuleGrantReport,
+    pub failures: Vec<String>,
+}
+
+/// The baseline a `guard baseline` records (or would).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BaselineReport {
+    pub groups: Vec<(TargetId, usize)>,
+    pub failures: Vec<String>,
+}
+
+impl Engine {
+    /// Every scope's guarded groups; a scope that cannot be read is a failure, and skipped.
+    async fn observe_guarded<'a>(guard: &'a Guard, failures: &mut Vec<String>) -> Vec<(&'a GuardScope, Vec<GuardedGroup>)> {
+        let mut out = Vec::new();
+        for scope in &guard.scopes {
+            match guard.firewall.guarded(scope).await {
+                Ok(groups) => out.push((scope, groups)),
+                Err(e) => failures.push(format!("{}: {e}", scope.route.region)),
+            }
+        }
+        out
+    }
+
+    /// Records the current rules of every guarded group as approved (`dry_run`: only says).
+    /// Rules carrying our marker are left out: they are the reconcile's, or, where nothing
+    /// stored backs them, the sweep's to revoke.
+    pub async fn record_baseline(&self, dry_run: bool, by: &Requester) -> Result<BaselineReport, GuardError> {
+        let guard = self.guard()?;
+        let mut report = BaselineReport { groups: vec![], failures: vec![] };
+        let observed = Self::observe_guarded(guard, &mut report.failures).await;
+        let total = observed.iter().map(|(_, groups)| groups.len()).sum();
+        for (_, groups) in observed {
+            for group in groups {
+                let theirs: Vec<GroupRule> = group.rules.into_iter().filter(|r| !r.rule.carries_marker(self.marker())).collect();
+                report.groups.push((group.id.clone(), theirs.len()));
+                self.progress("groups' baselines recorded", report.groups.len(), total);
+                if dry_run {
+                    continue;
+                }
+                let event = baseline_event(self.clock().now(), &by.actor(), &group.id, theirs.len());
+                self.store().set_baseline(&group.id, &theirs, vec![event]).await?;
+            }
+        }
+        self.progress_done();
+        Ok(report)
+    }
+
+    /// Expires undecided requests, applies approved ones an earlier apply missed or failed,
+    /// and compares every guarded group with its baseline: what differs is reverted and filed
+    /// (requester unknown), unless a live request for that change exists already; a group with
+    /// no baseline is only reported.
+    pub async fn guard_sweep(&self) -> Result<GuardSweepReport, GuardError> {
+        let guard = self.guard()?;
+        let mut report = GuardSweepReport::default();
+        let now = self.clock().now();
+        let requests = self.store().requests(None).await?;
+        for request in requests.iter().filter(|r| r.status == RequestStatus::Pending) {
+            if let Some(expired) = guard::expire(request, now) {
+                let event =
+                    request_event(now, &guard_actor(), Action::ChangeExpired, &expired, "expired undecided; the revert stays");
+                if self.store().update_request(&expired, vec![event]).await? {
+                    report.expired.push(expired.id);
+                }
+            }
+        }
+        // Rule grants (temporary approvals) are reconciled below, all at once.
+        let unapplied = requests.into_iter().filter(|r| {
+            r.temporary.is_none() && matches!(r.status, RequestStatus::Approved | RequestStatus::Failed) && r.applied_at.is_none()
+        });
+        for request in unapplied {
+            let (applied, failures) = self.apply_request(request).await?;
+            report.failures.extend(failures.into_iter().map(|f| format!("{}: {f}", applied.id)));
+            if applied.status == RequestStatus::Applied {
+                report.applied.push(applied.id);
+            }
+        }
+        report.rule_grants = self.reconcile_rule_grants().await?;
+        report.failures.extend(report.rule_grants.failures.iter().cloned());
+        for (scope, groups) in Self::observe_guarded(guard, &mut report.failures).await {
+            for group in groups {
+                report.groups += 1;
+                let Some(baseline) = self.store().baseline(&group.id).await? else {
+                    report.without_baseline.push(group.id);
+                    continue;
+                };
+                let rules: Vec<GuardRule> = group.rules.iter().map(|r| r.rule.clone()).collect();
+                let backing = self.backing(&group.id, &rules).await?;
+                let changes = guard::drift(&baseline, &group.rules, self.marker(), &backing);
+                let revert = guard::revert(&changes, Some(&baseline), self.marker(), &backing);
+                if changes.is_empty() || revert.is_empty() {
+                    continue;
+                }
+                if self.another_report(&group.id, &revert, None, now).await?.is_some() {
+                    tracing::info!(group = %group.id, "guard sweep: the change is filed already; its revert was tried again");
+                    continue;
+                }
+                let event_id = format!("sweep:{}", request_id());
+                let request = Self::new_request(guard, &event_id, UNKNOWN_REQUESTER, None, &group, &revert, now);
+                match self.file_and_revert(scope, request, revert, Some(baseline), now).await? {
+                    GuardOutcome::Reverted { request, failures } => {
+                        report.failures.extend(failures);
+                        report.reverted.push(*request);
+                    }
+                    GuardOutcome::Ignored { .. } | GuardOutcome::Duplicate { .. } | GuardOutcome::Reported { .. } => {}
+                }
+            }
+        }
+        self.announce();
+        Ok(report)
+    }
+}
