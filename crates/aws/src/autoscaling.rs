@@ -16,6 +16,8 @@ use crate::CallCounter;
 
 /// Instance ids per `DescribeInstances`.
 const IDS_PER_DESCRIBE: usize = 1000;
+/// The tag Auto Scaling puts on each instance it launches: its group's name.
+const ASG_TAG: &str = "aws:autoscaling:groupName";
 
 /// Auto Scaling and EC2 instances, per route (region, endpoint, role).
 pub struct AsgMembership {
@@ -112,6 +114,12 @@ impl AsgMembership {
                         public_ipv4: parse(instance.public_ip_address()),
                         private_ipv4: parse(instance.private_ip_address()),
                         ipv6,
+                        asg: instance
+                            .tags()
+                            .iter()
+                            .find(|t| t.key() == Some(ASG_TAG))
+                            .and_then(|t| t.value())
+                            .map(str::to_string),
                     });
                 }
                 token = answer.next_token().filter(|t| !t.is_empty()).map(str::to_string);

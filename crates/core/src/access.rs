@@ -16,6 +16,9 @@ pub enum Role {
     SelfService,
     /// Everything, `/v1` included.
     Admin,
+    /// `POST /v1/events` only: AWS events (Auto Scaling lifecycle actions, CloudTrail rule
+    /// changes) from a machine, such as an EventBridge API destination. Not rate-limited.
+    Events,
 }
 
 impl Role {
@@ -23,6 +26,7 @@ impl Role {
         match text {
             "self-service" => Some(Role::SelfService),
             "admin" => Some(Role::Admin),
+            "events" => Some(Role::Events),
             _ => None,
         }
     }
@@ -31,6 +35,7 @@ impl Role {
         match self {
             Role::SelfService => "self-service",
             Role::Admin => "admin",
+            Role::Events => "events",
         }
     }
 }

@@ -92,6 +92,13 @@ impl Cidr {
         self.0.prefix_len() == 0
     }
 
+    /// How much of `family`'s address space the union of `cidrs` covers, from 0 to 1:
+    /// overlapping networks count once, so `0.0.0.0/1` and `128.0.0.0/1` together are 1.
+    pub fn share_of(family: Family, cidrs: &[Cidr]) -> f64 {
+        let nets: Vec<IpNet> = cidrs.iter().filter(|c| c.family() == family).map(|c| c.0).collect();
+        IpNet::aggregate(&nets).iter().map(|n| 0.5f64.powi(i32::from(n.prefix_len()))).sum()
+    }
+
     /// True for loopback, private, link-local, documentation, shared, multicast and other
     /// special-purpose ranges (IANA special-purpose registries), which a policy may refuse.
     pub fn is_special_purpose(&self) -> bool {
@@ -167,6 +174,16 @@ impl<'de> Deserialize<'de> for Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_share_counts_a_family_s_union_once() {
+        let cidrs = |list: &[&str]| list.iter().map(|c| Cidr::parse(c).unwrap()).collect::<Vec<_>>();
+        assert_eq!(Cidr::share_of(Family::Ipv4, &cidrs(&["0.0.0.0/1", "128.0.0.0/1"])), 1.0);
+        assert_eq!(Cidr::share_of(Family::Ipv4, &cidrs(&["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/2", "192.0.0.0/2"])), 1.0);
+        assert_eq!(Cidr::share_of(Family::Ipv4, &cidrs(&["10.0.0.0/8", "10.1.0.0/16"])), 1.0 / 256.0);
+        assert_eq!(Cidr::share_of(Family::Ipv6, &cidrs(&["2000::/3", "0.0.0.0/1"])), 0.125);
+        assert_eq!(Cidr::share_of(Family::Ipv6, &cidrs(&["10.0.0.0/8"])), 0.0);
+    }
     use proptest::prelude::*;
 
     fn canon(s: &str) -> String {

@@ -41,6 +41,14 @@ pub enum ValidationError {
         "security group {group} ({region}) is full: it would hold {would_hold} {family} inbound rules, over its quota of {quota}; nothing was changed"
     )]
     GroupFull { group: String, region: String, family: Family, would_hold: usize, quota: usize },
+    #[error(
+        "prefix list {list} ({region}) is full: it would hold {entries} {family} entries, over its MaxEntries of {max_entries}; nothing was changed"
+    )]
+    ListFull { list: String, region: String, family: Family, entries: usize, max_entries: usize },
+    #[error(
+        "{cidr} is an {family} network, and no target of environment {environment} takes {family} addresses (its prefix lists: {lists}); nothing was stored"
+    )]
+    FamilyNotTaken { cidr: String, environment: String, family: Family, lists: String },
     #[error("invalid port set {input:?}: {reason}; use alb, nlb or a list such as tcp:80,tcp:443,udp:500-501")]
     InvalidPorts { input: String, reason: String },
     #[error("invalid user name {input:?}: {reason}; use 1-100 printable characters")]

@@ -48,8 +48,8 @@ pub use policy::{Policy, PolicyError, PolicyRules, RefusedGrant, admit_grants, p
 pub use ports::{PortRange, PortSet, Protocol};
 pub use repair::lapsed_revokes;
 pub use target::{
-    ENVIRONMENT_TAG, FamilyCounts, GroupId, ListInfo, ObservedGroup, ObservedRule, PORTS_TAG, PrefixListId, Route, SkippedGroup,
-    Target, TargetId, TargetSelector, TargetSpec, resolve_targets,
+    ENVIRONMENT_TAG, FamilyCounts, GroupId, ListInfo, ObservedGroup, ObservedRule, PORTS_TAG, PrefixListId, Route, SharedTarget,
+    SkippedGroup, Target, TargetId, TargetSelector, TargetSpec, resolve_targets, shared_target,
 };
 pub use ttl::Ttl;
 pub use user::UserName;

@@ -80,6 +80,9 @@ pub struct Instance {
     pub public_ipv4: Option<IpAddr>,
     pub private_ipv4: Option<IpAddr>,
     pub ipv6: Vec<IpAddr>,
+    /// The Auto Scaling group it belongs to, as its `aws:autoscaling:groupName` tag says
+    /// (none when it has no such tag: not an Auto Scaling group's instance).
+    pub asg: Option<String>,
 }
 
 impl Instance {
@@ -231,6 +234,7 @@ mod tests {
             public_ipv4: public.map(|p| p.parse().unwrap()),
             private_ipv4: Some("10.0.0.9".parse().unwrap()),
             ipv6: vec![],
+            asg: Some("web".into()),
         }
     }
 

@@ -135,6 +135,46 @@ pub struct TargetSpec {
     pub role_arn: Option<String>,
 }
 
+/// A group or prefix list that two environments' specs both name by id: it would be
+/// reconciled as one environment's, and the other's rules would show as unowned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedTarget {
+    pub region: String,
+    pub id: String,
+    pub first: Environment,
+    pub second: Environment,
+}
+
+/// The first target named by id in two environments' specs, if any (discovery decides each
+/// group's environment by its tag, so it cannot make one).
+pub fn shared_target(specs: &[TargetSpec]) -> Option<SharedTarget> {
+    let mut seen: BTreeMap<(&str, &str), &Environment> = BTreeMap::new();
+    for spec in specs {
+        let ids: Vec<&str> = match &spec.selector {
+            TargetSelector::Ids(ids) => ids.iter().map(GroupId::as_str).collect(),
+            TargetSelector::PrefixLists(ids) => ids.iter().map(PrefixListId::as_str).collect(),
+            TargetSelector::Discovery { .. } | TargetSelector::TaggedPrefixLists { .. } => vec![],
+        };
+        for id in ids {
+            match seen.get(&(spec.region.as_str(), id)) {
+                Some(first) if **first != spec.environment => {
+                    return Some(SharedTarget {
+                        region: spec.region.clone(),
+                        id: id.to_string(),
+                        first: (*first).clone(),
+                        second: spec.environment.clone(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert((spec.region.as_str(), id), &spec.environment);
+                }
+            }
+        }
+    }
+    None
+}
+
 impl TargetSpec {
     /// How this spec's groups are reached.
     pub fn route(&self) -> Route {
@@ -209,6 +249,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// Whether it takes addresses of `family`: a group takes both, a prefix list its own.
+    pub fn takes(&self, family: Family) -> bool {
+        self.list.is_none_or(|l| l.family == family)
+    }
+
     /// What this target may hold: the group quota, or a prefix list's `MaxEntries` in its
     /// family and nothing in the other.
     pub fn quota(&self, groups: crate::RuleQuota) -> crate::RuleQuota {

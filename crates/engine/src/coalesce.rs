@@ -254,7 +254,10 @@ impl Engine {
             let before = grants.clone();
             grants.retain(|g| g.key() != p.grant.key());
             grants.push(p.grant.clone());
-            if let Some(err) = self.quota_refusal(&p.grant, &grants, &observed.targets, &history, additive) {
+            let refusal = self
+                .family_refusal(&p.grant, observed)
+                .or_else(|| self.quota_refusal(&p.grant, &grants, &observed.targets, &history, additive));
+            if let Some(err) = refusal {
                 grants = before;
                 let refused = self.refuse(err, &p.grant.environment, Some(&p.grant.cidr), &p.by.refused_actor()).await;
                 let _ = p.reply.send(Err(refused));

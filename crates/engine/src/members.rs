@@ -3,7 +3,7 @@
 //! What changes is decided in `core::plan_members`; this module reads, writes and completes
 //! lifecycle actions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -84,6 +84,63 @@ pub struct Members {
     pub sources: Vec<MemberSource>,
     pub member_ttl: time::Duration,
     pub membership: Arc<dyn Membership>,
+    /// Launches waiting for their instance's describe, per route: a burst is one call.
+    describes: std::sync::Mutex<HashMap<Route, Vec<Waiting>>>,
+}
+
+/// A launch waiting for its instance's describe.
+type Waiting = (String, tokio::sync::oneshot::Sender<Result<Vec<Instance>, MembershipError>>);
+
+/// A burst of launches is gathered until this long passes with no new one…
+const DESCRIBE_QUIET: std::time::Duration = std::time::Duration::from_millis(50);
+/// …or this long has passed since the first: then one describe names every instance (1,000 a
+/// call). A lifecycle hook waits minutes; a launch can spare a moment.
+const DESCRIBE_GATHER: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Members {
+    pub fn new(sources: Vec<MemberSource>, member_ttl: time::Duration, membership: Arc<dyn Membership>) -> Members {
+        Members { sources, member_ttl, membership, describes: Default::default() }
+    }
+
+    /// One launching instance, described together with every other launch of the same burst
+    /// on `route`: 200 launches within a second cost one `DescribeInstances`, not 200.
+    async fn describe_launching(&self, route: &Route, id: &str) -> Result<Option<Instance>, MembershipError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiting = |members: &Members| {
+            let describes = members.describes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            describes.get(route).map_or(0, Vec::len)
+        };
+        let lead = {
+            let mut describes = self.describes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let list = describes.entry(route.clone()).or_default();
+            list.push((id.to_string(), tx));
+            list.len() == 1
+        };
+        if lead {
+            // Monotonic pacing of a batch: it decides nothing stored or audited.
+            let started = std::time::Instant::now();
+            let mut seen = 1;
+            loop {
+                tokio::time::sleep(DESCRIBE_QUIET).await;
+                let now = waiting(self);
+                if now == seen || started.elapsed() >= DESCRIBE_GATHER {
+                    break;
+                }
+                seen = now;
+            }
+            let batch =
+                self.describes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(route).unwrap_or_default();
+            let mut ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            let described = self.membership.describe(route, &ids).await;
+            for (_, tx) in batch {
+                let _ = tx.send(described.clone());
+            }
+        }
+        let described = rx.await.map_err(|_| MembershipError { code: None, message: "the describe was dropped".into() })?;
+        Ok(described?.into_iter().find(|i| i.id == id))
+    }
 }
 
 /// What a member event did.
@@ -196,7 +253,7 @@ impl Engine {
         }
         match launching {
             true => self.launch(&members, &sources, &region, action, interface).await,
-            false => self.terminate(&sources, &region, action, interface).await,
+            false => self.terminate(&sources, action, interface).await,
         }
     }
 
@@ -211,14 +268,26 @@ impl Engine {
     ) -> Result<MemberOutcome, EngineError> {
         let first = sources[0];
         let mut outcome = MemberOutcome::default();
-        let described = members.membership.describe(&first.route, std::slice::from_ref(&action.instance_id)).await;
-        let instance = match described {
-            Ok(found) => found.into_iter().find(|i| i.id == action.instance_id),
+        let instance = match members.describe_launching(&first.route, &action.instance_id).await {
+            Ok(found) => found,
             Err(err) => {
                 outcome.failures.push(format!("cannot describe {} in {region}: {err}", action.instance_id));
                 None
             }
         };
+        // Only the ASG's own instance is admitted: an event naming another is refused.
+        if let Some(other) = instance.as_ref().filter(|i| i.asg.as_deref() != Some(action.asg.as_str())) {
+            let why = format!(
+                "{} is not a member of {} (its aws:autoscaling:groupName is {}); not admitted",
+                other.id,
+                action.asg,
+                other.asg.as_deref().unwrap_or("absent")
+            );
+            tracing::warn!(asg = %action.asg, instance = %other.id, "a launch for an instance that is not the group's");
+            outcome.failures.push(why.clone());
+            self.complete(first, &action, LifecycleResult::Abandon, Some(why), interface, &mut outcome).await;
+            return Ok(outcome);
+        }
         let now = self.clock().now();
         let mut environments = BTreeSet::new();
         if let Some(instance) = &instance {
@@ -236,7 +305,7 @@ impl Engine {
         let holds = outcome.reports.iter().all(|r| region_holds(r, region));
         // The instance may serve once its own region admits it; other regions catch up.
         let result = if instance.is_some() && holds { LifecycleResult::Continue } else { LifecycleResult::Abandon };
-        self.complete(first, region, &action, result, interface, &mut outcome).await;
+        self.complete(first, &action, result, None, interface, &mut outcome).await;
         Ok(outcome)
     }
 
@@ -244,7 +313,6 @@ impl Engine {
     async fn terminate(
         &self,
         sources: &[&MemberSource],
-        region: &str,
         action: LifecycleAction,
         interface: Interface,
     ) -> Result<MemberOutcome, EngineError> {
@@ -267,7 +335,7 @@ impl Engine {
         // A terminating instance goes whatever happens here: a revoke that failed is retried
         // by the reconcile, so the action always continues.
         self.apply_members(&environments, &mut outcome).await?;
-        self.complete(first, region, &action, LifecycleResult::Continue, interface, &mut outcome).await;
+        self.complete(first, &action, LifecycleResult::Continue, None, interface, &mut outcome).await;
         Ok(outcome)
     }
 
@@ -360,21 +428,24 @@ impl Engine {
         Ok(())
     }
 
-    /// Completes the lifecycle action, and audits how.
+    /// Completes the lifecycle action, and audits how (`why`, when the outcome's failures do
+    /// not say it).
     async fn complete(
         &self,
         source: &MemberSource,
-        region: &str,
         action: &LifecycleAction,
         result: LifecycleResult,
+        why: Option<String>,
         interface: Interface,
         outcome: &mut MemberOutcome,
     ) {
         let members = self.members.as_ref().expect("members are configured");
-        let why = match (result, outcome.failures.first()) {
-            (LifecycleResult::Abandon, Some(failure)) => format!(": {region} does not hold the rule ({failure})"),
-            (LifecycleResult::Abandon, None) => format!(": {} was not found", action.instance_id),
-            (LifecycleResult::Continue, _) => String::new(),
+        let region = &source.route.region;
+        let why = match (result, why, outcome.failures.first()) {
+            (LifecycleResult::Abandon, Some(why), _) => format!(": {why}"),
+            (LifecycleResult::Abandon, None, Some(failure)) => format!(": {region} does not hold the rule ({failure})"),
+            (LifecycleResult::Abandon, None, None) => format!(": {} was not found", action.instance_id),
+            (LifecycleResult::Continue, _, _) => String::new(),
         };
         let mut reason = format!("{} {} of {} ({}){why}", result.as_str(), action.hook, action.instance_id, action.asg);
         if let Err(err) = members.membership.complete(&source.route, action, result).await {

@@ -439,12 +439,13 @@ impl crate::Membership for MemoryMembership {
     ) -> Result<Vec<portcullis_core::Instance>, crate::MembershipError> {
         self.call("DescribeInstances", &route.region)?;
         let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        // As EC2 describes them: no lifecycle state, the group's name in their tag.
         let found = groups
             .iter()
             .filter(|((region, _), _)| *region == route.region)
-            .flat_map(|(_, instances)| instances.iter())
-            .filter(|i| ids.contains(&i.id))
-            .map(|i| portcullis_core::Instance { lifecycle_state: String::new(), ..i.clone() });
+            .flat_map(|((_, asg), instances)| instances.iter().map(move |i| (asg, i)))
+            .filter(|(_, i)| ids.contains(&i.id))
+            .map(|(asg, i)| portcullis_core::Instance { lifecycle_state: String::new(), asg: Some(asg.clone()), ..i.clone() });
         Ok(found.collect())
     }
 

@@ -78,6 +78,8 @@ impl Engine {
             sweeper_lease_holder,
             instance: self.store().instance().to_string(),
             refused_grants,
+            temporary_approval: self.temporary_approval().map(term),
+            break_glass_ttl: self.break_glass_ttl().map(term),
         })
     }
 
@@ -136,5 +138,13 @@ impl Engine {
     /// Revokes a token now and audits it; `None` when there is no such id.
     pub async fn revoke_token(&self, id: &str, by: &Requester) -> Result<Option<ApiToken>, EngineError> {
         Ok(self.store().revoke_token(id, &by.actor(), self.clock().now()).await?)
+    }
+}
+
+/// A term in the TTL grammar (`24h`, `7d`, `90m`), as a decision's `for` takes it.
+fn term(duration: time::Duration) -> String {
+    match portcullis_core::Ttl::from_seconds(duration.whole_seconds().max(60) as u64) {
+        Ok(ttl) => ttl.to_string(),
+        Err(_) => format!("{}s", duration.whole_seconds()),
     }
 }

@@ -174,6 +174,13 @@ pub struct Status {
     /// Stored grants the policy refuses (written by another writer past the checks an add
     /// makes): never applied.
     pub refused_grants: Vec<RefusedGrant>,
+    /// With guard: the longest term "Approve for …" may give (`temporary_approval`, e.g.
+    /// `24h`), which the console offers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temporary_approval: Option<String>,
+    /// With guard's break-glass on: the longest a break-glass lasts (`break_glass_ttl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub break_glass_ttl: Option<String>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

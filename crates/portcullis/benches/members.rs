@@ -173,11 +173,11 @@ async fn members_on_moto(moto: &str) {
         route: Route { region: REGIONS[0].into(), endpoint_url: None, role_arn: None },
         address: AddressKind::Public,
     };
-    let engine = Engine::new(store, firewall.clone(), clock, settings).with_members(Members {
-        sources: vec![source],
-        member_ttl: portcullis_engine::DEFAULT_MEMBER_TTL,
-        membership: membership.clone(),
-    });
+    let engine = Engine::new(store, firewall.clone(), clock, settings).with_members(Members::new(
+        vec![source],
+        portcullis_engine::DEFAULT_MEMBER_TTL,
+        membership.clone(),
+    ));
     let true_up = || MemberEvent::TrueUp { asg: None, region: None };
     let first = engine.member_event(true_up(), Interface::Cli).await.unwrap();
     let before: BTreeSet<String> = first.granted.iter().map(|g| g.cidr.to_string()).collect();

@@ -1,6 +1,6 @@
 // portcullis console. Served by portcullis itself under a Content-Security-Policy that allows
 // no inline script and no other host. Every text that came from a user or the server is put
-// on the page with textContent, never as HTML.
+// on the page through setText (textContent, hidden characters shown), never as HTML.
 "use strict";
 
 (function () {
@@ -17,6 +17,7 @@
 
   const $ = (id) => document.getElementById(id);
   let me = null;           // GET /connection's answer: who we are, where from, what we may see
+  let guardTerms = null;   // the terms guard is configured with (GET /v1/status), read once per sign-in
   let skewMs = 0;          // the server's clock less ours, from each answer's Date header
   let auditCursors = [];   // the `before` of each audit page shown so far (null: the newest)
   let statusTimer = null;
@@ -87,14 +88,14 @@
       return; // signOut already said why
     }
     const box = $("error");
-    box.textContent = describe(err);
+    setText(box, describe(err));
     box.hidden = false;
     $("notice").hidden = true;
   }
 
   function showNotice(text) {
     const box = $("notice");
-    box.textContent = text;
+    setText(box, text);
     box.hidden = false;
     $("error").hidden = true;
   }
@@ -140,16 +141,16 @@
   function countdown(iso) {
     const el = document.createElement("time");
     el.dateTime = iso;
-    el.title = utc(iso);
+    el.title = visible(utc(iso));
     el.dataset.expires = iso;
-    el.textContent = left(Date.parse(iso) - serverNow());
+    setText(el, left(Date.parse(iso) - serverNow()));
     return el;
   }
 
   function tick() {
     for (const el of document.querySelectorAll("[data-expires]")) {
       const ms = Date.parse(el.dataset.expires) - serverNow();
-      el.textContent = left(ms);
+      setText(el, left(ms));
       if (ms <= 0 && el.dataset.onexpire === "access" && !el.dataset.fired) {
         el.dataset.fired = "1";
         loadAccess().catch(showError);
@@ -159,9 +160,23 @@
 
   // ---- building the page -----------------------------------------------------------------
 
+  // Characters that reorder or hide text (bidirectional controls, zero-width marks): shown as
+  // their code point, so text from any source (a rule's description, a reason, a name) reads
+  // on the page as it is stored and cannot disguise itself.
+  const HIDDEN = /[\u061C\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u2069\uFEFF]/g;
+
+  function visible(text) {
+    return String(text).replace(HIDDEN, (c) => "[U+" + c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0") + "]");
+  }
+
+  // The one way text reaches the page.
+  function setText(node, text) {
+    node.textContent = visible(text);
+  }
+
   function el(tag, text, className) {
     const node = document.createElement(tag);
-    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (text !== undefined && text !== null) setText(node, text);
     if (className) node.className = className;
     return node;
   }
@@ -171,7 +186,7 @@
     if (label) td.dataset.label = label;
     if (className) td.className = className;
     if (content instanceof Node) td.append(content);
-    else td.textContent = content === undefined || content === null ? "" : String(content);
+    else setText(td, content === undefined || content === null ? "" : content);
     return td;
   }
 
@@ -296,13 +311,14 @@
   function signOut(reason) {
     sessionStorage.removeItem(TOKEN_KEY);
     me = null;
+    guardTerms = null;
     $("nav").hidden = true;
     $("signout").hidden = true;
-    $("who").textContent = "";
+    setText($("who"), "");
     show("signin");
     if (reason) {
       const box = $("error");
-      box.textContent = reason;
+      setText(box, reason);
       box.hidden = false;
     }
   }
@@ -314,7 +330,7 @@
     $("nav").hidden = false;
     $("signout").hidden = false;
     for (const a of document.querySelectorAll("#nav a[data-admin]")) a.hidden = !me.admin;
-    $("who").textContent = me.principal + (me.admin ? " (admin)" : "");
+    setText($("who"), me.principal + (me.admin ? " (admin)" : ""));
     return me;
   }
 
@@ -328,8 +344,8 @@
   // My access as `me` says it is.
   function renderAccess() {
     options($("access-env"), me.environments, me.environment);
-    $("access-address").textContent = me.address;
-    $("access-open").textContent = (me.grant ? "Renew for " : "Open for ") + ttlWords(me.ttl);
+    setText($("access-address"), me.address);
+    setText($("access-open"), (me.grant ? "Renew for " : "Open for ") + ttlWords(me.ttl));
     const state = $("access-state");
     state.replaceChildren();
     if (me.grant && me.grant.expires_at) {
@@ -356,7 +372,7 @@
       const verb = method === "POST" ? (data.result === "refreshed" ? "Renewed" : "Opened") : "Closed";
       showNotice(verb + " " + data.address + " in " + data.environment + (failed ? "; some groups failed: " + data.failures.join("; ") : "."));
       const targets = (data.targets || []).map((t) => (t.group_id || t.region) + ": " + t.outcome);
-      $("access-targets").textContent = targets.length ? "Groups: " + targets.join(", ") : "";
+      setText($("access-targets"), targets.length ? "Groups: " + targets.join(", ") : "");
     } catch (err) {
       showError(err);
     }
@@ -378,7 +394,7 @@
     for (const g of grants) {
       const tr = document.createElement("tr");
       const remove = button("Remove", () => removeGrant(g), "danger");
-      remove.setAttribute("aria-label", "Remove " + g.cidr + " from " + g.environment);
+      remove.setAttribute("aria-label", visible("Remove " + g.cidr + " from " + g.environment));
       tr.append(
         cell("Address", g.cidr, "mono"),
         cell("Environment", g.environment),
@@ -391,7 +407,7 @@
       body.append(tr);
     }
     $("grants-empty").hidden = grants.length > 0;
-    $("grants-count").textContent = grants.length + (grants.length === 1 ? " grant" : " grants");
+    setText($("grants-count"), grants.length + (grants.length === 1 ? " grant" : " grants"));
   }
 
   async function addGrant(event) {
@@ -471,12 +487,16 @@
     $("audit-newer").disabled = auditCursors.length <= 1;
     $("audit-older").disabled = !more;
     $("audit-older").dataset.next = page.length ? String(page[page.length - 1].id) : "";
-    $("audit-page").textContent = "Page " + auditCursors.length;
+    setText($("audit-page"), "Page " + auditCursors.length);
   }
 
   // -- change requests
 
   async function loadRequests() {
+    if (guardTerms === null) {
+      const { data } = await api("GET", "/v1/status");
+      guardTerms = { temporary: data.temporary_approval || null };
+    }
     const status = $("requests-status").value;
     const list = $("requests-list");
     let requests;
@@ -513,6 +533,8 @@
     if (r.approvals && r.approvals.length) fact("Approved by", r.approvals.join(", "));
     if (r.denied_by) fact("Denied by", r.denied_by + (r.reason ? ": " + r.reason : ""));
     if (r.temporary && r.temporary.until) fact("Rule grant until", utc(r.temporary.until));
+    if (r.break_glass) fact("Break-glass", r.break_glass);
+    if (r.failure) fact("Apply failed", r.failure + " (the guard sweep retries)");
     card.append(facts);
     const rules = (title, list) => {
       if (!list || !list.length) return;
@@ -528,7 +550,10 @@
       const actions = el("div", null, "actions");
       actions.append(button("Approve", () => decide(r, "approve", {})));
       const addition = (r.add || []).length > 0 && (r.remove || []).length === 0;
-      if (addition) actions.append(button("Approve for 24 h", () => decide(r, "approve", { for: "24h" })));
+      if (addition && guardTerms.temporary) {
+        const term = guardTerms.temporary;
+        actions.append(button("Approve for " + ttlWords(term), () => decide(r, "approve", { for: term })));
+      }
       card.append(actions);
       const deny = el("form", null, "deny");
       const label = el("label", "Reason (optional) ");

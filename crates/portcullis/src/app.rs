@@ -98,6 +98,8 @@ impl From<ValidationError> for ApiError {
             | ValidationError::PrincipalNotListed { .. } => (StatusCode::FORBIDDEN, "not_allowed"),
             ValidationError::NoSuchGrant { .. } => (StatusCode::NOT_FOUND, "no_such_grant"),
             ValidationError::GroupFull { .. } => (StatusCode::CONFLICT, "group_full"),
+            ValidationError::ListFull { .. } => (StatusCode::CONFLICT, "list_full"),
+            ValidationError::FamilyNotTaken { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "family_not_taken"),
             ValidationError::TooManyGrants { .. } => (StatusCode::CONFLICT, "too_many_grants"),
             _ => (StatusCode::BAD_REQUEST, "invalid_request"),
         };
@@ -142,6 +144,9 @@ pub struct App {
     /// Mutating requests per principal that were refused (403, 404, …): counted apart, so
     /// refusals never use up a caller's changes, under a cap of their own.
     pub refusals: RateLimiter,
+    /// AWS events per principal (`POST /v1/events`): a limit of their own, so a burst of
+    /// lifecycle events never uses up a person's changes; an `events` token has none.
+    pub events: RateLimiter,
     /// How long a request's body may take to arrive, once its headers are in.
     pub body_read_timeout: std::time::Duration,
     /// How often the ASGs' members are trued up (`member_sync_secs`).
@@ -159,6 +164,7 @@ impl App {
             connection: config.connection.clone(),
             limiter: RateLimiter::new(config.connection.rate_limit_per_minute),
             refusals: RateLimiter::new(config.connection.rate_limit_per_minute.saturating_mul(REFUSALS_PER_CHANGE)),
+            events: RateLimiter::new(config.connection.events_per_minute),
             body_read_timeout: config.http.body_read_timeout,
             member_sync: config.member_sync_interval,
             http_requests: Default::default(),
@@ -167,9 +173,9 @@ impl App {
         }
     }
 
-    /// Authenticates a request and, for a mutating one, counts it against the principal's
-    /// rate limit.
-    pub(crate) async fn principal(&self, headers: &HeaderMap, mutating: bool) -> Result<Principal, ApiError> {
+    /// Authenticates a request and counts it against the principal's rate limit that
+    /// `charge` names.
+    pub(crate) async fn principal(&self, headers: &HeaderMap, charge: Charge) -> Result<Principal, ApiError> {
         let principal = self.auth.authenticate(headers).await.map_err(|e| match e {
             AuthError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", m),
             other => {
@@ -178,16 +184,25 @@ impl App {
             }
         })?;
         let now = self.engine.clock().now();
-        if mutating {
-            let limited = |wait: time::Duration, per_minute: usize, what: &str| {
-                tracing::warn!(principal = %principal.id(), what, "rate-limited");
-                let secs = wait.whole_seconds().max(1);
-                let message = format!("at most {per_minute} {what} a minute; try again in {secs} s");
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).retry_after(secs)
-            };
-            // Refusals are counted apart (see `settle`), and only looked at here.
-            self.refusals.peek(principal.id(), now).map_err(|w| limited(w, self.refusals.per_minute(), "refused requests"))?;
-            self.limiter.check(principal.id(), now).map_err(|w| limited(w, self.limiter.per_minute(), "changes"))?;
+        let limited = |wait: time::Duration, per_minute: usize, what: &str| {
+            tracing::warn!(principal = %principal.id(), what, "rate-limited");
+            let secs = wait.whole_seconds().max(1);
+            let message = format!("at most {per_minute} {what} a minute; try again in {secs} s");
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).retry_after(secs)
+        };
+        match charge {
+            Charge::Nothing => {}
+            Charge::Change => {
+                // Refusals are counted apart (see `settle`), and only looked at here.
+                self.refusals
+                    .peek(principal.id(), now)
+                    .map_err(|w| limited(w, self.refusals.per_minute(), "refused requests"))?;
+                self.limiter.check(principal.id(), now).map_err(|w| limited(w, self.limiter.per_minute(), "changes"))?;
+            }
+            Charge::Event if principal.is_events() => {}
+            Charge::Event => {
+                self.events.check(principal.id(), now).map_err(|w| limited(w, self.events.per_minute(), "AWS events"))?;
+            }
         }
         Ok(principal)
     }
@@ -200,6 +215,17 @@ impl App {
             let _ = self.refusals.check(principal.id(), self.engine.clock().now());
         }
     }
+}
+
+/// Which rate limit a request counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Charge {
+    /// A read: none.
+    Nothing,
+    /// A person's change (or a refusal of one): `rate_limit_per_minute`.
+    Change,
+    /// An AWS event: `events_per_minute`, or none for an `events` token.
+    Event,
 }
 
 /// How many refused mutating requests a principal may make for each change it may make.

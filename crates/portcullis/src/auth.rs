@@ -94,6 +94,11 @@ impl Principal {
         matches!(self, Principal::Token(t) if t.role == Role::Admin)
     }
 
+    /// A token for AWS events only (`POST /v1/events`).
+    pub fn is_events(&self) -> bool {
+        matches!(self, Principal::Token(t) if t.role == Role::Events)
+    }
+
     pub fn requester(&self) -> Requester {
         let owner = match self {
             Principal::Token(t) => Owner::named(&t.user),

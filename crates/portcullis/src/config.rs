@@ -90,7 +90,9 @@ struct FileHttp {
 #[serde(deny_unknown_fields)]
 struct FileConnection {
     trusted_proxies: Option<Vec<String>>,
+    trusted_proxies_max_share: Option<f64>,
     rate_limit_per_minute: Option<u32>,
+    events_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -261,6 +263,10 @@ pub struct ConnectionConfig {
     pub trusted_proxies: Vec<portcullis_core::Cidr>,
     /// Mutating requests per principal per minute (all of `/connection` and `/v1`).
     pub rate_limit_per_minute: u32,
+    /// AWS events (`POST /v1/events`) per principal per minute: a limit of their own, so a
+    /// burst of lifecycle events never uses up a person's changes (a token with the `events`
+    /// role is not limited).
+    pub events_per_minute: u32,
 }
 
 /// How long the HTTP server waits for a client.
@@ -468,6 +474,15 @@ fn environments(
             specs.push(target(&format!("{key}.targets[{i}]"), t, &environment, &policy, defaults)?);
         }
         policies.insert(environment, policy);
+    }
+    if let Some(shared) = portcullis_core::shared_target(&specs) {
+        return Err(error(
+            format!("environments.{}.targets", shared.second),
+            format!(
+                "{} ({}) is also a target of environment {}: a group or prefix list belongs to one environment only",
+                shared.id, shared.region, shared.first
+            ),
+        ));
     }
     if policies.is_empty() {
         policies.insert(default_environment.clone(), Policy::default());
@@ -764,24 +779,44 @@ fn http(file: &FileHttp) -> Result<HttpConfig, ConfigError> {
     })
 }
 
+/// How much of an address family `trusted_proxies` may cover by default: 1 % (a /8 of IPv4,
+/// or IPv6's unique local fc00::/7, are within it).
+const TRUSTED_SHARE: f64 = 0.01;
+
 fn connection(file: &FileConnection) -> Result<ConnectionConfig, ConfigError> {
     let rate = file.rate_limit_per_minute.unwrap_or(30);
     if rate == 0 {
         return Err(error("connection.rate_limit_per_minute", "must be at least 1"));
     }
+    let events = file.events_per_minute.unwrap_or(1200);
+    if events == 0 {
+        return Err(error("connection.events_per_minute", "must be at least 1"));
+    }
     let mut trusted_proxies = Vec::new();
     for text in file.trusted_proxies.iter().flatten() {
-        let cidr = portcullis_core::Cidr::parse(text).map_err(|e| error("connection.trusted_proxies", e))?;
-        // Trusting every peer would let anyone choose the address they are allowed from.
-        if cidr.is_whole_internet() {
+        trusted_proxies.push(portcullis_core::Cidr::parse(text).map_err(|e| error("connection.trusted_proxies", e))?);
+    }
+    let max_share = file.trusted_proxies_max_share.unwrap_or(TRUSTED_SHARE);
+    if !(0.0..1.0).contains(&max_share) {
+        return Err(error("connection.trusted_proxies_max_share", "must be at least 0 and less than 1"));
+    }
+    // Trusting every peer (or a good part of the internet) would let anyone choose the address
+    // they are allowed from. The networks count together: two /1s are the whole internet.
+    for family in [portcullis_core::Family::Ipv4, portcullis_core::Family::Ipv6] {
+        let share = portcullis_core::Cidr::share_of(family, &trusted_proxies);
+        if share >= 1.0 || share > max_share {
             return Err(error(
                 "connection.trusted_proxies",
-                format!("{cidr} would trust every peer; name your proxies' addresses"),
+                format!(
+                    "together they cover {:.4} % of {family} addresses, more than trusted_proxies_max_share ({} %) allows: \
+                     that would trust peers nobody controls; name your proxies' addresses",
+                    share * 100.0,
+                    max_share * 100.0
+                ),
             ));
         }
-        trusted_proxies.push(cidr);
     }
-    Ok(ConnectionConfig { trusted_proxies, rate_limit_per_minute: rate })
+    Ok(ConnectionConfig { trusted_proxies, rate_limit_per_minute: rate, events_per_minute: events })
 }
 
 fn iam(file: &FileIam, env: Env<'_>) -> Result<IamConfig, ConfigError> {
@@ -816,12 +851,28 @@ fn iam(file: &FileIam, env: Env<'_>) -> Result<IamConfig, ConfigError> {
 /// The largest configuration file read; anything larger is a mistake (`--config /dev/zero`).
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
+/// How long reading the configuration file may take (a file on a hung network mount).
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     use std::io::Read;
     let key = || path.display().to_string();
+    // Only a regular file: a FIFO nobody writes to, a device or a socket would hang or never end.
+    let metadata = std::fs::metadata(path).map_err(|e| error(key(), e))?;
+    if !metadata.is_file() {
+        return Err(error(key(), "is not a regular file (a FIFO, device or directory cannot be a configuration file)"));
+    }
     let file = std::fs::File::open(path).map_err(|e| error(key(), e))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| error(key(), e))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let read = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map(|_| bytes);
+        let _ = tx.send(read);
+    });
+    let bytes = match rx.recv_timeout(READ_TIMEOUT) {
+        Ok(read) => read.map_err(|e| error(key(), e))?,
+        Err(_) => return Err(error(key(), format!("could not be read within {} s", READ_TIMEOUT.as_secs()))),
+    };
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(error(key(), format!("is larger than {} KiB; is it the configuration file?", MAX_FILE_BYTES / 1024)));
     }
@@ -1071,6 +1122,22 @@ mod tests {
     }
 
     #[test]
+    fn a_target_belongs_to_one_environment_and_the_refusal_names_both() {
+        let two = |region_b: &str| {
+            format!(
+                "[environments.dev]\n[[environments.dev.targets]]\nregion = \"us-east-1\"\ngroup_ids = [\"sg-1\"]\n\
+                 [environments.prod]\n[[environments.prod.targets]]\nregion = \"{region_b}\"\ngroup_ids = [\"sg-1\"]\n"
+            )
+        };
+        let err = load(&two("us-east-1"), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("sg-1 (us-east-1) is also a target of environment dev") && err.contains("environments.prod"),
+            "{err}"
+        );
+        assert!(load(&two("eu-west-1"), &[]).is_ok(), "the same id in another region is another group");
+    }
+
+    #[test]
     fn connection_and_iam_settings() {
         let c = load(
             r#"
@@ -1112,6 +1179,25 @@ mod tests {
             ("[connection]\ntrusted_proxies = [\"nope\"]\n", "connection.trusted_proxies"),
             ("[connection]\ntrusted_proxies = [\"0.0.0.0/0\"]\n", "connection.trusted_proxies"),
             ("[connection]\ntrusted_proxies = [\"::/0\"]\n", "connection.trusted_proxies"),
+            ("[connection]\ntrusted_proxies = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n", "connection.trusted_proxies"),
+            (
+                "[connection]\ntrusted_proxies = [\"0.0.0.0/2\", \"64.0.0.0/2\", \"128.0.0.0/2\", \"192.0.0.0/2\"]\n",
+                "connection.trusted_proxies",
+            ),
+            ("[connection]\ntrusted_proxies = [\"2000::/3\", \"0.0.0.0/1\"]\n", "connection.trusted_proxies"),
+            ("[connection]\ntrusted_proxies = [\"8.0.0.0/6\"]\n", "connection.trusted_proxies"),
+            ("[connection]\ntrusted_proxies_max_share = 1.0\n", "connection.trusted_proxies_max_share"),
+            ("[connection]\nevents_per_minute = 0\n", "connection.events_per_minute"),
+            (
+                "[environments.dev]\n[[environments.dev.targets]]\nregion = \"r\"\ngroup_ids = [\"sg-1\"]\n\
+                 [environments.prod]\n[[environments.prod.targets]]\nregion = \"r\"\ngroup_ids = [\"sg-2\", \"sg-1\"]\n",
+                "environments.prod.targets",
+            ),
+            (
+                "[environments.dev]\n[[environments.dev.targets]]\nregion = \"r\"\nprefix_list_ids = [\"pl-1\"]\n\
+                 [environments.prod]\n[[environments.prod.targets]]\nregion = \"r\"\nprefix_list_ids = [\"pl-1\"]\n",
+                "environments.prod.targets",
+            ),
             ("[auth.iam]\nserver_id = \"\"\n", "auth.iam.server_id"),
             ("[auth.iam]\nserver_id = \"x\"\nsts_endpoint = \"sts.amazonaws.com\"\n", "auth.iam.sts_endpoint"),
             (

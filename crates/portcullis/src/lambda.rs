@@ -491,8 +491,13 @@ impl Handler {
 
 /// Checks what the Lambda runtime reads from the environment (it panics on a missing one).
 pub fn check_environment(env: &dyn Fn(&str) -> Option<String>) -> Result<(), InvocationError> {
-    if env("AWS_LAMBDA_RUNTIME_API").is_none() {
+    let Some(api) = env("AWS_LAMBDA_RUNTIME_API") else {
         return Err(InvocationError::NotInLambda);
+    };
+    if !runtime_api_address(&api) {
+        return Err(InvocationError::LambdaEnvironment(format!(
+            "AWS_LAMBDA_RUNTIME_API {api:?} is not a host:port (e.g. 127.0.0.1:9001)"
+        )));
     }
     let mut problems: Vec<String> =
         ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_VERSION", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
@@ -506,6 +511,22 @@ pub fn check_environment(env: &dyn Fn(&str) -> Option<String>) -> Result<(), Inv
         problems.push(format!("AWS_LAMBDA_FUNCTION_MEMORY_SIZE {memory:?} is not a number of megabytes"));
     }
     if problems.is_empty() { Ok(()) } else { Err(InvocationError::LambdaEnvironment(problems.join("; "))) }
+}
+
+/// Whether `text` is what Lambda sets `AWS_LAMBDA_RUNTIME_API` to: `host:port`, the host a
+/// name or an IPv4 address (or `[IPv6]`), the port a number from 1 to 65535, and nothing else.
+fn runtime_api_address(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else { return false };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0) && port.bytes().all(|b| b.is_ascii_digit());
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        }
+    };
+    port_ok && host_ok
 }
 
 /// Runs as an AWS Lambda function until the runtime stops the process.

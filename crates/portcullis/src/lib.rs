@@ -14,6 +14,7 @@ pub mod cli;
 pub mod cloudtrail;
 pub mod config;
 pub mod events;
+pub mod headers;
 pub mod lambda;
 pub mod metrics;
 pub mod open;

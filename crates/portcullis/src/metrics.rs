@@ -153,5 +153,6 @@ pub fn router(metrics: Arc<Metrics>) -> axum::Router {
     axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
         .fallback(|| async { (StatusCode::NOT_FOUND, "only /metrics is served here\n") })
+        .layer(axum::middleware::map_response(crate::headers::nosniff))
         .with_state(metrics)
 }

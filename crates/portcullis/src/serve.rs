@@ -20,17 +20,22 @@ pub enum ServeError {
     MetricsListen { address: std::net::SocketAddr, source: std::io::Error },
 }
 
+/// The most a request's headers may take, on every listener (HTTP/1's read buffer, HTTP/2's
+/// header list): larger ones are refused (431) before any handler runs.
+const MAX_HEADERS: usize = 64 * 1024;
+
 /// Answers HTTP on `listener` until `stop`, then lets open requests finish (at most 20 s).
 /// Unlike `axum::serve`, a client must send each request's headers within
 /// `header_read_timeout` (an HTTP/1 client slow with its headers, or an idle keep-alive
-/// connection, is closed).
+/// connection, is closed), and in at most [`MAX_HEADERS`] bytes. Both listeners, the public
+/// one and `/metrics`', are served by this.
 async fn serve_http(listener: tokio::net::TcpListener, app: axum::Router, http: HttpConfig, mut stop: watch::Receiver<bool>) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(http.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(http.header_read_timeout).max_buf_size(MAX_HEADERS);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADERS as u32);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -189,7 +189,7 @@ pub async fn with_members(config: &Config, engine: Engine) -> Engine {
         return engine;
     }
     let membership = Arc::new(portcullis_aws::AsgMembership::new(portcullis_aws::shared_sdk_config().await));
-    engine.with_members(Members { sources: config.members.clone(), member_ttl: config.member_ttl, membership })
+    engine.with_members(Members::new(config.members.clone(), config.member_ttl, membership))
 }
 
 /// The engine, guarding the configured groups through EC2 (with the AWS firewall only: the

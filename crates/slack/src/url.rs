@@ -80,15 +80,47 @@ impl UrlPrefix {
     }
 }
 
-/// Text that different URL parsers may read differently.
+/// `text` percent-decoded until nothing more decodes (`%252e` is `%2e` is `.`): what the
+/// most eager server in the path would read.
+fn fully_decoded(text: &str) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    loop {
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+                (b'%', Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 3;
+                }
+                (b, _, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        if out == bytes {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        bytes = out;
+    }
+}
+
+/// Text that different URL parsers may read differently: judged on the URL fully decoded, so
+/// an encoded (or doubly encoded) dot-segment, a backslash, or a segment with parameters
+/// (`..;`, read as `..` by some servers) is refused however it is spelt.
 fn tricky(url: &str) -> bool {
-    if url.contains('\\') || url.to_ascii_lowercase().contains("%2e") || url.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
+    let decoded = fully_decoded(url);
+    if decoded.contains('\\') || decoded.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return true;
     }
-    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let after_scheme = decoded.split_once("://").map_or(decoded.as_str(), |(_, rest)| rest);
     let path = after_scheme.split(['?', '#']).next().unwrap_or_default();
-    path.split('/').skip(1).any(|segment| segment == "." || segment == "..")
+    path.split('/').skip(1).any(|segment| {
+        let name = segment.split(';').next().unwrap_or_default();
+        name == "." || name == ".."
+    })
 }
 
 #[cfg(test)]
@@ -107,6 +139,12 @@ mod tests {
             "https://hooks.slack.com/..",
             "https://hooks.slack.com/%2e%2e/evil",
             "https://hooks.slack.com/%2E%2E/evil",
+            "https://hooks.slack.com/resp/..;/evil",
+            "https://hooks.slack.com/resp/.;x/evil",
+            "https://hooks.slack.com/%252e%252e/evil",
+            "https://hooks.slack.com/%25252e%25252e/evil",
+            "https://hooks.slack.com/resp/%5c../evil",
+            "https://hooks.slack.com/resp%2f..%2fevil",
             "https://hooks.slack.com\\@evil.example/",
             "https://hooks.slack.com/..\\evil",
             "https://hooks.slack.com.evil.example/commands",

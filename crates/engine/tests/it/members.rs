@@ -32,16 +32,14 @@ fn instance(id: &str, state: &str, public: &str) -> Instance {
         public_ipv4: Some(public.parse().unwrap()),
         private_ipv4: Some(format!("10.0.0.{}", &public[public.rfind('.').unwrap() + 1..]).parse().unwrap()),
         ipv6: vec![],
+        asg: Some("web".into()),
     }
 }
 
 fn members(r: &Rig, sources: Vec<MemberSource>) -> (Arc<Engine>, Arc<MemoryMembership>) {
     let membership = Arc::new(MemoryMembership::default());
-    let engine = Engine::new(r.store.clone(), r.firewall.clone(), r.clock.clone(), r.settings.clone()).with_members(Members {
-        sources,
-        member_ttl: DEFAULT_MEMBER_TTL,
-        membership: membership.clone(),
-    });
+    let engine = Engine::new(r.store.clone(), r.firewall.clone(), r.clock.clone(), r.settings.clone())
+        .with_members(Members::new(sources, DEFAULT_MEMBER_TTL, membership.clone()));
     (Arc::new(engine), membership)
 }
 
@@ -247,4 +245,51 @@ async fn a_launch_never_takes_over_an_address_a_person_holds() {
     assert_eq!(outcome.lifecycle, Some(LifecycleResult::Continue), "the address is admitted already");
     let grant = r.store.grant(&key("198.51.100.1")).await.unwrap().unwrap();
     assert_eq!((grant.source, grant.owner.id.as_str()), (Source::Manual, "alice"), "the person's grant is left as it was");
+}
+
+#[tokio::test]
+async fn a_launch_for_an_instance_that_is_not_the_group_s_is_abandoned_and_audited() {
+    let r = rig(&[EAST]);
+    let (engine, asg) = members(&r, vec![source("web", AddressKind::Public)]);
+    asg.set_instances(EAST, "web", vec![instance("i-1", "InService", "198.51.100.1")]);
+    asg.set_instances(EAST, "batch", vec![instance("i-9", "InService", "198.51.100.9")]);
+    let outcome = engine.member_event(launch("i-9"), Interface::Http).await.unwrap();
+    assert_eq!(outcome.lifecycle, Some(LifecycleResult::Abandon));
+    assert!(outcome.granted.is_empty() && ours(&r, EAST).is_empty(), "{outcome:?}");
+    let audit = r.store.audit(None, 10).await.unwrap();
+    let completed = audit.iter().find(|e| e.action == Action::LifecycleCompleted).unwrap();
+    assert!(
+        completed.reason.starts_with("ABANDON") && completed.reason.contains("is not a member of web"),
+        "{}",
+        completed.reason
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_launches_is_described_together() {
+    let r = rig(&[EAST]);
+    let (engine, asg) = members(&r, vec![source("web", AddressKind::Private)]);
+    let instances: Vec<Instance> = (0..200)
+        .map(|i| instance(&format!("i-{i:03}"), "Pending:Wait", &format!("198.51.{}.{}", 100 + i / 200, i % 200 + 1)))
+        .collect();
+    asg.set_instances(EAST, "web", instances);
+    let launches = (0..200).map(|i| {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.member_event(launch(&format!("i-{i:03}")), Interface::Http).await })
+    });
+    for outcome in futures_join(launches).await {
+        assert!(outcome.lifecycle.is_some(), "{outcome:?}");
+    }
+    let describes = asg.calls().iter().filter(|c| c.starts_with("DescribeInstances")).count();
+    assert!(describes <= 2, "200 launches cost {describes} DescribeInstances calls");
+}
+
+async fn futures_join(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<Result<portcullis_engine::MemberOutcome, portcullis_engine::EngineError>>>,
+) -> Vec<portcullis_engine::MemberOutcome> {
+    let mut out = Vec::new();
+    for task in tasks.collect::<Vec<_>>() {
+        out.push(task.await.unwrap().unwrap());
+    }
+    out
 }

@@ -19,7 +19,8 @@ pub(super) enum TokenCommand {
         /// Environments it may act in (repeatable; default any the policy allows the user).
         #[arg(long = "env", value_name = "E")]
         envs: Vec<String>,
-        /// self-service (/connection only) or admin (also /v1).
+        /// self-service (/connection only), admin (also /v1), or events (POST /v1/events
+        /// only, for EventBridge; not rate-limited).
         #[arg(long, value_name = "ROLE", default_value = "self-service")]
         role: String,
         /// Expiry: Nm, Nh, Nd (from now) or an RFC 3339 time; default never.
@@ -80,7 +81,8 @@ async fn create(
     if user.starts_with("arn:") {
         return Err(CliError::Usage("--user must not be an ARN: IAM principals authenticate with --aws, not tokens".into()));
     }
-    let role = Role::parse(&role).ok_or_else(|| CliError::Usage(format!("--role {role:?} is not self-service or admin")))?;
+    let role =
+        Role::parse(&role).ok_or_else(|| CliError::Usage(format!("--role {role:?} is not self-service, admin or events")))?;
     let environments = envs.iter().map(|e| environment(&cx.config, Some(e.clone()))).collect::<Result<_, _>>()?;
     let by = acting_user(as_user)?;
     let engine = wiring::reader(&cx.config).await?;

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::{ApiError, App, CommonErrors, ErrorBody, environment};
+use crate::app::{ApiError, App, Charge, CommonErrors, ErrorBody, environment};
 use crate::auth::{Principal, client_address};
 
 /// The rule description of self-service grants.
@@ -208,7 +208,15 @@ async fn change(
     body: &Bytes,
     change: Change,
 ) -> Result<Response, ApiError> {
-    let principal = app.principal(headers, true).await?;
+    let principal = app.principal(headers, Charge::Change).await?;
+    if principal.is_events() {
+        app.settle(&principal, StatusCode::FORBIDDEN);
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_allowed",
+            "an events token may only send AWS events (POST /v1/events)",
+        ));
+    }
     let answer = match (prepare(app, peer, query, headers, body), change) {
         (Ok(key), Change::Open) => open(app, &principal, key).await,
         (Ok(key), Change::Close) => close(app, &principal, key).await,
@@ -332,7 +340,7 @@ pub(super) async fn whoami(
     Query(query): Query<EnvQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let principal = app.principal(&headers, false).await?;
+    let principal = app.principal(&headers, Charge::Nothing).await?;
     let by = principal.requester();
     let environments: Vec<Environment> = app.engine.visible_environments(&by).into_iter().collect();
     let query = match query.env {

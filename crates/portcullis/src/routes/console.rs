@@ -67,6 +67,10 @@ mod tests {
             assert!(!SCRIPT.contains(sink), "console.js uses {sink}");
         }
         assert!(!SCRIPT.contains("localStorage") && !SCRIPT.contains("document.cookie"), "the token stays in sessionStorage");
+        // Text reaches the page through setText alone, which shows bidirectional and
+        // zero-width characters as code points.
+        assert_eq!(SCRIPT.matches(".textContent =").count(), 1, "only setText writes textContent");
+        assert!(SCRIPT.contains("node.textContent = visible(text)"));
     }
 
     #[test]

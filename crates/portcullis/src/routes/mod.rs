@@ -92,6 +92,7 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn_with_state(app.clone(), bounded_body))
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(app.clone(), count_requests))
+        .layer(axum::middleware::map_response(crate::headers::nosniff))
         .with_state(app)
 }
 

@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::{ApiError, ApiJson, App, CommonErrors, ErrorBody, environment};
+use crate::app::{ApiError, ApiJson, App, Charge, CommonErrors, ErrorBody, environment};
 use crate::auth::Principal;
 
 type AppState = Arc<App>;
@@ -39,30 +39,47 @@ pub(super) fn routes(app: Arc<App>) -> OpenApiRouter<AppState> {
         .route_layer(axum::middleware::from_fn_with_state(app, require_admin))
 }
 
-/// `/v1` is for admin tokens only; the principal goes to the handler as an extension.
+/// `/v1` is for admin tokens only, and `POST /v1/events` also for `events` tokens; the
+/// principal goes to the handler as an extension. AWS events count against a limit of their
+/// own, never a person's changes.
 async fn require_admin(
     State(app): State<AppState>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let mutating = !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
-    let principal = match app.principal(request.headers(), mutating).await {
+    let event = mutating && request.uri().path() == EVENTS;
+    let charge = match (mutating, event) {
+        (_, true) => Charge::Event,
+        (true, false) => Charge::Change,
+        (false, _) => Charge::Nothing,
+    };
+    let principal = match app.principal(request.headers(), charge).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    if !principal.is_admin() {
-        if mutating {
+    let allowed = principal.is_admin() || (event && principal.is_events());
+    if !allowed {
+        if charge == Charge::Change {
             app.settle(&principal, StatusCode::FORBIDDEN);
         }
-        return ApiError::new(StatusCode::FORBIDDEN, "not_admin", "the /v1 API needs an admin token").into_response();
+        let message = if principal.is_events() {
+            "an events token may only send AWS events (POST /v1/events)"
+        } else {
+            "the /v1 API needs an admin token"
+        };
+        return ApiError::new(StatusCode::FORBIDDEN, "not_admin", message).into_response();
     }
     request.extensions_mut().insert(principal.clone());
     let response = next.run(request).await;
-    if mutating {
+    if charge == Charge::Change {
         app.settle(&principal, response.status());
     }
     response
 }
+
+/// The route AWS events are sent to.
+const EVENTS: &str = "/v1/events";
 
 /// The process's health: the last reconcile and its failures, the next expiry, overdue
 /// expiries, the outbox's backlog, and which replica holds the sweeper lease.

@@ -243,4 +243,20 @@ async fn an_incomplete_lambda_environment_is_a_clear_error_not_a_panic() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.contains("AWS_LAMBDA_FUNCTION_MEMORY_SIZE is not set"), "{stderr}");
+
+    // A malformed Runtime API address is refused before the runtime client sees it.
+    for api in ["::::", "127.0.0.1:9/x y", "localhost", "host:0", ":9001", "host:9001/path"] {
+        let mut cmd = w.command(&["lambda"]);
+        cmd.env("AWS_LAMBDA_RUNTIME_API", api)
+            .env("AWS_LAMBDA_FUNCTION_NAME", "portcullis")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128");
+        let out = tokio::time::timeout(Duration::from_secs(60), tokio::task::spawn_blocking(move || cmd.output().unwrap()))
+            .await
+            .expect("exits at once")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{api}: {stderr}");
+        assert!(!stderr.contains("panicked") && stderr.contains("AWS_LAMBDA_RUNTIME_API"), "{api}: {stderr}");
+    }
 }

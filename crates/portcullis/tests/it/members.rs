@@ -396,7 +396,7 @@ async fn post_v1_events_takes_the_same_events_from_an_admin_token_for_every_envi
             clock.clone(),
             Arc::new(portcullis_engine::LogNotifier),
         )
-        .with_members(Members { sources: config.members.clone(), member_ttl: config.member_ttl, membership });
+        .with_members(Members::new(config.members.clone(), config.member_ttl, membership));
         let app = Arc::new(App::new(Arc::new(engine), &config, None));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -111,7 +111,12 @@ async fn grants_are_entries_under_our_marker_and_a_hand_made_entry_is_never_touc
         let (engine, _) = engine(&w, firewall.clone(), Arc::new(portcullis_engine::SystemClock), &list);
 
         engine.add(request("198.51.100.1")).await.unwrap();
-        engine.add(request("2001:db8::1")).await.expect("stored; an IPv4 list is no target for it");
+        let err = engine.add(request("2001:db8::1")).await.unwrap_err();
+        assert!(matches!(err, EngineError::Validation(ValidationError::FamilyNotTaken { .. })), "{err}");
+        assert!(err.to_string().contains(&format!("its prefix lists: {list} (us-east-1, IPv4)")), "{err}");
+        let by = Requester::named("alice", Interface::Cli);
+        let stored = engine.live_grants(&portcullis_engine::Scope::All, &by).await.unwrap();
+        assert!(stored.iter().all(|g| g.cidr.to_string() != "2001:db8::1/128"), "nothing was stored");
         engine.add(request("198.51.100.2")).await.unwrap();
         assert_eq!(
             entries(&w, &list).await,
@@ -130,7 +135,9 @@ async fn grants_are_entries_under_our_marker_and_a_hand_made_entry_is_never_touc
 
         let before = firewall.calls().get("ModifyManagedPrefixList");
         let err = engine.add(request("198.51.100.3")).await.unwrap_err();
-        assert!(matches!(err, EngineError::Validation(ValidationError::GroupFull { .. })), "MaxEntries 3 is full: {err}");
+        assert!(matches!(err, EngineError::Validation(ValidationError::ListFull { .. })), "MaxEntries 3 is full: {err}");
+        let expected = format!("prefix list {list} (us-east-1) is full: it would hold 4 IPv4 entries, over its MaxEntries of 3");
+        assert!(err.to_string().starts_with(&expected), "a list is named as a list: {err}");
         assert_eq!(firewall.calls().get("ModifyManagedPrefixList"), before, "refused before any call");
 
         let key = portcullis_core::GrantKey { cidr: Cidr::parse("198.51.100.1").unwrap(), environment: dev() };

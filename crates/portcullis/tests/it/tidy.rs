@@ -140,6 +140,7 @@ fn the_binary_modules_import_only_lower_layers() {
         ("auth", 0),
         ("replica", 0),
         ("cloudtrail", 0),
+        ("headers", 0),
         ("events", 1),
         ("slack", 1),
         ("metrics", 1),
