@@ -297,6 +297,8 @@ region = "us-east-1"
     rule_id = [r["SecurityGroupRuleId"] for r in ec2.describe_security_group_rules(
         Filters=[{"Name": "group-id", "Values": [guarded]}])["SecurityGroupRules"] if r.get("FromPort") == 22][0]
     event = cloudtrail_addition(guarded, rule_id, "203.0.113.0/24", 22, "arn:aws:iam::123456789012:user/alice")
+    # The rule's description carries a right-to-left override, as anyone may write in EC2.
+    event["detail"]["responseElements"]["securityGroupRuleSet"]["items"][0]["description"] = "vendor \u202ekcatta"
     answer = server.session(token).post(server.url("/v1/events"), json=event)
     assert answer.status_code == 200 and answer.json()["outcome"] == "reverted", answer.text
     assert not [r for r in rules_of(guarded) if r[1] == 22], "reverted"
@@ -309,11 +311,14 @@ region = "us-east-1"
     expect(card).to_contain_text(f"{guarded} in us-east-1")
     expect(card).to_contain_text("arn:aws:iam::123456789012:user/alice")
     expect(card).to_contain_text("tcp 22 from 203.0.113.0/24")
+    # The override is shown as its code point, never applied to the text around it.
+    expect(card).to_contain_text("vendor [U+202E]kcatta")
+    assert not page.evaluate("document.body.textContent.includes('\\u202e')"), "a bidirectional control reached the page"
     b.shot("requests")
     card.get_by_role("button", name="Approve for 24 h").click()
-    expect(page.locator("#notice")).to_contain_text("is now approved")
+    expect(page.locator("#notice")).to_contain_text("is now applied")
     expect(page.locator("#requests-empty")).to_be_visible()
     rules = [r for r in rules_of(guarded) if r[1] == 22]
     assert len(rules) == 1 and rules[0][0] == "203.0.113.0/24" and rules[0][2].startswith("pc:grant/"), rules
-    page.select_option("#requests-status", "approved")
+    page.select_option("#requests-status", "applied")
     expect(card).to_contain_text("Rule grant until")

@@ -17,6 +17,7 @@ ENDPOINTS = {
     "/v1/status": {"get"},
     "/v1/grants": {"get", "post"},
     "/v1/grants/{env}/{cidr}": {"delete"},
+    "/v1/grants/{env}/{address}/{prefix}": {"delete"},
     "/v1/audit": {"get"},
     "/v1/events": {"post"},
     "/v1/requests": {"get"},

@@ -244,7 +244,7 @@ pub enum Refusal {
     NotApprover { who: String },
     #[error("{who} made this change and may not decide on it")]
     OwnRequest { who: String },
-    #[error("request {id} is already {} by {}", status.as_str(), by.join(", "))]
+    #[error("request {id} is already {}", status.decided_by(by))]
     AlreadyDecided { id: String, status: RequestStatus, by: Vec<String> },
     #[error("{who} has already approved request {id}; it needs another approver")]
     AlreadyApproved { id: String, who: String },

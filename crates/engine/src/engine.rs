@@ -316,65 +316,6 @@ impl Engine {
         Ok(upserted)
     }
 
-    pub(crate) fn quota_refusal(
-        &self,
-        grant: &Grant,
-        grants: &[Grant],
-        targets: &[Target],
-        history: &BTreeSet<Environment>,
-        additive: bool,
-    ) -> Option<ValidationError> {
-        let input = PlanInput {
-            grants,
-            targets,
-            marker: &self.settings.marker,
-            environments_with_history: history,
-            quota: self.settings.quota,
-            now: self.clock.now(),
-        };
-        let p = if additive { plan_additions(&input) } else { plan(&input) };
-        p.overflows.iter().filter(|o| o.family == grant.cidr.family()).find_map(|o| {
-            let target = targets.iter().find(|t| t.id == o.target)?;
-            let missing =
-                target.ports.iter().any(|ports| !target.rules.iter().any(|r| r.cidr == grant.cidr && r.ports == *ports));
-            missing.then(|| match target.list {
-                Some(_) => ValidationError::ListFull {
-                    list: o.target.group_id.clone(),
-                    region: o.target.region.clone(),
-                    family: o.family,
-                    entries: o.would_hold,
-                    max_entries: o.quota,
-                },
-                None => ValidationError::GroupFull {
-                    group: o.target.group_id.clone(),
-                    region: o.target.region.clone(),
-                    family: o.family,
-                    would_hold: o.would_hold,
-                    quota: o.quota,
-                },
-            })
-        })
-    }
-
-    /// A grant whose address family none of its environment's targets takes (its only
-    /// targets are prefix lists of the other family) would be stored and reach nothing: it is
-    /// refused. Only when every region was observed: one that failed may hold a taker.
-    pub(crate) fn family_refusal(&self, grant: &Grant, observed: &Observed) -> Option<ValidationError> {
-        let targets: Vec<&Target> = observed.targets.iter().filter(|t| t.environment == grant.environment).collect();
-        let family = grant.cidr.family();
-        if targets.is_empty() || !observed.failures.is_empty() || targets.iter().any(|t| t.takes(family)) {
-            return None;
-        }
-        let lists: Vec<String> =
-            targets.iter().filter_map(|t| t.list.map(|l| format!("{} ({}, {})", t.id.group_id, t.id.region, l.family))).collect();
-        Some(ValidationError::FamilyNotTaken {
-            cidr: grant.cidr.to_string(),
-            environment: grant.environment.to_string(),
-            family,
-            lists: lists.join(", "),
-        })
-    }
-
     /// Removes a grant and takes its rules away.
     pub async fn remove(&self, key: &GrantKey, by: &Requester) -> Result<RemoveOutcome, EngineError> {
         let env = &key.environment;

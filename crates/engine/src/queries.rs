@@ -141,10 +141,12 @@ impl Engine {
     }
 }
 
-/// A term in the TTL grammar (`24h`, `7d`, `90m`), as a decision's `for` takes it.
+/// A term in the TTL grammar (`24h`, `7d`, `90m`), as a decision's `for` takes it: hours up
+/// to a day, so the configured 24 h reads `24h`, as people say it.
 fn term(duration: time::Duration) -> String {
-    match portcullis_core::Ttl::from_seconds(duration.whole_seconds().max(60) as u64) {
-        Ok(ttl) => ttl.to_string(),
-        Err(_) => format!("{}s", duration.whole_seconds()),
+    let s = duration.whole_seconds().max(60);
+    if s % 3600 == 0 && s <= 86_400 {
+        return format!("{}h", s / 3600);
     }
+    portcullis_core::Ttl::from_seconds(s as u64).map_or_else(|_| format!("{}m", s / 60), |ttl| ttl.to_string())
 }

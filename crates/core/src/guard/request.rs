@@ -39,6 +39,17 @@ impl RequestStatus {
         [Pending, Approved, Applied, Failed, Denied, Expired].into_iter().find(|s| s.as_str() == text)
     }
 
+    /// How a decided request is described, with who decided: `approved by bob`, `approved by
+    /// bob and applied`, `denied by carol`, …
+    pub fn decided_by(&self, by: &[String]) -> String {
+        let by = by.join(", ");
+        match self {
+            RequestStatus::Applied => format!("approved by {by} and applied"),
+            RequestStatus::Failed => format!("approved by {by} (its apply failed; the guard sweep retries)"),
+            other => format!("{} by {by}", other.as_str()),
+        }
+    }
+
     /// Approved, whether applied yet or not.
     pub fn is_approved(&self) -> bool {
         matches!(self, RequestStatus::Approved | RequestStatus::Applied | RequestStatus::Failed)

@@ -9,7 +9,6 @@ use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::delete;
 use portcullis_core::guard::{ChangeRequest, Refusal, RequestStatus, Verdict};
 use portcullis_core::{AuditEvent, Cidr, Credential, Description, Grant, GrantKey, Interface, ListedGrant, Source, Ttl};
 use portcullis_engine::{AddRequest, Apply, AuditQuery, DecisionOutcome, GuardError, ReconcileReport, Scope, Status};
@@ -29,8 +28,7 @@ pub(super) fn routes(app: Arc<App>) -> OpenApiRouter<AppState> {
         .routes(routes!(status))
         .routes(routes!(list_grants, add_grant))
         .routes(routes!(remove_grant))
-        // The network unencoded (`/v1/grants/dev/198.51.100.7/32`), as people type it.
-        .route("/v1/grants/{env}/{cidr}/{prefix}", delete(remove_grant_unencoded))
+        .routes(routes!(remove_grant_unencoded))
         .routes(routes!(audit))
         .routes(routes!(event))
         .routes(routes!(list_requests))
@@ -212,6 +210,21 @@ async fn remove_grant(
     Ok(Json(RemovedAnswer { grant: outcome.grant, failures, report: outcome.report }).into_response())
 }
 
+/// Removes a grant, its network unencoded in the path (`/v1/grants/dev/198.51.100.7/32`), as
+/// people type it; otherwise as `DELETE /v1/grants/{env}/{cidr}`.
+#[utoipa::path(delete, path = "/v1/grants/{env}/{address}/{prefix}", tag = "v1", security(("token" = [])),
+    params(
+        ("env" = String, Path, description = "The environment"),
+        ("address" = String, Path, description = "The network's address"),
+        ("prefix" = String, Path, description = "Its prefix length"),
+    ),
+    responses(
+        (status = 200, body = RemovedAnswer, description = "OK"),
+        (status = 400, body = ErrorBody, description = "A malformed request"),
+        (status = 403, body = ErrorBody, description = "Not allowed here, or a member grant (membership decides)"),
+        (status = 404, body = ErrorBody, description = "Unknown environment, or no such grant"),
+        CommonErrors,
+    ))]
 async fn remove_grant_unencoded(
     app: State<AppState>,
     principal: Extension<Principal>,

@@ -131,3 +131,127 @@ async fn refused_requests_do_not_use_up_a_callers_changes() {
     assert_eq!(status, 429, "{body}");
     assert!(body["error"]["message"].as_str().unwrap_or_default().contains("refused requests"), "{body}");
 }
+
+/// Every route of the OpenAPI contract, called with an admin token limited to `dev`: nothing of
+/// `prod`, and no change request on a group outside `dev`, is seen or changed. A route the
+/// contract gains fails this test until it is added here, so no route escapes the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_of_the_contract_is_bounded_by_a_token_s_environments() {
+    use aws_sdk_ec2::types::{IpPermission, IpRange};
+    use reqwest::Method;
+
+    use crate::support::{REGION, World};
+
+    let w = World::new().await;
+    let (dev_group, prod_group, foreign) = (w.group(false, &[]).await, w.group(false, &[]).await, w.group(false, &[]).await);
+    let c = Conn::start(&format!(
+        r#"
+        default_environment = "dev"
+        [environments.dev]
+        [[environments.dev.targets]]
+        region = "{REGION}"
+        group_ids = ["{dev_group}"]
+        ports = "tcp:443"
+        [environments.prod]
+        [[environments.prod.targets]]
+        region = "{REGION}"
+        group_ids = ["{prod_group}"]
+        ports = "tcp:443"
+        [guard]
+        groups = ["{dev_group}", "{prod_group}", "{foreign}"]
+        approvers = ["root", "alice"]
+        [[guard.targets]]
+        region = "{REGION}"
+        "#
+    ))
+    .await;
+    let (root, _) = c.token("root", Role::Admin, &[], None).await;
+    let (alice, _) = c.token("alice", Role::Admin, &["dev"], None).await;
+    for (cidr, env) in [("198.51.100.1", "dev"), ("198.51.100.2", "prod")] {
+        let (status, answer) =
+            c.v1(Method::POST, "/grants", &root, Some(serde_json::json!({"cidr": cidr, "env": env, "ttl": "1h"}))).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    c.engine.record_baseline(false, &portcullis_engine::Requester::named("ops", portcullis_core::Interface::Cli)).await.unwrap();
+    // One change request on each group, filed from its CloudTrail event.
+    let mut requests = std::collections::BTreeMap::new();
+    for group in [&dev_group, &prod_group, &foreign] {
+        let range = IpRange::builder().cidr_ip("203.0.113.0/24").build();
+        let perm = IpPermission::builder().ip_protocol("tcp").from_port(22).to_port(22).ip_ranges(range).build();
+        let out = w.ec2.authorize_security_group_ingress().group_id(group.as_str()).ip_permissions(perm).send().await.unwrap();
+        let id = out.security_group_rules()[0].security_group_rule_id().unwrap().to_string();
+        let event = crate::guard::added(group, &id, "203.0.113.0/24", 22, crate::guard::ALICE);
+        let Some(Ok(read)) = portcullis::events::read(&event) else { panic!("an event") };
+        let answer = portcullis::events::handle(&c.engine, read, portcullis_core::Interface::Http).await.unwrap();
+        requests.insert(group.clone(), answer["request"]["id"].as_str().unwrap().to_string());
+    }
+
+    let contract: Value = reqwest::get(format!("{}/openapi.json", c.base)).await.unwrap().json().await.unwrap();
+    let mut walked = 0;
+    for (path, operations) in contract["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            walked += 1;
+            match (path.as_str(), method.as_str()) {
+                ("/v1/grants", "get") => {
+                    let (status, all) = c.v1(Method::GET, "/grants?all=true", &alice, None).await;
+                    assert_eq!(status, 200, "{all}");
+                    assert!(all.as_array().unwrap().iter().all(|g| g["environment"] == "dev"), "{all}");
+                    assert_eq!(c.v1(Method::GET, "/grants?env=prod", &alice, None).await.0, 403);
+                }
+                ("/v1/grants", "post") => {
+                    let body = serde_json::json!({"cidr": "198.51.100.3", "env": "prod", "ttl": "1h"});
+                    assert_eq!(c.v1(Method::POST, "/grants", &alice, Some(body)).await.0, 403);
+                }
+                ("/v1/grants/{env}/{cidr}", "delete") => {
+                    assert_eq!(c.v1(Method::DELETE, "/grants/prod/198.51.100.2%2F32", &alice, None).await.0, 403);
+                }
+                ("/v1/grants/{env}/{address}/{prefix}", "delete") => {
+                    assert_eq!(c.v1(Method::DELETE, "/grants/prod/198.51.100.2/32", &alice, None).await.0, 403);
+                }
+                ("/v1/audit", "get") => {
+                    let (status, audit) = c.v1(Method::GET, "/audit?limit=1000", &alice, None).await;
+                    assert_eq!(status, 200, "{audit}");
+                    assert!(audit.as_array().unwrap().iter().all(|e| e["environment"] == "dev"), "{audit}");
+                    assert_eq!(c.v1(Method::GET, "/audit?env=prod", &alice, None).await.0, 403);
+                }
+                ("/v1/status", "get") => {
+                    let (status, body) = c.v1(Method::GET, "/status", &alice, None).await;
+                    assert_eq!(status, 200, "{body}");
+                    assert!(body.get("last_reconcile").is_none(), "{body}");
+                    assert!(!body.to_string().contains("198.51.100.2"), "nothing of prod: {body}");
+                }
+                ("/v1/events", "post") => {
+                    let event = crate::guard::event("cloudtrail-authorize-ingress.json", &prod_group);
+                    assert_eq!(c.v1(Method::POST, "/events", &alice, Some(event)).await.0, 403);
+                }
+                ("/v1/requests", "get") => {
+                    let (status, listed) = c.v1(Method::GET, "/requests?status=all", &alice, None).await;
+                    assert_eq!(status, 200, "{listed}");
+                    let groups: Vec<&str> = listed.as_array().unwrap().iter().map(|r| r["group_id"].as_str().unwrap()).collect();
+                    assert_eq!(groups, [dev_group.as_str()], "only the request on dev's group");
+                    let (_, every) = c.v1(Method::GET, "/requests?status=all", &root, None).await;
+                    assert_eq!(every.as_array().unwrap().len(), 3, "{every}");
+                }
+                ("/v1/requests/{id}/approve" | "/v1/requests/{id}/deny", "post") => {
+                    let verb = path.rsplit('/').next().unwrap();
+                    for group in [&prod_group, &foreign] {
+                        let (status, answer) =
+                            c.v1(Method::POST, &format!("/requests/{}/{verb}", requests[group]), &alice, None).await;
+                        assert_eq!(status, 404, "{verb} on {group}: {answer}");
+                    }
+                }
+                ("/connection", "get" | "post" | "delete") => {
+                    let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                    assert_eq!(c.call(m, "?env=prod", Some(bearer(&alice)), &[]).await.0, 403, "{method} /connection");
+                }
+                other => panic!("{other:?} is in the contract but not in this test: say how a token for dev is bounded there"),
+            }
+        }
+    }
+    assert_eq!(walked, 13, "every operation of the contract was walked");
+    // Nothing outside dev changed: prod's grant, and the other groups' requests, are as they were.
+    let (_, prod) = c.v1(Method::GET, "/grants?env=prod", &root, None).await;
+    assert_eq!(prod.as_array().unwrap().len(), 1, "{prod}");
+    let (_, every) = c.v1(Method::GET, "/requests?status=all", &root, None).await;
+    assert!(every.as_array().unwrap().iter().all(|r| r["status"] == "pending"), "{every}");
+}

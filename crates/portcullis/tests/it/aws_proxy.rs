@@ -42,6 +42,8 @@ struct Upstream {
     calls: Mutex<Vec<(String, String, String)>>,
     /// How long each EC2 call is held before it is passed on.
     ec2_delay: Mutex<std::time::Duration>,
+    /// Rule changes passed to moto and not yet taken as CloudTrail events.
+    trail: Mutex<Vec<crate::trail::Call>>,
 }
 
 /// A running proxy.
@@ -61,6 +63,13 @@ impl Proxy {
     /// The query-protocol calls (EC2, Auto Scaling) received, as (region, service, action).
     pub fn calls(&self) -> Vec<(String, String, String)> {
         self.upstream.calls.lock().unwrap().clone()
+    }
+
+    /// The CloudTrail events of every rule change passed to moto since the last take, as
+    /// EventBridge would deliver them, made by `principal` (`crate::trail`).
+    pub fn take_trail(&self, principal: &str) -> Vec<serde_json::Value> {
+        let calls = std::mem::take(&mut *self.upstream.trail.lock().unwrap());
+        calls.iter().enumerate().map(|(n, call)| crate::trail::event(call, principal, "123456789012", n)).collect()
     }
 
     /// Holds every EC2 call this long before passing it on (zero: not at all).
@@ -94,6 +103,7 @@ pub async fn start_proxy() -> Proxy {
         failing: Mutex::default(),
         calls: Mutex::default(),
         ec2_delay: Mutex::default(),
+        trail: Mutex::default(),
     });
     let app = axum::Router::new().fallback(forward).with_state(upstream.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -151,6 +161,14 @@ async fn forward(State(up): State<Arc<Upstream>>, method: Method, uri: Uri, head
         return (StatusCode::OK, [("content-type", "text/xml")], xml).into_response();
     }
     let (status, answer) = send(&up, &method, &uri, &headers, body.clone()).await;
+    if let (Some((region, _)), Some(action)) = (&scope, action)
+        && status.is_success()
+        && crate::trail::ACTIONS.contains(&action)
+    {
+        let call =
+            crate::trail::Call { region: region.clone(), action: action.to_string(), form: form.clone(), answer: answer.clone() };
+        up.trail.lock().unwrap().push(call);
+    }
     if action != Some("RevokeSecurityGroupIngress") || !answer.contains("InvalidPermission.NotFound") {
         return (status, answer).into_response();
     }
@@ -164,6 +182,16 @@ async fn forward(State(up): State<Arc<Upstream>>, method: Method, uri: Uri, head
         } else if !status.is_success() {
             return (status, answer).into_response();
         }
+    }
+    if let Some((region, _)) = &scope {
+        // As EC2: the call succeeded, so CloudTrail reports it.
+        let call = crate::trail::Call {
+            region: region.clone(),
+            action: "RevokeSecurityGroupIngress".into(),
+            form: form.clone(),
+            answer: String::new(),
+        };
+        up.trail.lock().unwrap().push(call);
     }
     let xml = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<RevokeSecurityGroupIngressResponse \

@@ -218,15 +218,26 @@ async fn a_store_others_can_read_is_named_and_init_makes_it_private() {
 #[tokio::test]
 async fn an_endless_config_file_is_refused_without_reading_it_all() {
     let w = World::new().await;
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || w.cli(&["--config", "/dev/zero", "list"])),
-    )
-    .await
-    .expect("refused at once")
-    .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than 1024 KiB"), "{}", text(&out));
+    let big = w.dir.path().join("big.toml");
+    std::fs::write(&big, format!("# {}\n", "x".repeat(2 * 1024 * 1024))).unwrap();
+    // A FIFO nobody writes to: opening it for reading would wait for a writer forever.
+    let fifo = w.dir.path().join("fifo.toml");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let cases = [
+        ("/dev/zero".to_string(), "is not a regular file"),
+        (fifo.display().to_string(), "is not a regular file"),
+        (big.display().to_string(), "larger than 1024 KiB"),
+    ];
+    for (path, says) in cases {
+        let mut cmd = w.command(&["--config", &path, "list"]);
+        let out =
+            tokio::time::timeout(std::time::Duration::from_secs(60), tokio::task::spawn_blocking(move || cmd.output().unwrap()))
+                .await
+                .expect("refused at once")
+                .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{path}: {}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{path}: {}", text(&out));
+    }
 }
 
 #[tokio::test]

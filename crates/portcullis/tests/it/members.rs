@@ -369,55 +369,79 @@ async fn unconfigured_asgs_test_notifications_and_malformed_events_change_nothin
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn post_v1_events_takes_the_same_events_from_an_admin_token_for_every_environment() {
-    use std::sync::Arc;
+/// The binary's router in process over a fleet (EC2 and Auto Scaling through the proxy).
+#[derive(Clone)]
+struct Served {
+    base: String,
+    store: std::sync::Arc<dyn portcullis_store::Store>,
+}
 
-    use portcullis::app::App;
-    use portcullis::config::{Config, Overrides};
-    use portcullis::routes::router;
-    use portcullis_core::{Environment, Role, Timestamp};
-    use portcullis_engine::Members;
-    use portcullis_store::{Actor, SqliteStore, Store};
+impl Served {
+    /// Stores a token for `envs` (none: every environment) with `role`; its secret.
+    async fn token(&self, role: portcullis_core::Role, envs: &[&str]) -> String {
+        use portcullis_core::{Environment, Timestamp};
+        let envs = envs.iter().map(|e| Environment::parse(e).unwrap()).collect();
+        let (secret, token) = portcullis::auth::issue("ops", role, envs, Timestamp::now_utc(), None, "test").unwrap();
+        let actor = portcullis_store::Actor { name: "test".into(), interface: portcullis_core::Interface::Cli };
+        self.store.create_token(token, &actor).await.unwrap();
+        secret
+    }
 
-    within(async {
-        let f = fleet(2, "public").await;
-        let overrides = Overrides { config_file: Some(f.config.clone()), ..Overrides::default() };
+    async fn post(&self, secret: &str, path: &str, body: &Value) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let response = reqwest::Client::new().post(url).bearer_auth(secret).json(body).send().await.unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Fleet {
+    /// Serves the binary's router in process over this fleet, its configuration with `extra`
+    /// appended.
+    async fn serve(&self, extra: &str) -> Served {
+        use std::sync::Arc;
+
+        use portcullis::app::App;
+        use portcullis::config::{Config, Overrides};
+        use portcullis::routes::router;
+        use portcullis_core::Timestamp;
+        use portcullis_engine::Members;
+        use portcullis_store::{SqliteStore, Store};
+
+        let path = self.world.dir.path().join(format!("{}.toml", unique("served")));
+        std::fs::write(&path, format!("{}\n{extra}", std::fs::read_to_string(&self.config).unwrap())).unwrap();
+        let overrides = Overrides { config_file: Some(path), ..Overrides::default() };
         let config = Config::load(&overrides, &|_| None).unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(f.world.store_path()).unwrap());
-        let through_proxy = crate::aws_proxy::sdk_config_at(&f.proxy.url).await;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(self.world.store_path()).unwrap());
+        let through_proxy = crate::aws_proxy::sdk_config_at(&self.proxy.url).await;
         let firewall = Arc::new(portcullis_aws::Ec2Firewall::new(&through_proxy));
         let clock = Arc::new(portcullis_engine::ManualClock::new(Timestamp::now_utc()));
         let membership = Arc::new(portcullis_aws::AsgMembership::new(&through_proxy));
-        let engine = portcullis::wiring::engine_with(
-            &config,
-            store.clone(),
-            firewall,
-            clock.clone(),
-            Arc::new(portcullis_engine::LogNotifier),
-        )
-        .with_members(Members::new(config.members.clone(), config.member_ttl, membership));
+        let engine =
+            portcullis::wiring::engine_with(&config, store.clone(), firewall, clock, Arc::new(portcullis_engine::LogNotifier))
+                .with_members(Members::new(config.members.clone(), config.member_ttl, membership));
         let app = Arc::new(App::new(Arc::new(engine), &config, None));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
             axum::serve(listener, router(app).into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap()
         });
-        let token = |envs: &[&str]| {
-            let envs = envs.iter().map(|e| Environment::parse(e).unwrap()).collect();
-            let (secret, token) = portcullis::auth::issue("ops", Role::Admin, envs, Timestamp::now_utc(), None, "test").unwrap();
-            (secret, token)
-        };
-        let (admin, stored) = token(&[]);
-        store.create_token(stored, &Actor { name: "test".into(), interface: portcullis_core::Interface::Cli }).await.unwrap();
-        let (limited, stored) = token(&["prod"]);
-        store.create_token(stored, &Actor { name: "test".into(), interface: portcullis_core::Interface::Cli }).await.unwrap();
+        Served { base, store }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_v1_events_takes_the_same_events_from_an_admin_token_for_every_environment() {
+    use portcullis_core::Role;
+
+    within(async {
+        let f = fleet(2, "public").await;
+        let served = f.serve("").await;
+        let admin = served.token(Role::Admin, &[]).await;
+        let limited = served.token(Role::Admin, &["prod"]).await;
+        let base = served.base.clone();
         let post = |secret: String, body: Value| {
-            let url = format!("{base}/v1/events");
-            async move {
-                let response = reqwest::Client::new().post(url).bearer_auth(secret).json(&body).send().await.unwrap();
-                (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
-            }
+            let served = &served;
+            async move { served.post(&secret, "/v1/events", &body).await }
         };
 
         let (status, answer) = post(admin.clone(), fixture_trueup(&f.asg_name)).await;
@@ -487,6 +511,68 @@ async fn serve_trues_up_the_members_of_every_configured_asg() {
         .await;
         let calls = f.proxy.calls();
         assert_eq!(calls.iter().filter(|(_, _, a)| a == "DescribeAutoScalingGroups").count(), 1, "{calls:?}");
+    })
+    .await;
+}
+
+/// Finding 8: Auto Scaling events are not a person's changes (a limit of their own, none for an
+/// `events` token); a burst of launches is described together; a launch naming an instance
+/// that is not the group's is abandoned and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_have_their_own_limit_are_described_together_and_a_stranger_is_abandoned() {
+    use portcullis_core::Role;
+
+    within(async {
+        let f = fleet(10, "private").await;
+        let served = f.serve("[connection]\nrate_limit_per_minute = 2\nevents_per_minute = 45\n").await;
+        let admin = served.token(Role::Admin, &[]).await;
+        let machine = served.token(Role::Events, &[]).await;
+
+        // A stranger: an instance of no Auto Scaling group, named in a launch of ours.
+        let image = f.world.ec2.describe_images().send().await.unwrap().images()[0].image_id().unwrap().to_string();
+        let run = f.world.ec2.run_instances().image_id(image).min_count(1).max_count(1).send().await.unwrap();
+        let stranger = run.instances()[0].instance_id().unwrap().to_string();
+        let (status, answer) = served.post(&admin, "/v1/events", &lifecycle("asg-launch.json", &f.asg_name, &stranger)).await;
+        assert_eq!((status, answer["lifecycle"].as_str()), (200, Some("ABANDON")), "{answer}");
+        assert!(answer["failures"][0].as_str().unwrap().contains("is not a member of"), "{answer}");
+        assert_eq!(f.proxy.completed().last().unwrap()["LifecycleActionResult"], "ABANDON");
+        let audit = served.store.audit(None, 20).await.unwrap();
+        let completed = audit.iter().find(|e| e.action == portcullis_core::Action::LifecycleCompleted).unwrap();
+        assert!(completed.reason.contains("not a member"), "{}", completed.reason);
+
+        // Ten launches at once: one DescribeInstances names them all.
+        let describes = |proxy: &Proxy| proxy.calls().iter().filter(|c| c.2 == "DescribeInstances").count();
+        let before = describes(&f.proxy);
+        let instances = f.instances().await;
+        let launches: Vec<_> = instances
+            .iter()
+            .map(|id| {
+                let (served, admin, event) = (served.clone(), admin.clone(), lifecycle("asg-launch.json", &f.asg_name, id));
+                tokio::spawn(async move { served.post(&admin, "/v1/events", &event).await })
+            })
+            .collect();
+        for launch in launches {
+            let (status, answer) = launch.await.unwrap();
+            assert_eq!((status, answer["lifecycle"].as_str()), (200, Some("CONTINUE")), "{answer}");
+        }
+        let launched = describes(&f.proxy) - before;
+        assert!(launched <= 2, "10 launches cost {launched} DescribeInstances calls");
+
+        // 45 events a minute for an admin token (11 so far), and a person's changes untouched.
+        for i in 0..34 {
+            let (status, answer) = served.post(&admin, "/v1/events", &json!({"trueup": true})).await;
+            assert_eq!(status, 200, "event {i}: {answer}");
+        }
+        let (status, answer) = served.post(&admin, "/v1/events", &json!({"trueup": true})).await;
+        assert_eq!((status, answer["error"]["code"].as_str()), (429, Some("rate_limited")), "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains("AWS events"), "{answer}");
+        let grant = json!({"cidr": "198.51.100.250", "env": "prod", "ttl": "1h"});
+        assert_eq!(served.post(&admin, "/v1/grants", &grant).await.0, 201, "the person's changes are their own");
+        // An events token has no limit, and may do nothing else.
+        for _ in 0..5 {
+            assert_eq!(served.post(&machine, "/v1/events", &json!({"trueup": true})).await.0, 200);
+        }
+        assert_eq!(served.post(&machine, "/v1/grants", &grant).await.0, 403);
     })
     .await;
 }

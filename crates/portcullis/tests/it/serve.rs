@@ -422,3 +422,56 @@ async fn slow_or_oversized_requests_are_cut_off_and_every_error_is_json() {
         assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{what}: {body}");
     }
 }
+
+/// Finding 10: every answer, on both listeners, says `nosniff`; both listeners refuse a request
+/// whose headers are larger than 64 KiB before any handler sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_says_nosniff_and_both_listeners_bound_header_size() {
+    let w = World::new().await;
+    let mut cmd = w.command(&["serve", "--listen", "127.0.0.1:0"]);
+    cmd.env("PORTCULLIS_METRICS_LISTEN", "127.0.0.1:0").stderr(Stdio::piped()).stdout(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut public, mut metrics) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while public.is_none() {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("serve said where it listens");
+        if let Some(url) = line.strip_prefix("portcullis metrics on ") {
+            metrics = Some(url.trim().to_string());
+        }
+        if let Some(url) = line.strip_prefix("portcullis listening on ") {
+            public = Some(url.trim().to_string());
+        }
+    }
+    let server = Server { child, base: public.unwrap() };
+    let metrics = metrics.expect("the metrics listener");
+    let http = reqwest::Client::new();
+    let answers = [
+        server.url("/healthz"),
+        server.url("/v1/status"),
+        server.url("/openapi.json"),
+        server.url("/"),
+        server.url("/console/console.js"),
+        server.url("/no/such/thing"),
+        server.url("/connection"),
+        metrics.clone(),
+        metrics.replace("/metrics", "/other"),
+    ];
+    for url in answers {
+        let response = http.get(&url).send().await.unwrap();
+        let sniff = response.headers().get("x-content-type-options").map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(sniff.as_deref(), Some("nosniff"), "{url} ({})", response.status());
+    }
+    let big = "x".repeat(200 * 1024);
+    for url in [server.url("/healthz"), metrics] {
+        let answered = http.get(&url).header("x-big", &big).send().await;
+        let status = answered.as_ref().map(|r| r.status().as_u16()).ok();
+        assert!(status.is_none() || status == Some(431), "{url}: a 200 KB header was answered {status:?}");
+    }
+}
