@@ -396,7 +396,7 @@ async fn decisions_tell_the_truth_and_bounds_hold() {
         assert!(failed.failure.as_deref().unwrap_or_default().contains("UnauthorizedOperation"), "{failed:?}");
         r.proxy.fail_region("us-east-1", false);
         let sweep = r.engine.guard_sweep().await.unwrap();
-        assert_eq!(sweep.applied, [request.clone()]);
+        assert_eq!(sweep.applied, std::slice::from_ref(&request));
         assert!(r.rules().await.iter().any(|x| x.1 == 22));
         r.feed_back("the apply").await;
 
