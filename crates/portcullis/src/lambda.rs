@@ -532,6 +532,10 @@ fn runtime_api_address(text: &str) -> bool {
 /// Runs as an AWS Lambda function until the runtime stops the process.
 pub async fn run(handler: Handler) -> Result<(), InvocationError> {
     check_environment(&|k| std::env::var(k).ok())?;
+    if handler.engine.guards() {
+        // At start, so the first log lines say who guard is (learned from STS).
+        handler.engine.own_identities().await;
+    }
     let handler = Arc::new(handler);
     let service = lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {
         let handler = handler.clone();

@@ -93,6 +93,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         None => None,
     };
     eprintln!("portcullis listening on http://{local}");
+    if engine.guards() {
+        // Guard learns who it is now, so the start log says it (its own calls are also known
+        // from its ledger, whatever identity their events name).
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.own_identities().await });
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = tokio::spawn({
