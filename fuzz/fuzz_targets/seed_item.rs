@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_store::seed::{from_item, item_from_json, key_item, removal, to_item};
+use portcullis_store::ip_whitelist::{from_item, item_from_json, key_item, removal, to_item};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else { return };

@@ -14,8 +14,8 @@ use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record, Shar
 use portcullis_core::ExternalChange;
 use portcullis_core::Timestamp;
 use portcullis_store::StoreError;
-use portcullis_store::seed::{Attr, Item};
-use portcullis_store::seed::{ChangeKind, StreamItems, external_change, unreadable_record};
+use portcullis_store::ip_whitelist::{Attr, Item};
+use portcullis_store::ip_whitelist::{ChangeKind, StreamItems, external_change, unreadable_record};
 
 use crate::DynamoStore;
 

@@ -18,7 +18,7 @@ pub enum Action {
     Refused,
     Approved,
     Denied,
-    /// A rule made without our marker (by seed 000's Lambda) was taken over.
+    /// A rule made without our marker (by the IP Whitelist Manager's Lambda) was taken over.
     Adopted,
     /// An API token was created or revoked (`cidr` is empty; `reason` names the token).
     TokenCreated,

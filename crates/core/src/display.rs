@@ -2,7 +2,7 @@
 
 use crate::Timestamp;
 
-/// `2025-01-17 12:00:00 UTC` (the seed's notification format).
+/// `2025-01-17 12:00:00 UTC` (the IP Whitelist Manager's notification format).
 pub fn format_utc(t: Timestamp) -> String {
     let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
     t.to_offset(time::UtcOffset::UTC).format(&f).unwrap_or_else(|_| t.to_string())

@@ -1,4 +1,4 @@
-//! Changes other writers made to desired state (another replica, seed 000's Lambda, someone at
+//! Changes other writers made to desired state (another replica, the IP Whitelist Manager's Lambda, someone at
 //! the console, DynamoDB's TTL), as read from the grants table's change feed, and the pure
 //! decision of what each one calls for.
 

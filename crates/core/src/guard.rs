@@ -1,4 +1,4 @@
-//! Guard (seed 003): out-of-band changes to guarded security groups, what undoes them exactly,
+//! Guard (out-of-band changes reverted and approved, as VoyagerInnovations' tool did): out-of-band changes to guarded security groups, what undoes them exactly,
 //! and who may approve them.
 //!
 //! Pure: the engine reads the event (or compares a group to its baseline), hands the changes

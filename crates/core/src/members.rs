@@ -1,4 +1,4 @@
-//! Auto Scaling group members as grants (seed 002): which addresses an ASG's instances admit,
+//! Auto Scaling group members as grants (lifecycle hooks and true-ups, as the AWS Auto Scaling sync did): which addresses an ASG's instances admit,
 //! and what a true-up changes to bring an environment's member grants to the ASG's members.
 //!
 //! Pure: the engine describes the ASG and its instances, then hands them here with the

@@ -6,8 +6,8 @@ use time::Duration;
 
 use crate::ValidationError;
 
-/// How long a grant lasts: seed 000's grammar `Nm` (1-1440), `Nh` (1-24), `Nd` (1-365), or
-/// (seed 001's `time_to_expire`) whole seconds from 60.
+/// How long a grant lasts: the IP Whitelist Manager's grammar `Nm` (1-1440), `Nh` (1-24), `Nd` (1-365), or
+/// (the authenticating security group's `time_to_expire`) whole seconds from 60.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ttl {
     seconds: u32,
@@ -21,7 +21,7 @@ impl Ttl {
     /// The self-service (`/connection`) TTL when none is configured: 1 hour.
     pub const CONNECTION_DEFAULT: Ttl = Ttl { seconds: 60 * 60 };
 
-    /// Parses `Nm`, `Nh` or `Nd` within the seed's ranges.
+    /// Parses `Nm`, `Nh` or `Nd` within the IP Whitelist Manager's ranges.
     pub fn parse(input: &str) -> Result<Ttl, ValidationError> {
         let invalid = || ValidationError::InvalidTtl { input: input.to_string() };
         let (n, unit) = count_and_unit(input.trim(), 4).ok_or_else(invalid)?;
@@ -35,7 +35,7 @@ impl Ttl {
         Ok(Ttl { seconds: minutes * 60 })
     }
 
-    /// Seed 001's `time_to_expire`: whole seconds from 60 to 365 days.
+    /// The authenticating security group's `time_to_expire`: whole seconds from 60 to 365 days.
     pub fn from_seconds(seconds: u64) -> Result<Ttl, ValidationError> {
         if (60..=u64::from(Ttl::MAX.seconds)).contains(&seconds) {
             Ok(Ttl { seconds: seconds as u32 })
@@ -108,7 +108,7 @@ impl Serialize for Ttl {
 
 /// Reads back what [`fmt::Display`] writes, so every TTL survives a serde round trip: the
 /// grammar, plus `Ns` (whole seconds from 60) and `Nm`/`Nh`/`Nd` past the grammar's per-unit
-/// ranges up to [`Ttl::MAX`] (seed 001's seconds and the seed event's minutes display so).
+/// ranges up to [`Ttl::MAX`] (the authenticating security group's seconds and the IP Whitelist Manager event's minutes display so).
 impl<'de> Deserialize<'de> for Ttl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Ttl, D::Error> {
         let text = String::deserialize(d)?;

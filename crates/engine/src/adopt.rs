@@ -1,4 +1,4 @@
-//! `adopt`: taking over the rules seed 000's Lambda made without our marker, when they match a
+//! `adopt`: taking over the rules the IP Whitelist Manager's Lambda made without our marker, when they match a
 //! live grant exactly (`core::plan_adoption` decides which).
 
 use portcullis_core::{Action, AuditEvent, AuditScope, PlanInput, plan_adoption};
@@ -7,7 +7,7 @@ use crate::report::AdoptReport;
 use crate::{Engine, EngineError, Requester, Scope};
 
 impl Engine {
-    /// Takes over the marker-less rules (seed 000's) that match a live grant exactly, by
+    /// Takes over the marker-less rules (the IP Whitelist Manager's) that match a live grant exactly, by
     /// rewriting their descriptions to carry our marker; with `dry_run`, only says which.
     /// Nothing else ever edits an unowned rule.
     pub async fn adopt(&self, dry_run: bool, by: &Requester) -> Result<AdoptReport, EngineError> {

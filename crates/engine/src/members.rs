@@ -1,4 +1,4 @@
-//! Auto Scaling group members as grants (seed 002): lifecycle events and true-ups write member
+//! Auto Scaling group members as grants (lifecycle hooks and true-ups, as the AWS Auto Scaling sync did): lifecycle events and true-ups write member
 //! grants to the store, and the environment's reconcile applies them, as for every grant.
 //! What changes is decided in `core::plan_members`; this module reads, writes and completes
 //! lifecycle actions.

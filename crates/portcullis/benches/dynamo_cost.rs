@@ -9,7 +9,6 @@ use std::sync::Arc;
 use portcullis_aws::{DynamoStore, TableNames};
 use portcullis_core::{Cidr, Description, Environment, Interface, Marker, Policy, PolicyRules, PortSet, RuleQuota, Source, Ttl};
 use portcullis_engine::{AddRequest, Clock, Engine, MemoryFirewall, Requester, Settings, SystemClock};
-use portcullis_store::Store;
 
 #[path = "common/dynamo_cost.rs"]
 mod common;
@@ -18,6 +17,7 @@ use common::{calls_of, in_words, seed};
 #[path = "common/moto.rs"]
 mod moto;
 use moto::REGION;
+use portcullis_store::prelude::*;
 
 fn dev() -> Environment {
     Environment::parse("dev").unwrap()

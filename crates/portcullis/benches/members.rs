@@ -1,5 +1,5 @@
 //! Figures for the README (`scripts/bench`): the calls a true-up of an Auto Scaling group
-//! costs, beside the seed's method. An ASG of 200 members on moto; its members admitted to a
+//! costs, beside the AWS Auto Scaling sync's method. An ASG of 200 members on moto; its members admitted to a
 //! group in each of two regions; then 20 launches and 20 terminations behind our back and one
 //! true-up. Auto Scaling and instance describes go to moto (counted by the SDK interceptor); the
 //! groups are in memory, as moto holds at most 60 rules a group and EC2 (raised) 1,000.
@@ -22,7 +22,7 @@ const REGIONS: [&str; 2] = ["us-east-1", "eu-west-1"];
 const MEMBERS: i32 = 200;
 const CHURN: usize = 20;
 
-/// The in-memory groups: portcullis's, and the ones the seed's method changes.
+/// The in-memory groups: portcullis's, and the ones the AWS Auto Scaling sync's method changes.
 fn group(region: &str, seed: bool) -> String {
     let n = REGIONS.iter().position(|r| *r == region).unwrap();
     format!("sg-0{}{n}", if seed { "5eed" } else { "aaaa" })
@@ -91,7 +91,7 @@ async fn churn(sdk: &aws_config::SdkConfig, name: &str) {
         .unwrap();
 }
 
-/// The seed's method for the same true-up: one ASG describe, one instance describe per
+/// The AWS Auto Scaling sync's method for the same true-up: one ASG describe, one instance describe per
 /// member, then each changed address added or removed on its own, on every group.
 async fn seed_method(
     sdk: &aws_config::SdkConfig,
@@ -210,7 +210,7 @@ async fn members_on_moto(moto: &str) {
     println!("    Auto Scaling + instance calls {asg_calls:?}");
     println!("    security-group calls {sg_calls:?}");
     println!(
-        "  seed's method: {seed_asg} Auto Scaling + instance calls (1 + one describe per member), {seed_sg} security-group calls (one per changed address per group)"
+        "  the sync's method: {seed_asg} Auto Scaling + instance calls (1 + one describe per member), {seed_sg} security-group calls (one per changed address per group)"
     );
 }
 

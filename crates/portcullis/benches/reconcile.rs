@@ -15,11 +15,12 @@ use portcullis_core::{
     Timestamp,
 };
 use portcullis_engine::{Cause, Clock, Engine, MemoryFirewall, Scope, Settings, SystemClock};
-use portcullis_store::{Actor, SqliteStore, Store, Upsert};
+use portcullis_store::{Actor, SqliteStore, Upsert};
 
 #[path = "common/moto.rs"]
 mod moto;
 use moto::REGION;
+use portcullis_store::prelude::*;
 
 fn dev() -> Environment {
     Environment::parse("dev").unwrap()

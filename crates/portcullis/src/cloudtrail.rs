@@ -1,4 +1,4 @@
-//! CloudTrail rule-change events (seed 003, fixtures `cloudtrail-*.json`), as EventBridge
+//! CloudTrail rule-change events (VoyagerInnovations' revert-and-approve tool, fixtures `cloudtrail-*.json`), as EventBridge
 //! delivers them: `AuthorizeSecurityGroupIngress`, `RevokeSecurityGroupIngress` and
 //! `ModifySecurityGroupRules`, from any identity type, read into a [`GuardEvent`].
 

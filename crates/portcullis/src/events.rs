@@ -1,7 +1,7 @@
 //! The AWS events portcullis acts on, read the same way by `invoke`, the Lambda and
-//! `POST /v1/events`: Auto Scaling (seed 002: EventBridge lifecycle actions, fixtures
+//! `POST /v1/events`: Auto Scaling (lifecycle-hook events from EventBridge, fixtures
 //! `asg-*.json`, the true-up, and `autoscaling:TEST_NOTIFICATION`) and CloudTrail rule changes
-//! for guard (seed 003, `cloudtrail`); and the answer each gets.
+//! for guard (`cloudtrail`); and the answer each gets.
 
 use portcullis_core::{Grant, Interface, member_instance};
 use portcullis_engine::{Engine, EngineError, GuardError, GuardEvent, GuardOutcome, LifecycleAction, MemberEvent, MemberOutcome};
@@ -152,7 +152,7 @@ fn member_json(grant: &Grant) -> Value {
         "environment": grant.environment,
         "owner": grant.owner.id,
         "instance": member_instance(grant),
-        "expires_at": grant.expires_at.map(portcullis_store::seed::iso),
+        "expires_at": grant.expires_at.map(portcullis_store::ip_whitelist::iso),
     })
 }
 

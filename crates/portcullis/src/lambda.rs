@@ -1,4 +1,4 @@
-//! The events seed 000's Lambda received, handled the same way by `portcullis invoke` (one
+//! The events the IP Whitelist Manager's Lambda received, handled the same way by `portcullis invoke` (one
 //! event, locally) and `portcullis lambda` (AWS Lambda's Runtime API):
 //!
 //! - action events (`add`, `remove`, `list`, `refresh`; `../shared/fixtures/event-*.json`);
@@ -21,7 +21,7 @@ use portcullis_core::{
     Cidr, Credential, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Ttl, UserName, ValidationError,
 };
 use portcullis_engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope};
-use portcullis_store::seed::{self, Attr, ChangeKind, StreamItems, external_change, unreadable_record};
+use portcullis_store::ip_whitelist::{self, Attr, ChangeKind, StreamItems, external_change, unreadable_record};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -47,7 +47,7 @@ pub enum Event {
     Deferred(DeferredApply),
 }
 
-/// A seed 000 action event.
+/// An IP Whitelist Manager action event (`add`, `remove`, `list`, `refresh`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionEvent {
@@ -138,9 +138,9 @@ pub fn classify(value: Value) -> Result<Event, InvocationError> {
     Err(InvocationError::Unknown)
 }
 
-/// A grant as the seed's items show it, as plain JSON.
+/// A grant as the IP Whitelist Manager's items show it, as plain JSON.
 pub fn item_json(grant: &Grant) -> Value {
-    let item = seed::to_item(grant);
+    let item = ip_whitelist::to_item(grant);
     let mut out = serde_json::Map::new();
     for (k, v) in item {
         if k.starts_with("pc_") {
@@ -276,7 +276,7 @@ pub fn stream_record(value: &Value) -> ExternalChange {
     let (Some(event_id), Some(seq)) = (event_id.clone(), sequence.clone()) else {
         return unreadable("no eventID or SequenceNumber".into());
     };
-    let Some(keys) = seed::item_from_json(value.pointer("/dynamodb/Keys")) else { return unreadable("no Keys".into()) };
+    let Some(keys) = ip_whitelist::item_from_json(value.pointer("/dynamodb/Keys")) else { return unreadable("no Keys".into()) };
     let by_service =
         record.user_identity.as_ref().is_some_and(|u| u.type_ == "Service" && u.principal_id == "dynamodb.amazonaws.com");
     external_change(StreamItems {
@@ -285,8 +285,8 @@ pub fn stream_record(value: &Value) -> ExternalChange {
         kind,
         by_service,
         keys,
-        old: seed::item_from_json(value.pointer("/dynamodb/OldImage")),
-        new: seed::item_from_json(value.pointer("/dynamodb/NewImage")),
+        old: ip_whitelist::item_from_json(value.pointer("/dynamodb/OldImage")),
+        new: ip_whitelist::item_from_json(value.pointer("/dynamodb/NewImage")),
     })
 }
 

@@ -1,5 +1,5 @@
 //! Slack's side of portcullis, over Slack's real wire formats: request signatures, the
-//! `/infra whitelist …` grammar, Block Kit replies, the seed's notification texts, incoming
+//! `/infra whitelist …` grammar, Block Kit replies, the IP Whitelist Manager's notification texts, incoming
 //! webhook delivery, `response_url` posts and user-group lookups.
 
 pub mod command;

@@ -1,4 +1,4 @@
-//! What people read: Block Kit replies to slash commands, and the seed's notification texts.
+//! What people read: Block Kit replies to slash commands, and the IP Whitelist Manager's notification texts.
 
 use portcullis_core::{Action, AuditEvent, Environment, Grant, Source, Timestamp, format_utc, member_instance, time_left};
 use portcullis_engine::ReconcileReport;
@@ -156,7 +156,7 @@ impl Reply {
     }
 }
 
-/// The notification for an audit event, in the seed's words; `None` for events that are not
+/// The notification for an audit event, in the IP Whitelist Manager's words; `None` for events that are not
 /// announced.
 pub fn notification(event: &AuditEvent) -> Option<String> {
     let env = escape(&event.environment.to_string());

@@ -65,7 +65,7 @@ pub fn webhook_url_from_secret(value: &str) -> Result<String, SecretError> {
     if url.starts_with("https://") || url.starts_with("http://") { Ok(url) } else { Err(SecretError::NotAUrl) }
 }
 
-/// Posts the seed's notification texts to an incoming webhook.
+/// Posts the IP Whitelist Manager's notification texts to an incoming webhook.
 pub struct Webhook {
     client: reqwest::Client,
     source: Arc<dyn UrlSource>,

@@ -6,7 +6,7 @@
 
 #[cfg(feature = "test-support")]
 pub mod contract;
-pub mod seed;
+pub mod ip_whitelist;
 mod sqlite;
 mod upsert;
 
@@ -20,6 +20,11 @@ use portcullis_core::{
 use thiserror::Error;
 
 pub use sqlite::SqliteStore;
+
+/// Every part of the store, for callers of its methods: `use portcullis_store::prelude::*;`.
+pub mod prelude {
+    pub use crate::{AuditStore, GrantStore, GuardStore, LeaseStore, OutboxStore, Store, TokenStore};
+}
 pub use upsert::{Decided, UpsertDecision};
 
 /// How long a process holds a notice it wrote or claimed before another may deliver it.
@@ -295,7 +300,7 @@ impl AuditQuery {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LeaseHolder {
-    /// The holder's [`Store::instance`].
+    /// The holder's [`LeaseStore::instance`].
     pub holder: String,
     #[serde(with = "time::serde::rfc3339")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
@@ -307,16 +312,23 @@ pub struct LeaseHolder {
 pub struct LeaseClaim<'a> {
     /// What the lease guards, e.g. `sweeper`.
     pub name: &'a str,
-    /// Who asks (a process's [`Store::instance`]).
+    /// Who asks (a process's [`LeaseStore::instance`]).
     pub holder: &'a str,
     pub now: Timestamp,
     /// The lease lapses this long after `now` unless renewed.
     pub duration: time::Duration,
 }
 
-/// Where desired state and the audit log live.
+/// Where desired state, the audit log and everything else portcullis keeps live: one store,
+/// whose parts are the sub-traits below (a backend implements each; the engine asks for
+/// `Store`, guard's component for [`GuardStore`] alone).
+pub trait Store: GrantStore + AuditStore + LeaseStore + OutboxStore + TokenStore + GuardStore {}
+
+impl<T: GrantStore + AuditStore + LeaseStore + OutboxStore + TokenStore + GuardStore> Store for T {}
+
+/// Grants: desired state, each change recorded with its audit event in one write.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait GrantStore: Send + Sync {
     /// Adds a grant or refreshes the live one with its key: expiry becomes the later of the
     /// two, the description is replaced, the owner is kept, and the audit names both users.
     async fn upsert(&self, request: Upsert) -> Result<Upserted, StoreError>;
@@ -341,7 +353,11 @@ pub trait Store: Send + Sync {
     /// Environments in which this store has ever recorded a grant change. Owned rules are only
     /// revoked there, so a new or mistyped store never wipes access.
     async fn environments_with_history(&self) -> Result<BTreeSet<Environment>, StoreError>;
+}
 
+/// The append-only audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
     /// Appends an audit event that goes with no grant change (`refused`, `drift-repaired`).
     async fn record(&self, event: AuditEvent) -> Result<(), StoreError>;
 
@@ -356,7 +372,11 @@ pub trait Store: Send + Sync {
     /// Appends an audit event once per `key` (e.g. a stream record's id): false, and nothing
     /// written, when an event with that key was recorded before.
     async fn record_once(&self, event: AuditEvent, key: &str) -> Result<bool, StoreError>;
+}
 
+/// Leases and one-time claims, shared by every process on the store; and who this process is.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
     /// Takes or renews a lease: true when `claim.holder` holds it until `now + duration`.
     async fn acquire_lease(&self, claim: LeaseClaim<'_>) -> Result<bool, StoreError>;
 
@@ -375,7 +395,11 @@ pub trait Store: Send + Sync {
     /// This process's name in the outbox: the notices it writes are leased to it for
     /// [`NOTICE_LEASE`], so it announces its own changes.
     fn instance(&self) -> &str;
+}
 
+/// Notices waiting to be announced (the durable outbox).
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
     /// Claims the oldest due notice for this process: its own, or one whose lease has lapsed.
     async fn claim_notice(&self, now: Timestamp) -> Result<Option<Notice>, StoreError>;
 
@@ -383,7 +407,11 @@ pub trait Store: Send + Sync {
     async fn settle_notice(&self, id: i64, settlement: Settlement, now: Timestamp) -> Result<(), StoreError>;
 
     async fn outbox_status(&self) -> Result<OutboxStatus, StoreError>;
+}
 
+/// API tokens, by the hash of their secret.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
     /// Stores a new API token (by hash) and audits its creation.
     async fn create_token(&self, token: ApiToken, actor: &Actor) -> Result<(), StoreError>;
 
@@ -396,7 +424,11 @@ pub trait Store: Send + Sync {
     /// Revokes a token at `now` and audits it; `None` when there is no such id. Revoking a
     /// revoked token changes nothing and returns it as it is.
     async fn revoke_token(&self, id: &str, actor: &Actor, now: Timestamp) -> Result<Option<ApiToken>, StoreError>;
+}
 
+/// Guard's change requests, each group's baseline, and guard's ledger of its own changes.
+#[async_trait]
+pub trait GuardStore: Send + Sync {
     /// Files a new change request with its audit events, in one write. `false`, and nothing
     /// written, when a request for the same event id exists (a redelivered event).
     async fn file_request(&self, request: &ChangeRequest, events: Vec<AuditEvent>) -> Result<bool, StoreError>;
@@ -421,6 +453,6 @@ pub trait Store: Send + Sync {
     /// name. Shared by every process on the store.
     async fn note_own_changes(&self, keys: &[String], until: Timestamp) -> Result<(), StoreError>;
 
-    /// Those of `keys` noted by [`Store::note_own_changes`] and not lapsed at `now`.
+    /// Those of `keys` noted by [`GuardStore::note_own_changes`] and not lapsed at `now`.
     async fn noted_own_changes(&self, keys: &[String], now: Timestamp) -> Result<BTreeSet<String>, StoreError>;
 }

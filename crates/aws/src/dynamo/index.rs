@@ -8,7 +8,7 @@
 //!   two adds by one owner exclusive) carries one attribute per grant, `h#<cidr>` = its expiry
 //!   in microseconds (0: none). The per-user limit counts the live ones: no Scan.
 //!
-//! Writers other than portcullis (seed 000's Lambda, the console) do not write these. So a slow
+//! Writers other than portcullis (the IP Whitelist Manager's Lambda, the console) do not write these. So a slow
 //! full check, at most once a minute, scans the tables for the next expiry and puts back what
 //! the expiry index lacks; and where the holds say an add would pass the limit, a Scan counts
 //! again before anyone is refused (a hold left by another writer's delete cannot refuse an add).

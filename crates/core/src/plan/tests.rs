@@ -63,7 +63,7 @@ fn run(grants: &[Grant], targets: &[Target], history: &[&str]) -> Plan {
 fn adoption_takes_over_only_markerless_rules_matching_a_live_grant() {
     let grants = [grant("1.2.3.4/32", "dev", "Home office", Some(60)), grant("5.6.7.8/32", "dev", "", Some(-1))];
     let rules = vec![
-        rule("1.2.3.4/32", 80, None),                      // the seed Lambda's rule: adopted
+        rule("1.2.3.4/32", 80, None),                      // the IP Whitelist Manager Lambda's rule: adopted
         rule("1.2.3.4/32", 443, Some("made by hand")),     // matches too: adopted
         rule("1.2.3.4/32", 22, None),                      // port not managed: left
         rule("9.9.9.9/32", 80, None),                      // no grant: left

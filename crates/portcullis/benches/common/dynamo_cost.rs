@@ -11,7 +11,7 @@ use portcullis_core::Timestamp;
 /// Puts grants `range` into `table` (environment `dev`) as another writer would, 25 a call,
 /// owned by `user0`…`user99`, expiring over the next four days.
 pub async fn seed(client: &aws_sdk_dynamodb::Client, table: &str, range: std::ops::Range<u32>, now: Timestamp) {
-    let iso = portcullis_store::seed::iso;
+    let iso = portcullis_store::ip_whitelist::iso;
     let s = |v: String| AttributeValue::S(v);
     let items: Vec<WriteRequest> = range
         .map(|i| {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, Env, error};
 
-/// A duration given as TTL text (`1h`) or whole seconds (`3600`), as seed 001 does.
+/// A duration given as TTL text (`1h`) or whole seconds (`3600`), as the authenticating security group does.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub(super) enum TtlOrSeconds {
@@ -34,11 +34,11 @@ pub(super) struct FileEnvironment {
     pub(super) refuse_special_purpose: Option<bool>,
     /// IAM principals (ARNs, `*` wildcards) that may authenticate here.
     pub(super) principals: Option<Vec<String>>,
-    /// How long `/connection` grants last (seed 001).
+    /// How long `/connection` grants last (the authenticating security group's API).
     pub(super) time_to_expire: Option<TtlOrSeconds>,
     #[serde(default)]
     pub(super) targets: Vec<FileTarget>,
-    /// Auto Scaling groups whose members are admitted (seed 002).
+    /// Auto Scaling groups whose members are admitted (lifecycle hooks and true-ups, as the AWS Auto Scaling sync did).
     #[serde(default)]
     pub(super) members: Vec<FileMember>,
 }
@@ -225,7 +225,7 @@ pub(super) fn target(
     })
 }
 
-/// The default environment's target from seed 000's variables (`ENABLE_SG_DISCOVERY`,
+/// The default environment's target from the IP Whitelist Manager's variables (`ENABLE_SG_DISCOVERY`,
 /// `MANAGED_SECURITY_GROUP_IDS`, `AWS_REGION`), if they name one.
 pub(super) fn whitelist_manager_target(
     env: Env<'_>,

@@ -1,4 +1,4 @@
-//! `[guard]` (seed 003): which groups are guarded where, who approves, and for how long a
+//! `[guard]` (out-of-band changes reverted and approved, as VoyagerInnovations' tool did): which groups are guarded where, who approves, and for how long a
 //! request waits.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -66,7 +66,7 @@ struct FileConfig {
     discovery_tag_value: Option<String>,
     #[serde(default)]
     environments: BTreeMap<String, FileEnvironment>,
-    /// Out-of-band changes to guarded groups (seed 003).
+    /// Out-of-band changes to guarded groups (out-of-band changes reverted and approved, as VoyagerInnovations' tool did).
     guard: Option<guard::FileGuard>,
     #[serde(default)]
     slack: FileSlack,
@@ -233,7 +233,7 @@ impl Config {
         if sync == 0 {
             return Err(error("member_sync_secs", "must be at least 1"));
         }
-        // The seed's variables configure the default environment when the file gives it no targets.
+        // The IP Whitelist Manager's variables configure the default environment when the file gives it no targets.
         if !specs.iter().any(|s| s.environment == default_environment) {
             specs.extend(whitelist_manager_target(env, defaults, &default_environment)?);
         }

@@ -110,7 +110,7 @@ fn seed_variables() {
     .unwrap();
     assert_eq!(c.default_environment.as_str(), "staging");
     assert_eq!(c.specs[0].selector, TargetSelector::Ids(vec![GroupId::parse("sg-1").unwrap(), GroupId::parse("sg-2").unwrap()]));
-    // The seed's variables alone never switch AWS on.
+    // The IP Whitelist Manager's variables alone never switch AWS on.
     assert_eq!(c.firewall, FirewallKind::DryRun);
     let c = load("", &[("ENABLE_SG_DISCOVERY", "true"), ("SG_DISCOVERY_TAG_KEY", "K"), ("AWS_REGION", "eu-west-1")]).unwrap();
     assert_eq!(c.specs[0].selector, TargetSelector::Discovery { tag_key: "K".into(), tag_value: "true".into() });

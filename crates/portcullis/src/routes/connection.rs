@@ -1,4 +1,4 @@
-//! `POST|DELETE /connection` (seed 001): an authenticated caller opens or closes access for the
+//! `POST|DELETE /connection` (the authenticating security group's API): an authenticated caller opens or closes access for the
 //! address it calls from, for its environment's `time_to_expire`.
 //!
 //! POST: added → 201, already present (refreshed, expiry renewed) → 200. DELETE: removed → 200,

@@ -1,4 +1,4 @@
-//! The DynamoDB store on moto: the seed schema, `init`, the fixture events through `invoke`,
+//! The DynamoDB store on moto: the IP Whitelist Manager's schema, `init`, the fixture events through `invoke`,
 //! stream records (TTL, manual and our own removals, poison records), `adopt`.
 //!
 //! tidy: long file — every scenario runs on one `DynamoWorld` (its tables, moto, the CLI and
@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::support::{Receiver, World, moto, sdk_config, text, unique};
 
-/// The fixture events, as the seed's Lambda received them.
+/// The fixture events, as the IP Whitelist Manager's Lambda received them.
 pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!("{}/../../fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
@@ -107,7 +107,7 @@ impl DynamoWorld {
         assert!(out.status.success(), "{}", text(&out));
     }
 
-    /// Puts an item in `dev` exactly as seed 000's Lambda writes it (Python's isoformat,
+    /// Puts an item in `dev` exactly as the IP Whitelist Manager's Lambda writes it (Python's isoformat,
     /// microseconds included): `user` is (id, name).
     pub async fn put_seed_item(
         &self,
@@ -117,7 +117,7 @@ impl DynamoWorld {
         user: (&str, &str),
         description: Option<&str>,
     ) {
-        let iso = portcullis_store::seed::iso;
+        let iso = portcullis_store::ip_whitelist::iso;
         let mut put = self
             .dynamo()
             .await
@@ -214,8 +214,8 @@ async fn the_fixture_events_through_invoke_have_the_seeds_effects() {
     let expires = item["expires_at"].as_s().unwrap();
     assert!(added.ends_with("+00:00") && expires.ends_with("+00:00"), "{added} {expires}");
     let ttl: i64 = item["ttl"].as_n().unwrap().parse().unwrap();
-    let expires_at = portcullis_store::seed::parse_iso(expires).unwrap();
-    let added_at = portcullis_store::seed::parse_iso(added).unwrap();
+    let expires_at = portcullis_store::ip_whitelist::parse_iso(expires).unwrap();
+    let added_at = portcullis_store::ip_whitelist::parse_iso(added).unwrap();
     assert_eq!(ttl, expires_at.unix_timestamp());
     assert_eq!(expires_at - added_at, time::Duration::minutes(10080));
 
@@ -451,7 +451,7 @@ async fn adopt_takes_over_a_markerless_rule_matching_a_grant_and_nothing_else() 
     let d = DynamoWorld::new().await;
     let group = d.w.group(true, &[]).await;
     d.init();
-    // What seed 000's Lambda left: rules without our marker.
+    // What the IP Whitelist Manager's Lambda left: rules without our marker.
     d.w.hand_rule(&group, "1.2.3.4/32", 80, "").await;
     d.w.hand_rule(&group, "192.0.2.50/32", 80, "").await;
     let (code, _, all) = d.invoke(&fixture("event-add.json"));

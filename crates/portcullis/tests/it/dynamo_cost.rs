@@ -10,7 +10,6 @@ use portcullis::wiring;
 use portcullis_aws::{DynamoStore, TableNames};
 use portcullis_core::Timestamp;
 use portcullis_engine::{Clock, LogNotifier, ManualClock, MemoryFirewall};
-use portcullis_store::Store;
 
 use crate::dynamo::{DynamoWorld, add_request};
 use crate::support::{REGION, sdk_config, within};
@@ -18,6 +17,7 @@ use crate::support::{REGION, sdk_config, within};
 #[path = "../../benches/common/dynamo_cost.rs"]
 mod common;
 use common::{calls_of, seed};
+use portcullis_store::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_add_and_an_idle_poll_cost_the_same_dynamodb_calls_with_10_or_5000_grants() {

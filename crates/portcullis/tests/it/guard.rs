@@ -1,4 +1,4 @@
-//! Guard (seed 003) end to end on moto: an out-of-band change made with the SDK, the CloudTrail
+//! Guard (out-of-band changes reverted and approved, as VoyagerInnovations' tool did) end to end on moto: an out-of-band change made with the SDK, the CloudTrail
 //! event built from the fixture's shape with the real group and rule ids, handed to
 //! `portcullis invoke`; decisions through the CLI.
 

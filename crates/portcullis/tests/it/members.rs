@@ -1,4 +1,4 @@
-//! Auto Scaling members (seed 002) end to end: `portcullis invoke --event` with the fixture
+//! Auto Scaling members (lifecycle hooks and true-ups, as the AWS Auto Scaling sync did) end to end: `portcullis invoke --event` with the fixture
 //! events, against an ASG on moto, groups in two regions, and the loopback proxy answering
 //! `CompleteLifecycleAction` (which moto lacks) and counting every call.
 
@@ -469,7 +469,7 @@ async fn post_v1_events_takes_the_same_events_from_an_admin_token_for_every_envi
         let (status, answer) = post(admin.clone(), malformed).await;
         assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_event")), "{answer}");
         let (status, _) = post(admin, fixture("event-add.json")).await;
-        assert_eq!(status, 400, "a seed action is for the Lambda and invoke");
+        assert_eq!(status, 400, "an IP Whitelist Manager action is for the Lambda and invoke");
         assert!(f.proxy.completed().is_empty());
     })
     .await;

@@ -17,9 +17,10 @@ use portcullis_engine::{
     AddRequest, Cause, Clock, Engine, EngineError, Firewall, HeldFirewall, ManualClock, MemoryFirewall, Requester, Scope,
     Settings,
 };
-use portcullis_store::{Actor, SqliteStore, Store, Upsert};
+use portcullis_store::{Actor, SqliteStore, Upsert};
 
 use crate::support::{REGION, World, sdk_config, within};
+use portcullis_store::prelude::*;
 
 fn dev() -> Environment {
     Environment::parse("dev").unwrap()

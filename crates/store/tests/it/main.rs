@@ -21,7 +21,8 @@ mod contract {
 use std::os::unix::fs::PermissionsExt;
 
 use portcullis_core::{Action, Cidr, Description, Environment, Grant, Interface, Owner, Source, Timestamp};
-use portcullis_store::{Actor, SqliteStore, Store, Upsert};
+use portcullis_store::prelude::*;
+use portcullis_store::{Actor, SqliteStore, Upsert};
 use time::Duration;
 use time::macros::datetime;
 

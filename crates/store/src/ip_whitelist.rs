@@ -1,7 +1,7 @@
-//! Grants as items of seed 000's DynamoDB table, so a table written by the old Lambda reads
+//! Grants as items of the docustack IP Whitelist Manager's DynamoDB table, so a table written by the old Lambda reads
 //! correctly here and the other way round.
 //!
-//! The seed's attributes: `ip_address` (partition key), `environment` (sort key), `added_at`
+//! The IP Whitelist Manager's attributes: `ip_address` (partition key), `environment` (sort key), `added_at`
 //! and `expires_at` (ISO 8601 with `+00:00`, as Python's `isoformat()` writes them), `ttl`
 //! (epoch seconds, DynamoDB's TTL attribute), `user_id`, `username`, `description`. What only
 //! portcullis needs is kept in extra attributes prefixed `pc_`, which the old Lambda ignores.
@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use portcullis_core::{Cidr, Description, Environment, ExternalChange, ExternalKind, Grant, GrantKey, Owner, Source, Timestamp};
 use time::format_description::well_known::Rfc3339;
 
-/// One attribute value; the seed's schema uses strings and numbers only.
+/// One attribute value; its schema uses strings and numbers only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attr {
     S(String),
@@ -55,7 +55,7 @@ pub const USERNAME: &str = "username";
 pub const DESCRIPTION: &str = "description";
 /// The owner's display name (portcullis only).
 pub const DISPLAY_NAME: &str = "pc_display_name";
-/// How the grant came to be (portcullis only; the seed's items are `manual`).
+/// How the grant came to be (portcullis only; its items are `manual`).
 pub const SOURCE: &str = "pc_source";
 /// Set by portcullis on an item it is about to delete, naming why (`removed:<audit id>` or
 /// `expired:<audit id>`): the REMOVE stream record then shows the deletion was ours and has
