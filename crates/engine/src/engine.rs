@@ -1,556 +1,338 @@
-use std::collections::{BTreeMap, BTreeSet};
+//! The engine: what a process runs, composed by one builder from its components over the
+//! shared clients. Three controllers, as kube-runtime keeps them apart: the grants controller
+//! ([`Grants`], always), guard ([`Guard`], with `[guard]` and a live firewall), members
+//! ([`Members`], with Auto Scaling groups). What spans them is here: the sweep (grants' and
+//! timed rules' expiries), the long-running loops, the status and the gauges.
+
 use std::sync::{Arc, Mutex};
 
-use portcullis_core::{
-    Action, AuditEvent, AuditScope, Cidr, Credential, Description, Environment, Grant, GrantKey, GroupChange, Interface, Marker,
-    Owner, Plan, PlanInput, Policy, PortSet, RefusedGrant, RuleQuota, SkippedGroup, Source, Target, TargetId, TargetSpec, Ttl,
-    ValidationError, admit_grants, plan, plan_additions, policy_for, resolve_targets,
-};
-use portcullis_store::{Actor, Store, StoreError, Upsert};
-use serde::Serialize;
+use portcullis_core::{Interface, MemberSource};
+use portcullis_store::Store;
 use tokio::sync::{Notify, watch};
 
-use crate::report::{AddOutcome, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome};
-use crate::{Clock, EngineError, Firewall, Lease, ObserveFailure, Outbox};
+use crate::grants::Grants;
+use crate::guard::GuardSettings;
+use crate::shared::Shared;
+use crate::{
+    Cause, Clock, EngineError, Firewall, Gauges, Guard, GuardError, GuardFirewall, Lease, MemberEvent, MemberOutcome, Members,
+    Membership, Metrics, Outbox, Progress, Requester, Scope, Settings, Status, SweepReport,
+};
 
-/// What the engine is configured with.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub specs: Vec<TargetSpec>,
-    pub policies: BTreeMap<Environment, Policy>,
-    pub marker: Marker,
-    pub quota: RuleQuota,
-}
-
-/// Which environments a reconcile covers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    All,
-    Environment(Environment),
-}
-
-impl Scope {
-    fn covers(&self, env: &Environment) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Environment(e) => e == env,
-        }
-    }
-
-    pub(crate) fn environment(&self) -> Option<&Environment> {
-        match self {
-            Scope::All => None,
-            Scope::Environment(e) => Some(e),
-        }
-    }
-}
-
-/// Why a reconcile ran; drift repairs are audited only for refreshes and periodic runs.
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Cause {
-    Change,
-    Refresh,
-    Periodic,
-    Sweep,
-}
-
-impl Cause {
-    /// Its name, as the serialised form and the metrics' `cause` label spell it.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Cause::Change => "change",
-            Cause::Refresh => "refresh",
-            Cause::Periodic => "periodic",
-            Cause::Sweep => "sweep",
-        }
-    }
-}
-
-/// Who asks for a change, through which interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Requester {
-    /// Becomes the owner of a grant the request adds.
-    pub owner: Owner,
-    /// Groups the interface vouches the user belongs to (Slack user groups).
-    pub groups: Vec<String>,
-    pub interface: Interface,
-    /// What the credentials allow (a token's environments, an IAM principal's listing).
-    pub credential: Credential,
-}
-
-impl Requester {
-    /// A user known by one name only (CLI `--as`, the OS user), identified by the interface.
-    pub fn named(name: &str, interface: Interface) -> Requester {
-        Requester { owner: Owner::named(name), groups: Vec::new(), interface, credential: Credential::Interface }
-    }
-
-    pub(crate) fn actor(&self) -> Actor {
-        Actor { name: self.owner.name.clone(), interface: self.interface }
-    }
-
-    /// How a refusal names the requester: the name, and the id when it differs (a Slack user
-    /// chooses their name, so the id is what identifies them).
-    pub(crate) fn refused_actor(&self) -> Actor {
-        let Owner { id, name, .. } = &self.owner;
-        let name = if id == name { name.clone() } else { format!("{name} ({id})") };
-        Actor { name, interface: self.interface }
-    }
-}
-
-/// A request to add (or refresh) a grant.
-#[derive(Debug, Clone)]
-pub struct AddRequest {
-    pub cidr: Cidr,
-    pub environment: Environment,
-    /// `None` means the default (30 days).
-    pub ttl: Option<Ttl>,
-    pub description: Description,
-    pub source: Source,
-    pub by: Requester,
-}
-
-/// The targets one observation resolved to.
-pub(crate) struct Observed {
-    pub(crate) failures: Vec<ObserveFailure>,
-    pub(crate) targets: Vec<Target>,
-    skipped: Vec<SkippedGroup>,
-}
-
-/// Grants, firewall and time, wired together.
+/// A process's engine: the grants controller, and guard and members where configured.
 pub struct Engine {
+    grants: Arc<Grants>,
+    guard: Option<Guard>,
+    members: Option<Members>,
+    /// The gauges as last read, when, and at which change count (`gauges`).
+    gauges: Mutex<Option<(std::time::Instant, u64, Gauges)>>,
+}
+
+/// Composes an [`Engine`]: the shared clients, then each component a process runs.
+pub struct EngineBuilder {
     store: Arc<dyn Store>,
     firewall: Arc<dyn Firewall>,
     clock: Arc<dyn Clock>,
     settings: Settings,
-    pub(crate) wake_sweeper: Notify,
-    pub(crate) last_reconcile: Mutex<Option<ReconcileSummary>>,
     outbox: Option<Arc<Outbox>>,
     lease: Option<Arc<Lease>>,
-    /// The groups each environment was last seen to have, with their ports, so an answer that
-    /// needed no firewall call can still name them.
-    known_targets: Mutex<BTreeMap<TargetId, (Environment, PortSet)>>,
-    /// Stored grants the policy refused at the last plan, for `status`.
-    pub(crate) refused: Mutex<BTreeMap<GrantKey, RefusedGrant>>,
-    /// One apply at a time per environment (`coalesce`).
-    pub(crate) slots: crate::coalesce::Slots,
-    /// The Auto Scaling groups whose members are admitted (`members`).
-    pub(crate) members: Option<Arc<crate::members::Members>>,
-    /// Guard's configuration and firewall (`guard`).
-    pub(crate) guard: Option<Arc<crate::guard::Guard>>,
-    /// The next rule grant's expiry as last read, and when (`rule_grants`): the sweeper's
-    /// once-a-second poll reads the requests at most every [`crate::rule_grants::REREAD`].
-    pub(crate) rule_grant_expiry: Mutex<Option<(portcullis_core::Timestamp, Option<portcullis_core::Timestamp>)>>,
-    /// What `/metrics` shows of the engine's work.
-    pub(crate) metrics: crate::Metrics,
-    /// Bumped by every change this process stores, so the gauges it read before are not
-    /// reused (`gauges`).
-    pub(crate) changes: std::sync::atomic::AtomicU64,
-    /// The gauges as last read, when, and at which `changes`.
-    pub(crate) gauges: Mutex<Option<(std::time::Instant, u64, crate::Gauges)>>,
-    /// Where progress over many groups is told, if anywhere (a terminal).
-    pub(crate) progress: Option<Arc<dyn crate::Progress>>,
+    progress: Option<Arc<dyn Progress>>,
+    guard: Option<(GuardSettings, Arc<dyn GuardFirewall>)>,
+    members: Option<(Vec<MemberSource>, time::Duration, Arc<dyn Membership>)>,
 }
 
-impl Engine {
-    pub fn new(store: Arc<dyn Store>, firewall: Arc<dyn Firewall>, clock: Arc<dyn Clock>, settings: Settings) -> Engine {
-        Engine {
-            store,
-            firewall,
-            clock,
-            settings,
-            wake_sweeper: Notify::new(),
-            last_reconcile: Mutex::new(None),
-            outbox: None,
-            lease: None,
-            known_targets: Mutex::new(BTreeMap::new()),
-            refused: Mutex::new(BTreeMap::new()),
-            slots: Default::default(),
-            members: None,
-            guard: None,
-            rule_grant_expiry: Mutex::new(None),
-            metrics: crate::Metrics::default(),
-            changes: Default::default(),
-            gauges: Mutex::new(None),
-            progress: None,
-        }
-    }
-
-    /// The engine's metrics, for a registry to expose.
-    pub fn metrics(&self) -> &crate::Metrics {
-        &self.metrics
-    }
-
-    /// Runs the sweeper and the periodic reconcile only while `lease` is held.
-    pub fn with_lease(mut self, lease: Arc<Lease>) -> Engine {
-        self.lease = Some(lease);
-        self
-    }
-
-    pub fn lease(&self) -> Option<&Arc<Lease>> {
-        self.lease.as_ref()
-    }
-
-    /// Waits for the lease, if there is one; false on shutdown.
-    pub(crate) async fn lead(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
-        match &self.lease {
-            Some(lease) => lease.wait_held(shutdown).await,
-            None => !*shutdown.borrow(),
-        }
-    }
-
-    /// Announces changes through `outbox`: the engine wakes it after every change it stores.
-    pub fn with_outbox(mut self, outbox: Arc<Outbox>) -> Engine {
+impl EngineBuilder {
+    /// Announces what the engine stores through `outbox` (it is woken after every change).
+    pub fn outbox(mut self, outbox: Arc<Outbox>) -> EngineBuilder {
         self.outbox = Some(outbox);
         self
     }
 
-    pub fn outbox(&self) -> Option<&Arc<Outbox>> {
-        self.outbox.as_ref()
+    /// Runs the sweeper and the periodic loops only while `lease` is held.
+    pub fn lease(mut self, lease: Arc<Lease>) -> EngineBuilder {
+        self.lease = Some(lease);
+        self
     }
 
-    /// Tells the outbox that announcements may be waiting (every stored change calls it, so it
-    /// also marks the gauges as stale).
-    pub(crate) fn announce(&self) {
-        self.changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(outbox) = &self.outbox {
-            outbox.wake();
+    /// Tells `progress` how operations over many groups advance.
+    pub fn progress(mut self, progress: Arc<dyn Progress>) -> EngineBuilder {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Runs guard, over `firewall`.
+    pub fn guard(mut self, settings: GuardSettings, firewall: Arc<dyn GuardFirewall>) -> EngineBuilder {
+        self.guard = Some((settings, firewall));
+        self
+    }
+
+    /// Admits the members of these Auto Scaling groups (none: no member component).
+    pub fn members(
+        mut self,
+        sources: Vec<MemberSource>,
+        member_ttl: time::Duration,
+        membership: Arc<dyn Membership>,
+    ) -> EngineBuilder {
+        if !sources.is_empty() {
+            self.members = Some((sources, member_ttl, membership));
         }
+        self
     }
 
-    /// The store, for the engine's own modules: interfaces ask the engine, never the store.
-    pub(crate) fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    pub fn build(self) -> Engine {
+        let shared = Arc::new(Shared {
+            store: self.store,
+            clock: self.clock,
+            settings: self.settings,
+            outbox: self.outbox,
+            wake_sweeper: Notify::new(),
+            changes: Default::default(),
+            metrics: Metrics::default(),
+            progress: self.progress.map(std::sync::OnceLock::from).unwrap_or_default(),
+        });
+        let grants = Arc::new(Grants::new(shared.clone(), self.firewall, self.lease));
+        let guard = self.guard.map(|(settings, firewall)| Guard::new(shared.clone(), grants.clone(), settings, firewall));
+        let members =
+            self.members.map(|(sources, ttl, membership)| Members::new(shared, grants.clone(), sources, ttl, membership));
+        Engine { grants, guard, members, gauges: Mutex::new(None) }
+    }
+}
+
+impl Engine {
+    /// The builder of an engine over these clients.
+    pub fn builder(
+        store: Arc<dyn Store>,
+        firewall: Arc<dyn Firewall>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> EngineBuilder {
+        EngineBuilder { store, firewall, clock, settings, outbox: None, lease: None, progress: None, guard: None, members: None }
+    }
+
+    /// Tells `progress` how operations over many groups advance (the first one given stays).
+    pub fn with_progress(self, progress: Arc<dyn Progress>) -> Engine {
+        let _ = self.grants.shared.progress.set(progress);
+        self
+    }
+
+    /// An engine of the grants controller alone over these clients (tests and benchmarks).
+    pub fn new(store: Arc<dyn Store>, firewall: Arc<dyn Firewall>, clock: Arc<dyn Clock>, settings: Settings) -> Engine {
+        Engine::builder(store, firewall, clock, settings).build()
+    }
+
+    /// The grants controller: adds, removes, reconciles, queries.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    /// Guard, or why there is none here.
+    pub fn guard(&self) -> Result<&Guard, GuardError> {
+        self.guard.as_ref().ok_or(GuardError::NotConfigured)
+    }
+
+    /// Guard, where configured.
+    pub fn guarding(&self) -> Option<&Guard> {
+        self.guard.as_ref()
+    }
+
+    /// The members component, where Auto Scaling groups are configured.
+    pub fn members(&self) -> Option<&Members> {
+        self.members.as_ref()
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
+        self.grants.clock()
     }
 
-    pub(crate) fn marker(&self) -> &Marker {
-        &self.settings.marker
+    pub fn outbox(&self) -> Option<&Arc<Outbox>> {
+        self.grants.shared.outbox.as_ref()
     }
 
-    pub(crate) fn quota(&self) -> RuleQuota {
-        self.settings.quota
+    pub fn lease(&self) -> Option<&Arc<Lease>> {
+        self.grants.lease()
     }
 
-    pub(crate) fn specs(&self) -> &[TargetSpec] {
-        &self.settings.specs
+    /// The engine's metrics, for a registry to expose.
+    pub fn metrics(&self) -> &Metrics {
+        &self.grants.shared.metrics
     }
 
-    pub(crate) fn policies(&self) -> &BTreeMap<Environment, Policy> {
-        &self.settings.policies
-    }
-
-    /// The policy of a known environment.
-    pub fn policy(&self, env: &Environment) -> Result<&Policy, ValidationError> {
-        policy_for(&self.settings.policies, env)
-    }
-
-    /// The groups of `env` as last observed (region, id, ports), without a firewall call.
-    pub fn known_targets(&self, env: &Environment) -> Vec<(TargetId, PortSet)> {
-        let known = self.known_targets.lock().expect("target cache poisoned");
-        known.iter().filter(|(_, (e, _))| e == env).map(|(id, (_, ports))| (id.clone(), ports.clone())).collect()
-    }
-
-    /// Adds or refreshes a grant: checks policy and the groups' quotas, stores it, then applies
-    /// it to every target of its environment before returning.
-    pub async fn add(&self, req: AddRequest) -> Result<AddOutcome, EngineError> {
-        let env = req.environment.clone();
-        let policy = self.authorize_for(&env, Some(&req.cidr), &req.by).await?.clone();
-        let ttl = req.ttl.unwrap_or(Ttl::DEFAULT);
-        let checks = policy.check_cidr(&env, &req.cidr).and_then(|_| policy.check_ttl(&env, ttl));
-        if let Err(err) = checks {
-            return Err(self.refuse(err, &env, Some(&req.cidr), &req.by.refused_actor()).await);
+    /// Handles an Auto Scaling event; without Auto Scaling groups configured it is ignored,
+    /// and the outcome says why.
+    pub async fn member_event(&self, event: MemberEvent, interface: Interface) -> Result<MemberOutcome, EngineError> {
+        match &self.members {
+            Some(members) => members.event(event, interface).await,
+            None => Ok(MemberOutcome::ignored("no environment lists Auto Scaling groups ([[environments.X.members]])".into())),
         }
-
-        let now = self.clock.now();
-        let grant = Grant {
-            cidr: req.cidr,
-            environment: env.clone(),
-            owner: req.by.owner.clone(),
-            source: req.source,
-            description: req.description.clone(),
-            created_at: now,
-            expires_at: Some(now + ttl.duration()),
-        };
-
-        // A refresh that changes no rule description needs no firewall call: the store is the
-        // source of truth for expiry, and the periodic reconcile repairs any drift.
-        let unchanged = self
-            .store
-            .grant(&grant.key())
-            .await?
-            .is_some_and(|g| g.is_live(now) && g.description == grant.description && g.source == grant.source);
-        if unchanged {
-            let upserted = self.store_grant(grant, &req.by, &policy).await?;
-            return Ok(AddOutcome { grant: upserted.grant, refreshed: upserted.previous.is_some(), report: None });
-        }
-
-        // The quota check, the write and the apply happen in the environment's next coalesced
-        // apply, with every other change that arrives meanwhile.
-        self.add_coalesced(grant, req.by, policy).await
     }
 
-    /// Stores an add or refresh (refusals audited) and wakes the sweeper for its expiry.
-    pub(crate) async fn store_grant(
-        &self,
-        grant: Grant,
-        by: &Requester,
-        policy: &Policy,
-    ) -> Result<portcullis_store::Upserted, EngineError> {
-        let actor = &by.actor();
-        let (env, cidr) = (grant.environment.clone(), grant.cidr);
-        let upsert = Upsert { grant, actor: actor.clone(), max_grants_per_user: policy.max_grants_per_user() };
-        let upserted = match self.store.upsert(upsert).await {
-            Ok(u) => u,
-            Err(StoreError::Validation(err)) => return Err(self.refuse(err, &env, Some(&cidr), &by.refused_actor()).await),
-            Err(err) => return Err(err.into()),
-        };
-        self.wake_sweeper.notify_one();
-        self.announce();
-        tracing::info!(cidr = %cidr, environment = %env, user = %actor.name,
-            refreshed = upserted.previous.is_some(), "grant stored");
-        Ok(upserted)
-    }
-
-    /// Removes a grant and takes its rules away.
-    pub async fn remove(&self, key: &GrantKey, by: &Requester) -> Result<RemoveOutcome, EngineError> {
-        let env = &key.environment;
-        self.authorize_for(env, Some(&key.cidr), by).await?;
-        if let Some(member) = self.store.grant(key).await?.filter(|g| g.source == Source::AsgMember) {
-            let err = ValidationError::MembershipDecides {
-                cidr: key.cidr.to_string(),
-                environment: env.to_string(),
-                owner: member.owner.name.trim_start_matches("asg:").to_string(),
-            };
-            return Err(self.refuse(err, env, Some(&key.cidr), &by.refused_actor()).await);
-        }
-        let actor = by.actor();
-        let removed = self
-            .store
-            .remove(key, &actor, self.clock.now())
-            .await?
-            .ok_or_else(|| ValidationError::NoSuchGrant { cidr: key.cidr.to_string(), environment: env.to_string() })?;
-        self.announce();
-        tracing::info!(cidr = %key.cidr, environment = %env, user = %actor.name, "grant removed");
-        let report = self.reconcile(Scope::Environment(env.clone()), Cause::Change).await?;
-        Ok(RemoveOutcome { grant: removed, report })
-    }
-
-    /// Brings the firewall to the state the store describes. (A dry run is a `DryRunFirewall`,
-    /// which prints the changes and makes none.)
-    pub async fn reconcile(&self, scope: Scope, cause: Cause) -> Result<ReconcileReport, EngineError> {
-        match &scope {
-            Scope::Environment(env) => {
-                self.policy(env)?;
-                self.reconcile_environment(env, cause).await
+    /// Revokes and records every expired grant (`Grants::sweep_grants`) and, with guard, every
+    /// timed rule whose term ended.
+    pub async fn sweep(&self) -> Result<SweepReport, EngineError> {
+        let now = self.clock().now();
+        let rule_grants = match &self.guard {
+            Some(guard) if guard.next_rule_grant_expiry().await?.is_some_and(|at| at <= now) => {
+                Some(guard.rule_grants_of().await?)
             }
-            Scope::All => self.reconcile_all(cause).await,
-        }
-    }
-
-    /// Observes the groups the scope needs; must come before any store read that feeds a plan.
-    pub(crate) async fn observe(&self, scope: &Scope) -> Observed {
-        let specs: Vec<TargetSpec> =
-            self.settings.specs.iter().filter(|s| scope.covers(&s.environment) || s.selector.discovers()).cloned().collect();
-        let observation = self.firewall.observe(&specs).await;
-        let (targets, skipped) = resolve_targets(&observation.groups, &specs, &self.settings.policies);
-        let targets: Vec<Target> = targets.into_iter().filter(|t| scope.covers(&t.environment)).collect();
-        {
-            // Forget groups that are gone, except in regions that could not be observed now.
-            let failed: BTreeSet<&str> = observation.failures.iter().map(|f| f.region.as_str()).collect();
-            let mut known = self.known_targets.lock().expect("target cache poisoned");
-            known.retain(|id, (env, _)| !scope.covers(env) || failed.contains(id.region.as_str()));
-            for t in &targets {
-                known.insert(t.id.clone(), (t.environment.clone(), t.ports.clone()));
-            }
-        }
-        Observed { failures: observation.failures, targets, skipped }
-    }
-
-    /// The stored grants a plan may use: those their environment's policy admits. A grant
-    /// another writer put in the table past the checks an add makes (the whole internet, a /8,
-    /// a year-long TTL) is never applied; it is audited as `refused` once per stored version
-    /// and reported by `status`.
-    pub(crate) async fn planned_grants(&self, scope: &Scope) -> Result<Vec<Grant>, EngineError> {
-        let now = self.clock.now();
-        let (admitted, refused) = admit_grants(self.store.grants(scope.environment()).await?, &self.settings.policies, now);
-        let new: Vec<RefusedGrant> = {
-            // Only refusals this process has not reported yet are audited; the map is the
-            // scope's refusals as of now.
-            let mut known = self.refused.lock().expect("refusal map poisoned");
-            let new = refused.iter().filter(|r| known.get(&r.grant.key()) != Some(*r)).cloned().collect();
-            known.retain(|k, _| !scope.covers(&k.environment));
-            known.extend(refused.into_iter().map(|r| (r.grant.key(), r)));
-            new
+            _ => None,
         };
-        for r in new {
-            tracing::warn!(cidr = %r.grant.cidr, environment = %r.grant.environment, reason = %r.reason,
-                "a stored grant breaks its environment's policy; it is not applied");
-            let version = r.grant.expires_at.map_or(0, |t| t.unix_timestamp());
-            let key = format!("policy:{}:{}:{version}:{}", r.grant.environment, r.grant.cidr, r.grant.owner.id);
-            let event = AuditEvent {
-                id: 0,
-                at: now,
-                actor: "portcullis".into(),
-                interface: Interface::Reconciler,
-                action: Action::Refused,
-                environment: AuditScope::from(&r.grant.environment),
-                cidr: Some(r.grant.cidr),
-                before: Some(r.grant.clone()),
-                after: None,
-                reason: format!("stored grant not applied: {}", r.reason),
-                request: None,
-            };
-            if let Err(err) = self.store.record_once(event, &key).await {
-                tracing::warn!(error = %err, "could not audit a refused grant");
-            }
-        }
-        Ok(admitted)
-    }
-
-    pub(crate) async fn plan_and_apply(
-        &self,
-        cause: Cause,
-        scope: &Scope,
-        observed: Observed,
-        additions: Option<&[Grant]>,
-    ) -> Result<ReconcileReport, EngineError> {
-        let Observed { failures: observe_failures, targets, skipped } = observed;
-        let grants = match additions {
-            Some(added) => added.to_vec(),
-            None => self.planned_grants(scope).await?,
-        };
-        let history = self.store.environments_with_history().await?;
-        let now = self.clock.now();
-        let input = PlanInput {
-            grants: &grants,
-            targets: &targets,
-            marker: &self.settings.marker,
-            environments_with_history: &history,
-            quota: self.settings.quota,
-            now,
-        };
-        let p: Plan = if additions.is_some() { plan_additions(&input) } else { plan(&input) };
-        for w in &p.withheld {
-            tracing::warn!(group = %w.target, cidr = %w.rule.ec2_cidr, environment = %w.environment,
-                "owned rule left in place: this store has never recorded anything for its environment; \
-                 add a grant for it to keep it, or remove the rule by hand");
-        }
-        let outcomes = self.apply_all(&p.changes).await;
-        let report = ReconcileReport {
-            at: now,
-            cause,
-            targets: targets.len(),
-            authorized: p.authorize_count(),
-            revoked: p.revoke_count(),
-            updated: p.update_count(),
-            unchanged: p.unchanged,
-            unowned_left_alone: p.foreign.len(),
-            changes: p.changes,
-            outcomes,
-            observe_failures,
-            skipped,
-            withheld: p.withheld,
-            overflows: p.overflows,
-            unowned: p.foreign,
-        };
-        if matches!(cause, Cause::Refresh | Cause::Periodic) {
-            self.audit_drift(&report, &grants).await;
-        }
-        *self.last_reconcile.lock().expect("status mutex poisoned") = Some(ReconcileSummary {
-            at: now,
-            cause,
-            ok: !report.failed(),
-            authorized: report.authorized,
-            revoked: report.revoked,
-            updated: report.updated,
-            failures: report.failure_messages(),
-        });
+        let mut report = self.grants.sweep_grants().await?;
+        report.rule_grants = rule_grants;
         Ok(report)
     }
 
-    pub(crate) async fn apply_all(&self, changes: &[GroupChange]) -> Vec<GroupOutcome> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, change) in changes.iter().enumerate() {
-            let (firewall, change) = (self.firewall.clone(), change.clone());
-            tasks.spawn(async move { (i, firewall.apply(&change).await) });
-        }
-        let mut results = BTreeMap::new();
-        let total = changes.len();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((i, result)) => {
-                    results.insert(i, result);
-                }
-                Err(err) => tracing::error!(error = %err, "a firewall task failed"),
+    /// Sleeps until the earliest expiry (a grant's, or a timed rule's) and sweeps it, until
+    /// shut down. Woken at once by this process's changes; notices other processes' within a
+    /// second.
+    pub async fn run_sweeper(&self, mut shutdown: watch::Receiver<bool>) {
+        let poll = time::Duration::seconds(1);
+        // Sweeps in a row that left something expired unrevoked.
+        let mut failures = 0;
+        loop {
+            if !self.grants.lead(&mut shutdown).await {
+                return;
             }
-            if total > 1 {
-                self.progress("security groups changed", total - tasks.len(), total);
+            let now = self.clock().now();
+            let next = match self.grants.next_expiry().await {
+                Ok(next) => next,
+                Err(err) => {
+                    tracing::warn!(error = %err, "sweeper could not read the next expiry");
+                    None
+                }
+            };
+            let next = match &self.guard {
+                Some(guard) => match guard.next_rule_grant_expiry().await {
+                    Ok(rule) => next.into_iter().chain(rule).min(),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "sweeper could not read the next timed rule's expiry");
+                        next
+                    }
+                },
+                None => next,
+            };
+            if next.is_some_and(|at| at <= now) {
+                let retry = match self.sweep().await {
+                    Ok(report) => {
+                        !report.retrying.is_empty() || report.rule_grants.as_ref().is_some_and(|r| !r.failures.is_empty())
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "sweep failed; retrying");
+                        true
+                    }
+                };
+                if retry {
+                    let pause = retry_pause(failures);
+                    failures += 1;
+                    tokio::select! {
+                        _ = self.clock().sleep_until(now + pause) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                } else {
+                    failures = 0;
+                }
+                continue;
+            }
+            failures = 0;
+            let deadline = next.map_or(now + poll, |at| at.min(now + poll));
+            tokio::select! {
+                _ = self.clock().sleep_until(deadline) => {}
+                _ = self.grants.shared.wake_sweeper.notified() => {}
+                _ = shutdown.changed() => return,
             }
         }
-        if total > 1 {
-            self.progress_done();
-        }
-        changes
-            .iter()
-            .enumerate()
-            .map(|(i, change)| {
-                let result = results.remove(&i).unwrap_or_else(|| {
-                    Err(crate::FirewallError { code: None, message: "the firewall task did not finish".into() })
-                });
-                match &result {
-                    Ok(applied) => tracing::info!(group = %change.target, authorized = applied.authorized,
-                        revoked = applied.revoked, updated = applied.updated, "group changed"),
-                    Err(err) => tracing::warn!(group = %change.target, error = %err, "group change failed"),
-                }
-                GroupOutcome {
-                    target: change.target.clone(),
-                    environment: change.environment.clone(),
-                    applied: result.as_ref().ok().copied(),
-                    code: result.as_ref().err().and_then(|e| e.code.clone()),
-                    error: result.err().map(|e| e.to_string()),
-                }
-            })
-            .collect()
     }
 
-    /// Records `drift-repaired` for each environment whose groups a refresh or periodic run changed.
-    /// Closing a lapsed grant's rules is its expiry (the sweeper records and announces it), not a repair.
-    async fn audit_drift(&self, report: &ReconcileReport, grants: &[Grant]) {
-        let mut per_env: BTreeMap<&Environment, Vec<String>> = BTreeMap::new();
-        for (change, outcome) in report.changes.iter().zip(&report.outcomes) {
-            // Only what the firewall really changed is a repair (a dry run changes nothing).
-            let Some(mut a) = outcome.applied else { continue };
-            a.revoked = a.revoked.saturating_sub(portcullis_core::lapsed_revokes(change, grants, report.at));
-            if a.authorized + a.revoked + a.updated > 0 {
-                per_env.entry(&change.environment).or_default().push(format!(
-                    "{}: {} restored, {} removed, {} descriptions updated",
-                    change.target, a.authorized, a.revoked, a.updated
-                ));
+    /// Reconciles every environment (and, with guard, sweeps every guarded group) now and then
+    /// every `interval`, until shut down.
+    pub async fn run_reconciler(&self, interval: time::Duration, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if !self.grants.lead(&mut shutdown).await {
+                return;
             }
-        }
-        for (env, parts) in per_env {
-            let event = AuditEvent {
-                id: 0,
-                at: report.at,
-                actor: "portcullis".into(),
-                interface: Interface::Reconciler,
-                action: Action::DriftRepaired,
-                environment: AuditScope::from(env),
-                cidr: None,
-                before: None,
-                after: None,
-                reason: parts.join("; "),
-                request: None,
-            };
-            match self.store.record(event).await {
-                Ok(()) => self.announce(),
-                Err(err) => tracing::warn!(error = %err, "could not audit a drift repair"),
+            match self.grants.reconcile(Scope::All, Cause::Periodic).await {
+                Ok(report) if report.failed() => {
+                    tracing::warn!(failures = ?report.failure_messages(), "periodic reconcile left failures; will retry")
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "periodic reconcile failed; will retry"),
+            }
+            if let Some(guard) = &self.guard {
+                match guard.sweep().await {
+                    Ok(report) if !report.failures.is_empty() => {
+                        tracing::warn!(failures = ?report.failures, "guard sweep left failures; will retry")
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "guard sweep failed; will retry"),
+                }
+            }
+            let next = self.clock().now() + interval;
+            tokio::select! {
+                _ = self.clock().sleep_until(next) => {}
+                _ = shutdown.changed() => return,
             }
         }
     }
+
+    /// True-ups of every configured ASG, every `interval`, while this process holds the
+    /// sweeper lease (so one replica does it); returns at once when no ASG is configured.
+    pub async fn run_member_sync(&self, interval: time::Duration, mut shutdown: watch::Receiver<bool>) {
+        let Some(members) = &self.members else { return };
+        loop {
+            if !self.grants.lead(&mut shutdown).await {
+                return;
+            }
+            let true_up = MemberEvent::TrueUp { asg: None, region: None };
+            match members.event(true_up, Interface::Reconciler).await {
+                Ok(outcome) if !outcome.failures.is_empty() => {
+                    tracing::warn!(failures = ?outcome.failures, "member true-up left failures; will retry")
+                }
+                Ok(outcome) => tracing::info!(granted = outcome.granted.len(), removed = outcome.removed.len(), "member true-up"),
+                Err(err) => tracing::warn!(error = %err, "member true-up failed; will retry"),
+            }
+            let next = self.clock().now() + interval;
+            tokio::select! {
+                _ = self.clock().sleep_until(next) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// The process's health: the grants controller's, and guard's terms.
+    pub async fn status(&self, by: &Requester) -> Result<Status, EngineError> {
+        let mut status = self.grants.status(by).await?;
+        if let Some(guard) = &self.guard {
+            status.temporary_approval = Some(crate::grants::term(guard.temporary_approval()));
+            status.break_glass_ttl = guard.break_glass_ttl().map(crate::grants::term);
+        }
+        Ok(status)
+    }
+
+    /// What the gauges of `/metrics` show: live grants by environment and source, the outbox's
+    /// backlog, the sweeper lease, guard's pending requests. Store reads are reused for
+    /// [`crate::GAUGES_MAX_AGE`] unless this process stored a change since (another process's
+    /// changes show within that time).
+    pub async fn gauges(&self) -> Result<Gauges, EngineError> {
+        use std::sync::atomic::Ordering;
+        let lease_held = self.lease().map(|l| l.is_held());
+        let changes = self.grants.shared.changes.load(Ordering::Relaxed);
+        if let Some((at, seen, gauges)) = &*self.gauges.lock().expect("gauge cache poisoned")
+            && *seen == changes
+            && at.elapsed() < crate::GAUGES_MAX_AGE
+        {
+            return Ok(Gauges { lease_held, ..gauges.clone() });
+        }
+        let mut gauges = self.grants.gauges().await?;
+        gauges.lease_held = lease_held;
+        if let Some(guard) = &self.guard {
+            gauges.pending_requests = guard.pending().await?;
+        }
+        *self.gauges.lock().expect("gauge cache poisoned") = Some((std::time::Instant::now(), changes, gauges.clone()));
+        Ok(gauges)
+    }
+}
+
+/// The pause before the sweeper's retry after `failures` sweeps in a row left a grant
+/// unrevoked: 200 ms doubling to 5 s, jittered down by up to half (the first within a second).
+fn retry_pause(failures: u32) -> time::Duration {
+    let base = (200u64 << failures.min(5)).min(5_000);
+    time::Duration::milliseconds(crate::jitter_down(base) as i64)
 }

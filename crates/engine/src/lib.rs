@@ -5,17 +5,14 @@
 //! Ordering rules live here: a change is written to the store before the firewall is touched,
 //! and a reconcile observes the firewall before it reads the store.
 
-mod adopt;
-mod apply_lock;
-mod authorize;
 mod clock;
-mod coalesce;
 mod dry_run;
 mod engine;
 mod error;
 mod error_policy;
 #[cfg(feature = "test-support")]
 mod faults;
+mod grants;
 mod guard;
 mod lease;
 mod members;
@@ -26,31 +23,30 @@ mod memory_guard;
 mod metrics;
 mod outbox;
 mod progress;
-mod queries;
 mod report;
-mod rule_grants;
-mod stream;
-mod sweeper;
+mod shared;
 
 use async_trait::async_trait;
 use portcullis_core::{GroupChange, ObservedGroup, TargetSpec};
 use serde::Serialize;
 use thiserror::Error;
 
-pub use apply_lock::{APPLY_LEASE, APPLY_LOCK_WAIT, apply_lease_name};
 #[cfg(feature = "test-support")]
 pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use coalesce::BATCH_WINDOW;
 pub use dry_run::DryRunFirewall;
-pub use engine::{AddRequest, Cause, Engine, Requester, Scope, Settings};
+pub use engine::{Engine, EngineBuilder};
 pub use error::EngineError;
 pub use error_policy::{ErrorClass, ROUNDS, next_round};
 #[cfg(feature = "test-support")]
 pub use faults::{Fault, FaultyFirewall};
+pub use grants::{
+    APPLY_LEASE, APPLY_LOCK_WAIT, AddRequest, AuditQuery, BATCH_WINDOW, Cause, GAUGES_MAX_AGE, Grants, Requester, Scope,
+    StreamOutcome, apply_lease_name,
+};
 pub use guard::{
     Apply, BaselineReport, DecisionOutcome, Guard, GuardError, GuardEvent, GuardFirewall, GuardOutcome, GuardSettings,
-    GuardSweepReport, OwnIdentity,
+    GuardSweepReport, OwnIdentity, RuleGrantReport,
 };
 pub use lease::{Lease, SWEEPER_LEASE};
 pub use members::{
@@ -64,10 +60,8 @@ pub use memory_guard::{HandChange, MEMORY_ACCOUNT};
 pub use metrics::{Gauges, Metrics, ReconcileLabels};
 pub use outbox::{FlushReport, LogNotifier, Notifier, NotifyError, Outbox, Pacing};
 pub use progress::Progress;
-pub use queries::{AuditQuery, GAUGES_MAX_AGE};
 pub use report::{AddOutcome, AdoptReport, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome, Status, SweepReport};
-pub use rule_grants::RuleGrantReport;
-pub use stream::StreamOutcome;
+pub use shared::Settings;
 
 /// `value` less a random part of up to half of it: spreads retries that would otherwise fire
 /// together. (Monotonic pacing only; nothing audited depends on it.)

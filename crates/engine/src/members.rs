@@ -15,7 +15,9 @@ use portcullis_store::{Actor, Upsert};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::{Cause, Engine, EngineError, ReconcileReport, Scope};
+use crate::grants::Grants;
+use crate::shared::Shared;
+use crate::{Cause, EngineError, ReconcileReport, Scope};
 
 /// How long a member grant lives without a true-up confirming it (the backstop expiry).
 pub const DEFAULT_MEMBER_TTL: time::Duration = time::Duration::days(1);
@@ -79,11 +81,15 @@ pub enum MemberEvent {
     TrueUp { asg: Option<String>, region: Option<String> },
 }
 
-/// The ASGs an engine admits members of, and how it reaches them.
+/// Members: a component of its own over the shared clients and Auto Scaling
+/// (`Membership`). It writes member grants to the store and asks the grants controller to
+/// apply them; the grants controller never asks it.
 pub struct Members {
-    pub sources: Vec<MemberSource>,
-    pub member_ttl: time::Duration,
-    pub membership: Arc<dyn Membership>,
+    shared: Arc<Shared>,
+    grants: Arc<Grants>,
+    sources: Vec<MemberSource>,
+    member_ttl: time::Duration,
+    membership: Arc<dyn Membership>,
     /// Launches waiting for their instance's describe, per route: a burst is one call.
     describes: std::sync::Mutex<HashMap<Route, Vec<Waiting>>>,
 }
@@ -98,8 +104,19 @@ const DESCRIBE_QUIET: std::time::Duration = std::time::Duration::from_millis(50)
 const DESCRIBE_GATHER: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Members {
-    pub fn new(sources: Vec<MemberSource>, member_ttl: time::Duration, membership: Arc<dyn Membership>) -> Members {
-        Members { sources, member_ttl, membership, describes: Default::default() }
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        grants: Arc<Grants>,
+        sources: Vec<MemberSource>,
+        member_ttl: time::Duration,
+        membership: Arc<dyn Membership>,
+    ) -> Members {
+        Members { shared, grants, sources, member_ttl, membership, describes: Default::default() }
+    }
+
+    /// The Auto Scaling groups whose members are admitted, one source per environment each.
+    pub fn sources(&self) -> &[MemberSource] {
+        &self.sources
     }
 
     /// One launching instance, described together with every other launch of the same burst
@@ -188,49 +205,10 @@ pub fn region_holds(report: &ReconcileReport, region: &str) -> bool {
         && !report.overflows.iter().any(|o| o.target.region == region)
 }
 
-impl Engine {
-    /// Admits the members of these ASGs.
-    pub fn with_members(mut self, members: Members) -> Engine {
-        self.members = Some(Arc::new(members));
-        self
-    }
-
-    /// The configured member sources (none without [`Engine::with_members`]).
-    pub fn member_sources(&self) -> &[MemberSource] {
-        self.members.as_ref().map_or(&[], |m| m.sources.as_slice())
-    }
-
-    /// True-ups of every configured ASG, every `interval`, while this process holds the
-    /// sweeper lease (so one replica does it); returns at once when no ASG is configured.
-    pub async fn run_member_sync(&self, interval: time::Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        if self.member_sources().is_empty() {
-            return;
-        }
-        loop {
-            if !self.lead(&mut shutdown).await {
-                return;
-            }
-            let true_up = MemberEvent::TrueUp { asg: None, region: None };
-            match self.member_event(true_up, Interface::Reconciler).await {
-                Ok(outcome) if !outcome.failures.is_empty() => {
-                    tracing::warn!(failures = ?outcome.failures, "member true-up left failures; will retry")
-                }
-                Ok(outcome) => tracing::info!(granted = outcome.granted.len(), removed = outcome.removed.len(), "member true-up"),
-                Err(err) => tracing::warn!(error = %err, "member true-up failed; will retry"),
-            }
-            let next = self.clock().now() + interval;
-            tokio::select! {
-                _ = self.clock().sleep_until(next) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-
+impl Members {
     /// Handles an Auto Scaling event; `interface` is how it arrived.
-    pub async fn member_event(&self, event: MemberEvent, interface: Interface) -> Result<MemberOutcome, EngineError> {
-        let Some(members) = self.members.clone() else {
-            return Ok(ignored("no environment lists Auto Scaling groups ([[environments.X.members]])".into()));
-        };
+    pub async fn event(&self, event: MemberEvent, interface: Interface) -> Result<MemberOutcome, EngineError> {
+        let members = self;
         let (launching, region, action) = match event {
             MemberEvent::Launch { region, action } => (true, region, action),
             MemberEvent::Terminate { region, action } => (false, region, action),
@@ -244,15 +222,15 @@ impl Engine {
                 if sources.is_empty() {
                     return Ok(ignored(format!("no environment lists the Auto Scaling group {}", asg.unwrap_or_default())));
                 }
-                return self.true_up(&members, &sources, interface).await;
+                return self.true_up(&sources, interface).await;
             }
         };
-        let sources = sources_of(&members, &region, &action.asg);
+        let sources = sources_of(members, &region, &action.asg);
         if sources.is_empty() {
             return Ok(ignored(format!("no environment lists the Auto Scaling group {} in {region}", action.asg)));
         }
         match launching {
-            true => self.launch(&members, &sources, &region, action, interface).await,
+            true => self.launch(&sources, &region, action, interface).await,
             false => self.terminate(&sources, action, interface).await,
         }
     }
@@ -260,7 +238,6 @@ impl Engine {
     /// `sources`: those listing the event's ASG (at least one).
     async fn launch(
         &self,
-        members: &Members,
         sources: &[&MemberSource],
         region: &str,
         action: LifecycleAction,
@@ -268,7 +245,7 @@ impl Engine {
     ) -> Result<MemberOutcome, EngineError> {
         let first = sources[0];
         let mut outcome = MemberOutcome::default();
-        let instance = match members.describe_launching(&first.route, &action.instance_id).await {
+        let instance = match self.describe_launching(&first.route, &action.instance_id).await {
             Ok(found) => found,
             Err(err) => {
                 outcome.failures.push(format!("cannot describe {} in {region}: {err}", action.instance_id));
@@ -288,14 +265,14 @@ impl Engine {
             self.complete(first, &action, LifecycleResult::Abandon, Some(why), interface, &mut outcome).await;
             return Ok(outcome);
         }
-        let now = self.clock().now();
+        let now = self.shared.clock.now();
         let mut environments = BTreeSet::new();
         if let Some(instance) = &instance {
             // It is launching: a member on its way in, whatever EC2's describe says of it.
             let launching = [Instance { lifecycle_state: "Pending:Wait".into(), ..instance.clone() }];
             for source in sources {
-                let existing = self.store().grants(Some(&source.environment)).await?;
-                let plan = plan_admission(source, &launching, &existing, now, members.member_ttl);
+                let existing = self.shared.store.grants(Some(&source.environment)).await?;
+                let plan = plan_admission(source, &launching, &existing, now, self.member_ttl);
                 if self.record_plan(source, plan, interface, &mut outcome).await? {
                     environments.insert(source.environment.clone());
                 }
@@ -320,17 +297,17 @@ impl Engine {
         let mut outcome = MemberOutcome::default();
         let mut environments = BTreeSet::new();
         for source in sources {
-            let grants = self.store().grants(Some(&source.environment)).await?;
+            let grants = self.shared.store.grants(Some(&source.environment)).await?;
             for grant in grants.iter().filter(|g| source.owns(g) && member_instance(g) == Some(action.instance_id.as_str())) {
                 let actor = Actor { name: source.owner().name, interface };
-                if let Some(removed) = self.store().remove(&grant.key(), &actor, self.clock().now()).await? {
+                if let Some(removed) = self.shared.store.remove(&grant.key(), &actor, self.shared.clock.now()).await? {
                     outcome.removed.push(removed);
                     environments.insert(source.environment.clone());
                 }
             }
         }
         if !environments.is_empty() {
-            self.announce();
+            self.shared.announce();
         }
         // A terminating instance goes whatever happens here: a revoke that failed is retried
         // by the reconcile, so the action always continues.
@@ -339,17 +316,12 @@ impl Engine {
         Ok(outcome)
     }
 
-    async fn true_up(
-        &self,
-        members: &Members,
-        sources: &[&MemberSource],
-        interface: Interface,
-    ) -> Result<MemberOutcome, EngineError> {
+    async fn true_up(&self, sources: &[&MemberSource], interface: Interface) -> Result<MemberOutcome, EngineError> {
         let mut outcome = MemberOutcome::default();
         let mut environments = BTreeSet::new();
-        let now = self.clock().now();
+        let now = self.shared.clock.now();
         for source in sources {
-            let instances = match members.membership.instances(&source.route, &source.asg).await {
+            let instances = match self.membership.instances(&source.route, &source.asg).await {
                 Ok(Some(instances)) => instances,
                 Ok(None) => {
                     outcome
@@ -362,8 +334,8 @@ impl Engine {
                     continue;
                 }
             };
-            let existing = self.store().grants(Some(&source.environment)).await?;
-            let plan = plan_members(source, &instances, &existing, now, members.member_ttl);
+            let existing = self.shared.store.grants(Some(&source.environment)).await?;
+            let plan = plan_members(source, &instances, &existing, now, self.member_ttl);
             if self.record_plan(source, plan, interface, &mut outcome).await? {
                 environments.insert(source.environment.clone());
             }
@@ -394,9 +366,9 @@ impl Engine {
         }
         let actor = Actor { name: source.owner().name, interface };
         for key in plan.removals {
-            if let Some(removed) = self.store().remove(&key, &actor, self.clock().now()).await? {
+            if let Some(removed) = self.shared.store.remove(&key, &actor, self.shared.clock.now()).await? {
                 outcome.removed.push(removed);
-                self.announce();
+                self.shared.announce();
             }
         }
         Ok(changed)
@@ -411,9 +383,9 @@ impl Engine {
         outcome: &mut MemberOutcome,
     ) -> Result<(), EngineError> {
         let actor = Actor { name: source.owner().name, interface };
-        let upserted = self.store().upsert(Upsert { grant, actor, max_grants_per_user: usize::MAX }).await?;
-        self.wake_sweeper.notify_one();
-        self.announce();
+        let upserted = self.shared.store.upsert(Upsert { grant, actor, max_grants_per_user: usize::MAX }).await?;
+        self.shared.wake_sweeper.notify_one();
+        self.shared.announce();
         outcome.granted.push(upserted.grant);
         Ok(())
     }
@@ -421,7 +393,7 @@ impl Engine {
     /// Reconciles the environments a member change touched, into the outcome.
     async fn apply_members(&self, environments: &BTreeSet<Environment>, outcome: &mut MemberOutcome) -> Result<(), EngineError> {
         for env in environments {
-            let report = self.reconcile(Scope::Environment(env.clone()), Cause::Change).await?;
+            let report = self.grants.reconcile(Scope::Environment(env.clone()), Cause::Change).await?;
             outcome.failures.extend(report.failure_messages());
             outcome.reports.push(report);
         }
@@ -439,7 +411,6 @@ impl Engine {
         interface: Interface,
         outcome: &mut MemberOutcome,
     ) {
-        let members = self.members.as_ref().expect("members are configured");
         let region = &source.route.region;
         let why = match (result, why, outcome.failures.first()) {
             (LifecycleResult::Abandon, Some(why), _) => format!(": {why}"),
@@ -448,7 +419,7 @@ impl Engine {
             (LifecycleResult::Continue, _, _) => String::new(),
         };
         let mut reason = format!("{} {} of {} ({}){why}", result.as_str(), action.hook, action.instance_id, action.asg);
-        if let Err(err) = members.membership.complete(&source.route, action, result).await {
+        if let Err(err) = self.membership.complete(&source.route, action, result).await {
             reason.push_str(&format!("; completing it failed: {err}"));
             outcome.failures.push(format!("CompleteLifecycleAction for {}: {err}", action.instance_id));
         } else {
@@ -456,7 +427,7 @@ impl Engine {
         }
         let event = AuditEvent {
             id: 0,
-            at: self.clock().now(),
+            at: self.shared.clock.now(),
             actor: source.owner().name.as_str().into(),
             interface,
             action: Action::LifecycleCompleted,
@@ -467,7 +438,7 @@ impl Engine {
             reason,
             request: None,
         };
-        if let Err(err) = self.store().record(event).await {
+        if let Err(err) = self.shared.store.record(event).await {
             tracing::warn!(error = %err, "could not audit a lifecycle action");
         }
         tracing::info!(asg = %action.asg, instance = %action.instance_id, result = result.as_str(), "lifecycle action completed");
@@ -475,8 +446,15 @@ impl Engine {
 }
 
 fn ignored(reason: String) -> MemberOutcome {
-    tracing::info!(%reason, "Auto Scaling event ignored");
-    MemberOutcome { ignored: Some(reason), ..MemberOutcome::default() }
+    MemberOutcome::ignored(reason)
+}
+
+impl MemberOutcome {
+    /// Nothing was done, and why (logged).
+    pub(crate) fn ignored(reason: String) -> MemberOutcome {
+        tracing::info!(%reason, "Auto Scaling event ignored");
+        MemberOutcome { ignored: Some(reason), ..MemberOutcome::default() }
+    }
 }
 
 /// The sources that list `asg` in `region` (one per environment that admits its members).

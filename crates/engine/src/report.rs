@@ -128,7 +128,7 @@ pub struct SweepReport {
     pub reconcile: Option<ReconcileReport>,
     /// Guard's expired rule grants, when one was due.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule_grants: Option<crate::RuleGrantReport>,
+    pub rule_grants: Option<crate::guard::RuleGrantReport>,
 }
 
 /// What `adopt` found and did.

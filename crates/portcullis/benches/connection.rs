@@ -63,7 +63,7 @@ async fn main() {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("p.db")).unwrap());
     let firewall = Arc::new(Ec2Firewall::new(&sdk));
     let clock = Arc::new(SystemClock);
-    let engine = Arc::new(wiring::engine_with(&config, store.clone(), firewall.clone(), clock, wiring::notifier(&config)));
+    let engine = Arc::new(wiring::builder(&config, store.clone(), firewall.clone(), clock, wiring::notifier(&config)).build());
     let app = Arc::new(App::new(engine, &config, None));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -66,7 +66,7 @@ async fn measure(moto: &str) {
                 source: Source::Manual,
                 by: Requester::named("alice", Interface::Cli),
             };
-            engine.add(request).await.unwrap();
+            engine.grants().add(request).await.unwrap();
         })
         .await;
         let scan = calls_of(&store, async {

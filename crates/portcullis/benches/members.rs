@@ -15,7 +15,7 @@ use portcullis_core::{
     AddressKind, AppliedRule, Environment, GroupChange, Interface, Marker, MemberSource, Policy, PortRange, PortSet, Protocol,
     Route, RuleQuota, TargetId, TargetSelector, TargetSpec,
 };
-use portcullis_engine::{Clock, Engine, Firewall, MemberEvent, Members, MemoryFirewall, Settings, SystemClock};
+use portcullis_engine::{Clock, Engine, Firewall, MemberEvent, MemoryFirewall, Settings, SystemClock};
 use portcullis_store::{SqliteStore, Store};
 
 const REGIONS: [&str; 2] = ["us-east-1", "eu-west-1"];
@@ -173,11 +173,9 @@ async fn members_on_moto(moto: &str) {
         route: Route { region: REGIONS[0].into(), endpoint_url: None, role_arn: None },
         address: AddressKind::Public,
     };
-    let engine = Engine::new(store, firewall.clone(), clock, settings).with_members(Members::new(
-        vec![source],
-        portcullis_engine::DEFAULT_MEMBER_TTL,
-        membership.clone(),
-    ));
+    let engine = Engine::builder(store, firewall.clone(), clock, settings)
+        .members(vec![source], portcullis_engine::DEFAULT_MEMBER_TTL, membership.clone())
+        .build();
     let true_up = || MemberEvent::TrueUp { asg: None, region: None };
     let first = engine.member_event(true_up(), Interface::Cli).await.unwrap();
     let before: BTreeSet<String> = first.granted.iter().map(|g| g.cidr.to_string()).collect();

@@ -95,13 +95,13 @@ async fn reconcile_on_moto(moto: &str) {
     let spec = moto::discovered(&tag, PortSet::alb());
     let engine = Engine::new(Arc::new(store), firewall.clone(), Arc::new(SystemClock), settings(vec![spec]));
     let start = Instant::now();
-    let report = engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
+    let report = engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
     let took = start.elapsed();
     assert_eq!(report.authorized, 1000, "{:?}", report.failure_messages());
     println!("reconcile: 25 grants onto 20 groups x 2 ports (1,000 rules) on moto");
     println!("  portcullis: {took:>10.2?}  calls {:?}", firewall.calls().snapshot());
     let start = Instant::now();
-    engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
+    engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
     println!("  again, nothing to do: {:>10.2?}  calls {:?}", start.elapsed(), firewall.calls().snapshot());
 
     let start = Instant::now();
@@ -139,7 +139,7 @@ async fn expiry_lag() {
     // One in-memory group holds all 200 rules; it has no EC2 quota to respect.
     let quota = RuleQuota { ipv4: 1000, ipv6: 1000 };
     let engine = Arc::new(Engine::new(Arc::new(store), firewall.clone(), clock, Settings { quota, ..settings(vec![spec]) }));
-    engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
+    engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
     assert_eq!(firewall.rules(REGION, "sg-lag").len(), 200);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn({
@@ -199,7 +199,7 @@ async fn prefix_list_vs_rules(moto: &str) {
     };
     let engine = Engine::new(Arc::new(store), firewall.clone(), Arc::new(SystemClock), settings(vec![spec]));
     let start = Instant::now();
-    let report = engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
+    let report = engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
     let list_took = start.elapsed();
     assert_eq!(report.authorized, 1_000, "{:?}", report.failure_messages());
     let list_calls = firewall.calls().snapshot();
@@ -214,7 +214,7 @@ async fn prefix_list_vs_rules(moto: &str) {
     let lifted = RuleQuota { ipv4: 10_000, ipv6: 10_000 };
     let spec = moto::discovered("WhitelistManaged", PortSet::nlb());
     let engine = Engine::new(Arc::new(store), memory.clone(), clock, Settings { quota: lifted, ..settings(vec![spec]) });
-    let report = engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
+    let report = engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
     let authorize_calls = memory.calls().iter().filter(|c| c.action == "AuthorizeSecurityGroupIngress").count();
 
     println!("1,000 grants to 50 groups");

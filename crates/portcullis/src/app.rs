@@ -246,6 +246,6 @@ pub(crate) fn environment(app: &App, name: Option<&str>) -> Result<Environment, 
         Some(name) => Environment::parse(name)?,
         None => app.default_environment.clone(),
     };
-    app.engine.policy(&env)?;
+    app.engine.grants().policy(&env)?;
     Ok(env)
 }

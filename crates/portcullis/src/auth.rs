@@ -157,7 +157,7 @@ impl Authenticator {
         if !token.starts_with(TOKEN_PREFIX) || token.len() > 200 {
             return Err(invalid());
         }
-        let found = self.engine.token_by_hash(&token_hash(token)).await.map_err(|e| {
+        let found = self.engine.grants().token_by_hash(&token_hash(token)).await.map_err(|e| {
             tracing::error!(error = %e, "cannot read tokens");
             AuthError::Unavailable(format!("cannot check the token: {e}"))
         })?;
@@ -177,7 +177,7 @@ impl Authenticator {
         let now = self.engine.clock().now();
         // Replays are refused by every replica: the signature is claimed in the store.
         let (key, window) = verifier.replay_key(&login, now).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        match self.engine.first_use(&key, window).await {
+        match self.engine.grants().first_use(&key, window).await {
             Ok(true) => {}
             Ok(false) => return Err(AuthError::Invalid("this signed request was used before".into())),
             Err(e) => return Err(AuthError::Unavailable(format!("cannot check the login against replays: {e}"))),

@@ -116,7 +116,13 @@ pub async fn handle(engine: &Engine, event: AwsEvent, interface: Interface) -> R
     let event = match event {
         AwsEvent::Test => return Ok(json!({"success": true, "action": "test-notification", "message": "acknowledged"})),
         AwsEvent::OtherCall(reason) => return Ok(json!({"success": true, "action": "guard", "ignored": reason})),
-        AwsEvent::Guard(event) => return guard_answer(engine.guard_event(*event).await),
+        AwsEvent::Guard(event) => {
+            let outcome = match engine.guard() {
+                Ok(guard) => guard.event(*event).await,
+                Err(e) => Err(e),
+            };
+            return guard_answer(outcome);
+        }
         AwsEvent::Member(event) => event,
     };
     let action = match &event {

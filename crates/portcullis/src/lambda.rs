@@ -175,7 +175,7 @@ pub async fn handle_action(
         Some(name) => Environment::parse(name).map_err(refused)?,
         None => default_env.clone(),
     };
-    engine.policy(&env).map_err(refused)?;
+    engine.grants().policy(&env).map_err(refused)?;
     let cidr = || -> Result<Cidr, (Value, u8)> {
         let text = event.ip_address.as_deref().ok_or_else(|| {
             refused(ValidationError::InvalidAddress { input: String::new(), reason: "the event has no ip_address".into() })
@@ -204,7 +204,7 @@ pub async fn handle_action(
             let description = Description::parse(event.description.as_deref().unwrap_or_default()).map_err(refused)?;
             let by = by()?;
             let request = AddRequest { cidr, environment: env.clone(), ttl, description, source: Source::Manual, by };
-            let o = engine.add(request).await.map_err(failed)?;
+            let o = engine.grants().add(request).await.map_err(failed)?;
             let failures = o.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default();
             let verb = if o.refreshed { "refreshed in" } else { "added to" };
             Ok(json!({
@@ -219,7 +219,7 @@ pub async fn handle_action(
         "remove" => {
             let by = by()?;
             let key = GrantKey { cidr: cidr()?, environment: env.clone() };
-            let o = engine.remove(&key, &by).await.map_err(failed)?;
+            let o = engine.grants().remove(&key, &by).await.map_err(failed)?;
             let failures = o.report.failure_messages();
             Ok(json!({
                 "success": failures.is_empty(),
@@ -231,12 +231,12 @@ pub async fn handle_action(
         }
         "list" => {
             let by = Requester::named("lambda", interface);
-            let grants = engine.live_grants(&Scope::Environment(env.clone()), &by).await.map_err(failed)?;
+            let grants = engine.grants().live_grants(&Scope::Environment(env.clone()), &by).await.map_err(failed)?;
             let items: Vec<Value> = grants.iter().map(item_json).collect();
             Ok(json!({"success": true, "action": "list", "environment": env, "count": items.len(), "items": items}))
         }
         "refresh" => {
-            let report = engine.reconcile(Scope::Environment(env.clone()), Cause::Refresh).await.map_err(failed)?;
+            let report = engine.grants().reconcile(Scope::Environment(env.clone()), Cause::Refresh).await.map_err(failed)?;
             let failures = report.failure_messages();
             Ok(json!({
                 "success": failures.is_empty(),
@@ -293,7 +293,7 @@ pub fn stream_record(value: &Value) -> ExternalChange {
 /// Handles a stream batch; the response names the first record to retry, if any.
 pub async fn handle_stream(engine: &Engine, records: &[Value]) -> DynamoDbEventResponse {
     let records: Vec<ExternalChange> = records.iter().map(stream_record).collect();
-    let outcome = engine.handle_stream(records).await;
+    let outcome = engine.grants().handle_stream(records).await;
     tracing::info!(
         records = outcome.records,
         announced = outcome.announced,
@@ -323,7 +323,7 @@ pub async fn handle_scheduled(engine: &Engine, member_sync: time::Duration) -> R
     }
     let result = async {
         let sweep = engine.sweep().await?;
-        let report = engine.reconcile(Scope::All, Cause::Periodic).await?;
+        let report = engine.grants().reconcile(Scope::All, Cause::Periodic).await?;
         let mut answer = json!({
             "expired": sweep.expired.iter().map(item_json).collect::<Vec<_>>(),
             "authorized": report.authorized,
@@ -333,8 +333,8 @@ pub async fn handle_scheduled(engine: &Engine, member_sync: time::Duration) -> R
         if let Some(true_up) = scheduled_true_up(engine, member_sync).await? {
             answer["members"] = true_up;
         }
-        if engine.guards() {
-            match engine.guard_sweep().await {
+        if let Some(guard) = engine.guarding() {
+            match guard.sweep().await {
                 Ok(report) => answer["guard"] = serde_json::to_value(report).expect("reports serialise"),
                 Err(portcullis_engine::GuardError::Engine(e)) => return Err(e),
                 Err(e) => answer["guard"] = json!({"error": e.to_string()}),
@@ -353,12 +353,12 @@ pub async fn handle_scheduled(engine: &Engine, member_sync: time::Duration) -> R
 /// events come every minute, and the period's claim in the store says whether this one is the
 /// first of its period.
 async fn scheduled_true_up(engine: &Engine, member_sync: time::Duration) -> Result<Option<Value>, EngineError> {
-    if engine.member_sources().is_empty() {
+    if engine.members().map_or(&[][..], |m| m.sources()).is_empty() {
         return Ok(None);
     }
     let period = member_sync.whole_seconds().max(1);
     let key = format!("member-sync:{}", engine.clock().now().unix_timestamp() / period);
-    if !engine.first_use(&key, member_sync * 2).await? {
+    if !engine.grants().first_use(&key, member_sync * 2).await? {
         return Ok(None);
     }
     let true_up = AwsEvent::Member(portcullis_engine::MemberEvent::TrueUp { asg: None, region: None });
@@ -473,7 +473,7 @@ impl Handler {
     /// Applies an approval handed over by the invocation that answered Slack, then replaces
     /// the clicked message with the outcome (applied, or failed and why).
     async fn deferred(&self, job: DeferredApply) -> Result<Value, InvocationError> {
-        let (request, failures) = self.engine.apply_by_id(&job.request).await?;
+        let (request, failures) = self.engine.guard()?.apply_by_id(&job.request).await?;
         let message = crate::routes::outcome_message(&self.engine, &request, &failures);
         let slack = self.app.slack.as_ref();
         match (slack, job.response_url) {
@@ -532,9 +532,11 @@ fn runtime_api_address(text: &str) -> bool {
 /// Runs as an AWS Lambda function until the runtime stops the process.
 pub async fn run(handler: Handler) -> Result<(), InvocationError> {
     check_environment(&|k| std::env::var(k).ok())?;
-    if handler.engine.guards() {
+    if handler.engine.guarding().is_some() {
         // At start, so the first log lines say who guard is (learned from STS).
-        handler.engine.own_identities().await;
+        if let Some(guard) = handler.engine.guarding() {
+            guard.own_identities().await;
+        }
     }
     let handler = Arc::new(handler);
     let service = lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| {

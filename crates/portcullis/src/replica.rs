@@ -34,7 +34,7 @@ pub async fn follow_streams(
         match tail.poll(now).await {
             Ok(batches) => {
                 for batch in batches {
-                    let outcome = engine.handle_stream(batch.records.clone()).await;
+                    let outcome = engine.grants().handle_stream(batch.records.clone()).await;
                     if let Err(err) = tail.commit(&batch, outcome.done, now).await {
                         tracing::warn!(shard = %batch.shard, error = %err, "could not save the stream checkpoint");
                     }

@@ -93,11 +93,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         None => None,
     };
     eprintln!("portcullis listening on http://{local}");
-    if engine.guards() {
+    if engine.guarding().is_some() {
         // Guard learns who it is now, so the start log says it (its own calls are also known
         // from its ledger, whatever identity their events name).
         let engine = engine.clone();
-        tokio::spawn(async move { engine.own_identities().await });
+        tokio::spawn(async move {
+            if let Some(guard) = engine.guarding() {
+                guard.own_identities().await;
+            }
+        });
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use portcullis_aws::{DynamoStore, Ec2Firewall, InitReport, Secrets, TableNames};
 use portcullis_engine::{
-    Clock, DryRunFirewall, Engine, Firewall, Guard, GuardFirewall, GuardSettings, Lease, LogNotifier, Members, Notifier, Outbox,
-    Pacing, SWEEPER_LEASE, Settings, SystemClock,
+    Clock, DryRunFirewall, Engine, EngineBuilder, Firewall, GuardSettings, Lease, LogNotifier, Notifier, Outbox, Pacing,
+    SWEEPER_LEASE, Settings, SystemClock,
 };
 use portcullis_slack::{FixedUrl, UrlSource, Webhook, webhook_url_from_secret};
 use portcullis_store::{SqliteStore, Store};
@@ -156,74 +156,71 @@ pub fn notifier(config: &Config) -> Arc<dyn Notifier> {
     }
 }
 
-/// The engine over the configured store and firewall, announcing through the outbox.
-pub async fn engine(config: &Config, dry_run: bool, json: bool) -> Result<Engine, WiringError> {
+/// What a process does, which decides the components its engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Reads the store or changes tokens (`list`, `audit`, `requests`, `token …`): the grants
+    /// controller over no firewall (no AWS configuration is loaded for a `list`); nothing else.
+    Read,
+    /// A CLI command that changes grants or decides guard's requests (`add`, `refresh`,
+    /// `approve`, `guard …`): grants over the configured firewall (`dry_run`: printed, not
+    /// made), and guard where configured. No members: true-ups are `serve`'s and the Lambda's.
+    Change { dry_run: bool, json: bool },
+    /// A process that handles events and time (`serve`, `lambda`, `invoke`): every configured
+    /// component, under the sweeper lease.
+    Process,
+}
+
+/// The engine a process of `purpose` runs, over the configured store and adapters.
+pub async fn engine(config: &Config, purpose: Purpose) -> Result<Engine, WiringError> {
     let store = open_store(config).await?;
-    let firewall = firewall(config, dry_run, json).await;
+    compose(config, purpose, store).await
+}
+
+/// The engine of `purpose` over `store` (a `serve` replica checks its DynamoDB tables first).
+async fn compose(config: &Config, purpose: Purpose, store: Arc<dyn Store>) -> Result<Engine, WiringError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    Ok(with_guard(config, engine_with(config, store, firewall, clock, notifier(config))).await)
-}
-
-/// An engine for commands that only read the store or change tokens: it never calls the
-/// firewall, so it is not set up (no AWS configuration is loaded for a `list`).
-pub async fn reader(config: &Config) -> Result<Engine, WiringError> {
-    let store = open_store(config).await?;
-    let firewall: Arc<dyn Firewall> = Arc::new(DryRunFirewall::new(None, Box::new(std::io::stderr())));
-    Ok(engine_with(config, store, firewall, Arc::new(SystemClock), notifier(config)))
-}
-
-/// The engine of one Lambda invocation (or `invoke`): a scheduled event sweeps only under the
-/// sweeper lease, which it takes and gives back itself.
-pub async fn leased_engine(config: &Config) -> Result<Engine, WiringError> {
-    let store = open_store(config).await?;
-    let firewall = firewall(config, false, true).await;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let lease = sweeper_lease(store.clone(), clock.clone());
-    let engine = with_members(config, engine_with(config, store, firewall, clock, notifier(config)).with_lease(lease)).await;
-    Ok(with_guard(config, engine).await)
-}
-
-/// The engine, admitting the configured ASGs' members through Auto Scaling (when any are).
-pub async fn with_members(config: &Config, engine: Engine) -> Engine {
-    if config.members.is_empty() {
-        return engine;
+    let firewall: Arc<dyn Firewall> = match purpose {
+        Purpose::Read => Arc::new(DryRunFirewall::new(None, Box::new(std::io::stderr()))),
+        Purpose::Change { dry_run, json } => firewall(config, dry_run, json).await,
+        Purpose::Process => firewall(config, false, true).await,
+    };
+    let mut builder = builder(config, store.clone(), firewall, clock.clone(), notifier(config));
+    if purpose == Purpose::Process {
+        builder = builder.lease(sweeper_lease(store, clock));
+        if !config.members.is_empty() {
+            let membership = Arc::new(portcullis_aws::AsgMembership::new(portcullis_aws::shared_sdk_config().await));
+            builder = builder.members(config.members.clone(), config.member_ttl, membership);
+        }
     }
-    let membership = Arc::new(portcullis_aws::AsgMembership::new(portcullis_aws::shared_sdk_config().await));
-    engine.with_members(Members::new(config.members.clone(), config.member_ttl, membership))
+    // Guard acts with the live firewall only: the dry-run firewall changes nothing, and guard's
+    // whole job is to change rules.
+    if purpose != Purpose::Read
+        && config.firewall == FirewallKind::Aws
+        && let Some(settings) = guard_settings(config)
+    {
+        let firewall = Arc::new(Ec2Firewall::new(portcullis_aws::shared_sdk_config().await));
+        builder = builder.guard(settings, firewall);
+    }
+    Ok(builder.build())
 }
 
-/// The engine, guarding the configured groups through EC2 (with the AWS firewall only: the
-/// dry-run firewall changes nothing, and guard's whole job is to change rules).
-pub async fn with_guard(config: &Config, engine: Engine) -> Engine {
-    if config.guard.is_none() || config.firewall != FirewallKind::Aws {
-        return engine;
-    }
-    let firewall = Arc::new(Ec2Firewall::new(portcullis_aws::shared_sdk_config().await));
-    match guard_with(config, firewall) {
-        Some(guard) => engine.with_guard(guard),
-        None => engine,
-    }
-}
-
-/// Guard as configured, over the given firewall (tests pass one on moto).
-pub fn guard_with(config: &Config, firewall: Arc<dyn GuardFirewall>) -> Option<Guard> {
+/// Guard's settings as configured, if it is.
+pub fn guard_settings(config: &Config) -> Option<GuardSettings> {
     let g = config.guard.as_ref()?;
-    let settings = GuardSettings {
+    Some(GuardSettings {
         scopes: g.scopes.clone(),
         own_principals: g.own_principals.clone(),
         approvers: g.approvers.clone(),
         request_ttl: g.request_ttl,
         max_event_age: g.max_event_age,
         temporary_approval: g.temporary_approval,
-    };
-    Some(Guard::new(settings, firewall))
+    })
 }
 
-/// A `serve` replica's engine: it sweeps and reconciles only while it holds the sweeper lease,
-/// and with the DynamoDB store it also follows the grants tables' streams.
+/// A `serve` replica's engine (every component, under the sweeper lease) and, with the
+/// DynamoDB store, the tail of its grants tables' streams.
 pub async fn replica(config: &Config) -> Result<(Engine, Option<portcullis_aws::StreamTail>), WiringError> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let firewall = firewall(config, false, false).await;
     let (store, tail): (Arc<dyn Store>, _) = match &config.store {
         StoreSpec::Sqlite(path) => (Arc::new(sqlite_store(path)?), None),
         StoreSpec::Dynamodb(table) => {
@@ -233,32 +230,26 @@ pub async fn replica(config: &Config) -> Result<(Engine, Option<portcullis_aws::
             (Arc::new(store), Some(tail))
         }
     };
-    let lease = sweeper_lease(store.clone(), clock.clone());
-    let engine = with_members(config, engine_with(config, store, firewall, clock, notifier(config)).with_lease(lease)).await;
-    Ok((with_guard(config, engine).await, tail))
+    Ok((compose(config, Purpose::Process, store).await?, tail))
 }
 
-/// The engine over given adapters (tests and benchmarks pass their own).
-pub fn engine_with(
+/// The engine's builder over given adapters, with the configuration's settings and an outbox
+/// (tests and benchmarks pass their own adapters, and add components).
+pub fn builder(
     config: &Config,
     store: Arc<dyn Store>,
     firewall: Arc<dyn Firewall>,
     clock: Arc<dyn Clock>,
     notifier: Arc<dyn Notifier>,
-) -> Engine {
+) -> EngineBuilder {
     let outbox = Arc::new(Outbox::new(store.clone(), notifier, clock.clone(), Pacing::default()));
-    Engine::new(
-        store,
-        firewall,
-        clock,
-        Settings {
-            specs: config.specs.clone(),
-            policies: config.policies.clone(),
-            marker: config.marker.clone(),
-            quota: config.quota,
-        },
-    )
-    .with_outbox(outbox)
+    let settings = Settings {
+        specs: config.specs.clone(),
+        policies: config.policies.clone(),
+        marker: config.marker.clone(),
+        quota: config.quota,
+    };
+    Engine::builder(store, firewall, clock, settings).outbox(outbox)
 }
 
 /// A signing secret kept in Secrets Manager, read again when a signature does not verify.
@@ -273,8 +264,6 @@ impl SecretReload for SecretSigningKey {
     }
 }
 
-/// The Slack endpoint, when a signing secret is configured. Its secrets are read now, so a
-/// wrong ARN stops the server at start, not at the first command.
 /// Hands approvals' applies to another invocation of this Lambda function.
 struct InvokeSelf(portcullis_aws::AsyncInvoke);
 
@@ -300,6 +289,8 @@ pub async fn lambda_slack_endpoint(config: &Config) -> Result<Option<SlackEndpoi
     }))
 }
 
+/// The Slack endpoint, when a signing secret is configured. Its secrets are read now, so a
+/// wrong ARN stops the server at start, not at the first command.
 pub async fn slack_endpoint(config: &Config) -> Result<Option<SlackEndpoint>, WiringError> {
     let Some(secret) = &config.slack.signing_secret else {
         tracing::info!("no Slack signing secret configured: /slack/commands is off");

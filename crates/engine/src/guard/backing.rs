@@ -8,7 +8,7 @@ use portcullis_core::{Environment, Grant, PortSet, PrincipalPattern, Route, Targ
 use serde::Serialize;
 
 use super::Guard;
-use crate::{Engine, EngineError, Scope};
+use crate::{EngineError, Grants, Scope};
 
 /// An identity guard learned for a route: the ARN STS named, and the pattern it matches
 /// events with (an assumed role's session varies from process to process, so any session).
@@ -32,15 +32,15 @@ fn own_pattern(arn: &str) -> String {
     }
 }
 
-impl Engine {
+impl Guard {
     /// Which of `rules` the store backs on `group`: a marked rule claiming an environment is
     /// backed by a live grant of that environment for its address, when the group is one of the
     /// environment's targets and the rule is on one of its ports; one claiming a rule grant, by
     /// that request's live rule grant on this group. Everything else is not ours, whatever its
     /// description says.
     pub(crate) async fn backing(&self, group: &TargetId, rules: &[GuardRule]) -> Result<Backing, EngineError> {
-        let marker = self.marker();
-        let now = self.clock().now();
+        let marker = self.shared.marker();
+        let now = self.shared.clock.now();
         let mut backing = Backing::default();
         let mut grants: BTreeMap<Environment, Vec<Grant>> = BTreeMap::new();
         let mut ports: BTreeMap<Environment, Option<PortSet>> = BTreeMap::new();
@@ -49,7 +49,7 @@ impl Engine {
             let backed = match rule.claim(marker) {
                 None => false,
                 Some(Claim::Environment(env)) => {
-                    if self.policies().get(&env).is_none() {
+                    if self.shared.policies().get(&env).is_none() {
                         continue;
                     }
                     if !ports.contains_key(&env) {
@@ -58,15 +58,15 @@ impl Engine {
                     }
                     let Some(Some(on)) = ports.get(&env) else { continue };
                     if !grants.contains_key(&env) {
-                        let stored = self.store().grants(Some(&env)).await?;
-                        let (admitted, _) = admit_grants(stored, self.policies(), now);
+                        let stored = self.shared.store.grants(Some(&env)).await?;
+                        let (admitted, _) = admit_grants(stored, self.shared.policies(), now);
                         grants.insert(env.clone(), admitted);
                     }
                     grants[&env].iter().any(|g| grant_backs(rule, g, on, now))
                 }
                 Some(Claim::RuleGrant(id)) => {
                     if !requests.contains_key(&id) {
-                        let request = self.store().request(&id).await?;
+                        let request = self.requests.request(&id).await?;
                         requests.insert(id.clone(), request);
                     }
                     requests[&id].as_ref().is_some_and(|r| rule_grant_backs(rule, r, group, marker, now))
@@ -82,29 +82,28 @@ impl Engine {
     /// The ports `group` has as one of `env`'s targets, if it is one: from the last
     /// observation, else from a new one of that environment.
     async fn ports_of(&self, group: &TargetId, env: &Environment) -> Option<PortSet> {
-        let known = |engine: &Engine| engine.known_targets(env).into_iter().find(|(id, _)| id == group).map(|(_, p)| p);
-        if let Some(ports) = known(self) {
+        let known = |grants: &Grants| grants.known_targets(env).into_iter().find(|(id, _)| id == group).map(|(_, p)| p);
+        if let Some(ports) = known(&self.grants) {
             return Some(ports);
         }
-        self.observe(&Scope::Environment(env.clone())).await;
-        known(self)
+        self.grants.observe(&Scope::Environment(env.clone())).await;
+        known(&self.grants)
     }
 
     /// The identities guard knows as its own: learned from STS for each route it acts on.
     /// Routes that have not answered yet are asked again (each time, until they answer).
     pub async fn own_identities(&self) -> Vec<OwnIdentity> {
-        let Some(guard) = self.guard.as_ref() else { return vec![] };
-        self.learn(guard).await
+        self.learn().await
     }
 
-    async fn learn(&self, guard: &Guard) -> Vec<OwnIdentity> {
-        let mut learned = guard.learned.lock().await;
-        let routes: BTreeSet<&Route> = guard.scopes.iter().map(|s| &s.route).collect();
+    async fn learn(&self) -> Vec<OwnIdentity> {
+        let mut learned = self.learned.lock().await;
+        let routes: BTreeSet<&Route> = self.settings.scopes.iter().map(|s| &s.route).collect();
         for route in routes {
             if learned.iter().any(|l| l.region == route.region && l.role_arn == route.role_arn) {
                 continue;
             }
-            match guard.firewall.identity(route).await {
+            match self.firewall.identity(route).await {
                 Ok(arn) => {
                     let own = OwnIdentity {
                         region: route.region.clone(),
@@ -124,11 +123,11 @@ impl Engine {
     }
 
     /// Which own identity `principal` is, if it is one: configured, or learned.
-    pub(crate) async fn own_principal(&self, guard: &Guard, principal: &str) -> Option<String> {
-        if let Some(p) = guard.own_principals.iter().find(|p| p.matches(principal)) {
+    pub(crate) async fn own_principal(&self, principal: &str) -> Option<String> {
+        if let Some(p) = self.settings.own_principals.iter().find(|p| p.matches(principal)) {
             return Some(format!("own_principals: {p}"));
         }
-        let learned = self.learn(guard).await;
+        let learned = self.learn().await;
         learned
             .into_iter()
             .find(|l| PrincipalPattern::parse(&l.pattern).is_ok_and(|p| p.matches(principal)))

@@ -13,8 +13,8 @@ use portcullis_core::guard::{self, ChangeRequest, Decider, GroupRule, Refusal, R
 use portcullis_core::{Action, Environment, TargetId};
 use portcullis_store::request_event;
 
-use super::{GuardError, guard_actor};
-use crate::{Engine, EngineError, Requester, Scope};
+use super::{Guard, GuardError, guard_actor};
+use crate::{EngineError, Requester, Scope};
 
 /// Whether a decision's change is applied before the decision returns, or left for
 /// [`Engine::apply_request`] (Lambda answers Slack within 3 s and applies in a second
@@ -34,24 +34,23 @@ pub enum DecisionOutcome {
     Refused(Refusal),
 }
 
-impl Engine {
+impl Guard {
     /// A decision on a request, by whoever `by` is, through any interface: the rules are
     /// `core::guard::decide`; the write is conditional on the version read, so of two
     /// concurrent deciders exactly one lands and the other is told what happened. A request
     /// `by`'s credentials may not see is answered as if there were none.
     pub async fn decide(&self, id: &str, verdict: Verdict, by: &Requester, apply: Apply) -> Result<DecisionOutcome, GuardError> {
-        let guard = self.guard()?;
         if let Verdict::Deny { reason: Some(reason) } | Verdict::BreakGlass { reason, .. } = &verdict {
             guard::check_reason(reason).map_err(EngineError::Validation)?;
         }
         let decider = Decider { name: by.owner.id.clone(), groups: by.groups.iter().cloned().collect() };
         loop {
-            let now = self.clock().now();
-            let request = self.store().request(id).await?.ok_or_else(|| GuardError::NoSuchRequest(id.to_string()))?;
+            let now = self.shared.clock.now();
+            let request = self.requests.request(id).await?.ok_or_else(|| GuardError::NoSuchRequest(id.to_string()))?;
             if !self.may_see(std::slice::from_ref(&request), by).await?[0] {
                 return Err(GuardError::NoSuchRequest(id.to_string()));
             }
-            let next = match guard::decide(&request, &decider, &verdict, &guard.approvers, now) {
+            let next = match guard::decide(&request, &decider, &verdict, &self.settings.approvers, now) {
                 Ok(next) => next,
                 Err(refusal) => return self.refuse_decision(&request, &refusal, by).await,
             };
@@ -69,19 +68,24 @@ impl Engine {
                 ),
                 _ => (
                     Action::Approved,
-                    format!("approval {} of {} by {}", next.approvals.len(), guard.approvers.min_approvals.max(1), decider.name),
+                    format!(
+                        "approval {} of {} by {}",
+                        next.approvals.len(),
+                        self.settings.approvers.min_approvals.max(1),
+                        decider.name
+                    ),
                 ),
             };
-            if !self.store().update_request(&next, vec![request_event(now, &actor, action, &next, &detail)]).await? {
+            if !self.requests.update_request(&next, vec![request_event(now, &actor, action, &next, &detail)]).await? {
                 continue;
             }
             if action == Action::BreakGlass {
-                self.metrics.break_glass.inc();
+                self.shared.metrics.break_glass.inc();
             }
             if next.temporary.is_some() {
                 self.rule_grants_changed();
             }
-            self.announce();
+            self.shared.announce();
             let (request, failures) = match (next.status, apply) {
                 (RequestStatus::Approved, Apply::Now) => self.apply_request(next).await?,
                 _ => (next, vec![]),
@@ -93,7 +97,7 @@ impl Engine {
     /// Applies an approved request (or retries a failed one) by id; what it did. Idempotent:
     /// an applied request is returned as it is.
     pub async fn apply_by_id(&self, id: &str) -> Result<(ChangeRequest, Vec<String>), GuardError> {
-        let request = self.store().request(id).await?.ok_or_else(|| GuardError::NoSuchRequest(id.to_string()))?;
+        let request = self.requests.request(id).await?.ok_or_else(|| GuardError::NoSuchRequest(id.to_string()))?;
         self.apply_request(request).await
     }
 
@@ -107,26 +111,25 @@ impl Engine {
         if request.temporary.is_some() {
             let report = self.reconcile_rule_grants().await?;
             let failures = report.failures_for(&request.group());
-            let now = self.store().request(&request.id).await?.unwrap_or(request);
+            let now = self.requests.request(&request.id).await?.unwrap_or(request);
             return Ok((now, failures));
         }
-        let guard = self.guard()?;
         let group = request.group();
-        let Some(scope) = guard.scopes.iter().find(|s| s.covers(&request.account, &request.region)) else {
+        let Some(scope) = self.settings.scopes.iter().find(|s| s.covers(&request.account, &request.region)) else {
             let failures = vec!["its region (and account) is no longer guarded".to_string()];
             return Ok((self.record_apply(request, &failures).await?, failures));
         };
         let steps = Revert { revoke: request.remove.clone(), authorize: request.add.clone(), ..Revert::default() };
         let carried = self.carry_out(&scope.route, &group, &steps).await;
         if carried.failures.is_empty()
-            && let Some(mut baseline) = self.store().baseline(&group).await?
+            && let Some(mut baseline) = self.requests.baseline(&group).await?
         {
             baseline.retain(|b| !request.remove.iter().any(|r| r.same_access(&b.rule)));
             for added in &request.add {
                 let id = carried.created.iter().find(|c| c.rule.same_access(added)).and_then(|c| c.rule_id.clone());
                 baseline.push(GroupRule { rule_id: id, rule: added.clone() });
             }
-            self.store().set_baseline(&group, &baseline, vec![]).await?;
+            self.requests.set_baseline(&group, &baseline, vec![]).await?;
         }
         let recorded = self.record_apply(request, &carried.failures).await?;
         Ok((recorded, carried.failures))
@@ -136,7 +139,7 @@ impl Engine {
     /// announced audit event. Only one process wins the write; a lost write leaves the request
     /// for the sweep, whose apply is idempotent.
     async fn record_apply(&self, request: ChangeRequest, failures: &[String]) -> Result<ChangeRequest, GuardError> {
-        let now = self.clock().now();
+        let now = self.shared.clock.now();
         let mut next = request.clone();
         next.version += 1;
         let event = if failures.is_empty() {
@@ -153,17 +156,22 @@ impl Engine {
             next.failure = Some(reason.clone());
             request_event(now, &guard_actor(), Action::ChangeFailed, &next, &format!("applying it failed: {reason}"))
         };
-        if self.store().update_request(&next, vec![event]).await? {
-            self.announce();
+        if self.requests.update_request(&next, vec![event]).await? {
+            self.shared.announce();
             Ok(next)
         } else {
-            Ok(self.store().request(&request.id).await?.unwrap_or(request))
+            Ok(self.requests.request(&request.id).await?.unwrap_or(request))
         }
+    }
+
+    /// How many requests wait for a decision (for the gauges).
+    pub(crate) async fn pending(&self) -> Result<usize, EngineError> {
+        Ok(self.requests.requests(Some(RequestStatus::Pending)).await?.len())
     }
 
     /// The requests `by` may see, oldest first (`status` narrows).
     pub async fn requests(&self, status: Option<RequestStatus>, by: &Requester) -> Result<Vec<ChangeRequest>, GuardError> {
-        let requests = self.store().requests(status).await?;
+        let requests = self.requests.requests(status).await?;
         let visible = self.may_see(&requests, by).await?;
         Ok(requests.into_iter().zip(visible).filter(|(_, v)| *v).map(|(r, _)| r).collect())
     }
@@ -175,8 +183,8 @@ impl Engine {
         if !by.credential.is_limited() || requests.is_empty() {
             return Ok(vec![true; requests.len()]);
         }
-        let visible = self.visible_environments(by);
-        let everywhere = self.policies().keys().all(|e| visible.contains(e));
+        let visible = self.grants.visible_environments(by);
+        let everywhere = self.shared.policies().keys().all(|e| visible.contains(e));
         let owners = self.environments_of_groups(requests.iter().map(ChangeRequest::group).collect()).await;
         Ok(requests
             .iter()
@@ -189,7 +197,7 @@ impl Engine {
 
     /// The environments whose targets each group is, from one observation of every environment.
     async fn environments_of_groups(&self, groups: BTreeSet<TargetId>) -> BTreeMap<TargetId, BTreeSet<Environment>> {
-        let observed = self.observe(&Scope::All).await;
+        let observed = self.grants.observe(&Scope::All).await;
         let mut out: BTreeMap<TargetId, BTreeSet<Environment>> = BTreeMap::new();
         for target in observed.targets.into_iter().filter(|t| groups.contains(&t.id)) {
             out.entry(target.id).or_default().insert(target.environment);

@@ -14,6 +14,7 @@
 mod backing;
 mod decide;
 mod sweep;
+mod timed;
 
 use std::sync::Arc;
 
@@ -28,8 +29,13 @@ use serde::Serialize;
 pub use backing::OwnIdentity;
 pub use decide::{Apply, DecisionOutcome};
 pub use sweep::{BaselineReport, GuardSweepReport};
+pub use timed::RuleGrantReport;
 
-use crate::{Engine, EngineError, FirewallError};
+use crate::grants::Grants;
+use crate::shared::Shared;
+use crate::{EngineError, FirewallError};
+use portcullis_store::GuardStore;
+use std::sync::Mutex;
 
 /// Security groups as guard sees them: every rule, any source, by id.
 #[async_trait]
@@ -61,38 +67,60 @@ pub struct GuardSettings {
     pub temporary_approval: time::Duration,
 }
 
-/// Guard's configuration, its firewall, and the identities it learned.
+/// Guard: a component of its own over the shared clients, its store's part (`GuardStore`) and
+/// its firewall (`GuardFirewall`). It asks the grants controller only which environments'
+/// targets a group is (to know what the store backs); the grants controller never asks it.
 pub struct Guard {
-    pub scopes: Vec<GuardScope>,
-    pub own_principals: Vec<PrincipalPattern>,
-    pub approvers: Approvers,
-    pub request_ttl: time::Duration,
-    pub max_event_age: time::Duration,
-    pub temporary_approval: time::Duration,
-    pub firewall: Arc<dyn GuardFirewall>,
+    shared: Arc<Shared>,
+    grants: Arc<Grants>,
+    requests: Arc<dyn GuardStore>,
+    firewall: Arc<dyn GuardFirewall>,
+    settings: GuardSettings,
     /// The identities learned from STS, per route, once each answered.
     learned: tokio::sync::Mutex<Vec<OwnIdentity>>,
+    /// The next timed rule's expiry as last read, and when: the sweeper's once-a-second poll
+    /// reads the requests at most every [`timed::REREAD`].
+    next_expiry: Mutex<Option<(Timestamp, Option<Timestamp>)>>,
 }
 
 impl Guard {
-    pub fn new(settings: GuardSettings, firewall: Arc<dyn GuardFirewall>) -> Guard {
-        let GuardSettings { scopes, own_principals, approvers, request_ttl, max_event_age, temporary_approval } = settings;
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        grants: Arc<Grants>,
+        settings: GuardSettings,
+        firewall: Arc<dyn GuardFirewall>,
+    ) -> Guard {
+        let requests: Arc<dyn GuardStore> = shared.store.clone();
         Guard {
-            scopes,
-            own_principals,
-            approvers,
-            request_ttl,
-            max_event_age,
-            temporary_approval,
+            shared,
+            grants,
+            requests,
             firewall,
+            settings,
             learned: tokio::sync::Mutex::default(),
+            next_expiry: Mutex::new(None),
         }
+    }
+
+    /// The Slack user groups whose members may approve.
+    pub fn approver_groups(&self) -> std::collections::BTreeSet<String> {
+        self.settings.approvers.groups.clone()
+    }
+
+    /// The term "Approve for …" grants at most.
+    pub fn temporary_approval(&self) -> time::Duration {
+        self.settings.temporary_approval
+    }
+
+    /// The longest a break-glass may last (none with break-glass off).
+    pub fn break_glass_ttl(&self) -> Option<time::Duration> {
+        self.settings.approvers.break_glass
     }
 
     /// How long a ledger note of guard's own call counts: as long as its event may still be
     /// handled (`max_event_age`), and five minutes for delivery.
     fn ledger_ttl(&self) -> time::Duration {
-        self.max_event_age + time::Duration::minutes(5)
+        self.settings.max_event_age + time::Duration::minutes(5)
     }
 }
 
@@ -165,41 +193,11 @@ pub(crate) struct Carried {
     pub(crate) created: Vec<GroupRule>,
 }
 
-impl Engine {
-    pub fn with_guard(mut self, guard: Guard) -> Engine {
-        self.guard = Some(Arc::new(guard));
-        self
-    }
-
-    /// The Slack user groups whose members may approve (none without guard).
-    pub fn approver_groups(&self) -> std::collections::BTreeSet<String> {
-        self.guard.as_ref().map(|g| g.approvers.groups.clone()).unwrap_or_default()
-    }
-
-    /// The term "Approve for …" grants (none without guard).
-    pub fn temporary_approval(&self) -> Option<time::Duration> {
-        self.guard.as_ref().map(|g| g.temporary_approval)
-    }
-
-    /// The longest a break-glass may last (none without guard, or with break-glass off).
-    pub fn break_glass_ttl(&self) -> Option<time::Duration> {
-        self.guard.as_ref().and_then(|g| g.approvers.break_glass)
-    }
-
-    /// Whether guard is configured here.
-    pub fn guards(&self) -> bool {
-        self.guard.is_some()
-    }
-
-    pub(crate) fn guard(&self) -> Result<&Arc<Guard>, GuardError> {
-        self.guard.as_ref().ok_or(GuardError::NotConfigured)
-    }
-
+impl Guard {
     /// Handles one CloudTrail rule-change event: ignored, a redelivery, another report of a
     /// change filed already, or reverted and filed.
-    pub async fn guard_event(&self, event: GuardEvent) -> Result<GuardOutcome, GuardError> {
-        let guard = self.guard()?;
-        let now = self.clock().now();
+    pub async fn event(&self, event: GuardEvent) -> Result<GuardOutcome, GuardError> {
+        let now = self.shared.clock.now();
         let ignored = |reason: String| {
             tracing::info!(event = %event.event_id, group = %event.group_id, %reason, "guard: event ignored");
             Ok(GuardOutcome::Ignored { reason })
@@ -210,36 +208,36 @@ impl Engine {
         if let Some(code) = &event.error_code {
             return ignored(format!("the call failed ({code}); nothing changed"));
         }
-        if let Some(own) = self.own_principal(guard, &event.principal).await {
+        if let Some(own) = self.own_principal(&event.principal).await {
             return ignored(format!("{} is portcullis's own identity ({own})", event.principal));
         }
         let group = TargetId { region: event.region.clone(), group_id: event.group_id.clone() };
         let keys = guard::change_keys(&group, &event.changes);
-        let noted = self.store().noted_own_changes(&keys, now).await?;
+        let noted = self.requests.noted_own_changes(&keys, now).await?;
         let changes = guard::unnoted(&group, &event.changes, &noted);
         if changes.is_empty() {
             return ignored("it is portcullis's own change (noted in guard's ledger before the call)".into());
         }
-        if now - event.at > guard.max_event_age {
+        if now - event.at > self.settings.max_event_age {
             return ignored(format!(
                 "it is older than max_event_age ({}); the guard sweep compares the group with its baseline",
-                guard.max_event_age
+                self.settings.max_event_age
             ));
         }
-        let Some(scope) = guard.scopes.iter().find(|s| s.covers(&event.account, &event.region)) else {
+        let Some(scope) = self.settings.scopes.iter().find(|s| s.covers(&event.account, &event.region)) else {
             return ignored(format!("account {} in {} is not guarded", event.account, event.region));
         };
         let not_guarded = || ignored(format!("{} is not a guarded group", event.group_id));
         let Some(one) = scope.only(&event.group_id) else { return not_guarded() };
-        let groups = guard.firewall.guarded(&one).await.map_err(EngineError::Firewall)?;
+        let groups = self.firewall.guarded(&one).await.map_err(EngineError::Firewall)?;
         let Some(observed) = groups.into_iter().find(|g| g.id.group_id == event.group_id) else { return not_guarded() };
         let rules: Vec<GuardRule> = changes.rules().cloned().collect();
         let backing = self.backing(&observed.id, &rules).await?;
-        if changes.only_ours(self.marker(), &backing) {
+        if changes.only_ours(self.shared.marker(), &backing) {
             return ignored("it touched only rules the store backs (the reconcile's)".into());
         }
-        let baseline = self.store().baseline(&observed.id).await?;
-        let revert = guard::revert(&changes, baseline.as_deref(), self.marker(), &backing);
+        let baseline = self.requests.baseline(&observed.id).await?;
+        let revert = guard::revert(&changes, baseline.as_deref(), self.shared.marker(), &backing);
         for id in &revert.unchanged_edits {
             tracing::info!(event = %event.event_id, group = %event.group_id, rule = %id, "guard: an edit left the rule as it was; nothing to do");
         }
@@ -249,8 +247,8 @@ impl Engine {
         if let Some(outcome) = self.another_report(&observed.id, &revert, Some(&event.event_id), now).await? {
             return Ok(outcome);
         }
-        let requester_user = guard.approvers.user_of(&event.principal).map(str::to_string);
-        let request = Self::new_request(guard, &event.event_id, &event.principal, requester_user, &observed, &revert, now);
+        let requester_user = self.settings.approvers.user_of(&event.principal).map(str::to_string);
+        let request = self.new_request(&event.event_id, &event.principal, requester_user, &observed, &revert, now);
         self.file_and_revert(scope, request, revert, baseline, now).await
     }
 
@@ -265,7 +263,7 @@ impl Engine {
         event_id: Option<&str>,
         now: Timestamp,
     ) -> Result<Option<GuardOutcome>, GuardError> {
-        let requests = self.store().requests(None).await?;
+        let requests = self.requests.requests(None).await?;
         let Some(existing) = requests.into_iter().find(|r| now < r.expires_at && r.is_change(group, &revert.add, &revert.remove))
         else {
             return Ok(None);
@@ -279,26 +277,26 @@ impl Engine {
             next.version += 1;
             let detail = format!("event {event_id} reports the same change");
             let event = request_event(now, &guard_actor(), Action::ChangeReported, &next, &detail);
-            if !self.store().update_request(&next, vec![event]).await? {
+            if !self.requests.update_request(&next, vec![event]).await? {
                 // Decided meanwhile: that decision stands; the event is a late report of it.
                 return Ok(Some(GuardOutcome::Duplicate { event_id: event_id.to_string() }));
             }
             tracing::info!(request = %next.id, event = %event_id, "guard: a later report of a change already filed");
         }
-        if existing.status == portcullis_core::guard::RequestStatus::Pending && revert.has_steps() {
-            let guard = self.guard()?;
-            if let Some(scope) = guard.scopes.iter().find(|s| s.covers(&existing.account, &existing.region)) {
-                let carried = self.carry_out(&scope.route, group, revert).await;
-                if !carried.failures.is_empty() {
-                    tracing::warn!(request = %next.id, failures = ?carried.failures, "guard: the revert failed again; the sweep retries");
-                }
+        if existing.status == portcullis_core::guard::RequestStatus::Pending
+            && revert.has_steps()
+            && let Some(scope) = self.settings.scopes.iter().find(|s| s.covers(&existing.account, &existing.region))
+        {
+            let carried = self.carry_out(&scope.route, group, revert).await;
+            if !carried.failures.is_empty() {
+                tracing::warn!(request = %next.id, failures = ?carried.failures, "guard: the revert failed again; the sweep retries");
             }
         }
         Ok(Some(GuardOutcome::Reported { request: Box::new(next) }))
     }
 
     fn new_request(
-        guard: &Guard,
+        &self,
         event_id: &str,
         requester: &str,
         requester_user: Option<String>,
@@ -306,7 +304,7 @@ impl Engine {
         revert: &Revert,
         now: Timestamp,
     ) -> ChangeRequest {
-        let mut request = ChangeRequest::pending(&request_id(), event_id, requester, group, now, guard.request_ttl);
+        let mut request = ChangeRequest::pending(&request_id(), event_id, requester, group, now, self.settings.request_ttl);
         request.requester_user = requester_user;
         request.add = revert.add.clone();
         request.remove = revert.remove.clone();
@@ -326,7 +324,7 @@ impl Engine {
     ) -> Result<GuardOutcome, GuardError> {
         let actor = guard_actor();
         let filed = request_event(now, &actor, Action::ChangeRequested, &request, "pending approval");
-        if !self.store().file_request(&request, vec![filed]).await? {
+        if !self.requests.file_request(&request, vec![filed]).await? {
             return Ok(GuardOutcome::Duplicate { event_id: request.event_id });
         }
         let group = request.group();
@@ -338,12 +336,12 @@ impl Engine {
             (true, false, false) => format!("nothing reverted, pending approval; {}", revert.notes.join("; ")),
             (false, _, _) => format!("revert FAILED ({}); the guard sweep will try again", failures.join("; ")),
         };
-        let event = request_event(self.clock().now(), &actor, Action::ChangeReverted, &request, &detail);
+        let event = request_event(self.shared.clock.now(), &actor, Action::ChangeReverted, &request, &detail);
         match baseline.as_deref().and_then(|b| guard::renumber(b, &carried.created)) {
-            Some(renumbered) => self.store().set_baseline(&group, &renumbered, vec![event]).await?,
-            None => self.store().record(event).await?,
+            Some(renumbered) => self.requests.set_baseline(&group, &renumbered, vec![event]).await?,
+            None => self.shared.store.record(event).await?,
         }
-        self.announce();
+        self.shared.announce();
         Ok(GuardOutcome::Reverted { request: Box::new(request), failures })
     }
 
@@ -352,19 +350,18 @@ impl Engine {
     /// events it causes are known as guard's own. An authorized rule whose new id the call did
     /// not name (it was there already) is read back from the group.
     pub(crate) async fn carry_out(&self, route: &Route, group: &TargetId, steps: &Revert) -> Carried {
-        let Ok(guard) = self.guard() else { return Carried::default() };
         let mut carried = Carried::default();
         let keys = guard::step_keys(group, steps);
         if keys.is_empty() {
             return carried;
         }
-        let until = self.clock().now() + guard.ledger_ttl();
-        if let Err(e) = self.store().note_own_changes(&keys, until).await {
+        let until = self.shared.clock.now() + self.ledger_ttl();
+        if let Err(e) = self.requests.note_own_changes(&keys, until).await {
             // Unnoted, guard's own calls would come back as someone else's changes.
             carried.failures.push(format!("could not note the change in guard's ledger, so it was not made: {e}"));
             return carried;
         }
-        let fw = &guard.firewall;
+        let fw = &self.firewall;
         let group_id = group.group_id.as_str();
         if (!steps.revoke_ids.is_empty() || !steps.revoke.is_empty())
             && let Err(e) = fw.revoke(route, group_id, &steps.revoke_ids, &steps.revoke).await
@@ -378,7 +375,7 @@ impl Engine {
             }
             let unnamed = steps.authorize.iter().any(|r| !carried.created.iter().any(|c| c.rule.same_access(r)));
             if carried.failures.is_empty() && unnamed {
-                self.read_back(guard, route, group, &steps.authorize, &mut carried).await;
+                self.read_back(route, group, &steps.authorize, &mut carried).await;
             }
         }
         for (id, rule) in &steps.restore {
@@ -390,12 +387,12 @@ impl Engine {
     }
 
     /// The ids of authorized rules the call did not name, read from the group.
-    async fn read_back(&self, guard: &Guard, route: &Route, group: &TargetId, rules: &[GuardRule], carried: &mut Carried) {
+    async fn read_back(&self, route: &Route, group: &TargetId, rules: &[GuardRule], carried: &mut Carried) {
         let scope = GuardScope {
             route: route.clone(),
             selection: portcullis_core::guard::GroupSelection::Ids([group.group_id.clone()].into()),
         };
-        match guard.firewall.guarded(&scope).await {
+        match self.firewall.guarded(&scope).await {
             Ok(groups) => {
                 let observed = groups.into_iter().find(|g| g.id == *group).map(|g| g.rules).unwrap_or_default();
                 let unnamed: Vec<&GuardRule> =
@@ -417,8 +414,8 @@ impl Engine {
         refusal: &Refusal,
         by: &crate::Requester,
     ) -> Result<DecisionOutcome, GuardError> {
-        let event = request_event(self.clock().now(), &by.refused_actor(), Action::Refused, request, &refusal.to_string());
-        self.store().record(event).await?;
+        let event = request_event(self.shared.clock.now(), &by.refused_actor(), Action::Refused, request, &refusal.to_string());
+        self.shared.store.record(event).await?;
         Ok(DecisionOutcome::Refused(refusal.clone()))
     }
 }

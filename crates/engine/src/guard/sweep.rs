@@ -9,7 +9,7 @@ use portcullis_store::{baseline_event, request_event};
 use serde::Serialize;
 
 use super::{Guard, GuardError, GuardOutcome, guard_actor, request_id};
-use crate::{Engine, Requester};
+use crate::Requester;
 
 /// What a guard sweep found and did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -23,7 +23,7 @@ pub struct GuardSweepReport {
     /// Approved changes applied now (an earlier apply failed or was not made).
     pub applied: Vec<String>,
     /// Temporary approvals: rule grants put on or, expired, revoked.
-    pub rule_grants: crate::RuleGrantReport,
+    pub rule_grants: super::RuleGrantReport,
     pub failures: Vec<String>,
 }
 
@@ -34,12 +34,12 @@ pub struct BaselineReport {
     pub failures: Vec<String>,
 }
 
-impl Engine {
+impl Guard {
     /// Every scope's guarded groups; a scope that cannot be read is a failure, and skipped.
-    async fn observe_guarded<'a>(guard: &'a Guard, failures: &mut Vec<String>) -> Vec<(&'a GuardScope, Vec<GuardedGroup>)> {
+    async fn observe_guarded(&self, failures: &mut Vec<String>) -> Vec<(&GuardScope, Vec<GuardedGroup>)> {
         let mut out = Vec::new();
-        for scope in &guard.scopes {
-            match guard.firewall.guarded(scope).await {
+        for scope in &self.settings.scopes {
+            match self.firewall.guarded(scope).await {
                 Ok(groups) => out.push((scope, groups)),
                 Err(e) => failures.push(format!("{}: {e}", scope.route.region)),
             }
@@ -51,23 +51,23 @@ impl Engine {
     /// Rules carrying our marker are left out: they are the reconcile's, or, where nothing
     /// stored backs them, the sweep's to revoke.
     pub async fn record_baseline(&self, dry_run: bool, by: &Requester) -> Result<BaselineReport, GuardError> {
-        let guard = self.guard()?;
         let mut report = BaselineReport { groups: vec![], failures: vec![] };
-        let observed = Self::observe_guarded(guard, &mut report.failures).await;
+        let observed = self.observe_guarded(&mut report.failures).await;
         let total = observed.iter().map(|(_, groups)| groups.len()).sum();
         for (_, groups) in observed {
             for group in groups {
-                let theirs: Vec<GroupRule> = group.rules.into_iter().filter(|r| !r.rule.carries_marker(self.marker())).collect();
+                let theirs: Vec<GroupRule> =
+                    group.rules.into_iter().filter(|r| !r.rule.carries_marker(self.shared.marker())).collect();
                 report.groups.push((group.id.clone(), theirs.len()));
-                self.progress("groups' baselines recorded", report.groups.len(), total);
+                self.shared.progress("groups' baselines recorded", report.groups.len(), total);
                 if dry_run {
                     continue;
                 }
-                let event = baseline_event(self.clock().now(), &by.actor(), &group.id, theirs.len());
-                self.store().set_baseline(&group.id, &theirs, vec![event]).await?;
+                let event = baseline_event(self.shared.clock.now(), &by.actor(), &group.id, theirs.len());
+                self.requests.set_baseline(&group.id, &theirs, vec![event]).await?;
             }
         }
-        self.progress_done();
+        self.shared.progress_done();
         Ok(report)
     }
 
@@ -75,16 +75,15 @@ impl Engine {
     /// and compares every guarded group with its baseline: what differs is reverted and filed
     /// (requester unknown), unless a live request for that change exists already; a group with
     /// no baseline is only reported.
-    pub async fn guard_sweep(&self) -> Result<GuardSweepReport, GuardError> {
-        let guard = self.guard()?;
+    pub async fn sweep(&self) -> Result<GuardSweepReport, GuardError> {
         let mut report = GuardSweepReport::default();
-        let now = self.clock().now();
-        let requests = self.store().requests(None).await?;
+        let now = self.shared.clock.now();
+        let requests = self.requests.requests(None).await?;
         for request in requests.iter().filter(|r| r.status == RequestStatus::Pending) {
             if let Some(expired) = guard::expire(request, now) {
                 let event =
                     request_event(now, &guard_actor(), Action::ChangeExpired, &expired, "expired undecided; the revert stays");
-                if self.store().update_request(&expired, vec![event]).await? {
+                if self.requests.update_request(&expired, vec![event]).await? {
                     report.expired.push(expired.id);
                 }
             }
@@ -102,17 +101,17 @@ impl Engine {
         }
         report.rule_grants = self.reconcile_rule_grants().await?;
         report.failures.extend(report.rule_grants.failures.iter().cloned());
-        for (scope, groups) in Self::observe_guarded(guard, &mut report.failures).await {
+        for (scope, groups) in self.observe_guarded(&mut report.failures).await {
             for group in groups {
                 report.groups += 1;
-                let Some(baseline) = self.store().baseline(&group.id).await? else {
+                let Some(baseline) = self.requests.baseline(&group.id).await? else {
                     report.without_baseline.push(group.id);
                     continue;
                 };
                 let rules: Vec<GuardRule> = group.rules.iter().map(|r| r.rule.clone()).collect();
                 let backing = self.backing(&group.id, &rules).await?;
-                let changes = guard::drift(&baseline, &group.rules, self.marker(), &backing);
-                let revert = guard::revert(&changes, Some(&baseline), self.marker(), &backing);
+                let changes = guard::drift(&baseline, &group.rules, self.shared.marker(), &backing);
+                let revert = guard::revert(&changes, Some(&baseline), self.shared.marker(), &backing);
                 if changes.is_empty() || revert.is_empty() {
                     continue;
                 }
@@ -121,7 +120,7 @@ impl Engine {
                     continue;
                 }
                 let event_id = format!("sweep:{}", request_id());
-                let request = Self::new_request(guard, &event_id, UNKNOWN_REQUESTER, None, &group, &revert, now);
+                let request = self.new_request(&event_id, UNKNOWN_REQUESTER, None, &group, &revert, now);
                 match self.file_and_revert(scope, request, revert, Some(baseline), now).await? {
                     GuardOutcome::Reverted { request, failures } => {
                         report.failures.extend(failures);
@@ -131,7 +130,7 @@ impl Engine {
                 }
             }
         }
-        self.announce();
+        self.shared.announce();
         Ok(report)
     }
 }

@@ -10,7 +10,7 @@ use portcullis_core::guard::{
 };
 use portcullis_core::{Action, Credential, Environment, Interface, Owner, Policy, PrincipalPattern, Route, TargetId};
 use portcullis_engine::{
-    Apply, Cause, DecisionOutcome, Engine, Guard, GuardEvent, GuardOutcome, GuardSettings, HandChange, Requester, Scope,
+    Apply, Cause, DecisionOutcome, Engine, GuardEvent, GuardOutcome, GuardSettings, HandChange, Requester, Scope,
 };
 use time::Duration;
 
@@ -54,8 +54,8 @@ fn settings(own_principals: &[&str], break_glass: Option<Duration>) -> GuardSett
 /// (no environment's), and a baseline rule on each.
 fn guarded(r: &Rig, own_principals: &[&str], break_glass: Option<Duration>) -> Arc<Engine> {
     r.firewall.put_group(EAST, "sg-other", &[]);
-    let guard = Guard::new(settings(own_principals, break_glass), r.firewall.clone());
-    Arc::new(Engine::new(r.store.clone(), r.firewall.clone(), r.clock.clone(), r.settings.clone()).with_guard(guard))
+    let builder = Engine::builder(r.store.clone(), r.firewall.clone(), r.clock.clone(), r.settings.clone());
+    Arc::new(builder.guard(settings(own_principals, break_glass), r.firewall.clone()).build())
 }
 
 fn hand(r: &Rig, group: &str, change: HandChange, by: &str) -> GuardEvent {
@@ -69,7 +69,7 @@ fn person(id: &str) -> Requester {
 async fn baseline(r: &Rig, engine: &Engine) {
     r.firewall.by_hand(EAST, GROUP, HandChange::Authorize(tcp(5432, "10.20.0.0/16", Some("db"))), ALICE);
     r.firewall.by_hand(EAST, "sg-other", HandChange::Authorize(tcp(22, "10.0.0.0/8", Some("ops"))), ALICE);
-    let report = engine.record_baseline(false, &person("ops")).await.unwrap();
+    let report = engine.guard().unwrap().record_baseline(false, &person("ops")).await.unwrap();
     assert_eq!(report.groups.len(), 2, "{report:?}");
 }
 
@@ -85,14 +85,14 @@ fn without_ids(rules: Vec<GroupRule>) -> Vec<GuardRule> {
 }
 
 async fn requests(engine: &Engine) -> Vec<portcullis_core::guard::ChangeRequest> {
-    engine.requests(None, &person("ops")).await.unwrap()
+    engine.guard().unwrap().requests(None, &person("ops")).await.unwrap()
 }
 
 #[tokio::test]
 async fn a_marker_nothing_backs_is_reverted_by_event_and_sweep_and_a_backed_rule_is_left_alone() {
     let r = rig(&[EAST]);
     let engine = guarded(&r, &[], None);
-    engine.add(add("203.0.113.7", "1h")).await.unwrap();
+    engine.grants().add(add("203.0.113.7", "1h")).await.unwrap();
     baseline(&r, &engine).await;
     let ours = r.firewall.guard_rules(EAST, GROUP).into_iter().find(|g| g.rule.from_port == Some(7233)).unwrap();
     assert!(ours.rule.description.as_deref().unwrap().starts_with("pc:dev"), "{ours:?}");
@@ -102,7 +102,7 @@ async fn a_marker_nothing_backs_is_reverted_by_event_and_sweep_and_a_backed_rule
     for (i, description) in spoofs.into_iter().enumerate() {
         let rule = tcp(2222 + i as i32, "0.0.0.0/0", Some(description));
         let event = hand(&r, GROUP, HandChange::Authorize(rule.clone()), MALLORY);
-        let outcome = engine.guard_event(event).await.unwrap();
+        let outcome = engine.guard().unwrap().event(event).await.unwrap();
         let GuardOutcome::Reverted { request, failures } = outcome else { panic!("{description:?}: {outcome:?}") };
         assert!(failures.is_empty(), "{failures:?}");
         assert!(!r.firewall.guard_rules(EAST, GROUP).iter().any(|g| g.rule.same_access(&rule)), "{description:?} stays open");
@@ -113,21 +113,21 @@ async fn a_marker_nothing_backs_is_reverted_by_event_and_sweep_and_a_backed_rule
     // A baseline rule edited to the whole internet behind our marker is put back as it was.
     let db = id_of(&r, GROUP, 5432);
     let edit = hand(&r, GROUP, HandChange::Modify(db.clone(), tcp(5432, "0.0.0.0/0", Some("pc:dev ops: db"))), MALLORY);
-    assert!(matches!(engine.guard_event(edit).await.unwrap(), GuardOutcome::Reverted { .. }));
+    assert!(matches!(engine.guard().unwrap().event(edit).await.unwrap(), GuardOutcome::Reverted { .. }));
     let db_now = r.firewall.guard_rules(EAST, GROUP).into_iter().find(|g| g.rule_id.as_deref() == Some(&db)).unwrap();
     assert_eq!(db_now.rule, tcp(5432, "10.20.0.0/16", Some("db")));
 
     // What no event reports, the sweep finds; the backed rule of ours stays through it all.
     hand(&r, GROUP, HandChange::Authorize(tcp(2299, "0.0.0.0/0", Some("pc:dev quiet"))), MALLORY);
-    let sweep = engine.guard_sweep().await.unwrap();
+    let sweep = engine.guard().unwrap().sweep().await.unwrap();
     assert_eq!(sweep.reverted.len(), 1, "{sweep:?}");
     assert!(!r.firewall.guard_rules(EAST, GROUP).iter().any(|g| g.rule.from_port == Some(2299)));
     assert!(r.firewall.guard_rules(EAST, GROUP).contains(&ours), "the grant's own rule is the reconcile's");
-    assert!(engine.guard_sweep().await.unwrap().reverted.is_empty(), "settled");
+    assert!(engine.guard().unwrap().sweep().await.unwrap().reverted.is_empty(), "settled");
 
     // The other side: a rule of ours whose grant is gone is still closed by the reconcile.
     r.firewall.by_hand(EAST, GROUP, HandChange::Authorize(tcp(7233, "198.51.100.9/32", Some("pc:dev gone: x"))), MALLORY);
-    let report = engine.reconcile(Scope::All, Cause::Periodic).await.unwrap();
+    let report = engine.grants().reconcile(Scope::All, Cause::Periodic).await.unwrap();
     assert_eq!(report.revoked, 1, "{report:?}");
     assert!(!r.firewall.guard_rules(EAST, GROUP).iter().any(|g| g.rule.source == RuleSource::Ipv4("198.51.100.9/32".into())));
 }
@@ -145,7 +145,7 @@ async fn guard_s_own_calls_fed_back_to_it_settle_after_one_round() {
         for kind in ["add", "remove", "remove-by-id", "edit"] {
             let r = rig(&[EAST]);
             let engine = guarded(&r, own, None);
-            engine.add(add("203.0.113.7", "1h")).await.unwrap();
+            engine.grants().add(add("203.0.113.7", "1h")).await.unwrap();
             r.firewall.by_hand(EAST, GROUP, HandChange::Authorize(tcp(443, "198.51.100.0/24", Some("office"))), ALICE);
             baseline(&r, &engine).await;
             r.firewall.take_trail(PORTCULLIS_ROLE);
@@ -157,18 +157,18 @@ async fn guard_s_own_calls_fed_back_to_it_settle_after_one_round() {
                 "remove-by-id" => HandChange::RevokeById(id_of(&r, GROUP, 443)),
                 _ => HandChange::Modify(id_of(&r, GROUP, 443), tcp(443, "0.0.0.0/0", Some("open to all"))),
             };
-            let first = engine.guard_event(hand(&r, GROUP, change, MALLORY)).await.unwrap();
+            let first = engine.guard().unwrap().event(hand(&r, GROUP, change, MALLORY)).await.unwrap();
             assert!(matches!(first, GuardOutcome::Reverted { .. }), "{own:?} {kind}: {first:?}");
             for round in 1..=8 {
                 // The reconcile runs too, and its calls come back as well.
-                engine.reconcile(Scope::All, Cause::Periodic).await.unwrap();
+                engine.grants().reconcile(Scope::All, Cause::Periodic).await.unwrap();
                 for event in r.firewall.take_trail(PORTCULLIS_ROLE) {
-                    let outcome = engine.guard_event(event).await.unwrap();
+                    let outcome = engine.guard().unwrap().event(event).await.unwrap();
                     assert!(matches!(outcome, GuardOutcome::Ignored { .. }), "{own:?} {kind} round {round}: {outcome:?}");
                 }
                 assert_eq!(without_ids(r.firewall.guard_rules(EAST, GROUP)), settled, "{own:?} {kind} round {round}");
             }
-            assert!(engine.guard_sweep().await.unwrap().reverted.is_empty(), "{own:?} {kind}: the sweep agrees");
+            assert!(engine.guard().unwrap().sweep().await.unwrap().reverted.is_empty(), "{own:?} {kind}: the sweep agrees");
             assert_eq!(requests(&engine).await.len(), 1, "{own:?} {kind}: exactly one request");
         }
     }
@@ -179,7 +179,7 @@ async fn a_call_made_as_the_identity_sts_names_is_portcullis_s_own() {
     let r = rig(&[EAST]);
     let engine = guarded(&r, &[], None);
     baseline(&r, &engine).await;
-    let learned = engine.own_identities().await;
+    let learned = engine.guard().unwrap().own_identities().await;
     assert_eq!(learned[0].pattern, "arn:aws:sts::123456789012:assumed-role/portcullis/*", "{learned:?}");
     let by_us = hand(
         &r,
@@ -187,7 +187,7 @@ async fn a_call_made_as_the_identity_sts_names_is_portcullis_s_own() {
         HandChange::Authorize(tcp(8443, "198.51.100.0/24", None)),
         "arn:aws:sts::123456789012:assumed-role/portcullis/other-session",
     );
-    let outcome = engine.guard_event(by_us).await.unwrap();
+    let outcome = engine.guard().unwrap().event(by_us).await.unwrap();
     assert!(matches!(&outcome, GuardOutcome::Ignored { reason } if reason.contains("sts:GetCallerIdentity")), "{outcome:?}");
 }
 
@@ -197,13 +197,13 @@ async fn without_a_baseline_guard_closes_but_never_opens() {
     let engine = guarded(&r, &[], None);
     r.firewall.by_hand(EAST, GROUP, HandChange::Authorize(tcp(3389, "0.0.0.0/0", None)), ALICE);
     let removal = hand(&r, GROUP, HandChange::Revoke(tcp(3389, "0.0.0.0/0", None)), ALICE);
-    let GuardOutcome::Reverted { request, .. } = engine.guard_event(removal).await.unwrap() else { panic!("filed") };
+    let GuardOutcome::Reverted { request, .. } = engine.guard().unwrap().event(removal).await.unwrap() else { panic!("filed") };
     assert!(r.firewall.guard_rules(EAST, GROUP).is_empty(), "RDP stays closed");
     assert!(request.notes[0].contains("no baseline"), "{:?}", request.notes);
     let addition = hand(&r, GROUP, HandChange::Authorize(tcp(22, "0.0.0.0/0", None)), ALICE);
-    engine.guard_event(addition).await.unwrap();
+    engine.guard().unwrap().event(addition).await.unwrap();
     assert!(r.firewall.guard_rules(EAST, GROUP).is_empty(), "an addition is still revoked");
-    let sweep = engine.guard_sweep().await.unwrap();
+    let sweep = engine.guard().unwrap().sweep().await.unwrap();
     assert_eq!(sweep.without_baseline.len(), 2);
 }
 
@@ -214,14 +214,14 @@ async fn the_baseline_follows_a_restore_so_a_later_edit_is_put_back_not_revoked(
     baseline(&r, &engine).await;
     let old = id_of(&r, GROUP, 5432);
     let removal = hand(&r, GROUP, HandChange::RevokeById(old.clone()), MALLORY);
-    engine.guard_event(removal).await.unwrap();
+    engine.guard().unwrap().event(removal).await.unwrap();
     let new = id_of(&r, GROUP, 5432);
     assert_ne!(old, new, "a restore is a new rule");
     let group = TargetId { region: EAST.into(), group_id: GROUP.into() };
-    let base = engine.requests(None, &person("ops")).await.unwrap();
+    let base = engine.guard().unwrap().requests(None, &person("ops")).await.unwrap();
     assert_eq!(base.len(), 1);
     let edit = hand(&r, GROUP, HandChange::Modify(new.clone(), tcp(5432, "0.0.0.0/0", None)), MALLORY);
-    let GuardOutcome::Reverted { request, .. } = engine.guard_event(edit).await.unwrap() else { panic!("filed") };
+    let GuardOutcome::Reverted { request, .. } = engine.guard().unwrap().event(edit).await.unwrap() else { panic!("filed") };
     assert!(request.notes.is_empty(), "known from the baseline: {:?}", request.notes);
     assert_eq!(id_of(&r, GROUP, 5432), new);
     assert_eq!(without_ids(r.firewall.guard_rules(EAST, &group.group_id)), vec![tcp(5432, "10.20.0.0/16", Some("db"))]);
@@ -235,7 +235,7 @@ async fn an_edit_that_changes_nothing_files_nothing() {
     let id = id_of(&r, GROUP, 5432);
     let calls = r.firewall.calls().len();
     let same = hand(&r, GROUP, HandChange::Modify(id, tcp(5432, "10.20.0.0/16", Some("db"))), MALLORY);
-    assert!(matches!(engine.guard_event(same).await.unwrap(), GuardOutcome::Ignored { .. }));
+    assert!(matches!(engine.guard().unwrap().event(same).await.unwrap(), GuardOutcome::Ignored { .. }));
     assert!(requests(&engine).await.is_empty());
     assert_eq!(r.firewall.take_trail(PORTCULLIS_ROLE).len(), 0, "no revert call");
     assert_eq!(r.firewall.calls().len(), calls);
@@ -247,14 +247,14 @@ async fn a_change_the_sweep_filed_is_one_request_when_its_event_comes_late() {
     let engine = guarded(&r, &[], None);
     baseline(&r, &engine).await;
     let late = hand(&r, GROUP, HandChange::Authorize(tcp(3389, "0.0.0.0/0", None)), MALLORY);
-    let sweep = engine.guard_sweep().await.unwrap();
+    let sweep = engine.guard().unwrap().sweep().await.unwrap();
     assert_eq!(sweep.reverted.len(), 1);
     assert_eq!(sweep.reverted[0].requester, UNKNOWN_REQUESTER);
-    let outcome = engine.guard_event(late.clone()).await.unwrap();
+    let outcome = engine.guard().unwrap().event(late.clone()).await.unwrap();
     let GuardOutcome::Reported { request } = outcome else { panic!("{outcome:?}") };
     assert_eq!(request.reported_by, std::slice::from_ref(&late.event_id));
     assert_eq!(requests(&engine).await.len(), 1);
-    assert!(matches!(engine.guard_event(late).await.unwrap(), GuardOutcome::Duplicate { .. }), "a redelivery");
+    assert!(matches!(engine.guard().unwrap().event(late).await.unwrap(), GuardOutcome::Duplicate { .. }), "a redelivery");
     assert_eq!(requests(&engine).await.len(), 1);
 }
 
@@ -264,11 +264,11 @@ async fn a_decision_says_applied_only_once_it_is_and_a_failed_apply_is_retried_b
     let engine = guarded(&r, &[], None);
     baseline(&r, &engine).await;
     let event = hand(&r, GROUP, HandChange::Authorize(tcp(22, "203.0.113.0/24", Some("vendor"))), ALICE);
-    let GuardOutcome::Reverted { request, .. } = engine.guard_event(event).await.unwrap() else { panic!("filed") };
+    let GuardOutcome::Reverted { request, .. } = engine.guard().unwrap().event(event).await.unwrap() else { panic!("filed") };
 
     // Decided now, applied later (as under Lambda): approved, nothing on the group yet.
     let DecisionOutcome::Decided { request: decided, .. } =
-        engine.decide(&request.id, Verdict::Approve, &person("ubob"), Apply::Later).await.unwrap()
+        engine.guard().unwrap().decide(&request.id, Verdict::Approve, &person("ubob"), Apply::Later).await.unwrap()
     else {
         panic!("decided")
     };
@@ -277,11 +277,11 @@ async fn a_decision_says_applied_only_once_it_is_and_a_failed_apply_is_retried_b
 
     // The apply fails: the request says so, and why.
     r.firewall.set_region_failing(EAST, true);
-    let (failed, failures) = engine.apply_by_id(&request.id).await.unwrap();
+    let (failed, failures) = engine.guard().unwrap().apply_by_id(&request.id).await.unwrap();
     assert_eq!((failed.status, failures.is_empty()), (RequestStatus::Failed, false));
     assert!(failed.failure.as_deref().unwrap().contains("unreachable"), "{failed:?}");
     r.firewall.set_region_failing(EAST, false);
-    let sweep = engine.guard_sweep().await.unwrap();
+    let sweep = engine.guard().unwrap().sweep().await.unwrap();
     assert_eq!(sweep.applied, std::slice::from_ref(&request.id), "{sweep:?}");
     let applied = requests(&engine).await.into_iter().find(|x| x.id == request.id).unwrap();
     assert_eq!((applied.status, applied.failure.as_deref()), (RequestStatus::Applied, None));
@@ -289,7 +289,7 @@ async fn a_decision_says_applied_only_once_it_is_and_a_failed_apply_is_retried_b
     let actions: Vec<Action> = r.store.audit(None, 50).await.unwrap().into_iter().map(|e| e.action).collect();
     assert!(actions.contains(&Action::ChangeFailed) && actions.contains(&Action::ChangeApplied), "{actions:?}");
     // The sweep does not take the approved rule for drift.
-    assert!(engine.guard_sweep().await.unwrap().reverted.is_empty());
+    assert!(engine.guard().unwrap().sweep().await.unwrap().reverted.is_empty());
 }
 
 #[tokio::test]
@@ -301,8 +301,8 @@ async fn a_credential_for_some_environments_sees_and_decides_only_their_groups_r
     baseline(&r, &engine).await;
     let on_dev = hand(&r, GROUP, HandChange::Authorize(tcp(22, "203.0.113.0/24", None)), ALICE);
     let on_none = hand(&r, "sg-other", HandChange::Authorize(tcp(23, "203.0.113.0/24", None)), ALICE);
-    engine.guard_event(on_dev).await.unwrap();
-    engine.guard_event(on_none).await.unwrap();
+    engine.guard().unwrap().event(on_dev).await.unwrap();
+    engine.guard().unwrap().event(on_none).await.unwrap();
     let token = |envs: &[&Environment]| Requester {
         owner: Owner::named("ubob"),
         groups: vec![],
@@ -311,11 +311,15 @@ async fn a_credential_for_some_environments_sees_and_decides_only_their_groups_r
     };
     let dev = crate::dev();
     let groups = |list: Vec<portcullis_core::guard::ChangeRequest>| list.into_iter().map(|x| x.group_id).collect::<Vec<_>>();
-    assert_eq!(groups(engine.requests(None, &token(&[&dev])).await.unwrap()), [GROUP]);
-    assert!(engine.requests(None, &token(&[&prod])).await.unwrap().is_empty());
-    assert_eq!(engine.requests(None, &token(&[&dev, &prod])).await.unwrap().len(), 2, "every environment: every request");
+    assert_eq!(groups(engine.guard().unwrap().requests(None, &token(&[&dev])).await.unwrap()), [GROUP]);
+    assert!(engine.guard().unwrap().requests(None, &token(&[&prod])).await.unwrap().is_empty());
+    assert_eq!(
+        engine.guard().unwrap().requests(None, &token(&[&dev, &prod])).await.unwrap().len(),
+        2,
+        "every environment: every request"
+    );
     let other = requests(&engine).await.into_iter().find(|x| x.group_id == "sg-other").unwrap();
-    let refused = engine.decide(&other.id, Verdict::Approve, &token(&[&dev]), Apply::Now).await;
+    let refused = engine.guard().unwrap().decide(&other.id, Verdict::Approve, &token(&[&dev]), Apply::Now).await;
     assert!(matches!(refused, Err(portcullis_engine::GuardError::NoSuchRequest(_))), "{refused:?}");
     assert_eq!(requests(&engine).await.into_iter().find(|x| x.id == other.id).unwrap().status, RequestStatus::Pending);
 }
@@ -326,16 +330,19 @@ async fn break_glass_applies_the_requester_s_own_addition_for_a_time_and_tells_e
     let engine = guarded(&r, &[], Some(Duration::hours(4)));
     baseline(&r, &engine).await;
     let event = hand(&r, GROUP, HandChange::Authorize(tcp(22, "203.0.113.0/24", None)), ALICE);
-    let GuardOutcome::Reverted { request, .. } = engine.guard_event(event).await.unwrap() else { panic!("filed") };
+    let GuardOutcome::Reverted { request, .. } = engine.guard().unwrap().event(event).await.unwrap() else { panic!("filed") };
     let glass = |hours| Verdict::BreakGlass { reason: "prod is down".into(), term: Duration::hours(hours) };
-    let too_long = engine.decide(&request.id, glass(5), &person("ualice"), Apply::Now).await.unwrap();
+    let too_long = engine.guard().unwrap().decide(&request.id, glass(5), &person("ualice"), Apply::Now).await.unwrap();
     assert!(matches!(too_long, DecisionOutcome::Refused(_)), "{too_long:?}");
-    let not_theirs = engine.decide(&request.id, glass(1), &person("ubob"), Apply::Now).await.unwrap();
+    let not_theirs = engine.guard().unwrap().decide(&request.id, glass(1), &person("ubob"), Apply::Now).await.unwrap();
     assert!(matches!(not_theirs, DecisionOutcome::Refused(_)), "{not_theirs:?}");
     let long_reason = Verdict::BreakGlass { reason: "x".repeat(201), term: Duration::hours(1) };
-    assert!(engine.decide(&request.id, long_reason, &person("ualice"), Apply::Now).await.is_err(), "reasons are bounded");
+    assert!(
+        engine.guard().unwrap().decide(&request.id, long_reason, &person("ualice"), Apply::Now).await.is_err(),
+        "reasons are bounded"
+    );
     let DecisionOutcome::Decided { request: broken, failures } =
-        engine.decide(&request.id, glass(1), &person("ualice"), Apply::Now).await.unwrap()
+        engine.guard().unwrap().decide(&request.id, glass(1), &person("ualice"), Apply::Now).await.unwrap()
     else {
         panic!("break-glass")
     };
@@ -348,9 +355,9 @@ async fn break_glass_applies_the_requester_s_own_addition_for_a_time_and_tells_e
     assert!(glass_event.reason.contains("prod is down"), "{}", glass_event.reason);
     // Its events are ours (the ledger, and the store backs the rule); the sweep leaves it.
     for event in r.firewall.take_trail(PORTCULLIS_ROLE) {
-        assert!(matches!(engine.guard_event(event).await.unwrap(), GuardOutcome::Ignored { .. }));
+        assert!(matches!(engine.guard().unwrap().event(event).await.unwrap(), GuardOutcome::Ignored { .. }));
     }
-    assert!(engine.guard_sweep().await.unwrap().reverted.is_empty());
+    assert!(engine.guard().unwrap().sweep().await.unwrap().reverted.is_empty());
     // An hour later it is gone.
     r.clock.advance(Duration::hours(1));
     engine.sweep().await.unwrap();

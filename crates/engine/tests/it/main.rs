@@ -74,7 +74,7 @@ fn add(cidr: &str, ttl: &str) -> AddRequest {
 async fn a_failed_region_is_named_and_retried_by_the_periodic_reconcile() {
     let r = rig(&["us-east-1", "eu-west-1"]);
     r.firewall.set_region_failing("eu-west-1", true);
-    let outcome = r.engine.add(add("198.51.100.7", "1h")).await.unwrap();
+    let outcome = r.engine.grants().add(add("198.51.100.7", "1h")).await.unwrap();
     let report = outcome.report.expect("a new grant is applied");
     assert!(report.failed());
     assert!(report.failure_messages().iter().any(|m| m.contains("eu-west-1")));
@@ -108,13 +108,13 @@ async fn a_failed_region_is_named_and_retried_by_the_periodic_reconcile() {
 #[tokio::test]
 async fn a_periodic_reconcile_that_closes_a_lapsed_grant_reports_no_repair() {
     let r = rig(&["us-east-1"]);
-    r.engine.add(add("198.51.100.7", "5m")).await.unwrap();
-    r.engine.add(add("198.51.100.8", "1h")).await.unwrap();
+    r.engine.grants().add(add("198.51.100.7", "5m")).await.unwrap();
+    r.engine.grants().add(add("198.51.100.8", "1h")).await.unwrap();
     // The first grant lapses before the sweeper runs; the second's rule is deleted by hand.
     r.clock.advance(Duration::minutes(6));
     let drifted = r.firewall.rules("us-east-1", "sg-us-east-1").into_iter().find(|o| o.raw_cidr == "198.51.100.8/32").unwrap();
     r.firewall.delete_rule("us-east-1", "sg-us-east-1", &drifted.raw_cidr, drifted.ports);
-    let report = r.engine.reconcile(Scope::All, Cause::Periodic).await.unwrap();
+    let report = r.engine.grants().reconcile(Scope::All, Cause::Periodic).await.unwrap();
     assert_eq!((report.authorized, report.revoked), (1, 1), "{report:?}");
     let audit = r.store.audit(None, 10).await.unwrap();
     let repaired: Vec<_> = audit.iter().filter(|e| e.action == Action::DriftRepaired).map(|e| e.reason.as_str()).collect();
@@ -128,7 +128,7 @@ async fn a_periodic_reconcile_that_closes_a_lapsed_grant_reports_no_repair() {
 #[tokio::test]
 async fn the_sweeper_revokes_at_the_exact_expiry_on_virtual_time() {
     let r = rig(&["us-east-1"]);
-    r.engine.add(add("198.51.100.7", "5m")).await.unwrap();
+    r.engine.grants().add(add("198.51.100.7", "5m")).await.unwrap();
     let added_at = r.clock.now();
     let (stop, stopped) = watch::channel(false);
     let sweeper = tokio::spawn({
@@ -164,8 +164,8 @@ async fn a_hand_made_rule_on_a_granted_address_survives_add_refresh_and_expiry()
         description: Some("2020-01-01".into()),
     };
     r.firewall.put_rule("us-east-1", "sg-us-east-1", hand.clone());
-    r.engine.add(add("198.51.100.7", "5m")).await.unwrap();
-    r.engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
+    r.engine.grants().add(add("198.51.100.7", "5m")).await.unwrap();
+    r.engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
     r.clock.advance(Duration::minutes(6));
     r.engine.sweep().await.unwrap();
     assert_eq!(r.firewall.rules("us-east-1", "sg-us-east-1"), vec![hand]);
@@ -174,13 +174,13 @@ async fn a_hand_made_rule_on_a_granted_address_survives_add_refresh_and_expiry()
 #[tokio::test]
 async fn a_dry_run_reconcile_changes_nothing_and_audits_no_repair() {
     let r = rig(&["us-east-1"]);
-    r.engine.add(add("198.51.100.7", "1h")).await.unwrap();
+    r.engine.grants().add(add("198.51.100.7", "1h")).await.unwrap();
     // Drift: our rule deleted by hand, then a dry-run refresh over the same groups.
     let ours = r.firewall.rules("us-east-1", "sg-us-east-1").remove(0);
     r.firewall.delete_rule("us-east-1", "sg-us-east-1", &ours.raw_cidr, ours.ports);
     let dry = Arc::new(portcullis_engine::DryRunFirewall::new(Some(r.firewall.clone()), Box::new(std::io::sink())));
     let engine = Engine::new(r.store.clone(), dry, r.clock.clone(), r.settings.clone());
-    let report = engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
+    let report = engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
     assert_eq!(report.authorized, 1, "the plan says what would change");
     assert!(report.outcomes.iter().all(|o| o.applied == Some(Default::default())), "{:?}", report.outcomes);
     assert!(r.firewall.rules("us-east-1", "sg-us-east-1").is_empty());
@@ -246,7 +246,7 @@ async fn a_batch_that_lost_to_a_concurrent_writer_is_observed_again_not_failed()
     let r = rig(&["us-east-1"]);
     let raced = Arc::new(BeforeApply { inner: r.firewall.clone(), before: raced_once() });
     let engine = Engine::new(r.store.clone(), raced, r.clock.clone(), r.settings.clone());
-    let outcome = engine.add(add("198.51.100.8", "1h")).await.unwrap();
+    let outcome = engine.grants().add(add("198.51.100.8", "1h")).await.unwrap();
     let report = outcome.report.expect("applied");
     assert!(!report.failed(), "{:?}", report.failure_messages());
     let rules = r.firewall.rules("us-east-1", "sg-us-east-1");
@@ -265,14 +265,14 @@ async fn an_add_outlives_the_cancelled_caller_whose_apply_carried_it() {
     // Two adds inside one batching window: the first to take the gate carries both.
     let first = tokio::spawn({
         let engine = engine.clone();
-        async move { engine.add(add("198.51.100.1", "1h")).await }
+        async move { engine.grants().add(add("198.51.100.1", "1h")).await }
     });
     // On virtual time: the first holds the gate in its batching window when the second queues,
     // so the first is the leader (the one whose observe is held).
     tokio::time::sleep(portcullis_engine::BATCH_WINDOW / 4).await;
     let second = tokio::spawn({
         let engine = engine.clone();
-        async move { engine.add(add("198.51.100.2", "1h")).await }
+        async move { engine.grants().add(add("198.51.100.2", "1h")).await }
     });
     observed.await.unwrap();
     // The carrying caller hangs up while its apply is observing.
@@ -305,10 +305,10 @@ async fn two_processes_on_one_store_apply_an_environment_one_at_a_time() {
     let (observed, release) = held.hold_next_observe();
     let a = tokio::spawn({
         let first = first.clone();
-        async move { first.add(add("198.51.100.1", "1h")).await }
+        async move { first.grants().add(add("198.51.100.1", "1h")).await }
     });
     observed.await.unwrap();
-    let b = tokio::spawn(async move { second.add(add("198.51.100.2", "1h")).await });
+    let b = tokio::spawn(async move { second.grants().add(add("198.51.100.2", "1h")).await });
     // Virtual time: the second process polls the lease meanwhile, and must not observe.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(describes(&r.firewall), 1, "the second process observed while the first was applying");
@@ -335,7 +335,7 @@ async fn an_apply_lease_held_by_a_dead_peer_delays_an_apply_but_does_not_stop_it
     let name = portcullis_engine::apply_lease_name(&dev());
     assert!(r.store.acquire_lease(lease_claim(&name, "dead-peer", r.clock.now())).await.unwrap());
     let started = tokio::time::Instant::now();
-    let report = r.engine.add(add("198.51.100.7", "1h")).await.unwrap().report.expect("applied");
+    let report = r.engine.grants().add(add("198.51.100.7", "1h")).await.unwrap().report.expect("applied");
     assert!(!report.failed(), "{:?}", report.failure_messages());
     assert!(started.elapsed() >= portcullis_engine::APPLY_LOCK_WAIT, "applied after {:?}", started.elapsed());
     assert_eq!(r.firewall.rules("us-east-1", "sg-us-east-1").len(), 1);
@@ -378,7 +378,7 @@ async fn an_expiry_whose_revoke_fails_stays_overdue_and_is_retried_until_the_rul
         quota: RuleQuota::default(),
     };
     let engine = Arc::new(Engine::new(store.clone(), firewall.clone(), clock.clone(), settings));
-    engine.add(add("198.51.100.7", "5m")).await.unwrap();
+    engine.grants().add(add("198.51.100.7", "5m")).await.unwrap();
     failing.store(true, SeqCst);
     let (stop, stopped) = watch::channel(false);
     let sweeper = tokio::spawn({
@@ -420,9 +420,9 @@ fn metrics_text(engine: &Engine) -> String {
 #[tokio::test]
 async fn metrics_measure_applies_by_outcome_and_expiry_lag_on_virtual_time() {
     let r = rig(&["us-east-1", "eu-west-1"]);
-    r.engine.add(add("198.51.100.7", "1m")).await.unwrap();
+    r.engine.grants().add(add("198.51.100.7", "1m")).await.unwrap();
     r.firewall.set_region_failing("eu-west-1", true);
-    r.engine.add(add("198.51.100.8", "1h")).await.unwrap();
+    r.engine.grants().add(add("198.51.100.8", "1h")).await.unwrap();
     r.firewall.set_region_failing("eu-west-1", false);
     let text = metrics_text(&r.engine);
     assert!(text.contains(r#"portcullis_reconcile_duration_seconds_count{cause="change",outcome="ok"} 1"#), "{text}");

@@ -8,7 +8,7 @@ use portcullis_core::{
     Source, ValidationError,
 };
 use portcullis_engine::{
-    DEFAULT_MEMBER_TTL, Engine, EngineError, LifecycleAction, LifecycleResult, MemberEvent, Members, MemoryMembership, Requester,
+    DEFAULT_MEMBER_TTL, Engine, EngineError, LifecycleAction, LifecycleResult, MemberEvent, MemoryMembership, Requester,
 };
 
 use crate::{Rig, dev, rig};
@@ -38,8 +38,9 @@ fn instance(id: &str, state: &str, public: &str) -> Instance {
 
 fn members(r: &Rig, sources: Vec<MemberSource>) -> (Arc<Engine>, Arc<MemoryMembership>) {
     let membership = Arc::new(MemoryMembership::default());
-    let engine = Engine::new(r.store.clone(), r.firewall.clone(), r.clock.clone(), r.settings.clone())
-        .with_members(Members::new(sources, DEFAULT_MEMBER_TTL, membership.clone()));
+    let engine = Engine::builder(r.store.clone(), r.firewall.clone(), r.clock.clone(), r.settings.clone())
+        .members(sources, DEFAULT_MEMBER_TTL, membership.clone())
+        .build();
     (Arc::new(engine), membership)
 }
 
@@ -184,7 +185,7 @@ async fn membership_decides_so_removing_a_member_grant_is_refused() {
     let (engine, asg) = members(&r, vec![source("web", AddressKind::Public)]);
     asg.set_instances(EAST, "web", vec![instance("i-1", "InService", "198.51.100.1")]);
     engine.member_event(MemberEvent::TrueUp { asg: None, region: None }, Interface::Cli).await.unwrap();
-    let err = engine.remove(&key("198.51.100.1"), &Requester::named("alice", Interface::Cli)).await.unwrap_err();
+    let err = engine.grants().remove(&key("198.51.100.1"), &Requester::named("alice", Interface::Cli)).await.unwrap_err();
     assert!(matches!(err, EngineError::Validation(ValidationError::MembershipDecides { .. })), "{err}");
     assert!(err.to_string().contains("membership decides"), "{err}");
     assert_eq!(ours(&r, EAST), ["198.51.100.1/32"]);
@@ -238,7 +239,7 @@ async fn member_grants_count_against_the_group_quota_before_any_call() {
 async fn a_launch_never_takes_over_an_address_a_person_holds() {
     let r = rig(&[EAST]);
     let (engine, asg) = members(&r, vec![source("web", AddressKind::Public)]);
-    r.engine.add(crate::add("198.51.100.1", "1h")).await.unwrap();
+    r.engine.grants().add(crate::add("198.51.100.1", "1h")).await.unwrap();
     asg.set_instances(EAST, "web", vec![instance("i-1", "Pending:Wait", "198.51.100.1")]);
     let outcome = engine.member_event(launch("i-1"), Interface::Lambda).await.unwrap();
     assert_eq!(outcome.held_by_others.len(), 1, "{outcome:?}");

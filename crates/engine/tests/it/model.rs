@@ -207,7 +207,7 @@ async fn random_operations_with_faults_agree_with_the_model() {
                     by: by.clone(),
                 };
                 let live = model.get(&cidr).filter(|m| m.expires_at > now).cloned();
-                match running.engine.add(request).await {
+                match running.engine.grants().add(request).await {
                     Ok(outcome) => {
                         let expected =
                             (now + Ttl::parse(ttl).unwrap().duration()).max(live.as_ref().map_or(now, |m| m.expires_at));
@@ -237,7 +237,7 @@ async fn random_operations_with_faults_agree_with_the_model() {
             }
             45..65 => {
                 let live = model.get(&cidr).is_some_and(|m| m.expires_at > now);
-                match running.engine.remove(&key, &by).await {
+                match running.engine.grants().remove(&key, &by).await {
                     Ok(_) => {}
                     Err(err) if live => violations.push(format!("step {step}: remove of live {cidr} failed: {err}")),
                     // Gone already, or expired and swept meanwhile.
@@ -294,7 +294,7 @@ async fn random_operations_with_faults_agree_with_the_model() {
     // Faults stop; retries settle; one reconcile and one sweep.
     firewall.set_rate(0.0);
     tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-    running.engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
+    running.engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
     running.engine.sweep().await.unwrap();
     let now = clock.now();
     for (cidr, m) in &model {
@@ -317,7 +317,7 @@ async fn random_operations_with_faults_agree_with_the_model() {
         }
     }
     let stored: BTreeSet<String> =
-        running.engine.live_grants(&Scope::All, &by).await.unwrap().into_iter().map(|g| g.cidr.to_string()).collect();
+        running.engine.grants().live_grants(&Scope::All, &by).await.unwrap().into_iter().map(|g| g.cidr.to_string()).collect();
     if stored != live {
         violations.push(format!("after the run the store holds {stored:?}, the model {live:?}"));
     }

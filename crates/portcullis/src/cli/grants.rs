@@ -89,8 +89,8 @@ pub(super) async fn add(cx: &Context, a: AddArgs) -> Result<ExitCode, CliError> 
     let description = Description::parse(&a.description)?;
     let environment = environment(&cx.config, a.env)?;
     let by = acting_user(a.as_user)?;
-    let engine = wiring::engine(&cx.config, false, cx.json).await?;
-    let outcome = engine.add(AddRequest { cidr, environment, ttl, description, source: Source::Manual, by }).await;
+    let engine = wiring::engine(&cx.config, wiring::Purpose::Change { dry_run: false, json: cx.json }).await?;
+    let outcome = engine.grants().add(AddRequest { cidr, environment, ttl, description, source: Source::Manual, by }).await;
     announce(&engine).await;
     let outcome = outcome?;
     if cx.json {
@@ -117,8 +117,8 @@ pub(super) async fn add(cx: &Context, a: AddArgs) -> Result<ExitCode, CliError> 
 pub(super) async fn remove(cx: &Context, a: RemoveArgs) -> Result<ExitCode, CliError> {
     let key = GrantKey { cidr: Cidr::parse(&a.cidr)?, environment: environment(&cx.config, a.env)? };
     let by = acting_user(a.as_user)?;
-    let engine = wiring::engine(&cx.config, false, cx.json).await?;
-    let outcome = engine.remove(&key, &by).await;
+    let engine = wiring::engine(&cx.config, wiring::Purpose::Change { dry_run: false, json: cx.json }).await?;
+    let outcome = engine.grants().remove(&key, &by).await;
     announce(&engine).await;
     let outcome = outcome?;
     if cx.json {
@@ -132,8 +132,8 @@ pub(super) async fn remove(cx: &Context, a: RemoveArgs) -> Result<ExitCode, CliE
 
 pub(super) async fn list(cx: &Context, a: ListArgs) -> Result<ExitCode, CliError> {
     let scope = if a.all { Scope::All } else { Scope::Environment(environment(&cx.config, a.env)?) };
-    let engine = wiring::reader(&cx.config).await?;
-    let grants = engine.live_grants(&scope, &acting_user(None)?).await?;
+    let engine = wiring::engine(&cx.config, wiring::Purpose::Read).await?;
+    let grants = engine.grants().live_grants(&scope, &acting_user(None)?).await?;
     let now = engine.clock().now();
     if cx.json {
         print_json(&ListedGrant::all(&grants));
@@ -160,10 +160,11 @@ pub(super) async fn refresh(cx: &Context, a: RefreshArgs) -> Result<ExitCode, Cl
         Some(name) => Scope::Environment(Environment::parse(&name)?),
         None => Scope::All,
     };
-    let engine = with_progress(wiring::engine(&cx.config, a.dry_run, cx.json).await?, cx.json);
-    let report = engine.reconcile(scope, Cause::Refresh).await;
+    let engine =
+        with_progress(wiring::engine(&cx.config, wiring::Purpose::Change { dry_run: a.dry_run, json: cx.json }).await?, cx.json);
+    let report = engine.grants().reconcile(scope, Cause::Refresh).await;
     // Guard compares its groups with their baselines too (not in a dry run: it reverts).
-    let guard = if engine.guards() && !a.dry_run { Some(engine.guard_sweep().await) } else { None };
+    let guard = if engine.guarding().is_some() && !a.dry_run { Some(engine.guard()?.sweep().await) } else { None };
     announce(&engine).await;
     let report = report?;
     let guard = guard.transpose()?;
@@ -191,7 +192,7 @@ pub(super) async fn refresh(cx: &Context, a: RefreshArgs) -> Result<ExitCode, Cl
 }
 
 pub(super) async fn sweep(cx: &Context) -> Result<ExitCode, CliError> {
-    let engine = wiring::engine(&cx.config, false, cx.json).await?;
+    let engine = wiring::engine(&cx.config, wiring::Purpose::Change { dry_run: false, json: cx.json }).await?;
     let report = engine.sweep().await;
     announce(&engine).await;
     let report = report?;
@@ -213,8 +214,8 @@ pub(super) async fn audit(cx: &Context, a: AuditArgs) -> Result<ExitCode, CliErr
     let environment = a.env.map(|e| Environment::parse(&e)).transpose()?;
     let action = a.action.map(|text| crate::app::audit_action(&text)).transpose().map_err(CliError::Usage)?;
     let query = AuditQuery { environment, action, user: a.user, before: a.before, limit: a.limit };
-    let engine = wiring::reader(&cx.config).await?;
-    let events = engine.audit(&query, &acting_user(None)?).await?;
+    let engine = wiring::engine(&cx.config, wiring::Purpose::Read).await?;
+    let events = engine.grants().audit(&query, &acting_user(None)?).await?;
     if cx.json {
         print_json(&events);
     } else {
@@ -255,8 +256,9 @@ pub(super) async fn init(cx: &Context) -> Result<ExitCode, CliError> {
 
 pub(super) async fn adopt(cx: &Context, a: AdoptArgs) -> Result<ExitCode, CliError> {
     let by = acting_user(a.as_user)?;
-    let engine = with_progress(wiring::engine(&cx.config, false, cx.json).await?, cx.json);
-    let report = engine.adopt(a.dry_run, &by).await?;
+    let engine =
+        with_progress(wiring::engine(&cx.config, wiring::Purpose::Change { dry_run: false, json: cx.json }).await?, cx.json);
+    let report = engine.grants().adopt(a.dry_run, &by).await?;
     if cx.json {
         print_json(&report);
     } else {

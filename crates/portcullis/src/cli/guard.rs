@@ -72,10 +72,11 @@ pub(super) struct DenyArgs {
 }
 
 pub(super) async fn run(cx: &Context, command: GuardCommand) -> Result<ExitCode, CliError> {
-    let engine = with_progress(wiring::engine(&cx.config, false, cx.json).await?, cx.json);
+    let engine =
+        with_progress(wiring::engine(&cx.config, wiring::Purpose::Change { dry_run: false, json: cx.json }).await?, cx.json);
     match command {
         GuardCommand::Baseline { dry_run } => {
-            let report = engine.record_baseline(dry_run, &acting_user(None)?).await?;
+            let report = engine.guard()?.record_baseline(dry_run, &acting_user(None)?).await?;
             if cx.json {
                 print_json(&report);
             } else {
@@ -91,7 +92,7 @@ pub(super) async fn run(cx: &Context, command: GuardCommand) -> Result<ExitCode,
             Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         GuardCommand::Sweep => {
-            let report = engine.guard_sweep().await;
+            let report = engine.guard()?.sweep().await;
             announce(&engine).await;
             let report = report?;
             if cx.json {
@@ -123,8 +124,8 @@ pub(super) async fn requests(cx: &Context, a: RequestsArgs) -> Result<ExitCode, 
             CliError::Usage(format!("--status {s:?}: use pending, approved, applied, failed, denied, expired or all"))
         })?),
     };
-    let engine = wiring::reader(&cx.config).await?;
-    let requests = engine.requests(status, &acting_user(None)?).await?;
+    let engine = wiring::engine(&cx.config, wiring::Purpose::Read).await?;
+    let requests = engine.guard()?.requests(status, &acting_user(None)?).await?;
     if cx.json {
         print_json(&requests);
     } else if requests.is_empty() {
@@ -159,8 +160,8 @@ fn print_request(r: &ChangeRequest) {
 
 async fn decide(cx: &Context, id: &str, verdict: Verdict, as_user: Option<String>) -> Result<ExitCode, CliError> {
     let by = acting_user(as_user)?;
-    let engine = wiring::engine(&cx.config, false, cx.json).await?;
-    let outcome = engine.decide(id, verdict, &by, Apply::Now).await;
+    let engine = wiring::engine(&cx.config, wiring::Purpose::Change { dry_run: false, json: cx.json }).await?;
+    let outcome = engine.guard()?.decide(id, verdict, &by, Apply::Now).await;
     announce(&engine).await;
     match outcome? {
         DecisionOutcome::Refused(refusal) => Err(CliError::Usage(refusal.to_string())),

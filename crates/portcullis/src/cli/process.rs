@@ -73,7 +73,7 @@ pub(super) async fn invoke(cx: &Context, a: InvokeArgs) -> Result<ExitCode, CliE
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("the event is not JSON: {e}")))?;
     let event = lambda::classify(value).map_err(|e| CliError::Usage(e.to_string()))?;
-    let engine = Arc::new(wiring::leased_engine(&cx.config).await?);
+    let engine = Arc::new(wiring::engine(&cx.config, wiring::Purpose::Process).await?);
     let (response, code) = match event {
         Event::Action(a) => match lambda::handle_action(&engine, &cx.config.default_environment, a, Interface::Cli).await {
             Ok(v) => (v, 0),
@@ -100,7 +100,7 @@ pub(super) async fn invoke(cx: &Context, a: InvokeArgs) -> Result<ExitCode, CliE
             return Err(CliError::Usage("HTTP API events are served by `portcullis lambda` or `serve`, not invoke".into()));
         }
         Event::Deferred(job) => {
-            let (request, failures) = engine.apply_by_id(&job.request).await?;
+            let (request, failures) = engine.guard()?.apply_by_id(&job.request).await?;
             let code = if failures.is_empty() { 0 } else { 1 };
             (
                 serde_json::json!({"success": failures.is_empty(), "action": "apply", "request": request, "failures": failures}),
@@ -114,7 +114,7 @@ pub(super) async fn invoke(cx: &Context, a: InvokeArgs) -> Result<ExitCode, CliE
 }
 
 pub(super) async fn lambda(cx: &Context) -> Result<ExitCode, CliError> {
-    let engine = Arc::new(wiring::leased_engine(&cx.config).await?);
+    let engine = Arc::new(wiring::engine(&cx.config, wiring::Purpose::Process).await?);
     let slack = wiring::lambda_slack_endpoint(&cx.config).await?.map(Arc::new);
     let app = Arc::new(crate::app::App::new(engine.clone(), &cx.config, slack));
     lambda::run(lambda::Handler::new(engine, app)).await.map_err(|e| CliError::Operational(e.to_string()))?;

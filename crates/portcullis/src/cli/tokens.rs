@@ -85,12 +85,12 @@ async fn create(
         Role::parse(&role).ok_or_else(|| CliError::Usage(format!("--role {role:?} is not self-service, admin or events")))?;
     let environments = envs.iter().map(|e| environment(&cx.config, Some(e.clone()))).collect::<Result<_, _>>()?;
     let by = acting_user(as_user)?;
-    let engine = wiring::reader(&cx.config).await?;
+    let engine = wiring::engine(&cx.config, wiring::Purpose::Read).await?;
     let now = engine.clock().now();
     let expires_at = expires.as_deref().map(|t| token_expiry(t, now)).transpose()?;
     let (secret, token) = crate::auth::issue(&user, role, environments, now, expires_at, &by.owner.name)
         .map_err(|e| CliError::Operational(e.to_string()))?;
-    engine.create_token(token.clone(), &by).await?;
+    engine.grants().create_token(token.clone(), &by).await?;
     println!("{secret}");
     eprintln!(
         "created token {} for {} ({}), environments {}, expires {}; it is shown only now",
@@ -104,7 +104,7 @@ async fn create(
 }
 
 async fn list(cx: &Context) -> Result<ExitCode, CliError> {
-    let tokens = wiring::reader(&cx.config).await?.tokens().await?;
+    let tokens = wiring::engine(&cx.config, wiring::Purpose::Read).await?.grants().tokens().await?;
     if cx.json {
         print_json(&tokens);
     } else if tokens.is_empty() {
@@ -132,8 +132,8 @@ async fn list(cx: &Context) -> Result<ExitCode, CliError> {
 
 async fn revoke(cx: &Context, id: String, as_user: Option<String>) -> Result<ExitCode, CliError> {
     let by = acting_user(as_user)?;
-    let engine = wiring::reader(&cx.config).await?;
-    let Some(token) = engine.revoke_token(id.trim(), &by).await? else {
+    let engine = wiring::engine(&cx.config, wiring::Purpose::Read).await?;
+    let Some(token) = engine.grants().revoke_token(id.trim(), &by).await? else {
         return Err(CliError::Usage(format!("no token with id {id:?} (see `portcullis token list`)")));
     };
     if cx.json {

@@ -86,7 +86,7 @@ fn requested_environment(query: EnvQuery, body: &Bytes) -> Result<Option<String>
 /// reached are `failed`.
 fn targets(app: &App, env: &Environment, report: Option<&ReconcileReport>) -> Vec<TargetView> {
     let mut views: BTreeMap<(String, Option<String>), TargetView> = BTreeMap::new();
-    for (id, ports) in app.engine.known_targets(env) {
+    for (id, ports) in app.engine.grants().known_targets(env) {
         let TargetId { region, group_id } = id.clone();
         let outcome = report.and_then(|r| r.outcomes.iter().find(|o| o.target == id));
         let (outcome, error) = match outcome {
@@ -252,7 +252,7 @@ pub struct ConnectionAnswer {
 }
 
 async fn open(app: &App, principal: &Principal, key: GrantKey) -> Result<Response, ApiError> {
-    let ttl = app.engine.policy(&key.environment)?.connection_ttl();
+    let ttl = app.engine.grants().policy(&key.environment)?.connection_ttl();
     let request = AddRequest {
         cidr: key.cidr,
         environment: key.environment.clone(),
@@ -261,7 +261,7 @@ async fn open(app: &App, principal: &Principal, key: GrantKey) -> Result<Respons
         source: Source::SelfService,
         by: principal.requester(),
     };
-    let outcome = app.engine.add(request).await?;
+    let outcome = app.engine.grants().add(request).await?;
     let targets = targets(app, &key.environment, outcome.report.as_ref());
     let status = status_for(if outcome.refreshed { StatusCode::OK } else { StatusCode::CREATED }, &targets);
     let now = app.engine.clock().now();
@@ -280,7 +280,7 @@ async fn open(app: &App, principal: &Principal, key: GrantKey) -> Result<Respons
 }
 
 async fn close(app: &App, principal: &Principal, key: GrantKey) -> Result<Response, ApiError> {
-    let outcome = app.engine.remove(&key, &principal.requester()).await?;
+    let outcome = app.engine.grants().remove(&key, &principal.requester()).await?;
     let targets = targets(app, &key.environment, Some(&outcome.report));
     let status = status_for(StatusCode::OK, &targets);
     let answer = ConnectionAnswer {
@@ -342,7 +342,7 @@ pub(super) async fn whoami(
 ) -> Result<Response, ApiError> {
     let principal = app.principal(&headers, Charge::Nothing).await?;
     let by = principal.requester();
-    let environments: Vec<Environment> = app.engine.visible_environments(&by).into_iter().collect();
+    let environments: Vec<Environment> = app.engine.grants().visible_environments(&by).into_iter().collect();
     let query = match query.env {
         Some(env) => EnvQuery { env: Some(env) },
         // The default environment, else the first this credential may see.
@@ -350,11 +350,11 @@ pub(super) async fn whoami(
         None => EnvQuery { env: environments.first().map(|e| e.to_string()) },
     };
     let key = prepare(&app, peer, query, &headers, &Bytes::new())?;
-    let grant = app.engine.live_grant(&key, &by).await?;
+    let grant = app.engine.grants().live_grant(&key, &by).await?;
     let now = app.engine.clock().now();
     let answer = Whoami {
         address: key.cidr,
-        ttl: app.engine.policy(&key.environment)?.connection_ttl(),
+        ttl: app.engine.grants().policy(&key.environment)?.connection_ttl(),
         environment: key.environment,
         environments,
         principal: principal.id().to_string(),

@@ -51,11 +51,11 @@ pub(super) async fn interaction(State(app): State<Arc<App>>, headers: HeaderMap,
     };
     let verdict = match click.action_id.as_str() {
         APPROVE => Verdict::Approve,
-        APPROVE_TEMPORARY => match app.engine.temporary_approval() {
+        APPROVE_TEMPORARY => match app.engine.guarding().map(|g| g.temporary_approval()) {
             Some(term) => Verdict::ApproveFor(term),
             None => return axum::Json(ephemeral("guard is not configured here")).into_response(),
         },
-        BREAK_GLASS => match app.engine.break_glass_ttl() {
+        BREAK_GLASS => match app.engine.guarding().and_then(|g| g.break_glass_ttl()) {
             Some(term) => Verdict::BreakGlass { reason: "the requester's Break-glass button in Slack".into(), term },
             None => return axum::Json(ephemeral("break-glass is off here")).into_response(),
         },
@@ -111,7 +111,7 @@ async fn decider(engine: &Engine, slack: &SlackEndpoint, click: &Click) -> Resul
         interface: Interface::Slack,
         credential: Credential::Interface,
     };
-    let groups = engine.approver_groups();
+    let groups = engine.guarding().map(|g| g.approver_groups()).unwrap_or_default();
     if !groups.is_empty()
         && let Some(directory) = &slack.directory
     {
@@ -125,7 +125,11 @@ async fn decider(engine: &Engine, slack: &SlackEndpoint, click: &Click) -> Resul
 
 /// What the clicker (and, once decided, the channel) is told, and the request as decided.
 async fn answer(engine: &Engine, id: &str, verdict: Verdict, by: &Requester, apply: Apply) -> (Value, Option<ChangeRequest>) {
-    match engine.decide(id, verdict, by, apply).await {
+    let decided = match engine.guard() {
+        Ok(guard) => guard.decide(id, verdict, by, apply).await,
+        Err(e) => Err(e),
+    };
+    match decided {
         Ok(DecisionOutcome::Decided { request, failures }) => (outcome_message(engine, &request, &failures), Some(*request)),
         Ok(DecisionOutcome::Refused(refusal)) => (ephemeral(&refusal.to_string()), None),
         Err(err) => {
@@ -138,7 +142,11 @@ async fn answer(engine: &Engine, id: &str, verdict: Verdict, by: &Requester, app
 /// The message that replaces the approval message: the request as it stands now (applied,
 /// failed, or still being applied), and what failed.
 pub fn outcome_message(engine: &Engine, request: &ChangeRequest, failures: &[String]) -> Value {
-    let mut message = decided_message(request, engine.temporary_approval(), engine.break_glass_ttl());
+    let mut message = decided_message(
+        request,
+        engine.guarding().map(|g| g.temporary_approval()),
+        engine.guarding().and_then(|g| g.break_glass_ttl()),
+    );
     if !failures.is_empty() {
         message["text"] = json!(format!(
             "{} — applying it failed: {}; the guard sweep retries",

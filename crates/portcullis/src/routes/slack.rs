@@ -74,7 +74,7 @@ pub(super) async fn verified(app: &Arc<App>, headers: &HeaderMap, body: &[u8]) -
     // A signed request stays valid for its timestamp's window: remember each signature for
     // that long, in the store, so no replica runs a replay of it.
     let signature = header(SIGNATURE_HEADER).unwrap_or_default();
-    match app.engine.first_use(&format!("slack:{signature}"), time::Duration::seconds(2 * MAX_SKEW_SECS)).await {
+    match app.engine.grants().first_use(&format!("slack:{signature}"), time::Duration::seconds(2 * MAX_SKEW_SECS)).await {
         Ok(true) => Ok(slack),
         Ok(false) => {
             tracing::warn!("refused a replayed Slack request");
@@ -144,7 +144,7 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
         Err(err) => return Reply::mistake(&err.0, &usage),
     };
     let env = command.environment().cloned().unwrap_or_else(|| app.default_environment.clone());
-    let policy = match app.engine.policy(&env) {
+    let policy = match app.engine.grants().policy(&env) {
         Ok(policy) => policy.clone(),
         Err(err) => return Reply::mistake(&err.to_string(), &usage),
     };
@@ -168,7 +168,7 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
             }
         }
     }
-    if let Err(err) = app.engine.authorize(&env, &by).await {
+    if let Err(err) = app.engine.grants().authorize(&env, &by).await {
         return Reply::refused(&err.to_string());
     }
     if command.is_mutating()
@@ -182,7 +182,7 @@ async fn handle(app: &Arc<App>, slack: &Arc<SlackEndpoint>, form: SlashCommand, 
         ));
     }
     if let Command::List { .. } = command {
-        return match app.engine.live_grants(&Scope::Environment(env.clone()), &by).await {
+        return match app.engine.grants().live_grants(&Scope::Environment(env.clone()), &by).await {
             Ok(grants) => Reply::list(&env, &grants, now),
             Err(err) => failure(&err),
         };
@@ -214,7 +214,7 @@ async fn run(engine: &Engine, command: Command, env: Environment, by: Requester)
     match command {
         Command::Add { cidr, ttl, description, .. } => {
             let request = AddRequest { cidr, environment: env, ttl, description, source: Source::Manual, by };
-            match engine.add(request).await {
+            match engine.grants().add(request).await {
                 Ok(o) => {
                     let failures = o.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default();
                     Reply::added(&o.grant, o.refreshed, &failures, engine.clock().now())
@@ -222,11 +222,11 @@ async fn run(engine: &Engine, command: Command, env: Environment, by: Requester)
                 Err(err) => failure(&err),
             }
         }
-        Command::Remove { cidr, .. } => match engine.remove(&GrantKey { cidr, environment: env }, &by).await {
+        Command::Remove { cidr, .. } => match engine.grants().remove(&GrantKey { cidr, environment: env }, &by).await {
             Ok(o) => Reply::removed(&o.grant, &o.report.failure_messages()),
             Err(err) => failure(&err),
         },
-        Command::Refresh { .. } => match engine.reconcile(Scope::Environment(env.clone()), Cause::Refresh).await {
+        Command::Refresh { .. } => match engine.grants().reconcile(Scope::Environment(env.clone()), Cause::Refresh).await {
             Ok(report) => Reply::refreshed(&env, &report),
             Err(err) => failure(&err),
         },

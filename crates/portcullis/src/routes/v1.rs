@@ -116,7 +116,7 @@ async fn list_grants(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let scope = if q.all { Scope::All } else { Scope::Environment(environment(&app, q.env.as_deref())?) };
-    let grants = app.engine.live_grants(&scope, &principal.requester()).await?;
+    let grants = app.engine.grants().live_grants(&scope, &principal.requester()).await?;
     Ok(Json(ListedGrant::all(&grants)).into_response())
 }
 
@@ -173,7 +173,7 @@ async fn add_grant(
     let description = Description::parse(&body.description)?;
     let environment = environment(&app, body.env.as_deref())?;
     let by = principal.requester();
-    let outcome = app.engine.add(AddRequest { cidr, environment, ttl, description, source: Source::Manual, by }).await?;
+    let outcome = app.engine.grants().add(AddRequest { cidr, environment, ttl, description, source: Source::Manual, by }).await?;
     let status = if outcome.refreshed { StatusCode::OK } else { StatusCode::CREATED };
     let failures = outcome.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default();
     let answer = GrantAnswer { grant: outcome.grant, refreshed: outcome.refreshed, failures, report: outcome.report };
@@ -205,7 +205,7 @@ async fn remove_grant(
     Path((env, cidr)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let key = GrantKey { cidr: Cidr::parse(&cidr)?, environment: environment(&app, Some(&env))? };
-    let outcome = app.engine.remove(&key, &principal.requester()).await?;
+    let outcome = app.engine.grants().remove(&key, &principal.requester()).await?;
     let failures = outcome.report.failure_messages();
     Ok(Json(RemovedAnswer { grant: outcome.grant, failures, report: outcome.report }).into_response())
 }
@@ -320,7 +320,7 @@ async fn list_requests(
             )
         })?),
     };
-    Ok(Json(app.engine.requests(status, &principal.requester()).await?).into_response())
+    Ok(Json(app.engine.guard()?.requests(status, &principal.requester()).await?).into_response())
 }
 
 /// A denial's reason (optional; the body may be empty).
@@ -389,13 +389,13 @@ async fn approve_request(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_term", format!("for: {e}")))?;
     let verdict = match (break_glass, term) {
         (Some(reason), term) => {
-            let most = app.engine.break_glass_ttl().unwrap_or(time::Duration::hours(4));
+            let most = app.engine.guarding().and_then(|g| g.break_glass_ttl()).unwrap_or(time::Duration::hours(4));
             Verdict::BreakGlass { reason, term: term.unwrap_or(most) }
         }
         (None, None) => Verdict::Approve,
         (None, Some(term)) => Verdict::ApproveFor(term),
     };
-    decided(app.engine.decide(&id, verdict, &principal.requester(), Apply::Now).await?)
+    decided(app.engine.guard()?.decide(&id, verdict, &principal.requester(), Apply::Now).await?)
 }
 
 /// Denies a change request as the token's user (an approver): the revert stays.
@@ -417,7 +417,7 @@ async fn deny_request(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let DenyBody { reason } = optional_body(&body, "{\"reason\": \"…\"}")?;
-    decided(app.engine.decide(&id, Verdict::Deny { reason }, &principal.requester(), Apply::Now).await?)
+    decided(app.engine.guard()?.decide(&id, Verdict::Deny { reason }, &principal.requester(), Apply::Now).await?)
 }
 
 /// 200 with the request when decided; 403 `refused` (the token's user is no approver, made the
@@ -483,6 +483,6 @@ async fn audit(
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_action", m))?;
     let user = q.user.filter(|u| !u.trim().is_empty());
     let query = AuditQuery { environment, action, user, before: q.before, limit: q.limit.unwrap_or(100) };
-    let events = app.engine.audit(&query, &principal.requester()).await?;
+    let events = app.engine.grants().audit(&query, &principal.requester()).await?;
     Ok(Json(events).into_response())
 }

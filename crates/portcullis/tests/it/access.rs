@@ -172,7 +172,12 @@ async fn every_route_of_the_contract_is_bounded_by_a_token_s_environments() {
             c.v1(Method::POST, "/grants", &root, Some(serde_json::json!({"cidr": cidr, "env": env, "ttl": "1h"}))).await;
         assert_eq!(status, 201, "{answer}");
     }
-    c.engine.record_baseline(false, &portcullis_engine::Requester::named("ops", portcullis_core::Interface::Cli)).await.unwrap();
+    c.engine
+        .guard()
+        .unwrap()
+        .record_baseline(false, &portcullis_engine::Requester::named("ops", portcullis_core::Interface::Cli))
+        .await
+        .unwrap();
     // One change request on each group, filed from its CloudTrail event.
     let mut requests = std::collections::BTreeMap::new();
     for group in [&dev_group, &prod_group, &foreign] {

@@ -89,7 +89,7 @@ async fn concurrent_removes_adds_and_an_expiry_all_land() {
         source: Source::Manual,
         by: Requester::named("ops", Interface::Cli),
     };
-    c.engine.add(expiring).await.unwrap();
+    c.engine.grants().add(expiring).await.unwrap();
 
     // At once: the first twenty close, twenty more open, and the sweeper expires the minute-long one.
     let mut work = tokio::task::JoinSet::new();
@@ -112,6 +112,7 @@ async fn concurrent_removes_adds_and_an_expiry_all_land() {
 
     let mut live: Vec<String> = c
         .engine
+        .grants()
         .live_grants(&Scope::All, &Requester::named("test", Interface::Cli))
         .await
         .unwrap()

@@ -73,11 +73,11 @@ impl Conn {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("portcullis.db")).unwrap());
         let clock = Arc::new(ManualClock::new(Timestamp::now_utc()));
         let firewall = Arc::new(Ec2Firewall::new(&sdk_config().await));
-        let mut engine = wiring::engine_with(&config, store.clone(), firewall.clone(), clock.clone(), wiring::notifier(&config));
-        if let Some(guard) = wiring::guard_with(&config, firewall.clone()) {
-            engine = engine.with_guard(guard);
+        let mut builder = wiring::builder(&config, store.clone(), firewall.clone(), clock.clone(), wiring::notifier(&config));
+        if let Some(settings) = wiring::guard_settings(&config) {
+            builder = builder.guard(settings, firewall.clone());
         }
-        let engine = Arc::new(engine);
+        let engine = Arc::new(builder.build());
         let app = Arc::new(App::new(engine.clone(), &config, None));
         let config = config.clone();
         let served = app.clone();

@@ -393,7 +393,7 @@ pub async fn engine(
     let firewall = Arc::new(Ec2Firewall::new(&sdk_config().await));
     let clock: Arc<dyn Clock> = clock;
     let lease = wiring::sweeper_lease(Arc::new(store.clone()), clock.clone());
-    let engine = wiring::engine_with(&cfg, Arc::new(store.clone()), firewall, clock, recorder).with_lease(lease);
+    let engine = wiring::builder(&cfg, Arc::new(store.clone()), firewall, clock, recorder).lease(lease).build();
     (Arc::new(engine), store)
 }
 
@@ -420,7 +420,7 @@ async fn the_sweepers_own_expiry_is_announced_once_though_the_stream_shows_it() 
     assert!(tail.poll(clock.now()).await.unwrap().is_empty());
     assert_eq!(tail.shards(), 1, "positioned on the stream before any change");
 
-    engine.add(add_request("203.0.113.9", "1m", "alice")).await.unwrap();
+    engine.grants().add(add_request("203.0.113.9", "1m", "alice")).await.unwrap();
     clock.advance(time::Duration::minutes(2));
     let swept = engine.sweep().await.unwrap();
     assert_eq!(swept.expired.len(), 1);
@@ -438,7 +438,7 @@ async fn the_sweepers_own_expiry_is_announced_once_though_the_stream_shows_it() 
     assert_eq!(again[0].records, first[1..].to_vec(), "re-read from the first record not done");
     tail.commit(&again[0], again[0].records.len(), clock.now()).await.unwrap();
     assert!(tail.poll(clock.now()).await.unwrap().is_empty(), "nothing is read twice once done");
-    let outcome = engine.handle_stream(first).await;
+    let outcome = engine.grants().handle_stream(first).await;
     assert_eq!((outcome.announced, outcome.unreadable, outcome.failed_at.clone()), (0, 0, None), "{outcome:?}");
     engine.outbox().unwrap().flush(time::Duration::seconds(10)).await;
     let texts = recorder.texts();
@@ -544,7 +544,7 @@ async fn two_replicas_share_one_table_and_one_sweeper() {
     let (leader, follower) = if a.leads() { (a, b) } else { (b, a) };
 
     // A grant added through the follower lands once, and the leader's stream reconcile adds nothing.
-    follower.engine.add(add_request("203.0.113.40", "1m", "alice")).await.unwrap();
+    follower.engine.grants().add(add_request("203.0.113.40", "1m", "alice")).await.unwrap();
     let rules = d.w.rules(&group).await;
     assert_eq!(
         rules.iter().map(|(c, p, _)| (c.as_str(), *p)).collect::<Vec<_>>(),
@@ -567,7 +567,7 @@ async fn two_replicas_share_one_table_and_one_sweeper() {
     let Replica { tasks, .. } = leader;
     drop(tasks);
     advance_until(&clock, "the lease handed over", || follower.leads()).await;
-    follower.engine.add(add_request("203.0.113.41", "1m", "bob")).await.unwrap();
+    follower.engine.grants().add(add_request("203.0.113.41", "1m", "bob")).await.unwrap();
     advance_until(&clock, "the new leader's expiry", || {
         recorder.texts().iter().filter(|t| t.starts_with(":hourglass:")).count() == 2
     })
@@ -641,7 +641,7 @@ async fn items_another_writer_puts_past_the_policy_are_never_applied() {
 
     // And reported by status.
     let (engine, _) = engine(&d, "status", Arc::new(ManualClock::new(now)), Arc::default()).await;
-    engine.reconcile(portcullis_engine::Scope::All, portcullis_engine::Cause::Refresh).await.unwrap();
+    engine.grants().reconcile(portcullis_engine::Scope::All, portcullis_engine::Cause::Refresh).await.unwrap();
     let status = engine.status(&Requester::named("test", Interface::Cli)).await.unwrap();
     let mut shown: Vec<String> = status.refused_grants.iter().map(|r| r.grant.cidr.to_string()).collect();
     shown.sort();

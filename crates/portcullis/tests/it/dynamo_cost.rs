@@ -32,7 +32,8 @@ async fn an_add_and_an_idle_poll_cost_the_same_dynamodb_calls_with_10_or_5000_gr
         let environments = cfg.policies.keys().cloned().collect();
         let store = DynamoStore::new(&sdk_config().await, TableNames::new(&d.template, None), environments);
         let engine =
-            wiring::engine_with(&cfg, Arc::new(store.clone()), firewall, clock.clone() as Arc<dyn Clock>, Arc::new(LogNotifier));
+            wiring::builder(&cfg, Arc::new(store.clone()), firewall, clock.clone() as Arc<dyn Clock>, Arc::new(LogNotifier))
+                .build();
 
         let mut figures = Vec::new();
         for (size, (from, to), cidr) in [(10, (0, 10), "198.51.100.1"), (5_000, (10, 5_000), "198.51.100.2")] {
@@ -44,7 +45,7 @@ async fn an_add_and_an_idle_poll_cost_the_same_dynamodb_calls_with_10_or_5000_gr
             })
             .await;
             let add = calls_of(&store, async {
-                let outcome = engine.add(add_request(cidr, "1h", "alice")).await.unwrap();
+                let outcome = engine.grants().add(add_request(cidr, "1h", "alice")).await.unwrap();
                 assert!(outcome.report.is_some_and(|r| r.authorized == 2), "the add's two rules");
             })
             .await;

@@ -62,13 +62,13 @@ async fn twenty_grants_onto_a_newly_tagged_group_cost_one_authorize() {
     let clock = Arc::new(portcullis_engine::SystemClock);
     let adder = engine(&w, Arc::new(Ec2Firewall::new(&sdk)), clock.clone(), vec![]).await;
     for i in 0..20 {
-        adder.add(request(&format!("203.0.113.{i}"), "1h")).await.unwrap();
+        adder.grants().add(request(&format!("203.0.113.{i}"), "1h")).await.unwrap();
     }
     let group = w.group(true, &[]).await;
 
     let counted = Arc::new(Ec2Firewall::new(&sdk));
     let reconciler = engine(&w, counted.clone(), clock, vec![]).await;
-    let report = reconciler.reconcile(Scope::All, Cause::Refresh).await.unwrap();
+    let report = reconciler.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
     assert_eq!(report.authorized, 40);
     assert_eq!(w.rules(&group).await.len(), 40);
     let calls = counted.calls().snapshot();
@@ -77,7 +77,7 @@ async fn twenty_grants_onto_a_newly_tagged_group_cost_one_authorize() {
     assert_eq!(calls.len(), 2, "{calls:?}");
 
     // Level-triggered: the next reconcile is one describe and nothing else.
-    reconciler.reconcile(Scope::All, Cause::Refresh).await.unwrap();
+    reconciler.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
     assert_eq!(counted.calls().total(), 3);
 }
 
@@ -87,8 +87,8 @@ async fn expiry_on_virtual_time_revokes_exactly_when_due() {
     let group = w.group(true, &[]).await;
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let engine = Arc::new(engine(&w, Arc::new(Ec2Firewall::new(&sdk_config().await)), clock.clone(), vec![]).await);
-    engine.add(request("198.51.100.7", "30d")).await.unwrap();
-    engine.add(request("198.51.100.8", "31d")).await.unwrap();
+    engine.grants().add(request("198.51.100.7", "30d")).await.unwrap();
+    engine.grants().add(request("198.51.100.8", "31d")).await.unwrap();
     let (stop, stopped) = watch::channel(false);
     let sweeper = tokio::spawn({
         let engine = engine.clone();
@@ -108,6 +108,7 @@ async fn expiry_on_virtual_time_revokes_exactly_when_due() {
     assert_eq!(w.keys(&group).await.len(), 2, "the other grant stays");
     eventually(Duration::from_secs(30), "the expiry to be recorded", || async {
         engine
+            .grants()
             .audit(&portcullis_engine::AuditQuery::newest(None, 10), &admin())
             .await
             .unwrap()
@@ -133,7 +134,7 @@ async fn a_reconcile_racing_an_add_never_revokes_the_new_rule() {
     let reconciler = Arc::new(Engine::new(store.clone(), held.clone(), clock.clone(), settings(&w, vec![])));
     let adder = Engine::new(store, Arc::new(Ec2Firewall::new(&sdk)), clock, settings(&w, vec![]));
     // Give the store history for dev, so that revoking is allowed at all.
-    adder.add(request("203.0.113.1", "1h")).await.unwrap();
+    adder.grants().add(request("203.0.113.1", "1h")).await.unwrap();
 
     // The reconcile stops as its observe begins; meanwhile another writer stores and applies a
     // grant, so the observation holds the new rule. A reconcile that read the store before it
@@ -141,10 +142,10 @@ async fn a_reconcile_racing_an_add_never_revokes_the_new_rule() {
     let (reached, release) = held.hold_before_next_observe();
     let racing = tokio::spawn({
         let reconciler = reconciler.clone();
-        async move { reconciler.reconcile(Scope::All, Cause::Periodic).await.unwrap() }
+        async move { reconciler.grants().reconcile(Scope::All, Cause::Periodic).await.unwrap() }
     });
     reached.await.unwrap();
-    adder.add(request("198.51.100.7", "1h")).await.unwrap();
+    adder.grants().add(request("198.51.100.7", "1h")).await.unwrap();
     assert!(w.keys(&group).await.contains(&("198.51.100.7/32".to_string(), 80)));
     release.send(()).unwrap();
     let report = racing.await.unwrap();
@@ -171,13 +172,17 @@ async fn a_failing_region_does_not_block_the_others() {
     };
     let clock = Arc::new(portcullis_engine::SystemClock);
     let engine = engine(&w, Arc::new(Ec2Firewall::new(&sdk_config().await)), clock, vec![broken]).await;
-    let outcome = engine.add(request("198.51.100.7", "1h")).await.unwrap();
+    let outcome = engine.grants().add(request("198.51.100.7", "1h")).await.unwrap();
     let report = outcome.report.expect("a new grant is applied");
     assert!(report.failed());
     let failures = report.failure_messages();
     assert!(failures.iter().any(|f| f.contains("eu-west-1")), "{failures:?}");
     assert_eq!(w.keys(&group).await.len(), 2, "the reachable group is still updated");
-    assert_eq!(engine.live_grants(&portcullis_engine::Scope::All, &admin()).await.unwrap().len(), 1, "the grant stays stored");
+    assert_eq!(
+        engine.grants().live_grants(&portcullis_engine::Scope::All, &admin()).await.unwrap().len(),
+        1,
+        "the grant stays stored"
+    );
 }
 
 #[tokio::test]
@@ -186,9 +191,9 @@ async fn an_unchanged_refresh_costs_no_ec2_call() {
     let group = w.group(true, &[]).await;
     let firewall = Arc::new(Ec2Firewall::new(&sdk_config().await));
     let engine = engine(&w, firewall.clone(), Arc::new(portcullis_engine::SystemClock), vec![]).await;
-    engine.add(request("198.51.100.7", "1h")).await.unwrap();
+    engine.grants().add(request("198.51.100.7", "1h")).await.unwrap();
     let before = firewall.calls().total();
-    let outcome = engine.add(request("198.51.100.7", "2h")).await.unwrap();
+    let outcome = engine.grants().add(request("198.51.100.7", "2h")).await.unwrap();
     assert!(outcome.refreshed && outcome.report.is_none());
     assert_eq!(firewall.calls().total(), before, "{:?}", firewall.calls().snapshot());
     assert_eq!(w.keys(&group).await.len(), 2);

@@ -69,8 +69,9 @@ async fn rig(own: &str) -> Rig {
     let store = Arc::new(portcullis_store::SqliteStore::open(dir.path().join("p.db")).unwrap());
     let firewall = Arc::new(portcullis_aws::Ec2Firewall::new(&sdk_config_at(&proxy.url).await));
     let engine =
-        wiring::engine_with(&config, store, firewall.clone(), Arc::new(SystemClock), Arc::new(portcullis_engine::LogNotifier))
-            .with_guard(wiring::guard_with(&config, firewall).unwrap());
+        wiring::builder(&config, store, firewall.clone(), Arc::new(SystemClock), Arc::new(portcullis_engine::LogNotifier))
+            .guard(wiring::guard_settings(&config).unwrap(), firewall)
+            .build();
     Rig { world, proxy, engine: Arc::new(engine), group, _dir: dir }
 }
 
@@ -156,12 +157,12 @@ impl Rig {
     }
 
     async fn baseline(&self) {
-        let report = self.engine.record_baseline(false, &Requester::named("ops", Interface::Cli)).await.unwrap();
+        let report = self.engine.guard().unwrap().record_baseline(false, &Requester::named("ops", Interface::Cli)).await.unwrap();
         assert_eq!(report.groups.len(), 1, "{report:?}");
     }
 
     async fn requests(&self) -> Vec<portcullis_core::guard::ChangeRequest> {
-        self.engine.requests(None, &Requester::named("ops", Interface::Cli)).await.unwrap()
+        self.engine.guard().unwrap().requests(None, &Requester::named("ops", Interface::Cli)).await.unwrap()
     }
 
     /// Hands guard every event its own calls caused since the last time, as CloudTrail would
@@ -256,7 +257,7 @@ async fn guard_s_own_calls_through_cloudtrail_settle_after_one_round() {
                     assert!(round > 1 || fed > 0, "{name} {kind}: the revert's own call comes back");
                     assert_eq!(r.shape().await, settled, "{name} {kind} round {round}");
                 }
-                assert!(r.engine.guard_sweep().await.unwrap().reverted.is_empty(), "{name} {kind}: the sweep agrees");
+                assert!(r.engine.guard().unwrap().sweep().await.unwrap().reverted.is_empty(), "{name} {kind}: the sweep agrees");
                 assert_eq!(r.requests().await.len(), 1, "{name} {kind}: one request");
             }
         }
@@ -272,7 +273,7 @@ async fn a_spoofed_marker_is_reverted_and_a_grant_s_own_rule_is_left_alone() {
         let r = rig("").await;
         let db = r.authorize("10.20.0.0/16", 5432, Some("db")).await;
         r.baseline().await;
-        r.engine.add(grant("203.0.113.7")).await.unwrap();
+        r.engine.grants().add(grant("203.0.113.7")).await.unwrap();
         let ours = r.rules().await.into_iter().find(|x| x.1 == 443).expect("the grant's rule");
         assert_eq!(ours.3.as_deref(), Some("pc:dev alice: laptop"));
         // The reconcile's own call comes back (made as an identity guard does not know): ignored.
@@ -298,7 +299,7 @@ async fn a_spoofed_marker_is_reverted_and_a_grant_s_own_rule_is_left_alone() {
         assert!(answer["request"]["notes"].to_string().contains("claims to be a grant's rule in dev"), "{answer}");
         // What no event reports, the sweep finds.
         r.authorize("0.0.0.0/0", 2299, Some("pc:dev quiet")).await;
-        let sweep = r.engine.guard_sweep().await.unwrap();
+        let sweep = r.engine.guard().unwrap().sweep().await.unwrap();
         assert_eq!(sweep.reverted.len(), 1, "{sweep:?}");
         r.feed_back("the reverts").await;
         assert_eq!(
@@ -352,16 +353,17 @@ async fn guard_closes_without_a_baseline_follows_its_restores_ignores_no_ops_and
         // The sweep catches a change before its event; the late event joins that request.
         let rdp = r.authorize("0.0.0.0/0", 3389, None).await;
         let late = added(&r.group, &rdp, "0.0.0.0/0", 3389, ALICE);
-        assert_eq!(r.engine.guard_sweep().await.unwrap().reverted.len(), 1);
+        assert_eq!(r.engine.guard().unwrap().sweep().await.unwrap().reverted.len(), 1);
         let answer = r.handle(&late).await.unwrap();
         assert_eq!(answer["outcome"], "reported", "{answer}");
         assert_eq!(r.requests().await.len(), before + 1, "one change, one request");
         let id = answer["request"]["id"].as_str().unwrap();
         let by = |who: &str| Requester::named(who, Interface::Cli);
-        let approved = r.engine.decide(id, Verdict::Deny { reason: None }, &by("ubob"), Apply::Now).await.unwrap();
+        let approved =
+            r.engine.guard().unwrap().decide(id, Verdict::Deny { reason: None }, &by("ubob"), Apply::Now).await.unwrap();
         assert!(matches!(approved, DecisionOutcome::Decided { .. }));
         assert!(matches!(
-            r.engine.decide(id, Verdict::Approve, &by("ucarol"), Apply::Now).await.unwrap(),
+            r.engine.guard().unwrap().decide(id, Verdict::Approve, &by("ucarol"), Apply::Now).await.unwrap(),
             DecisionOutcome::Refused(_)
         ));
     })
@@ -382,20 +384,26 @@ async fn decisions_tell_the_truth_and_bounds_hold() {
         let request = answer["request"]["id"].as_str().unwrap().to_string();
 
         let year = Verdict::ApproveFor(time::Duration::days(365));
-        assert!(matches!(r.engine.decide(&request, year, &by("ubob"), Apply::Now).await.unwrap(), DecisionOutcome::Refused(_)));
+        assert!(matches!(
+            r.engine.guard().unwrap().decide(&request, year, &by("ubob"), Apply::Now).await.unwrap(),
+            DecisionOutcome::Refused(_)
+        ));
         let long = Verdict::Deny { reason: Some("x".repeat(100 * 1024)) };
-        assert!(r.engine.decide(&request, long, &by("ubob"), Apply::Now).await.is_err(), "a 100 KB reason is refused");
+        assert!(
+            r.engine.guard().unwrap().decide(&request, long, &by("ubob"), Apply::Now).await.is_err(),
+            "a 100 KB reason is refused"
+        );
 
         r.proxy.fail_region("us-east-1", true);
         let DecisionOutcome::Decided { request: failed, failures } =
-            r.engine.decide(&request, Verdict::Approve, &by("ubob"), Apply::Now).await.unwrap()
+            r.engine.guard().unwrap().decide(&request, Verdict::Approve, &by("ubob"), Apply::Now).await.unwrap()
         else {
             panic!("decided")
         };
         assert_eq!(failed.status, RequestStatus::Failed, "{failures:?}");
         assert!(failed.failure.as_deref().unwrap_or_default().contains("UnauthorizedOperation"), "{failed:?}");
         r.proxy.fail_region("us-east-1", false);
-        let sweep = r.engine.guard_sweep().await.unwrap();
+        let sweep = r.engine.guard().unwrap().sweep().await.unwrap();
         assert_eq!(sweep.applied, std::slice::from_ref(&request));
         assert!(r.rules().await.iter().any(|x| x.1 == 22));
         r.feed_back("the apply").await;
@@ -411,7 +419,7 @@ async fn decisions_tell_the_truth_and_bounds_hold() {
         let second = answer["request"]["id"].as_str().unwrap().to_string();
         let glass = Verdict::BreakGlass { reason: "incident 42".into(), term: time::Duration::hours(1) };
         let DecisionOutcome::Decided { request: broken, .. } =
-            r.engine.decide(&second, glass, &by("ualice"), Apply::Now).await.unwrap()
+            r.engine.guard().unwrap().decide(&second, glass, &by("ualice"), Apply::Now).await.unwrap()
         else {
             panic!("broke the glass")
         };
@@ -419,7 +427,7 @@ async fn decisions_tell_the_truth_and_bounds_hold() {
         let on = r.rules().await.into_iter().find(|x| x.1 == 2222).expect("on again");
         assert!(on.3.unwrap_or_default().starts_with(&format!("pc:grant/{second} ualice:")));
         r.feed_back("the break-glass rule grant").await;
-        assert!(r.engine.guard_sweep().await.unwrap().reverted.is_empty());
+        assert!(r.engine.guard().unwrap().sweep().await.unwrap().reverted.is_empty());
     })
     .await;
 }

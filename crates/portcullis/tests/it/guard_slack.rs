@@ -59,8 +59,7 @@ async fn slack_gets_the_approval_message_and_its_buttons_decide_through_the_same
         let store = wiring::open_store(&config).await.unwrap();
         let firewall = Arc::new(portcullis_aws::Ec2Firewall::new(&sdk_config().await));
         let clock = Arc::new(portcullis_engine::SystemClock);
-        let engine = wiring::engine_with(&config, store, firewall.clone(), clock, wiring::notifier(&config))
-            .with_guard(wiring::guard_with(&config, firewall).unwrap());
+        let engine = wiring::builder(&config, store, firewall.clone(), clock, wiring::notifier(&config)).guard(wiring::guard_settings(&config).unwrap(), firewall).build();
         let engine = Arc::new(engine);
         let slack = wiring::slack_endpoint(&config).await.unwrap().map(Arc::new);
         let app = Arc::new(App::new(engine.clone(), &config, slack));
@@ -71,7 +70,7 @@ async fn slack_gets_the_approval_message_and_its_buttons_decide_through_the_same
         let outbox = engine.outbox().unwrap().clone();
         tokio::spawn(async move { outbox.run(rx).await });
 
-        engine.record_baseline(false, &portcullis_engine::Requester::named("ops", portcullis_core::Interface::Cli)).await.unwrap();
+        engine.guard().unwrap().record_baseline(false, &portcullis_engine::Requester::named("ops", portcullis_core::Interface::Cli)).await.unwrap();
         let g = Guarded { world: w, config: std::path::PathBuf::new() };
         let id = g.authorize(&group, "203.0.113.0/24", 22, None).await;
         let Some(Ok(event)) = portcullis::events::read(&added(&group, &id, "203.0.113.0/24", 22, ALICE)) else { panic!("an event") };
@@ -151,8 +150,9 @@ async fn decisions_over_v1_and_expiry_on_virtual_time(store: std::sync::Arc<dyn 
     let firewall = Arc::new(portcullis_aws::Ec2Firewall::new(&sdk_config().await));
     let clock = Arc::new(ManualClock::new(Timestamp::now_utc()));
     let engine =
-        wiring::engine_with(&config, store.clone(), firewall.clone(), clock.clone(), Arc::new(portcullis_engine::LogNotifier))
-            .with_guard(wiring::guard_with(&config, firewall).unwrap());
+        wiring::builder(&config, store.clone(), firewall.clone(), clock.clone(), Arc::new(portcullis_engine::LogNotifier))
+            .guard(wiring::guard_settings(&config).unwrap(), firewall)
+            .build();
     let engine = Arc::new(engine);
     let app = Arc::new(App::new(engine.clone(), &config, None));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -179,7 +179,7 @@ async fn decisions_over_v1_and_expiry_on_virtual_time(store: std::sync::Arc<dyn 
         }
     };
 
-    engine.record_baseline(false, &Requester::named("ops", Interface::Cli)).await.unwrap();
+    engine.guard().unwrap().record_baseline(false, &Requester::named("ops", Interface::Cli)).await.unwrap();
     let g = Guarded { world: w, config: std::path::PathBuf::new() };
     let mut ids = Vec::new();
     for (cidr, port) in [("203.0.113.0/24", 22), ("192.0.2.0/24", 3389), ("198.51.100.0/24", 443)] {
@@ -223,8 +223,11 @@ async fn decisions_over_v1_and_expiry_on_virtual_time(store: std::sync::Arc<dyn 
     let rules = g.rules(&group).await;
     let granted = rules.iter().find(|r| r.1 == 443).unwrap_or_else(|| panic!("{rules:?}"));
     assert_eq!(granted.3.as_deref(), Some(format!("pc:grant/{} ubob:", ids[2]).as_str()), "{rules:?}");
-    assert!(engine.reconcile_rule_grants().await.unwrap().authorized == 0, "level-triggered: nothing more to put on");
-    let quiet = engine.guard_sweep().await.unwrap();
+    assert!(
+        engine.guard().unwrap().reconcile_rule_grants().await.unwrap().authorized == 0,
+        "level-triggered: nothing more to put on"
+    );
+    let quiet = engine.guard().unwrap().sweep().await.unwrap();
     assert!(quiet.reverted.is_empty(), "a rule grant's rule is ours, not drift: {quiet:?}");
 
     clock.advance(time::Duration::hours(2));
@@ -241,7 +244,7 @@ async fn decisions_over_v1_and_expiry_on_virtual_time(store: std::sync::Arc<dyn 
     let notice = portcullis_slack::notification(expired).unwrap_or_default();
     assert!(notice.starts_with(":hourglass:") && notice.contains("198.51.100.0/24"), "{notice}");
 
-    let sweep = engine.guard_sweep().await.unwrap();
+    let sweep = engine.guard().unwrap().sweep().await.unwrap();
     assert!(sweep.reverted.is_empty(), "{sweep:?}");
     assert_eq!(sweep.expired, [ids[1].clone()]);
     let (status, answer) = post(bob, format!("{base}/v1/requests/{}/approve", ids[1])).await;

@@ -404,7 +404,7 @@ impl Fleet {
         use portcullis::config::{Config, Overrides};
         use portcullis::routes::router;
         use portcullis_core::Timestamp;
-        use portcullis_engine::Members;
+
         use portcullis_store::{SqliteStore, Store};
 
         let path = self.world.dir.path().join(format!("{}.toml", unique("served")));
@@ -417,8 +417,9 @@ impl Fleet {
         let clock = Arc::new(portcullis_engine::ManualClock::new(Timestamp::now_utc()));
         let membership = Arc::new(portcullis_aws::AsgMembership::new(&through_proxy));
         let engine =
-            portcullis::wiring::engine_with(&config, store.clone(), firewall, clock, Arc::new(portcullis_engine::LogNotifier))
-                .with_members(Members::new(config.members.clone(), config.member_ttl, membership));
+            portcullis::wiring::builder(&config, store.clone(), firewall, clock, Arc::new(portcullis_engine::LogNotifier))
+                .members(config.members.clone(), config.member_ttl, membership)
+                .build();
         let app = Arc::new(App::new(Arc::new(engine), &config, None));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

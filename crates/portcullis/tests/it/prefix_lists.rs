@@ -111,14 +111,14 @@ async fn grants_are_entries_under_our_marker_and_a_hand_made_entry_is_never_touc
         let firewall = Arc::new(Ec2Firewall::new(&sdk_config().await));
         let (engine, _) = engine(&w, firewall.clone(), Arc::new(portcullis_engine::SystemClock), &list);
 
-        engine.add(request("198.51.100.1")).await.unwrap();
-        let err = engine.add(request("2001:db8::1")).await.unwrap_err();
+        engine.grants().add(request("198.51.100.1")).await.unwrap();
+        let err = engine.grants().add(request("2001:db8::1")).await.unwrap_err();
         assert!(matches!(err, EngineError::Validation(ValidationError::FamilyNotTaken { .. })), "{err}");
         assert!(err.to_string().contains(&format!("its prefix lists: {list} (us-east-1, IPv4)")), "{err}");
         let by = Requester::named("alice", Interface::Cli);
-        let stored = engine.live_grants(&portcullis_engine::Scope::All, &by).await.unwrap();
+        let stored = engine.grants().live_grants(&portcullis_engine::Scope::All, &by).await.unwrap();
         assert!(stored.iter().all(|g| g.cidr.to_string() != "2001:db8::1/128"), "nothing was stored");
-        engine.add(request("198.51.100.2")).await.unwrap();
+        engine.grants().add(request("198.51.100.2")).await.unwrap();
         assert_eq!(
             entries(&w, &list).await,
             [
@@ -135,22 +135,22 @@ async fn grants_are_entries_under_our_marker_and_a_hand_made_entry_is_never_touc
         );
 
         let before = firewall.calls().get("ModifyManagedPrefixList");
-        let err = engine.add(request("198.51.100.3")).await.unwrap_err();
+        let err = engine.grants().add(request("198.51.100.3")).await.unwrap_err();
         assert!(matches!(err, EngineError::Validation(ValidationError::ListFull { .. })), "MaxEntries 3 is full: {err}");
         let expected = format!("prefix list {list} (us-east-1) is full: it would hold 4 IPv4 entries, over its MaxEntries of 3");
         assert!(err.to_string().starts_with(&expected), "a list is named as a list: {err}");
         assert_eq!(firewall.calls().get("ModifyManagedPrefixList"), before, "refused before any call");
 
         let key = portcullis_core::GrantKey { cidr: Cidr::parse("198.51.100.1").unwrap(), environment: dev() };
-        engine.remove(&key, &Requester::named("alice", Interface::Cli)).await.unwrap();
+        engine.grants().remove(&key, &Requester::named("alice", Interface::Cli)).await.unwrap();
         let left: Vec<String> = entries(&w, &list).await.into_iter().map(|e| e.0).collect();
         assert_eq!(left, ["192.0.2.0/24", "198.51.100.2/32"]);
         // A new description: the entry is replaced in one call.
         let mut renamed = request("198.51.100.2");
         renamed.description = Description::parse("home").unwrap();
-        engine.add(renamed).await.unwrap();
+        engine.grants().add(renamed).await.unwrap();
         assert_eq!(entries(&w, &list).await[1], ("198.51.100.2/32".into(), Some("pc:dev alice: home".into())));
-        let report = engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
+        let report = engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
         assert_eq!(
             (report.authorized, report.revoked, report.unowned_left_alone),
             (0, 0, 1),
@@ -181,7 +181,7 @@ async fn a_thousand_grants_reach_a_list_in_ten_calls() {
             let actor = Actor { name: "ci".into(), interface: Interface::Cli };
             store.upsert(Upsert { grant, actor, max_grants_per_user: 10_000 }).await.unwrap();
         }
-        let report = engine.reconcile(Scope::All, Cause::Refresh).await.unwrap();
+        let report = engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
         assert_eq!(report.authorized, 1_000, "{:?}", report.failure_messages());
         assert_eq!(firewall.calls().get("ModifyManagedPrefixList"), 10, "{:?}", firewall.calls().snapshot());
         assert_eq!(entries(&w, &list).await.len(), 1_001);
@@ -204,7 +204,7 @@ async fn a_list_changed_since_it_was_observed_is_observed_again_and_planned_anew
         let (reached, release) = held.hold_next_observe();
         let adding = tokio::spawn({
             let engine = engine.clone();
-            async move { engine.add(request("198.51.100.1")).await }
+            async move { engine.grants().add(request("198.51.100.1")).await }
         });
         reached.await.unwrap();
         let hand = ObservedRule {
@@ -247,7 +247,7 @@ async fn lists_tagged_like_groups_are_discovered_and_an_untagged_one_is_left_alo
         let firewall = Arc::new(Ec2Firewall::new(&sdk_config().await));
         let selector = TargetSelector::TaggedPrefixLists { tag_key: w.tag_key.clone(), tag_value: "true".into() };
         let (engine, _) = engine_by(&w, firewall, Arc::new(portcullis_engine::SystemClock), selector);
-        let outcome = engine.add(request("198.51.100.7")).await.unwrap();
+        let outcome = engine.grants().add(request("198.51.100.7")).await.unwrap();
         assert_eq!(outcome.report.map(|r| r.targets), Some(1), "the tagged list only");
         let on = |entries: Vec<(String, Option<String>)>| entries.iter().any(|e| e.0 == "198.51.100.7/32");
         assert!(on(entries(&w, &tagged).await), "the tagged list holds the grant");

@@ -64,7 +64,7 @@ impl SlackServer {
         notifier: Arc<dyn Notifier>,
     ) -> SlackServer {
         let store = wiring::open_store(config).await.unwrap();
-        let engine = Arc::new(wiring::engine_with(config, store, firewall, clock.clone(), notifier));
+        let engine = Arc::new(wiring::builder(config, store, firewall, clock.clone(), notifier).build());
         let slack = slack_endpoint(config).await.unwrap().map(Arc::new);
         let app = Arc::new(App::new(engine.clone(), config, slack));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -151,9 +151,9 @@ async fn signatures_are_checked_before_anything_else() {
         let (status, answer) = s.post(&body, &[("x-slack-request-timestamp", ts), ("x-slack-signature", sig)]).await;
         assert_eq!(status, 401, "skew {skew}: {answer}");
     }
-    assert!(s.engine.live_grants(&portcullis_engine::Scope::All, &admin()).await.unwrap().is_empty());
+    assert!(s.engine.grants().live_grants(&portcullis_engine::Scope::All, &admin()).await.unwrap().is_empty());
     assert!(
-        s.engine.audit(&portcullis_engine::AuditQuery::newest(None, 10), &admin()).await.unwrap().is_empty(),
+        s.engine.grants().audit(&portcullis_engine::AuditQuery::newest(None, 10), &admin()).await.unwrap().is_empty(),
         "nothing recorded for unsigned requests"
     );
     assert!(receiver.requests("/").is_empty());
@@ -199,7 +199,7 @@ async fn add_list_remove_refresh_over_slack_on_moto_with_announcements() {
     assert!(help.contains("/infra whitelist add &lt;ip|cidr&gt;"), "mrkdwn-escaped: {help}");
 
     // Each mistake: HTTP 200, the reason and the usage, nothing changed.
-    let audit_before = s.engine.audit(&portcullis_engine::AuditQuery::newest(None, 100), &admin()).await.unwrap().len();
+    let audit_before = s.engine.grants().audit(&portcullis_engine::AuditQuery::newest(None, 100), &admin()).await.unwrap().len();
     for (text, reason) in [
         ("whitelist add", "add needs an IP address"),
         ("whitelist add 198.51.100.300", "invalid address"),
@@ -217,7 +217,7 @@ async fn add_list_remove_refresh_over_slack_on_moto_with_announcements() {
     s.command(ALICE, "whitelist add 198.51.0.0/16", &receiver.url("/respond/2")).await;
     let refused = receiver.wait_for("/respond/2", 1).await;
     assert!(said(&refused[0].json()).contains("too wide"), "{:?}", refused[0]);
-    let audit = s.engine.audit(&portcullis_engine::AuditQuery::newest(None, 100), &admin()).await.unwrap();
+    let audit = s.engine.grants().audit(&portcullis_engine::AuditQuery::newest(None, 100), &admin()).await.unwrap();
     assert_eq!(audit.len(), audit_before + 1);
     assert_eq!(audit[0].action, Action::Refused);
     assert_eq!(w.keys(&group).await.len(), 2);
@@ -284,7 +284,7 @@ async fn only_listed_users_and_group_members_act_in_prod_and_changes_are_rate_li
 
     let mallory = said(&s.command(("U0MALLORY", "alice"), "whitelist add 198.51.100.1 --env prod", &respond).await);
     assert!(mallory.contains("may not change grants in environment prod"), "a name is not an identity: {mallory}");
-    let refusals = s.engine.audit(&portcullis_engine::AuditQuery::newest(None, 10), &admin()).await.unwrap();
+    let refusals = s.engine.grants().audit(&portcullis_engine::AuditQuery::newest(None, 10), &admin()).await.unwrap();
     assert_eq!(
         (refusals[0].action, refusals[0].interface, refusals[0].actor.as_str()),
         (Action::Refused, Interface::Slack, "alice (U0MALLORY)")
@@ -332,9 +332,9 @@ async fn a_429_with_retry_after_delays_delivery_and_loses_nothing() {
     let firewall = Arc::new(MemoryFirewall::new(clock.clone()));
     let webhook = Arc::new(Webhook::new(Arc::new(portcullis_slack::FixedUrl(receiver.url("/webhook")))));
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(w.store_path()).unwrap());
-    let engine = Arc::new(wiring::engine_with(&cfg, store.clone(), firewall, clock.clone(), webhook));
-    engine.add(grant_request("198.51.100.1")).await.unwrap();
-    engine.add(grant_request("198.51.100.2")).await.unwrap();
+    let engine = Arc::new(wiring::builder(&cfg, store.clone(), firewall, clock.clone(), webhook).build());
+    engine.grants().add(grant_request("198.51.100.1")).await.unwrap();
+    engine.grants().add(grant_request("198.51.100.2")).await.unwrap();
     let (_stop, rx) = watch::channel(false);
     let outbox = engine.outbox().unwrap().clone();
     tokio::spawn(async move { outbox.run(rx).await });

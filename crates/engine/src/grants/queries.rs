@@ -5,14 +5,14 @@
 use portcullis_core::{ApiToken, AuditEvent, AuditScope, Grant};
 pub use portcullis_store::AuditQuery;
 
-use crate::{Engine, EngineError, Gauges, Requester, Scope, Status};
+use crate::{EngineError, Gauges, Grants, Requester, Scope, Status};
 
 /// How long the gauges read for a scrape are reused while this process changes nothing: with
 /// scrapes every few seconds, the store is read (on DynamoDB, a Scan of the grants) at most
 /// this often, and a change made here shows at the next scrape.
 pub const GAUGES_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(15);
 
-impl Engine {
+impl Grants {
     /// The grants that open the firewall now (stored but expired ones are not shown), in one
     /// environment or in every one the requester's credentials are valid in.
     pub async fn live_grants(&self, scope: &Scope, by: &Requester) -> Result<Vec<Grant>, EngineError> {
@@ -78,38 +78,21 @@ impl Engine {
             sweeper_lease_holder,
             instance: self.store().instance().to_string(),
             refused_grants,
-            temporary_approval: self.temporary_approval().map(term),
-            break_glass_ttl: self.break_glass_ttl().map(term),
+            temporary_approval: None,
+            break_glass_ttl: None,
         })
     }
 
-    /// What the gauges of `/metrics` show: live grants by environment and source, the outbox's
-    /// backlog, the sweeper lease, guard's pending requests. Store reads are reused for
-    /// [`GAUGES_MAX_AGE`] unless this process stored a change since (another process's
-    /// changes show within that time).
-    pub async fn gauges(&self) -> Result<Gauges, EngineError> {
-        use std::sync::atomic::Ordering;
-        let lease_held = self.lease().map(|l| l.is_held());
-        let changes = self.changes.load(Ordering::Relaxed);
-        if let Some((at, seen, gauges)) = &*self.gauges.lock().expect("gauge cache poisoned")
-            && *seen == changes
-            && at.elapsed() < GAUGES_MAX_AGE
-        {
-            return Ok(Gauges { lease_held, ..gauges.clone() });
-        }
+    /// The grants' part of the gauges, read now: live grants by environment and source, and
+    /// the outbox's backlog (the engine adds the rest, and caches them).
+    pub(crate) async fn gauges(&self) -> Result<Gauges, EngineError> {
         let now = self.clock().now();
         let mut live_grants = std::collections::BTreeMap::new();
         for g in self.store().grants(None).await?.into_iter().filter(|g| g.is_live(now)) {
             *live_grants.entry((g.environment, g.source)).or_insert(0) += 1;
         }
-        let pending_requests = match &self.guard {
-            Some(_) => self.store().requests(Some(portcullis_core::guard::RequestStatus::Pending)).await?.len(),
-            None => 0,
-        };
         let outbox_pending = self.store().outbox_status().await?.pending;
-        let gauges = Gauges { live_grants, outbox_pending, lease_held, pending_requests };
-        *self.gauges.lock().expect("gauge cache poisoned") = Some((std::time::Instant::now(), changes, gauges.clone()));
-        Ok(gauges)
+        Ok(Gauges { live_grants, outbox_pending, lease_held: None, pending_requests: 0 })
     }
 
     /// Whether this is the first use of `key` (a request signature) within `lifetime`, across
@@ -143,7 +126,7 @@ impl Engine {
 
 /// A term in the TTL grammar (`24h`, `7d`, `90m`), as a decision's `for` takes it: hours up
 /// to a day, so the configured 24 h reads `24h`, as people say it.
-fn term(duration: time::Duration) -> String {
+pub(crate) fn term(duration: time::Duration) -> String {
     let s = duration.whole_seconds().max(60);
     if s % 3600 == 0 && s <= 86_400 {
         return format!("{}h", s / 3600);

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use portcullis_core::{Environment, ExternalChange, ExternalStep, external_step};
 use serde::Serialize;
 
-use crate::{Cause, Engine, Scope};
+use crate::{Cause, Grants, Scope};
 
 /// What handling a batch did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -28,7 +28,7 @@ pub struct StreamOutcome {
     pub done: usize,
 }
 
-impl Engine {
+impl Grants {
     /// Handles a batch of records in order. See the module docs.
     pub async fn handle_stream(&self, records: Vec<ExternalChange>) -> StreamOutcome {
         let mut out = StreamOutcome { records: records.len(), ..StreamOutcome::default() };

@@ -4,9 +4,9 @@
 use portcullis_core::{Action, AuditEvent, AuditScope, PlanInput, plan_adoption};
 
 use crate::report::AdoptReport;
-use crate::{Engine, EngineError, Requester, Scope};
+use crate::{EngineError, Grants, Requester, Scope};
 
-impl Engine {
+impl Grants {
     /// Takes over the marker-less rules (the IP Whitelist Manager's) that match a live grant exactly, by
     /// rewriting their descriptions to carry our marker; with `dry_run`, only says which.
     /// Nothing else ever edits an unowned rule.

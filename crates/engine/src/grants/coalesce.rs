@@ -35,7 +35,7 @@ use portcullis_core::{Environment, Grant, PlanInput, Policy, Target, ValidationE
 use portcullis_store::StoreError;
 use tokio::sync::oneshot;
 
-use crate::{AddOutcome, Cause, Engine, EngineError, ReconcileReport, Requester, Scope};
+use crate::{AddOutcome, Cause, EngineError, Grants, ReconcileReport, Requester, Scope};
 
 /// How long a `Change` run waits for other changes before it observes.
 pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
@@ -85,7 +85,7 @@ fn shared(err: &EngineError) -> EngineError {
     }
 }
 
-impl Engine {
+impl Grants {
     /// Queues an add for its environment's next apply and waits for its own outcome.
     ///
     /// A leader whose caller went away (a client that hung up) is cancelled mid-run and drops
@@ -143,7 +143,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let observed = self.observe(&Scope::All).await;
         let result = self.apply_rounds(cause, &Scope::All, observed, None).await;
-        self.metrics.reconciled(cause, started, &result);
+        self.shared.metrics.reconciled(cause, started, &result);
         lock.release().await;
         result
     }
@@ -173,7 +173,7 @@ impl Engine {
         let applied = applied.await;
         lock.release().await;
         let (accepted, result) = applied?;
-        self.metrics.reconciled(cause, started, &result);
+        self.shared.metrics.reconciled(cause, started, &result);
         match &result {
             Ok(report) => {
                 for (reply, upserted) in accepted {
@@ -205,7 +205,7 @@ impl Engine {
         &self,
         cause: Cause,
         scope: &Scope,
-        observed: crate::engine::Observed,
+        observed: crate::grants::Observed,
         additions: Option<&[Grant]>,
     ) -> Result<ReconcileReport, EngineError> {
         let mut report = self.plan_and_apply(cause, scope, observed, additions).await?;
@@ -229,7 +229,7 @@ impl Engine {
     async fn store_pending(
         &self,
         scope: &Scope,
-        observed: &crate::engine::Observed,
+        observed: &crate::grants::Observed,
         pending: Vec<PendingAdd>,
         additive: bool,
     ) -> Result<Vec<(oneshot::Sender<Result<AddOutcome, EngineError>>, portcullis_store::Upserted)>, EngineError> {
@@ -277,7 +277,7 @@ impl Engine {
 
 /// Why an add is refused once the firewall is observed: its family is taken by no target, or
 /// a target would be past its quota.
-impl Engine {
+impl Grants {
     pub(crate) fn quota_refusal(
         &self,
         grant: &Grant,
@@ -321,7 +321,7 @@ impl Engine {
     /// A grant whose address family none of its environment's targets takes (its only
     /// targets are prefix lists of the other family) would be stored and reach nothing: it is
     /// refused. Only when every region was observed: one that failed may hold a taker.
-    pub(crate) fn family_refusal(&self, grant: &Grant, observed: &crate::engine::Observed) -> Option<ValidationError> {
+    pub(crate) fn family_refusal(&self, grant: &Grant, observed: &crate::grants::Observed) -> Option<ValidationError> {
         let targets: Vec<&Target> = observed.targets.iter().filter(|t| t.environment == grant.environment).collect();
         let family = grant.cidr.family();
         if targets.is_empty() || !observed.failures.is_empty() || targets.iter().any(|t| t.takes(family)) {

@@ -11,8 +11,8 @@ use portcullis_core::{Action, TargetId, Timestamp};
 use portcullis_store::request_event;
 use serde::Serialize;
 
-use crate::guard::guard_actor;
-use crate::{Engine, EngineError, Guard, GuardError};
+use super::{Guard, GuardError, guard_actor};
+use crate::EngineError;
 
 /// How stale the sweeper's knowledge of the next rule grant's expiry may get: a rule grant
 /// approved in another process is known within this, and then revoked at its exact time (a
@@ -40,28 +40,25 @@ impl RuleGrantReport {
     }
 }
 
-impl Engine {
+impl Guard {
     /// When the next rule grant expires (or the earliest overdue one did); none without guard.
     pub async fn next_rule_grant_expiry(&self) -> Result<Option<Timestamp>, EngineError> {
-        if self.guard.is_none() {
-            return Ok(None);
-        }
-        let now = self.clock().now();
-        if let Some((read_at, next)) = *self.rule_grant_expiry.lock().expect("expiry cache poisoned")
+        let now = self.shared.clock.now();
+        if let Some((read_at, next)) = *self.next_expiry.lock().expect("expiry cache poisoned")
             && now - read_at < REREAD
         {
             return Ok(next);
         }
-        let requests = self.store().requests(None).await?;
+        let requests = self.requests.requests(None).await?;
         let next = requests.iter().filter_map(ChangeRequest::rule_grant_until).min();
-        *self.rule_grant_expiry.lock().expect("expiry cache poisoned") = Some((now, next));
+        *self.next_expiry.lock().expect("expiry cache poisoned") = Some((now, next));
         Ok(next)
     }
 
     /// Forgets the cached next expiry: a decision or a rule-grant reconcile changed it.
     pub(crate) fn rule_grants_changed(&self) {
-        *self.rule_grant_expiry.lock().expect("expiry cache poisoned") = None;
-        self.wake_sweeper.notify_one();
+        *self.next_expiry.lock().expect("expiry cache poisoned") = None;
+        self.shared.wake_sweeper.notify_one();
     }
 
     /// Brings every rule grant's rules to what its request wants now: live ones authorized
@@ -69,36 +66,36 @@ impl Engine {
     /// our rule-grant marker are ever revoked. One observe per region (and account) with rule
     /// grants; none at all when there are none.
     pub async fn reconcile_rule_grants(&self) -> Result<RuleGrantReport, GuardError> {
-        Ok(self.rule_grants_of(self.guard()?).await?)
+        Ok(self.rule_grants_of().await?)
     }
 
-    pub(crate) async fn rule_grants_of(&self, guard: &Guard) -> Result<RuleGrantReport, EngineError> {
+    pub(crate) async fn rule_grants_of(&self) -> Result<RuleGrantReport, EngineError> {
         let mut report = RuleGrantReport::default();
-        let mut requests = self.store().requests(None).await?;
+        let mut requests = self.requests.requests(None).await?;
         requests.retain(|r| r.status.is_approved());
         let mut by_scope: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
         for (account, group) in guard::rule_grant_groups(&requests) {
-            match guard.scopes.iter().position(|s| s.covers(&account, &group.region)) {
+            match self.settings.scopes.iter().position(|s| s.covers(&account, &group.region)) {
                 Some(i) => {
                     by_scope.entry(i).or_default().insert(group.group_id);
                 }
                 None => report.failures.push(format!("{group}: its region (and account) is no longer guarded")),
             }
         }
-        let now = self.clock().now();
+        let now = self.shared.clock.now();
         // Groups whose rule grants are settled: observed, and every change to them went through.
         let mut settled: BTreeSet<TargetId> = BTreeSet::new();
         for (i, ids) in by_scope {
-            let scope = &guard.scopes[i];
+            let scope = &self.settings.scopes[i];
             let one = GuardScope { route: scope.route.clone(), selection: GroupSelection::Ids(ids) };
-            let groups: Vec<GuardedGroup> = match guard.firewall.guarded(&one).await {
+            let groups: Vec<GuardedGroup> = match self.firewall.guarded(&one).await {
                 Ok(groups) => groups,
                 Err(e) => {
                     report.failures.push(format!("{}: {e}", scope.route.region));
                     continue;
                 }
             };
-            let plan = guard::plan_rule_grants(&requests, &groups, self.marker(), self.quota(), now);
+            let plan = guard::plan_rule_grants(&requests, &groups, self.shared.marker(), self.shared.quota(), now);
             let mut failed: BTreeSet<TargetId> = BTreeSet::new();
             for o in &plan.overflows {
                 report.failures.push(format!(
@@ -155,8 +152,8 @@ impl Engine {
                 vec![request_event(now, &guard_actor(), Action::Expired, &next, detail)]
             };
             let expired = next.temporary.is_some_and(|t| t.ended_at.is_some());
-            if self.store().update_request(&next, event).await? {
-                self.announce();
+            if self.requests.update_request(&next, event).await? {
+                self.shared.announce();
                 if expired {
                     tracing::info!(request = %next.id, group = %next.group_id, "rule grant expired");
                     report.expired.push(next.id);

@@ -17,7 +17,7 @@ use std::time::Duration;
 use portcullis_core::Environment;
 use portcullis_store::{LeaseClaim, Store};
 
-use crate::Engine;
+use crate::Grants;
 
 /// How long one apply's lease holds: well past any apply's length (a slow apply that outlives
 /// it only loses the serialization, not correctness).
@@ -73,7 +73,7 @@ fn poll_pause(n: u32) -> Duration {
     Duration::from_micros(crate::jitter_down(base.as_micros() as u64))
 }
 
-impl Engine {
+impl Grants {
     /// Takes the apply lease of each environment, in order (so two runs over several cannot
     /// deadlock), waiting for a peer's apply to end up to [`APPLY_LOCK_WAIT`] in all.
     pub(crate) async fn lock_applies<'a>(&self, envs: impl IntoIterator<Item = &'a Environment>) -> ApplyLock {

@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use portcullis_core::{Action, AuditEvent, AuditScope, Cidr, Environment, Policy, ValidationError};
 use portcullis_store::Actor;
 
-use crate::{Engine, EngineError, Requester};
+use crate::{EngineError, Grants, Requester};
 
-impl Engine {
+impl Grants {
     /// Whether the requester may change grants in a known environment: its credentials must
     /// be valid there (a token's environments, an IAM principal's listing) and the policy must
     /// admit the user. The one authorisation every interface's changes go through; a refusal
@@ -18,7 +18,7 @@ impl Engine {
         self.authorize_for(env, None, by).await
     }
 
-    /// [`Engine::authorize`] for a change to one network, which the refusal names.
+    /// [`Grants::authorize`] for a change to one network, which the refusal names.
     pub(crate) async fn authorize_for(
         &self,
         env: &Environment,
