@@ -319,6 +319,6 @@ region = "us-east-1"
     expect(page.locator("#notice")).to_contain_text("is now applied")
     expect(page.locator("#requests-empty")).to_be_visible()
     rules = [r for r in rules_of(guarded) if r[1] == 22]
-    assert len(rules) == 1 and rules[0][0] == "203.0.113.0/24" and rules[0][2].startswith("pc:grant/"), rules
+    assert len(rules) == 1 and rules[0][0] == "203.0.113.0/24" and rules[0][2].startswith("pc:timed/"), rules
     page.select_option("#requests-status", "applied")
-    expect(card).to_contain_text("Rule grant until")
+    expect(card).to_contain_text("Timed rule until")

@@ -2,7 +2,7 @@
 //! and who may approve them.
 //!
 //! Pure: the engine reads the event (or compares a group to its baseline), hands the changes
-//! here with the baseline, carries out the [`Revert`], and stores the [`ChangeRequest`]; a
+//! here with the baseline, carries out the [`Steps`], and stores the [`ChangeRequest`]; a
 //! decision is [`decide`]d here and written back conditionally.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,11 +95,11 @@ impl GuardRule {
         self.description.as_deref().is_some_and(|d| marker.is_ours(d))
     }
 
-    /// What its marker claims it is: a grant's rule in an environment, or a rule grant's.
+    /// What its marker claims it is: a grant's rule in an environment, or a timed rule's.
     pub fn claim(&self, marker: &Marker) -> Option<Claim> {
         let d = self.description.as_deref()?;
-        if let Some(id) = marker.decode_rule_grant(d) {
-            return Some(Claim::RuleGrant(id.to_string()));
+        if let Some(id) = marker.decode_timed_rule(d) {
+            return Some(Claim::TimedRule(id.to_string()));
         }
         marker.decode(d).map(Claim::Environment)
     }
@@ -202,7 +202,7 @@ pub struct Approvers {
     /// The longest term "Approve for …" may give (`temporary_approval`).
     pub max_term: time::Duration,
     /// Whether a requester may apply their own addition at once, for at most this long, as a
-    /// rule grant (`break_glass_ttl`); `None` when break-glass is off.
+    /// timed rule (`break_glass_ttl`); `None` when break-glass is off.
     pub break_glass: Option<time::Duration>,
 }
 
@@ -224,12 +224,12 @@ pub struct Decider {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Approve,
-    /// Approve an addition for a time only: its rules become a rule grant that expires.
+    /// Approve an addition for a time only: its rules become a timed rule that expires.
     ApproveFor(time::Duration),
     Deny {
         reason: Option<String>,
     },
-    /// The requester applies their own addition at once, for a time, as a rule grant; every
+    /// The requester applies their own addition at once, for a time, as a timed rule; every
     /// approver is told.
     BreakGlass {
         reason: String,
@@ -343,7 +343,7 @@ pub fn decide(
 }
 
 /// A requester's break-glass: their own addition approved at once for `term` (at most
-/// `break_glass_ttl`), as a rule grant.
+/// `break_glass_ttl`), as a timed rule.
 fn break_glass(
     request: &ChangeRequest,
     who: String,
@@ -385,14 +385,14 @@ pub fn expire(request: &ChangeRequest, now: Timestamp) -> Option<ChangeRequest> 
     })
 }
 
-mod grants;
 mod request;
 mod revert;
-pub use grants::{RuleGrantChange, RuleGrantOverflow, RuleGrantPlan, plan_rule_grants, rule_grant_groups, rule_grant_rule};
+mod timed;
 pub use request::{ChangeRequest, RequestStatus, Temporary};
 pub use revert::{
-    Backing, Changes, Claim, Revert, change_keys, drift, grant_backs, renumber, revert, rule_grant_backs, step_keys, unnoted,
+    Backing, Changes, Claim, Steps, change_keys, drift, grant_backs, renumber, revert, step_keys, timed_rule_backs, unnoted,
 };
+pub use timed::{TimedRuleChange, TimedRuleOverflow, TimedRulePlan, plan_timed_rules, timed_rule, timed_rule_groups};
 
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,10 @@
 use crate::description::ec2_safe;
 use crate::{Description, Environment};
 
-/// What follows the prefix in a rule grant's marker.
-const RULE_GRANT: &str = "grant/";
+/// What follows the prefix in a timed rule's marker.
+const TIMED_RULE: &str = "timed/";
+/// The same in rules made before it had its name (`pc:grant/…`): still read, never written.
+const TIMED_RULE_BEFORE: &str = "grant/";
 
 /// The ownership marker at the start of every EC2 rule description portcullis writes:
 /// `pc:<environment> <owner>: <description>`. A rule without it is never revoked or edited.
@@ -58,25 +60,26 @@ impl Marker {
         text
     }
 
-    /// The EC2 rule description for a rule grant (a temporary approval of request
-    /// `request_id`): `pc:grant/<request> <approvers>: <the rule's own description>`. The `/`
+    /// The EC2 rule description for a timed rule (a temporary approval of request
+    /// `request_id`): `pc:timed/<request> <approvers>: <the rule's own description>`. The `/`
     /// is outside every environment name, so the reconcile of an environment never takes a
-    /// rule grant's rule for its own.
-    pub fn encode_rule_grant(&self, request_id: &str, approvers: &str, description: Option<&str>) -> String {
-        self.mark(&format!("{RULE_GRANT}{}", ec2_safe(request_id)), approvers, description.unwrap_or_default())
+    /// timed rule's rule for its own.
+    pub fn encode_timed_rule(&self, request_id: &str, approvers: &str, description: Option<&str>) -> String {
+        self.mark(&format!("{TIMED_RULE}{}", ec2_safe(request_id)), approvers, description.unwrap_or_default())
     }
 
-    /// The request a rule grant's rule was made for, if its description carries our
-    /// rule-grant marker.
-    pub fn decode_rule_grant<'a>(&self, rule_description: &'a str) -> Option<&'a str> {
-        let rest = rule_description.strip_prefix(self.prefix.as_str())?.strip_prefix(':')?.strip_prefix(RULE_GRANT)?;
+    /// The request a timed rule's rule was made for, if its description carries our
+    /// timed-rule marker.
+    pub fn decode_timed_rule<'a>(&self, rule_description: &'a str) -> Option<&'a str> {
+        let marked = rule_description.strip_prefix(self.prefix.as_str())?.strip_prefix(':')?;
+        let rest = marked.strip_prefix(TIMED_RULE).or_else(|| marked.strip_prefix(TIMED_RULE_BEFORE))?;
         let id = rest.split(' ').next().unwrap_or(rest);
         (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')).then_some(id)
     }
 
     /// Whether a description carries our marker of either kind.
     pub fn is_ours(&self, rule_description: &str) -> bool {
-        self.decode(rule_description).is_some() || self.decode_rule_grant(rule_description).is_some()
+        self.decode(rule_description).is_some() || self.decode_timed_rule(rule_description).is_some()
     }
 
     /// Whether a rule's description carries our marker for `environment` (what
@@ -132,18 +135,19 @@ mod tests {
     }
 
     #[test]
-    fn a_rule_grant_marker_names_its_request_and_no_environment() {
+    fn a_timed_rule_marker_names_its_request_and_no_environment() {
         let m = Marker::default();
-        let d = m.encode_rule_grant("r-00ff", "U0BOB, U0CAROL", Some("vendor VPN"));
-        assert_eq!(d, "pc:grant/r-00ff U0BOB, U0CAROL: vendor VPN");
-        assert_eq!(m.decode_rule_grant(&d), Some("r-00ff"));
+        let d = m.encode_timed_rule("r-00ff", "U0BOB, U0CAROL", Some("vendor VPN"));
+        assert_eq!(d, "pc:timed/r-00ff U0BOB, U0CAROL: vendor VPN");
+        assert_eq!(m.decode_timed_rule(&d), Some("r-00ff"));
         assert_eq!(m.decode(&d), None, "an environment's reconcile never takes it for its own");
         assert!(m.is_ours(&d) && m.is_ours("pc:dev") && !m.is_ours("grant/r-1"));
-        assert_eq!(m.encode_rule_grant("r-1", "", None), "pc:grant/r-1");
-        for other in ["pc:grant/", "pc:grant", "pc:dev x", "xpc:grant/r-1", "pc:grant/r 1"] {
-            assert_ne!(m.decode_rule_grant(other), Some("r-1"), "{other:?}");
+        assert_eq!(m.encode_timed_rule("r-1", "", None), "pc:timed/r-1");
+        assert_eq!(m.decode_timed_rule("pc:grant/r-1 U0BOB: x"), Some("r-1"), "the name it had before is still read");
+        for other in ["pc:timed/", "pc:timed", "pc:dev x", "xpc:timed/r-1", "pc:timed/r 1", "pc:grant/"] {
+            assert_ne!(m.decode_timed_rule(other), Some("r-1"), "{other:?}");
         }
-        assert_eq!(m.decode_rule_grant("pc:grant/"), None);
+        assert_eq!(m.decode_timed_rule("pc:timed/"), None);
     }
 
     proptest! {

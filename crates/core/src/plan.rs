@@ -301,7 +301,7 @@ pub fn plan_adoption(input: &PlanInput<'_>) -> Vec<GroupChange> {
         let env = &target.environment;
         let mut change = GroupChange::none(target, env);
         for rule in &target.rules {
-            // Marked of either kind: another environment's, or a rule grant's.
+            // Marked of either kind: another environment's, or a timed rule's.
             let marked = rule.description.as_deref().is_some_and(|d| input.marker.is_ours(d));
             if marked || !target.ports.iter().any(|p| *p == rule.ports) {
                 continue;

@@ -169,14 +169,12 @@ impl Engine {
     /// timed rule whose term ended.
     pub async fn sweep(&self) -> Result<SweepReport, EngineError> {
         let now = self.clock().now();
-        let rule_grants = match &self.guard {
-            Some(guard) if guard.next_rule_grant_expiry().await?.is_some_and(|at| at <= now) => {
-                Some(guard.rule_grants_of().await?)
-            }
+        let timed_rules = match &self.guard {
+            Some(guard) if guard.next_timed_expiry().await?.is_some_and(|at| at <= now) => Some(guard.timed_rules_of().await?),
             _ => None,
         };
         let mut report = self.grants.sweep_grants().await?;
-        report.rule_grants = rule_grants;
+        report.timed_rules = timed_rules;
         Ok(report)
     }
 
@@ -200,7 +198,7 @@ impl Engine {
                 }
             };
             let next = match &self.guard {
-                Some(guard) => match guard.next_rule_grant_expiry().await {
+                Some(guard) => match guard.next_timed_expiry().await {
                     Ok(rule) => next.into_iter().chain(rule).min(),
                     Err(err) => {
                         tracing::warn!(error = %err, "sweeper could not read the next timed rule's expiry");
@@ -212,7 +210,7 @@ impl Engine {
             if next.is_some_and(|at| at <= now) {
                 let retry = match self.sweep().await {
                     Ok(report) => {
-                        !report.retrying.is_empty() || report.rule_grants.as_ref().is_some_and(|r| !r.failures.is_empty())
+                        !report.retrying.is_empty() || report.timed_rules.as_ref().is_some_and(|r| !r.failures.is_empty())
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "sweep failed; retrying");

@@ -46,7 +46,7 @@ pub use grants::{
 };
 pub use guard::{
     Apply, BaselineReport, DecisionOutcome, Guard, GuardError, GuardEvent, GuardFirewall, GuardOutcome, GuardSettings,
-    GuardSweepReport, OwnIdentity, RuleGrantReport,
+    GuardSweepReport, OwnIdentity, TimedRuleReport,
 };
 pub use lease::{Lease, SWEEPER_LEASE};
 pub use members::{

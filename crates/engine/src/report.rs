@@ -126,9 +126,9 @@ pub struct SweepReport {
     pub retrying: std::collections::BTreeSet<Environment>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconcile: Option<ReconcileReport>,
-    /// Guard's expired rule grants, when one was due.
+    /// Guard's expired timed rules, when one was due.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule_grants: Option<crate::guard::RuleGrantReport>,
+    pub timed_rules: Option<crate::guard::TimedRuleReport>,
 }
 
 /// What `adopt` found and did.

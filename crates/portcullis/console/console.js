@@ -532,7 +532,7 @@
     if (r.status === "pending") fact("Expires in", countdown(r.expires_at));
     if (r.approvals && r.approvals.length) fact("Approved by", r.approvals.join(", "));
     if (r.denied_by) fact("Denied by", r.denied_by + (r.reason ? ": " + r.reason : ""));
-    if (r.temporary && r.temporary.until) fact("Rule grant until", utc(r.temporary.until));
+    if (r.temporary && r.temporary.until) fact("Timed rule until", utc(r.temporary.until));
     if (r.break_glass) fact("Break-glass", r.break_glass);
     if (r.failure) fact("Apply failed", r.failure + " (the guard sweep retries)");
     card.append(facts);

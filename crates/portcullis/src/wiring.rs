@@ -159,10 +159,10 @@ pub fn notifier(config: &Config) -> Arc<dyn Notifier> {
 /// What a process does, which decides the components its engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
-    /// Reads the store or changes tokens (`list`, `audit`, `requests`, `token …`): the grants
-    /// controller over no firewall (no AWS configuration is loaded for a `list`); nothing else.
+    /// Reads the store or changes tokens (`list`, `audit`, `token …`): the grants controller
+    /// over no firewall (no AWS configuration is loaded for a `list`); nothing else.
     Read,
-    /// A CLI command that changes grants or decides guard's requests (`add`, `refresh`,
+    /// A CLI command that changes grants or asks guard (`add`, `refresh`, `requests`,
     /// `approve`, `guard …`): grants over the configured firewall (`dry_run`: printed, not
     /// made), and guard where configured. No members: true-ups are `serve`'s and the Lambda's.
     Change { dry_run: bool, json: bool },

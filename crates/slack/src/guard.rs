@@ -13,7 +13,7 @@ use crate::{Webhook, notification};
 
 /// The buttons' `action_id`s.
 pub const APPROVE: &str = "approve";
-/// "Approve for 24 h": the addition becomes a rule grant for the configured term.
+/// "Approve for 24 h": the addition becomes a timed rule for the configured term.
 pub const APPROVE_TEMPORARY: &str = "approve_temporary";
 pub const DENY: &str = "deny";
 /// "Break glass": the requester applies their own addition at once, for a time.
@@ -301,7 +301,7 @@ mod tests {
             ended_at: None,
         });
         let m = decided_message(&r, None, None).to_string();
-        assert!(m.contains("Approved for a time* by <@U0BOB>: a rule grant until 2026-12-03 13:00:00 UTC"), "{m}");
+        assert!(m.contains("Approved for a time* by <@U0BOB>: a timed rule until 2026-12-03 13:00:00 UTC"), "{m}");
     }
 
     #[test]

@@ -190,7 +190,7 @@ pub fn notification(event: &AuditEvent) -> Option<String> {
             described(&mut lines, g);
         }
         Action::Expired if event.request.is_some() => {
-            lines.push(":hourglass: Guard: a temporary approval ended; its rule grant was revoked".into());
+            lines.push(":hourglass: Guard: a temporary approval ended; its timed rule was revoked".into());
             lines.extend(event.reason.split('\n').map(escape));
         }
         Action::Expired => {

@@ -12,7 +12,7 @@ use crate::{TargetId, Timestamp};
 #[serde(rename_all = "kebab-case")]
 pub enum RequestStatus {
     Pending,
-    /// Decided: to be applied (or, approved for a time, its rule grant put on).
+    /// Decided: to be applied (or, approved for a time, its timed rule put on).
     Approved,
     /// Approved, and the change is on the group.
     Applied,
@@ -96,7 +96,7 @@ pub struct ChangeRequest {
     #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub applied_at: Option<Timestamp>,
-    /// A temporary approval ("Approve for 24 h"): the added rules are a rule grant, with our
+    /// A temporary approval ("Approve for 24 h"): the added rules are a timed rule, with our
     /// marker, until it expires; none for an ordinary approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temporary: Option<Temporary>,
@@ -114,13 +114,13 @@ pub struct ChangeRequest {
     pub version: u64,
 }
 
-/// The term of a temporary approval, and where its rule grant stands.
+/// The term of a temporary approval, and where its timed rule stands.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Temporary {
     /// The shortest term an approver asked for (least privilege wins).
     pub seconds: i64,
-    /// When the rule grant expires: set when the request is approved.
+    /// When the timed rule expires: set when the request is approved.
     #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub until: Option<Timestamp>,
@@ -173,20 +173,20 @@ impl ChangeRequest {
         TargetId { region: self.region.clone(), group_id: self.group_id.clone() }
     }
 
-    /// When its rule grant expires, if it is an approved temporary one whose expiry is not
+    /// When its timed rule expires, if it is an approved temporary one whose expiry is not
     /// recorded yet (live, or due at `until`).
-    pub fn rule_grant_until(&self) -> Option<Timestamp> {
+    pub fn timed_until(&self) -> Option<Timestamp> {
         let t = self.temporary.as_ref().filter(|t| self.status.is_approved() && t.ended_at.is_none())?;
         t.until
     }
 
-    /// A temporary approval's term in words: `for 2h once approved`, `a rule grant until …`,
-    /// `a rule grant that expired at …`; none for an ordinary request.
+    /// A temporary approval's term in words: `for 2h once approved`, `a timed rule until …`,
+    /// `a timed rule that expired at …`; none for an ordinary request.
     pub fn term_in_words(&self) -> Option<String> {
         let t = self.temporary.as_ref()?;
         Some(match (t.until, t.ended_at) {
-            (_, Some(ended)) => format!("a rule grant that expired at {}", crate::format_utc(ended)),
-            (Some(until), None) => format!("a rule grant until {}", crate::format_utc(until)),
+            (_, Some(ended)) => format!("a timed rule that expired at {}", crate::format_utc(ended)),
+            (Some(until), None) => format!("a timed rule until {}", crate::format_utc(until)),
             (None, None) => {
                 let term = time::Duration::seconds(t.seconds);
                 format!("for {} once approved", crate::time_left(self.created_at + term, self.created_at))
@@ -194,9 +194,9 @@ impl ChangeRequest {
         })
     }
 
-    /// Whether its rule grant opens the firewall at `now`.
-    pub fn rule_grant_live(&self, now: Timestamp) -> bool {
-        self.rule_grant_until().is_some_and(|until| now < until)
+    /// Whether its timed rule opens the firewall at `now`.
+    pub fn timed_live(&self, now: Timestamp) -> bool {
+        self.timed_until().is_some_and(|until| now < until)
     }
 
     /// Whether it asks for exactly `add` and `remove` on `group` (another report of it).

@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use super::{ChangeRequest, GroupRule, GuardRule, RuleSource, rule_grant_rule};
+use super::{ChangeRequest, GroupRule, GuardRule, RuleSource, timed_rule};
 use crate::{Cidr, Environment, Grant, Marker, PortSet, TargetId, Timestamp};
 
 /// What a marker claims a rule is.
@@ -20,21 +20,21 @@ use crate::{Cidr, Environment, Grant, Marker, PortSet, TargetId, Timestamp};
 pub enum Claim {
     /// A grant's rule in this environment (`pc:<environment>`).
     Environment(Environment),
-    /// The rule of this request's rule grant (`pc:grant/<request>`).
-    RuleGrant(String),
+    /// The rule of this request's timed rule (`pc:timed/<request>`).
+    TimedRule(String),
 }
 
 impl fmt::Display for Claim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Claim::Environment(env) => write!(f, "a grant's rule in {env}"),
-            Claim::RuleGrant(id) => write!(f, "the rule grant of request {id}"),
+            Claim::TimedRule(id) => write!(f, "the timed rule of request {id}"),
         }
     }
 }
 
 /// The marked rules of one group that the store backs: a live grant for that environment,
-/// address and port on that group, or a live rule grant with that exact rule. Only these are
+/// address and port on that group, or a live timed rule with that exact rule. Only these are
 /// ours; a marked rule outside this set is an out-of-band change like any other.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Backing {
@@ -67,11 +67,11 @@ pub fn grant_backs(rule: &GuardRule, grant: &Grant, ports: &PortSet, now: Timest
     grant.is_live(now) && cidr == Some(grant.cidr) && on_port
 }
 
-/// Whether `request`'s rule grant is live at `now` and puts exactly `rule` on `group`.
-pub fn rule_grant_backs(rule: &GuardRule, request: &ChangeRequest, group: &TargetId, marker: &Marker, now: Timestamp) -> bool {
-    request.rule_grant_live(now)
+/// Whether `request`'s timed rule is live at `now` and puts exactly `rule` on `group`.
+pub fn timed_rule_backs(rule: &GuardRule, request: &ChangeRequest, group: &TargetId, marker: &Marker, now: Timestamp) -> bool {
+    request.timed_live(now)
         && request.group() == *group
-        && request.add.iter().any(|added| rule_grant_rule(request, added, marker) == *rule)
+        && request.add.iter().any(|added| timed_rule(request, added, marker) == *rule)
 }
 
 /// What was done to one group's inbound rules, by an event or found by comparing the group
@@ -110,7 +110,7 @@ impl Changes {
 /// Firewall steps on one group, carried out in this order: revoke by id, revoke by content,
 /// authorize, then put edited rules back; and what a request for them asks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Revert {
+pub struct Steps {
     /// Rules to revoke by rule id.
     pub revoke_ids: Vec<String>,
     /// Rules to revoke by their exact permissions (no id known).
@@ -128,7 +128,7 @@ pub struct Revert {
     pub unchanged_edits: Vec<String>,
 }
 
-impl Revert {
+impl Steps {
     /// Nothing to undo and nothing to file.
     pub fn is_empty(&self) -> bool {
         self.add.is_empty() && self.remove.is_empty() && self.notes.is_empty()
@@ -153,10 +153,10 @@ fn claim_note(rule: &GuardRule, marker: &Marker) -> Option<String> {
 /// are removals of rules carrying our marker (closing is the safe direction). Without a
 /// baseline nothing is restored: additions are revoked, removals and edits are filed with a
 /// note. An edit whose previous content is unknown is revoked (fail closed).
-pub fn revert(changes: &Changes, baseline: Option<&[GroupRule]>, marker: &Marker, backing: &Backing) -> Revert {
+pub fn revert(changes: &Changes, baseline: Option<&[GroupRule]>, marker: &Marker, backing: &Backing) -> Steps {
     let by_id = |id: &str| baseline?.iter().find(|b| b.rule_id.as_deref() == Some(id)).map(|b| &b.rule);
-    let mut out = Revert::default();
-    let note_claim = |out: &mut Revert, rule: &GuardRule| {
+    let mut out = Steps::default();
+    let note_claim = |out: &mut Steps, rule: &GuardRule| {
         if let Some(note) = claim_note(rule, marker) {
             out.notes.push(note);
         }
@@ -269,7 +269,7 @@ fn key(group: &TargetId, what: impl fmt::Display) -> String {
 
 /// The ledger keys of the steps guard is about to carry out on `group`: each names what its
 /// call will look like in the event it causes.
-pub fn step_keys(group: &TargetId, steps: &Revert) -> Vec<String> {
+pub fn step_keys(group: &TargetId, steps: &Steps) -> Vec<String> {
     let mut keys: Vec<String> = steps.revoke_ids.iter().map(|id| key(group, format_args!("-id {id}"))).collect();
     keys.extend(steps.revoke.iter().map(|r| key(group, format_args!("-rule {}", r.access()))));
     keys.extend(steps.authorize.iter().map(|r| key(group, format_args!("+rule {}", r.access()))));

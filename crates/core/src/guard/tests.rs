@@ -90,9 +90,14 @@ fn rules_the_store_backs_are_left_to_the_reconcile_and_marked_removals_too() {
 #[test]
 fn a_marker_nothing_backs_is_an_out_of_band_change_and_the_request_names_its_claim() {
     let baseline = [with_id("sgr-db", tcp(5432, "10.20.0.0/16", Some("db")))];
-    for description in
-        ["pc:dev evil: looks like ours", "pc:zzz", "pc:prod", "pc:grant/r-0000000000000000 x: y", " pc:dev leading space"]
-    {
+    for description in [
+        "pc:dev evil: looks like ours",
+        "pc:zzz",
+        "pc:prod",
+        "pc:grant/r-0000000000000000 x: y",
+        "pc:timed/r-0000000000000000 x: y",
+        " pc:dev leading space",
+    ] {
         let spoof = tcp(2222, "0.0.0.0/0", Some(description));
         let changes = Changes { added: vec![with_id("sgr-evil", spoof.clone())], ..Changes::default() };
         assert!(!changes.only_ours(&marker(), &Backing::default()), "{description:?}");
@@ -179,7 +184,7 @@ fn the_ledger_knows_the_events_of_guard_s_own_steps() {
 }
 
 #[test]
-fn backing_needs_a_live_grant_on_the_group_s_ports_or_a_live_rule_grant() {
+fn backing_needs_a_live_grant_on_the_group_s_ports_or_a_live_timed_rule() {
     let now = NOW;
     let grant = crate::Grant {
         cidr: crate::Cidr::parse("203.0.113.7").unwrap(),
@@ -198,13 +203,13 @@ fn backing_needs_a_live_grant_on_the_group_s_ports_or_a_live_rule_grant() {
     let mut r = request();
     r.status = RequestStatus::Approved;
     r.temporary = Some(Temporary { seconds: 3600, until: Some(now + time::Duration::hours(1)), ended_at: None });
-    let ours = rule_grant_rule(&r, &r.add[0], &marker());
+    let ours = timed_rule(&r, &r.add[0], &marker());
     let group = r.group();
-    assert!(rule_grant_backs(&ours, &r, &group, &marker(), now));
-    assert!(!rule_grant_backs(&ours, &r, &group, &marker(), now + time::Duration::hours(1)), "ended");
-    assert!(!rule_grant_backs(&tcp(22, "0.0.0.0/0", ours.description.as_deref()), &r, &group, &marker(), now));
+    assert!(timed_rule_backs(&ours, &r, &group, &marker(), now));
+    assert!(!timed_rule_backs(&ours, &r, &group, &marker(), now + time::Duration::hours(1)), "ended");
+    assert!(!timed_rule_backs(&tcp(22, "0.0.0.0/0", ours.description.as_deref()), &r, &group, &marker(), now));
     let elsewhere = TargetId { group_id: "sg-2".into(), ..group };
-    assert!(!rule_grant_backs(&ours, &r, &elsewhere, &marker(), now));
+    assert!(!timed_rule_backs(&ours, &r, &elsewhere, &marker(), now));
 }
 
 #[test]
@@ -301,15 +306,15 @@ fn a_temporary_approval_takes_the_shortest_term_asked_and_starts_it_at_the_quoru
     let hours = |h| Verdict::ApproveFor(time::Duration::hours(h));
     let once = decide(&r, &who("UBOB"), &hours(24), &approvers(2), NOW).unwrap();
     assert_eq!(once.temporary, Some(Temporary { seconds: 86_400, until: None, ended_at: None }));
-    assert_eq!(once.rule_grant_until(), None, "not approved yet: no rule grant");
+    assert_eq!(once.timed_until(), None, "not approved yet: no timed rule");
     let later = NOW + time::Duration::minutes(5);
     let twice = decide(&once, &who("UCAROL"), &Verdict::Approve, &approvers(2), later).unwrap();
-    assert_eq!(twice.rule_grant_until(), Some(later + time::Duration::hours(24)), "a plain approval keeps the term asked");
+    assert_eq!(twice.timed_until(), Some(later + time::Duration::hours(24)), "a plain approval keeps the term asked");
     let shorter = decide(&once, &who("UCAROL"), &hours(2), &approvers(2), later).unwrap();
-    assert_eq!(shorter.rule_grant_until(), Some(later + time::Duration::hours(2)), "least privilege wins");
-    assert!(shorter.rule_grant_live(later) && !shorter.rule_grant_live(later + time::Duration::hours(2)));
+    assert_eq!(shorter.timed_until(), Some(later + time::Duration::hours(2)), "least privilege wins");
+    assert!(shorter.timed_live(later) && !shorter.timed_live(later + time::Duration::hours(2)));
     let plain = decide(&r, &who("UBOB"), &Verdict::Approve, &approvers(1), NOW).unwrap();
-    assert_eq!((plain.temporary, plain.rule_grant_until()), (None, None));
+    assert_eq!((plain.temporary, plain.timed_until()), (None, None));
 }
 
 #[test]
@@ -342,7 +347,7 @@ fn only_the_requester_breaks_the_glass_when_it_is_on_for_an_addition_and_no_long
     assert!(matches!(decide(&removal, &who("UALICE"), &glass(1), &on, NOW), Err(Refusal::NotAnAddition { .. })));
     let broken = decide(&r, &who("UALICE"), &glass(1), &on, NOW).unwrap();
     assert_eq!((broken.status, broken.break_glass.as_deref()), (RequestStatus::Approved, Some("outage")));
-    assert_eq!(broken.rule_grant_until(), Some(NOW + time::Duration::hours(1)), "a rule grant, at once, quorum or not");
+    assert_eq!(broken.timed_until(), Some(NOW + time::Duration::hours(1)), "a timed rule, at once, quorum or not");
     assert!(matches!(decide(&broken, &who("UBOB"), &Verdict::Approve, &on, NOW), Err(Refusal::AlreadyDecided { .. })));
 }
 

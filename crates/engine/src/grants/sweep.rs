@@ -56,7 +56,7 @@ impl Grants {
             tracing::warn!(environments = ?retrying, failures = ?report.failure_messages(),
                 "expired grants could not be revoked everywhere; they stay overdue and are retried");
         }
-        Ok(SweepReport { expired, retrying, reconcile: Some(report), rule_grants: None })
+        Ok(SweepReport { expired, retrying, reconcile: Some(report), timed_rules: None })
     }
 
     /// The earliest expiry of any stored grant.

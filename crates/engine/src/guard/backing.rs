@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use portcullis_core::guard::{Backing, ChangeRequest, Claim, GuardRule, grant_backs, rule_grant_backs};
+use portcullis_core::guard::{Backing, ChangeRequest, Claim, GuardRule, grant_backs, timed_rule_backs};
 use portcullis_core::{Environment, Grant, PortSet, PrincipalPattern, Route, TargetId, admit_grants};
 use serde::Serialize;
 
@@ -35,8 +35,8 @@ fn own_pattern(arn: &str) -> String {
 impl Guard {
     /// Which of `rules` the store backs on `group`: a marked rule claiming an environment is
     /// backed by a live grant of that environment for its address, when the group is one of the
-    /// environment's targets and the rule is on one of its ports; one claiming a rule grant, by
-    /// that request's live rule grant on this group. Everything else is not ours, whatever its
+    /// environment's targets and the rule is on one of its ports; one claiming a timed rule, by
+    /// that request's live timed rule on this group. Everything else is not ours, whatever its
     /// description says.
     pub(crate) async fn backing(&self, group: &TargetId, rules: &[GuardRule]) -> Result<Backing, EngineError> {
         let marker = self.shared.marker();
@@ -64,12 +64,12 @@ impl Guard {
                     }
                     grants[&env].iter().any(|g| grant_backs(rule, g, on, now))
                 }
-                Some(Claim::RuleGrant(id)) => {
+                Some(Claim::TimedRule(id)) => {
                     if !requests.contains_key(&id) {
                         let request = self.requests.request(&id).await?;
                         requests.insert(id.clone(), request);
                     }
-                    requests[&id].as_ref().is_some_and(|r| rule_grant_backs(rule, r, group, marker, now))
+                    requests[&id].as_ref().is_some_and(|r| timed_rule_backs(rule, r, group, marker, now))
                 }
             };
             if backed {

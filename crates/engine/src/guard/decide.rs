@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use portcullis_core::guard::{self, ChangeRequest, Decider, GroupRule, Refusal, RequestStatus, Revert, Verdict};
+use portcullis_core::guard::{self, ChangeRequest, Decider, GroupRule, Refusal, RequestStatus, Steps, Verdict};
 use portcullis_core::{Action, Environment, TargetId};
 use portcullis_store::request_event;
 
@@ -83,7 +83,7 @@ impl Guard {
                 self.shared.metrics.break_glass.inc();
             }
             if next.temporary.is_some() {
-                self.rule_grants_changed();
+                self.timed_rules_changed();
             }
             self.shared.announce();
             let (request, failures) = match (next.status, apply) {
@@ -103,13 +103,13 @@ impl Guard {
 
     /// Puts an approved change on the firewall, keeps the baseline current (where there is
     /// one), and records the outcome: `applied`, or `failed` with the reason. A temporary
-    /// approval goes on as a rule grant instead (the baseline is left alone: its rules are ours).
+    /// approval goes on as a timed rule instead (the baseline is left alone: its rules are ours).
     pub(crate) async fn apply_request(&self, request: ChangeRequest) -> Result<(ChangeRequest, Vec<String>), GuardError> {
         if !matches!(request.status, RequestStatus::Approved | RequestStatus::Failed) {
             return Ok((request, vec![]));
         }
         if request.temporary.is_some() {
-            let report = self.reconcile_rule_grants().await?;
+            let report = self.reconcile_timed_rules().await?;
             let failures = report.failures_for(&request.group());
             let now = self.requests.request(&request.id).await?.unwrap_or(request);
             return Ok((now, failures));
@@ -119,7 +119,7 @@ impl Guard {
             let failures = vec!["its region (and account) is no longer guarded".to_string()];
             return Ok((self.record_apply(request, &failures).await?, failures));
         };
-        let steps = Revert { revoke: request.remove.clone(), authorize: request.add.clone(), ..Revert::default() };
+        let steps = Steps { revoke: request.remove.clone(), authorize: request.add.clone(), ..Steps::default() };
         let carried = self.carry_out(&scope.route, &group, &steps).await;
         if carried.failures.is_empty()
             && let Some(mut baseline) = self.requests.baseline(&group).await?

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use portcullis_core::guard::{
-    self, Approvers, ChangeRequest, Changes, GroupRule, GuardRule, GuardScope, GuardedGroup, Refusal, Revert,
+    self, Approvers, ChangeRequest, Changes, GroupRule, GuardRule, GuardScope, GuardedGroup, Refusal, Steps,
 };
 use portcullis_core::{Action, PrincipalPattern, Route, TargetId, Timestamp};
 use portcullis_store::{Actor, request_event};
@@ -29,7 +29,7 @@ use serde::Serialize;
 pub use backing::OwnIdentity;
 pub use decide::{Apply, DecisionOutcome};
 pub use sweep::{BaselineReport, GuardSweepReport};
-pub use timed::RuleGrantReport;
+pub use timed::TimedRuleReport;
 
 use crate::grants::Grants;
 use crate::shared::Shared;
@@ -63,7 +63,7 @@ pub struct GuardSettings {
     pub request_ttl: time::Duration,
     /// An older event is left to the guard sweep (the rule may have been decided since).
     pub max_event_age: time::Duration,
-    /// What "Approve for …" grants: the term of a rule grant.
+    /// What "Approve for …" grants: the term of a timed rule.
     pub temporary_approval: time::Duration,
 }
 
@@ -259,7 +259,7 @@ impl Guard {
     async fn another_report(
         &self,
         group: &TargetId,
-        revert: &Revert,
+        revert: &Steps,
         event_id: Option<&str>,
         now: Timestamp,
     ) -> Result<Option<GuardOutcome>, GuardError> {
@@ -301,7 +301,7 @@ impl Guard {
         requester: &str,
         requester_user: Option<String>,
         group: &GuardedGroup,
-        revert: &Revert,
+        revert: &Steps,
         now: Timestamp,
     ) -> ChangeRequest {
         let mut request = ChangeRequest::pending(&request_id(), event_id, requester, group, now, self.settings.request_ttl);
@@ -318,7 +318,7 @@ impl Guard {
         &self,
         scope: &GuardScope,
         request: ChangeRequest,
-        revert: Revert,
+        revert: Steps,
         baseline: Option<Vec<GroupRule>>,
         now: Timestamp,
     ) -> Result<GuardOutcome, GuardError> {
@@ -349,7 +349,7 @@ impl Guard {
     /// authorize, modify; each failure named. Each step is noted in the ledger first, so the
     /// events it causes are known as guard's own. An authorized rule whose new id the call did
     /// not name (it was there already) is read back from the group.
-    pub(crate) async fn carry_out(&self, route: &Route, group: &TargetId, steps: &Revert) -> Carried {
+    pub(crate) async fn carry_out(&self, route: &Route, group: &TargetId, steps: &Steps) -> Carried {
         let mut carried = Carried::default();
         let keys = guard::step_keys(group, steps);
         if keys.is_empty() {

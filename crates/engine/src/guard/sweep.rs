@@ -1,5 +1,5 @@
 //! The guard sweep (every guarded group against its baseline; undecided requests expired;
-//! approved changes whose apply failed retried; rule grants reconciled) and `guard baseline`.
+//! approved changes whose apply failed retried; timed rules reconciled) and `guard baseline`.
 
 use portcullis_core::guard::{
     self, ChangeRequest, GroupRule, GuardRule, GuardScope, GuardedGroup, RequestStatus, UNKNOWN_REQUESTER,
@@ -22,8 +22,8 @@ pub struct GuardSweepReport {
     pub expired: Vec<String>,
     /// Approved changes applied now (an earlier apply failed or was not made).
     pub applied: Vec<String>,
-    /// Temporary approvals: rule grants put on or, expired, revoked.
-    pub rule_grants: super::RuleGrantReport,
+    /// Temporary approvals: timed rules put on or, expired, revoked.
+    pub timed_rules: super::TimedRuleReport,
     pub failures: Vec<String>,
 }
 
@@ -88,7 +88,7 @@ impl Guard {
                 }
             }
         }
-        // Rule grants (temporary approvals) are reconciled below, all at once.
+        // Timed rules (temporary approvals) are reconciled below, all at once.
         let unapplied = requests.into_iter().filter(|r| {
             r.temporary.is_none() && matches!(r.status, RequestStatus::Approved | RequestStatus::Failed) && r.applied_at.is_none()
         });
@@ -99,8 +99,8 @@ impl Guard {
                 report.applied.push(applied.id);
             }
         }
-        report.rule_grants = self.reconcile_rule_grants().await?;
-        report.failures.extend(report.rule_grants.failures.iter().cloned());
+        report.timed_rules = self.reconcile_timed_rules().await?;
+        report.failures.extend(report.timed_rules.failures.iter().cloned());
         for (scope, groups) in self.observe_guarded(&mut report.failures).await {
             for group in groups {
                 report.groups += 1;

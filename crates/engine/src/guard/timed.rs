@@ -1,12 +1,12 @@
-//! Rule grants (guard's "Approve for 24 h"): the added rules of a change approved for a time,
+//! Timed rules (guard's "Approve for 24 h"): the added rules of a change approved for a time,
 //! held on their group under our marker and revoked when the term ends. Level-triggered like
-//! the reconcile: read the approved requests, observe their groups, `plan_rule_grants`, apply,
+//! the reconcile: read the approved requests, observe their groups, `plan_timed_rules`, apply,
 //! then record what the firewall now shows: applied (`applied_at`), or expired (`expired`,
 //! announced with ⌛) once its rules are gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use portcullis_core::guard::{self, ChangeRequest, GroupSelection, GuardScope, GuardedGroup, RequestStatus, RuleGrantChange};
+use portcullis_core::guard::{self, ChangeRequest, GroupSelection, GuardScope, GuardedGroup, RequestStatus, TimedRuleChange};
 use portcullis_core::{Action, TargetId, Timestamp};
 use portcullis_store::request_event;
 use serde::Serialize;
@@ -14,25 +14,25 @@ use serde::Serialize;
 use super::{Guard, GuardError, guard_actor};
 use crate::EngineError;
 
-/// How stale the sweeper's knowledge of the next rule grant's expiry may get: a rule grant
+/// How stale the sweeper's knowledge of the next timed rule's expiry may get: a timed rule
 /// approved in another process is known within this, and then revoked at its exact time (a
 /// term is at least a minute). This process's own approvals and sweeps are known at once.
 pub(crate) const REREAD: time::Duration = time::Duration::seconds(30);
 
-/// What one rule-grant reconcile did.
+/// What one timed-rule reconcile did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct RuleGrantReport {
+pub struct TimedRuleReport {
     pub authorized: usize,
     pub revoked: usize,
-    /// Requests whose rule grant is on the firewall now, for the first time.
+    /// Requests whose timed rule is on the firewall now, for the first time.
     pub applied: Vec<String>,
-    /// Requests whose rule grant expired and whose rules are gone, recorded now.
+    /// Requests whose timed rule expired and whose rules are gone, recorded now.
     pub expired: Vec<String>,
     /// Each names its group (`sg-… (region): …`) or, for a whole region, the region.
     pub failures: Vec<String>,
 }
 
-impl RuleGrantReport {
+impl TimedRuleReport {
     /// The failures that concern `group`: its own, and its region's.
     pub fn failures_for(&self, group: &TargetId) -> Vec<String> {
         let (own, region) = (format!("{group}:"), format!("{}:", group.region));
@@ -41,8 +41,8 @@ impl RuleGrantReport {
 }
 
 impl Guard {
-    /// When the next rule grant expires (or the earliest overdue one did); none without guard.
-    pub async fn next_rule_grant_expiry(&self) -> Result<Option<Timestamp>, EngineError> {
+    /// When the next timed rule expires (or the earliest overdue one did); none without guard.
+    pub async fn next_timed_expiry(&self) -> Result<Option<Timestamp>, EngineError> {
         let now = self.shared.clock.now();
         if let Some((read_at, next)) = *self.next_expiry.lock().expect("expiry cache poisoned")
             && now - read_at < REREAD
@@ -50,31 +50,31 @@ impl Guard {
             return Ok(next);
         }
         let requests = self.requests.requests(None).await?;
-        let next = requests.iter().filter_map(ChangeRequest::rule_grant_until).min();
+        let next = requests.iter().filter_map(ChangeRequest::timed_until).min();
         *self.next_expiry.lock().expect("expiry cache poisoned") = Some((now, next));
         Ok(next)
     }
 
-    /// Forgets the cached next expiry: a decision or a rule-grant reconcile changed it.
-    pub(crate) fn rule_grants_changed(&self) {
+    /// Forgets the cached next expiry: a decision or a timed-rule reconcile changed it.
+    pub(crate) fn timed_rules_changed(&self) {
         *self.next_expiry.lock().expect("expiry cache poisoned") = None;
         self.shared.wake_sweeper.notify_one();
     }
 
-    /// Brings every rule grant's rules to what its request wants now: live ones authorized
+    /// Brings every timed rule's rules to what its request wants now: live ones authorized
     /// (within the quota), expired ones revoked and recorded `expired`. Only rules carrying
-    /// our rule-grant marker are ever revoked. One observe per region (and account) with rule
+    /// our timed-rule marker are ever revoked. One observe per region (and account) with rule
     /// grants; none at all when there are none.
-    pub async fn reconcile_rule_grants(&self) -> Result<RuleGrantReport, GuardError> {
-        Ok(self.rule_grants_of().await?)
+    pub async fn reconcile_timed_rules(&self) -> Result<TimedRuleReport, GuardError> {
+        Ok(self.timed_rules_of().await?)
     }
 
-    pub(crate) async fn rule_grants_of(&self) -> Result<RuleGrantReport, EngineError> {
-        let mut report = RuleGrantReport::default();
+    pub(crate) async fn timed_rules_of(&self) -> Result<TimedRuleReport, EngineError> {
+        let mut report = TimedRuleReport::default();
         let mut requests = self.requests.requests(None).await?;
         requests.retain(|r| r.status.is_approved());
         let mut by_scope: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
-        for (account, group) in guard::rule_grant_groups(&requests) {
+        for (account, group) in guard::timed_rule_groups(&requests) {
             match self.settings.scopes.iter().position(|s| s.covers(&account, &group.region)) {
                 Some(i) => {
                     by_scope.entry(i).or_default().insert(group.group_id);
@@ -83,7 +83,7 @@ impl Guard {
             }
         }
         let now = self.shared.clock.now();
-        // Groups whose rule grants are settled: observed, and every change to them went through.
+        // Groups whose timed rules are settled: observed, and every change to them went through.
         let mut settled: BTreeSet<TargetId> = BTreeSet::new();
         for (i, ids) in by_scope {
             let scope = &self.settings.scopes[i];
@@ -95,16 +95,16 @@ impl Guard {
                     continue;
                 }
             };
-            let plan = guard::plan_rule_grants(&requests, &groups, self.shared.marker(), self.shared.quota(), now);
+            let plan = guard::plan_timed_rules(&requests, &groups, self.shared.marker(), self.shared.quota(), now);
             let mut failed: BTreeSet<TargetId> = BTreeSet::new();
             for o in &plan.overflows {
                 report.failures.push(format!(
-                    "{}: the rule grants would take it to {} {} rules (quota {}); not authorized",
+                    "{}: the timed rules would take it to {} {} rules (quota {}); not authorized",
                     o.group, o.would_hold, o.family, o.quota
                 ));
                 failed.insert(o.group.clone());
             }
-            for RuleGrantChange { group, steps } in &plan.changes {
+            for TimedRuleChange { group, steps } in &plan.changes {
                 let failures = self.carry_out(&scope.route, group, steps).await.failures;
                 if failures.is_empty() {
                     report.authorized += steps.authorize.len();
@@ -116,7 +116,7 @@ impl Guard {
             }
             settled.extend(groups.into_iter().map(|g| g.id).filter(|id| !failed.contains(id)));
         }
-        for request in requests.iter().filter(|r| r.rule_grant_until().is_some()) {
+        for request in requests.iter().filter(|r| r.timed_until().is_some()) {
             let mut next = request.clone();
             next.version += 1;
             let event = if !settled.contains(&request.group()) {
@@ -133,36 +133,36 @@ impl Guard {
                     &guard_actor(),
                     Action::ChangeFailed,
                     &next,
-                    &format!("putting its rule grant on failed: {failure}"),
+                    &format!("putting its timed rule on failed: {failure}"),
                 )]
-            } else if request.rule_grant_live(now) {
+            } else if request.timed_live(now) {
                 if request.status == RequestStatus::Applied {
                     continue;
                 }
                 next.status = RequestStatus::Applied;
                 next.applied_at.get_or_insert(now);
                 next.failure = None;
-                let detail = format!("its rule grant is on the group, {}", next.term_in_words().unwrap_or_default());
+                let detail = format!("its timed rule is on the group, {}", next.term_in_words().unwrap_or_default());
                 vec![request_event(now, &guard_actor(), Action::ChangeApplied, &next, &detail)]
             } else {
                 if let Some(t) = &mut next.temporary {
                     t.ended_at = Some(now);
                 }
-                let detail = "the temporary approval ended: its rule grant's rules were revoked";
+                let detail = "the temporary approval ended: its timed rule's rules were revoked";
                 vec![request_event(now, &guard_actor(), Action::Expired, &next, detail)]
             };
             let expired = next.temporary.is_some_and(|t| t.ended_at.is_some());
             if self.requests.update_request(&next, event).await? {
                 self.shared.announce();
                 if expired {
-                    tracing::info!(request = %next.id, group = %next.group_id, "rule grant expired");
+                    tracing::info!(request = %next.id, group = %next.group_id, "timed rule expired");
                     report.expired.push(next.id);
                 } else if next.status == RequestStatus::Applied {
                     report.applied.push(next.id);
                 }
             }
         }
-        self.rule_grants_changed();
+        self.timed_rules_changed();
         Ok(report)
     }
 }

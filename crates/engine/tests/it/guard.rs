@@ -97,8 +97,14 @@ async fn a_marker_nothing_backs_is_reverted_by_event_and_sweep_and_a_backed_rule
     let ours = r.firewall.guard_rules(EAST, GROUP).into_iter().find(|g| g.rule.from_port == Some(7233)).unwrap();
     assert!(ours.rule.description.as_deref().unwrap().starts_with("pc:dev"), "{ours:?}");
 
-    let spoofs =
-        ["pc:dev evil: looks like ours", "pc:zzz", "pc:prod", "pc:grant/r-0000000000000000 x: y", " pc:dev leading space"];
+    let spoofs = [
+        "pc:dev evil: looks like ours",
+        "pc:zzz",
+        "pc:prod",
+        "pc:grant/r-0000000000000000 x: y",
+        "pc:timed/r-0000000000000000 x: y",
+        " pc:dev leading space",
+    ];
     for (i, description) in spoofs.into_iter().enumerate() {
         let rule = tcp(2222 + i as i32, "0.0.0.0/0", Some(description));
         let event = hand(&r, GROUP, HandChange::Authorize(rule.clone()), MALLORY);
@@ -349,7 +355,7 @@ async fn break_glass_applies_the_requester_s_own_addition_for_a_time_and_tells_e
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(broken.status, RequestStatus::Applied);
     let on = r.firewall.guard_rules(EAST, GROUP).into_iter().find(|g| g.rule.from_port == Some(22)).unwrap();
-    assert!(on.rule.description.as_deref().unwrap().starts_with(&format!("pc:grant/{}", request.id)), "{on:?}");
+    assert!(on.rule.description.as_deref().unwrap().starts_with(&format!("pc:timed/{}", request.id)), "{on:?}");
     let audit = r.store.audit(None, 50).await.unwrap();
     let glass_event = audit.iter().find(|e| e.action == Action::BreakGlass).expect("audited break-glass");
     assert!(glass_event.reason.contains("prod is down"), "{}", glass_event.reason);

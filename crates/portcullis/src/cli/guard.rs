@@ -47,11 +47,11 @@ pub(super) struct ApproveArgs {
     /// Act as this user (an approver's Slack id or user name); default the OS user.
     #[arg(long = "as", value_name = "USER")]
     as_user: Option<String>,
-    /// Approve an addition for this long only (`24h`, `7d`): its rules become a rule grant,
+    /// Approve an addition for this long only (`24h`, `7d`): its rules become a timed rule,
     /// with our marker, revoked when it expires.
     #[arg(long = "for", value_name = "TTL", value_parser = |s: &str| portcullis_core::Ttl::parse(s).map_err(|e| e.to_string()))]
     term: Option<portcullis_core::Ttl>,
-    /// As the change's requester, apply your own addition at once as a rule grant, for
+    /// As the change's requester, apply your own addition at once as a timed rule, for
     /// `--for` or at most `break_glass_ttl` (default 4h); every approver is told. Needs
     /// `[guard] break_glass = true` and `--reason`.
     #[arg(long, requires = "reason")]
@@ -124,7 +124,7 @@ pub(super) async fn requests(cx: &Context, a: RequestsArgs) -> Result<ExitCode, 
             CliError::Usage(format!("--status {s:?}: use pending, approved, applied, failed, denied, expired or all"))
         })?),
     };
-    let engine = wiring::engine(&cx.config, wiring::Purpose::Read).await?;
+    let engine = wiring::engine(&cx.config, wiring::Purpose::Change { dry_run: false, json: cx.json }).await?;
     let requests = engine.guard()?.requests(status, &acting_user(None)?).await?;
     if cx.json {
         print_json(&requests);

@@ -55,7 +55,7 @@ pub struct GuardConfig {
     pub own_principals: Vec<PrincipalPattern>,
     pub approvers: Approvers,
     pub request_ttl: time::Duration,
-    /// What "Approve for 24 h" grants (kept for the rule grants to come; see the README).
+    /// What "Approve for 24 h" grants (kept for the timed rules to come; see the README).
     pub temporary_approval: time::Duration,
     pub max_event_age: time::Duration,
 }

@@ -356,7 +356,7 @@ async fn approvals_need_distinct_approvers_never_the_requester_and_apply_the_cha
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn approve_for_a_time_puts_an_addition_on_as_a_rule_grant_and_refuses_a_removal() {
+async fn approve_for_a_time_puts_an_addition_on_as_a_timed_rule_and_refuses_a_removal() {
     within(async {
         let w = World::new().await;
         let group = w.group(false, &[]).await;
@@ -375,24 +375,24 @@ async fn approve_for_a_time_puts_an_addition_on_as_a_rule_grant_and_refuses_a_re
         assert_eq!(out.status.code(), Some(2), "a bad term is a usage error: {}", text(&out));
         assert_eq!(g.requests("pending").len(), 1, "nothing was decided");
 
-        // An addition, approved for 2 h: on again, under our rule-grant marker.
+        // An addition, approved for 2 h: on again, under our timed-rule marker.
         let id = g.authorize(&group, "203.0.113.0/24", 22, None).await;
         let (_, answer, out) = g.invoke(&added(&group, &id, "203.0.113.0/24", 22, ALICE)).await;
         let addition = answer["request"]["id"].as_str().unwrap_or_else(|| panic!("{out}")).to_string();
         let out = g.cli(&["approve", &addition, "--as", "ubob", "--for", "2h"]);
         assert!(out.status.success(), "{}", text(&out));
-        assert!(text(&out).contains("temporary: a rule grant until"), "{}", text(&out));
+        assert!(text(&out).contains("temporary: a timed rule until"), "{}", text(&out));
         let rules: Vec<_> = g.rules(&group).await.into_iter().map(|r| (r.1, r.2, r.3)).collect();
-        let marker = format!("pc:grant/{addition} ubob:");
+        let marker = format!("pc:timed/{addition} ubob:");
         assert_eq!(
             rules,
             [(22, "203.0.113.0/24".to_string(), Some(marker)), (443, "198.51.100.0/24".to_string(), Some("office".to_string()))],
-            "the rule grant's rule beside the untouched hand-made one"
+            "the timed rule's rule beside the untouched hand-made one"
         );
         let approved = g.requests("applied");
         assert!(approved[0]["temporary"]["until"].is_string() && approved[0]["applied_at"].is_string(), "{approved:?}");
         let sweep: Value = serde_json::from_slice(&g.cli(&["guard", "sweep", "--json"]).stdout).unwrap();
-        assert_eq!((sweep["reverted"].clone(), sweep["rule_grants"]["authorized"].clone()), (json!([]), json!(0)), "{sweep}");
+        assert_eq!((sweep["reverted"].clone(), sweep["timed_rules"]["authorized"].clone()), (json!([]), json!(0)), "{sweep}");
     })
     .await;
 }

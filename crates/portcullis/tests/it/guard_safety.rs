@@ -279,10 +279,16 @@ async fn a_spoofed_marker_is_reverted_and_a_grant_s_own_rule_is_left_alone() {
         // The reconcile's own call comes back (made as an identity guard does not know): ignored.
         assert_eq!(r.feed_back("the grant's authorize").await, 1);
 
-        for (i, description) in
-            ["pc:dev evil: looks like ours", "pc:zzz", "pc:prod", "pc:grant/r-0000000000000000 x: y", " pc:dev leading space"]
-                .into_iter()
-                .enumerate()
+        for (i, description) in [
+            "pc:dev evil: looks like ours",
+            "pc:zzz",
+            "pc:prod",
+            "pc:grant/r-0000000000000000 x: y",
+            "pc:timed/r-0000000000000000 x: y",
+            " pc:dev leading space",
+        ]
+        .into_iter()
+        .enumerate()
         {
             let port = 2222 + i as i32;
             let id = r.authorize("0.0.0.0/0", port, Some(description)).await;
@@ -425,8 +431,8 @@ async fn decisions_tell_the_truth_and_bounds_hold() {
         };
         assert_eq!(broken.status, RequestStatus::Applied);
         let on = r.rules().await.into_iter().find(|x| x.1 == 2222).expect("on again");
-        assert!(on.3.unwrap_or_default().starts_with(&format!("pc:grant/{second} ualice:")));
-        r.feed_back("the break-glass rule grant").await;
+        assert!(on.3.unwrap_or_default().starts_with(&format!("pc:timed/{second} ualice:")));
+        r.feed_back("the break-glass timed rule").await;
         assert!(r.engine.guard().unwrap().sweep().await.unwrap().reverted.is_empty());
     })
     .await;

@@ -105,7 +105,7 @@ async fn slack_gets_the_approval_message_and_its_buttons_decide_through_the_same
         assert_eq!(g.rules(&group).await.len(), 1, "approved: the rule is back");
         receiver.wait_for("/monitoring", 2).await;
 
-        // "Approve for 24 h": the addition goes on as a rule grant, and the message says until when.
+        // "Approve for 24 h": the addition goes on as a timed rule, and the message says until when.
         let id = g.authorize(&group, "198.51.100.0/24", 443, None).await;
         let Some(Ok(event)) = portcullis::events::read(&added(&group, &id, "198.51.100.0/24", 443, ALICE)) else { panic!() };
         let answer = portcullis::events::handle(&engine, event, portcullis_core::Interface::Lambda).await.unwrap();
@@ -114,10 +114,10 @@ async fn slack_gets_the_approval_message_and_its_buttons_decide_through_the_same
         let (status, _) = post_signed_to(&interactions, SECRET, now(), &body).await;
         assert_eq!(status, 200);
         let decided = receiver.wait_for("/r/bob2", 1).await[0].body.clone();
-        assert!(decided.contains("Approved for a time* by <@U0BOB>: a rule grant until"), "{decided}");
+        assert!(decided.contains("Approved for a time* by <@U0BOB>: a timed rule until"), "{decided}");
         let rules = g.rules(&group).await;
         let granted = rules.iter().find(|r| r.1 == 443).unwrap_or_else(|| panic!("{rules:?}"));
-        assert!(granted.3.as_deref().is_some_and(|d| d.starts_with(&format!("pc:grant/{second} "))), "{rules:?}");
+        assert!(granted.3.as_deref().is_some_and(|d| d.starts_with(&format!("pc:timed/{second} "))), "{rules:?}");
     })
     .await;
 }
@@ -203,7 +203,7 @@ async fn decisions_over_v1_and_expiry_on_virtual_time(store: std::sync::Arc<dyn 
     let (status, _) = post(bob.clone(), format!("{base}/v1/requests/nope/approve")).await;
     assert_eq!(status, 404);
 
-    // "Approve for 1 h": the addition goes on as a rule grant, under our marker.
+    // "Approve for 1 h": the addition goes on as a timed rule, under our marker.
     let approve_for = |term: &str| {
         let (http, secret, url) = (http.clone(), bob.clone(), format!("{base}/v1/requests/{}/approve", ids[2]));
         let body = json!({"for": term});
@@ -222,20 +222,20 @@ async fn decisions_over_v1_and_expiry_on_virtual_time(store: std::sync::Arc<dyn 
     assert!(answer["request"]["applied_at"].is_string(), "{answer}");
     let rules = g.rules(&group).await;
     let granted = rules.iter().find(|r| r.1 == 443).unwrap_or_else(|| panic!("{rules:?}"));
-    assert_eq!(granted.3.as_deref(), Some(format!("pc:grant/{} ubob:", ids[2]).as_str()), "{rules:?}");
+    assert_eq!(granted.3.as_deref(), Some(format!("pc:timed/{} ubob:", ids[2]).as_str()), "{rules:?}");
     assert!(
-        engine.guard().unwrap().reconcile_rule_grants().await.unwrap().authorized == 0,
+        engine.guard().unwrap().reconcile_timed_rules().await.unwrap().authorized == 0,
         "level-triggered: nothing more to put on"
     );
     let quiet = engine.guard().unwrap().sweep().await.unwrap();
-    assert!(quiet.reverted.is_empty(), "a rule grant's rule is ours, not drift: {quiet:?}");
+    assert!(quiet.reverted.is_empty(), "a timed rule's rule is ours, not drift: {quiet:?}");
 
     clock.advance(time::Duration::hours(2));
     let swept = engine.sweep().await.unwrap();
-    let rule_grants = swept.rule_grants.unwrap_or_default();
-    assert_eq!((rule_grants.expired, rule_grants.revoked), (vec![ids[2].clone()], 1), "the sweeper revokes it on time");
+    let timed_rules = swept.timed_rules.unwrap_or_default();
+    assert_eq!((timed_rules.expired, timed_rules.revoked), (vec![ids[2].clone()], 1), "the sweeper revokes it on time");
     let rules = g.rules(&group).await;
-    assert_eq!(rules.iter().map(|r| r.1).collect::<Vec<_>>(), [22], "only the rule grant went: {rules:?}");
+    assert_eq!(rules.iter().map(|r| r.1).collect::<Vec<_>>(), [22], "only the timed rule went: {rules:?}");
     let ended = store.request(&ids[2]).await.unwrap().unwrap();
     assert!(ended.temporary.and_then(|t| t.ended_at).is_some(), "{ended:?}");
     let expired = store.audit(None, 50).await.unwrap();

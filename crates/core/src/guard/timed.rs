@@ -1,4 +1,4 @@
-//! Rule grants: the added rules of a change approved for a time ("Approve for 24 h"), held on
+//! Timed rules: the added rules of a change approved for a time ("Approve for 24 h"), held on
 //! their group under our marker until the term ends. What to authorize and what to revoke is
 //! decided here, from the approved requests and the observed groups, level-triggered like
 //! `plan()` for environment grants: planning again after applying yields no change.
@@ -7,42 +7,42 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::{ChangeRequest, GuardRule, GuardedGroup, Revert, RuleSource};
+use super::{ChangeRequest, GuardRule, GuardedGroup, RuleSource, Steps};
 use crate::{Family, Marker, RuleQuota, TargetId, Timestamp};
 
-/// What to do to one group's rule-grant rules, as the firewall steps guard carries out:
-/// `authorize` the live rule grants' rules that are missing (under our marker); revoke, by
-/// `revoke_ids` (or by content in `revoke` where the firewall named no id), the rule-grant
+/// What to do to one group's timed-rule rules, as the firewall steps guard carries out:
+/// `authorize` the live timed rules' rules that are missing (under our marker); revoke, by
+/// `revoke_ids` (or by content in `revoke` where the firewall named no id), the timed-rule
 /// rules no live grant wants (expired, or their request is gone).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleGrantChange {
+pub struct TimedRuleChange {
     pub group: TargetId,
-    pub steps: Revert,
+    pub steps: Steps,
 }
 
-/// A group whose quota the rule grants would exceed: that family's authorizations are dropped.
+/// A group whose quota the timed rules would exceed: that family's authorizations are dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RuleGrantOverflow {
+pub struct TimedRuleOverflow {
     pub group: TargetId,
     pub family: Family,
     pub would_hold: usize,
     pub quota: usize,
 }
 
-/// The changes that bring rule-grant rules to what the approved requests want.
+/// The changes that bring timed-rule rules to what the approved requests want.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RuleGrantPlan {
-    pub changes: Vec<RuleGrantChange>,
+pub struct TimedRulePlan {
+    pub changes: Vec<TimedRuleChange>,
     /// Wanted rules already in place.
     pub unchanged: usize,
-    pub overflows: Vec<RuleGrantOverflow>,
+    pub overflows: Vec<TimedRuleOverflow>,
 }
 
-/// The rule a rule grant puts on its group: the approved rule, its description behind our
+/// The rule a timed rule puts on its group: the approved rule, its description behind our
 /// marker (the request and its approvers), so it is ours to revoke when the term ends.
-pub fn rule_grant_rule(request: &ChangeRequest, rule: &GuardRule, marker: &Marker) -> GuardRule {
+pub fn timed_rule(request: &ChangeRequest, rule: &GuardRule, marker: &Marker) -> GuardRule {
     let mut ours = rule.clone();
-    ours.description = Some(marker.encode_rule_grant(&request.id, &request.approvals.join(", "), rule.description.as_deref()));
+    ours.description = Some(marker.encode_timed_rule(&request.id, &request.approvals.join(", "), rule.description.as_deref()));
     ours
 }
 
@@ -56,22 +56,22 @@ fn families(source: &RuleSource) -> &'static [Family] {
     }
 }
 
-/// What brings each observed group's rule-grant rules to the live rule grants of `requests`
-/// at `now`. Only rules carrying our rule-grant marker are ever revoked; a wanted rule that
+/// What brings each observed group's timed-rule rules to the live timed rules of `requests`
+/// at `now`. Only rules carrying our timed-rule marker are ever revoked; a wanted rule that
 /// would take its group past `quota` is not authorized, and the overflow is reported.
-pub fn plan_rule_grants(
+pub fn plan_timed_rules(
     requests: &[ChangeRequest],
     groups: &[GuardedGroup],
     marker: &Marker,
     quota: RuleQuota,
     now: Timestamp,
-) -> RuleGrantPlan {
-    let mut out = RuleGrantPlan::default();
+) -> TimedRulePlan {
+    let mut out = TimedRulePlan::default();
     for group in groups {
         let mut desired: Vec<GuardRule> = Vec::new();
-        for request in requests.iter().filter(|r| r.rule_grant_live(now) && r.group() == group.id) {
+        for request in requests.iter().filter(|r| r.timed_live(now) && r.group() == group.id) {
             for rule in &request.add {
-                let ours = rule_grant_rule(request, rule, marker);
+                let ours = timed_rule(request, rule, marker);
                 if !desired.contains(&ours) {
                     desired.push(ours);
                 }
@@ -80,9 +80,9 @@ pub fn plan_rule_grants(
         let owned: Vec<_> = group
             .rules
             .iter()
-            .filter(|r| r.rule.description.as_deref().and_then(|d| marker.decode_rule_grant(d)).is_some())
+            .filter(|r| r.rule.description.as_deref().and_then(|d| marker.decode_timed_rule(d)).is_some())
             .collect();
-        let mut change = Revert::default();
+        let mut change = Steps::default();
         for rule in &desired {
             if owned.iter().any(|o| o.rule == *rule) {
                 out.unchanged += 1;
@@ -105,20 +105,20 @@ pub fn plan_rule_grants(
             let would_hold = held + adding - revoked.iter().filter(|r| counts(r)).count().min(held);
             if adding > 0 && would_hold > quota.get(family) {
                 change.authorize.retain(|r| !counts(r));
-                out.overflows.push(RuleGrantOverflow { group: group.id.clone(), family, would_hold, quota: quota.get(family) });
+                out.overflows.push(TimedRuleOverflow { group: group.id.clone(), family, would_hold, quota: quota.get(family) });
             }
         }
         if !(change.authorize.is_empty() && change.revoke_ids.is_empty() && change.revoke.is_empty()) {
-            out.changes.push(RuleGrantChange { group: group.id.clone(), steps: change });
+            out.changes.push(TimedRuleChange { group: group.id.clone(), steps: change });
         }
     }
     out
 }
 
-/// The groups whose rule-grant rules a reconcile must look at: those of every rule grant not
+/// The groups whose timed-rule rules a reconcile must look at: those of every timed rule not
 /// yet recorded as ended (live, or due for its revoke).
-pub fn rule_grant_groups(requests: &[ChangeRequest]) -> BTreeSet<(String, TargetId)> {
-    requests.iter().filter(|r| r.rule_grant_until().is_some()).map(|r| (r.account.clone(), r.group())).collect()
+pub fn timed_rule_groups(requests: &[ChangeRequest]) -> BTreeSet<(String, TargetId)> {
+    requests.iter().filter(|r| r.timed_until().is_some()).map(|r| (r.account.clone(), r.group())).collect()
 }
 
 #[cfg(test)]
@@ -153,46 +153,46 @@ mod tests {
     }
 
     #[test]
-    fn a_live_rule_grant_is_authorized_under_our_marker_once() {
+    fn a_live_timed_rule_is_authorized_under_our_marker_once() {
         let m = Marker::default();
         let r = approved("r-1", vec![rule("203.0.113.0/24", 22, Some("vendor"))], NOW + time::Duration::hours(1));
-        let p = plan_rule_grants(std::slice::from_ref(&r), &[group(vec![])], &m, RuleQuota::default(), NOW);
+        let p = plan_timed_rules(std::slice::from_ref(&r), &[group(vec![])], &m, RuleQuota::default(), NOW);
         assert_eq!(p.changes.len(), 1);
         let added = &p.changes[0].steps.authorize;
         assert_eq!(added.len(), 1);
-        assert_eq!(added[0].description.as_deref(), Some("pc:grant/r-1 U0BOB: vendor"));
+        assert_eq!(added[0].description.as_deref(), Some("pc:timed/r-1 U0BOB: vendor"));
         assert!(added[0].same_access(&r.add[0]));
 
         let applied = group(vec![on(added[0].clone(), "sgr-1")]);
-        let again = plan_rule_grants(&[r], &[applied], &m, RuleQuota::default(), NOW);
+        let again = plan_timed_rules(&[r], &[applied], &m, RuleQuota::default(), NOW);
         assert!(again.changes.is_empty(), "level-triggered: nothing more to do");
         assert_eq!(again.unchanged, 1);
     }
 
     #[test]
-    fn an_expired_rule_grant_is_revoked_and_nothing_else_is_touched() {
+    fn an_expired_timed_rule_is_revoked_and_nothing_else_is_touched() {
         let m = Marker::default();
         let until = NOW + time::Duration::hours(1);
         let r = approved("r-1", vec![rule("203.0.113.0/24", 22, None)], until);
-        let ours = rule_grant_rule(&r, &r.add[0], &m);
+        let ours = timed_rule(&r, &r.add[0], &m);
         let theirs = on(rule("203.0.113.0/24", 22, Some("hand-made")), "sgr-2");
         let reconciled = on(rule("198.51.100.1/32", 443, Some("pc:dev alice: laptop")), "sgr-3");
         let g = group(vec![on(ours, "sgr-1"), theirs, reconciled]);
-        let live = plan_rule_grants(std::slice::from_ref(&r), std::slice::from_ref(&g), &m, RuleQuota::default(), NOW);
+        let live = plan_timed_rules(std::slice::from_ref(&r), std::slice::from_ref(&g), &m, RuleQuota::default(), NOW);
         assert!(live.changes.is_empty());
-        let p = plan_rule_grants(&[r], &[g], &m, RuleQuota::default(), until);
-        assert_eq!(p.changes[0].steps.revoke_ids, ["sgr-1"], "only the rule grant's own rule");
+        let p = plan_timed_rules(&[r], &[g], &m, RuleQuota::default(), until);
+        assert_eq!(p.changes[0].steps.revoke_ids, ["sgr-1"], "only the timed rule's own rule");
         assert!(p.changes[0].steps.authorize.is_empty() && p.changes[0].steps.revoke.is_empty());
     }
 
     #[test]
-    fn a_stray_rule_grant_rule_is_revoked_but_an_ended_grant_is_no_longer_wanted() {
+    fn a_stray_timed_rule_is_revoked_but_an_ended_grant_is_no_longer_wanted() {
         let m = Marker::default();
         let mut r = approved("r-1", vec![rule("203.0.113.0/24", 22, None)], NOW + time::Duration::hours(1));
-        let ours = rule_grant_rule(&r, &r.add[0], &m);
+        let ours = timed_rule(&r, &r.add[0], &m);
         r.temporary.as_mut().unwrap().ended_at = Some(NOW);
-        assert_eq!(r.rule_grant_until(), None);
-        let p = plan_rule_grants(
+        assert_eq!(r.timed_until(), None);
+        let p = plan_timed_rules(
             &[r],
             &[group(vec![GroupRule { rule_id: None, rule: ours.clone() }])],
             &m,
@@ -203,25 +203,25 @@ mod tests {
     }
 
     #[test]
-    fn the_quota_holds_rule_grants_back_and_says_so() {
+    fn the_quota_holds_timed_rules_back_and_says_so() {
         let m = Marker::default();
         let held: Vec<GroupRule> = (0..60).map(|i| on(rule(&format!("10.0.{i}.0/24"), 22, None), &format!("sgr-{i}"))).collect();
         let mut by_group = rule("x", 22, None);
         by_group.source = RuleSource::Group("sg-2".into());
         let r = approved("r-1", vec![rule("203.0.113.0/24", 22, None), by_group], NOW + time::Duration::hours(1));
-        let p = plan_rule_grants(&[r], &[group(held)], &m, RuleQuota::default(), NOW);
+        let p = plan_timed_rules(&[r], &[group(held)], &m, RuleQuota::default(), NOW);
         assert!(p.changes.is_empty(), "{p:?}");
         assert_eq!(p.overflows.len(), 1);
         assert_eq!((p.overflows[0].family, p.overflows[0].would_hold, p.overflows[0].quota), (Family::Ipv4, 62, 60));
     }
 
     #[test]
-    fn the_groups_to_look_at_are_those_of_unended_rule_grants() {
+    fn the_groups_to_look_at_are_those_of_unended_timed_rules() {
         let live = approved("r-1", vec![], NOW + time::Duration::hours(1));
         let mut ended = approved("r-2", vec![], NOW);
         ended.group_id = "sg-2".into();
         ended.temporary.as_mut().unwrap().ended_at = Some(NOW);
-        let groups = rule_grant_groups(&[live, ended]);
+        let groups = timed_rule_groups(&[live, ended]);
         assert_eq!(groups.into_iter().map(|(_, g)| g.group_id).collect::<Vec<_>>(), ["sg-1"]);
     }
 }
