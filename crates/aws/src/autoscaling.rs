@@ -31,7 +31,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    let (code, message) = crate::error_parts(&err);
+    let (code, message) = crate::errors::error_parts(&err);
     MembershipError { code, message }
 }
 

@@ -5,13 +5,14 @@ use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::Region;
-use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, Ipv6Range, SecurityGroup};
+use portcullis_core::select::{self, GroupQuery};
 use portcullis_core::{
-    AppliedRule, Cidr, FamilyCounts, GroupChange, GroupId, ObservedGroup, ObservedRule, PortRange, Protocol, Route, TargetId,
-    TargetSelector, TargetSpec,
+    AppliedRule, Cidr, FamilyCounts, GroupChange, ObservedGroup, ObservedRule, PortRange, Protocol, Route, TargetId, TargetSpec,
 };
-use portcullis_engine::{Applied, Firewall, FirewallError, Observation, ObserveFailure};
+use portcullis_engine::{Applied, ErrorClass, Firewall, FirewallError, Observation, ObserveFailure};
+
+use crate::errors::firewall_error;
 
 use crate::CallCounter;
 
@@ -75,21 +76,9 @@ impl Ec2Firewall {
             config = config.credentials_provider(provider);
         }
         let out = aws_sdk_sts::Client::from_conf(config.build()).get_caller_identity().send().await;
-        let out = out.map_err(|e| {
-            let (code, message) = crate::error_parts(&e);
-            FirewallError { code, message }
-        })?;
-        out.arn().map(str::to_string).ok_or_else(|| FirewallError { code: None, message: "STS named no identity".into() })
+        let out = out.map_err(crate::errors::firewall_error)?;
+        out.arn().map(str::to_string).ok_or_else(|| FirewallError::new(ErrorClass::Permanent, "STS named no identity"))
     }
-}
-
-pub(crate) fn firewall_error<E, R>(err: aws_sdk_ec2::error::SdkError<E, R>) -> FirewallError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let (code, message) = crate::error_parts(&err);
-    FirewallError { code, message }
 }
 
 fn port_range(perm: &IpPermission) -> Option<PortRange> {
@@ -99,7 +88,7 @@ fn port_range(perm: &IpPermission) -> Option<PortRange> {
     Some(PortRange { protocol, from, to })
 }
 
-fn observed_group(sg: &SecurityGroup, region: &str, spec: usize) -> ObservedGroup {
+fn observed_group(sg: &SecurityGroup, route: &Route) -> ObservedGroup {
     let mut rules = Vec::new();
     let mut counts = FamilyCounts::default();
     for perm in sg.ip_permissions() {
@@ -122,91 +111,58 @@ fn observed_group(sg: &SecurityGroup, region: &str, spec: usize) -> ObservedGrou
     }
     ObservedGroup {
         list: None,
-        id: TargetId { region: region.to_string(), group_id: sg.group_id().unwrap_or_default().to_string() },
+        id: TargetId { region: route.region.clone(), group_id: sg.group_id().unwrap_or_default().to_string() },
+        route: route.clone(),
+        owner: sg.owner_id().map(str::to_string),
         name: sg.group_name().unwrap_or_default().to_string(),
         tags: sg.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string()))).collect(),
         rules,
         counts,
-        spec,
     }
 }
 
-fn selects(spec: &TargetSpec, sg: &SecurityGroup) -> bool {
-    match &spec.selector {
-        TargetSelector::Discovery { tag_key, tag_value } => {
-            sg.tags().iter().any(|t| t.key() == Some(tag_key) && t.value() == Some(tag_value))
-        }
-        TargetSelector::Ids(ids) => sg.group_id().is_some_and(|id| ids.iter().any(|i| i.as_str() == id)),
-        TargetSelector::PrefixLists(_) | TargetSelector::TaggedPrefixLists { .. } => false,
+/// One route's describe: its prefix lists and its groups, as `select` asks for them.
+async fn describe_route(client: Client, route: Route, specs: Vec<TargetSpec>) -> Observation {
+    let specs: Vec<&TargetSpec> = specs.iter().collect();
+    let mut out = match select::list_query(&specs) {
+        Some(query) => crate::prefix_list::describe_lists(&client, &route, &specs, query).await,
+        None => Observation::default(),
+    };
+    if let Some(query) = select::group_query(&specs) {
+        let groups = describe_groups(&client, &route, query, select::named_groups(specs.iter().copied())).await;
+        out.groups.extend(groups.groups);
+        out.failures.extend(groups.failures);
     }
-}
-
-/// One region's describe: a filter when every spec there selects the same way, else all groups;
-/// and its prefix lists, when specs name any.
-async fn describe_region(client: Client, region: String, specs: Vec<(usize, TargetSpec)>) -> Observation {
-    let (lists, specs): (Vec<_>, Vec<_>) = specs.into_iter().partition(|(_, s)| s.selector.is_prefix_lists());
-    let mut out = crate::prefix_list::describe_lists(&client, &region, &lists).await;
-    if specs.is_empty() {
-        return out;
-    }
-    let groups = describe_groups(client, region, specs).await;
-    out.groups.extend(groups.groups);
-    out.failures.extend(groups.failures);
     out
 }
 
-/// One region's security groups.
-async fn describe_groups(client: Client, region: String, specs: Vec<(usize, TargetSpec)>) -> Observation {
-    let mut request = client.describe_security_groups();
-    let discovery: BTreeSet<(&str, &str)> = specs
-        .iter()
-        .filter_map(|(_, s)| match &s.selector {
-            TargetSelector::Discovery { tag_key, tag_value } => Some((tag_key.as_str(), tag_value.as_str())),
-            _ => None,
-        })
-        .collect();
-    let ids: BTreeSet<&str> = specs
-        .iter()
-        .flat_map(|(_, s)| match &s.selector {
-            TargetSelector::Ids(ids) => ids.iter().map(GroupId::as_str).collect::<Vec<_>>(),
-            _ => vec![],
-        })
-        .collect();
-    if ids.is_empty() && discovery.len() == 1 {
-        let (key, value) = discovery.first().expect("one selector");
-        request = request.filters(Filter::builder().name(format!("tag:{key}")).values(*value).build());
-    } else if discovery.is_empty() {
-        request = request
-            .filters(Filter::builder().name("group-id").set_values(Some(ids.iter().map(|s| s.to_string()).collect())).build());
-    }
+/// One route's security groups, as `query` asks: all it described (selection is `select`'s);
+/// a `named` group it did not find is a failure.
+async fn describe_groups(client: &Client, route: &Route, query: GroupQuery, named: BTreeSet<String>) -> Observation {
+    let request = match query {
+        GroupQuery::Tagged { key, value } => {
+            client.describe_security_groups().filters(Filter::builder().name(format!("tag:{key}")).values(value).build())
+        }
+        GroupQuery::Ids(ids) => client
+            .describe_security_groups()
+            .filters(Filter::builder().name("group-id").set_values(Some(ids.into_iter().collect())).build()),
+        GroupQuery::All => client.describe_security_groups(),
+    };
     let mut out = Observation::default();
     let mut pages = request.into_paginator().send();
-    let mut found = BTreeSet::new();
     while let Some(page) = pages.next().await {
         match page {
-            Ok(page) => {
-                for sg in page.security_groups() {
-                    if let Some((i, _)) = specs.iter().find(|(_, s)| selects(s, sg)) {
-                        found.insert(sg.group_id().unwrap_or_default().to_string());
-                        out.groups.push(observed_group(sg, &region, *i));
-                    }
-                }
-            }
+            Ok(page) => out.groups.extend(page.security_groups().iter().map(|sg| observed_group(sg, route))),
             Err(err) => {
                 out.groups.clear();
-                let err = firewall_error(err);
-                out.failures.push(ObserveFailure { region: region.clone(), group_id: None, error: err.message, code: err.code });
+                out.failures.push(ObserveFailure::new(route.region.clone(), None, firewall_error(err)));
                 return out;
             }
         }
     }
-    for id in ids.iter().filter(|id| !found.contains(**id)) {
-        out.failures.push(ObserveFailure {
-            region: region.clone(),
-            group_id: Some(id.to_string()),
-            error: "security group not found".into(),
-            code: Some("InvalidGroup.NotFound".into()),
-        });
+    for id in named.iter().filter(|id| !out.groups.iter().any(|g| g.id.group_id == **id)) {
+        let err = crate::errors::coded("InvalidGroup.NotFound", "security group not found");
+        out.failures.push(ObserveFailure::new(route.region.clone(), Some(id.clone()), err));
     }
     out
 }
@@ -327,14 +283,11 @@ impl Firewall for Ec2Firewall {
     async fn observe(&self, specs: &[TargetSpec]) -> Observation {
         // One describe per region and account (route); regions are described concurrently, so
         // an unreachable one delays nothing but itself.
-        let mut by_route: BTreeMap<Route, Vec<(usize, TargetSpec)>> = BTreeMap::new();
-        for (i, spec) in specs.iter().enumerate() {
-            by_route.entry(spec.route()).or_default().push((i, spec.clone()));
-        }
         let mut tasks = tokio::task::JoinSet::new();
-        for (route, specs) in by_route {
+        for (route, specs) in select::by_route(specs) {
             let client = self.client(&route).await;
-            tasks.spawn(async move { describe_region(client, route.region, specs).await });
+            let specs: Vec<TargetSpec> = specs.into_iter().cloned().collect();
+            tasks.spawn(async move { describe_route(client, route, specs).await });
         }
         let mut out = Observation::default();
         while let Some(joined) = tasks.join_next().await {
@@ -343,12 +296,11 @@ impl Firewall for Ec2Firewall {
                     out.groups.extend(part.groups);
                     out.failures.extend(part.failures);
                 }
-                Err(err) => out.failures.push(ObserveFailure {
-                    region: "?".into(),
-                    group_id: None,
-                    error: format!("describe task failed: {err}"),
-                    code: None,
-                }),
+                Err(err) => out.failures.push(ObserveFailure::new(
+                    "?",
+                    None,
+                    FirewallError::new(ErrorClass::Transient, format!("describe task failed: {err}")),
+                )),
             }
         }
         out.groups.sort_by(|a, b| a.id.cmp(&b.id));

@@ -10,12 +10,12 @@ use aws_sdk_ec2::types::{
     Filter, IpPermission, IpRange, Ipv6Range, PrefixListId, SecurityGroupRule, SecurityGroupRuleRequest, SecurityGroupRuleUpdate,
     UserIdGroupPair,
 };
-use portcullis_core::guard::{GUARD_TAG, GroupRule, GroupSelection, GuardRule, GuardScope, GuardedGroup, RuleSource};
+use portcullis_core::guard::{GUARD_TAG, GroupRule, GuardDescribe, GuardRule, GuardScope, GuardedGroup, RuleSource};
 use portcullis_core::{Route, TargetId};
 use portcullis_engine::{FirewallError, GuardFirewall};
 
 use crate::Ec2Firewall;
-use crate::ec2::firewall_error;
+use crate::errors::firewall_error;
 
 /// Values one EC2 filter takes.
 const FILTER_VALUES: usize = 200;
@@ -84,28 +84,23 @@ impl GuardFirewall for Ec2Firewall {
     async fn guarded(&self, scope: &GuardScope) -> Result<Vec<GuardedGroup>, FirewallError> {
         let client = self.client(&scope.route).await;
         let mut groups: Vec<(String, String)> = Vec::new();
-        let (ids, tagged) = match &scope.selection {
-            GroupSelection::Ids(ids) => {
-                groups.extend(ids.iter().map(|id| (id.clone(), String::new())));
-                (None, false)
-            }
-            GroupSelection::All => (None, false),
-            GroupSelection::Tagged => (None, true),
-            GroupSelection::TaggedAmong(ids) => (Some(ids.iter().cloned().collect::<Vec<_>>()), true),
-        };
-        if !matches!(scope.selection, GroupSelection::Ids(_)) {
-            let filter = tagged.then(|| vec![Filter::builder().name(format!("tag:{GUARD_TAG}")).values("true").build()]);
-            let mut pages = client.describe_security_groups().set_group_ids(ids).set_filters(filter).into_paginator().send();
-            while let Some(page) = pages.next().await {
-                let page = match page.map_err(firewall_error) {
-                    Ok(page) => page,
-                    // A group named by id that is gone is not guarded.
-                    Err(e) if e.code.as_deref() == Some("InvalidGroup.NotFound") => break,
-                    Err(e) => return Err(e),
-                };
-                for sg in page.security_groups() {
-                    if let Some(id) = sg.group_id() {
-                        groups.push((id.to_string(), sg.owner_id().unwrap_or_default().to_string()));
+        match scope.selection.describe() {
+            GuardDescribe::Known(ids) => groups.extend(ids.into_iter().map(|id| (id, String::new()))),
+            GuardDescribe::Describe { ids, tagged } => {
+                let filter = tagged.then(|| vec![Filter::builder().name(format!("tag:{GUARD_TAG}")).values("true").build()]);
+                let ids = ids.map(|ids| ids.into_iter().collect());
+                let mut pages = client.describe_security_groups().set_group_ids(ids).set_filters(filter).into_paginator().send();
+                while let Some(page) = pages.next().await {
+                    let page = match page.map_err(firewall_error) {
+                        Ok(page) => page,
+                        // A group named by id that is gone is not guarded.
+                        Err(e) if e.code.as_deref() == Some("InvalidGroup.NotFound") => break,
+                        Err(e) => return Err(e),
+                    };
+                    for sg in page.security_groups() {
+                        if let Some(id) = sg.group_id() {
+                            groups.push((id.to_string(), sg.owner_id().unwrap_or_default().to_string()));
+                        }
                     }
                 }
             }

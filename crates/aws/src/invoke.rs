@@ -41,6 +41,6 @@ impl AsyncInvoke {
         call.send()
             .await
             .map(|_| ())
-            .map_err(|e| InvokeError { function: self.function.clone(), message: crate::error_parts(&e).1 })
+            .map_err(|e| InvokeError { function: self.function.clone(), message: crate::errors::error_parts(&e).1 })
     }
 }

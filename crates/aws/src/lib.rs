@@ -13,6 +13,7 @@ mod autoscaling;
 mod counter;
 mod dynamo;
 mod ec2;
+mod errors;
 mod guard;
 pub mod iam;
 mod invoke;
@@ -24,6 +25,7 @@ pub use autoscaling::AsgMembership;
 pub use counter::{ApiCall, CallCounter, api_calls};
 pub use dynamo::{DynamoStore, InitReport, TableNames, from_sdk};
 pub use ec2::Ec2Firewall;
+pub use errors::classify;
 pub use invoke::{AsyncInvoke, InvokeError};
 pub use secrets::{SecretError, Secrets};
 pub use streams::{Batch, StreamTail};
@@ -53,21 +55,6 @@ pub async fn load_sdk_config() -> SdkConfig {
 pub async fn shared_sdk_config() -> &'static SdkConfig {
     static SDK: tokio::sync::OnceCell<SdkConfig> = tokio::sync::OnceCell::const_new();
     SDK.get_or_init(load_sdk_config).await
-}
-
-/// An SDK error's code, and a message naming it (`Code: message`, else the whole error chain),
-/// for every service's errors.
-pub(crate) fn error_parts<E, R>(err: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> (Option<String>, String)
-where
-    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-    let message = match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        _ => aws_smithy_types::error::display::DisplayErrorContext(err).to_string(),
-    };
-    (err.code().map(str::to_string), message)
 }
 
 /// The region the standard configuration names (`AWS_REGION`, profile), if any.

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::{AddPrefixListEntry, PrefixListState, RemovePrefixListEntry};
+use portcullis_core::select::{self, ListQuery};
 use portcullis_core::{
-    AppliedRule, Cidr, Family, FamilyCounts, GroupChange, ListInfo, ObservedGroup, ObservedRule, PortRange, TargetId,
-    TargetSelector, TargetSpec,
+    AppliedRule, Cidr, Family, FamilyCounts, GroupChange, ListInfo, ObservedGroup, ObservedRule, PortRange, Route, TargetId,
+    TargetSpec,
 };
 use portcullis_engine::{Applied, FirewallError, Observation, ObserveFailure};
 
-use crate::ec2::firewall_error;
+use crate::errors::firewall_error;
 
 /// EC2's limit on the entries one `ModifyManagedPrefixList` may add (and, apart, remove).
 pub const ENTRIES_PER_CALL: usize = 100;
@@ -24,41 +25,20 @@ pub const ENTRIES_PER_CALL: usize = 100;
 /// How long a modification may take to complete before the next call gives up waiting.
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// The prefix lists the specs of one route name, with their entries.
-pub(crate) async fn describe_lists(client: &Client, region: &str, specs: &[(usize, TargetSpec)]) -> Observation {
+/// One route's prefix lists, as `query` asks, with the entries of those a spec selects
+/// (`select`, which decides; entries cost a call per list, so only selected lists are read);
+/// a list a spec names that is not there is a failure.
+pub(crate) async fn describe_lists(client: &Client, route: &Route, specs: &[&TargetSpec], query: ListQuery) -> Observation {
     let mut out = Observation::default();
-    let named: Vec<(usize, String)> = specs
-        .iter()
-        .flat_map(|(i, s)| match &s.selector {
-            TargetSelector::PrefixLists(ids) => ids.iter().map(|id| (*i, id.as_str().to_string())).collect(),
-            _ => vec![],
-        })
-        .collect();
-    let tagged: Vec<(usize, &str, &str)> = specs
-        .iter()
-        .filter_map(|(i, s)| match &s.selector {
-            TargetSelector::TaggedPrefixLists { tag_key, tag_value } => Some((*i, tag_key.as_str(), tag_value.as_str())),
-            _ => None,
-        })
-        .collect();
-    if named.is_empty() && tagged.is_empty() {
-        return out;
-    }
-    // Named lists by id; tagged ones by the tag filter when only one tag is asked, else all
-    // of the account's lists, picked here.
-    let mut request = client.describe_managed_prefix_lists();
-    if tagged.is_empty() {
-        request = request.set_prefix_list_ids(Some(named.iter().map(|(_, id)| id.clone()).collect()));
-    } else if named.is_empty() && tagged.len() == 1 {
-        let (_, key, value) = tagged[0];
-        request = request.filters(aws_sdk_ec2::types::Filter::builder().name(format!("tag:{key}")).values(value).build());
-    }
-    let failure = |id: Option<&str>, err: FirewallError| ObserveFailure {
-        region: region.to_string(),
-        group_id: id.map(str::to_string),
-        error: err.message,
-        code: err.code,
+    let region = route.region.as_str();
+    let request = match query {
+        ListQuery::Ids(ids) => client.describe_managed_prefix_lists().set_prefix_list_ids(Some(ids.into_iter().collect())),
+        ListQuery::Tagged { key, value } => client
+            .describe_managed_prefix_lists()
+            .filters(aws_sdk_ec2::types::Filter::builder().name(format!("tag:{key}")).values(value).build()),
+        ListQuery::All => client.describe_managed_prefix_lists(),
     };
+    let failure = |id: Option<&str>, err: FirewallError| ObserveFailure::new(region, id.map(str::to_string), err);
     let mut lists = Vec::new();
     let mut pages = request.into_paginator().send();
     while let Some(page) = pages.next().await {
@@ -70,71 +50,67 @@ pub(crate) async fn describe_lists(client: &Client, region: &str, specs: &[(usiz
             }
         }
     }
-    // AWS's own lists (owner "AWS") are never ours to change.
-    let found_by_tag = lists.iter().filter(|l| l.owner_id() != Some("AWS")).filter_map(|l| {
-        let tags = l.tags();
-        let spec = tagged.iter().find(|(_, k, v)| tags.iter().any(|t| t.key() == Some(*k) && t.value() == Some(*v)))?.0;
-        Some((spec, l.prefix_list_id()?.to_string()))
-    });
-    let mut wanted: Vec<(usize, String)> = named.clone();
-    wanted.extend(found_by_tag.filter(|(_, id)| !named.iter().any(|(_, n)| n == id)).collect::<Vec<_>>());
-    for (spec, id) in &wanted {
-        let Some(list) = lists.iter().find(|l| l.prefix_list_id() == Some(id.as_str())) else {
-            let err =
-                FirewallError { code: Some("InvalidPrefixListID.NotFound".into()), message: "prefix list not found".into() };
-            out.failures.push(failure(Some(id), err));
-            continue;
-        };
+    let specs: Vec<TargetSpec> = specs.iter().map(|s| (*s).clone()).collect();
+    for named in select::named_lists(&specs) {
+        if !lists.iter().any(|l| l.prefix_list_id() == Some(named.as_str())) {
+            let err = crate::errors::coded("InvalidPrefixListID.NotFound", "prefix list not found");
+            out.failures.push(failure(Some(&named), err));
+        }
+    }
+    for list in &lists {
+        let Some(id) = list.prefix_list_id() else { continue };
         let family = if list.address_family() == Some("IPv6") { Family::Ipv6 } else { Family::Ipv4 };
         let info = ListInfo {
             version: list.version().unwrap_or(0),
             max_entries: list.max_entries().and_then(|m| usize::try_from(m).ok()).unwrap_or(0),
             family,
         };
-        let mut rules = Vec::new();
-        let mut pages = client.get_managed_prefix_list_entries().prefix_list_id(id).into_paginator().send();
-        let mut failed = None;
-        while let Some(page) = pages.next().await {
-            match page {
-                Ok(page) => {
-                    for entry in page.entries() {
-                        let Some(raw) = entry.cidr() else { continue };
-                        let Ok(cidr) = Cidr::parse(raw) else { continue };
-                        rules.push(ObservedRule {
-                            cidr,
-                            raw_cidr: raw.to_string(),
-                            ports: PortRange::ENTRY,
-                            description: entry.description().map(str::to_string),
-                        });
-                    }
-                }
-                Err(err) => {
-                    failed = Some(firewall_error(err));
-                    break;
-                }
-            }
-        }
-        if let Some(err) = failed {
-            out.failures.push(failure(Some(id), err));
-            continue;
-        }
-        let mut counts = FamilyCounts::default();
-        counts.add(family, rules.len() as isize);
-        out.groups.push(ObservedGroup {
-            id: TargetId { region: region.to_string(), group_id: id.clone() },
+        let mut described = ObservedGroup {
+            id: TargetId { region: region.to_string(), group_id: id.to_string() },
+            route: route.clone(),
+            owner: list.owner_id().map(str::to_string),
             name: list.prefix_list_name().unwrap_or_default().to_string(),
             tags: list
                 .tags()
                 .iter()
                 .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
                 .collect(),
-            rules,
-            counts,
-            spec: *spec,
+            rules: vec![],
+            counts: FamilyCounts::default(),
             list: Some(info),
-        });
+        };
+        if select::selecting_spec(&described, &specs).is_none() {
+            continue;
+        }
+        match entries(client, id).await {
+            Ok(rules) => {
+                described.counts.add(family, rules.len() as isize);
+                described.rules = rules;
+                out.groups.push(described);
+            }
+            Err(err) => out.failures.push(failure(Some(id), err)),
+        }
     }
     out
+}
+
+/// A list's entries, as rules on [`PortRange::ENTRY`].
+async fn entries(client: &Client, id: &str) -> Result<Vec<ObservedRule>, FirewallError> {
+    let mut rules = Vec::new();
+    let mut pages = client.get_managed_prefix_list_entries().prefix_list_id(id).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for entry in page.map_err(firewall_error)?.entries() {
+            let Some(raw) = entry.cidr() else { continue };
+            let Ok(cidr) = Cidr::parse(raw) else { continue };
+            rules.push(ObservedRule {
+                cidr,
+                raw_cidr: raw.to_string(),
+                ports: PortRange::ENTRY,
+                description: entry.description().map(str::to_string),
+            });
+        }
+    }
+    Ok(rules)
 }
 
 /// The `i`th call's share of `items`: at most [`ENTRIES_PER_CALL`].
@@ -156,10 +132,10 @@ async fn settled(client: &Client, id: &str) -> Result<(), FirewallError> {
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
             Some(PrefixListState::ModifyInProgress | PrefixListState::CreateInProgress) => {
-                return Err(FirewallError {
-                    code: Some("IncorrectState".into()),
-                    message: format!("prefix list {id} is still being modified after {SETTLE:?}"),
-                });
+                return Err(crate::errors::coded(
+                    "IncorrectState",
+                    format!("prefix list {id} is still being modified after {SETTLE:?}"),
+                ));
             }
             _ => return Ok(()),
         }

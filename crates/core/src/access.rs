@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Environment, Policy, Timestamp, ValidationError};
+use crate::{Environment, InvalidInput, PermissionRefusal, Policy, Timestamp};
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -124,15 +124,15 @@ impl Credential {
     }
 
     /// Why these credentials are not valid in `env`, if they are not.
-    pub fn refusal(&self, env: &Environment, policy: &Policy) -> Option<ValidationError> {
+    pub fn refusal(&self, env: &Environment, policy: &Policy) -> Option<PermissionRefusal> {
         match self {
             Credential::Interface => None,
             Credential::Token { id, environments } if !environments.is_empty() && !environments.contains(env) => {
-                Some(ValidationError::TokenOutOfScope { token: id.clone(), environment: env.to_string() })
+                Some(PermissionRefusal::TokenOutOfScope { token: id.clone(), environment: env.to_string() })
             }
             Credential::Token { .. } => None,
             Credential::Iam { arn } if !policy.admits_principal(arn) => {
-                Some(ValidationError::PrincipalNotListed { arn: arn.clone(), environment: env.to_string() })
+                Some(PermissionRefusal::PrincipalNotListed { arn: arn.clone(), environment: env.to_string() })
             }
             Credential::Iam { .. } => None,
         }
@@ -155,9 +155,9 @@ impl Credential {
 pub struct PrincipalPattern(String);
 
 impl PrincipalPattern {
-    pub fn parse(text: &str) -> Result<PrincipalPattern, ValidationError> {
+    pub fn parse(text: &str) -> Result<PrincipalPattern, InvalidInput> {
         let text = text.trim();
-        let refuse = |reason: &str| Err(ValidationError::InvalidPrincipal { input: text.to_string(), reason: reason.into() });
+        let refuse = |reason: &str| Err(InvalidInput::InvalidPrincipal { input: text.to_string(), reason: reason.into() });
         if !text.starts_with("arn:") || text.split(':').count() < 6 {
             return refuse("it is not an ARN pattern such as arn:aws:iam::123456789012:user/alice");
         }

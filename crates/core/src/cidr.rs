@@ -5,7 +5,7 @@ use std::str::FromStr;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::ValidationError;
+use crate::InvalidInput;
 
 /// An address family; EC2 counts rule quotas per family.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -32,9 +32,9 @@ pub struct Cidr(IpNet);
 
 impl Cidr {
     /// Parses and canonicalises user input or an address read back from EC2.
-    pub fn parse(input: &str) -> Result<Cidr, ValidationError> {
+    pub fn parse(input: &str) -> Result<Cidr, InvalidInput> {
         let text = input.trim();
-        let invalid = |reason: &str| ValidationError::InvalidAddress { input: input.to_string(), reason: reason.to_string() };
+        let invalid = |reason: &str| InvalidInput::InvalidAddress { input: input.to_string(), reason: reason.to_string() };
         if text.is_empty() {
             return Err(invalid("it is empty"));
         }
@@ -152,8 +152,8 @@ impl fmt::Display for Cidr {
 }
 
 impl FromStr for Cidr {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Cidr, ValidationError> {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Cidr, InvalidInput> {
         Cidr::parse(s)
     }
 }
@@ -206,7 +206,7 @@ mod tests {
         for bad in ["", "1.2.3", "1.2.3.4/33", "1.2.3.4/", "1.2.3.4/-1", "::1/129", "x", "1.2.3.4/1a", "1.2.3.4 /32", "01.2.3.4"]
         {
             let err = Cidr::parse(bad).unwrap_err();
-            assert!(matches!(err, ValidationError::InvalidAddress { .. }), "{bad}: {err}");
+            assert!(matches!(err, InvalidInput::InvalidAddress { .. }), "{bad}: {err}");
         }
     }
 

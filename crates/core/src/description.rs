@@ -2,7 +2,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ValidationError;
+use crate::InvalidInput;
 
 /// A grant's description: printable Unicode, at most 200 characters, kept as given.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -12,20 +12,20 @@ pub struct Description(String);
 impl Description {
     pub const MAX_CHARS: usize = 200;
 
-    pub fn parse(input: &str) -> Result<Description, ValidationError> {
+    pub fn parse(input: &str) -> Result<Description, InvalidInput> {
         let count = input.chars().count();
         if count > Self::MAX_CHARS {
-            return Err(ValidationError::InvalidDescription {
+            return Err(InvalidInput::InvalidDescription {
                 reason: format!("it has {count} characters, at most {} are allowed", Self::MAX_CHARS),
             });
         }
         if let Some(c) = input.chars().find(|c| c.is_control()) {
-            return Err(ValidationError::InvalidDescription {
+            return Err(InvalidInput::InvalidDescription {
                 reason: format!("it contains the control character U+{:04X}", c as u32),
             });
         }
         if let Some(c) = input.chars().find(|c| is_spoofing(*c)) {
-            return Err(ValidationError::InvalidDescription {
+            return Err(InvalidInput::InvalidDescription {
                 reason: format!("it contains the invisible formatting character U+{:04X}, which can disguise text", c as u32),
             });
         }

@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ValidationError;
+use crate::InvalidInput;
 
 /// The name of an environment (`dev`, `prod`, …): 1-64 characters from `a-zA-Z0-9._-`, so it
 /// survives EC2's description charset and never contains the marker's separators.
@@ -12,13 +12,13 @@ use crate::ValidationError;
 pub struct Environment(String);
 
 impl Environment {
-    pub fn parse(input: &str) -> Result<Environment, ValidationError> {
+    pub fn parse(input: &str) -> Result<Environment, InvalidInput> {
         let ok =
             !input.is_empty() && input.len() <= 64 && input.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if ok {
             Ok(Environment(input.to_string()))
         } else {
-            Err(ValidationError::InvalidEnvironmentName { input: input.to_string() })
+            Err(InvalidInput::InvalidEnvironmentName { input: input.to_string() })
         }
     }
 
@@ -34,8 +34,8 @@ impl fmt::Display for Environment {
 }
 
 impl FromStr for Environment {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Environment, ValidationError> {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Environment, InvalidInput> {
         Environment::parse(s)
     }
 }

@@ -140,6 +140,29 @@ pub enum GroupSelection {
     TaggedAmong(BTreeSet<String>),
 }
 
+/// How guard's firewall finds a scope's groups: the selection as a request, which the adapter
+/// makes word for word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardDescribe {
+    /// The groups are these ids: no describe is needed to know them.
+    Known(BTreeSet<String>),
+    /// A describe of the groups, narrowed to these ids (when given) and to those tagged
+    /// `PortcullisGuard=true` (when `tagged`).
+    Describe { ids: Option<BTreeSet<String>>, tagged: bool },
+}
+
+impl GroupSelection {
+    /// How the groups it selects are found.
+    pub fn describe(&self) -> GuardDescribe {
+        match self {
+            GroupSelection::Ids(ids) => GuardDescribe::Known(ids.clone()),
+            GroupSelection::All => GuardDescribe::Describe { ids: None, tagged: false },
+            GroupSelection::Tagged => GuardDescribe::Describe { ids: None, tagged: true },
+            GroupSelection::TaggedAmong(ids) => GuardDescribe::Describe { ids: Some(ids.clone()), tagged: true },
+        }
+    }
+}
+
 /// Where guard watches: a region (and account, through `role_arn`) and which groups there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardScope {
@@ -264,9 +287,9 @@ pub enum Refusal {
 
 /// A decider's reason (a denial's, a break-glass's) as it may be stored: like a description,
 /// at most 200 printable characters.
-pub fn check_reason(text: &str) -> Result<(), crate::ValidationError> {
+pub fn check_reason(text: &str) -> Result<(), crate::InvalidInput> {
     crate::Description::parse(text).map(|_| ()).map_err(|e| match e {
-        crate::ValidationError::InvalidDescription { reason } => crate::ValidationError::InvalidReason { reason },
+        crate::InvalidInput::InvalidDescription { reason } => crate::InvalidInput::InvalidReason { reason },
         other => other,
     })
 }

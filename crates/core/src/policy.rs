@@ -2,7 +2,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
-use crate::{Cidr, Environment, Family, Grant, PortSet, PrincipalPattern, Source, Timestamp, Ttl, ValidationError};
+use crate::{Cidr, Environment, Family, Grant, PortSet, PrincipalPattern, Source, Timestamp, Ttl};
+use crate::{NotFound, PermissionRefusal, PolicyRefusal};
 
 /// The knobs of an environment's policy, as configured; [`Policy::new`] checks them. The
 /// defaults are DESIGN.md's.
@@ -104,8 +105,8 @@ pub fn admit_grants(
 }
 
 /// The policy of a known environment; an unknown one is refused, naming the known ones.
-pub fn policy_for<'a>(policies: &'a BTreeMap<Environment, Policy>, env: &Environment) -> Result<&'a Policy, ValidationError> {
-    policies.get(env).ok_or_else(|| ValidationError::UnknownEnvironment {
+pub fn policy_for<'a>(policies: &'a BTreeMap<Environment, Policy>, env: &Environment) -> Result<&'a Policy, NotFound> {
+    policies.get(env).ok_or_else(|| NotFound::UnknownEnvironment {
         name: env.to_string(),
         known: policies.keys().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
     })
@@ -156,16 +157,16 @@ impl Policy {
 
     /// Refuses the whole internet, prefixes wider than allowed and (if configured)
     /// special-purpose ranges.
-    pub fn check_cidr(&self, environment: &Environment, cidr: &Cidr) -> Result<(), ValidationError> {
+    pub fn check_cidr(&self, environment: &Environment, cidr: &Cidr) -> Result<(), PolicyRefusal> {
         if cidr.is_whole_internet() {
-            return Err(ValidationError::WholeInternet { cidr: cidr.to_string() });
+            return Err(PolicyRefusal::WholeInternet { cidr: cidr.to_string() });
         }
         let (min, family) = match cidr.family() {
             Family::Ipv4 => (self.rules.min_prefix_v4, "IPv4"),
             Family::Ipv6 => (self.rules.min_prefix_v6, "IPv6"),
         };
         if cidr.prefix_len() < min {
-            return Err(ValidationError::PrefixTooWide {
+            return Err(PolicyRefusal::PrefixTooWide {
                 cidr: cidr.to_string(),
                 environment: environment.to_string(),
                 family,
@@ -173,14 +174,14 @@ impl Policy {
             });
         }
         if self.rules.refuse_special_purpose && cidr.is_special_purpose() {
-            return Err(ValidationError::SpecialPurpose { cidr: cidr.to_string(), environment: environment.to_string() });
+            return Err(PolicyRefusal::SpecialPurpose { cidr: cidr.to_string(), environment: environment.to_string() });
         }
         Ok(())
     }
 
-    pub fn check_ttl(&self, environment: &Environment, ttl: Ttl) -> Result<(), ValidationError> {
+    pub fn check_ttl(&self, environment: &Environment, ttl: Ttl) -> Result<(), PolicyRefusal> {
         if ttl > self.rules.max_ttl {
-            return Err(ValidationError::TtlOverMaximum { ttl, max: self.rules.max_ttl, environment: environment.to_string() });
+            return Err(PolicyRefusal::TtlOverMaximum { ttl, max: self.rules.max_ttl, environment: environment.to_string() });
         }
         Ok(())
     }
@@ -190,20 +191,20 @@ impl Policy {
     /// straight into the table by another writer cannot open more than portcullis would. The
     /// TTL is measured from `now`, with [`Policy::CLOCK_SLACK`] for writers whose clocks run
     /// ahead; a grant without expiry must come from a source that may be permanent.
-    pub fn admits(&self, grant: &Grant, now: Timestamp) -> Result<(), ValidationError> {
+    pub fn admits(&self, grant: &Grant, now: Timestamp) -> Result<(), PolicyRefusal> {
         let env = &grant.environment;
         self.check_cidr(env, &grant.cidr)?;
         match grant.expires_at {
             // A member grant lives while its instance is a member: `member_ttl` is its backstop.
             Some(at) if grant.source != Source::AsgMember && at - now > self.rules.max_ttl.duration() + Self::CLOCK_SLACK => {
-                Err(ValidationError::ExpiresTooLate {
+                Err(PolicyRefusal::ExpiresTooLate {
                     cidr: grant.cidr.to_string(),
                     environment: env.to_string(),
                     max: self.rules.max_ttl,
                 })
             }
             None if !grant.source.may_be_permanent() => {
-                Err(ValidationError::NoExpiry { cidr: grant.cidr.to_string(), environment: env.to_string() })
+                Err(PolicyRefusal::NoExpiry { cidr: grant.cidr.to_string(), environment: env.to_string() })
             }
             _ => Ok(()),
         }
@@ -231,13 +232,19 @@ impl Policy {
 
     /// Whether a user may act here: by id (never by display name, which users choose
     /// themselves) or by membership of an allowed group.
-    pub fn check_actor(&self, environment: &Environment, id: &str, name: &str, groups: &[String]) -> Result<(), ValidationError> {
+    pub fn check_actor(
+        &self,
+        environment: &Environment,
+        id: &str,
+        name: &str,
+        groups: &[String],
+    ) -> Result<(), PermissionRefusal> {
         let listed = self.rules.allowed_users.as_ref().is_some_and(|u| u.contains(id)) || self.admits_principal(id);
         let member = groups.iter().any(|g| self.rules.allowed_groups.contains(g));
         if !self.is_restricted() || listed || member {
             return Ok(());
         }
-        Err(ValidationError::NotAllowed { user: name.to_string(), environment: environment.to_string() })
+        Err(PermissionRefusal::NotAllowed { user: name.to_string(), environment: environment.to_string() })
     }
 }
 
@@ -275,8 +282,8 @@ mod tests {
         let check = |s: &str| p.check_cidr(&dev(), &Cidr::parse(s).unwrap());
         assert!(check("203.0.113.0/24").is_ok());
         assert!(check("10.0.0.0/8").is_err());
-        assert!(matches!(check("0.0.0.0/0"), Err(ValidationError::WholeInternet { .. })));
-        assert!(matches!(check("::/0"), Err(ValidationError::WholeInternet { .. })));
+        assert!(matches!(check("0.0.0.0/0"), Err(PolicyRefusal::WholeInternet { .. })));
+        assert!(matches!(check("::/0"), Err(PolicyRefusal::WholeInternet { .. })));
         assert!(check("2001:db8::/48").is_ok());
         assert!(check("2001:db8::/47").is_err());
         assert!(p.check_ttl(&dev(), Ttl::MAX).is_ok());
@@ -300,16 +307,13 @@ mod tests {
         let p = policy(PolicyRules { max_ttl: Ttl::parse("7d").unwrap(), ..PolicyRules::default() });
         let day = Some(time::Duration::days(1));
         assert!(p.admits(&grant("203.0.113.7", day, Source::Manual), now).is_ok());
-        assert!(matches!(p.admits(&grant("0.0.0.0/0", day, Source::Manual), now), Err(ValidationError::WholeInternet { .. })));
-        assert!(matches!(p.admits(&grant("10.0.0.0/8", day, Source::Manual), now), Err(ValidationError::PrefixTooWide { .. })));
+        assert!(matches!(p.admits(&grant("0.0.0.0/0", day, Source::Manual), now), Err(PolicyRefusal::WholeInternet { .. })));
+        assert!(matches!(p.admits(&grant("10.0.0.0/8", day, Source::Manual), now), Err(PolicyRefusal::PrefixTooWide { .. })));
         let late = Some(time::Duration::days(30));
-        assert!(matches!(
-            p.admits(&grant("203.0.113.7", late, Source::Manual), now),
-            Err(ValidationError::ExpiresTooLate { .. })
-        ));
+        assert!(matches!(p.admits(&grant("203.0.113.7", late, Source::Manual), now), Err(PolicyRefusal::ExpiresTooLate { .. })));
         let barely = Some(time::Duration::days(7) + time::Duration::minutes(1));
         assert!(p.admits(&grant("203.0.113.7", barely, Source::Manual), now).is_ok(), "a writer's clock a minute ahead");
-        assert!(matches!(p.admits(&grant("203.0.113.7", None, Source::Manual), now), Err(ValidationError::NoExpiry { .. })));
+        assert!(matches!(p.admits(&grant("203.0.113.7", None, Source::Manual), now), Err(PolicyRefusal::NoExpiry { .. })));
         assert!(p.admits(&grant("203.0.113.7", None, Source::AsgMember), now).is_ok());
         assert!(p.admits(&grant("203.0.113.7", late, Source::AsgMember), now).is_ok(), "membership decides, not max_ttl");
         let policies = BTreeMap::from([(dev(), p)]);

@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ValidationError;
+use crate::InvalidInput;
 
 /// A transport protocol a rule opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -95,8 +95,8 @@ impl PortSet {
         PortSet(ranges.into_iter().collect())
     }
 
-    pub fn parse(input: &str) -> Result<PortSet, ValidationError> {
-        let invalid = |reason: String| ValidationError::InvalidPorts { input: input.to_string(), reason };
+    pub fn parse(input: &str) -> Result<PortSet, InvalidInput> {
+        let invalid = |reason: String| InvalidInput::InvalidPorts { input: input.to_string(), reason };
         let text = input.trim();
         match text {
             "alb" => return Ok(PortSet::alb()),
@@ -152,8 +152,8 @@ impl fmt::Display for PortSet {
 }
 
 impl FromStr for PortSet {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<PortSet, ValidationError> {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<PortSet, InvalidInput> {
         PortSet::parse(s)
     }
 }

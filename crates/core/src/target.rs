@@ -29,9 +29,9 @@ impl fmt::Display for TargetId {
 pub struct GroupId(String);
 
 impl GroupId {
-    pub fn parse(text: &str) -> Result<GroupId, crate::ValidationError> {
+    pub fn parse(text: &str) -> Result<GroupId, crate::InvalidInput> {
         let ok = text.strip_prefix("sg-").is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
-        if ok { Ok(GroupId(text.to_string())) } else { Err(crate::ValidationError::InvalidGroupId { input: text.to_string() }) }
+        if ok { Ok(GroupId(text.to_string())) } else { Err(crate::InvalidInput::InvalidGroupId { input: text.to_string() }) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -96,12 +96,12 @@ impl TargetSelector {
 pub struct PrefixListId(String);
 
 impl PrefixListId {
-    pub fn parse(text: &str) -> Result<PrefixListId, crate::ValidationError> {
+    pub fn parse(text: &str) -> Result<PrefixListId, crate::InvalidInput> {
         let ok = text.strip_prefix("pl-").is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
         if ok {
             Ok(PrefixListId(text.to_string()))
         } else {
-            Err(crate::ValidationError::InvalidPrefixListId { input: text.to_string() })
+            Err(crate::InvalidInput::InvalidPrefixListId { input: text.to_string() })
         }
     }
 
@@ -226,8 +226,11 @@ pub struct ObservedGroup {
     pub rules: Vec<ObservedRule>,
     /// Every inbound rule, including ones on other protocols or sources.
     pub counts: FamilyCounts,
-    /// Which spec found it (an index into the specs handed to the firewall).
-    pub spec: usize,
+    /// How it was described (its region and account): only that route's specs select it.
+    pub route: Route,
+    /// Its owner as the firewall reports it (an account id, or `AWS` for AWS's own prefix
+    /// lists); `None` where the firewall does not say.
+    pub owner: Option<String>,
     /// For a managed prefix list: its version, capacity and family (its entries are `rules`,
     /// on [`crate::PortRange::ENTRY`]).
     pub list: Option<ListInfo>,
@@ -278,10 +281,11 @@ pub struct SkippedGroup {
     pub reason: String,
 }
 
-/// Turns observed groups into targets: each gets one environment (its `WhitelistEnvironment`
-/// tag if discovered, else its spec's) and one port set (its `WhitelistPorts` tag, which must lie
-/// within that environment's `allowed_ports`, else its spec's default). Groups in unknown
-/// environments or with refused port tags are skipped, never touched.
+/// Turns observed groups into targets: each a spec selects (`select::selecting_spec`) gets one
+/// environment (its `WhitelistEnvironment` tag if discovered, else its spec's) and one port set
+/// (its `WhitelistPorts` tag, which must lie within that environment's `allowed_ports`, else
+/// its spec's default). Groups no spec selects are left out; groups in unknown environments or
+/// with refused port tags are skipped, never touched.
 pub fn resolve_targets(
     groups: &[ObservedGroup],
     specs: &[TargetSpec],
@@ -294,10 +298,7 @@ pub fn resolve_targets(
         if !seen.insert(group.id.clone()) {
             continue;
         }
-        let Some(spec) = specs.get(group.spec) else {
-            skipped.push(SkippedGroup { id: group.id.clone(), reason: "found by no configured target".into() });
-            continue;
-        };
+        let Some(spec) = crate::select::selecting_spec(group, specs) else { continue };
         let skip = |reason: String| SkippedGroup { id: group.id.clone(), reason };
         let environment = match (&spec.selector, group.tags.get(ENVIRONMENT_TAG)) {
             (selector, Some(tag)) if selector.discovers() => match Environment::parse(tag.trim()) {
@@ -349,14 +350,20 @@ pub fn resolve_targets(
 mod tests {
     use super::*;
 
-    fn group(id: &str, tags: &[(&str, &str)], spec: usize) -> ObservedGroup {
+    /// A group as described: tagged for discovery (`by_tag`), or not (named by id).
+    fn group(id: &str, tags: &[(&str, &str)], by_tag: bool) -> ObservedGroup {
+        let mut tags: BTreeMap<String, String> = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if by_tag {
+            tags.insert("WhitelistManaged".into(), "true".into());
+        }
         ObservedGroup {
             id: TargetId { region: "us-east-1".into(), group_id: id.into() },
+            route: Route::region("us-east-1"),
+            owner: None,
             name: id.into(),
-            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            tags,
             rules: vec![],
             counts: FamilyCounts::default(),
-            spec,
             list: None,
         }
     }
@@ -385,12 +392,13 @@ mod tests {
         ];
         let policies: BTreeMap<_, _> = [(dev.clone(), Policy::default())].into();
         let groups = vec![
-            group("sg-plain", &[], 0),
-            group("sg-nlb", &[(PORTS_TAG, "nlb")], 0),
-            group("sg-prod", &[(ENVIRONMENT_TAG, "prod")], 0),
-            group("sg-ssh", &[(PORTS_TAG, "tcp:22")], 0),
-            group("sg-junk", &[(PORTS_TAG, "lots")], 0),
-            group("sg-x", &[(ENVIRONMENT_TAG, "prod")], 1),
+            group("sg-plain", &[], true),
+            group("sg-nlb", &[(PORTS_TAG, "nlb")], true),
+            group("sg-prod", &[(ENVIRONMENT_TAG, "prod")], true),
+            group("sg-ssh", &[(PORTS_TAG, "tcp:22")], true),
+            group("sg-junk", &[(PORTS_TAG, "lots")], true),
+            group("sg-x", &[(ENVIRONMENT_TAG, "prod")], false),
+            group("sg-unselected", &[], false),
         ];
         let (targets, skipped) = resolve_targets(&groups, &specs, &policies);
         let names: Vec<_> = targets.iter().map(|t| (t.id.group_id.as_str(), t.ports.to_string())).collect();

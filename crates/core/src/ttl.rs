@@ -4,7 +4,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::Duration;
 
-use crate::ValidationError;
+use crate::InvalidInput;
 
 /// How long a grant lasts: the IP Whitelist Manager's grammar `Nm` (1-1440), `Nh` (1-24), `Nd` (1-365), or
 /// (the authenticating security group's `time_to_expire`) whole seconds from 60.
@@ -22,8 +22,8 @@ impl Ttl {
     pub const CONNECTION_DEFAULT: Ttl = Ttl { seconds: 60 * 60 };
 
     /// Parses `Nm`, `Nh` or `Nd` within the IP Whitelist Manager's ranges.
-    pub fn parse(input: &str) -> Result<Ttl, ValidationError> {
-        let invalid = || ValidationError::InvalidTtl { input: input.to_string() };
+    pub fn parse(input: &str) -> Result<Ttl, InvalidInput> {
+        let invalid = || InvalidInput::InvalidTtl { input: input.to_string() };
         let (n, unit) = count_and_unit(input.trim(), 4).ok_or_else(invalid)?;
         let n = n as u32; // at most 4 digits
         let minutes = match unit {
@@ -36,30 +36,30 @@ impl Ttl {
     }
 
     /// The authenticating security group's `time_to_expire`: whole seconds from 60 to 365 days.
-    pub fn from_seconds(seconds: u64) -> Result<Ttl, ValidationError> {
+    pub fn from_seconds(seconds: u64) -> Result<Ttl, InvalidInput> {
         if (60..=u64::from(Ttl::MAX.seconds)).contains(&seconds) {
             Ok(Ttl { seconds: seconds as u32 })
         } else {
-            Err(ValidationError::InvalidTtl { input: format!("{seconds} seconds") })
+            Err(InvalidInput::InvalidTtl { input: format!("{seconds} seconds") })
         }
     }
 
     /// `Nm`/`Nh`/`Nd`, or plain seconds (at least 60).
-    pub fn parse_or_seconds(input: &str) -> Result<Ttl, ValidationError> {
+    pub fn parse_or_seconds(input: &str) -> Result<Ttl, InvalidInput> {
         let text = input.trim();
         if !text.is_empty() && text.len() <= 9 && text.bytes().all(|b| b.is_ascii_digit()) {
-            return Ttl::from_seconds(text.parse().map_err(|_| ValidationError::InvalidTtl { input: input.to_string() })?)
-                .map_err(|_| ValidationError::InvalidTtl { input: input.to_string() });
+            return Ttl::from_seconds(text.parse().map_err(|_| InvalidInput::InvalidTtl { input: input.to_string() })?)
+                .map_err(|_| InvalidInput::InvalidTtl { input: input.to_string() });
         }
         Ttl::parse(input)
     }
 
     /// The seed event's integer `ttl_minutes`: any value from 1 minute to 365 days.
-    pub fn from_minutes(minutes: u64) -> Result<Ttl, ValidationError> {
+    pub fn from_minutes(minutes: u64) -> Result<Ttl, InvalidInput> {
         if (1..=u64::from(Ttl::MAX.seconds / 60)).contains(&minutes) {
             Ok(Ttl { seconds: minutes as u32 * 60 })
         } else {
-            Err(ValidationError::InvalidTtl { input: format!("{minutes} minutes") })
+            Err(InvalidInput::InvalidTtl { input: format!("{minutes} minutes") })
         }
     }
 
@@ -94,8 +94,8 @@ impl fmt::Display for Ttl {
 }
 
 impl FromStr for Ttl {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Ttl, ValidationError> {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Ttl, InvalidInput> {
         Ttl::parse(s)
     }
 }
@@ -118,8 +118,8 @@ impl<'de> Deserialize<'de> for Ttl {
 
 impl Ttl {
     /// The display form, with any count: `N` then `s`, `m`, `h` or `d`, within 60 s..=[`Ttl::MAX`].
-    fn parse_displayed(input: &str) -> Result<Ttl, ValidationError> {
-        let invalid = || ValidationError::InvalidTtl { input: input.to_string() };
+    fn parse_displayed(input: &str) -> Result<Ttl, InvalidInput> {
+        let invalid = || InvalidInput::InvalidTtl { input: input.to_string() };
         let (n, unit) = count_and_unit(input, 9).ok_or_else(invalid)?;
         let scale = match unit {
             's' => 1,

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::ValidationError;
+use crate::InvalidInput;
 
 /// A user's name or id as an interface reports it (`--as`, the OS user, a Slack user name, a
 /// seed event's `user_info`, a token's user): trimmed, 1-100 characters, none of them control
@@ -13,9 +13,9 @@ impl UserName {
     /// The most characters (not bytes) a name may have.
     pub const MAX_CHARS: usize = 100;
 
-    pub fn parse(text: &str) -> Result<UserName, ValidationError> {
+    pub fn parse(text: &str) -> Result<UserName, InvalidInput> {
         let name = text.trim();
-        let refuse = |reason: &str| Err(ValidationError::InvalidUserName { input: text.to_string(), reason: reason.into() });
+        let refuse = |reason: &str| Err(InvalidInput::InvalidUserName { input: text.to_string(), reason: reason.into() });
         if name.is_empty() {
             return refuse("it is empty");
         }

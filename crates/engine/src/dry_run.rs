@@ -25,7 +25,7 @@ fn static_groups(specs: &[TargetSpec]) -> Observation {
     static DISCOVERY_WARNING: Once = Once::new();
     static LIST_WARNING: Once = Once::new();
     let mut groups = Vec::new();
-    for (i, spec) in specs.iter().enumerate() {
+    for spec in specs {
         match &spec.selector {
             TargetSelector::Ids(ids) => groups.extend(ids.iter().map(|id| ObservedGroup {
                 list: None,
@@ -34,7 +34,8 @@ fn static_groups(specs: &[TargetSpec]) -> Observation {
                 tags: Default::default(),
                 rules: vec![],
                 counts: FamilyCounts::default(),
-                spec: i,
+                route: spec.route(),
+                owner: None,
             })),
             TargetSelector::PrefixLists(_) | TargetSelector::TaggedPrefixLists { .. } => LIST_WARNING.call_once(|| {
                 tracing::warn!(region = %spec.region,
@@ -76,7 +77,7 @@ impl Firewall for DryRunFirewall {
         let mut out = self.out.lock().expect("dry-run output mutex poisoned");
         out.write_all(text.as_bytes())
             .and_then(|_| out.flush())
-            .map_err(|e| FirewallError { code: None, message: format!("dry-run output: {e}") })?;
+            .map_err(|e| FirewallError::new(crate::ErrorClass::Permanent, format!("dry-run output: {e}")))?;
         // Nothing was changed, so nothing is reported as applied.
         Ok(Applied::default())
     }

@@ -248,7 +248,7 @@ impl Engine {
             }
             match self.grants.reconcile(Scope::All, Cause::Periodic).await {
                 Ok(report) if report.failed() => {
-                    tracing::warn!(failures = ?report.failure_messages(), "periodic reconcile left failures; will retry")
+                    tracing::warn!(failures = %crate::Failure::joined(&report.failures()), "periodic reconcile left failures; will retry")
                 }
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "periodic reconcile failed; will retry"),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use portcullis_core::{GroupChange, TargetSpec};
 
-use crate::{Applied, Firewall, FirewallError, Observation, ObserveFailure};
+use crate::{Applied, ErrorClass, Firewall, FirewallError, Observation, ObserveFailure};
 
 /// A failure the wrapper injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -99,12 +99,8 @@ impl FaultyFirewall {
     }
 }
 
-fn error(code: Option<&str>, message: &str) -> FirewallError {
-    let message = match code {
-        Some(code) => format!("{code}: {message} (injected)"),
-        None => format!("{message} (injected)"),
-    };
-    FirewallError { code: code.map(str::to_string), message }
+fn error(class: ErrorClass, message: &str) -> FirewallError {
+    FirewallError::new(class, format!("{message} (injected)"))
 }
 
 #[async_trait]
@@ -117,17 +113,16 @@ impl Firewall for FaultyFirewall {
             } else {
                 state.count(Fault::ObserveFailed);
                 let region = specs[state.below(specs.len() as u64) as usize].region.clone();
-                let code = [Some("RequestLimitExceeded"), Some("Unavailable"), None][state.below(3) as usize];
-                Some((region, code))
+                let why = ["throttled", "the service is unavailable", "the request timed out"][state.below(3) as usize];
+                Some((region, why))
             }
         };
-        let Some((region, code)) = failed else { return self.inner.observe(specs).await };
+        let Some((region, why)) = failed else { return self.inner.observe(specs).await };
         // The other regions are observed as usual; the spec indexes stay those of `specs`.
         let mut observation = self.inner.observe(specs).await;
         observation.groups.retain(|g| g.id.region != region);
         observation.failures.retain(|f| f.region != region);
-        let err = error(code, "describe failed");
-        observation.failures.push(ObserveFailure { region, group_id: None, error: err.message, code: err.code });
+        observation.failures.push(ObserveFailure::new(region, None, error(ErrorClass::Transient, why)));
         observation
     }
 
@@ -144,12 +139,12 @@ impl Firewall for FaultyFirewall {
         };
         match fault {
             None => self.inner.apply(change).await,
-            Some(Fault::Throttled) => Err(error(Some("RequestLimitExceeded"), "Request limit exceeded.")),
-            Some(Fault::ServerError) => Err(error(Some("Unavailable"), "The service is unavailable.")),
-            Some(Fault::TimeoutBefore) => Err(error(None, "the request timed out")),
+            Some(Fault::Throttled) => Err(error(ErrorClass::Transient, "Request limit exceeded.")),
+            Some(Fault::ServerError) => Err(error(ErrorClass::Transient, "The service is unavailable.")),
+            Some(Fault::TimeoutBefore) => Err(error(ErrorClass::Transient, "the request timed out")),
             Some(Fault::TimeoutAfter) => {
                 self.inner.apply(change).await?;
-                Err(error(None, "the request timed out"))
+                Err(error(ErrorClass::Transient, "the request timed out"))
             }
             Some(Fault::Partial) => {
                 // The first `cut` entries, in the order they are sent: revokes, updates, authorizes.
@@ -161,12 +156,10 @@ impl Firewall for FaultyFirewall {
                     left -= keep;
                 }
                 self.inner.apply(&part).await?;
-                Err(error(Some("InternalError"), "An internal error has occurred."))
+                Err(error(ErrorClass::Transient, "An internal error has occurred."))
             }
-            Some(Fault::GroupNotFound) => Err(error(Some("InvalidGroup.NotFound"), "The security group does not exist.")),
-            Some(Fault::Quota) => {
-                Err(error(Some("RulesPerSecurityGroupLimitExceeded"), "The maximum number of rules has been reached."))
-            }
+            Some(Fault::GroupNotFound) => Err(error(ErrorClass::GroupGone, "The security group does not exist.")),
+            Some(Fault::Quota) => Err(error(ErrorClass::Conflict, "The maximum number of rules has been reached.")),
             Some(Fault::ObserveFailed) => unreachable!("not an apply fault"),
         }
     }

@@ -10,8 +10,11 @@ mod dry_run;
 mod engine;
 mod error;
 mod error_policy;
+mod failure;
 #[cfg(feature = "test-support")]
 mod faults;
+#[cfg(feature = "test-support")]
+mod faulty_guard;
 mod grants;
 mod guard;
 mod lease;
@@ -38,8 +41,11 @@ pub use dry_run::DryRunFirewall;
 pub use engine::{Engine, EngineBuilder};
 pub use error::EngineError;
 pub use error_policy::{ErrorClass, ROUNDS, next_round};
+pub use failure::{Failure, FailureKind, Subject};
 #[cfg(feature = "test-support")]
 pub use faults::{Fault, FaultyFirewall};
+#[cfg(feature = "test-support")]
+pub use faulty_guard::{FaultyGuard, GuardCall, GuardFault};
 pub use grants::{
     APPLY_LEASE, APPLY_LOCK_WAIT, AddRequest, AuditQuery, BATCH_WINDOW, Cause, GAUGES_MAX_AGE, Grants, Requester, Scope,
     StreamOutcome, apply_lease_name,
@@ -88,9 +94,18 @@ pub struct ObserveFailure {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
     pub error: String,
-    /// The service's error code, when it answered with one (see `error_policy`).
+    /// What kind of failure it was (the firewall adapter's classification of the service's code).
+    pub class: ErrorClass,
+    /// The service's error code, when it answered with one (shown, never matched).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+}
+
+impl ObserveFailure {
+    /// `region` (or, with `group_id`, that group) could not be described, for `err`.
+    pub fn new(region: impl Into<String>, group_id: Option<String>, err: FirewallError) -> ObserveFailure {
+        ObserveFailure { region: region.into(), group_id, error: err.message, class: err.class, code: err.code }
+    }
 }
 
 /// What one group's change did.
@@ -104,13 +119,27 @@ pub struct Applied {
     pub already_done: usize,
 }
 
-/// A firewall call that failed.
+/// A firewall call that failed: its class (which the engine's error policy acts on, and which
+/// the adapter that made the call decides from the service's answer), and its words.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{message}")]
 pub struct FirewallError {
-    /// The service's error code, when it gave one (e.g. `RulesPerSecurityGroupLimitExceeded`).
+    pub class: ErrorClass,
+    /// The service's error code, when it gave one: carried to reports and logs, never matched
+    /// outside the adapter.
     pub code: Option<String>,
     pub message: String,
+}
+
+impl FirewallError {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> FirewallError {
+        FirewallError { class, code: None, message: message.into() }
+    }
+
+    /// The same failure, naming the service's error code.
+    pub fn with_code(self, code: impl Into<String>) -> FirewallError {
+        FirewallError { code: Some(code.into()), ..self }
+    }
 }
 
 /// Security groups: observe them, change them.

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::grants::Grants;
 use crate::shared::Shared;
-use crate::{Cause, EngineError, ReconcileReport, Scope};
+use crate::{Cause, EngineError, Failure, FailureKind, ReconcileReport, Scope, Subject};
 
 /// How long a member grant lives without a true-up confirming it (the backstop expiry).
 pub const DEFAULT_MEMBER_TTL: time::Duration = time::Duration::days(1);
@@ -178,7 +178,7 @@ pub struct MemberOutcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<LifecycleResult>,
     /// What went wrong on the way (a region that failed, an ASG that could not be described).
-    pub failures: Vec<String>,
+    pub failures: Vec<Failure>,
     #[serde(skip)]
     pub reports: Vec<ReconcileReport>,
 }
@@ -248,7 +248,8 @@ impl Members {
         let instance = match self.describe_launching(&first.route, &action.instance_id).await {
             Ok(found) => found,
             Err(err) => {
-                outcome.failures.push(format!("cannot describe {} in {region}: {err}", action.instance_id));
+                let instance = Subject::Instance { region: region.to_string(), instance_id: action.instance_id.clone() };
+                outcome.failures.push(Failure::new(instance, FailureKind::Describe, format!("cannot describe it: {err}")));
                 None
             }
         };
@@ -261,7 +262,8 @@ impl Members {
                 other.asg.as_deref().unwrap_or("absent")
             );
             tracing::warn!(asg = %action.asg, instance = %other.id, "a launch for an instance that is not the group's");
-            outcome.failures.push(why.clone());
+            let instance = Subject::Instance { region: region.to_string(), instance_id: other.id.clone() };
+            outcome.failures.push(Failure::new(instance, FailureKind::NotMember, why.clone()));
             self.complete(first, &action, LifecycleResult::Abandon, Some(why), interface, &mut outcome).await;
             return Ok(outcome);
         }
@@ -324,13 +326,13 @@ impl Members {
             let instances = match self.membership.instances(&source.route, &source.asg).await {
                 Ok(Some(instances)) => instances,
                 Ok(None) => {
-                    outcome
-                        .failures
-                        .push(format!("the Auto Scaling group {} does not exist in {}", source.asg, source.route.region));
+                    let asg = Subject::Asg { region: source.route.region.clone(), asg: source.asg.clone() };
+                    outcome.failures.push(Failure::new(asg, FailureKind::Describe, "the Auto Scaling group does not exist"));
                     continue;
                 }
                 Err(err) => {
-                    outcome.failures.push(format!("cannot describe {} in {}: {err}", source.asg, source.route.region));
+                    let asg = Subject::Asg { region: source.route.region.clone(), asg: source.asg.clone() };
+                    outcome.failures.push(Failure::new(asg, FailureKind::Describe, format!("cannot describe it: {err}")));
                     continue;
                 }
             };
@@ -394,7 +396,7 @@ impl Members {
     async fn apply_members(&self, environments: &BTreeSet<Environment>, outcome: &mut MemberOutcome) -> Result<(), EngineError> {
         for env in environments {
             let report = self.grants.reconcile(Scope::Environment(env.clone()), Cause::Change).await?;
-            outcome.failures.extend(report.failure_messages());
+            outcome.failures.extend(report.failures());
             outcome.reports.push(report);
         }
         Ok(())
@@ -421,7 +423,8 @@ impl Members {
         let mut reason = format!("{} {} of {} ({}){why}", result.as_str(), action.hook, action.instance_id, action.asg);
         if let Err(err) = self.membership.complete(&source.route, action, result).await {
             reason.push_str(&format!("; completing it failed: {err}"));
-            outcome.failures.push(format!("CompleteLifecycleAction for {}: {err}", action.instance_id));
+            let instance = Subject::Instance { region: region.clone(), instance_id: action.instance_id.clone() };
+            outcome.failures.push(Failure::new(instance, FailureKind::Lifecycle, err.to_string()));
         } else {
             outcome.lifecycle = Some(result);
         }

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use portcullis_core::{GroupChange, ObservedGroup, ObservedRule, TargetId, TargetSelector, TargetSpec, Timestamp, counts_after};
+use portcullis_core::{GroupChange, ObservedGroup, ObservedRule, Route, TargetId, TargetSpec, Timestamp, counts_after};
 use tokio::sync::oneshot;
 
-use crate::{Applied, Clock, Firewall, FirewallError, Observation, ObserveFailure};
+use crate::{Applied, Clock, ErrorClass, Firewall, FirewallError, Observation, ObserveFailure};
 
 /// The action recorded for a `ModifyManagedPrefixList` refused for naming an old version.
 pub const REFUSED_VERSION: &str = "ModifyManagedPrefixList refused: PrefixListVersionMismatch";
@@ -79,7 +79,8 @@ impl MemoryFirewall {
             tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             rules: vec![],
             counts: Default::default(),
-            spec: 0,
+            route: Route::region(region),
+            owner: None,
         };
         self.groups.lock().unwrap_or_else(PoisonError::into_inner).insert(id, group);
     }
@@ -152,20 +153,6 @@ impl MemoryFirewall {
     }
 }
 
-fn selected(group: &ObservedGroup, spec: &TargetSpec) -> bool {
-    group.id.region == spec.region
-        && match &spec.selector {
-            TargetSelector::Discovery { tag_key, tag_value } => {
-                group.list.is_none() && group.tags.get(tag_key) == Some(tag_value)
-            }
-            TargetSelector::Ids(ids) => group.list.is_none() && ids.iter().any(|id| id.as_str() == group.id.group_id),
-            TargetSelector::PrefixLists(ids) => group.list.is_some() && ids.iter().any(|id| id.as_str() == group.id.group_id),
-            TargetSelector::TaggedPrefixLists { tag_key, tag_value } => {
-                group.list.is_some() && group.tags.get(tag_key) == Some(tag_value)
-            }
-        }
-}
-
 fn as_rule(r: &portcullis_core::AppliedRule, description: bool) -> ObservedRule {
     ObservedRule {
         cidr: r.cidr,
@@ -184,18 +171,16 @@ impl Firewall for MemoryFirewall {
             let id = TargetId { region: region.into(), group_id: "*".into() };
             self.record("DescribeSecurityGroups", &id, vec![]);
             if self.failing(region) {
-                out.failures.push(ObserveFailure {
-                    region: region.into(),
-                    group_id: None,
-                    error: "region unreachable".into(),
-                    code: None,
-                });
+                out.failures.push(ObserveFailure::new(region, None, unreachable()));
                 continue;
             }
+            // Everything the region holds, as described through each route there (one account
+            // here); which of it the specs select is `core::select`'s decision.
+            let routes: BTreeSet<Route> = specs.iter().filter(|s| s.region == region).map(TargetSpec::route).collect();
             let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
-            for group in groups.values().filter(|g| g.id.region == region) {
-                if let Some(i) = specs.iter().position(|s| selected(group, s)) {
-                    out.groups.push(ObservedGroup { spec: i, ..group.clone() });
+            for route in routes {
+                for group in groups.values().filter(|g| g.id.region == region) {
+                    out.groups.push(ObservedGroup { route: route.clone(), ..group.clone() });
                 }
             }
         }
@@ -204,13 +189,11 @@ impl Firewall for MemoryFirewall {
 
     async fn apply(&self, change: &GroupChange) -> Result<Applied, FirewallError> {
         if self.failing(&change.target.region) {
-            return Err(FirewallError { code: None, message: "region unreachable".into() });
+            return Err(unreachable());
         }
         let mut applied = Applied::default();
         let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
-        let group = groups
-            .get_mut(&change.target)
-            .ok_or_else(|| FirewallError { code: Some("InvalidGroup.NotFound".into()), message: "no such group".into() })?;
+        let group = groups.get_mut(&change.target).ok_or_else(|| FirewallError::new(ErrorClass::GroupGone, "no such group"))?;
         // A prefix list as EC2 keeps one: each call names the version it was planned over, and
         // may not take the list past MaxEntries; each call of at most 100 additions and 100
         // removals makes a new version.
@@ -220,12 +203,12 @@ impl Firewall for MemoryFirewall {
                     let message = format!("the prefix list is at version {}, not {}", list.version, planned.version);
                     drop(groups);
                     self.record(REFUSED_VERSION, &change.target, vec![]);
-                    return Err(FirewallError { code: Some("PrefixListVersionMismatch".into()), message });
+                    return Err(FirewallError::new(ErrorClass::Conflict, message));
                 }
                 let after = group.rules.len() + change.authorize.len() - change.revoke.len().min(group.rules.len());
                 if after > list.max_entries {
                     let message = format!("{after} entries would exceed MaxEntries {}", list.max_entries);
-                    return Err(FirewallError { code: Some("PrefixListMaxEntriesExceeded".into()), message });
+                    return Err(FirewallError::new(ErrorClass::Permanent, message));
                 }
                 let adds = change.authorize.len() + change.update_descriptions.len();
                 let removes = change.revoke.len() + change.update_descriptions.len();
@@ -411,10 +394,7 @@ impl MemoryMembership {
     fn call(&self, action: &str, region: &str) -> Result<(), crate::MembershipError> {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(format!("{action} {region}"));
         if self.failing_regions.lock().unwrap_or_else(PoisonError::into_inner).contains(region) {
-            return Err(crate::MembershipError {
-                code: Some("ServiceUnavailable".into()),
-                message: format!("{region} is failing"),
-            });
+            return Err(crate::MembershipError { code: None, message: format!("{region} is failing") });
         }
         Ok(())
     }
@@ -459,4 +439,9 @@ impl crate::Membership for MemoryMembership {
         self.completed.lock().unwrap_or_else(PoisonError::into_inner).push((route.region.clone(), action.clone(), result));
         Ok(())
     }
+}
+
+/// A region the test made unreachable: no answer, as a timeout.
+fn unreachable() -> FirewallError {
+    FirewallError::new(ErrorClass::Transient, "region unreachable")
 }

@@ -12,10 +12,10 @@
 use std::sync::PoisonError;
 
 use async_trait::async_trait;
-use portcullis_core::guard::{Changes, GUARD_TAG, GroupRule, GroupSelection, GuardRule, GuardScope, GuardedGroup, RuleSource};
+use portcullis_core::guard::{Changes, GUARD_TAG, GroupRule, GuardDescribe, GuardRule, GuardScope, GuardedGroup, RuleSource};
 use portcullis_core::{Cidr, ObservedRule, PortRange, Protocol, Route, TargetId};
 
-use crate::{FirewallError, GuardEvent, GuardFirewall, MemoryFirewall};
+use crate::{ErrorClass, FirewallError, GuardEvent, GuardFirewall, MemoryFirewall};
 
 /// The account every in-memory group belongs to.
 pub const MEMORY_ACCOUNT: &str = "123456789012";
@@ -199,7 +199,7 @@ impl MemoryFirewall {
 
     fn guard_failing(&self, route: &Route) -> Result<(), FirewallError> {
         if self.failing(&route.region) {
-            return Err(FirewallError { code: None, message: "region unreachable".into() });
+            return Err(FirewallError::new(ErrorClass::Transient, "region unreachable"));
         }
         Ok(())
     }
@@ -217,11 +217,13 @@ impl GuardFirewall for MemoryFirewall {
                 .map(|g| (g.id.clone(), g.tags.get(GUARD_TAG).is_some_and(|v| v == "true")))
                 .collect()
         };
-        let selected = groups.into_iter().filter(|(id, tagged)| match &scope.selection {
-            GroupSelection::All => true,
-            GroupSelection::Tagged => *tagged,
-            GroupSelection::Ids(ids) => ids.contains(&id.group_id),
-            GroupSelection::TaggedAmong(ids) => *tagged && ids.contains(&id.group_id),
+        // The describe EC2 would answer (`GroupSelection::describe` says what to ask).
+        let describe = scope.selection.describe();
+        let selected = groups.into_iter().filter(|(id, tagged)| match &describe {
+            GuardDescribe::Known(ids) => ids.contains(&id.group_id),
+            GuardDescribe::Describe { ids, tagged: only_tagged } => {
+                ids.as_ref().is_none_or(|ids| ids.contains(&id.group_id)) && (*tagged || !only_tagged)
+            }
         });
         Ok(selected
             .map(|(id, _)| GuardedGroup {
@@ -267,7 +269,7 @@ impl GuardFirewall for MemoryFirewall {
         self.guard_failing(route)?;
         let group = TargetId { region: route.region.clone(), group_id: group_id.into() };
         self.remove_rule(&group, Some(rule_id), None)
-            .ok_or_else(|| FirewallError { code: Some("InvalidSecurityGroupRuleId.NotFound".into()), message: rule_id.into() })?;
+            .ok_or_else(|| FirewallError::new(ErrorClass::Conflict, format!("no rule {rule_id}")))?;
         self.add_rule(&group, rule, Some(rule_id.to_string()));
         let edit = GroupRule { rule_id: Some(rule_id.to_string()), rule: rule.clone() };
         self.record_trail("ModifySecurityGroupRules", &group, Changes { edits: vec![edit], ..Changes::default() });
@@ -277,8 +279,7 @@ impl GuardFirewall for MemoryFirewall {
     async fn identity(&self, route: &Route) -> Result<String, FirewallError> {
         self.guard_failing(route)?;
         let identity = self.identity.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        identity
-            .ok_or_else(|| FirewallError { code: Some("AccessDenied".into()), message: "sts:GetCallerIdentity refused".into() })
+        identity.ok_or_else(|| FirewallError::new(ErrorClass::Denied, "sts:GetCallerIdentity refused"))
     }
 }
 

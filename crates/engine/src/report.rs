@@ -5,7 +5,7 @@ use portcullis_core::{
 };
 use serde::Serialize;
 
-use crate::{Applied, Cause, ObserveFailure};
+use crate::{Applied, Cause, Failure, FailureKind, ObserveFailure, Subject};
 
 /// One group's result in a reconcile.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -17,6 +17,9 @@ pub struct GroupOutcome {
     pub applied: Option<Applied>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What kind of failure `error` is (see `error_policy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<crate::ErrorClass>,
     /// The firewall's error code, when it gave one (`RulesPerSecurityGroupLimitExceeded`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
@@ -80,22 +83,19 @@ impl ReconcileReport {
         }
     }
 
-    /// One line per failure, naming the group or region.
-    pub fn failure_messages(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .observe_failures
-            .iter()
-            .map(|f| match &f.group_id {
-                Some(g) => format!("{g} ({}): {}", f.region, f.error),
-                None => format!("region {}: {}", f.region, f.error),
-            })
-            .collect();
-        out.extend(self.outcomes.iter().filter_map(|o| o.error.as_ref().map(|e| format!("{}: {e}", o.target))));
-        out.extend(
-            self.overflows
-                .iter()
-                .map(|o| format!("{}: would hold {} {} rules, over its quota of {}", o.target, o.would_hold, o.family, o.quota)),
-        );
+    /// Every failure: regions and groups that could not be described, changes that failed,
+    /// and changes refused for the quota.
+    pub fn failures(&self) -> Vec<Failure> {
+        let mut out: Vec<Failure> = self.observe_failures.iter().map(Failure::from).collect();
+        out.extend(self.outcomes.iter().filter_map(|o| {
+            let error = o.error.as_ref()?;
+            let failure = Failure::new(Subject::Group(o.target.clone()), FailureKind::Change, error.clone());
+            Some(Failure { class: o.class, ..failure })
+        }));
+        out.extend(self.overflows.iter().map(|o| {
+            let message = format!("would hold {} {} rules, over its quota of {}", o.would_hold, o.family, o.quota);
+            Failure::new(Subject::Group(o.target.clone()), FailureKind::Quota, message)
+        }));
         out
     }
 }
@@ -194,5 +194,5 @@ pub struct ReconcileSummary {
     pub authorized: usize,
     pub revoked: usize,
     pub updated: usize,
-    pub failures: Vec<String>,
+    pub failures: Vec<Failure>,
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use portcullis_core::{Environment, Marker, Policy, RuleQuota, TargetSpec, ValidationError, policy_for};
+use portcullis_core::{Environment, Marker, NotFound, Policy, RuleQuota, TargetSpec, policy_for};
 use portcullis_store::Store;
 use tokio::sync::Notify;
 
@@ -54,7 +54,7 @@ impl Shared {
     }
 
     /// The policy of a known environment.
-    pub(crate) fn policy(&self, env: &Environment) -> Result<&Policy, ValidationError> {
+    pub(crate) fn policy(&self, env: &Environment) -> Result<&Policy, NotFound> {
         policy_for(&self.settings.policies, env)
     }
 

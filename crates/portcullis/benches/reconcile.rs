@@ -97,7 +97,7 @@ async fn reconcile_on_moto(moto: &str) {
     let start = Instant::now();
     let report = engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
     let took = start.elapsed();
-    assert_eq!(report.authorized, 1000, "{:?}", report.failure_messages());
+    assert_eq!(report.authorized, 1000, "{:?}", report.failures());
     println!("reconcile: 25 grants onto 20 groups x 2 ports (1,000 rules) on moto");
     println!("  portcullis: {took:>10.2?}  calls {:?}", firewall.calls().snapshot());
     let start = Instant::now();
@@ -201,7 +201,7 @@ async fn prefix_list_vs_rules(moto: &str) {
     let start = Instant::now();
     let report = engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
     let list_took = start.elapsed();
-    assert_eq!(report.authorized, 1_000, "{:?}", report.failure_messages());
+    assert_eq!(report.authorized, 1_000, "{:?}", report.failures());
     let list_calls = firewall.calls().snapshot();
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

@@ -6,6 +6,20 @@
 (function () {
   const TOKEN_KEY = "portcullis.token";
   const AUDIT_PAGE = 50;
+
+  // A failure in a report: where (a group, a region, an Auto Scaling group or an instance), then
+  // what went wrong.
+  function failureText(f) {
+    if (typeof f === "string") return f;
+    const t = f.target || {};
+    const where = t.group ? t.group.group_id + " (" + t.group.region + ")"
+      : t.region ? "region " + t.region
+      : t.asg ? t.asg.asg + " (" + t.asg.region + ")"
+      : t.instance ? t.instance.instance_id + " (" + t.instance.region + ")"
+      : "";
+    return (where ? where + ": " : "") + f.message;
+  }
+
   // The audit log's actions (core::Action::ALL; a test in routes/console.rs keeps this in step).
   const ACTIONS = [
     "added", "refreshed", "removed", "expired", "drift-repaired", "refused", "approved", "denied",
@@ -620,7 +634,7 @@
 
     const failures = $("status-failures");
     failures.replaceChildren();
-    for (const f of (r && r.failures) || []) failures.append(el("li", f));
+    for (const f of (r && r.failures) || []) failures.append(el("li", failureText(f)));
     if (!failures.children.length) failures.append(el("li", "none", "hint"));
 
     const body = $("status-overdue");

@@ -9,7 +9,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use portcullis_aws::iam::IamVerifier;
-use portcullis_core::{Environment, ValidationError};
+use portcullis_core::{Environment, NotFound, PolicyRefusal, Rejection};
 use portcullis_engine::{Engine, EngineError};
 
 use crate::auth::{AuthError, Authenticator, Principal};
@@ -89,28 +89,41 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<ValidationError> for ApiError {
-    fn from(err: ValidationError) -> Self {
+impl From<Rejection> for ApiError {
+    fn from(err: Rejection) -> Self {
         let (status, code) = match &err {
-            ValidationError::UnknownEnvironment { .. } => (StatusCode::NOT_FOUND, "unknown_environment"),
-            ValidationError::NotAllowed { .. }
-            | ValidationError::TokenOutOfScope { .. }
-            | ValidationError::PrincipalNotListed { .. } => (StatusCode::FORBIDDEN, "not_allowed"),
-            ValidationError::NoSuchGrant { .. } => (StatusCode::NOT_FOUND, "no_such_grant"),
-            ValidationError::GroupFull { .. } => (StatusCode::CONFLICT, "group_full"),
-            ValidationError::ListFull { .. } => (StatusCode::CONFLICT, "list_full"),
-            ValidationError::FamilyNotTaken { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "family_not_taken"),
-            ValidationError::TooManyGrants { .. } => (StatusCode::CONFLICT, "too_many_grants"),
-            _ => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Rejection::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Rejection::NotFound(NotFound::UnknownEnvironment { .. }) => (StatusCode::NOT_FOUND, "unknown_environment"),
+            Rejection::NotFound(NotFound::NoSuchGrant { .. }) => (StatusCode::NOT_FOUND, "no_such_grant"),
+            Rejection::Permission(_) => (StatusCode::FORBIDDEN, "not_allowed"),
+            Rejection::Policy(refusal) => match refusal {
+                PolicyRefusal::GroupFull { .. } => (StatusCode::CONFLICT, "group_full"),
+                PolicyRefusal::ListFull { .. } => (StatusCode::CONFLICT, "list_full"),
+                PolicyRefusal::FamilyNotTaken { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "family_not_taken"),
+                PolicyRefusal::TooManyGrants { .. } => (StatusCode::CONFLICT, "too_many_grants"),
+                _ => (StatusCode::BAD_REQUEST, "invalid_request"),
+            },
         };
         ApiError::new(status, code, err.to_string())
     }
 }
 
+/// Each kind of rejection answers as the whole does.
+macro_rules! rejected {
+    ($($kind:ty),*) => {$(
+        impl From<$kind> for ApiError {
+            fn from(err: $kind) -> Self {
+                Rejection::from(err).into()
+            }
+        }
+    )*};
+}
+rejected!(portcullis_core::InvalidInput, NotFound, portcullis_core::PermissionRefusal, PolicyRefusal);
+
 impl From<EngineError> for ApiError {
     fn from(err: EngineError) -> Self {
         match err {
-            EngineError::Validation(v) => v.into(),
+            EngineError::Rejected(v) => v.into(),
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string())

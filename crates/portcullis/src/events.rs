@@ -4,7 +4,9 @@
 //! for guard (`cloudtrail`); and the answer each gets.
 
 use portcullis_core::{Grant, Interface, member_instance};
-use portcullis_engine::{Engine, EngineError, GuardError, GuardEvent, GuardOutcome, LifecycleAction, MemberEvent, MemberOutcome};
+use portcullis_engine::{
+    Engine, EngineError, Failure, GuardError, GuardEvent, GuardOutcome, LifecycleAction, MemberEvent, MemberOutcome,
+};
 use serde_json::{Value, json};
 
 use crate::cloudtrail::{self, MalformedTrail, Trail};
@@ -145,9 +147,15 @@ fn guard_answer(outcome: Result<GuardOutcome, GuardError>) -> Result<Value, Even
             return Ok(json!({"success": false, "action": "guard", "ignored": e.to_string()}));
         }
     };
-    let failed = matches!(&outcome, GuardOutcome::Reverted { failures, .. } if !failures.is_empty());
+    let failures = match &outcome {
+        GuardOutcome::Reverted { failures, .. } => Failure::lines(failures),
+        _ => vec![],
+    };
     let mut answer = serde_json::to_value(&outcome).expect("outcomes serialise");
-    answer["success"] = json!(!failed);
+    answer["success"] = json!(failures.is_empty());
+    if answer.get("failures").is_some() {
+        answer["failures"] = json!(failures);
+    }
     answer["action"] = json!("guard");
     Ok(answer)
 }
@@ -175,7 +183,7 @@ pub fn answer(action: &str, outcome: &MemberOutcome) -> Value {
         "skipped": outcome.skipped,
         "held_by_others": outcome.held_by_others,
         "lifecycle": outcome.lifecycle,
-        "failures": outcome.failures,
+        "failures": Failure::lines(&outcome.failures),
     })
 }
 

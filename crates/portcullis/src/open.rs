@@ -39,7 +39,10 @@ pub struct OpenOptions {
 /// A failed request, with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// 400/401/403/404: fix the request or the credentials.
+    /// 400/404, a bad `--server`: fix the request.
+    #[error("{0}")]
+    Invalid(String),
+    /// 401/403/409/422: the server refused the credentials, or its policy the request.
     #[error("{0}")]
     Refused(String),
     /// Network, 429, 5xx: may work later.
@@ -72,7 +75,7 @@ impl Client {
     fn new(options: OpenOptions) -> Result<Client, OpenError> {
         let base = options.server.trim_end_matches('/');
         if !(base.starts_with("https://") || base.starts_with("http://")) {
-            return Err(OpenError::Refused(format!("--server {base:?} is not an http(s) URL")));
+            return Err(OpenError::Invalid(format!("--server {base:?} is not an http(s) URL")));
         }
         let mut url = format!("{base}/connection");
         if let Some(env) = &options.environment {
@@ -94,7 +97,7 @@ impl Client {
                 let login =
                     portcullis_aws::iam::sign_login(sdk, sts_endpoint, server_id, SystemTime::from(self.options.clock.now()))
                         .await
-                        .map_err(|e| OpenError::Refused(e.to_string()))?;
+                        .map_err(|e| OpenError::Invalid(e.to_string()))?;
                 Ok(iam_header(&login))
             }
         }
@@ -122,7 +125,8 @@ impl Client {
                 "rate-limited by the server: try again in {} s",
                 retry_after.as_deref().unwrap_or("a few")
             ))),
-            400..=499 => Err(OpenError::Refused(format!("refused ({status}): {message}"))),
+            409 | 422 => Err(OpenError::Refused(format!("refused ({status}): {message}"))),
+            400..=499 => Err(OpenError::Invalid(format!("invalid ({status}): {message}"))),
             502 => Err(OpenError::Failed(format!("every security group failed: {}", failures(&body)))),
             _ => Err(OpenError::Failed(format!("server error ({status}): {message}"))),
         }
@@ -199,7 +203,7 @@ pub async fn run(options: OpenOptions) -> Result<(), OpenError> {
                         delay = renew_delay(&options, &body);
                     }
                     // A refusal will not go away by retrying (revoked token, removed principal).
-                    Err(OpenError::Refused(m)) => return Err(OpenError::Refused(m)),
+                    Err(err @ (OpenError::Refused(_) | OpenError::Invalid(_))) => return Err(err),
                     Err(OpenError::Failed(m)) => {
                         eprintln!("warning: renewal failed, retrying in 5 s: {m}");
                         delay = Duration::from_secs(5);

@@ -11,7 +11,7 @@
 //! Quoting works as in a POSIX shell, plus the curly quotes Slack's clients substitute for
 //! straight ones (‘…’ and “…”); Slack's HTML escapes (`&amp;`, `&lt;`, `&gt;`) are undone first.
 
-use portcullis_core::{Cidr, Description, Environment, Ttl, ValidationError};
+use portcullis_core::{Cidr, Description, Environment, InvalidInput, Ttl};
 use thiserror::Error;
 
 /// A parsed command.
@@ -46,8 +46,8 @@ impl Command {
 #[error("{0}")]
 pub struct ParseError(pub String);
 
-impl From<ValidationError> for ParseError {
-    fn from(err: ValidationError) -> Self {
+impl From<InvalidInput> for ParseError {
+    fn from(err: InvalidInput) -> Self {
         ParseError(err.to_string())
     }
 }

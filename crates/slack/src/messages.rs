@@ -1,7 +1,7 @@
 //! What people read: Block Kit replies to slash commands, and the IP Whitelist Manager's notification texts.
 
 use portcullis_core::{Action, AuditEvent, Environment, Grant, Source, Timestamp, format_utc, member_instance, time_left};
-use portcullis_engine::ReconcileReport;
+use portcullis_engine::{Failure, ReconcileReport};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -120,14 +120,14 @@ impl Reply {
     }
 
     /// The final answer to an `add`.
-    pub fn added(grant: &Grant, refreshed: bool, failures: &[String], now: Timestamp) -> Reply {
+    pub fn added(grant: &Grant, refreshed: bool, failures: &[Failure], now: Timestamp) -> Reply {
         let verb = if refreshed { "refreshed in" } else { "added to" };
         let until = grant.expires_at.map(|t| format!(" until {} ({})", format_utc(t), time_left(t, now))).unwrap_or_default();
         Reply::outcome(format!(":white_check_mark: `{}` {verb} `{}`{until}.", grant.cidr, grant.environment), failures)
     }
 
     /// The final answer to a `remove`.
-    pub fn removed(grant: &Grant, failures: &[String]) -> Reply {
+    pub fn removed(grant: &Grant, failures: &[Failure]) -> Reply {
         Reply::outcome(format!(":wastebasket: `{}` removed from `{}`.", grant.cidr, grant.environment), failures)
     }
 
@@ -139,14 +139,14 @@ impl Reply {
                  {} unchanged, {} not ours left alone.",
                 report.targets, report.authorized, report.revoked, report.updated, report.unchanged, report.unowned_left_alone
             ),
-            &report.failure_messages(),
+            &report.failures(),
         )
     }
 
-    fn outcome(headline: String, failures: &[String]) -> Reply {
+    fn outcome(headline: String, failures: &[Failure]) -> Reply {
         let mut blocks = vec![section(&headline)];
         if !failures.is_empty() {
-            let lines: Vec<String> = failures.iter().take(20).map(|f| format!("• {}", escape(f))).collect();
+            let lines: Vec<String> = failures.iter().take(20).map(|f| format!("• {}", escape(&f.to_string()))).collect();
             blocks.push(section(&format!(
                 ":warning: Some security groups could not be updated; the change is stored and will be retried:\n{}",
                 lines.join("\n")

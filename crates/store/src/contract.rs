@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use portcullis_core::{
     Action, ApiToken, AuditEvent, Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Role, Source, Timestamp,
-    ValidationError,
 };
 use time::Duration;
 use time::macros::datetime;
@@ -18,6 +17,7 @@ use portcullis_core::TargetId;
 use portcullis_core::guard::{ChangeRequest, GroupRule, GuardRule, GuardedGroup, RequestStatus, RuleSource};
 
 use crate::{Actor, AuditQuery, LeaseClaim, LeaseHolder, NOTICE_LEASE, Settlement, Store, StoreError, Upsert};
+use portcullis_core::PolicyRefusal;
 
 /// Two handles on one store, as two processes would hold it.
 pub struct Pair {
@@ -122,7 +122,7 @@ pub async fn per_user_limit_and_expiry(p: Pair) {
         p.a.upsert(upsert(grant(&format!("203.0.113.{i}"), "dev", "alice", T0, Duration::minutes(i)), "alice")).await.unwrap();
     }
     let err = p.b.upsert(upsert(grant("203.0.113.9", "dev", "alice", T0, Duration::days(1)), "alice")).await.unwrap_err();
-    assert!(matches!(err, StoreError::Validation(ValidationError::TooManyGrants { .. })), "{err}");
+    assert!(matches!(err, StoreError::Refused(PolicyRefusal::TooManyGrants { .. })), "{err}");
     assert_eq!(p.b.grant(&key("203.0.113.9", "dev")).await.unwrap(), None, "a refused add stores nothing");
     // Another owner, and the same owner elsewhere, have limits of their own.
     p.b.upsert(upsert(grant("203.0.113.10", "dev", "bob", T0, Duration::days(1)), "bob")).await.unwrap();
@@ -348,7 +348,7 @@ pub async fn racing_writers_on_one_users_limit(p: Pair) {
             p.a.upsert(upsert(grant(&x, "dev", &owner, T0, Duration::hours(1)), &owner)),
             p.b.upsert(upsert(grant(&y, "dev", &owner, T0, Duration::hours(1)), &owner))
         );
-        let refused = |r: &Result<_, StoreError>| matches!(r, Err(StoreError::Validation(ValidationError::TooManyGrants { .. })));
+        let refused = |r: &Result<_, StoreError>| matches!(r, Err(StoreError::Refused(PolicyRefusal::TooManyGrants { .. })));
         assert!(
             (a.is_ok() && refused(&b)) || (refused(&a) && b.is_ok()),
             "round {round}: exactly one wins: {:?} / {:?}",

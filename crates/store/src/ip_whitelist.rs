@@ -149,7 +149,7 @@ pub enum ItemError {
     #[error("no {0}")]
     Missing(&'static str),
     #[error(transparent)]
-    Invalid(#[from] portcullis_core::ValidationError),
+    Invalid(#[from] portcullis_core::InvalidInput),
     #[error("unknown {SOURCE} {0:?}")]
     UnknownSource(String),
     #[error("{attribute} {value:?} is not ISO 8601")]

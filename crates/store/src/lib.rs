@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use async_trait::async_trait;
 use portcullis_core::guard::{ChangeRequest, GroupRule, RequestStatus};
 use portcullis_core::{
-    ApiToken, AuditEvent, AuditScope, Environment, Grant, GrantKey, Interface, TargetId, Timestamp, ValidationError,
+    ApiToken, AuditEvent, AuditScope, Environment, Grant, GrantKey, Interface, PolicyRefusal, TargetId, Timestamp,
 };
 use thiserror::Error;
 
@@ -242,7 +242,8 @@ pub struct OutboxStatus {
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error(transparent)]
-    Validation(#[from] ValidationError),
+    /// A policy limit the store enforces (the per-user limit) refuses the write.
+    Refused(#[from] PolicyRefusal),
     /// The backend (SQLite) failed; its own error, boxed so no backend's types leak out.
     #[error("store {location}: {source}")]
     Backend { location: String, source: Box<dyn std::error::Error + Send + Sync> },

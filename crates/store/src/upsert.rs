@@ -3,9 +3,10 @@
 //! rules (an expired grant is recorded as expired and replaced, a live one is refreshed, a new
 //! one is counted against the owner's limit) are written once.
 
-use portcullis_core::{Action, AuditEvent, Grant, ValidationError};
+use portcullis_core::{Action, AuditEvent, Grant};
 
 use crate::{Upsert, grant_event, refresh, sweeper_actor};
+use portcullis_core::PolicyRefusal;
 
 /// What an upsert stores and records.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,10 +45,10 @@ impl Upsert {
 
     /// The second half of an add: `held` is how many live grants the owner holds in the
     /// environment; at the limit the add is refused.
-    pub fn add(&self, expired: Option<Grant>, held: usize) -> Result<Decided, ValidationError> {
+    pub fn add(&self, expired: Option<Grant>, held: usize) -> Result<Decided, PolicyRefusal> {
         let asked = &self.grant;
         if held >= self.max_grants_per_user {
-            return Err(ValidationError::TooManyGrants {
+            return Err(PolicyRefusal::TooManyGrants {
                 user: asked.owner.name.clone(),
                 environment: asked.environment.to_string(),
                 count: held,
@@ -121,6 +122,6 @@ mod tests {
         let request = upsert("bob", datetime!(2026-06-01 00:00 UTC));
         assert_eq!(request.decide(None), UpsertDecision::Add { expired: None });
         assert!(request.add(None, 1).is_ok());
-        assert!(matches!(request.add(None, 2), Err(ValidationError::TooManyGrants { count: 2, .. })));
+        assert!(matches!(request.add(None, 2), Err(PolicyRefusal::TooManyGrants { count: 2, .. })));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use portcullis_core::{Action, AuditEvent, AuditScope, Cidr, Environment, Policy, ValidationError};
+use portcullis_core::{Action, AuditEvent, AuditScope, Cidr, Environment, Policy, Rejection};
 use portcullis_store::Actor;
 
 use crate::{EngineError, Grants, Requester};
@@ -55,11 +55,12 @@ impl Grants {
     /// Records a refusal in a known environment, then returns it.
     pub(crate) async fn refuse(
         &self,
-        err: ValidationError,
+        err: impl Into<Rejection>,
         env: &Environment,
         cidr: Option<&Cidr>,
         actor: &Actor,
     ) -> EngineError {
+        let err = err.into();
         let event = AuditEvent {
             id: 0,
             at: self.clock().now(),
@@ -76,6 +77,6 @@ impl Grants {
         if let Err(store_err) = self.store().record(event).await {
             tracing::warn!(error = %store_err, "could not audit a refusal");
         }
-        EngineError::Validation(err)
+        EngineError::Rejected(err)
     }
 }

@@ -31,11 +31,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use portcullis_core::{Environment, Grant, PlanInput, Policy, Target, ValidationError, plan, plan_additions};
+use portcullis_core::{Environment, Grant, PlanInput, Policy, Target, plan, plan_additions};
 use portcullis_store::StoreError;
 use tokio::sync::oneshot;
 
 use crate::{AddOutcome, Cause, EngineError, Grants, ReconcileReport, Requester, Scope};
+use portcullis_core::PolicyRefusal;
 
 /// How long a `Change` run waits for other changes before it observes.
 pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
@@ -79,7 +80,7 @@ impl Slots {
 /// An error for each of several callers a failed run answers.
 fn shared(err: &EngineError) -> EngineError {
     match err {
-        EngineError::Validation(v) => EngineError::Validation(v.clone()),
+        EngineError::Rejected(v) => EngineError::Rejected(v.clone()),
         EngineError::Store(s) => EngineError::Store(StoreError::Remote { location: "store".into(), message: s.to_string() }),
         EngineError::Firewall(f) => EngineError::Firewall(f.clone()),
     }
@@ -211,7 +212,7 @@ impl Grants {
         let mut report = self.plan_and_apply(cause, scope, observed, additions).await?;
         let mut round = 0;
         while let Some(pause) = crate::next_round(&report, round) {
-            tracing::info!(scope = ?scope, round, pause = ?pause, failures = ?report.failure_messages(),
+            tracing::info!(scope = ?scope, round, pause = ?pause, failures = %crate::Failure::joined(&report.failures()),
                 "an apply failed in a way another round may cure; observing again");
             // Pacing in monotonic time, like the batching window: nothing stored depends on it.
             tokio::time::sleep(pause).await;
@@ -285,7 +286,7 @@ impl Grants {
         targets: &[Target],
         history: &BTreeSet<Environment>,
         additive: bool,
-    ) -> Option<ValidationError> {
+    ) -> Option<PolicyRefusal> {
         let input = PlanInput {
             grants,
             targets,
@@ -300,14 +301,14 @@ impl Grants {
             let missing =
                 target.ports.iter().any(|ports| !target.rules.iter().any(|r| r.cidr == grant.cidr && r.ports == *ports));
             missing.then(|| match target.list {
-                Some(_) => ValidationError::ListFull {
+                Some(_) => PolicyRefusal::ListFull {
                     list: o.target.group_id.clone(),
                     region: o.target.region.clone(),
                     family: o.family,
                     entries: o.would_hold,
                     max_entries: o.quota,
                 },
-                None => ValidationError::GroupFull {
+                None => PolicyRefusal::GroupFull {
                     group: o.target.group_id.clone(),
                     region: o.target.region.clone(),
                     family: o.family,
@@ -321,7 +322,7 @@ impl Grants {
     /// A grant whose address family none of its environment's targets takes (its only
     /// targets are prefix lists of the other family) would be stored and reach nothing: it is
     /// refused. Only when every region was observed: one that failed may hold a taker.
-    pub(crate) fn family_refusal(&self, grant: &Grant, observed: &crate::grants::Observed) -> Option<ValidationError> {
+    pub(crate) fn family_refusal(&self, grant: &Grant, observed: &crate::grants::Observed) -> Option<PolicyRefusal> {
         let targets: Vec<&Target> = observed.targets.iter().filter(|t| t.environment == grant.environment).collect();
         let family = grant.cidr.family();
         if targets.is_empty() || !observed.failures.is_empty() || targets.iter().any(|t| t.takes(family)) {
@@ -329,7 +330,7 @@ impl Grants {
         }
         let lists: Vec<String> =
             targets.iter().filter_map(|t| t.list.map(|l| format!("{} ({}, {})", t.id.group_id, t.id.region, l.family))).collect();
-        Some(ValidationError::FamilyNotTaken {
+        Some(PolicyRefusal::FamilyNotTaken {
             cidr: grant.cidr.to_string(),
             environment: grant.environment.to_string(),
             family,

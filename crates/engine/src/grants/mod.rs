@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use portcullis_core::{
     Action, AuditEvent, AuditScope, Cidr, Credential, Description, Environment, Grant, GrantKey, GroupChange, Interface, Marker,
     Owner, Plan, PlanInput, Policy, PortSet, RefusedGrant, RuleQuota, SkippedGroup, Source, Target, TargetId, TargetSpec, Ttl,
-    ValidationError, admit_grants, plan, plan_additions, resolve_targets,
+    admit_grants, plan, plan_additions, resolve_targets,
 };
 use portcullis_store::{Actor, Store, StoreError, Upsert};
 use serde::Serialize;
@@ -29,6 +29,7 @@ pub use stream::StreamOutcome;
 use crate::report::{AddOutcome, GroupOutcome, ReconcileReport, ReconcileSummary, RemoveOutcome};
 use crate::shared::Shared;
 use crate::{Clock, EngineError, Firewall, Lease, ObserveFailure};
+use portcullis_core::{NotFound, PolicyRefusal};
 
 /// Which environments a reconcile covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,7 +200,7 @@ impl Grants {
     }
 
     /// The policy of a known environment.
-    pub fn policy(&self, env: &Environment) -> Result<&Policy, ValidationError> {
+    pub fn policy(&self, env: &Environment) -> Result<&Policy, NotFound> {
         self.shared.policy(env)
     }
 
@@ -268,7 +269,7 @@ impl Grants {
         let upsert = Upsert { grant, actor: actor.clone(), max_grants_per_user: policy.max_grants_per_user() };
         let upserted = match self.store().upsert(upsert).await {
             Ok(u) => u,
-            Err(StoreError::Validation(err)) => return Err(self.refuse(err, &env, Some(&cidr), &by.refused_actor()).await),
+            Err(StoreError::Refused(err)) => return Err(self.refuse(err, &env, Some(&cidr), &by.refused_actor()).await),
             Err(err) => return Err(err.into()),
         };
         self.shared.wake_sweeper.notify_one();
@@ -283,7 +284,7 @@ impl Grants {
         let env = &key.environment;
         self.authorize_for(env, Some(&key.cidr), by).await?;
         if let Some(member) = self.store().grant(key).await?.filter(|g| g.source == Source::AsgMember) {
-            let err = ValidationError::MembershipDecides {
+            let err = PolicyRefusal::MembershipDecides {
                 cidr: key.cidr.to_string(),
                 environment: env.to_string(),
                 owner: member.owner.name.trim_start_matches("asg:").to_string(),
@@ -295,7 +296,7 @@ impl Grants {
             .store()
             .remove(key, &actor, self.clock().now())
             .await?
-            .ok_or_else(|| ValidationError::NoSuchGrant { cidr: key.cidr.to_string(), environment: env.to_string() })?;
+            .ok_or_else(|| NotFound::NoSuchGrant { cidr: key.cidr.to_string(), environment: env.to_string() })?;
         self.announce();
         tracing::info!(cidr = %key.cidr, environment = %env, user = %actor.name, "grant removed");
         let report = self.reconcile(Scope::Environment(env.clone()), Cause::Change).await?;
@@ -436,7 +437,7 @@ impl Grants {
             authorized: report.authorized,
             revoked: report.revoked,
             updated: report.updated,
-            failures: report.failure_messages(),
+            failures: report.failures(),
         });
         Ok(report)
     }
@@ -468,7 +469,7 @@ impl Grants {
             .enumerate()
             .map(|(i, change)| {
                 let result = results.remove(&i).unwrap_or_else(|| {
-                    Err(crate::FirewallError { code: None, message: "the firewall task did not finish".into() })
+                    Err(crate::FirewallError::new(crate::ErrorClass::Transient, "the firewall task did not finish"))
                 });
                 match &result {
                     Ok(applied) => tracing::info!(group = %change.target, authorized = applied.authorized,
@@ -479,6 +480,7 @@ impl Grants {
                     target: change.target.clone(),
                     environment: change.environment.clone(),
                     applied: result.as_ref().ok().copied(),
+                    class: result.as_ref().err().map(|e| e.class),
                     code: result.as_ref().err().and_then(|e| e.code.clone()),
                     error: result.err().map(|e| e.to_string()),
                 }

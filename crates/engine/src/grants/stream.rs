@@ -82,7 +82,7 @@ impl Grants {
             match result {
                 Ok(report) if !report.failed_to_apply() => out.reconciled.push(env),
                 Ok(report) => {
-                    tracing::warn!(environment = %env, failures = ?report.failure_messages(), "reconcile after a stream change failed; will retry");
+                    tracing::warn!(environment = %env, failures = %crate::Failure::joined(&report.failures()), "reconcile after a stream change failed; will retry");
                     failed = Some(failed.map_or(first, |f| f.min(first)));
                 }
                 Err(err) => {

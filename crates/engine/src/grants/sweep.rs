@@ -53,7 +53,7 @@ impl Grants {
                 expires_at = %g.expires_at.map(|t| t.to_string()).unwrap_or_default(), "grant expired");
         }
         if !retrying.is_empty() {
-            tracing::warn!(environments = ?retrying, failures = ?report.failure_messages(),
+            tracing::warn!(environments = ?retrying, failures = %crate::Failure::joined(&report.failures()),
                 "expired grants could not be revoked everywhere; they stay overdue and are retried");
         }
         Ok(SweepReport { expired, retrying, reconcile: Some(report), timed_rules: None })

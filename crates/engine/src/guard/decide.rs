@@ -14,7 +14,7 @@ use portcullis_core::{Action, Environment, TargetId};
 use portcullis_store::request_event;
 
 use super::{Guard, GuardError, guard_actor};
-use crate::{EngineError, Requester, Scope};
+use crate::{EngineError, Failure, FailureKind, Requester, Scope, Subject};
 
 /// Whether a decision's change is applied before the decision returns, or left for
 /// [`Engine::apply_request`] (Lambda answers Slack within 3 s and applies in a second
@@ -29,7 +29,7 @@ pub enum Apply {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DecisionOutcome {
     /// Written; `failures` names what could not be applied yet (the guard sweep retries).
-    Decided { request: Box<ChangeRequest>, failures: Vec<String> },
+    Decided { request: Box<ChangeRequest>, failures: Vec<Failure> },
     /// Refused, and why (told to the decider, audited).
     Refused(Refusal),
 }
@@ -41,7 +41,7 @@ impl Guard {
     /// `by`'s credentials may not see is answered as if there were none.
     pub async fn decide(&self, id: &str, verdict: Verdict, by: &Requester, apply: Apply) -> Result<DecisionOutcome, GuardError> {
         if let Verdict::Deny { reason: Some(reason) } | Verdict::BreakGlass { reason, .. } = &verdict {
-            guard::check_reason(reason).map_err(EngineError::Validation)?;
+            guard::check_reason(reason).map_err(EngineError::from)?;
         }
         let decider = Decider { name: by.owner.id.clone(), groups: by.groups.iter().cloned().collect() };
         loop {
@@ -96,7 +96,7 @@ impl Guard {
 
     /// Applies an approved request (or retries a failed one) by id; what it did. Idempotent:
     /// an applied request is returned as it is.
-    pub async fn apply_by_id(&self, id: &str) -> Result<(ChangeRequest, Vec<String>), GuardError> {
+    pub async fn apply_by_id(&self, id: &str) -> Result<(ChangeRequest, Vec<Failure>), GuardError> {
         let request = self.requests.request(id).await?.ok_or_else(|| GuardError::NoSuchRequest(id.to_string()))?;
         self.apply_request(request).await
     }
@@ -104,7 +104,7 @@ impl Guard {
     /// Puts an approved change on the firewall, keeps the baseline current (where there is
     /// one), and records the outcome: `applied`, or `failed` with the reason. A temporary
     /// approval goes on as a timed rule instead (the baseline is left alone: its rules are ours).
-    pub(crate) async fn apply_request(&self, request: ChangeRequest) -> Result<(ChangeRequest, Vec<String>), GuardError> {
+    pub(crate) async fn apply_request(&self, request: ChangeRequest) -> Result<(ChangeRequest, Vec<Failure>), GuardError> {
         if !matches!(request.status, RequestStatus::Approved | RequestStatus::Failed) {
             return Ok((request, vec![]));
         }
@@ -116,7 +116,7 @@ impl Guard {
         }
         let group = request.group();
         let Some(scope) = self.settings.scopes.iter().find(|s| s.covers(&request.account, &request.region)) else {
-            let failures = vec!["its region (and account) is no longer guarded".to_string()];
+            let failures = vec![Failure::new(Subject::Group(group), FailureKind::NotGuarded, "")];
             return Ok((self.record_apply(request, &failures).await?, failures));
         };
         let steps = Steps { revoke: request.remove.clone(), authorize: request.add.clone(), ..Steps::default() };
@@ -138,7 +138,7 @@ impl Guard {
     /// Records an apply's outcome on the request (`applied`, or `failed` and why) with its
     /// announced audit event. Only one process wins the write; a lost write leaves the request
     /// for the sweep, whose apply is idempotent.
-    async fn record_apply(&self, request: ChangeRequest, failures: &[String]) -> Result<ChangeRequest, GuardError> {
+    async fn record_apply(&self, request: ChangeRequest, failures: &[Failure]) -> Result<ChangeRequest, GuardError> {
         let now = self.shared.clock.now();
         let mut next = request.clone();
         next.version += 1;
@@ -148,7 +148,7 @@ impl Guard {
             next.failure = None;
             request_event(now, &guard_actor(), Action::ChangeApplied, &next, "the approved change is on the group")
         } else {
-            let reason = failures.join("; ");
+            let reason = Failure::joined(failures);
             if request.status == RequestStatus::Failed && request.failure.as_deref() == Some(reason.as_str()) {
                 return Ok(request);
             }

@@ -33,7 +33,7 @@ pub use timed::TimedRuleReport;
 
 use crate::grants::Grants;
 use crate::shared::Shared;
-use crate::{EngineError, FirewallError};
+use crate::{EngineError, Failure, FailureKind, FirewallError, Subject};
 use portcullis_store::GuardStore;
 use std::sync::Mutex;
 
@@ -150,7 +150,7 @@ pub enum GuardOutcome {
     /// that request.
     Reported { request: Box<ChangeRequest> },
     /// Reverted (where `failures` is empty) and filed.
-    Reverted { request: Box<ChangeRequest>, failures: Vec<String> },
+    Reverted { request: Box<ChangeRequest>, failures: Vec<Failure> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +189,7 @@ fn request_id() -> String {
 /// their new ids).
 #[derive(Debug, Default)]
 pub(crate) struct Carried {
-    pub(crate) failures: Vec<String>,
+    pub(crate) failures: Vec<Failure>,
     pub(crate) created: Vec<GroupRule>,
 }
 
@@ -244,7 +244,7 @@ impl Guard {
         if revert.is_empty() {
             return ignored("nothing to undo".into());
         }
-        if let Some(outcome) = self.another_report(&observed.id, &revert, Some(&event.event_id), now).await? {
+        if let Some((outcome, _)) = self.another_report(&observed.id, &revert, Some(&event.event_id), now).await? {
             return Ok(outcome);
         }
         let requester_user = self.settings.approvers.user_of(&event.principal).map(str::to_string);
@@ -255,14 +255,14 @@ impl Guard {
     /// A live request for this same change (filed by the sweep, or by an event before): an
     /// event (`event_id`) is added to it instead of filing another; the sweep (`None`) files
     /// nothing. A pending one's revert is carried out again (it is idempotent), in case the
-    /// first did not go through.
+    /// first did not go through; what failed in it is returned beside the outcome.
     async fn another_report(
         &self,
         group: &TargetId,
         revert: &Steps,
         event_id: Option<&str>,
         now: Timestamp,
-    ) -> Result<Option<GuardOutcome>, GuardError> {
+    ) -> Result<Option<(GuardOutcome, Vec<Failure>)>, GuardError> {
         let requests = self.requests.requests(None).await?;
         let Some(existing) = requests.into_iter().find(|r| now < r.expires_at && r.is_change(group, &revert.add, &revert.remove))
         else {
@@ -271,7 +271,7 @@ impl Guard {
         let mut next = existing.clone();
         if let Some(event_id) = event_id {
             if existing.event_id == event_id || existing.reported_by.iter().any(|e| e == event_id) {
-                return Ok(Some(GuardOutcome::Duplicate { event_id: event_id.to_string() }));
+                return Ok(Some((GuardOutcome::Duplicate { event_id: event_id.to_string() }, vec![])));
             }
             next.reported_by.push(event_id.to_string());
             next.version += 1;
@@ -279,20 +279,21 @@ impl Guard {
             let event = request_event(now, &guard_actor(), Action::ChangeReported, &next, &detail);
             if !self.requests.update_request(&next, vec![event]).await? {
                 // Decided meanwhile: that decision stands; the event is a late report of it.
-                return Ok(Some(GuardOutcome::Duplicate { event_id: event_id.to_string() }));
+                return Ok(Some((GuardOutcome::Duplicate { event_id: event_id.to_string() }, vec![])));
             }
             tracing::info!(request = %next.id, event = %event_id, "guard: a later report of a change already filed");
         }
+        let mut failures = vec![];
         if existing.status == portcullis_core::guard::RequestStatus::Pending
             && revert.has_steps()
             && let Some(scope) = self.settings.scopes.iter().find(|s| s.covers(&existing.account, &existing.region))
         {
-            let carried = self.carry_out(&scope.route, group, revert).await;
-            if !carried.failures.is_empty() {
-                tracing::warn!(request = %next.id, failures = ?carried.failures, "guard: the revert failed again; the sweep retries");
+            failures = self.carry_out(&scope.route, group, revert).await.failures;
+            if !failures.is_empty() {
+                tracing::warn!(request = %next.id, failures = %Failure::joined(&failures), "guard: the revert failed again; the sweep retries");
             }
         }
-        Ok(Some(GuardOutcome::Reported { request: Box::new(next) }))
+        Ok(Some((GuardOutcome::Reported { request: Box::new(next) }, failures)))
     }
 
     fn new_request(
@@ -334,7 +335,7 @@ impl Guard {
             (true, true, _) => "reverted, pending approval".to_string(),
             (true, false, true) => format!("reverted, pending approval; {}", revert.notes.join("; ")),
             (true, false, false) => format!("nothing reverted, pending approval; {}", revert.notes.join("; ")),
-            (false, _, _) => format!("revert FAILED ({}); the guard sweep will try again", failures.join("; ")),
+            (false, _, _) => format!("revert FAILED ({}); the guard sweep will try again", Failure::joined(&failures)),
         };
         let event = request_event(self.shared.clock.now(), &actor, Action::ChangeReverted, &request, &detail);
         match baseline.as_deref().and_then(|b| guard::renumber(b, &carried.created)) {
@@ -351,6 +352,7 @@ impl Guard {
     /// not name (it was there already) is read back from the group.
     pub(crate) async fn carry_out(&self, route: &Route, group: &TargetId, steps: &Steps) -> Carried {
         let mut carried = Carried::default();
+        let failed = |kind: FailureKind, e: &FirewallError| Failure::call(Subject::Group(group.clone()), kind, e);
         let keys = guard::step_keys(group, steps);
         if keys.is_empty() {
             return carried;
@@ -358,7 +360,7 @@ impl Guard {
         let until = self.shared.clock.now() + self.ledger_ttl();
         if let Err(e) = self.requests.note_own_changes(&keys, until).await {
             // Unnoted, guard's own calls would come back as someone else's changes.
-            carried.failures.push(format!("could not note the change in guard's ledger, so it was not made: {e}"));
+            carried.failures.push(Failure::new(Subject::Group(group.clone()), FailureKind::Ledger, e.to_string()));
             return carried;
         }
         let fw = &self.firewall;
@@ -366,12 +368,12 @@ impl Guard {
         if (!steps.revoke_ids.is_empty() || !steps.revoke.is_empty())
             && let Err(e) = fw.revoke(route, group_id, &steps.revoke_ids, &steps.revoke).await
         {
-            carried.failures.push(format!("revoke: {e}"));
+            carried.failures.push(failed(FailureKind::Revoke, &e));
         }
         if !steps.authorize.is_empty() {
             match fw.authorize(route, group_id, &steps.authorize).await {
                 Ok(created) => carried.created = created,
-                Err(e) => carried.failures.push(format!("authorize: {e}")),
+                Err(e) => carried.failures.push(failed(FailureKind::Authorize, &e)),
             }
             let unnamed = steps.authorize.iter().any(|r| !carried.created.iter().any(|c| c.rule.same_access(r)));
             if carried.failures.is_empty() && unnamed {
@@ -380,7 +382,8 @@ impl Guard {
         }
         for (id, rule) in &steps.restore {
             if let Err(e) = fw.modify(route, group_id, id, rule).await {
-                carried.failures.push(format!("restore {id}: {e}"));
+                let e = FirewallError { message: format!("{id}: {}", e.message), ..e };
+                carried.failures.push(failed(FailureKind::Restore, &e));
             }
         }
         carried

@@ -9,7 +9,7 @@ use portcullis_store::{baseline_event, request_event};
 use serde::Serialize;
 
 use super::{Guard, GuardError, GuardOutcome, guard_actor, request_id};
-use crate::Requester;
+use crate::{Failure, FailureKind, Requester, Subject};
 
 /// What a guard sweep found and did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -24,24 +24,24 @@ pub struct GuardSweepReport {
     pub applied: Vec<String>,
     /// Temporary approvals: timed rules put on or, expired, revoked.
     pub timed_rules: super::TimedRuleReport,
-    pub failures: Vec<String>,
+    pub failures: Vec<Failure>,
 }
 
 /// The baseline a `guard baseline` records (or would).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BaselineReport {
     pub groups: Vec<(TargetId, usize)>,
-    pub failures: Vec<String>,
+    pub failures: Vec<Failure>,
 }
 
 impl Guard {
     /// Every scope's guarded groups; a scope that cannot be read is a failure, and skipped.
-    async fn observe_guarded(&self, failures: &mut Vec<String>) -> Vec<(&GuardScope, Vec<GuardedGroup>)> {
+    async fn observe_guarded(&self, failures: &mut Vec<Failure>) -> Vec<(&GuardScope, Vec<GuardedGroup>)> {
         let mut out = Vec::new();
         for scope in &self.settings.scopes {
             match self.firewall.guarded(scope).await {
                 Ok(groups) => out.push((scope, groups)),
-                Err(e) => failures.push(format!("{}: {e}", scope.route.region)),
+                Err(e) => failures.push(Failure::call(Subject::Region(scope.route.region.clone()), FailureKind::Describe, &e)),
             }
         }
         out
@@ -94,7 +94,7 @@ impl Guard {
         });
         for request in unapplied {
             let (applied, failures) = self.apply_request(request).await?;
-            report.failures.extend(failures.into_iter().map(|f| format!("{}: {f}", applied.id)));
+            report.failures.extend(failures);
             if applied.status == RequestStatus::Applied {
                 report.applied.push(applied.id);
             }
@@ -115,8 +115,9 @@ impl Guard {
                 if changes.is_empty() || revert.is_empty() {
                     continue;
                 }
-                if self.another_report(&group.id, &revert, None, now).await?.is_some() {
+                if let Some((_, failures)) = self.another_report(&group.id, &revert, None, now).await? {
                     tracing::info!(group = %group.id, "guard sweep: the change is filed already; its revert was tried again");
+                    report.failures.extend(failures);
                     continue;
                 }
                 let event_id = format!("sweep:{}", request_id());

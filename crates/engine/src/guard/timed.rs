@@ -12,7 +12,7 @@ use portcullis_store::request_event;
 use serde::Serialize;
 
 use super::{Guard, GuardError, guard_actor};
-use crate::EngineError;
+use crate::{EngineError, Failure, FailureKind, Subject};
 
 /// How stale the sweeper's knowledge of the next timed rule's expiry may get: a timed rule
 /// approved in another process is known within this, and then revoked at its exact time (a
@@ -28,15 +28,14 @@ pub struct TimedRuleReport {
     pub applied: Vec<String>,
     /// Requests whose timed rule expired and whose rules are gone, recorded now.
     pub expired: Vec<String>,
-    /// Each names its group (`sg-… (region): …`) or, for a whole region, the region.
-    pub failures: Vec<String>,
+    /// Each names its group or, for a whole region, the region.
+    pub failures: Vec<Failure>,
 }
 
 impl TimedRuleReport {
     /// The failures that concern `group`: its own, and its region's.
-    pub fn failures_for(&self, group: &TargetId) -> Vec<String> {
-        let (own, region) = (format!("{group}:"), format!("{}:", group.region));
-        self.failures.iter().filter(|f| f.starts_with(&own) || f.starts_with(&region)).cloned().collect()
+    pub fn failures_for(&self, group: &TargetId) -> Vec<Failure> {
+        self.failures.iter().filter(|f| f.concerns(group)).cloned().collect()
     }
 }
 
@@ -63,8 +62,8 @@ impl Guard {
 
     /// Brings every timed rule's rules to what its request wants now: live ones authorized
     /// (within the quota), expired ones revoked and recorded `expired`. Only rules carrying
-    /// our timed-rule marker are ever revoked. One observe per region (and account) with rule
-    /// grants; none at all when there are none.
+    /// our timed-rule marker are ever revoked. One observe per region (and account) with timed
+    /// rules; none at all when there are none.
     pub async fn reconcile_timed_rules(&self) -> Result<TimedRuleReport, GuardError> {
         Ok(self.timed_rules_of().await?)
     }
@@ -79,7 +78,7 @@ impl Guard {
                 Some(i) => {
                     by_scope.entry(i).or_default().insert(group.group_id);
                 }
-                None => report.failures.push(format!("{group}: its region (and account) is no longer guarded")),
+                None => report.failures.push(Failure::new(Subject::Group(group), FailureKind::NotGuarded, "")),
             }
         }
         let now = self.shared.clock.now();
@@ -91,17 +90,19 @@ impl Guard {
             let groups: Vec<GuardedGroup> = match self.firewall.guarded(&one).await {
                 Ok(groups) => groups,
                 Err(e) => {
-                    report.failures.push(format!("{}: {e}", scope.route.region));
+                    let region = Subject::Region(scope.route.region.clone());
+                    report.failures.push(Failure::call(region, FailureKind::Describe, &e));
                     continue;
                 }
             };
             let plan = guard::plan_timed_rules(&requests, &groups, self.shared.marker(), self.shared.quota(), now);
             let mut failed: BTreeSet<TargetId> = BTreeSet::new();
             for o in &plan.overflows {
-                report.failures.push(format!(
-                    "{}: the timed rules would take it to {} {} rules (quota {}); not authorized",
-                    o.group, o.would_hold, o.family, o.quota
-                ));
+                let message = format!(
+                    "the timed rules would take it to {} {} rules (quota {}); not authorized",
+                    o.would_hold, o.family, o.quota
+                );
+                report.failures.push(Failure::new(Subject::Group(o.group.clone()), FailureKind::Quota, message));
                 failed.insert(o.group.clone());
             }
             for TimedRuleChange { group, steps } in &plan.changes {
@@ -110,7 +111,7 @@ impl Guard {
                     report.authorized += steps.authorize.len();
                     report.revoked += steps.revoke_ids.len() + steps.revoke.len();
                 } else {
-                    report.failures.extend(failures.into_iter().map(|f| format!("{group}: {f}")));
+                    report.failures.extend(failures);
                     failed.insert(group.clone());
                 }
             }
@@ -121,7 +122,7 @@ impl Guard {
             next.version += 1;
             let event = if !settled.contains(&request.group()) {
                 // Its group failed (or was not observed): the request says so until it holds.
-                let failure = report.failures_for(&request.group()).join("; ");
+                let failure = Failure::joined(&report.failures_for(&request.group()));
                 if failure.is_empty() || (request.status == RequestStatus::Failed && request.failure.as_deref() == Some(&failure))
                 {
                     continue;

@@ -10,7 +10,8 @@ use portcullis_core::guard::{
 };
 use portcullis_core::{Action, Credential, Environment, Interface, Owner, Policy, PrincipalPattern, Route, TargetId};
 use portcullis_engine::{
-    Apply, Cause, DecisionOutcome, Engine, GuardEvent, GuardOutcome, GuardSettings, HandChange, Requester, Scope,
+    Apply, Cause, DecisionOutcome, Engine, ErrorClass, FailureKind, FaultyGuard, GuardCall, GuardEvent, GuardFault, GuardOutcome,
+    GuardSettings, HandChange, Requester, Scope, Subject,
 };
 use time::Duration;
 
@@ -368,4 +369,79 @@ async fn break_glass_applies_the_requester_s_own_addition_for_a_time_and_tells_e
     r.clock.advance(Duration::hours(1));
     engine.sweep().await.unwrap();
     assert!(!r.firewall.guard_rules(EAST, GROUP).iter().any(|g| g.rule.from_port == Some(22)));
+}
+
+/// The rig's engine with guard through a [`FaultyGuard`] over the in-memory EC2.
+fn guarded_through(r: &Rig, faulty: &Arc<FaultyGuard>) -> Arc<Engine> {
+    r.firewall.put_group(EAST, "sg-other", &[]);
+    let builder = Engine::builder(r.store.clone(), r.firewall.clone(), r.clock.clone(), r.settings.clone());
+    Arc::new(builder.guard(settings(&[], None), faulty.clone()).build())
+}
+
+#[tokio::test]
+async fn a_crash_between_filing_and_reverting_leaves_a_request_whose_revert_the_sweep_carries_out() {
+    let r = rig(&[EAST]);
+    let faulty = Arc::new(FaultyGuard::new(r.firewall.clone()));
+    let engine = guarded_through(&r, &faulty);
+    baseline(&r, &engine).await;
+    let rdp = tcp(3389, "0.0.0.0/0", None);
+    let event = hand(&r, GROUP, HandChange::Authorize(rdp.clone()), MALLORY);
+
+    // The revoke never answers, and the process dies there: the event's handling is dropped.
+    faulty.inject(GuardCall::Revoke, GuardFault::Hang, Some(1));
+    let guard = engine.guard().unwrap();
+    tokio::select! {
+        outcome = guard.event(event.clone()) => panic!("the revoke hangs, so the event cannot finish: {outcome:?}"),
+        () = faulty.hung() => {}
+    }
+    let filed = requests(&engine).await;
+    assert_eq!(filed.len(), 1, "the request was stored before the firewall was touched");
+    assert_eq!(filed[0].status, RequestStatus::Pending);
+    assert!(r.firewall.guard_rules(EAST, GROUP).iter().any(|g| g.rule.same_access(&rdp)), "not reverted yet");
+    let actions: Vec<Action> = r.store.audit(None, 50).await.unwrap().into_iter().map(|e| e.action).collect();
+    assert!(actions.contains(&Action::ChangeRequested) && !actions.contains(&Action::ChangeReverted), "{actions:?}");
+
+    // A new process on the same store: its sweep finds the change, sees it filed, and reverts it.
+    let builder = Engine::builder(r.store.clone(), r.firewall.clone(), r.clock.clone(), r.settings.clone());
+    let restarted = Arc::new(builder.guard(settings(&[], None), r.firewall.clone()).build());
+    let sweep = restarted.guard().unwrap().sweep().await.unwrap();
+    assert!(sweep.reverted.is_empty() && sweep.failures.is_empty(), "no second request: {sweep:?}");
+    assert!(!r.firewall.guard_rules(EAST, GROUP).iter().any(|g| g.rule.same_access(&rdp)), "reverted by the sweep");
+    assert_eq!(requests(&restarted).await.len(), 1);
+    // The event, redelivered after the restart, is the request it filed.
+    let again = restarted.guard().unwrap().event(event).await.unwrap();
+    assert!(matches!(again, GuardOutcome::Duplicate { .. }), "{again:?}");
+    assert_eq!(requests(&restarted).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_revert_the_firewall_refuses_is_filed_with_a_typed_failure_and_the_sweep_retries_it() {
+    let r = rig(&[EAST]);
+    let faulty = Arc::new(FaultyGuard::new(r.firewall.clone()));
+    let engine = guarded_through(&r, &faulty);
+    baseline(&r, &engine).await;
+    let ssh = tcp(22, "0.0.0.0/0", None);
+    let event = hand(&r, GROUP, HandChange::Authorize(ssh.clone()), MALLORY);
+
+    faulty.inject(GuardCall::Revoke, GuardFault::Fail(ErrorClass::Denied), None);
+    let outcome = engine.guard().unwrap().event(event).await.unwrap();
+    let GuardOutcome::Reverted { request, failures } = outcome else { panic!("{outcome:?}") };
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let failure = &failures[0];
+    assert_eq!((failure.kind, failure.class), (FailureKind::Revoke, Some(ErrorClass::Denied)), "{failure:?}");
+    assert_eq!(failure.target, Subject::Group(TargetId { region: EAST.into(), group_id: GROUP.into() }));
+    assert_eq!(request.status, RequestStatus::Pending, "filed all the same");
+    let reverted = r.store.audit(None, 50).await.unwrap().into_iter().find(|e| e.action == Action::ChangeReverted).unwrap();
+    assert!(reverted.reason.contains("revert FAILED"), "{reverted:?}");
+
+    // Still refused: the sweep says so, and files nothing new.
+    let sweep = engine.guard().unwrap().sweep().await.unwrap();
+    assert!(sweep.failures.iter().any(|f| f.kind == FailureKind::Revoke), "{sweep:?}");
+    assert!(r.firewall.guard_rules(EAST, GROUP).iter().any(|g| g.rule.same_access(&ssh)));
+    faulty.heal();
+    let sweep = engine.guard().unwrap().sweep().await.unwrap();
+    assert!(sweep.failures.is_empty() && sweep.reverted.is_empty(), "{sweep:?}");
+    assert!(!r.firewall.guard_rules(EAST, GROUP).iter().any(|g| g.rule.same_access(&ssh)), "reverted once allowed");
+    assert_eq!(requests(&engine).await.len(), 1);
+    assert!(faulty.injected(GuardCall::Revoke) >= 2, "the event's revoke and the first sweep's");
 }

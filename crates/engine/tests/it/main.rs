@@ -77,7 +77,7 @@ async fn a_failed_region_is_named_and_retried_by_the_periodic_reconcile() {
     let outcome = r.engine.grants().add(add("198.51.100.7", "1h")).await.unwrap();
     let report = outcome.report.expect("a new grant is applied");
     assert!(report.failed());
-    assert!(report.failure_messages().iter().any(|m| m.contains("eu-west-1")));
+    assert!(report.failures().iter().any(|m| m.to_string().contains("eu-west-1")));
     // The retries for eu-west-1 do not hide what the first round did in us-east-1.
     let east = report.outcomes.iter().find(|o| o.target.region == "us-east-1").expect("us-east-1's outcome");
     assert_eq!(east.applied.map(|a| a.authorized), Some(1), "{east:?}");
@@ -234,10 +234,10 @@ fn raced_once() -> impl Fn(&portcullis_core::GroupChange, &MemoryFirewall) -> An
             };
             inner.put_rule(&change.target.region, &change.target.group_id, observed);
         }
-        Some(Err(portcullis_engine::FirewallError {
-            code: Some("RulesPerSecurityGroupLimitExceeded".into()),
-            message: "RulesPerSecurityGroupLimitExceeded: the maximum number of rules per security group has been reached".into(),
-        }))
+        Some(Err(portcullis_engine::FirewallError::new(
+            portcullis_engine::ErrorClass::Conflict,
+            "the maximum number of rules per security group has been reached",
+        )))
     }
 }
 
@@ -248,7 +248,7 @@ async fn a_batch_that_lost_to_a_concurrent_writer_is_observed_again_not_failed()
     let engine = Engine::new(r.store.clone(), raced, r.clock.clone(), r.settings.clone());
     let outcome = engine.grants().add(add("198.51.100.8", "1h")).await.unwrap();
     let report = outcome.report.expect("applied");
-    assert!(!report.failed(), "{:?}", report.failure_messages());
+    assert!(!report.failed(), "{:?}", report.failures());
     let rules = r.firewall.rules("us-east-1", "sg-us-east-1");
     assert_eq!(rules.len(), 1, "the rule the other writer added is the grant's, and are not added twice: {rules:?}");
     // The race did happen: the first apply lost it, and the second plan found nothing to add.
@@ -317,7 +317,7 @@ async fn two_processes_on_one_store_apply_an_environment_one_at_a_time() {
     release.send(()).unwrap();
     for (task, cidr) in [(a, "198.51.100.1/32"), (b, "198.51.100.2/32")] {
         let report = task.await.unwrap().unwrap().report.expect("applied");
-        assert!(!report.failed(), "{cidr}: {:?}", report.failure_messages());
+        assert!(!report.failed(), "{cidr}: {:?}", report.failures());
     }
     let rules: Vec<String> = r.firewall.rules("us-east-1", "sg-us-east-1").iter().map(|r| r.raw_cidr.clone()).collect();
     assert_eq!(rules.len(), 2, "{rules:?}");
@@ -336,7 +336,7 @@ async fn an_apply_lease_held_by_a_dead_peer_delays_an_apply_but_does_not_stop_it
     assert!(r.store.acquire_lease(lease_claim(&name, "dead-peer", r.clock.now())).await.unwrap());
     let started = tokio::time::Instant::now();
     let report = r.engine.grants().add(add("198.51.100.7", "1h")).await.unwrap().report.expect("applied");
-    assert!(!report.failed(), "{:?}", report.failure_messages());
+    assert!(!report.failed(), "{:?}", report.failures());
     assert!(started.elapsed() >= portcullis_engine::APPLY_LOCK_WAIT, "applied after {:?}", started.elapsed());
     assert_eq!(r.firewall.rules("us-east-1", "sg-us-east-1").len(), 1);
 }
@@ -353,10 +353,7 @@ fn revokes_fail(
             return None;
         }
         attempts.fetch_add(1, SeqCst);
-        Some(Err(portcullis_engine::FirewallError {
-            code: Some("Unavailable".into()),
-            message: "Unavailable: the service is unavailable".into(),
-        }))
+        Some(Err(portcullis_engine::FirewallError::new(portcullis_engine::ErrorClass::Transient, "the service is unavailable")))
     }
 }
 

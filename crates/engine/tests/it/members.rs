@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use portcullis_core::{
-    Action, AddressKind, Cidr, GrantKey, Instance, Interface, Marker, MemberSource, ObservedRule, PortRange, Protocol, Route,
-    Source, ValidationError,
+    Action, AddressKind, Cidr, GrantKey, Instance, Interface, Marker, MemberSource, ObservedRule, PortRange, Protocol, Rejection,
+    Route, Source,
 };
 use portcullis_engine::{
     DEFAULT_MEMBER_TTL, Engine, EngineError, LifecycleAction, LifecycleResult, MemberEvent, MemoryMembership, Requester,
 };
 
 use crate::{Rig, dev, rig};
+use portcullis_core::PolicyRefusal;
 
 const EAST: &str = "us-east-1";
 const WEST: &str = "eu-west-1";
@@ -112,7 +113,7 @@ async fn the_asgs_own_region_failing_abandons_and_another_region_failing_continu
     r.firewall.set_region_failing(WEST, true);
     let outcome = engine.member_event(launch("i-1"), Interface::Lambda).await.unwrap();
     assert_eq!(outcome.lifecycle, Some(LifecycleResult::Continue), "another region never blocks the action");
-    assert!(outcome.failures.iter().any(|f| f.contains(WEST)), "{:?}", outcome.failures);
+    assert!(outcome.failures.iter().any(|f| f.to_string().contains(WEST)), "{:?}", outcome.failures);
     r.firewall.set_region_failing(WEST, false);
 
     r.firewall.set_region_failing(EAST, true);
@@ -186,7 +187,7 @@ async fn membership_decides_so_removing_a_member_grant_is_refused() {
     asg.set_instances(EAST, "web", vec![instance("i-1", "InService", "198.51.100.1")]);
     engine.member_event(MemberEvent::TrueUp { asg: None, region: None }, Interface::Cli).await.unwrap();
     let err = engine.grants().remove(&key("198.51.100.1"), &Requester::named("alice", Interface::Cli)).await.unwrap_err();
-    assert!(matches!(err, EngineError::Validation(ValidationError::MembershipDecides { .. })), "{err}");
+    assert!(matches!(err, EngineError::Rejected(Rejection::Policy(PolicyRefusal::MembershipDecides { .. }))), "{err}");
     assert!(err.to_string().contains("membership decides"), "{err}");
     assert_eq!(ours(&r, EAST), ["198.51.100.1/32"]);
 }
@@ -221,7 +222,7 @@ async fn member_grants_count_against_the_group_quota_before_any_call() {
     let outcome = engine.member_event(MemberEvent::TrueUp { asg: None, region: None }, Interface::Cli).await.unwrap();
     // As for every grant (`core::plan`): a change that would overflow the group is not sent.
     assert!(ours(&r, EAST).is_empty(), "{:?}", ours(&r, EAST));
-    assert!(outcome.failures.iter().any(|f| f.contains("sg-us-east-1")), "{:?}", outcome.failures);
+    assert!(outcome.failures.iter().any(|f| f.to_string().contains("sg-us-east-1")), "{:?}", outcome.failures);
     let authorizes = r.firewall.calls().iter().filter(|c| c.action == "AuthorizeSecurityGroupIngress").count();
     assert_eq!(authorizes, 0, "no call is made past the quota");
     // One member leaves: the rest fit, and go out.

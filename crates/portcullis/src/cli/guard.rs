@@ -164,7 +164,7 @@ async fn decide(cx: &Context, id: &str, verdict: Verdict, as_user: Option<String
     let outcome = engine.guard()?.decide(id, verdict, &by, Apply::Now).await;
     announce(&engine).await;
     match outcome? {
-        DecisionOutcome::Refused(refusal) => Err(CliError::Usage(refusal.to_string())),
+        DecisionOutcome::Refused(refusal) => Err(CliError::Refused(refusal.to_string())),
         DecisionOutcome::Decided { request, failures } => {
             if cx.json {
                 print_json(&serde_json::json!({"outcome": "decided", "request": request, "failures": failures}));

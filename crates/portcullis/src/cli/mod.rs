@@ -1,6 +1,7 @@
 //! The command line: `--help` is the manual. [`run`] parses nothing itself: it loads the
 //! configuration, hands each subcommand to its own function, and maps errors to exit codes
-//! (0 ok, 1 operational error, 2 usage or validation error).
+//! (0 ok, 1 operational error, 2 usage error: bad input or something named that does not
+//! exist, 3 refused by policy or permission).
 
 mod grants;
 mod guard;
@@ -107,10 +108,26 @@ enum Command {
 /// A failure, with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// Bad input, or something named that does not exist: exit 2.
     #[error("{0}")]
     Usage(String),
+    /// Understood, and refused by policy or permission (audited): exit 3.
+    #[error("{0}")]
+    Refused(String),
+    /// Something failed on the way (a group, the store): exit 1.
     #[error("{0}")]
     Operational(String),
+}
+
+impl CliError {
+    /// The exit code, and the `error.code` `--json` prints.
+    fn code(&self) -> (u8, &'static str) {
+        match self {
+            CliError::Operational(_) => (1, "failed"),
+            CliError::Usage(_) => (2, "invalid"),
+            CliError::Refused(_) => (3, "refused"),
+        }
+    }
 }
 
 impl From<ConfigError> for CliError {
@@ -122,7 +139,7 @@ impl From<ConfigError> for CliError {
 impl From<EngineError> for CliError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::Validation(v) => CliError::Usage(v.to_string()),
+            EngineError::Rejected(v) => v.into(),
             other => CliError::Operational(other.to_string()),
         }
     }
@@ -146,23 +163,36 @@ impl From<crate::serve::ServeError> for CliError {
     }
 }
 
-impl From<portcullis_core::ValidationError> for CliError {
-    fn from(e: portcullis_core::ValidationError) -> Self {
-        CliError::Usage(e.to_string())
+impl From<portcullis_core::Rejection> for CliError {
+    fn from(rejection: portcullis_core::Rejection) -> Self {
+        if rejection.is_refusal() { CliError::Refused(rejection.to_string()) } else { CliError::Usage(rejection.to_string()) }
     }
 }
+
+/// Each kind of rejection maps as the whole does.
+macro_rules! rejected {
+    ($($kind:ty),*) => {$(
+        impl From<$kind> for CliError {
+            fn from(err: $kind) -> Self {
+                portcullis_core::Rejection::from(err).into()
+            }
+        }
+    )*};
+}
+rejected!(
+    portcullis_core::InvalidInput,
+    portcullis_core::NotFound,
+    portcullis_core::PermissionRefusal,
+    portcullis_core::PolicyRefusal
+);
 
 pub async fn run(args: Args) -> ExitCode {
     let json = args.json;
     match execute(args).await {
         Ok(code) => code,
         Err(err) => {
-            let code = match err {
-                CliError::Usage(_) => 2,
-                CliError::Operational(_) => 1,
-            };
+            let (code, kind) = err.code();
             if json {
-                let kind = if code == 2 { "invalid" } else { "failed" };
                 println!("{}", serde_json::json!({"error": {"code": kind, "message": err.to_string()}}));
             }
             eprintln!("error: {err}");

@@ -67,7 +67,7 @@ pub(super) fn print_report(r: &ReconcileReport) {
     for s in &r.skipped {
         println!("skipped {}: {}", s.id, s.reason);
     }
-    for f in r.failure_messages() {
+    for f in r.failures() {
         eprintln!("failed: {f}");
     }
 }

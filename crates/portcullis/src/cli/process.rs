@@ -75,10 +75,13 @@ pub(super) async fn invoke(cx: &Context, a: InvokeArgs) -> Result<ExitCode, CliE
     let event = lambda::classify(value).map_err(|e| CliError::Usage(e.to_string()))?;
     let engine = Arc::new(wiring::engine(&cx.config, wiring::Purpose::Process).await?);
     let (response, code) = match event {
-        Event::Action(a) => match lambda::handle_action(&engine, &cx.config.default_environment, a, Interface::Cli).await {
-            Ok(v) => (v, 0),
-            Err((v, code)) => (v, code),
-        },
+        Event::Action(a) => {
+            let action = a.action.clone();
+            match lambda::handle_action(&engine, &cx.config.default_environment, a, Interface::Cli).await {
+                Ok(answer) => (lambda::to_json(&answer), 0),
+                Err(err) => (lambda::to_json(&err.answer(&action)), err.exit_code()),
+            }
+        }
         Event::Stream(records) => {
             let r = lambda::handle_stream(&engine, &records).await;
             let code = if r.batch_item_failures.is_empty() { 0 } else { 1 };
@@ -102,10 +105,7 @@ pub(super) async fn invoke(cx: &Context, a: InvokeArgs) -> Result<ExitCode, CliE
         Event::Deferred(job) => {
             let (request, failures) = engine.guard()?.apply_by_id(&job.request).await?;
             let code = if failures.is_empty() { 0 } else { 1 };
-            (
-                serde_json::json!({"success": failures.is_empty(), "action": "apply", "request": request, "failures": failures}),
-                code,
-            )
+            (lambda::to_json(&lambda::ApplyAnswer::new(request, &failures)), code)
         }
     };
     announce(&engine).await;
@@ -149,7 +149,8 @@ pub(super) async fn open(a: OpenArgs, json: bool) -> Result<ExitCode, CliError> 
     };
     match crate::open::run(options).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(OpenError::Refused(m)) => Err(CliError::Usage(m)),
+        Err(OpenError::Invalid(m)) => Err(CliError::Usage(m)),
+        Err(OpenError::Refused(m)) => Err(CliError::Refused(m)),
         Err(OpenError::Failed(m)) => Err(CliError::Operational(m)),
     }
 }

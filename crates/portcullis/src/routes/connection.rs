@@ -16,7 +16,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use portcullis_core::{Cidr, Description, Environment, Grant, GrantKey, Source, TargetId, Ttl};
-use portcullis_engine::{AddRequest, ReconcileReport};
+use portcullis_engine::{AddRequest, Failure, ReconcileReport};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
@@ -274,7 +274,7 @@ async fn open(app: &App, principal: &Principal, key: GrantKey) -> Result<Respons
         expires_in_seconds: outcome.grant.expires_at.map(|t| (t - now).whole_seconds()),
         ttl: Some(ttl),
         targets,
-        failures: outcome.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default(),
+        failures: outcome.report.as_ref().map(|r| Failure::lines(&r.failures())).unwrap_or_default(),
     };
     Ok((status, Json(answer)).into_response())
 }
@@ -292,7 +292,7 @@ async fn close(app: &App, principal: &Principal, key: GrantKey) -> Result<Respon
         expires_in_seconds: None,
         ttl: None,
         targets,
-        failures: outcome.report.failure_messages(),
+        failures: Failure::lines(&outcome.report.failures()),
     };
     Ok((status, Json(answer)).into_response())
 }

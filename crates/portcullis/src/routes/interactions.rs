@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use portcullis_core::guard::{ChangeRequest, RequestStatus, Verdict};
 use portcullis_core::{Credential, Interface, Owner};
-use portcullis_engine::{Apply, DecisionOutcome, Engine, Requester};
+use portcullis_engine::{Apply, DecisionOutcome, Engine, Failure, Requester};
 use portcullis_slack::guard::{APPROVE, APPROVE_TEMPORARY, BREAK_GLASS, Click, DENY, decided_message, read_click};
 use portcullis_slack::redact_url;
 use serde_json::{Value, json};
@@ -141,7 +141,7 @@ async fn answer(engine: &Engine, id: &str, verdict: Verdict, by: &Requester, app
 
 /// The message that replaces the approval message: the request as it stands now (applied,
 /// failed, or still being applied), and what failed.
-pub fn outcome_message(engine: &Engine, request: &ChangeRequest, failures: &[String]) -> Value {
+pub fn outcome_message(engine: &Engine, request: &ChangeRequest, failures: &[Failure]) -> Value {
     let mut message = decided_message(
         request,
         engine.guarding().map(|g| g.temporary_approval()),
@@ -151,7 +151,7 @@ pub fn outcome_message(engine: &Engine, request: &ChangeRequest, failures: &[Str
         message["text"] = json!(format!(
             "{} — applying it failed: {}; the guard sweep retries",
             message["text"].as_str().unwrap_or_default(),
-            failures.join("; ")
+            Failure::joined(failures)
         ));
     }
     message

@@ -216,14 +216,14 @@ async fn run(engine: &Engine, command: Command, env: Environment, by: Requester)
             let request = AddRequest { cidr, environment: env, ttl, description, source: Source::Manual, by };
             match engine.grants().add(request).await {
                 Ok(o) => {
-                    let failures = o.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default();
+                    let failures = o.report.as_ref().map(|r| r.failures()).unwrap_or_default();
                     Reply::added(&o.grant, o.refreshed, &failures, engine.clock().now())
                 }
                 Err(err) => failure(&err),
             }
         }
         Command::Remove { cidr, .. } => match engine.grants().remove(&GrantKey { cidr, environment: env }, &by).await {
-            Ok(o) => Reply::removed(&o.grant, &o.report.failure_messages()),
+            Ok(o) => Reply::removed(&o.grant, &o.report.failures()),
             Err(err) => failure(&err),
         },
         Command::Refresh { .. } => match engine.grants().reconcile(Scope::Environment(env.clone()), Cause::Refresh).await {
@@ -236,7 +236,7 @@ async fn run(engine: &Engine, command: Command, env: Environment, by: Requester)
 
 fn failure(err: &EngineError) -> Reply {
     match err {
-        EngineError::Validation(v) => Reply::refused(&v.to_string()),
+        EngineError::Rejected(v) => Reply::refused(&v.to_string()),
         other => {
             tracing::error!(error = %other, "Slack command failed");
             Reply::refused(&format!("portcullis could not finish: {other}"))

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use portcullis_core::guard::{ChangeRequest, Refusal, RequestStatus, Verdict};
 use portcullis_core::{AuditEvent, Cidr, Credential, Description, Grant, GrantKey, Interface, ListedGrant, Source, Ttl};
-use portcullis_engine::{AddRequest, Apply, AuditQuery, DecisionOutcome, GuardError, ReconcileReport, Scope, Status};
+use portcullis_engine::{AddRequest, Apply, AuditQuery, DecisionOutcome, Failure, GuardError, ReconcileReport, Scope, Status};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -175,7 +175,7 @@ async fn add_grant(
     let by = principal.requester();
     let outcome = app.engine.grants().add(AddRequest { cidr, environment, ttl, description, source: Source::Manual, by }).await?;
     let status = if outcome.refreshed { StatusCode::OK } else { StatusCode::CREATED };
-    let failures = outcome.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default();
+    let failures = outcome.report.as_ref().map(|r| Failure::lines(&r.failures())).unwrap_or_default();
     let answer = GrantAnswer { grant: outcome.grant, refreshed: outcome.refreshed, failures, report: outcome.report };
     Ok((status, Json(answer)).into_response())
 }
@@ -206,7 +206,7 @@ async fn remove_grant(
 ) -> Result<Response, ApiError> {
     let key = GrantKey { cidr: Cidr::parse(&cidr)?, environment: environment(&app, Some(&env))? };
     let outcome = app.engine.grants().remove(&key, &principal.requester()).await?;
-    let failures = outcome.report.failure_messages();
+    let failures = Failure::lines(&outcome.report.failures());
     Ok(Json(RemovedAnswer { grant: outcome.grant, failures, report: outcome.report }).into_response())
 }
 
@@ -340,8 +340,8 @@ struct ApproveBody {
     #[serde(rename = "for")]
     #[schema(example = "24h")]
     term: Option<String>,
-    /// Break-glass, by the change's requester: why. The addition goes on at once as a rule
-    /// grant, for `for` or at most `break_glass_ttl`; every approver is told.
+    /// Break-glass, by the change's requester: why. The addition goes on at once as a timed
+    /// rule, for `for` or at most `break_glass_ttl`; every approver is told.
     break_glass: Option<String>,
 }
 
@@ -425,7 +425,7 @@ async fn deny_request(
 fn decided(outcome: DecisionOutcome) -> Result<Response, ApiError> {
     match outcome {
         DecisionOutcome::Decided { request, failures } => {
-            Ok(Json(DecisionAnswer { request: *request, failures }).into_response())
+            Ok(Json(DecisionAnswer { request: *request, failures: Failure::lines(&failures) }).into_response())
         }
         DecisionOutcome::Refused(refusal) => {
             let status = match refusal {

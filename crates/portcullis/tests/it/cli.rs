@@ -82,37 +82,38 @@ async fn bad_input_exits_2_and_changes_nothing() {
     let before = (w.rules(&group).await, w.rules(&full).await);
 
     let long = "x".repeat(201);
-    let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["add", "1.2.3"], "invalid address"),
-        (vec!["add", "198.51.100.300"], "invalid address"),
-        (vec!["add", "1.2.3.4/33"], "at most 32"),
-        (vec!["add", "0.0.0.0/0"], "whole internet"),
-        (vec!["add", "::/0"], "whole internet"),
-        (vec!["add", "10.0.0.0/8"], "too wide"),
-        (vec!["add", "2001:db8::/32"], "too wide"),
-        (vec!["add", "198.51.100.7", "--ttl", "0m"], "invalid TTL"),
-        (vec!["add", "198.51.100.7", "--ttl", "1441m"], "invalid TTL"),
-        (vec!["add", "198.51.100.7", "--ttl", "366d"], "invalid TTL"),
-        (vec!["add", "198.51.100.7", "--ttl=7x"], "invalid TTL"),
-        (vec!["add", "198.51.100.7", "--env", "nope"], "unknown environment"),
-        (vec!["add", "198.51.100.7", "--env", "bad name!"], "invalid environment name"),
-        (vec!["add", "198.51.100.7", "--description", &long], "201 characters"),
-        (vec!["add", "198.51.100.7", "--description", "bell\u{7}"], "control character"),
-        (vec!["list", "--env", "nope"], "unknown environment"),
-        (vec!["refresh", "--env", "nope"], "unknown environment"),
-        (vec!["remove", "198.51.100.7", "--env", "nope"], "unknown environment"),
-        (vec!["add"], "IP|CIDR"),
-        (vec!["frobnicate"], "unrecognized subcommand"),
+    // Bad input is a usage error (2); what an environment's policy refuses is a refusal (3).
+    let cases: Vec<(Vec<&str>, &str, i32)> = vec![
+        (vec!["add", "1.2.3"], "invalid address", 2),
+        (vec!["add", "198.51.100.300"], "invalid address", 2),
+        (vec!["add", "1.2.3.4/33"], "at most 32", 2),
+        (vec!["add", "0.0.0.0/0"], "whole internet", 3),
+        (vec!["add", "::/0"], "whole internet", 3),
+        (vec!["add", "10.0.0.0/8"], "too wide", 3),
+        (vec!["add", "2001:db8::/32"], "too wide", 3),
+        (vec!["add", "198.51.100.7", "--ttl", "0m"], "invalid TTL", 2),
+        (vec!["add", "198.51.100.7", "--ttl", "1441m"], "invalid TTL", 2),
+        (vec!["add", "198.51.100.7", "--ttl", "366d"], "invalid TTL", 2),
+        (vec!["add", "198.51.100.7", "--ttl=7x"], "invalid TTL", 2),
+        (vec!["add", "198.51.100.7", "--env", "nope"], "unknown environment", 2),
+        (vec!["add", "198.51.100.7", "--env", "bad name!"], "invalid environment name", 2),
+        (vec!["add", "198.51.100.7", "--description", &long], "201 characters", 2),
+        (vec!["add", "198.51.100.7", "--description", "bell\u{7}"], "control character", 2),
+        (vec!["list", "--env", "nope"], "unknown environment", 2),
+        (vec!["refresh", "--env", "nope"], "unknown environment", 2),
+        (vec!["remove", "198.51.100.7", "--env", "nope"], "unknown environment", 2),
+        (vec!["add"], "IP|CIDR", 2),
+        (vec!["frobnicate"], "unrecognized subcommand", 2),
     ];
-    for (args, expected) in &cases {
+    for (args, expected, code) in &cases {
         let out = w.cli(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
     }
-    // A full group refuses the grant before any call, naming the group.
+    // A full group refuses the grant before any call, naming the group: a refusal, exit 3.
     let out = w.cli(&["add", "198.51.100.7"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&full) && stderr.contains("full"), "{stderr}");
 

@@ -451,7 +451,7 @@ async fn portcullis_open_opens_renews_and_closes() {
 
     // Clear messages for refusals and an unreachable server.
     let out = w.command(&["open", "--server", &server.base, "--once"]).env("PORTCULLIS_TOKEN", "pct_wrong").output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "a refusal: {}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not authenticated"), "{}", text(&out));
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let out = w

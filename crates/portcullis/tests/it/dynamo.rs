@@ -254,10 +254,11 @@ async fn the_fixture_events_through_invoke_have_the_seeds_effects() {
         "{texts:?}"
     );
 
-    // Bad events change nothing and say why.
+    // Bad events change nothing and say why (a refusal by policy exits 3).
     let (code, bad, _) =
         d.invoke(r#"{"action":"add","ip_address":"0.0.0.0/0","environment":"dev","user_info":{"user_id":"U1"}}"#);
-    assert_eq!((code, bad["success"].clone()), (Some(2), Value::Bool(false)), "{bad}");
+    assert_eq!((code, bad["success"].clone()), (Some(3), Value::Bool(false)), "{bad}");
+    assert_eq!(bad["error"]["code"], "refused", "{bad}");
     let (code, _, all) =
         d.invoke(r#"{"action":"add","ip_address":"1.2.3.4","environment":"dev","user_info":{"user_id":"U1"},"ttl_minutes":0}"#);
     assert_eq!(code, Some(2), "{all}");

@@ -61,7 +61,7 @@ async fn an_add_and_an_idle_poll_cost_the_same_dynamodb_calls_with_10_or_5000_gr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_user_limit_counts_holds_and_a_hold_left_by_another_writer_refuses_nobody() {
-    use portcullis_core::{Cidr, Description, Environment, Grant, Interface, Owner, Source, ValidationError};
+    use portcullis_core::{Cidr, Description, Environment, Grant, Interface, Owner, PolicyRefusal, Source};
     use portcullis_store::{Actor, StoreError, Upsert};
 
     within(async {
@@ -87,7 +87,7 @@ async fn the_per_user_limit_counts_holds_and_a_hold_left_by_another_writer_refus
         store.upsert(add("203.0.113.2")).await.unwrap();
         let calls = calls_of(&store, async {
             let err = store.upsert(add("203.0.113.3")).await.unwrap_err();
-            assert!(matches!(err, StoreError::Validation(ValidationError::TooManyGrants { .. })), "{err}");
+            assert!(matches!(err, StoreError::Refused(PolicyRefusal::TooManyGrants { .. })), "{err}");
         })
         .await;
         assert_eq!(calls.get("Scan"), Some(&1), "a refusal is checked against the table itself: {calls:?}");
@@ -105,7 +105,7 @@ async fn the_per_user_limit_counts_holds_and_a_hold_left_by_another_writer_refus
         store.upsert(add("203.0.113.3")).await.expect("the Scan finds her one live grant");
         let calls = calls_of(&store, async {
             let err = store.upsert(add("203.0.113.4")).await.unwrap_err();
-            assert!(matches!(err, StoreError::Validation(ValidationError::TooManyGrants { .. })), "{err}");
+            assert!(matches!(err, StoreError::Refused(PolicyRefusal::TooManyGrants { .. })), "{err}");
         })
         .await;
         assert_eq!(calls.get("Scan"), Some(&1), "{calls:?}");

@@ -175,7 +175,7 @@ async fn a_failing_region_does_not_block_the_others() {
     let outcome = engine.grants().add(request("198.51.100.7", "1h")).await.unwrap();
     let report = outcome.report.expect("a new grant is applied");
     assert!(report.failed());
-    let failures = report.failure_messages();
+    let failures = portcullis_engine::Failure::lines(&report.failures());
     assert!(failures.iter().any(|f| f.contains("eu-west-1")), "{failures:?}");
     assert_eq!(w.keys(&group).await.len(), 2, "the reachable group is still updated");
     assert_eq!(

@@ -314,7 +314,7 @@ async fn approvals_need_distinct_approvers_never_the_requester_and_apply_the_cha
 
         let refused = |who: &str| {
             let out = g.cli(&["approve", &request, "--as", who]);
-            assert_eq!(out.status.code(), Some(2), "{who}: {}", text(&out));
+            assert_eq!(out.status.code(), Some(3), "{who}: {}", text(&out));
             String::from_utf8_lossy(&out.stderr).to_string()
         };
         assert!(refused("ualice").contains("made this change"), "no self-approval");
@@ -369,7 +369,7 @@ async fn approve_for_a_time_puts_an_addition_on_as_a_timed_rule_and_refuses_a_re
         let (_, answer, out) = g.invoke(&event("cloudtrail-revoke-ingress.json", &group)).await;
         let removal = answer["request"]["id"].as_str().unwrap_or_else(|| panic!("{out}")).to_string();
         let out = g.cli(&["approve", &removal, "--as", "ubob", "--for", "2h"]);
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(3), "a refusal: {}", text(&out));
         assert!(text(&out).contains("only an addition can be approved for a time"), "{}", text(&out));
         let out = g.cli(&["approve", &removal, "--as", "ubob", "--for", "forever"]);
         assert_eq!(out.status.code(), Some(2), "a bad term is a usage error: {}", text(&out));
@@ -399,7 +399,7 @@ async fn approve_for_a_time_puts_an_addition_on_as_a_timed_rule_and_refuses_a_re
 
 fn refused_for(g: &Guarded, request: &str, who: &str) -> String {
     let out = g.cli(&["approve", request, "--as", who]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
@@ -416,7 +416,7 @@ async fn two_concurrent_approvals_apply_the_change_once() {
         let (bob, carol) = (["approve", &request, "--as", "ubob"], ["approve", &request, "--as", "ucarol"]);
         let (a, b) = tokio::join!(g.cli_async(&bob), g.cli_async(&carol));
         let codes = [a.status.code(), b.status.code()];
-        assert!(codes.contains(&Some(0)) && codes.contains(&Some(2)), "{}\n{}", text(&a), text(&b));
+        assert!(codes.contains(&Some(0)) && codes.contains(&Some(3)), "{}\n{}", text(&a), text(&b));
         let loser = if a.status.success() { &b } else { &a };
         assert!(String::from_utf8_lossy(&loser.stderr).contains("already approved by"), "{}", text(loser));
         let audit: Value = serde_json::from_slice(&g.cli(&["audit", "--json"]).stdout).unwrap();

@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::AddPrefixListEntry;
 use portcullis_aws::Ec2Firewall;
 use portcullis_core::{
     Cidr, Description, Environment, Family, Grant, Interface, Marker, ObservedRule, Owner, Policy, PolicyRules, PortRange,
-    PortSet, PrefixListId, RuleQuota, Source, TargetSelector, TargetSpec, Timestamp, Ttl, ValidationError,
+    PortSet, PrefixListId, Rejection, RuleQuota, Source, TargetSelector, TargetSpec, Timestamp, Ttl,
 };
 use portcullis_engine::{
     AddRequest, Cause, Clock, Engine, EngineError, Firewall, HeldFirewall, ManualClock, MemoryFirewall, Requester, Scope,
@@ -20,6 +20,7 @@ use portcullis_engine::{
 use portcullis_store::{Actor, SqliteStore, Upsert};
 
 use crate::support::{REGION, World, sdk_config, within};
+use portcullis_core::PolicyRefusal;
 use portcullis_store::prelude::*;
 
 fn dev() -> Environment {
@@ -113,7 +114,7 @@ async fn grants_are_entries_under_our_marker_and_a_hand_made_entry_is_never_touc
 
         engine.grants().add(request("198.51.100.1")).await.unwrap();
         let err = engine.grants().add(request("2001:db8::1")).await.unwrap_err();
-        assert!(matches!(err, EngineError::Validation(ValidationError::FamilyNotTaken { .. })), "{err}");
+        assert!(matches!(err, EngineError::Rejected(Rejection::Policy(PolicyRefusal::FamilyNotTaken { .. }))), "{err}");
         assert!(err.to_string().contains(&format!("its prefix lists: {list} (us-east-1, IPv4)")), "{err}");
         let by = Requester::named("alice", Interface::Cli);
         let stored = engine.grants().live_grants(&portcullis_engine::Scope::All, &by).await.unwrap();
@@ -136,7 +137,10 @@ async fn grants_are_entries_under_our_marker_and_a_hand_made_entry_is_never_touc
 
         let before = firewall.calls().get("ModifyManagedPrefixList");
         let err = engine.grants().add(request("198.51.100.3")).await.unwrap_err();
-        assert!(matches!(err, EngineError::Validation(ValidationError::ListFull { .. })), "MaxEntries 3 is full: {err}");
+        assert!(
+            matches!(err, EngineError::Rejected(Rejection::Policy(PolicyRefusal::ListFull { .. }))),
+            "MaxEntries 3 is full: {err}"
+        );
         let expected = format!("prefix list {list} (us-east-1) is full: it would hold 4 IPv4 entries, over its MaxEntries of 3");
         assert!(err.to_string().starts_with(&expected), "a list is named as a list: {err}");
         assert_eq!(firewall.calls().get("ModifyManagedPrefixList"), before, "refused before any call");
@@ -182,7 +186,7 @@ async fn a_thousand_grants_reach_a_list_in_ten_calls() {
             store.upsert(Upsert { grant, actor, max_grants_per_user: 10_000 }).await.unwrap();
         }
         let report = engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
-        assert_eq!(report.authorized, 1_000, "{:?}", report.failure_messages());
+        assert_eq!(report.authorized, 1_000, "{:?}", report.failures());
         assert_eq!(firewall.calls().get("ModifyManagedPrefixList"), 10, "{:?}", firewall.calls().snapshot());
         assert_eq!(entries(&w, &list).await.len(), 1_001);
     })

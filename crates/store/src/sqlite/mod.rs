@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use portcullis_core::TargetId;
 use portcullis_core::guard::{ChangeRequest, GroupRule, RequestStatus};
 use portcullis_core::{
-    Action, ActorName, ApiToken, AuditEvent, AuditScope, Cidr, Description, Environment, Grant, GrantKey, Interface, Owner, Role,
-    Source, Timestamp, ValidationError,
+    Action, ActorName, ApiToken, AuditEvent, AuditScope, Cidr, Description, Environment, Grant, GrantKey, Interface,
+    InvalidInput, Owner, Role, Source, Timestamp,
 };
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
@@ -319,7 +319,7 @@ fn grant_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Grant, CorruptRow>> 
     let expires: Option<i64> = row.get(8)?;
     let owner = Owner { id: row.get(2)?, name: row.get(3)?, display_name: row.get(4)? };
     let created = from_ms(row.get(7)?);
-    let corrupt = |e: ValidationError| CorruptRow(format!("grant {cidr} in {environment}: {e}"));
+    let corrupt = |e: InvalidInput| CorruptRow(format!("grant {cidr} in {environment}: {e}"));
     Ok((|| {
         Ok(Grant {
             cidr: Cidr::parse(&cidr).map_err(corrupt)?,

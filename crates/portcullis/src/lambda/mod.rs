@@ -16,13 +16,9 @@ use aws_lambda_events::encodings::Body;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use axum::body::to_bytes;
 use axum::http::{Method, Request};
-use portcullis_core::ExternalChange;
-use portcullis_core::{
-    Cidr, Credential, Description, Environment, Grant, GrantKey, Interface, Owner, Source, Ttl, UserName, ValidationError,
-};
-use portcullis_engine::{AddRequest, Cause, Engine, EngineError, Requester, Scope};
-use portcullis_store::ip_whitelist::{self, Attr, ChangeKind, StreamItems, external_change, unreadable_record};
-use serde::Deserialize;
+use portcullis_core::{ExternalChange, Interface};
+use portcullis_engine::{Cause, Engine, EngineError, Failure, Scope};
+use portcullis_store::ip_whitelist::{self, ChangeKind, StreamItems, external_change, unreadable_record};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -33,6 +29,15 @@ use crate::slack::DeferredApply;
 
 /// How long an invocation waits for its announcements before returning.
 pub const ANNOUNCE_BUDGET: time::Duration = time::Duration::seconds(10);
+
+mod action;
+
+pub use action::{ActionAnswer, ActionError, ActionEvent, ApplyAnswer, UserInfo, handle_action, item_json};
+
+/// An answer as the JSON Lambda returns.
+pub(crate) fn to_json(answer: &impl serde::Serialize) -> Value {
+    serde_json::to_value(answer).expect("answers serialise")
+}
 
 /// What an event is.
 pub enum Event {
@@ -45,33 +50,6 @@ pub enum Event {
     Asg(AwsEvent),
     /// An approval's apply, handed over by an invocation that answered Slack first.
     Deferred(DeferredApply),
-}
-
-/// An IP Whitelist Manager action event (`add`, `remove`, `list`, `refresh`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActionEvent {
-    pub action: String,
-    #[serde(default)]
-    pub ip_address: Option<String>,
-    #[serde(default)]
-    pub environment: Option<String>,
-    #[serde(default)]
-    pub user_info: Option<UserInfo>,
-    #[serde(default)]
-    pub ttl_minutes: Option<u64>,
-    #[serde(default)]
-    pub description: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct UserInfo {
-    #[serde(default)]
-    pub user_id: Option<String>,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub display_name: Option<String>,
 }
 
 /// Why an invocation failed (Lambda retries it and counts an error).
@@ -96,8 +74,8 @@ pub enum InvocationError {
     )]
     Unknown,
     /// An action event's change failed for a reason worth retrying (not a refusal).
-    #[error("{0}")]
-    Action(String),
+    #[error(transparent)]
+    Action(ActionError),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(
@@ -136,126 +114,6 @@ pub fn classify(value: Value) -> Result<Event, InvocationError> {
         return serde_json::from_value(value).map(|r| Event::Http(Box::new(r))).map_err(InvocationError::InvalidHttp);
     }
     Err(InvocationError::Unknown)
-}
-
-/// A grant as the IP Whitelist Manager's items show it, as plain JSON.
-pub fn item_json(grant: &Grant) -> Value {
-    let item = ip_whitelist::to_item(grant);
-    let mut out = serde_json::Map::new();
-    for (k, v) in item {
-        if k.starts_with("pc_") {
-            continue;
-        }
-        let v = match v {
-            Attr::S(s) => Value::String(s),
-            Attr::N(n) => n.parse::<i64>().map(Value::from).unwrap_or(Value::String(n)),
-            Attr::Other => continue,
-        };
-        out.insert(k, v);
-    }
-    Value::Object(out)
-}
-
-/// The answer to an action event, and whether it succeeded (`Err`: the exit code's kind).
-pub async fn handle_action(
-    engine: &Engine,
-    default_env: &Environment,
-    event: ActionEvent,
-    interface: Interface,
-) -> Result<Value, (Value, u8)> {
-    let action = event.action.clone();
-    let refused = |err: ValidationError| {
-        (json!({"success": false, "action": action, "error": {"code": "invalid", "message": err.to_string()}}), 2u8)
-    };
-    let failed = |err: EngineError| match err {
-        EngineError::Validation(v) => refused(v),
-        other => (json!({"success": false, "action": action, "error": {"code": "failed", "message": other.to_string()}}), 1u8),
-    };
-    let env = match &event.environment {
-        Some(name) => Environment::parse(name).map_err(refused)?,
-        None => default_env.clone(),
-    };
-    engine.grants().policy(&env).map_err(refused)?;
-    let cidr = || -> Result<Cidr, (Value, u8)> {
-        let text = event.ip_address.as_deref().ok_or_else(|| {
-            refused(ValidationError::InvalidAddress { input: String::new(), reason: "the event has no ip_address".into() })
-        })?;
-        Cidr::parse(text).map_err(refused)
-    };
-    let by = || -> Result<Requester, (Value, u8)> {
-        let info = event.user_info.as_ref();
-        let given = |field: Option<&String>| field.filter(|s| !s.trim().is_empty()).map(|s| UserName::parse(s)).transpose();
-        let id = given(info.and_then(|u| u.user_id.as_ref())).map_err(refused)?;
-        let name = given(info.and_then(|u| u.username.as_ref())).map_err(refused)?;
-        let Some(id) = id.or_else(|| name.clone()) else {
-            return Err(refused(ValidationError::NotAllowed { user: "(none)".into(), environment: env.to_string() }));
-        };
-        let owner = Owner {
-            name: name.unwrap_or_else(|| id.clone()).into_string(),
-            id: id.into_string(),
-            display_name: info.and_then(|u| u.display_name.clone()).unwrap_or_default(),
-        };
-        Ok(Requester { owner, groups: vec![], interface, credential: Credential::Interface })
-    };
-    match event.action.as_str() {
-        "add" => {
-            let cidr = cidr()?;
-            let ttl = event.ttl_minutes.map(Ttl::from_minutes).transpose().map_err(refused)?;
-            let description = Description::parse(event.description.as_deref().unwrap_or_default()).map_err(refused)?;
-            let by = by()?;
-            let request = AddRequest { cidr, environment: env.clone(), ttl, description, source: Source::Manual, by };
-            let o = engine.grants().add(request).await.map_err(failed)?;
-            let failures = o.report.as_ref().map(|r| r.failure_messages()).unwrap_or_default();
-            let verb = if o.refreshed { "refreshed in" } else { "added to" };
-            Ok(json!({
-                "success": failures.is_empty(),
-                "action": "add",
-                "message": format!("IP {} {verb} {} whitelist", o.grant.cidr, o.grant.environment),
-                "refreshed": o.refreshed,
-                "item": item_json(&o.grant),
-                "failures": failures,
-            }))
-        }
-        "remove" => {
-            let by = by()?;
-            let key = GrantKey { cidr: cidr()?, environment: env.clone() };
-            let o = engine.grants().remove(&key, &by).await.map_err(failed)?;
-            let failures = o.report.failure_messages();
-            Ok(json!({
-                "success": failures.is_empty(),
-                "action": "remove",
-                "message": format!("IP {} removed from {} whitelist", o.grant.cidr, o.grant.environment),
-                "item": item_json(&o.grant),
-                "failures": failures,
-            }))
-        }
-        "list" => {
-            let by = Requester::named("lambda", interface);
-            let grants = engine.grants().live_grants(&Scope::Environment(env.clone()), &by).await.map_err(failed)?;
-            let items: Vec<Value> = grants.iter().map(item_json).collect();
-            Ok(json!({"success": true, "action": "list", "environment": env, "count": items.len(), "items": items}))
-        }
-        "refresh" => {
-            let report = engine.grants().reconcile(Scope::Environment(env.clone()), Cause::Refresh).await.map_err(failed)?;
-            let failures = report.failure_messages();
-            Ok(json!({
-                "success": failures.is_empty(),
-                "action": "refresh",
-                "environment": env,
-                "authorized": report.authorized,
-                "revoked": report.revoked,
-                "updated": report.updated,
-                "unchanged": report.unchanged,
-                "unowned_left_alone": report.unowned_left_alone,
-                "failures": failures,
-            }))
-        }
-        other => Err((
-            json!({"success": false, "action": other, "error": {"code": "invalid",
-                "message": format!("unknown action {other:?}: use add, remove, list or refresh")}}),
-            2,
-        )),
-    }
 }
 
 /// One record of a DynamoDB Stream event, read.
@@ -328,7 +186,7 @@ pub async fn handle_scheduled(engine: &Engine, member_sync: time::Duration) -> R
             "expired": sweep.expired.iter().map(item_json).collect::<Vec<_>>(),
             "authorized": report.authorized,
             "revoked": report.revoked,
-            "failures": report.failure_messages(),
+            "failures": Failure::lines(&report.failures()),
         });
         if let Some(true_up) = scheduled_true_up(engine, member_sync).await? {
             answer["members"] = true_up;
@@ -452,11 +310,15 @@ impl Handler {
     async fn dispatch(&self, payload: Value) -> Result<Value, InvocationError> {
         let default_env = &self.app.default_environment;
         match classify(payload)? {
-            Event::Action(event) => match handle_action(&self.engine, default_env, event, Interface::Lambda).await {
-                Ok(v) => Ok(v),
-                Err((v, 2)) => Ok(v),
-                Err((v, _)) => Err(InvocationError::Action(v["error"]["message"].as_str().unwrap_or("failed").to_string())),
-            },
+            Event::Action(event) => {
+                let action = event.action.clone();
+                match handle_action(&self.engine, default_env, event, Interface::Lambda).await {
+                    Ok(answer) => Ok(to_json(&answer)),
+                    // Retrying bad input or a refusal changes nothing: answered, not failed.
+                    Err(err) if err.answered() => Ok(to_json(&err.answer(&action))),
+                    Err(err) => Err(InvocationError::Action(err)),
+                }
+            }
             Event::Stream(records) => Ok(serde_json::to_value(handle_stream(&self.engine, &records).await).expect("serialises")),
             Event::Scheduled => Ok(handle_scheduled(&self.engine, self.app.member_sync).await?),
             Event::Asg(event) => match events::handle(&self.engine, event, Interface::Lambda).await {
@@ -485,7 +347,7 @@ impl Handler {
             (_, Some(_)) => tracing::warn!("a deferred apply's response_url is outside the allowed prefixes; not posted"),
             _ => {}
         }
-        Ok(json!({"success": failures.is_empty(), "action": "apply", "request": request, "failures": failures}))
+        Ok(to_json(&ApplyAnswer::new(request, &failures)))
     }
 }
 
