@@ -75,9 +75,12 @@ impl Firewall for DryRunFirewall {
             text.push_str(&line("UpdateSecurityGroupRuleDescriptionsIngress", r));
         }
         let mut out = self.out.lock().expect("dry-run output mutex poisoned");
-        out.write_all(text.as_bytes())
-            .and_then(|_| out.flush())
-            .map_err(|e| FirewallError::new(crate::ErrorClass::Permanent, format!("dry-run output: {e}")))?;
+        match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+            // The reader went away (`| head`): the output ends, the dry run does not fail.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => return Err(FirewallError::new(crate::ErrorClass::Permanent, format!("dry-run output: {e}"))),
+            Ok(()) => {}
+        }
         // Nothing was changed, so nothing is reported as applied.
         Ok(Applied::default())
     }

@@ -18,6 +18,7 @@ pub mod headers;
 pub mod lambda;
 pub mod metrics;
 pub mod open;
+pub mod output;
 pub mod ratelimit;
 pub mod replica;
 pub mod routes;

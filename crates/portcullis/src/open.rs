@@ -164,9 +164,9 @@ fn describe(body: &Value) -> String {
 
 fn report(options: &OpenOptions, body: &Value) {
     if options.json {
-        println!("{body}");
+        crate::outln!("{body}");
     } else {
-        println!("{}", describe(body));
+        crate::outln!("{}", describe(body));
     }
 }
 
@@ -196,7 +196,7 @@ pub async fn run(options: OpenOptions) -> Result<(), OpenError> {
                 match client.send(reqwest::Method::POST).await {
                     Ok((_, body)) => {
                         if !options.json {
-                            println!("renewed: {}", describe(&body).lines().next().unwrap_or_default());
+                            crate::outln!("renewed: {}", describe(&body).lines().next().unwrap_or_default());
                         } else {
                             report(&options, &body);
                         }
@@ -214,11 +214,11 @@ pub async fn run(options: OpenOptions) -> Result<(), OpenError> {
     }
     let (status, body) = client.send(reqwest::Method::DELETE).await?;
     if status == 404 {
-        println!("closed: access had already ended");
+        crate::outln!("closed: access had already ended");
     } else if options.json {
-        println!("{body}");
+        crate::outln!("{body}");
     } else {
-        println!("closed: {}", describe(&body).lines().next().unwrap_or_default());
+        crate::outln!("closed: {}", describe(&body).lines().next().unwrap_or_default());
     }
     Ok(())
 }

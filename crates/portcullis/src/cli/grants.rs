@@ -98,7 +98,7 @@ pub(super) async fn add(cx: &Context, a: AddArgs) -> Result<ExitCode, CliError> 
     } else {
         let verb = if outcome.refreshed { "refreshed" } else { "added" };
         let g = &outcome.grant;
-        println!(
+        crate::outln!(
             "{verb} {} in {} until {} ({}), owner {}",
             g.cidr,
             g.environment,
@@ -108,7 +108,7 @@ pub(super) async fn add(cx: &Context, a: AddArgs) -> Result<ExitCode, CliError> 
         );
         match &outcome.report {
             Some(report) => print_report(report),
-            None => println!("rules unchanged: no security group call was needed"),
+            None => crate::outln!("rules unchanged: no security group call was needed"),
         }
     }
     Ok(outcome.report.as_ref().map(exit_for).unwrap_or(ExitCode::SUCCESS))
@@ -124,7 +124,7 @@ pub(super) async fn remove(cx: &Context, a: RemoveArgs) -> Result<ExitCode, CliE
     if cx.json {
         print_json(&outcome);
     } else {
-        println!("removed {} from {}", outcome.grant.cidr, outcome.grant.environment);
+        crate::outln!("removed {} from {}", outcome.grant.cidr, outcome.grant.environment);
         print_report(&outcome.report);
     }
     Ok(exit_for(&outcome.report))
@@ -138,10 +138,10 @@ pub(super) async fn list(cx: &Context, a: ListArgs) -> Result<ExitCode, CliError
     if cx.json {
         print_json(&ListedGrant::all(&grants));
     } else if grants.is_empty() {
-        println!("no live grants");
+        crate::outln!("no live grants");
     } else {
         for g in &grants {
-            println!(
+            crate::outln!(
                 "{:<20} {:<8} {:<13} {:<24} {:<24} {}",
                 g.cidr.to_string(),
                 g.environment.as_str(),
@@ -176,7 +176,7 @@ pub(super) async fn refresh(cx: &Context, a: RefreshArgs) -> Result<ExitCode, Cl
     } else {
         print_report(&report);
         if let Some(g) = &guard {
-            println!(
+            crate::outln!(
                 "guard: {} groups compared, {} changes reverted, {} without a baseline",
                 g.groups,
                 g.reverted.len(),
@@ -199,9 +199,9 @@ pub(super) async fn sweep(cx: &Context) -> Result<ExitCode, CliError> {
     if cx.json {
         print_json(&report);
     } else {
-        println!("{} grants expired", report.expired.len());
+        crate::outln!("{} grants expired", report.expired.len());
         for g in &report.expired {
-            println!("  {} in {}", g.cidr, g.environment);
+            crate::outln!("  {} in {}", g.cidr, g.environment);
         }
         if let Some(r) = &report.reconcile {
             print_report(r);
@@ -220,7 +220,7 @@ pub(super) async fn audit(cx: &Context, a: AuditArgs) -> Result<ExitCode, CliErr
         print_json(&events);
     } else {
         for e in &events {
-            println!(
+            crate::outln!(
                 "{} {:<14} {:<8} {:<20} {:<10} {}",
                 format_utc(e.at),
                 e.action.as_str(),
@@ -242,13 +242,13 @@ pub(super) async fn init(cx: &Context) -> Result<ExitCode, CliError> {
         }));
     } else {
         for t in &report.created {
-            println!("created {t}");
+            crate::outln!("created {t}");
         }
         for t in &report.existing {
-            println!("exists  {t} (left as it is)");
+            crate::outln!("exists  {t} (left as it is)");
         }
         for w in &report.warnings {
-            println!("warning: {w}");
+            crate::outln!("warning: {w}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -265,7 +265,7 @@ pub(super) async fn adopt(cx: &Context, a: AdoptArgs) -> Result<ExitCode, CliErr
         let verb = if a.dry_run { "would take over" } else { "taking over" };
         for c in &report.changes {
             for r in &c.update_descriptions {
-                println!("{verb} {} {} on {}: description becomes {:?}", r.ec2_cidr, r.ports, c.target, r.description);
+                crate::outln!("{verb} {} {} on {}: description becomes {:?}", r.ec2_cidr, r.ports, c.target, r.description);
             }
         }
         for f in &report.observe_failures {
@@ -275,9 +275,9 @@ pub(super) async fn adopt(cx: &Context, a: AdoptArgs) -> Result<ExitCode, CliErr
             eprintln!("failed: {}: {}", o.target, o.error.as_deref().unwrap_or_default());
         }
         match (report.rules(), a.dry_run) {
-            (0, _) => println!("nothing to take over: no unmarked rule matches a live grant"),
-            (n, true) => println!("{n} rules would be taken over; run without --dry-run to do it"),
-            (n, false) => println!("{n} rules taken over"),
+            (0, _) => crate::outln!("nothing to take over: no unmarked rule matches a live grant"),
+            (n, true) => crate::outln!("{n} rules would be taken over; run without --dry-run to do it"),
+            (n, false) => crate::outln!("{n} rules taken over"),
         }
     }
     Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })

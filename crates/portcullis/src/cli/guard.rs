@@ -82,7 +82,7 @@ pub(super) async fn run(cx: &Context, command: GuardCommand) -> Result<ExitCode,
             } else {
                 let verb = if dry_run { "would record" } else { "recorded" };
                 for (group, rules) in &report.groups {
-                    println!("{verb} {} ({}): {rules} rules approved as they are", group.group_id, group.region);
+                    crate::outln!("{verb} {} ({}): {rules} rules approved as they are", group.group_id, group.region);
                 }
                 for f in &report.failures {
                     eprintln!("failed: {f}");
@@ -98,15 +98,19 @@ pub(super) async fn run(cx: &Context, command: GuardCommand) -> Result<ExitCode,
             if cx.json {
                 print_json(&report);
             } else {
-                println!("{} guarded groups compared with their baselines", report.groups);
+                crate::outln!("{} guarded groups compared with their baselines", report.groups);
                 for r in &report.reverted {
-                    println!("reverted a change no event reported: request {} on {} ({})", r.id, r.group_id, r.region);
+                    crate::outln!("reverted a change no event reported: request {} on {} ({})", r.id, r.group_id, r.region);
                 }
                 for g in &report.without_baseline {
-                    println!("no baseline for {} ({}): only reported; run `portcullis guard baseline`", g.group_id, g.region);
+                    crate::outln!(
+                        "no baseline for {} ({}): only reported; run `portcullis guard baseline`",
+                        g.group_id,
+                        g.region
+                    );
                 }
                 for id in &report.expired {
-                    println!("request {id} expired undecided");
+                    crate::outln!("request {id} expired undecided");
                 }
                 for f in &report.failures {
                     eprintln!("failed: {f}");
@@ -129,7 +133,7 @@ pub(super) async fn requests(cx: &Context, a: RequestsArgs) -> Result<ExitCode, 
     if cx.json {
         print_json(&requests);
     } else if requests.is_empty() {
-        println!("no {} requests", a.status);
+        crate::outln!("no {} requests", a.status);
     } else {
         for r in &requests {
             print_request(r);
@@ -140,21 +144,21 @@ pub(super) async fn requests(cx: &Context, a: RequestsArgs) -> Result<ExitCode, 
 
 fn print_request(r: &ChangeRequest) {
     let who = r.requester_user.as_ref().map(|u| format!("{} ({u})", r.requester)).unwrap_or_else(|| r.requester.clone());
-    println!("{}  {}  {} in {} ({})  by {who}", r.id, r.status.as_str(), r.group_id, r.region, r.account);
+    crate::outln!("{}  {}  {} in {} ({})  by {who}", r.id, r.status.as_str(), r.group_id, r.region, r.account);
     for line in r.rules_in_words() {
-        println!("    {line}");
+        crate::outln!("    {line}");
     }
     if let Some(term) = r.term_in_words() {
-        println!("    temporary: {term}");
+        crate::outln!("    temporary: {term}");
     }
     if let Some(reason) = &r.break_glass {
-        println!("    break-glass: {reason}");
+        crate::outln!("    break-glass: {reason}");
     }
     if let Some(failure) = &r.failure {
-        println!("    failed: {failure}");
+        crate::outln!("    failed: {failure}");
     }
     for note in &r.notes {
-        println!("    note: {note}");
+        crate::outln!("    note: {note}");
     }
 }
 

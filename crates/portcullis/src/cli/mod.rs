@@ -193,7 +193,7 @@ pub async fn run(args: Args) -> ExitCode {
         Err(err) => {
             let (code, kind) = err.code();
             if json {
-                println!("{}", serde_json::json!({"error": {"code": kind, "message": err.to_string()}}));
+                crate::outln!("{}", serde_json::json!({"error": {"code": kind, "message": err.to_string()}}));
             }
             eprintln!("error: {err}");
             ExitCode::from(code)

@@ -45,7 +45,7 @@ pub(super) fn with_progress(engine: Engine, json: bool) -> Engine {
 }
 
 pub(super) fn print_json<T: Serialize>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).expect("values serialise"));
+    crate::outln!("{}", serde_json::to_string_pretty(value).expect("values serialise"));
 }
 
 pub(super) fn exit_for(report: &ReconcileReport) -> ExitCode {
@@ -53,19 +53,27 @@ pub(super) fn exit_for(report: &ReconcileReport) -> ExitCode {
 }
 
 pub(super) fn print_report(r: &ReconcileReport) {
-    println!(
+    crate::outln!(
         "{} groups: authorized {}, revoked {}, updated {}, unchanged {}, unowned left alone {}",
-        r.targets, r.authorized, r.revoked, r.updated, r.unchanged, r.unowned_left_alone
+        r.targets,
+        r.authorized,
+        r.revoked,
+        r.updated,
+        r.unchanged,
+        r.unowned_left_alone
     );
     for w in &r.withheld {
-        println!(
+        crate::outln!(
             "left in place: {} on {} is marked for {}, but this store has never recorded anything for {}; \
              add a grant for it to keep it, or remove the rule by hand",
-            w.rule.ec2_cidr, w.target, w.environment, w.environment
+            w.rule.ec2_cidr,
+            w.target,
+            w.environment,
+            w.environment
         );
     }
     for s in &r.skipped {
-        println!("skipped {}: {}", s.id, s.reason);
+        crate::outln!("skipped {}: {}", s.id, s.reason);
     }
     for f in r.failures() {
         eprintln!("failed: {f}");

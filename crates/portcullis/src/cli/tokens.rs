@@ -91,7 +91,7 @@ async fn create(
     let (secret, token) = crate::auth::issue(&user, role, environments, now, expires_at, &by.owner.name)
         .map_err(|e| CliError::Operational(e.to_string()))?;
     engine.grants().create_token(token.clone(), &by).await?;
-    println!("{secret}");
+    crate::outln!("{secret}");
     eprintln!(
         "created token {} for {} ({}), environments {}, expires {}; it is shown only now",
         token.id,
@@ -108,14 +108,19 @@ async fn list(cx: &Context) -> Result<ExitCode, CliError> {
     if cx.json {
         print_json(&tokens);
     } else if tokens.is_empty() {
-        println!("no tokens");
+        crate::outln!("no tokens");
     } else {
-        println!(
+        crate::outln!(
             "{:<12}  {:<16} {:<12} {:<16} {:<23} {:<23} REVOKED",
-            "ID", "USER", "ROLE", "ENVIRONMENTS", "CREATED", "EXPIRES"
+            "ID",
+            "USER",
+            "ROLE",
+            "ENVIRONMENTS",
+            "CREATED",
+            "EXPIRES"
         );
         for t in &tokens {
-            println!(
+            crate::outln!(
                 "{:<12}  {:<16} {:<12} {:<16} {:<23} {:<23} {}",
                 t.id,
                 t.user,
@@ -139,7 +144,7 @@ async fn revoke(cx: &Context, id: String, as_user: Option<String>) -> Result<Exi
     if cx.json {
         print_json(&token);
     } else {
-        println!(
+        crate::outln!(
             "revoked token {} ({}, user {}) at {}",
             token.id,
             token.role,

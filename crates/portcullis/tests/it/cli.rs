@@ -297,3 +297,32 @@ async fn refresh_shows_progress_on_a_terminal_and_nothing_extra_otherwise() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no terminal, no progress");
     assert!(String::from_utf8_lossy(&out.stdout).contains("authorized 3"), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn a_closed_stdout_ends_the_output_not_the_program() {
+    // `portcullis audit | head -2`: the reader goes away. Here it is gone before the first
+    // write, so every command below meets the closed pipe, whatever the timing.
+    let w = World::new().await;
+    let group = w.group(false, &[]).await;
+    ok(&w.cli(&["add", "198.51.100.7", "--ttl", "5m"]));
+    let closed = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    for args in [&["audit"][..], &["audit", "--json"], &["list"], &["list", "--all", "--json"]] {
+        let out = w.command(args).stdout(closed()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
+    // The dry-run firewall's printout ends too; the grant is stored all the same.
+    let mut cmd = w.command(&["add", "198.51.100.8", "--ttl", "5m"]);
+    cmd.env_remove("PORTCULLIS_FIREWALL")
+        .env_remove("ENABLE_SG_DISCOVERY")
+        .env("MANAGED_SECURITY_GROUP_IDS", format!("[\"{group}\"]"));
+    let out = cmd.stdout(closed()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let grants = w.grants();
+    assert_eq!(grants.as_array().unwrap().len(), 2, "{grants}");
+}

@@ -150,6 +150,7 @@ fn the_binary_modules_import_only_lower_layers() {
         ("lambda", 4),
         ("serve", 4),
         ("open", 5),
+        ("output", 0),
         ("cli", 6),
     ]);
     let src = root().join("crates/portcullis/src");
