@@ -56,8 +56,8 @@ fn world() -> &'static World {
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
             let firewall: Arc<dyn Firewall> = Arc::new(DryRunFirewall::new(None, Box::new(std::io::sink())));
             let lease = wiring::sweeper_lease(store.clone(), clock.clone());
-            let engine =
-                Arc::new(wiring::engine_with(&config, store, firewall, clock, Arc::new(LogNotifier)).with_lease(lease));
+            let builder = wiring::builder(&config, store, firewall, clock, Arc::new(LogNotifier));
+            let engine = Arc::new(builder.lease(lease).build());
             let secrets = SigningSecrets { current: SigningSecret::new(SECRET), next: None };
             let slack = SlackEndpoint::new(&config.slack, secrets, None).inline();
             let app = Arc::new(App::new(engine.clone(), &config, Some(Arc::new(slack))));

@@ -1,5 +1,5 @@
-//! A grants-table item in DynamoDB JSON, as seed 000's Lambda (or a person in the console)
-//! may have written it, read with the seed codec.
+//! A grants-table item in DynamoDB JSON, as the IP Whitelist Manager's Lambda (or a person in
+//! the console) may have written it, read with its codec (`store::ip_whitelist`).
 //!
 //! Beyond "never panics": an item that reads as a grant writes back as an item that reads as
 //! the same grant, and its key item names the same grant.

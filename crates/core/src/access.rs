@@ -138,6 +138,20 @@ impl Credential {
         }
     }
 
+    /// Refused, when limited to some environments, for what concerns every environment (an
+    /// AWS event may touch any of them).
+    pub fn everywhere(&self) -> Result<(), PermissionRefusal> {
+        if !self.is_limited() {
+            return Ok(());
+        }
+        let credential = match self {
+            Credential::Token { id, .. } => format!("token {id}"),
+            Credential::Iam { arn } => format!("IAM principal {arn}"),
+            Credential::Interface => "this interface".to_string(),
+        };
+        Err(PermissionRefusal::NotEverywhere { credential })
+    }
+
     /// Whether the credentials are limited to some environments (a token with `--env`, or an
     /// IAM principal); such a caller sees nothing that concerns every environment.
     pub fn is_limited(&self) -> bool {

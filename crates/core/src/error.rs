@@ -67,6 +67,8 @@ pub enum PermissionRefusal {
     PrincipalNotListed { arn: String, environment: String },
     #[error("user {user:?} may not change grants in environment {environment}")]
     NotAllowed { user: String, environment: String },
+    #[error("{credential} is limited to some environments; AWS events need a credential for every environment")]
+    NotEverywhere { credential: String },
 }
 
 /// Well-formed, but an environment's policy or a limit refuses it (exit 3, HTTP 409 or 422).

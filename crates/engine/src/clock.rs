@@ -1,7 +1,9 @@
+#[cfg(feature = "test-support")]
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use portcullis_core::Timestamp;
+#[cfg(feature = "test-support")]
 use tokio::sync::watch;
 
 /// Where time comes from: the system in production, virtual time in tests.
@@ -34,12 +36,14 @@ impl Clock for SystemClock {
     }
 }
 
-/// Virtual time that moves only when a test advances it.
+/// Virtual time that moves only when a test advances it (the `test-support` feature).
+#[cfg(feature = "test-support")]
 pub struct ManualClock {
     now: Mutex<Timestamp>,
     changed: watch::Sender<Timestamp>,
 }
 
+#[cfg(feature = "test-support")]
 impl ManualClock {
     pub fn new(start: Timestamp) -> ManualClock {
         ManualClock { now: Mutex::new(start), changed: watch::channel(start).0 }
@@ -53,6 +57,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(feature = "test-support")]
 #[async_trait]
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {

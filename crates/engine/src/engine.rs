@@ -256,7 +256,7 @@ impl Engine {
             if let Some(guard) = &self.guard {
                 match guard.sweep().await {
                     Ok(report) if !report.failures.is_empty() => {
-                        tracing::warn!(failures = ?report.failures, "guard sweep left failures; will retry")
+                        tracing::warn!(failures = %crate::Failure::joined(&report.failures), "guard sweep left failures; will retry")
                     }
                     Ok(_) => {}
                     Err(err) => tracing::warn!(error = %err, "guard sweep failed; will retry"),
@@ -281,7 +281,7 @@ impl Engine {
             let true_up = MemberEvent::TrueUp { asg: None, region: None };
             match members.event(true_up, Interface::Reconciler).await {
                 Ok(outcome) if !outcome.failures.is_empty() => {
-                    tracing::warn!(failures = ?outcome.failures, "member true-up left failures; will retry")
+                    tracing::warn!(failures = %crate::Failure::joined(&outcome.failures), "member true-up left failures; will retry")
                 }
                 Ok(outcome) => tracing::info!(granted = outcome.granted.len(), removed = outcome.removed.len(), "member true-up"),
                 Err(err) => tracing::warn!(error = %err, "member true-up failed; will retry"),

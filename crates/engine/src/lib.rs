@@ -34,9 +34,9 @@ use portcullis_core::{GroupChange, ObservedGroup, TargetSpec};
 use serde::Serialize;
 use thiserror::Error;
 
+pub use clock::{Clock, SystemClock};
 #[cfg(feature = "test-support")]
-pub use clock::TokioClock;
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{ManualClock, TokioClock};
 pub use dry_run::DryRunFirewall;
 pub use engine::{Engine, EngineBuilder};
 pub use error::EngineError;

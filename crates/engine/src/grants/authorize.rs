@@ -47,6 +47,30 @@ impl Grants {
         }
     }
 
+    /// Whether the requester may send what concerns every environment (an AWS event: a
+    /// lifecycle action or a rule change may touch any): credentials limited to some
+    /// environments may not. A refusal is audited.
+    pub async fn authorize_everywhere(&self, by: &Requester) -> Result<(), EngineError> {
+        let Err(err) = by.credential.everywhere() else { return Ok(()) };
+        let event = AuditEvent {
+            id: 0,
+            at: self.clock().now(),
+            actor: by.refused_actor().name.as_str().into(),
+            interface: by.interface,
+            action: Action::Refused,
+            environment: AuditScope::All,
+            cidr: None,
+            before: None,
+            after: None,
+            reason: err.to_string(),
+            request: None,
+        };
+        if let Err(store_err) = self.store().record(event).await {
+            tracing::warn!(error = %store_err, "could not audit a refusal");
+        }
+        Err(err.into())
+    }
+
     /// The known environments the requester's credentials are valid in.
     pub fn visible_environments(&self, by: &Requester) -> BTreeSet<Environment> {
         self.policies().iter().filter(|(env, policy)| by.credential.covers(env, policy)).map(|(env, _)| env.clone()).collect()

@@ -10,7 +10,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use portcullis_core::guard::{ChangeRequest, Refusal, RequestStatus, Verdict};
-use portcullis_core::{AuditEvent, Cidr, Credential, Description, Grant, GrantKey, Interface, ListedGrant, Source, Ttl};
+use portcullis_core::{AuditEvent, Cidr, Description, Grant, GrantKey, Interface, ListedGrant, Source, Ttl};
 use portcullis_engine::{AddRequest, Apply, AuditQuery, DecisionOutcome, Failure, GuardError, ReconcileReport, Scope, Status};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -261,15 +261,7 @@ async fn event(
             Some(Err(err)) => return Err(invalid(err.to_string())),
             Some(Ok(event)) => event,
         };
-    if let Credential::Token { id, environments } = &principal.requester().credential
-        && !environments.is_empty()
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "out_of_scope",
-            format!("token {id} is limited to some environments; AWS events need a token for every environment"),
-        ));
-    }
+    app.engine.grants().authorize_everywhere(&principal.requester()).await?;
     let answer = match crate::events::handle(&app.engine, event, Interface::Http).await {
         Ok(answer) => answer,
         Err(crate::events::EventError::Refused(message)) => return Err(invalid(message)),
