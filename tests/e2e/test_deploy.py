@@ -155,7 +155,10 @@ def code_actions():
     actions = {}
     for path in sorted((ROOT / "crates" / "aws" / "src").rglob("*.rs")):
         text = path.read_text()
-        imported = [c for c in SERVICES if re.search(rf"\b{c}::", text)]
+        # A file of a directory module (dynamo/grants.rs) calls the clients its mod.rs imports.
+        parent = path.parent / "mod.rs"
+        scope = text + (parent.read_text() if parent.exists() and path != parent else "")
+        imported = [c for c in SERVICES if re.search(rf"\b{c}::", scope)]
         for method in set(re.findall(r"\.([a-z][a-z0-9_]*)\(\)", text)):
             operation = "".join(part.capitalize() for part in method.split("_"))
             owners = [c for c in imported if operation in operations[c]]

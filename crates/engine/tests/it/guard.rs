@@ -445,3 +445,51 @@ async fn a_revert_the_firewall_refuses_is_filed_with_a_typed_failure_and_the_swe
     assert_eq!(requests(&engine).await.len(), 1);
     assert!(faulty.injected(GuardCall::Revoke) >= 2, "the event's revoke and the first sweep's");
 }
+
+#[tokio::test]
+async fn an_approval_for_a_time_is_a_timed_rule_the_sweeper_revokes_at_its_term() {
+    let r = rig(&[EAST]);
+    let engine = guarded(&r, &[], None);
+    baseline(&r, &engine).await;
+    let vendor = tcp(443, "198.51.100.0/24", Some("vendor"));
+    let event = hand(&r, GROUP, HandChange::Authorize(vendor.clone()), ALICE);
+    let GuardOutcome::Reverted { request, .. } = engine.guard().unwrap().event(event).await.unwrap() else { panic!("filed") };
+    let decided_at = portcullis_engine::Clock::now(r.clock.as_ref());
+    let term = Verdict::ApproveFor(Duration::hours(2));
+    let DecisionOutcome::Decided { request: approved, failures } =
+        engine.guard().unwrap().decide(&request.id, term, &person("ubob"), Apply::Now).await.unwrap()
+    else {
+        panic!("decided")
+    };
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(approved.status, RequestStatus::Applied);
+    let on = |r: &Rig| r.firewall.guard_rules(EAST, GROUP).into_iter().find(|g| g.rule.same_access(&vendor));
+    let rule = on(&r).expect("the timed rule is on the group");
+    assert!(rule.rule.description.unwrap().starts_with(&format!("pc:timed/{}", request.id)));
+    // Neither the reconcile nor the guard sweep takes it for drift.
+    engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
+    assert!(engine.guard().unwrap().sweep().await.unwrap().reverted.is_empty());
+    assert!(on(&r).is_some());
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.run_sweeper(stopped).await }
+    });
+    r.clock.advance(Duration::hours(2) - Duration::seconds(1));
+    assert!(engine.sweep().await.unwrap().timed_rules.is_none(), "nothing is due a second early");
+    assert!(on(&r).is_some());
+    r.clock.advance(Duration::seconds(1));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while on(&r).is_some() {
+        assert!(std::time::Instant::now() < deadline, "the sweeper did not revoke the timed rule");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    sweeper.await.unwrap();
+    let audit = r.store.audit(None, 50).await.unwrap();
+    let ended = audit.iter().find(|e| e.action == Action::Expired && e.request.is_some()).expect("the end is audited");
+    assert_eq!(ended.at, decided_at + Duration::hours(2), "revoked exactly at the end of its term");
+    let after = requests(&engine).await.into_iter().find(|x| x.id == request.id).unwrap();
+    assert!(after.temporary.is_some_and(|t| t.ended_at.is_some()), "{after:?}");
+}
