@@ -1,6 +1,7 @@
 //! The contract every [`Store`] keeps, as one suite each backend runs: SQLite here, DynamoDB on
 //! moto in the binary's tests. Each case gets two handles on one fresh store (two processes,
-//! each with its own [`Store::instance`]), so races between writers are part of the contract.
+//! each with its own [`Store::instance`]), so races between writers are part of the contract;
+//! where a backend can interleave two writers, [`Pair::interleave`] forces it.
 //!
 //! [`store_contract!`](crate::store_contract) turns every case into a test of its own.
 
@@ -25,6 +26,37 @@ pub struct Pair {
     pub b: Arc<dyn Store>,
     /// Whatever must outlive the case (a temporary directory, say).
     pub keep: Box<dyn std::any::Any + Send>,
+    /// How to force two writers to read before either writes, where the backend lets them
+    /// (DynamoDB's conditional writes: a proxy holds the writes). `None` where a writer takes
+    /// its lock before it reads (SQLite's `BEGIN IMMEDIATE`), so the race cannot happen.
+    pub interleave: Option<Arc<dyn Interleave>>,
+}
+
+/// Forces a race: writes are held until every writer has read.
+pub trait Interleave: Send + Sync {
+    /// Holds the next `writers` writes until all of them have been made (each writer has read
+    /// by then), then lets them through together.
+    fn hold(&self, writers: usize);
+    /// How many writes the last hold held before it let them through: `writers` when the race
+    /// was forced, fewer when it gave up waiting.
+    fn held(&self) -> usize;
+}
+
+/// Runs two racing calls, forced to read before either writes where `p` can force it; checks
+/// that it was.
+async fn race<A, B>(p: &Pair, round: impl std::fmt::Display, a: A, b: B) -> (A::Output, B::Output)
+where
+    A: std::future::Future,
+    B: std::future::Future,
+{
+    if let Some(interleave) = &p.interleave {
+        interleave.hold(2);
+    }
+    let out = tokio::join!(a, b);
+    if let Some(interleave) = &p.interleave {
+        assert_eq!(interleave.held(), 2, "{round}: the race was not forced: both writers must read before either writes");
+    }
+    out
 }
 
 /// The environments the cases use; a backend must be able to hold grants in both.
@@ -175,7 +207,7 @@ pub async fn racing_for_one_lease(p: Pair) {
         let now = T0 + Duration::minutes(round);
         let name = format!("race-{round}");
         let claim = |holder| LeaseClaim { name: &name, holder, now, duration: Duration::seconds(15) };
-        let (a, b) = tokio::join!(p.a.acquire_lease(claim("a")), p.b.acquire_lease(claim("b")));
+        let (a, b) = race(&p, round, p.a.acquire_lease(claim("a")), p.b.acquire_lease(claim("b"))).await;
         assert!(a.unwrap() ^ b.unwrap(), "round {round}: exactly one holder");
     }
 }
@@ -184,10 +216,13 @@ pub async fn racing_for_one_lease(p: Pair) {
 pub async fn record_once_and_claims(p: Pair) {
     assert!(p.a.record_once(event(Action::Refused, "unreadable"), "stream:1").await.unwrap());
     assert!(!p.b.record_once(event(Action::Refused, "unreadable"), "stream:1").await.unwrap(), "another process");
-    let (one, two) = tokio::join!(
+    let (one, two) = race(
+        &p,
+        "record_once",
         p.a.record_once(event(Action::Refused, "raced"), "stream:2"),
-        p.b.record_once(event(Action::Refused, "raced"), "stream:2")
-    );
+        p.b.record_once(event(Action::Refused, "raced"), "stream:2"),
+    )
+    .await;
     assert!(one.unwrap() ^ two.unwrap(), "racing: exactly one records it");
     let recorded: Vec<String> = p.a.audit(None, 10).await.unwrap().into_iter().map(|e| e.reason).collect();
     assert_eq!(recorded, ["raced", "unreadable"]);
@@ -319,10 +354,13 @@ pub async fn racing_writers_on_one_key(p: Pair) {
     for round in 0..10 {
         let cidr = format!("198.51.100.{}", round + 1);
         let (alice, bob) = (format!("alice{round}"), format!("bob{round}"));
-        let (a, b) = tokio::join!(
+        let (a, b) = race(
+            &p,
+            round,
             p.a.upsert(upsert(grant(&cidr, "dev", &alice, T0, Duration::hours(1)), &alice)),
-            p.b.upsert(upsert(grant(&cidr, "dev", &bob, T0, Duration::hours(2)), &bob))
-        );
+            p.b.upsert(upsert(grant(&cidr, "dev", &bob, T0, Duration::hours(2)), &bob)),
+        )
+        .await;
         let (a, b) = (a.unwrap(), b.unwrap());
         assert!(a.previous.is_none() ^ b.previous.is_none(), "round {round}: exactly one adds it");
         let stored = p.a.grant(&key(&cidr, "dev")).await.unwrap().unwrap();
@@ -344,10 +382,13 @@ pub async fn racing_writers_on_one_users_limit(p: Pair) {
             p.a.upsert(upsert(grant(&cidr, "dev", &owner, T0, Duration::hours(1)), &owner)).await.unwrap();
         }
         let (x, y) = (format!("203.0.{round}.100"), format!("203.0.{round}.101"));
-        let (a, b) = tokio::join!(
+        let (a, b) = race(
+            &p,
+            round,
             p.a.upsert(upsert(grant(&x, "dev", &owner, T0, Duration::hours(1)), &owner)),
-            p.b.upsert(upsert(grant(&y, "dev", &owner, T0, Duration::hours(1)), &owner))
-        );
+            p.b.upsert(upsert(grant(&y, "dev", &owner, T0, Duration::hours(1)), &owner)),
+        )
+        .await;
         let refused = |r: &Result<_, StoreError>| matches!(r, Err(StoreError::Refused(PolicyRefusal::TooManyGrants { .. })));
         assert!(
             (a.is_ok() && refused(&b)) || (refused(&a) && b.is_ok()),
@@ -367,7 +408,7 @@ pub async fn racing_removes(p: Pair) {
         p.a.upsert(upsert(grant(&cidr, "dev", "alice", T0, Duration::hours(1)), "alice")).await.unwrap();
         let k = key(&cidr, "dev");
         let (by_a, by_b) = (actor("a"), actor("b"));
-        let (a, b) = tokio::join!(p.a.remove(&k, &by_a, T0), p.b.remove(&k, &by_b, T0));
+        let (a, b) = race(&p, round, p.a.remove(&k, &by_a, T0), p.b.remove(&k, &by_b, T0)).await;
         assert!(a.unwrap().is_some() ^ b.unwrap().is_some(), "round {round}: exactly one removes it");
         assert_eq!(actions_for(p.a.as_ref(), &format!("{cidr}/32")).await, [Action::Added, Action::Removed], "round {round}");
     }
@@ -405,10 +446,13 @@ pub async fn change_requests(p: Pair) {
     denied.denied_by = Some("UCAROL".into());
     denied.version = 1;
     let event = |action, request: &ChangeRequest| vec![crate::request_event(T0, &actor("x"), action, request, "")];
-    let (a, b) = tokio::join!(
+    let (a, b) = race(
+        &p,
+        "decisions",
         p.a.update_request(&approved, event(Action::ChangeApproved, &approved)),
         p.b.update_request(&denied, event(Action::ChangeDenied, &denied)),
-    );
+    )
+    .await;
     assert!(a.as_ref().unwrap() ^ b.as_ref().unwrap(), "exactly one decision lands: {a:?} {b:?}");
     let stored = p.a.request("r1").await.unwrap().unwrap();
     assert_eq!(stored, if *a.as_ref().unwrap() { approved } else { denied });

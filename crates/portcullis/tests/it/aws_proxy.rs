@@ -14,8 +14,10 @@
 //!   form it received ([`Proxy::completed`]).
 //! - **A failing region** ([`Proxy::fail_region`]): security-group calls signed for it are refused with
 //!   `UnauthorizedOperation`, as when a role loses its permissions there.
-//! - **A slow EC2** ([`Proxy::delay_ec2`]): every EC2 call is answered that much later, as when
-//!   EC2 is degraded.
+//! - **A slow EC2** ([`Proxy::delay_ec2`], [`Proxy::delay_action`]): every EC2 call (or every
+//!   call of one action) is answered that much later, as when EC2 is degraded.
+//! - **A forced race** (the store contract's [`Interleave`]): the next DynamoDB writes are
+//!   held until all of them have arrived, so every writer has read before any writes.
 //!
 //! Every other request passes through unchanged.
 
@@ -44,7 +46,21 @@ struct Upstream {
     ec2_delay: Mutex<std::time::Duration>,
     /// Rule changes passed to moto and not yet taken as CloudTrail events.
     trail: Mutex<Vec<crate::trail::Call>>,
+    /// One action's calls held this long (`delay_action`).
+    action_delay: Mutex<Option<(String, std::time::Duration)>>,
+    /// DynamoDB writes held until the hold's count has arrived (`Interleave`).
+    writes: Mutex<WriteHold>,
 }
+
+#[derive(Default)]
+struct WriteHold {
+    barrier: Option<Arc<tokio::sync::Barrier>>,
+    remaining: usize,
+    arrived: usize,
+}
+
+/// DynamoDB's writes, as `X-Amz-Target` names them.
+const DYNAMODB_WRITES: [&str; 5] = ["PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"];
 
 /// A running proxy.
 #[derive(Clone)]
@@ -77,6 +93,12 @@ impl Proxy {
         *self.upstream.ec2_delay.lock().unwrap() = delay;
     }
 
+    /// Holds every call of `action` (an EC2 or Auto Scaling action) this long before passing it
+    /// on; `None` ends it.
+    pub fn delay_action(&self, delay: Option<(&str, std::time::Duration)>) {
+        *self.upstream.action_delay.lock().unwrap() = delay.map(|(a, d)| (a.to_string(), d));
+    }
+
     /// Refuses (or, with `false`, lets through again) security-group calls signed for `region`.
     pub fn fail_region(&self, region: &str, failing: bool) {
         let mut regions = self.upstream.failing.lock().unwrap();
@@ -104,6 +126,8 @@ pub async fn start_proxy() -> Proxy {
         calls: Mutex::default(),
         ec2_delay: Mutex::default(),
         trail: Mutex::default(),
+        action_delay: Mutex::default(),
+        writes: Mutex::default(),
     });
     let app = axum::Router::new().fallback(forward).with_state(upstream.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -127,7 +151,22 @@ pub async fn sdk_config_at(endpoint: &str) -> aws_config::SdkConfig {
 
 async fn forward(State(up): State<Arc<Upstream>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let target = headers.get("x-amz-target").and_then(|t| t.to_str().ok()).unwrap_or_default();
-    if target.starts_with("DynamoDB_20120810.") {
+    if let Some(operation) = target.strip_prefix("DynamoDB_20120810.") {
+        if DYNAMODB_WRITES.contains(&operation) {
+            let held = {
+                let mut hold = up.writes.lock().unwrap();
+                (hold.remaining > 0).then(|| {
+                    hold.remaining -= 1;
+                    hold.arrived += 1;
+                    hold.barrier.clone().expect("a hold has a barrier")
+                })
+            };
+            if let Some(barrier) = held {
+                // Every held writer has read by the time the last one writes; a hold nobody
+                // completes lets its writes through after a while (and `held` says so).
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), barrier.wait()).await;
+            }
+        }
         let _one_at_a_time = up.dynamodb.lock().await;
         return pass(&up, &method, &uri, &headers, body).await;
     }
@@ -136,6 +175,10 @@ async fn forward(State(up): State<Arc<Upstream>>, method: Method, uri: Uri, head
     let scope = signed_scope(&headers);
     if let (Some((region, service)), Some(action)) = (&scope, action) {
         up.calls.lock().unwrap().push((region.clone(), service.clone(), action.to_string()));
+    }
+    let held = up.action_delay.lock().unwrap().clone().filter(|(a, _)| Some(a.as_str()) == action).map(|(_, d)| d);
+    if let Some(delay) = held {
+        tokio::time::sleep(delay).await;
     }
     let delay = *up.ec2_delay.lock().unwrap();
     if scope.as_ref().is_some_and(|(_, service)| service == "ec2") && !delay.is_zero() {
@@ -312,4 +355,15 @@ async fn a_revoke_of_rules_partly_gone_counts_only_what_real_ec2_revoked() {
         assert_eq!((applied.revoked, applied.already_done), (0, 4), "{applied:?}");
     };
     tokio::time::timeout(std::time::Duration::from_secs(60), test).await.expect("the test timed out");
+}
+
+impl portcullis_store::contract::Interleave for Proxy {
+    fn hold(&self, writers: usize) {
+        let mut hold = self.upstream.writes.lock().unwrap();
+        *hold = WriteHold { barrier: Some(Arc::new(tokio::sync::Barrier::new(writers))), remaining: writers, arrived: 0 };
+    }
+
+    fn held(&self) -> usize {
+        self.upstream.writes.lock().unwrap().arrived
+    }
 }

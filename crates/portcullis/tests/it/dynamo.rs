@@ -516,6 +516,19 @@ impl Replica {
     }
 }
 
+/// Expired grants whose lag was measured, and the sweeper's applies.
+const EXPIRIES: &str = "portcullis_expiry_lag_seconds_count";
+const SWEEPS: &str = "portcullis_reconcile_duration_seconds_count{cause=\"sweep\"}";
+
+/// One sample of a replica's engine metrics, as `/metrics` would serve it.
+fn metric(replica: &Replica, name: &str) -> f64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    replica.engine.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    crate::support::sample(&text, name)
+}
+
 /// Advances virtual time a second at a time until `check` holds.
 async fn advance_until(clock: &ManualClock, what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..120 {
@@ -563,6 +576,10 @@ async fn two_replicas_share_one_table_and_one_sweeper() {
     let texts = recorder.texts();
     assert_eq!(texts.iter().filter(|t| t.starts_with(":hourglass:")).count(), 1, "{texts:?}");
     assert_eq!(texts.len(), 3, "added, expired, and the barrier: {texts:?}");
+    // Only the leader swept: the announcement count above would be the same if both had.
+    assert!(metric(&leader, EXPIRIES) >= 1.0, "the leader's expiry is counted where the check can see it");
+    assert_eq!(metric(&follower, EXPIRIES), 0.0, "the follower expired a grant");
+    assert_eq!(metric(&follower, SWEEPS), 0.0, "the follower swept");
 
     // The leader dies without letting go; once its lease lapses the other takes over and sweeps.
     let Replica { tasks, .. } = leader;

@@ -14,6 +14,8 @@ use crate::support::{World, eventually, text};
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// Where its `/metrics` listens, when `PORTCULLIS_METRICS_LISTEN` gave it one.
+    pub metrics: Option<String>,
 }
 
 impl Server {
@@ -29,18 +31,29 @@ impl Server {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut metrics = None;
         let base = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).expect("serve did not say where it listens");
+            if let Some(url) = line.strip_prefix("portcullis metrics on ") {
+                metrics = Some(url.trim().to_string());
+            }
             if let Some(addr) = line.strip_prefix("portcullis listening on ") {
                 break addr.trim().to_string();
             }
         };
-        Server { child, base }
+        Server { child, base, metrics }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// One sample of its `/metrics` (see [`crate::support::sample`]).
+    pub async fn sample(&self, name: &str) -> f64 {
+        let url = self.metrics.as_deref().expect("started with PORTCULLIS_METRICS_LISTEN");
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        crate::support::sample(&text, name)
     }
 }
 
@@ -172,31 +185,46 @@ async fn serve_killed_mid_work_converges_after_restart() {
     std::fs::write(&config, "[connection]\nrate_limit_per_minute = 1000\n[environments.dev]\nmax_grants_per_user = 100\n")
         .unwrap();
     let config = config.display().to_string();
-    let server = Server::start(&w, &[("PORTCULLIS_CONFIG", &config)]);
-    let http = admin(&w, &[("PORTCULLIS_CONFIG", &config)]);
-    let mut tasks = Vec::new();
-    for i in 0..40 {
+    // EC2 through the proxy, so that the second half's applies can be held at the kill.
+    let proxy = crate::aws_proxy::start_proxy().await;
+    let env = [("PORTCULLIS_CONFIG", config.as_str()), ("AWS_ENDPOINT_URL", proxy.url.as_str())];
+    let server = Server::start(&w, &env);
+    let http = admin(&w, &env);
+    let send = |i: usize| {
         let (http, url) = (http.clone(), server.url("/v1/grants"));
-        tasks.push(tokio::spawn(async move {
+        tokio::spawn(async move {
             let body = json!({"cidr": format!("203.0.113.{i}"), "ttl": "1h"});
             http.post(url).json(&body).send().await.map(|r| r.status().as_u16()).ok()
-        }));
+        })
+    };
+    let first: Vec<_> = (0..20).map(send).collect();
+    let mut acknowledged = BTreeSet::new();
+    for (i, task) in first.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap(), Some(201), "before the kill, 203.0.113.{i} is added");
+        acknowledged.insert(format!("203.0.113.{i}/32"));
     }
-    // Kill once some requests have landed, while others are in flight.
-    eventually(Duration::from_secs(60), "some grants to land", || async { w.keys(&group).await.len() >= 5 }).await;
+    // The second half is stored, and its rules are on their way to EC2 when the process dies.
+    proxy.delay_action(Some(("AuthorizeSecurityGroupIngress", Duration::from_secs(120))));
+    let second: Vec<_> = (20..40).map(send).collect();
+    eventually(Duration::from_secs(60), "all 40 grants to be stored", || async { w.grants().as_array().unwrap().len() == 40 })
+        .await;
     let mut server = server;
     signal(&server.child, "-KILL");
     let _ = server.child.wait();
-    let mut acknowledged = BTreeSet::new();
-    for (i, task) in tasks.into_iter().enumerate() {
-        if let Ok(Some(status)) = task.await
-            && status == 201
-        {
-            acknowledged.insert(format!("203.0.113.{i}/32"));
+    let mut in_flight = 0;
+    for (i, task) in second.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Some(201) => {
+                acknowledged.insert(format!("203.0.113.{}/32", i + 20));
+            }
+            Some(status) => panic!("203.0.113.{} was answered {status}", i + 20),
+            None => in_flight += 1,
         }
     }
+    assert!(in_flight > 0, "no request was in flight at the kill: this was a clean restart");
+    proxy.delay_action(None);
 
-    let _restarted = Server::start(&w, &[("PORTCULLIS_CONFIG", &config)]);
+    let _restarted = Server::start(&w, &env);
     let stored: BTreeSet<String> =
         w.grants().as_array().unwrap().iter().map(|g| g["cidr"].as_str().unwrap().to_string()).collect();
     assert!(acknowledged.is_subset(&stored), "an acknowledged grant was lost");
@@ -298,7 +326,15 @@ async fn two_serve_replicas_on_one_table_sweep_once_and_hand_over() {
     d.init();
     let store = format!("dynamodb:{}", d.template);
     let webhook = d.receiver.url("/webhook");
-    let env: [(&str, &str); 2] = [("PORTCULLIS_STORE", &store), ("SLACK_WEBHOOK_URL", &webhook)];
+    // Both replicas reach AWS through the proxy, which applies DynamoDB's calls one at a time as
+    // DynamoDB does (moto's own server does not lock its transactions).
+    let proxy = crate::aws_proxy::start_proxy().await;
+    let env: [(&str, &str); 4] = [
+        ("PORTCULLIS_STORE", &store),
+        ("SLACK_WEBHOOK_URL", &webhook),
+        ("AWS_ENDPOINT_URL", &proxy.url),
+        ("PORTCULLIS_METRICS_LISTEN", "127.0.0.1:0"),
+    ];
     let a = Server::start(&d.w, &env);
     let b = Server::start(&d.w, &env);
     let http = admin(&d.w, &env);
@@ -326,6 +362,12 @@ async fn two_serve_replicas_on_one_table_sweep_once_and_hand_over() {
     })
     .await;
 
+    // Only the leader swept: the follower has expired nothing and run no sweep. (The announcement
+    // counts below would be the same if both had: `expire` is exactly-once by contract.)
+    assert!(leader.sample(EXPIRIES).await >= 1.0, "the leader's expiry is counted where the check can see it");
+    assert_eq!(follower.sample(EXPIRIES).await, 0.0, "the follower expired a grant");
+    assert_eq!(follower.sample(SWEEPS).await, 0.0, "the follower swept");
+
     // The leader dies without letting go: the follower takes over once the lease lapses.
     signal(&leader.child, "-KILL");
     eventually(Duration::from_secs(60), "the lease to be handed over", || async { leads(&http, &follower).await }).await;
@@ -345,6 +387,10 @@ async fn two_serve_replicas_on_one_table_sweep_once_and_hand_over() {
     assert_eq!(d.announced().len(), 5, "two adds, two expiries and the barrier: {:?}", d.announced());
     drop(leader);
 }
+
+/// Expired grants whose lag was measured, and the sweeper's applies.
+const EXPIRIES: &str = "portcullis_expiry_lag_seconds_count";
+const SWEEPS: &str = "portcullis_reconcile_duration_seconds_count{cause=\"sweep\"}";
 
 async fn w_rules(d: &crate::dynamo::DynamoWorld, group: &str) -> Vec<(String, i32)> {
     d.w.rules(group).await.into_iter().map(|(c, p, _)| (c, p)).collect()
@@ -449,7 +495,7 @@ async fn every_answer_says_nosniff_and_both_listeners_bound_header_size() {
             public = Some(url.trim().to_string());
         }
     }
-    let server = Server { child, base: public.unwrap() };
+    let server = Server { child, base: public.unwrap(), metrics: None };
     let metrics = metrics.expect("the metrics listener");
     let http = reqwest::Client::new();
     let answers = [

@@ -364,3 +364,32 @@ pub fn fixture(name: &str) -> serde_json::Value {
 pub async fn within<F: std::future::Future<Output = ()>>(test: F) {
     tokio::time::timeout(Duration::from_secs(120), test).await.expect("the test timed out");
 }
+
+/// The value of one sample in Prometheus text: `name` is the metric's name with any labels as
+/// written there (`portcullis_reconcile_duration_seconds_count{cause="sweep",outcome="ok"}`), or
+/// a name alone, whose samples with any labels are summed. A metric that is not there at all is
+/// a failure, never a zero: a renamed metric must not pass as "nothing counted".
+pub fn sample(text: &str, name: &str) -> f64 {
+    let (bare, labels) = match name.split_once('{') {
+        Some((bare, rest)) => (bare, Some(rest.trim_end_matches('}'))),
+        None => (name, None),
+    };
+    let family = bare.trim_end_matches("_count").trim_end_matches("_sum").trim_end_matches("_total");
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!("# TYPE {family} ")) || l.starts_with(&format!("# TYPE {bare} "))),
+        "no metric {bare} in:\n{text}"
+    );
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(key, _)| {
+            let (key_name, key_labels) = match key.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (*key, ""),
+            };
+            key_name == bare
+                && labels.is_none_or(|want| want.split(',').all(|pair| key_labels.split(',').any(|have| have == pair)))
+        })
+        .map(|(_, value)| value.parse::<f64>().expect("a sample's value is a number"))
+        .sum()
+}

@@ -12,7 +12,8 @@ mod contract {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.db");
         let (a, b) = (SqliteStore::open(&path).unwrap(), SqliteStore::open(&path).unwrap());
-        Pair { a: Arc::new(a), b: Arc::new(b), keep: Box::new(dir) }
+        // SQLite takes its write lock before it reads: two writers cannot interleave.
+        Pair { a: Arc::new(a), b: Arc::new(b), keep: Box::new(dir), interleave: None }
     }
 
     portcullis_store::store_contract!(pair);
