@@ -322,3 +322,59 @@ region = "us-east-1"
     assert len(rules) == 1 and rules[0][0] == "203.0.113.0/24" and rules[0][2].startswith("pc:timed/"), rules
     page.select_option("#requests-status", "applied")
     expect(card).to_contain_text("Timed rule until")
+
+
+def test_the_content_security_policy_holds_in_the_browser(tmp_path, serve, browse):
+    """What the Content-Security-Policy header means is what Chromium does with it: text that
+    reached the page as markup cannot run, style or phone anywhere, and the console cannot be
+    framed. (Playwright's evaluate runs outside the page's policy, as an extension would; what it
+    inserts is subject to the policy, as markup that slipped through escaping would be.)"""
+    world = World(tmp_path)
+    server = serve(world)
+    b = browse(server, world.token("ops"))
+    page = b.page
+    outcome = page.evaluate("""async () => {
+        const violations = [];
+        document.addEventListener("securitypolicyviolation", e => violations.push(e.effectiveDirective));
+        const inline = document.createElement("script");
+        inline.textContent = "window.__inline_ran = true";
+        document.body.append(inline);
+        const handler = document.createElement("div");
+        handler.setAttribute("onclick", "window.__handler_ran = true");
+        document.body.append(handler);
+        handler.click();
+        const style = document.createElement("style");
+        style.textContent = "body { --pc-injected: 1 }";
+        document.head.append(style);
+        let fetched = "sent";
+        try { await fetch("http://127.0.0.2:9/steal"); } catch (e) { fetched = "refused"; }
+        // Violation reports are events queued after the refusal: wait for them, with a deadline.
+        const want = ["connect-src", "script-src-attr", "script-src-elem", "style-src-elem"];
+        for (const until = Date.now() + 5000; Date.now() < until;) {
+            if (want.every(d => violations.includes(d))) break;
+            await new Promise(r => setTimeout(r, 20));
+        }
+        return {
+            inline: window.__inline_ran === true,
+            handler: window.__handler_ran === true,
+            styled: getComputedStyle(document.body).getPropertyValue("--pc-injected").trim() === "1",
+            fetched,
+            violations: [...new Set(violations)].sort(),
+        };
+    }""")
+    # The refusals are the browser saying so on the console: they are this test's, not the page's.
+    b.errors = [e for e in b.errors if "Content Security Policy" not in e]
+    assert outcome["inline"] is False, outcome
+    assert outcome["handler"] is False, outcome
+    assert outcome["styled"] is False, outcome
+    assert outcome["fetched"] == "refused", outcome
+    for directive in ["connect-src", "script-src-attr", "script-src-elem", "style-src-elem"]:
+        assert directive in outcome["violations"], outcome
+    # The console inside another origin's frame stays blank (frame-ancestors 'none').
+    framer = b.context.new_page()
+    framer.set_content(f'<iframe id="f" onload="this.dataset.loaded=1" src="{server.url("/")}"></iframe>')
+    framer.wait_for_function("document.getElementById('f').dataset.loaded === '1'")
+    frame = framer.frame_locator("#f")
+    assert frame.locator("#view-signin").count() == 0, "the console rendered inside a frame"
+    framer.close()
+    b.requests = [u for u in b.requests if "127.0.0.2" not in u]

@@ -20,7 +20,12 @@ def scrape(server):
 
 
 def value(samples, name, **labels):
-    return samples.get((name, frozenset(labels.items())), 0)
+    """One sample's value. A sample that is not there fails the test rather than reading as 0, so a
+    renamed or removed metric cannot pass as "nothing counted"."""
+    key = (name, frozenset(labels.items()))
+    assert key in samples, f"no sample {name}{labels}; have: {sorted({n for n, _ in samples})}"
+    return samples[key]
+
 
 
 def test_metrics_count_what_happened(tmp_path, serve):
@@ -48,7 +53,8 @@ def test_metrics_count_what_happened(tmp_path, serve):
     after = scrape(server)
 
     def grew(name, **labels):
-        return value(after, name, **labels) - value(before, name, **labels)
+        # After must have the sample; before may not yet (a label set appears when first counted).
+        return value(after, name, **labels) - before.get((name, frozenset(labels.items())), 0)
 
     http = "portcullis_http_requests_total"
     assert grew(http, route="/connection", method="POST", status="201") == 1

@@ -122,5 +122,11 @@ mod tests {
             assert!(pause <= base && pause >= base / 2, "attempt {n}: {pause:?} outside [{:?}, {base:?}]", base / 2);
         }
         assert!(poll_pause(30) <= LONGEST_POLL);
+        // Jittered: peers waiting together draw different pauses (a constant pause, even one
+        // inside the bounds above, fails here).
+        let drawn: std::collections::BTreeSet<Duration> = (0..200).map(|_| poll_pause(8)).collect();
+        assert!(drawn.len() > 50, "200 draws gave only {} distinct pauses", drawn.len());
+        let spread = *drawn.last().unwrap() - *drawn.first().unwrap();
+        assert!(spread > LONGEST_POLL / 4, "the pauses span only {spread:?} of the allowed {:?}", LONGEST_POLL / 2);
     }
 }
