@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use portcullis_core::{Interface, MemberSource};
-use portcullis_store::Store;
+use portcullis_store::{GuardStore, Store};
 use tokio::sync::{Notify, watch};
 
 use crate::grants::Grants;
@@ -38,6 +38,7 @@ pub struct EngineBuilder {
     progress: Option<Arc<dyn Progress>>,
     guard: Option<(GuardSettings, Arc<dyn GuardFirewall>)>,
     members: Option<(Vec<MemberSource>, time::Duration, Arc<dyn Membership>)>,
+    guard_store: Option<Arc<dyn GuardStore>>,
 }
 
 impl EngineBuilder {
@@ -62,6 +63,13 @@ impl EngineBuilder {
     /// Runs guard, over `firewall`.
     pub fn guard(mut self, settings: GuardSettings, firewall: Arc<dyn GuardFirewall>) -> EngineBuilder {
         self.guard = Some((settings, firewall));
+        self
+    }
+
+    /// Keeps guard's requests, baselines and ledger in `store` instead of the engine's store
+    /// (a store that records or paces guard's part, as the decision race test does).
+    pub fn guard_store(mut self, store: Arc<dyn GuardStore>) -> EngineBuilder {
+        self.guard_store = Some(store);
         self
     }
 
@@ -90,7 +98,9 @@ impl EngineBuilder {
             progress: self.progress.map(std::sync::OnceLock::from).unwrap_or_default(),
         });
         let grants = Arc::new(Grants::new(shared.clone(), self.firewall, self.lease));
-        let guard = self.guard.map(|(settings, firewall)| Guard::new(shared.clone(), grants.clone(), settings, firewall));
+        let guard_store = self.guard_store.unwrap_or_else(|| shared.store.clone());
+        let guard =
+            self.guard.map(|(settings, firewall)| Guard::new(shared.clone(), grants.clone(), guard_store, settings, firewall));
         let members =
             self.members.map(|(sources, ttl, membership)| Members::new(shared, grants.clone(), sources, ttl, membership));
         Engine { grants, guard, members, gauges: Mutex::new(None) }
@@ -105,7 +115,18 @@ impl Engine {
         clock: Arc<dyn Clock>,
         settings: Settings,
     ) -> EngineBuilder {
-        EngineBuilder { store, firewall, clock, settings, outbox: None, lease: None, progress: None, guard: None, members: None }
+        EngineBuilder {
+            store,
+            firewall,
+            clock,
+            settings,
+            outbox: None,
+            lease: None,
+            progress: None,
+            guard: None,
+            members: None,
+            guard_store: None,
+        }
     }
 
     /// Tells `progress` how operations over many groups advance (the first one given stays).

@@ -87,10 +87,10 @@ impl Guard {
     pub(crate) fn new(
         shared: Arc<Shared>,
         grants: Arc<Grants>,
+        requests: Arc<dyn GuardStore>,
         settings: GuardSettings,
         firewall: Arc<dyn GuardFirewall>,
     ) -> Guard {
-        let requests: Arc<dyn GuardStore> = shared.store.clone();
         Guard {
             shared,
             grants,
