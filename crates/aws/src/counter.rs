@@ -27,6 +27,19 @@ impl CallCounter {
         self.counts.lock().expect("counter mutex poisoned").clone()
     }
 
+    /// The calls made since `before` (an earlier [`CallCounter::snapshot`]): one run's own
+    /// calls, not the totals so far. Operations not called since are left out.
+    pub fn since(&self, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+        self.snapshot()
+            .into_iter()
+            .map(|(operation, n)| {
+                let earlier = before.get(&operation).copied().unwrap_or(0);
+                (operation, n - earlier)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     pub fn get(&self, operation: &str) -> u64 {
         self.snapshot().get(operation).copied().unwrap_or(0)
     }

@@ -100,9 +100,15 @@ async fn reconcile_on_moto(moto: &str) {
     assert_eq!(report.authorized, 1000, "{:?}", report.failures());
     println!("reconcile: 25 grants onto 20 groups x 2 ports (1,000 rules) on moto");
     println!("  portcullis: {took:>10.2?}  calls {:?}", firewall.calls().snapshot());
+    let before = firewall.calls().snapshot();
     let start = Instant::now();
-    engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
-    println!("  again, nothing to do: {:>10.2?}  calls {:?}", start.elapsed(), firewall.calls().snapshot());
+    let again = engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
+    let took = start.elapsed();
+    let calls = firewall.calls().since(&before);
+    // A reconcile with nothing to do observes and changes nothing: no call but the describe.
+    assert_eq!((again.authorized, again.revoked), (0, 0), "{again:?}");
+    assert!(calls.keys().all(|action| action.starts_with("Describe")), "a no-op reconcile made changes: {calls:?}");
+    println!("  again, nothing to do: {took:>10.2?}  calls {calls:?}");
 
     let start = Instant::now();
     let mut calls = 0;
