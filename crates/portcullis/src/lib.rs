@@ -14,6 +14,8 @@ pub mod cli;
 pub mod cloudtrail;
 pub mod config;
 pub mod events;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod headers;
 pub mod lambda;
 pub mod metrics;

@@ -14,6 +14,7 @@ use time::macros::datetime;
 use tokio::sync::watch;
 
 mod guard;
+mod guard_race;
 mod members;
 mod model;
 

@@ -11,6 +11,7 @@ mod connection;
 mod dynamo;
 mod dynamo_cost;
 mod engine;
+mod fuzz_corpora;
 mod guard;
 mod guard_safety;
 mod guard_slack;
