@@ -47,9 +47,13 @@ fn target(id: &str, e: &str, ports: PortSet, rules: Vec<ObservedRule>) -> Target
     }
 }
 
-fn run(grants: &[Grant], targets: &[Target], history: &[&str]) -> Plan {
+/// Both planners: the examples below hold each to the same stated answers, so the reference
+/// planner the properties compare against is itself checked, not only assumed right.
+const PLANNERS: [fn(&PlanInput<'_>) -> Plan; 2] = [plan, super::reference::reference_plan];
+
+fn run_by(planner: fn(&PlanInput<'_>) -> Plan, grants: &[Grant], targets: &[Target], history: &[&str]) -> Plan {
     let history: BTreeSet<Environment> = history.iter().map(|e| env(e)).collect();
-    plan(&PlanInput {
+    planner(&PlanInput {
         grants,
         targets,
         marker: &Marker::default(),
@@ -100,65 +104,77 @@ fn adoption_takes_over_only_markerless_rules_matching_a_live_grant() {
 
 #[test]
 fn authorizes_every_port_and_leaves_hand_made_rules() {
-    let grants = [grant("198.51.100.7", "dev", "Home office", Some(60))];
-    let hand = rule("192.0.2.1/32", 80, Some("office VPN"));
-    let targets = [target("sg-1", "dev", PortSet::alb(), vec![hand.clone()])];
-    let p = run(&grants, &targets, &["dev"]);
-    assert_eq!(p.changes.len(), 1);
-    let c = &p.changes[0];
-    let auth: Vec<_> = c.authorize.iter().map(|r| (r.ec2_cidr.as_str(), r.ports.from, r.description.as_str())).collect();
-    assert_eq!(
-        auth,
-        [("198.51.100.7/32", 80, "pc:dev john.doe: Home office"), ("198.51.100.7/32", 443, "pc:dev john.doe: Home office")]
-    );
-    assert!(c.revoke.is_empty());
-    assert_eq!(p.foreign.len(), 1);
+    for planner in PLANNERS {
+        let run = |g: &[Grant], t: &[Target], h: &[&str]| run_by(planner, g, t, h);
+        let grants = [grant("198.51.100.7", "dev", "Home office", Some(60))];
+        let hand = rule("192.0.2.1/32", 80, Some("office VPN"));
+        let targets = [target("sg-1", "dev", PortSet::alb(), vec![hand.clone()])];
+        let p = run(&grants, &targets, &["dev"]);
+        assert_eq!(p.changes.len(), 1);
+        let c = &p.changes[0];
+        let auth: Vec<_> = c.authorize.iter().map(|r| (r.ec2_cidr.as_str(), r.ports.from, r.description.as_str())).collect();
+        assert_eq!(
+            auth,
+            [("198.51.100.7/32", 80, "pc:dev john.doe: Home office"), ("198.51.100.7/32", 443, "pc:dev john.doe: Home office")]
+        );
+        assert!(c.revoke.is_empty());
+        assert_eq!(p.foreign.len(), 1);
+    }
 }
 
 #[test]
 fn expired_and_orphaned_owned_rules_go_foreign_stay() {
-    let grants = [grant("198.51.100.7", "dev", "x", Some(0))];
-    let targets = [target(
-        "sg-1",
-        "dev",
-        PortSet::nlb(),
-        vec![
-            rule("198.51.100.7/32", 7233, Some("pc:dev john.doe: x")),
-            rule("203.0.113.9/32", 7233, Some("pc:dev someone")),
-            rule("203.0.113.10/32", 7233, Some("2020-01-01")),
-            rule("203.0.113.11/32", 7233, Some("pc:prod other env")),
-        ],
-    )];
-    let p = run(&grants, &targets, &["dev"]);
-    let revoked: Vec<_> = p.changes[0].revoke.iter().map(|r| r.ec2_cidr.as_str()).collect();
-    assert_eq!(revoked, ["198.51.100.7/32", "203.0.113.9/32"]);
-    assert_eq!(p.foreign.len(), 2);
-    // Without history for dev, nothing is revoked: it is withheld and reported.
-    let p = run(&grants, &targets, &[]);
-    assert!(p.changes.is_empty());
-    assert_eq!(p.withheld.len(), 2);
+    for planner in PLANNERS {
+        let run = |g: &[Grant], t: &[Target], h: &[&str]| run_by(planner, g, t, h);
+        let grants = [grant("198.51.100.7", "dev", "x", Some(0))];
+        let targets = [target(
+            "sg-1",
+            "dev",
+            PortSet::nlb(),
+            vec![
+                rule("198.51.100.7/32", 7233, Some("pc:dev john.doe: x")),
+                rule("203.0.113.9/32", 7233, Some("pc:dev someone")),
+                rule("203.0.113.10/32", 7233, Some("2020-01-01")),
+                rule("203.0.113.11/32", 7233, Some("pc:prod other env")),
+            ],
+        )];
+        let p = run(&grants, &targets, &["dev"]);
+        let revoked: Vec<_> = p.changes[0].revoke.iter().map(|r| r.ec2_cidr.as_str()).collect();
+        assert_eq!(revoked, ["198.51.100.7/32", "203.0.113.9/32"]);
+        assert_eq!(p.foreign.len(), 2);
+        // Without history for dev, nothing is revoked: it is withheld and reported.
+        let p = run(&grants, &targets, &[]);
+        assert!(p.changes.is_empty());
+        assert_eq!(p.withheld.len(), 2);
+    }
 }
 
 #[test]
 fn description_change_updates_in_place_and_identical_is_free() {
-    let targets = [target("sg-1", "dev", PortSet::nlb(), vec![rule("198.51.100.7/32", 7233, Some("pc:dev john.doe: old"))])];
-    let p = run(&[grant("198.51.100.7", "dev", "old", Some(5))], &targets, &["dev"]);
-    assert!(p.is_empty());
-    assert_eq!(p.unchanged, 1);
-    let p = run(&[grant("198.51.100.7", "dev", "new", Some(5))], &targets, &["dev"]);
-    assert_eq!(p.update_count(), 1);
-    assert_eq!(p.changes[0].update_descriptions[0].description, "pc:dev john.doe: new");
+    for planner in PLANNERS {
+        let run = |g: &[Grant], t: &[Target], h: &[&str]| run_by(planner, g, t, h);
+        let targets = [target("sg-1", "dev", PortSet::nlb(), vec![rule("198.51.100.7/32", 7233, Some("pc:dev john.doe: old"))])];
+        let p = run(&[grant("198.51.100.7", "dev", "old", Some(5))], &targets, &["dev"]);
+        assert!(p.is_empty());
+        assert_eq!(p.unchanged, 1);
+        let p = run(&[grant("198.51.100.7", "dev", "new", Some(5))], &targets, &["dev"]);
+        assert_eq!(p.update_count(), 1);
+        assert_eq!(p.changes[0].update_descriptions[0].description, "pc:dev john.doe: new");
+    }
 }
 
 #[test]
 fn quota_drops_the_overflowing_family() {
-    let rules: Vec<_> = (0..59).map(|i| rule(&format!("192.0.2.{i}/32"), 80, Some("hand"))).collect();
-    let targets = [target("sg-1", "dev", PortSet::alb(), rules)];
-    let p = run(&[grant("198.51.100.7", "dev", "", Some(5)), grant("2001:db8::1", "dev", "", Some(5))], &targets, &["dev"]);
-    assert_eq!(p.overflows.len(), 1);
-    assert_eq!(p.overflows[0].would_hold, 61);
-    assert_eq!(p.overflows[0].family, Family::Ipv4);
-    assert!(p.changes[0].authorize.iter().all(|r| r.cidr.family() == Family::Ipv6));
+    for planner in PLANNERS {
+        let run = |g: &[Grant], t: &[Target], h: &[&str]| run_by(planner, g, t, h);
+        let rules: Vec<_> = (0..59).map(|i| rule(&format!("192.0.2.{i}/32"), 80, Some("hand"))).collect();
+        let targets = [target("sg-1", "dev", PortSet::alb(), rules)];
+        let p = run(&[grant("198.51.100.7", "dev", "", Some(5)), grant("2001:db8::1", "dev", "", Some(5))], &targets, &["dev"]);
+        assert_eq!(p.overflows.len(), 1);
+        assert_eq!(p.overflows[0].would_hold, 61);
+        assert_eq!(p.overflows[0].family, Family::Ipv4);
+        assert!(p.changes[0].authorize.iter().all(|r| r.cidr.family() == Family::Ipv6));
+    }
 }
 
 /// Applies a plan as a firewall would.
@@ -259,6 +275,39 @@ proptest! {
         apply(&mut targets, &first);
         let second = input(&targets);
         prop_assert!(second.changes.is_empty(), "second plan: {:?}", second.changes);
+    }
+
+    /// What a plan is for, stated whole: once it is applied, every live grant is on every
+    /// managed port of every target of its environment that takes its family (or its family's
+    /// overflow is reported), and no rule of ours remains that no live grant backs (unless
+    /// withheld for want of history). A planner that does nothing fails this.
+    #[test]
+    fn an_applied_plan_converges((grants, mut targets, history, quota) in arb_world()) {
+        let history: BTreeSet<Environment> = history.iter().map(|e| env(e)).collect();
+        let marker = Marker::default();
+        let p = plan(&PlanInput {
+            grants: &grants, targets: &targets, marker: &marker,
+            environments_with_history: &history, quota, now: NOW,
+        });
+        apply(&mut targets, &p);
+        for t in &targets {
+            let live = || grants.iter().filter(|g| g.environment == t.environment && g.is_live(NOW));
+            for g in live().filter(|g| t.takes(g.cidr.family())) {
+                let overflowed = p.overflows.iter().any(|o| o.target == t.id && o.family == g.cidr.family());
+                for port in t.ports.iter() {
+                    let on = t.rules.iter().any(|o| o.cidr == g.cidr && o.ports == *port);
+                    prop_assert!(on || overflowed, "{} is not on {}:{:?} and no overflow says why", g.cidr, t.id.group_id, port);
+                }
+            }
+            for o in &t.rules {
+                if o.description.as_deref().and_then(|d| marker.decode(d)) != Some(t.environment.clone()) {
+                    continue;
+                }
+                let backed = live().any(|g| g.cidr == o.cidr && t.ports.iter().any(|p| *p == o.ports));
+                let withheld = p.withheld.iter().any(|w| w.target == t.id && w.rule.ec2_cidr == o.raw_cidr && w.rule.ports == o.ports);
+                prop_assert!(backed || withheld, "our rule {} {:?} on {} outlived its grant", o.raw_cidr, o.ports, t.id.group_id);
+            }
+        }
     }
 
     #[test]
