@@ -340,6 +340,42 @@ mod tests {
             let _ = parse(&parts.concat());
         }
 
+        /// What Slack really sends: any description a user may write (quotes of every kind,
+        /// backslashes, `&`, `<`, `>`, entities typed literally, non-ASCII), quoted each way a
+        /// user may quote it, then escaped as Slack escapes `&`, `<` and `>`.
+        #[test]
+        fn any_description_typed_any_way_round_trips(
+            d in proptest::collection::vec(
+                prop_oneof![
+                    "[a-zA-Z0-9 ]", Just("'".to_string()), Just("\"".to_string()), Just("\\".to_string()),
+                    Just("‘".to_string()), Just("’".to_string()), Just("“".to_string()), Just("”".to_string()),
+                    Just("&".to_string()), Just("<".to_string()), Just(">".to_string()), Just("&amp;".to_string()),
+                    Just("&lt;".to_string()), Just(";".to_string()), "[éüß日本語🙂ñ€]", "\\PC",
+                ],
+                0..30,
+            ).prop_map(|parts| parts.concat()).prop_filter("a valid description", |d| Description::parse(d).is_ok()),
+        ) {
+            let slack = |typed: String| typed.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+            let mut typings = vec![
+                format!("'{}'", d.replace('\'', "'\\''")),
+                format!("\"{}\"", d.replace('\\', "\\\\").replace('"', "\\\"")),
+            ];
+            if !d.contains(['“', '”']) {
+                typings.push(format!("“{d}”"));
+            }
+            if !d.contains(['‘', '’']) {
+                typings.push(format!("‘{d}’"));
+            }
+            for typed in typings {
+                let text = slack(format!("whitelist add 203.0.113.7 --description={typed}"));
+                let parsed = parse(&text);
+                let Ok(Command::Add { description, .. }) = &parsed else {
+                    return Err(TestCaseError::fail(format!("{text:?} did not parse: {parsed:?}")));
+                };
+                prop_assert_eq!(description.as_str(), d.as_str(), "typed as {:?}, sent as {:?}", typed, text);
+            }
+        }
+
         #[test]
         fn quoted_descriptions_round_trip(d in "[a-zA-Z0-9 .,:()@#-]{0,100}") {
             let text = format!("whitelist add 203.0.113.7 --description='{d}'");
