@@ -326,3 +326,72 @@ async fn a_closed_stdout_ends_the_output_not_the_program() {
     let grants = w.grants();
     assert_eq!(grants.as_array().unwrap().len(), 2, "{grants}");
 }
+
+/// `refresh --dry-run`, `sweep`, `audit --before` and a `marker_prefix` of one's own, as a user
+/// meets them: a marker of one's own is what is written and the only one taken as ours; a dry
+/// run shows the repair and changes nothing; `sweep` revokes and records what expired; audit
+/// pages join up without gaps or repeats.
+#[tokio::test]
+async fn dry_run_refresh_sweep_audit_pages_and_a_marker_of_our_own() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    let config = w.dir.path().join("portcullis.toml");
+    std::fs::write(&config, "marker_prefix = \"acme\"\n").unwrap();
+    let config = config.display().to_string();
+    let cli = |args: &[&str]| w.command(args).env("PORTCULLIS_CONFIG", &config).output().unwrap();
+    ok(&cli(&["add", "198.51.100.7", "--ttl", "1h", "--description", "Home office"]));
+    ok(&cli(&["add", "198.51.100.8", "--ttl", "1h", "--description", "Train"]));
+    // Ours under the default prefix is someone else's here, and is left alone.
+    w.hand_rule(&group, "203.0.113.9/32", 80, "pc:dev ghost: another deployment").await;
+    let ours = "acme:dev tester: Home office".to_string();
+    assert!(w.rules(&group).await.contains(&("198.51.100.7/32".into(), 80, Some(ours.clone()))), "{:?}", w.rules(&group).await);
+
+    // Drift, then a dry run: it says what it would repair, and repairs nothing.
+    w.delete_rule(&group, "198.51.100.7/32", 443).await;
+    let before = w.rules(&group).await;
+    let out = cli(&["refresh", "--dry-run"]);
+    ok(&out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("AuthorizeSecurityGroupIngress tcp:443 198.51.100.7/32"), "{said}");
+    assert_eq!(w.rules(&group).await, before, "a dry run changed the group");
+
+    // .8 expired an hour early (the store says so): sweep revokes it and records it.
+    let db = rusqlite::Connection::open(w.store_path()).unwrap();
+    let past = (time::OffsetDateTime::now_utc() - time::Duration::minutes(1)).unix_timestamp() * 1000;
+    assert_eq!(db.execute("UPDATE grants SET expires_at_ms = ?1 WHERE cidr = '198.51.100.8/32'", [past]).unwrap(), 1);
+    let out = cli(&["sweep", "--json"]);
+    ok(&out);
+    let swept: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(swept.to_string().contains("198.51.100.8/32"), "{swept}");
+    assert!(!w.keys(&group).await.iter().any(|(c, _)| c == "198.51.100.8/32"), "the expired grant's rules stayed");
+    assert_eq!(w.grants().as_array().unwrap().len(), 1);
+    ok(&cli(&["refresh"]));
+    assert_eq!(
+        w.rules(&group).await,
+        vec![
+            ("198.51.100.7/32".into(), 80, Some(ours.clone())),
+            ("198.51.100.7/32".into(), 443, Some(ours.clone())),
+            ("203.0.113.9/32".into(), 80, Some("pc:dev ghost: another deployment".into())),
+        ]
+    );
+
+    // The audit in pages of two: each page starts where the last ended, and together they are the whole log.
+    let all: Value = serde_json::from_slice(&cli(&["audit", "--json"]).stdout).unwrap();
+    let all = all.as_array().unwrap().clone();
+    assert!(all.len() >= 3 && all.iter().any(|e| e["action"] == "expired"), "{all:?}");
+    let (mut paged, mut before_id) = (Vec::new(), None::<String>);
+    for _ in 0..all.len() + 1 {
+        let mut args = vec!["audit", "--json", "--limit", "2"];
+        if let Some(id) = &before_id {
+            args.extend(["--before", id.as_str()]);
+        }
+        let out = cli(&args);
+        ok(&out);
+        let page: Vec<Value> = serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone();
+        let Some(last) = page.last() else { break };
+        before_id = Some(last["id"].to_string().trim_matches('"').to_string());
+        assert!(page.len() <= 2);
+        paged.extend(page);
+    }
+    assert_eq!(paged, all, "the pages are the log");
+}
