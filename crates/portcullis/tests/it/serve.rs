@@ -521,3 +521,41 @@ async fn every_answer_says_nosniff_and_both_listeners_bound_header_size() {
         assert!(status.is_none() || status == Some(431), "{url}: a 200 KB header was answered {status:?}");
     }
 }
+
+/// A running `serve` repairs drift on its own, every `reconcile_interval_secs`, with no request
+/// to prompt it; and Ctrl-C (SIGINT) stops it cleanly, as SIGTERM does.
+#[tokio::test]
+async fn serve_repairs_drift_on_its_own_interval_and_stops_on_sigint() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    let config = w.dir.path().join("portcullis.toml");
+    std::fs::write(&config, "reconcile_interval_secs = 1\n").unwrap();
+    let config = config.display().to_string();
+    let env = [("PORTCULLIS_CONFIG", config.as_str()), ("PORTCULLIS_METRICS_LISTEN", "127.0.0.1:0")];
+    let out = w.command(&["add", "198.51.100.7", "--ttl", "1h"]).env("PORTCULLIS_CONFIG", &config).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut server = Server::start(&w, &env);
+    eventually(Duration::from_secs(30), "the sweeper lease (periodic reconciles run under it)", || async {
+        server.sample("portcullis_sweeper_lease_held").await == 1.0
+    })
+    .await;
+    w.delete_rule(&group, "198.51.100.7/32", 443).await;
+    eventually(Duration::from_secs(30), "the periodic reconcile to put the rule back", || async {
+        w.keys(&group).await.contains(&("198.51.100.7/32".to_string(), 443))
+    })
+    .await;
+    assert!(server.sample("portcullis_reconcile_duration_seconds_count{cause=\"periodic\"}").await >= 1.0);
+    let audit: Value = serde_json::from_slice(&w.cli(&["audit", "--json"]).stdout).unwrap();
+    assert_eq!(audit[0]["action"], "drift-repaired", "{audit}");
+
+    signal(&server.child, "-INT");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "serve did not stop on SIGINT");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
