@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::dynamo::{DynamoWorld, fixture};
-use crate::support::{eventually, text};
+use crate::support::{World, eventually, text};
 
 #[derive(Default)]
 pub(crate) struct Runtime {
@@ -258,5 +258,82 @@ async fn an_incomplete_lambda_environment_is_a_clear_error_not_a_panic() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{api}: {stderr}");
         assert!(!stderr.contains("panicked") && stderr.contains("AWS_LAMBDA_RUNTIME_API"), "{api}: {stderr}");
+    }
+}
+
+/// A stream batch whose middle record's environment cannot be reconciled (its region refuses
+/// every security-group call) is answered with a partial batch failure naming that record; the
+/// retry of the rest, once the region is back, applies it and records nothing twice.
+// Multi-threaded: the proxy answers the CLI while this thread waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_batch_fails_from_its_first_failed_record_and_its_retry_applies_the_rest_once() {
+    crate::support::within(stream_partial_failure()).await;
+}
+
+async fn stream_partial_failure() {
+    use crate::connection::{WEST, group_in, keys_in};
+    let w = World::new().await;
+    let dev = w.group(false, &[]).await;
+    let prod = group_in(WEST).await;
+    let config = w.dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[environments.dev]\n[[environments.dev.targets]]\nregion = \"us-east-1\"\ngroup_ids = [\"{dev}\"]\n\
+             [environments.prod]\n[[environments.prod.targets]]\nregion = \"{WEST}\"\ngroup_ids = [\"{prod}\"]\n"
+        ),
+    )
+    .unwrap();
+    let proxy = crate::aws_proxy::start_proxy().await;
+    let run = |args: &[&str], stdin: Option<&Value>| {
+        let mut cmd = w.command(args);
+        cmd.env("PORTCULLIS_CONFIG", &config).env("AWS_ENDPOINT_URL", &proxy.url);
+        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let input = stdin.map(|v| v.to_string()).unwrap_or_default();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    };
+    let grants = [("198.51.100.1/32", "dev"), ("198.51.100.2/32", "prod"), ("198.51.100.3/32", "dev")];
+    for (cidr, env) in grants {
+        let out = run(&["add", cidr, "--env", env, "--ttl", "1h"], None);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert_eq!(keys_in(WEST, &prod).await.len(), 2, "prod's grant is on its group");
+    // DynamoDB's TTL removed all three from the table: the stream brings the removals.
+    let db = rusqlite::Connection::open(w.store_path()).unwrap();
+    assert_eq!(db.execute("DELETE FROM grants", []).unwrap(), 3);
+    let record = |(cidr, env): (&str, &str), sequence: &str| {
+        let mut r: Value =
+            serde_json::from_str::<Value>(&fixture("dynamodb-stream-ttl-remove.json")).unwrap()["Records"][0].clone();
+        r["eventID"] = json!(format!("event-{sequence}"));
+        r["dynamodb"]["SequenceNumber"] = json!(sequence);
+        for image in ["Keys", "OldImage"] {
+            r["dynamodb"][image]["ip_address"] = json!({"S": cidr});
+            r["dynamodb"][image]["environment"] = json!({"S": env});
+        }
+        r
+    };
+    let batch: Vec<Value> = grants.iter().zip(["201", "202", "203"]).map(|(g, s)| record(*g, s)).collect();
+
+    proxy.fail_region(WEST, true);
+    let out = run(&["invoke"], Some(&json!({"Records": batch})));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer, json!({"batchItemFailures": [{"itemIdentifier": "202"}]}), "the first failed record: {answer}");
+    assert!(w.keys(&dev).await.is_empty(), "dev's removals are done");
+    proxy.fail_region(WEST, false);
+    assert_eq!(keys_in(WEST, &prod).await.len(), 2, "prod's are not");
+
+    // Lambda retries from the failed record: the rest of the batch, again.
+    let out = run(&["invoke"], Some(&json!({"Records": batch[1..].to_vec()})));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!({"batchItemFailures": []}));
+    assert!(keys_in(WEST, &prod).await.is_empty(), "the retry applied the failed record");
+    let audit: Value = serde_json::from_slice(&run(&["audit", "--json"], None).stdout).unwrap();
+    for (cidr, _) in grants {
+        let recorded = audit.as_array().unwrap().iter().filter(|e| e["cidr"] == cidr && e["action"] != "added").count();
+        assert_eq!(recorded, 1, "{cidr}'s removal is recorded exactly once: {audit}");
     }
 }
