@@ -228,6 +228,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn without_renew_every_it_renews_when_half_the_time_is_left() {
+        let options = |every: Option<u64>| OpenOptions {
+            server: "http://127.0.0.1:1".into(),
+            environment: None,
+            credentials: Credentials::Token("pct_x".into()),
+            once: false,
+            renew_every: every.map(Duration::from_secs),
+            json: false,
+            clock: Arc::new(portcullis_engine::SystemClock),
+        };
+        let answer = |left: i64| serde_json::json!({"expires_in_seconds": left});
+        assert_eq!(renew_delay(&options(None), &answer(3600)), Duration::from_secs(1800));
+        assert_eq!(renew_delay(&options(None), &answer(120)), Duration::from_secs(60));
+        // Never a busy loop: a grant about to end is renewed in 5 s, not at once.
+        assert_eq!(renew_delay(&options(None), &answer(3)), Duration::from_secs(5));
+        assert_eq!(renew_delay(&options(Some(7)), &answer(3600)), Duration::from_secs(7), "the option wins");
+    }
+
+    #[test]
     fn server_ids() {
         assert_eq!(default_server_id("https://Portcullis.example.com/x").as_deref(), Some("portcullis.example.com"));
         assert_eq!(default_server_id("http://127.0.0.1:8080").as_deref(), Some("127.0.0.1:8080"));

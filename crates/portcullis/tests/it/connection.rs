@@ -545,3 +545,35 @@ async fn a_target_in_another_account_is_reached_through_its_role() {
     // Without the role the group is not even visible: the rule went through the assumed role.
     assert!(ec2_in(WEST).await.describe_security_groups().group_ids(&group).send().await.is_err());
 }
+
+/// `portcullis open --aws`: the machine's own AWS credentials sign the login, the server asks
+/// STS who that is, and the grant is the IAM user's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portcullis_open_with_aws_credentials_opens_as_the_iam_user() {
+    let sts = std::env::var("PORTCULLIS_TEST_MOTO_AUTH")
+        .expect("PORTCULLIS_TEST_MOTO_AUTH is not set: run the suite with scripts/test");
+    let w = World::new().await;
+    let (east, west) = (group_in(REGION).await, group_in(WEST).await);
+    let config = w.dir.path().join("portcullis.toml");
+    let iam = format!("[auth.iam]\nserver_id = \"{SERVER_ID}\"\nsts_endpoint = \"{sts}\"\n");
+    std::fs::write(&config, format!("default_environment = \"dev\"\n{}", two_regions(&east, &west, &iam))).unwrap();
+    let config = config.display().to_string();
+    let server = Server::start(&w, &[("PORTCULLIS_CONFIG", &config)]);
+    let login = |user: &str| {
+        let (_, key, secret) = iam_users().into_iter().find(|(name, _, _)| name == user).unwrap();
+        let mut cmd = w.command(&["open", "--aws", "--once", "--json", "--server", &server.base, "--server-id", SERVER_ID]);
+        cmd.args(["--sts-endpoint", &sts]).env("AWS_ACCESS_KEY_ID", key).env("AWS_SECRET_ACCESS_KEY", secret);
+        cmd.output().unwrap()
+    };
+    let out = login("alice");
+    assert!(out.status.success(), "{}", text(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["principal"], "arn:aws:iam::123456789012:user/alice", "{answer}");
+    assert!(keys_in(REGION, &east).await.contains(&("127.0.0.1/32".into(), 443)));
+    let grants = w.grants();
+    assert_eq!(grants[0]["owner"]["id"], "arn:aws:iam::123456789012:user/alice", "{grants}");
+    // Another IAM user, not among the environment's principals: refused, exit 3.
+    let other = iam_users().into_iter().map(|(name, _, _)| name).find(|name| name != "alice").expect("a second IAM user");
+    let out = login(&other);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+}
