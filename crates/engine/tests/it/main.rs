@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 mod guard;
 mod guard_race;
+mod guard_settings;
 mod members;
 mod model;
 
