@@ -479,3 +479,56 @@ async fn tagged_selection_guards_a_tagged_group_and_ignores_an_untagged_one() {
     })
     .await;
 }
+
+/// Guard in another account, reached through its role, over every group there
+/// (`groups = "all"`): the baseline is that account's, and a hand-made rule there is reverted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_watches_every_group_of_another_account_through_its_role() {
+    within(async {
+        // An account no other test uses, so "all" is this test's groups alone.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let account = format!("4{:011}", (nanos + u128::from(std::process::id())) % 100_000_000_000);
+        let role = format!("arn:aws:iam::{account}:role/portcullis-guard");
+        let region = "eu-central-1";
+        let other = crate::connection::ec2_as(&role, region).await;
+        let group = other.create_security_group().group_name(unique("sg")).description("guarded").send().await.unwrap();
+        let group = group.group_id.unwrap();
+        let ssh = IpPermission::builder().ip_protocol("tcp").from_port(22).to_port(22);
+        let office = ssh.clone().ip_ranges(IpRange::builder().cidr_ip("10.0.0.0/8").description("ops").build()).build();
+        other.authorize_security_group_ingress().group_id(&group).ip_permissions(office).send().await.unwrap();
+        let w = World::new().await;
+        let config = w.dir.path().join("portcullis.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[guard]\ngroups = \"all\"\nown_principals = [\"arn:aws:sts::{account}:assumed-role/portcullis-guard/*\"]\n\
+                 approvers = [\"ubob\"]\n[[guard.targets]]\nregion = \"{region}\"\nrole_arn = \"{role}\"\n"
+            ),
+        )
+        .unwrap();
+        let g = Guarded { world: w, config };
+        let out = g.cli_async(&["guard", "baseline", "--json"]).await;
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&group),
+            "the other account's group is in the baseline: {}",
+            text(&out)
+        );
+
+        let wide = ssh.ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build()).build();
+        other.authorize_security_group_ingress().group_id(&group).ip_permissions(wide).send().await.unwrap();
+        let out = g.cli_async(&["guard", "sweep", "--json"]).await;
+        assert!(out.status.success(), "{}", text(&out));
+        let sweep: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(sweep["reverted"].as_array().map(Vec::len), Some(1), "{sweep}");
+        let described = other.describe_security_groups().group_ids(&group).send().await.unwrap();
+        let cidrs: Vec<&str> = described.security_groups()[0]
+            .ip_permissions()
+            .iter()
+            .flat_map(|p| p.ip_ranges())
+            .filter_map(|r| r.cidr_ip())
+            .collect();
+        assert_eq!(cidrs, ["10.0.0.0/8"], "reverted in the other account, and only the hand-made rule");
+    })
+    .await;
+}
