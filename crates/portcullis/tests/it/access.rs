@@ -260,3 +260,57 @@ async fn every_route_of_the_contract_is_bounded_by_a_token_s_environments() {
     let (_, every) = c.v1(Method::GET, "/requests?status=all", &root, None).await;
     assert!(every.as_array().unwrap().iter().all(|r| r["status"] == "pending"), "{every}");
 }
+
+/// An Auto Scaling group in another account is read through the member source's role: its
+/// instances and their addresses are that account's, and the same name here finds nothing.
+#[tokio::test]
+async fn an_asg_in_another_account_is_read_through_its_role() {
+    use aws_config::sts::AssumeRoleProvider;
+    use portcullis_core::Route;
+    use portcullis_engine::Membership;
+    let role = "arn:aws:iam::210987654322:role/portcullis-members";
+    let base = sdk_config().await;
+    let provider = aws_credential_types::provider::SharedCredentialsProvider::new(
+        AssumeRoleProvider::builder(role).session_name("test").configure(&base).build().await,
+    );
+    let region = aws_sdk_ec2::config::Region::new(WEST);
+    let ec2 = aws_sdk_ec2::Client::from_conf(
+        aws_sdk_ec2::config::Builder::from(&base).region(region.clone()).credentials_provider(provider.clone()).build(),
+    );
+    let autoscaling = aws_sdk_autoscaling::Client::from_conf(
+        aws_sdk_autoscaling::config::Builder::from(&base).region(region).credentials_provider(provider).build(),
+    );
+    let image = ec2.describe_images().send().await.unwrap().images()[0].image_id().unwrap().to_string();
+    let template = unique("lt");
+    let data = aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+        .image_id(image)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .build();
+    ec2.create_launch_template().launch_template_name(&template).launch_template_data(data).send().await.unwrap();
+    let subnets = ec2.describe_subnets().send().await.unwrap();
+    let subnet = subnets.subnets()[0].subnet_id().unwrap().to_string();
+    let asg = unique("web");
+    let spec = aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder().launch_template_name(&template).build();
+    autoscaling
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(&asg)
+        .launch_template(spec)
+        .min_size(0)
+        .max_size(4)
+        .desired_capacity(2)
+        .vpc_zone_identifier(&subnet)
+        .send()
+        .await
+        .unwrap();
+
+    let membership = portcullis_aws::AsgMembership::new(&base);
+    let routed = Route { region: WEST.into(), endpoint_url: None, role_arn: Some(role.into()) };
+    let instances = membership.instances(&routed, &asg).await.unwrap().expect("the ASG, in the role's account");
+    assert_eq!(instances.len(), 2, "{instances:?}");
+    let described = ec2.describe_instances().send().await.unwrap();
+    let theirs: Vec<String> =
+        described.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id().map(str::to_string)).collect();
+    assert!(instances.iter().all(|i| theirs.contains(&i.id)), "the other account's instances: {instances:?}");
+    let here = Route { region: WEST.into(), endpoint_url: None, role_arn: None };
+    assert_eq!(membership.instances(&here, &asg).await.unwrap(), None, "without the role, this account has no such ASG");
+}
