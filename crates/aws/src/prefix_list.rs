@@ -142,15 +142,16 @@ async fn settled(client: &Client, id: &str) -> Result<(), FirewallError> {
     }
 }
 
-/// Applies one planned change to a prefix list: removals (revokes, and the old form of each
-/// description update) and additions in calls of at most 100 each, every call over the version
-/// the last one made.
+/// Applies one planned change to a prefix list: removals and additions in calls of at most 100
+/// each, every call over the version the last one made.
 pub(crate) async fn apply_list(client: &Client, change: &GroupChange, list: ListInfo) -> Result<Applied, FirewallError> {
     let id = change.target.group_id.as_str();
     let add = |r: &AppliedRule| AddPrefixListEntry::builder().cidr(&r.ec2_cidr).description(&r.description).build();
     let remove = |r: &AppliedRule| RemovePrefixListEntry::builder().cidr(&r.ec2_cidr).build();
-    let adds: Vec<AddPrefixListEntry> = change.authorize.iter().chain(&change.update_descriptions).map(add).collect();
-    let removes: Vec<RemovePrefixListEntry> = change.revoke.iter().chain(&change.update_descriptions).map(remove).collect();
+    // Never a description update: EC2 documents none but a remove and an add of the entry,
+    // which would cut access in between (the planner reports such entries instead).
+    let adds: Vec<AddPrefixListEntry> = change.authorize.iter().map(add).collect();
+    let removes: Vec<RemovePrefixListEntry> = change.revoke.iter().map(remove).collect();
     let calls = adds.len().max(removes.len()).div_ceil(ENTRIES_PER_CALL);
     let mut version = list.version;
     for i in 0..calls {
@@ -169,10 +170,5 @@ pub(crate) async fn apply_list(client: &Client, change: &GroupChange, list: List
             .map_err(firewall_error)?;
         version = out.prefix_list().and_then(|l| l.version()).unwrap_or(version + 1);
     }
-    Ok(Applied {
-        authorized: change.authorize.len(),
-        revoked: change.revoke.len(),
-        updated: change.update_descriptions.len(),
-        already_done: 0,
-    })
+    Ok(Applied { authorized: change.authorize.len(), revoked: change.revoke.len(), updated: 0, already_done: 0 })
 }

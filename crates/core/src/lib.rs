@@ -42,8 +42,8 @@ pub use members::{
 #[cfg(feature = "reference-planner")]
 pub use plan::reference_plan;
 pub use plan::{
-    AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, Withheld, counts_after, plan, plan_additions,
-    plan_adoption,
+    AppliedRule, Foreign, GroupChange, Overflow, Plan, PlanInput, RuleQuota, StaleDescription, Withheld, counts_after, plan,
+    plan_additions, plan_adoption,
 };
 pub use policy::{Policy, PolicyError, PolicyRules, RefusedGrant, admit_grants, policy_for};
 pub use ports::{PortRange, PortSet, Protocol};

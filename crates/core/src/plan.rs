@@ -96,6 +96,18 @@ pub struct Foreign {
     pub description: Option<String>,
 }
 
+/// A prefix-list entry of ours whose description should change, left as it is: EC2 documents
+/// no way to change an entry's description but to remove the entry and add it again, and
+/// between the two (or if the add fails) the address would have no access. Reported instead.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StaleDescription {
+    pub target: TargetId,
+    pub cidr: String,
+    pub description: Option<String>,
+    pub wanted: String,
+}
+
 /// An owned rule that would be revoked, held back because the store has no history for its
 /// environment (a wrong or new store must not wipe access).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -127,6 +139,7 @@ pub struct Plan {
     pub foreign: Vec<Foreign>,
     pub withheld: Vec<Withheld>,
     pub overflows: Vec<Overflow>,
+    pub stale_descriptions: Vec<StaleDescription>,
 }
 
 impl Plan {
@@ -245,6 +258,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     Some((first, extra)) => {
                         if first.description.as_deref() == Some(wanted.description.as_str()) {
                             out.unchanged += 1;
+                        } else if target.list.is_some() {
+                            out.unchanged += 1;
+                            out.stale_descriptions.push(stale(target, first, &wanted.description));
                         } else {
                             change.update_descriptions.push(existing(first, &wanted.description));
                         }
@@ -297,7 +313,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 /// every rule marked for another environment) is left alone.
 pub fn plan_adoption(input: &PlanInput<'_>) -> Vec<GroupChange> {
     let mut out = Vec::new();
-    for target in input.targets {
+    // A prefix list's entry cannot be re-described without removing it (see
+    // [`StaleDescription`]): its unmarked entries stay unowned.
+    for target in input.targets.iter().filter(|t| t.list.is_none()) {
         let env = &target.environment;
         let mut change = GroupChange::none(target, env);
         for rule in &target.rules {
@@ -355,3 +373,13 @@ mod reference;
 pub use reference::reference_plan;
 #[cfg(test)]
 mod tests;
+
+/// A prefix-list entry whose description is `wanted`'s no longer.
+fn stale(target: &Target, entry: &ObservedRule, wanted: &str) -> StaleDescription {
+    StaleDescription {
+        target: target.id.clone(),
+        cidr: entry.raw_cidr.clone(),
+        description: entry.description.clone(),
+        wanted: wanted.to_string(),
+    }
+}

@@ -1,7 +1,8 @@
 //! What the engine's operations report: plain data, serialised as the interfaces answer it.
 
 use portcullis_core::{
-    Environment, Foreign, Grant, GroupChange, Overflow, RefusedGrant, SkippedGroup, TargetId, Timestamp, Withheld,
+    Environment, Foreign, Grant, GroupChange, Overflow, RefusedGrant, SkippedGroup, StaleDescription, TargetId, Timestamp,
+    Withheld,
 };
 use serde::Serialize;
 
@@ -47,6 +48,9 @@ pub struct ReconcileReport {
     pub withheld: Vec<Withheld>,
     pub overflows: Vec<Overflow>,
     pub unowned: Vec<Foreign>,
+    /// Prefix-list entries of ours whose description is out of date, left as they are rather
+    /// than removed and added again (which would cut access in between).
+    pub stale_descriptions: Vec<StaleDescription>,
 }
 
 impl ReconcileReport {

@@ -62,6 +62,9 @@ pub fn reference_plan(input: &PlanInput<'_>) -> Plan {
                 Some([first, extra @ ..]) => {
                     if first.description.as_deref() == Some(description.as_str()) {
                         out.unchanged += 1;
+                    } else if target.list.is_some() {
+                        out.unchanged += 1;
+                        out.stale_descriptions.push(stale(target, first, description));
                     } else {
                         change.update_descriptions.push(existing(first, description));
                     }

@@ -409,6 +409,11 @@ impl Grants {
                 "owned rule left in place: this store has never recorded anything for its environment; \
                  add a grant for it to keep it, or remove the rule by hand");
         }
+        for stale in &p.stale_descriptions {
+            tracing::warn!(list = %stale.target, cidr = %stale.cidr, wanted = %stale.wanted,
+                "prefix-list entry's description left out of date: EC2 changes it only by removing the entry, \
+                 which would cut access; remove and add the grant to re-describe it");
+        }
         let outcomes = self.apply_all(&p.changes).await;
         let report = ReconcileReport {
             at: now,
@@ -426,6 +431,7 @@ impl Grants {
             withheld: p.withheld,
             overflows: p.overflows,
             unowned: p.foreign,
+            stale_descriptions: p.stale_descriptions,
         };
         if matches!(cause, Cause::Refresh | Cause::Periodic) {
             self.audit_drift(&report, &grants).await;

@@ -72,6 +72,16 @@ pub(super) fn print_report(r: &ReconcileReport) {
             w.environment
         );
     }
+    for s in &r.stale_descriptions {
+        crate::outln!(
+            "description left out of date: {} in prefix list {} says {:?}, not {:?} (EC2 re-describes an entry only by \
+             removing it, which would cut access)",
+            s.cidr,
+            s.target,
+            s.description.as_deref().unwrap_or_default(),
+            s.wanted
+        );
+    }
     for s in &r.skipped {
         crate::outln!("skipped {}: {}", s.id, s.reason);
     }

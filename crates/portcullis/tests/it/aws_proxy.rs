@@ -50,6 +50,9 @@ struct Upstream {
     action_delay: Mutex<Option<(String, std::time::Duration)>>,
     /// DynamoDB writes held until the hold's count has arrived (`Interleave`).
     writes: Mutex<WriteHold>,
+    /// An entry someone adds by hand to a prefix list just before the next modification of it
+    /// arrives (`change_list_before_next_modify`).
+    hand_entry: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -99,6 +102,12 @@ impl Proxy {
         *self.upstream.action_delay.lock().unwrap() = delay.map(|(a, d)| (a.to_string(), d));
     }
 
+    /// Adds `cidr` to a prefix list, by hand, just before the next `ModifyManagedPrefixList`
+    /// arrives: that modification then names a version that is no longer current.
+    pub fn change_list_before_next_modify(&self, cidr: &str) {
+        *self.upstream.hand_entry.lock().unwrap() = Some(cidr.to_string());
+    }
+
     /// Refuses (or, with `false`, lets through again) security-group calls signed for `region`.
     pub fn fail_region(&self, region: &str, failing: bool) {
         let mut regions = self.upstream.failing.lock().unwrap();
@@ -128,6 +137,7 @@ pub async fn start_proxy() -> Proxy {
         trail: Mutex::default(),
         action_delay: Mutex::default(),
         writes: Mutex::default(),
+        hand_entry: Mutex::default(),
     });
     let app = axum::Router::new().fallback(forward).with_state(upstream.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -196,6 +206,11 @@ async fn forward(State(up): State<Arc<Upstream>>, method: Method, uri: Uri, head
         );
         return (StatusCode::FORBIDDEN, [("content-type", "text/xml")], xml).into_response();
     }
+    if action == Some("ModifyManagedPrefixList")
+        && let Some(refused) = stale_version(&up, &method, &uri, &headers, &form).await
+    {
+        return refused;
+    }
     if action == Some("CompleteLifecycleAction") {
         up.completed.lock().unwrap().push(form.iter().cloned().collect());
         let xml = "<CompleteLifecycleActionResponse xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\">\
@@ -246,6 +261,50 @@ async fn forward(State(up): State<Arc<Upstream>>, method: Method, uri: Uri, head
 
 /// Passes a request to moto and its answer back whole: status, headers (DynamoDB's error type
 /// and checksum among them) and body.
+/// As EC2 answers a `ModifyManagedPrefixList` whose `CurrentVersion` is not the list's current
+/// version (the API reference: "If you specify a current version number that does not match the
+/// true current version number, the request fails"); moto applies it whatever the version. The
+/// hand-made change `change_list_before_next_modify` asked for is made first.
+async fn stale_version(
+    up: &Upstream,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    form: &[(String, String)],
+) -> Option<Response> {
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let (id, given) = (field("PrefixListId")?, field("CurrentVersion")?);
+    let hand = up.hand_entry.lock().unwrap().take();
+    if let Some(cidr) = hand {
+        let by_hand = serde_urlencoded::to_string([
+            ("Action", "ModifyManagedPrefixList"),
+            ("Version", "2016-11-15"),
+            ("PrefixListId", id.as_str()),
+            ("AddEntry.1.Cidr", cidr.as_str()),
+            ("AddEntry.1.Description", "by hand"),
+        ])
+        .unwrap();
+        let (status, answer) = send(up, method, uri, headers, Bytes::from(by_hand)).await;
+        assert!(status.is_success(), "the hand-made change: {answer}");
+    }
+    let describe = serde_urlencoded::to_string([
+        ("Action", "DescribeManagedPrefixLists"),
+        ("Version", "2016-11-15"),
+        ("PrefixListId.1", id.as_str()),
+    ])
+    .unwrap();
+    let (_, answer) = send(up, method, uri, headers, Bytes::from(describe)).await;
+    let current = answer.split("<version>").nth(1)?.split("</version>").next()?.trim().to_string();
+    (current != given).then(|| {
+        let xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>PrefixListVersionMismatch</Code>\
+             <Message>The prefix list {id} is at version {current}, not {given}.</Message></Error></Errors>\
+             <RequestID>proxy</RequestID></Response>"
+        );
+        (StatusCode::BAD_REQUEST, [("content-type", "text/xml")], xml).into_response()
+    })
+}
+
 async fn pass(up: &Upstream, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Response {
     let response = request(up, method, uri, headers, body).send().await.unwrap();
     let mut answer = Response::builder().status(response.status().as_u16());

@@ -149,12 +149,17 @@ async fn grants_are_entries_under_our_marker_and_a_hand_made_entry_is_never_touc
         engine.grants().remove(&key, &Requester::named("alice", Interface::Cli)).await.unwrap();
         let left: Vec<String> = entries(&w, &list).await.into_iter().map(|e| e.0).collect();
         assert_eq!(left, ["192.0.2.0/24", "198.51.100.2/32"]);
-        // A new description: the entry is replaced in one call.
+        // A new description: EC2 documents no way to change it but removing the entry and adding
+        // it again, which would cut access in between. The entry stays as it is, and is reported.
+        let before = firewall.calls().get("ModifyManagedPrefixList");
         let mut renamed = request("198.51.100.2");
         renamed.description = Description::parse("home").unwrap();
         engine.grants().add(renamed).await.unwrap();
-        assert_eq!(entries(&w, &list).await[1], ("198.51.100.2/32".into(), Some("pc:dev alice: home".into())));
+        assert_eq!(entries(&w, &list).await[1], ("198.51.100.2/32".into(), Some("pc:dev alice: laptop".into())));
+        assert_eq!(firewall.calls().get("ModifyManagedPrefixList"), before, "the entry was never removed");
         let report = engine.grants().reconcile(Scope::All, Cause::Refresh).await.unwrap();
+        let stale: Vec<_> = report.stale_descriptions.iter().map(|s| (s.cidr.as_str(), s.wanted.as_str())).collect();
+        assert_eq!(stale, [("198.51.100.2/32", "pc:dev alice: home")], "reported, not replaced");
         assert_eq!(
             (report.authorized, report.revoked, report.unowned_left_alone),
             (0, 0, 1),
@@ -256,6 +261,37 @@ async fn lists_tagged_like_groups_are_discovered_and_an_untagged_one_is_left_alo
         let on = |entries: Vec<(String, Option<String>)>| entries.iter().any(|e| e.0 == "198.51.100.7/32");
         assert!(on(entries(&w, &tagged).await), "the tagged list holds the grant");
         assert!(!on(entries(&w, &untagged).await), "the untagged list is not a target");
+    })
+    .await;
+}
+
+/// The same conflict on moto, through the proxy that answers a stale `CurrentVersion` as EC2
+/// does: the list is changed by hand between the observe and the modify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_changed_on_ec2_since_it_was_observed_is_observed_again_and_planned_anew() {
+    within(async {
+        let w = World::new().await;
+        let list = list_on_moto(&w, 10).await;
+        let proxy = crate::aws_proxy::start_proxy().await;
+        let firewall = Arc::new(Ec2Firewall::new(&crate::aws_proxy::sdk_config_at(&proxy.url).await));
+        let (engine, _) = engine(&w, firewall.clone(), Arc::new(portcullis_engine::SystemClock), &list);
+        proxy.change_list_before_next_modify("203.0.113.0/24");
+        let outcome = engine.grants().add(request("198.51.100.1")).await.unwrap();
+        assert!(outcome.report.as_ref().is_some_and(|r| r.authorized == 1 && !r.failed()), "{outcome:?}");
+        assert_eq!(
+            firewall.calls().get("ModifyManagedPrefixList"),
+            2,
+            "refused over the old version, then applied over the new one: {:?}",
+            firewall.calls().snapshot()
+        );
+        assert_eq!(
+            entries(&w, &list).await,
+            [
+                ("192.0.2.0/24".to_string(), Some("office, by hand".to_string())),
+                ("198.51.100.1/32".into(), Some("pc:dev alice: laptop".into())),
+                ("203.0.113.0/24".into(), Some("by hand".into())),
+            ]
+        );
     })
     .await;
 }
