@@ -28,8 +28,11 @@ use crate::routes::slack::read_form;
 pub use corpus::{Input, corpus};
 pub use lambda::lambda_event;
 
+/// A harness: one input, checked; a failed check panics, as libFuzzer expects.
+pub type Harness = fn(&[u8]);
+
 /// Every target by name, as `fuzz/Cargo.toml` names its binaries.
-pub const TARGETS: [(&str, fn(&[u8])); 9] = [
+pub const TARGETS: [(&str, Harness); 9] = [
     ("slack_command", slack_command),
     ("lambda_event", lambda_event),
     ("stream_record", stream_record),
