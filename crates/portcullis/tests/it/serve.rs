@@ -139,14 +139,19 @@ async fn http_api_round_trip_with_json_errors_and_graceful_shutdown() {
     let audit: Value = http.get(server.url("/v1/audit?env=dev")).send().await.unwrap().json().await.unwrap();
     assert_eq!(audit[0]["action"], "removed");
 
-    signal(&server.child, "-TERM");
+    stops_cleanly_on(&mut server, "-TERM").await;
+}
+
+/// Sends `sig` and waits (up to 30 s) for the server to exit successfully.
+async fn stops_cleanly_on(server: &mut Server, sig: &str) {
+    signal(&server.child, sig);
     let start = Instant::now();
     loop {
         if let Some(status) = server.child.try_wait().unwrap() {
             assert!(status.success(), "{status:?}");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "serve did not stop on SIGTERM");
+        assert!(start.elapsed() < Duration::from_secs(30), "serve did not stop on {sig}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -548,14 +553,5 @@ async fn serve_repairs_drift_on_its_own_interval_and_stops_on_sigint() {
     let audit: Value = serde_json::from_slice(&w.cli(&["audit", "--json"]).stdout).unwrap();
     assert_eq!(audit[0]["action"], "drift-repaired", "{audit}");
 
-    signal(&server.child, "-INT");
-    let start = Instant::now();
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "serve did not stop on SIGINT");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stops_cleanly_on(&mut server, "-INT").await;
 }
