@@ -388,10 +388,21 @@ pub async fn engine(
     clock: Arc<ManualClock>,
     recorder: Arc<Recorder>,
 ) -> (Arc<portcullis_engine::Engine>, DynamoStore) {
+    engine_via(d, instance, clock, recorder, &sdk_config().await).await
+}
+
+/// The same, reaching AWS through `sdk` (the proxy's, say).
+pub async fn engine_via(
+    d: &DynamoWorld,
+    instance: &str,
+    clock: Arc<ManualClock>,
+    recorder: Arc<Recorder>,
+    sdk: &aws_config::SdkConfig,
+) -> (Arc<portcullis_engine::Engine>, DynamoStore) {
     let cfg = d.config();
     let environments = cfg.policies.keys().cloned().collect();
-    let store = DynamoStore::new(&sdk_config().await, TableNames::new(&d.template, None), environments).with_instance(instance);
-    let firewall = Arc::new(Ec2Firewall::new(&sdk_config().await));
+    let store = DynamoStore::new(sdk, TableNames::new(&d.template, None), environments).with_instance(instance);
+    let firewall = Arc::new(Ec2Firewall::new(sdk));
     let clock: Arc<dyn Clock> = clock;
     let lease = wiring::sweeper_lease(Arc::new(store.clone()), clock.clone());
     let engine = wiring::builder(&cfg, Arc::new(store.clone()), firewall, clock, recorder).lease(lease).build();
@@ -493,13 +504,20 @@ struct Replica {
 }
 
 impl Replica {
-    async fn start(d: &DynamoWorld, name: &str, clock: Arc<ManualClock>, recorder: Arc<Recorder>) -> Replica {
-        let (engine, store) = engine(d, name, clock, recorder).await;
+    /// A replica reaching AWS through `sdk`.
+    async fn start(
+        d: &DynamoWorld,
+        name: &str,
+        clock: Arc<ManualClock>,
+        recorder: Arc<Recorder>,
+        sdk: &aws_config::SdkConfig,
+    ) -> Replica {
+        let (engine, store) = engine_via(d, name, clock, recorder, sdk).await;
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         std::mem::forget(stop_tx); // replicas stop by being killed
         let (shards_tx, shards) = tokio::sync::watch::channel(0);
         let mut tasks = tokio::task::JoinSet::new();
-        let tail = StreamTail::new(&sdk_config().await, store);
+        let tail = StreamTail::new(sdk, store);
         let (e, s) = (engine.clone(), stop.clone());
         tasks.spawn(async move { e.lease().unwrap().run(s).await });
         let (e, s) = (engine.clone(), stop.clone());
@@ -548,8 +566,12 @@ async fn two_replicas_share_one_table_and_one_sweeper() {
     d.init();
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let recorder = Arc::new(Recorder::default());
-    let a = Replica::start(&d, "replica-a", clock.clone(), recorder.clone()).await;
-    let b = Replica::start(&d, "replica-b", clock.clone(), recorder.clone()).await;
+    // Through the proxy, which applies DynamoDB's calls one at a time as DynamoDB does (moto's
+    // own server does not lock its transactions).
+    let proxy = crate::aws_proxy::start_proxy().await;
+    let sdk = crate::aws_proxy::sdk_config_at(&proxy.url).await;
+    let a = Replica::start(&d, "replica-a", clock.clone(), recorder.clone(), &sdk).await;
+    let b = Replica::start(&d, "replica-b", clock.clone(), recorder.clone(), &sdk).await;
     advance_until(&clock, "a leader reading the stream", || {
         (a.leads() && *a.shards.borrow() > 0) || (b.leads() && *b.shards.borrow() > 0)
     })
