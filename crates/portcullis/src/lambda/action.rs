@@ -11,9 +11,11 @@ use portcullis_store::ip_whitelist::{self, Attr};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// An IP Whitelist Manager action event (`add`, `remove`, `list`, `refresh`).
+/// An IP Whitelist Manager action event (`add`, `remove`, `list`, `refresh`). Fields it does not
+/// know are kept aside, logged at debug and otherwise ignored, as the IP Whitelist Manager's
+/// Lambda ignored them: its Slack bot may send more than portcullis reads, and a team switching
+/// must not see its invocations fail for that. (The HTTP API stays strict.)
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ActionEvent {
     pub action: String,
     #[serde(default)]
@@ -26,6 +28,9 @@ pub struct ActionEvent {
     pub ttl_minutes: Option<u64>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Whatever else the event carried.
+    #[serde(flatten)]
+    pub unknown: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +220,10 @@ pub async fn handle_action(
     event: ActionEvent,
     interface: Interface,
 ) -> Result<ActionAnswer, ActionError> {
+    if !event.unknown.is_empty() {
+        let fields: Vec<&str> = event.unknown.keys().map(String::as_str).collect();
+        tracing::debug!(action = %event.action, ?fields, "action event fields portcullis does not read were ignored");
+    }
     let env = match &event.environment {
         Some(name) => Environment::parse(name)?,
         None => default_env.clone(),

@@ -337,3 +337,23 @@ async fn stream_partial_failure() {
         assert_eq!(recorded, 1, "{cidr}'s removal is recorded exactly once: {audit}");
     }
 }
+
+/// The IP Whitelist Manager's Slack bot may send fields portcullis does not read (its own
+/// Lambda ignored them): the action is carried out all the same.
+#[tokio::test]
+async fn a_seed_action_event_with_fields_portcullis_does_not_read_is_carried_out() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    let mut event: Value = serde_json::from_str(&fixture("event-add.json")).unwrap();
+    event["channel_id"] = json!("C0123456789");
+    event["request_source"] = json!({"team": "T01", "bot": "whitelist-bot", "version": 3});
+    let path = w.dir.path().join("event.json");
+    std::fs::write(&path, event.to_string()).unwrap();
+    let out = w.cli(&["invoke", "--event", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    let cidr = event["ip_address"].as_str().unwrap();
+    let cidr = if cidr.contains('/') { cidr.to_string() } else { format!("{cidr}/32") };
+    assert!(w.keys(&group).await.iter().any(|(c, _)| *c == cidr), "{:?}", w.keys(&group).await);
+}
