@@ -99,7 +99,14 @@ pub async fn firewall(config: &Config, dry_run: bool, json: bool) -> Arc<dyn Fir
     match config.firewall {
         FirewallKind::DryRun => Arc::new(DryRunFirewall::new(None, sink)),
         FirewallKind::Aws => {
-            let aws: Arc<dyn Firewall> = Arc::new(Ec2Firewall::new(portcullis_aws::shared_sdk_config().await));
+            let sdk = portcullis_aws::shared_sdk_config().await;
+            if portcullis_aws::configured_region(sdk).is_none() {
+                tracing::warn!(
+                    "no AWS region is configured: set AWS_REGION (or a profile's region in ~/.aws/config); \
+                     discovery and calls without a target's own region need one"
+                );
+            }
+            let aws: Arc<dyn Firewall> = Arc::new(Ec2Firewall::new(sdk));
             if dry_run { Arc::new(DryRunFirewall::new(Some(aws), sink)) } else { aws }
         }
     }

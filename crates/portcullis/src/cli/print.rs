@@ -53,6 +53,15 @@ pub(super) fn exit_for(report: &ReconcileReport) -> ExitCode {
 }
 
 pub(super) fn print_report(r: &ReconcileReport) {
+    if r.targets == 0 && r.skipped.is_empty() && r.observe_failures.is_empty() {
+        // A first run with nothing configured: say what would configure something.
+        crate::outln!(
+            "no target: no security group or prefix list is managed here. Name some with \
+             [[environments.<env>.targets]] in a configuration file (--config), or set ENABLE_SG_DISCOVERY=true \
+             (with AWS_REGION) to manage the groups tagged WhitelistManaged=true"
+        );
+        return;
+    }
     crate::outln!(
         "{} groups: authorized {}, revoked {}, updated {}, unchanged {}, unowned left alone {}",
         r.targets,

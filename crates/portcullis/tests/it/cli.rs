@@ -395,3 +395,29 @@ async fn dry_run_refresh_sweep_audit_pages_and_a_marker_of_our_own() {
     }
     assert_eq!(paged, all, "the pages are the log");
 }
+
+/// A first run, tried as a new user would: no target configured, no region. It says so, once
+/// each, with what would configure them, and none of the SDK's own diagnostics.
+#[tokio::test]
+async fn a_first_run_with_nothing_configured_says_what_would_configure_it() {
+    let w = World::new().await;
+    let mut cmd = w.command(&["add", "203.0.113.7", "--firewall", "aws"]);
+    for var in
+        ["ENABLE_SG_DISCOVERY", "MANAGED_SECURITY_GROUP_IDS", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED"]
+    {
+        cmd.env_remove(var);
+    }
+    // The SDK looks for a region in the instance metadata service, as on a laptop: here one on
+    // loopback that refuses the connection.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://{closed}"));
+    let out = cmd.output().unwrap();
+    ok(&out);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("no target:") && stdout.contains("[[environments.<env>.targets]]"), "{stdout}");
+    assert!(!stdout.contains("0 groups"), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line about the region, nothing else: {stderr}");
+    assert!(lines[0].contains("no AWS region is configured: set AWS_REGION"), "{stderr}");
+    assert!(!stderr.contains("IMDS") && !stderr.contains("FailedToLoadToken"), "{stderr}");
+}
