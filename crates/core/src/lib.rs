@@ -37,7 +37,8 @@ pub use external::{ExternalChange, ExternalKind, ExternalStep, external_step};
 pub use grant::{Grant, GrantKey, Owner, Source};
 pub use marker::Marker;
 pub use members::{
-    AddressKind, Instance, ListedGrant, MemberPlan, MemberSource, member_grant, member_instance, plan_admission, plan_members,
+    AddressKind, Instance, ListedGrant, MemberPlan, MemberSource, OnFailure, member_grant, member_instance, plan_admission,
+    plan_members,
 };
 #[cfg(feature = "reference-planner")]
 pub use plan::reference_plan;

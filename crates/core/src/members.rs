@@ -57,6 +57,30 @@ pub struct MemberSource {
     /// Where the ASG is (and how to reach it: another account, an endpoint).
     pub route: Route,
     pub address: AddressKind,
+    /// What a launch is answered when its own region could not admit it.
+    pub on_failure: OnFailure,
+}
+
+/// The answer to a launch its own region could not admit (`on_failure`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// `CONTINUE`, as the AWS Auto Scaling sync did: the instance serves; the failure is
+    /// reported and audited, and the next true-up (or reconcile) admits it. A transient EC2
+    /// error does not churn instances.
+    #[default]
+    Continue,
+    /// `ABANDON`: Auto Scaling terminates the instance, so none serves unadmitted.
+    Abandon,
+}
+
+impl OnFailure {
+    pub fn parse(text: &str) -> Option<OnFailure> {
+        match text {
+            "continue" => Some(OnFailure::Continue),
+            "abandon" => Some(OnFailure::Abandon),
+            _ => None,
+        }
+    }
 }
 
 impl MemberSource {
@@ -224,6 +248,7 @@ mod tests {
             asg: "web".into(),
             route: Route { region: "us-east-1".into(), endpoint_url: None, role_arn: None },
             address: AddressKind::Public,
+            on_failure: OnFailure::Continue,
         }
     }
 

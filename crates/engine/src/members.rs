@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use portcullis_core::{
-    Action, AuditEvent, AuditScope, Cidr, Environment, Grant, Instance, Interface, MemberPlan, MemberSource, Route,
+    Action, AuditEvent, AuditScope, Cidr, Environment, Grant, Instance, Interface, MemberPlan, MemberSource, OnFailure, Route,
     member_instance, plan_admission, plan_members,
 };
 use portcullis_store::{Actor, Upsert};
@@ -282,8 +282,13 @@ impl Members {
         }
         self.apply_members(&environments, &mut outcome).await?;
         let holds = outcome.reports.iter().all(|r| region_holds(r, region));
-        // The instance may serve once its own region admits it; other regions catch up.
-        let result = if instance.is_some() && holds { LifecycleResult::Continue } else { LifecycleResult::Abandon };
+        // The instance may serve once its own region admits it; other regions catch up. When
+        // its own region could not, `on_failure` says (the failure is reported either way, and
+        // the next true-up admits it).
+        let result = match (instance.is_some() && holds, first.on_failure) {
+            (true, _) | (false, OnFailure::Continue) => LifecycleResult::Continue,
+            (false, OnFailure::Abandon) => LifecycleResult::Abandon,
+        };
         self.complete(first, &action, result, None, interface, &mut outcome).await;
         Ok(outcome)
     }

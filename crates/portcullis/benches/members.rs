@@ -172,6 +172,7 @@ async fn members_on_moto(moto: &str) {
         asg: name.clone(),
         route: Route { region: REGIONS[0].into(), endpoint_url: None, role_arn: None },
         address: AddressKind::Public,
+        on_failure: portcullis_core::OnFailure::Continue,
     };
     let engine = Engine::builder(store, firewall.clone(), clock, settings)
         .members(vec![source], portcullis_engine::DEFAULT_MEMBER_TTL, membership.clone())

@@ -23,6 +23,7 @@ fn source(asg: &str, address: AddressKind) -> MemberSource {
         asg: asg.into(),
         route: Route { region: EAST.into(), endpoint_url: None, role_arn: None },
         address,
+        on_failure: portcullis_core::OnFailure::Continue,
     }
 }
 
@@ -101,9 +102,29 @@ async fn a_launch_opens_every_region_then_continues_and_a_terminate_closes_them(
 }
 
 #[tokio::test]
-async fn the_asgs_own_region_failing_abandons_and_another_region_failing_continues() {
+async fn the_asgs_own_region_failing_continues_by_default_is_reported_and_the_true_up_admits_it() {
     let r = rig(&[EAST, WEST]);
     let (engine, asg) = members(&r, vec![source("web", AddressKind::Public)]);
+    asg.set_instances(EAST, "web", vec![instance("i-1", "Pending:Wait", "198.51.100.1")]);
+    r.firewall.set_region_failing(EAST, true);
+    let outcome = engine.member_event(launch("i-1"), Interface::Lambda).await.unwrap();
+    assert_eq!(outcome.lifecycle, Some(LifecycleResult::Continue), "as the AWS Auto Scaling sync did: no churn");
+    assert!(outcome.failures.iter().any(|f| f.to_string().contains(EAST)), "{:?}", outcome.failures);
+    let audit = r.store.audit(None, 20).await.unwrap();
+    let completed = audit.iter().find(|e| e.action == Action::LifecycleCompleted).expect("audited");
+    assert!(completed.reason.starts_with("CONTINUE"), "{}", completed.reason);
+    // EC2 is back: the next true-up admits it.
+    r.firewall.set_region_failing(EAST, false);
+    engine.member_event(MemberEvent::TrueUp { asg: None, region: None }, Interface::Lambda).await.unwrap();
+    let on: Vec<String> = r.firewall.rules(EAST, "sg-us-east-1").into_iter().map(|r| r.raw_cidr).collect();
+    assert!(on.contains(&"198.51.100.1/32".to_string()), "{on:?}");
+}
+
+#[tokio::test]
+async fn with_on_failure_abandon_the_asgs_own_region_failing_abandons_and_another_region_failing_continues() {
+    let r = rig(&[EAST, WEST]);
+    let abandoning = MemberSource { on_failure: portcullis_core::OnFailure::Abandon, ..source("web", AddressKind::Public) };
+    let (engine, asg) = members(&r, vec![abandoning]);
     asg.set_instances(
         EAST,
         "web",

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use portcullis_core::{
-    AddressKind, Environment, GroupId, MemberSource, Policy, PolicyRules, PortSet, PrefixListId, PrincipalPattern, Route,
-    TargetSelector, TargetSpec, Ttl,
+    AddressKind, Environment, GroupId, MemberSource, OnFailure, Policy, PolicyRules, PortSet, PrefixListId, PrincipalPattern,
+    Route, TargetSelector, TargetSpec, Ttl,
 };
 use serde::Deserialize;
 
@@ -52,6 +52,8 @@ pub(super) struct FileMember {
     pub(super) address: Option<String>,
     pub(super) role_arn: Option<String>,
     pub(super) endpoint_url: Option<String>,
+    /// `continue` (the default) or `abandon`: a launch its own region could not admit.
+    pub(super) on_failure: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,11 +154,17 @@ pub(super) fn members(
                     format!("{role:?} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)"),
                 ));
             }
+            let on_failure = match m.on_failure.as_deref() {
+                None => OnFailure::Continue,
+                Some(text) => OnFailure::parse(text)
+                    .ok_or_else(|| error(format!("{key}.on_failure"), format!("{text:?} is not \"continue\" or \"abandon\"")))?,
+            };
             let source = MemberSource {
                 environment: environment.clone(),
                 asg: m.asg.clone(),
                 route: Route { region: m.region.clone(), endpoint_url: m.endpoint_url.clone(), role_arn: m.role_arn.clone() },
                 address,
+                on_failure,
             };
             if out
                 .iter()

@@ -57,6 +57,7 @@ fn members_are_read_with_their_defaults_and_checked() {
         region = "eu-west-1"
         address = "ipv6"
         role_arn = "arn:aws:iam::210987654321:role/portcullis"
+        on_failure = "abandon"
         "#,
         &[],
     )
@@ -64,6 +65,8 @@ fn members_are_read_with_their_defaults_and_checked() {
     assert_eq!(c.members.len(), 2);
     assert_eq!((c.members[0].address, c.members[0].owner().id.as_str()), (AddressKind::Public, "asg:us-east-1/web"));
     assert_eq!(c.members[1].route.role_arn.as_deref(), Some("arn:aws:iam::210987654321:role/portcullis"));
+    let answers = (c.members[0].on_failure, c.members[1].on_failure);
+    assert_eq!(answers, (portcullis_core::OnFailure::Continue, portcullis_core::OnFailure::Abandon), "CONTINUE by default");
     assert_eq!(c.member_ttl, time::Duration::hours(12));
     assert_eq!(c.member_sync_interval, time::Duration::minutes(5));
     let refused = |toml: &str| load(toml, &[]).unwrap_err().to_string();
@@ -72,6 +75,9 @@ fn members_are_read_with_their_defaults_and_checked() {
         refused(&format!("{env}[[environments.prod.members]]\nasg = \"web\"\nregion = \"us-east-1\"\naddress = \"elastic\"\n"))
             .contains("is not public, private or ipv6")
     );
+    let bad =
+        refused(&format!("{env}[[environments.prod.members]]\nasg = \"web\"\nregion = \"us-east-1\"\non_failure = \"retry\"\n"));
+    assert!(bad.contains("members[0].on_failure") && bad.contains("is not \"continue\" or \"abandon\""), "{bad}");
     assert!(
         refused(&format!("{env}[[environments.prod.members]]\nasg = \"\"\nregion = \"us-east-1\"\n")).contains("members[0].asg")
     );

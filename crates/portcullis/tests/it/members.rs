@@ -206,15 +206,23 @@ async fn a_launch_opens_both_regions_on_each_groups_ports_then_continues_and_a_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_asgs_own_region_failing_abandons_and_another_region_failing_continues_and_is_reported() {
+async fn the_asgs_own_region_failing_continues_or_abandons_as_configured_and_another_region_failing_continues() {
     within(async {
-        let f = fleet(2, "public").await;
+        let f = fleet(3, "public").await;
         let ids = f.instances().await;
 
+        // By default, as the AWS Auto Scaling sync did: CONTINUE, the failure reported.
         f.proxy.fail_region(REGION, true);
+        let (code, answer, out) = f.invoke(&lifecycle("asg-launch.json", &f.asg_name, &ids[2])).await;
+        assert_eq!((code, answer["lifecycle"].as_str()), (1, Some("CONTINUE")), "{answer}\n{out}");
+        assert!(answer["failures"].to_string().contains(REGION), "{answer}");
+        assert_eq!(f.proxy.completed()[0]["LifecycleActionResult"], "CONTINUE");
+        // `on_failure = "abandon"` keeps the stricter answer.
+        let toml = std::fs::read_to_string(&f.config).unwrap();
+        std::fs::write(&f.config, format!("{toml}\non_failure = \"abandon\"\n")).unwrap();
         let (_, answer, out) = f.invoke(&lifecycle("asg-launch.json", &f.asg_name, &ids[0])).await;
         assert_eq!(answer["lifecycle"], "ABANDON", "{answer}\n{out}");
-        assert_eq!(f.proxy.completed()[0]["LifecycleActionResult"], "ABANDON");
+        assert_eq!(f.proxy.completed()[1]["LifecycleActionResult"], "ABANDON");
         f.proxy.fail_region(REGION, false);
 
         f.proxy.fail_region(WEST, true);
@@ -222,7 +230,7 @@ async fn the_asgs_own_region_failing_abandons_and_another_region_failing_continu
         assert_eq!(answer["lifecycle"], "CONTINUE", "{answer}\n{out}");
         assert_eq!(code, 1, "a failure is reported: {out}");
         assert!(answer["failures"].to_string().contains(WEST), "{answer}");
-        assert_eq!(f.proxy.completed()[1]["LifecycleActionResult"], "CONTINUE");
+        assert_eq!(f.proxy.completed()[2]["LifecycleActionResult"], "CONTINUE");
         let ip = f.address(&ids[1], false).await;
         assert!(f.ours().await.0.contains(&(ip, 443)), "the own region holds the rule");
 
