@@ -21,6 +21,7 @@ mod plan;
 mod policy;
 mod ports;
 mod repair;
+mod seed_rules;
 pub mod select;
 mod target;
 mod ttl;
@@ -49,6 +50,7 @@ pub use plan::{
 pub use policy::{Policy, PolicyError, PolicyRules, RefusedGrant, admit_grants, policy_for};
 pub use ports::{PortRange, PortSet, Protocol};
 pub use repair::lapsed_revokes;
+pub use seed_rules::{ADOPTED_OWNER, plan_seed_grants, seed_expiry};
 pub use target::{
     ENVIRONMENT_TAG, FamilyCounts, GroupId, ListInfo, ObservedGroup, ObservedRule, PORTS_TAG, PrefixListId, Route, SharedTarget,
     SkippedGroup, Target, TargetId, TargetSelector, TargetSpec, resolve_targets, shared_target,

@@ -140,6 +140,9 @@ pub struct SweepReport {
 pub struct AdoptReport {
     /// The rules taken over (or, in a dry run, that would be), as description updates.
     pub changes: Vec<GroupChange>,
+    /// The grants made for the authenticating security group tool's rules (`expired at …`),
+    /// each expiring when its rule said (or that would be made, in a dry run).
+    pub seed_grants: Vec<Grant>,
     pub dry_run: bool,
     pub outcomes: Vec<GroupOutcome>,
     pub observe_failures: Vec<ObserveFailure>,

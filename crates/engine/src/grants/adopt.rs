@@ -1,7 +1,8 @@
 //! `adopt`: taking over the rules the IP Whitelist Manager's Lambda made without our marker, when they match a
 //! live grant exactly (`core::plan_adoption` decides which).
 
-use portcullis_core::{Action, AuditEvent, AuditScope, PlanInput, plan_adoption};
+use portcullis_core::{Action, AuditEvent, AuditScope, PlanInput, plan_adoption, plan_seed_grants};
+use portcullis_store::Upsert;
 
 use crate::report::AdoptReport;
 use crate::{EngineError, Grants, Requester, Scope};
@@ -14,16 +15,30 @@ impl Grants {
         let observed = self.observe(&Scope::All).await;
         let grants = self.planned_grants(&Scope::All).await?;
         let history = self.store().environments_with_history().await?;
-        let changes = plan_adoption(&PlanInput {
+        let input = PlanInput {
             grants: &grants,
             targets: &observed.targets,
             marker: self.marker(),
             environments_with_history: &history,
             quota: self.quota(),
             now: self.clock().now(),
-        });
+        };
+        let mut changes = plan_adoption(&input);
+        let (seed_grants, seed_changes) = plan_seed_grants(&input);
+        changes.extend(seed_changes);
         if dry_run || changes.is_empty() {
-            return Ok(AdoptReport { changes, dry_run, outcomes: vec![], observe_failures: observed.failures });
+            return Ok(AdoptReport { changes, seed_grants, dry_run, outcomes: vec![], observe_failures: observed.failures });
+        }
+        // The grants first, so that a crash before the descriptions change leaves grants whose
+        // rules the next adopt (or reconcile) marks, never marked rules no grant backs.
+        let actor = by.actor();
+        for grant in &seed_grants {
+            let upsert = Upsert { grant: grant.clone(), actor: actor.clone(), max_grants_per_user: usize::MAX };
+            self.store().upsert(upsert).await?;
+        }
+        if !seed_grants.is_empty() {
+            self.shared.wake_sweeper.notify_one();
+            self.announce();
         }
         let outcomes = self.apply_all(&changes).await;
         for (change, outcome) in changes.iter().zip(&outcomes) {
@@ -52,6 +67,6 @@ impl Grants {
                 }
             }
         }
-        Ok(AdoptReport { changes, dry_run, outcomes, observe_failures: observed.failures })
+        Ok(AdoptReport { changes, seed_grants, dry_run, outcomes, observe_failures: observed.failures })
     }
 }

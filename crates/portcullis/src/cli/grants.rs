@@ -263,6 +263,19 @@ pub(super) async fn adopt(cx: &Context, a: AdoptArgs) -> Result<ExitCode, CliErr
         print_json(&report);
     } else {
         let verb = if a.dry_run { "would take over" } else { "taking over" };
+        let now = engine.grants().clock().now();
+        for g in &report.seed_grants {
+            let until = g.expires_at.map(portcullis_core::format_utc).unwrap_or_default();
+            let when =
+                if g.expires_at.is_some_and(|at| at <= now) { "expired; the next sweep revokes it" } else { "expires then" };
+            let made = if a.dry_run { "would be a grant" } else { "is a grant" };
+            crate::outln!(
+                "{} in {} (its rule says \"expired at {until}\") {made} of {}: {when}",
+                g.cidr,
+                g.environment,
+                g.owner.name
+            );
+        }
         for c in &report.changes {
             for r in &c.update_descriptions {
                 crate::outln!("{verb} {} {} on {}: description becomes {:?}", r.ec2_cidr, r.ports, c.target, r.description);
@@ -275,7 +288,9 @@ pub(super) async fn adopt(cx: &Context, a: AdoptArgs) -> Result<ExitCode, CliErr
             eprintln!("failed: {}: {}", o.target, o.error.as_deref().unwrap_or_default());
         }
         match (report.rules(), a.dry_run) {
-            (0, _) => crate::outln!("nothing to take over: no unmarked rule matches a live grant"),
+            (0, _) => crate::outln!(
+                "nothing to take over: no unmarked rule matches a live grant or says when it expires (\"expired at …\")"
+            ),
             (n, true) => crate::outln!("{n} rules would be taken over; run without --dry-run to do it"),
             (n, false) => crate::outln!("{n} rules taken over"),
         }

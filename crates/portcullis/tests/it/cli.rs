@@ -421,3 +421,59 @@ async fn a_first_run_with_nothing_configured_says_what_would_configure_it() {
     assert!(lines[0].contains("no AWS region is configured: set AWS_REGION"), "{stderr}");
     assert!(!stderr.contains("IMDS") && !stderr.contains("FailedToLoadToken"), "{stderr}");
 }
+
+/// The authenticating security group tool's rules say when they expire (`expired at …`):
+/// `adopt` makes each a grant that expires then, marks the rule, and the sweep revokes one
+/// already past its time. A dry run lists them and changes nothing.
+#[tokio::test]
+async fn adopt_takes_the_connection_tools_rules_as_grants_that_expire_when_they_said() {
+    let w = World::new().await;
+    let group = w.group(true, &[]).await;
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(2);
+    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+0000");
+    let said = |at: time::OffsetDateTime| format!("expired at {}", at.format(&format).unwrap());
+    w.hand_rule(&group, "198.51.100.20/32", 443, &said(later)).await;
+    w.hand_rule(&group, "198.51.100.21/32", 443, &said(time::OffsetDateTime::now_utc() - time::Duration::hours(1))).await;
+    w.hand_rule(&group, "198.51.100.22/32", 443, "expired at some point").await;
+    w.hand_rule(&group, "198.51.100.23/32", 22, &said(later)).await; // not a managed port
+    let before = w.rules(&group).await;
+
+    let out = w.cli(&["adopt", "--dry-run"]);
+    ok(&out);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("198.51.100.20/32 in dev") && shown.contains("198.51.100.21/32 in dev"), "{shown}");
+    assert!(shown.contains("expired; the next sweep revokes it"), "{shown}");
+    assert!(!shown.contains("198.51.100.22") && !shown.contains("198.51.100.23"), "{shown}");
+    assert_eq!(w.rules(&group).await, before, "a dry run changes nothing");
+    assert_eq!(w.grants(), serde_json::json!([]));
+
+    ok(&w.cli(&["adopt"]));
+    let grants = w.grants();
+    let live: Vec<(&str, &str)> =
+        grants.as_array().unwrap().iter().map(|g| (g["cidr"].as_str().unwrap(), g["owner"]["name"].as_str().unwrap())).collect();
+    assert_eq!(live, [("198.51.100.20/32", "adopted")], "{grants}");
+    let expires: time::OffsetDateTime =
+        time::OffsetDateTime::parse(grants[0]["expires_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    assert!((expires - later).abs() < time::Duration::milliseconds(1), "expires when its rule said: {expires} vs {later}");
+    let rules = w.rules(&group).await;
+    assert!(rules.contains(&("198.51.100.20/32".into(), 443, Some("pc:dev adopted:".into()))), "{rules:?}");
+    assert!(rules.contains(&("198.51.100.22/32".into(), 443, Some("expired at some point".into()))), "{rules:?}");
+    assert!(rules.contains(&("198.51.100.23/32".into(), 22, Some(said(later)))), "{rules:?}");
+
+    // The one already past its time: the sweep revokes it and records it expired.
+    ok(&w.cli(&["sweep"]));
+    assert!(!w.keys(&group).await.iter().any(|(c, _)| c == "198.51.100.21/32"), "{:?}", w.rules(&group).await);
+    let audit: Value = serde_json::from_slice(&w.cli(&["audit", "--json"]).stdout).unwrap();
+    let about = |cidr: &str| -> Vec<String> {
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["cidr"] == cidr)
+            .map(|e| e["action"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(about("198.51.100.21/32"), ["expired", "adopted", "added"], "{audit}");
+    assert_eq!(about("198.51.100.20/32"), ["adopted", "added"], "{audit}");
+}
