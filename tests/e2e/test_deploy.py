@@ -63,6 +63,72 @@ def stack_parameters(bucket, environment):
     }.items()]
 
 
+def code_bucket():
+    """A bucket holding a stand-in for the function's zip."""
+    bucket = unique("code")
+    s3 = aws("s3")
+    s3.create_bucket(Bucket=bucket)
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as z:
+        z.writestr("bootstrap", "#!/bin/sh\n")
+    s3.put_object(Bucket=bucket, Key="portcullis/bootstrap.zip", Body=package.getvalue())
+    return bucket
+
+
+def test_a_stack_for_a_team_switching_keeps_its_names_secrets_and_tags_and_has_alarms():
+    """The parameters a team switching from the IP Whitelist Manager needs: the old function's
+    name (the Slack bot's invoke target), an existing secret, its discovery tag, a VPC; and
+    the alarms seed 000 recommends."""
+    environment = unique("mig").replace("-", "")[:20]
+    bucket = code_bucket()
+    secret = aws("secretsmanager").create_secret(Name=unique("signing"), SecretString="s3cr3t")["ARN"]
+    ec2 = aws("ec2")
+    subnet = ec2.describe_subnets()["Subnets"][0]
+    group = ec2.create_security_group(GroupName=unique("fn"), Description="the function's", VpcId=subnet["VpcId"])["GroupId"]
+    name = f"ip-whitelist-manager-{environment}"
+    parameters = {
+        "Environment": environment, "CodeBucket": bucket, "FunctionName": name, "SigningSecretArn": secret,
+        "DiscoveryTagKey": "Team", "DiscoveryTagValue": "allowlisted", "SubnetIds": subnet["SubnetId"],
+        "SecurityGroupIds": group,
+    }
+    cf = aws("cloudformation")
+    stack = unique("portcullis")
+    cf.create_stack(StackName=stack, TemplateBody=TEMPLATE.read_text(), Capabilities=["CAPABILITY_NAMED_IAM"],
+                    Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()])
+    described = cf.describe_stacks(StackName=stack)["Stacks"][0]
+    assert described["StackStatus"] == "CREATE_COMPLETE", described
+
+    fn = aws("lambda").get_function(FunctionName=name)["Configuration"]
+    env = fn["Environment"]["Variables"]
+    assert env["SLACK_SIGNING_SECRET_ARN"] == secret, "the existing secret, not a new one"
+    assert "SLACK_WEBHOOK_SECRET_ARN" not in env
+    assert (env["SG_DISCOVERY_TAG_KEY"], env["SG_DISCOVERY_TAG_VALUE"]) == ("Team", "allowlisted")
+    assert fn["VpcConfig"]["SubnetIds"] == [subnet["SubnetId"]] and fn["VpcConfig"]["SecurityGroupIds"] == [group], fn
+    logs = aws("logs").describe_log_groups(logGroupNamePrefix=f"/aws/lambda/{name}")["logGroups"]
+    assert [g["logGroupName"] for g in logs] == [f"/aws/lambda/{name}"], "the log group follows the function's name"
+
+    # moto's CloudFormation does not create CloudWatch alarms (it has no AWS::CloudWatch::Alarm),
+    # so they are held to the template here and by cfn-lint.
+    declared = yaml.safe_load(TEMPLATE.read_text())["Resources"]
+    alarms = {k: r["Properties"] for k, r in declared.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    expected = {"ErrorsAlarm": ("Errors", "Sum", 1), "ThrottlesAlarm": ("Throttles", "Sum", 1),
+                "DurationAlarm": ("Duration", "Maximum", 25000), "IteratorAgeAlarm": ("IteratorAge", "Maximum", 60000)}
+    assert set(alarms) == set(expected), set(alarms)
+    for key, (metric, statistic, threshold) in expected.items():
+        alarm = alarms[key]
+        assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"], alarm["Threshold"]) == (
+            "AWS/Lambda", metric, statistic, threshold), alarm
+        assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "Function"}}], alarm
+    assert alarms["DurationAlarm"]["Threshold"] < fn["Timeout"] * 1000
+
+    # No secret of its own was made, and the role reads only the one it was given.
+    assert declared["SigningSecret"]["Condition"] == "MakesSigning"
+    iam = aws("iam")
+    role = fn["Role"].split("/")[-1]
+    secrets = iam.get_role_policy(RoleName=role, PolicyName="secrets")["PolicyDocument"]["Statement"][0]["Resource"]
+    assert set([secrets] if isinstance(secrets, str) else secrets) == {secret}, secrets
+
+
 def test_the_stack_is_created_in_moto_as_declared():
     """moto's CloudFormation creates the tables, function, stream mapping, rules, permissions and
     role; it does not create Secrets Manager secrets or API Gateway v2 APIs from a template
