@@ -134,13 +134,7 @@ def test_the_stack_is_created_in_moto_as_declared():
     role; it does not create Secrets Manager secrets or API Gateway v2 APIs from a template
     (it skips them), so those are held to the template by cfn-lint alone."""
     environment = unique("e2e").replace("-", "")[:20]
-    bucket = unique("code")
-    s3 = aws("s3")
-    s3.create_bucket(Bucket=bucket)
-    package = io.BytesIO()
-    with zipfile.ZipFile(package, "w") as z:
-        z.writestr("bootstrap", "#!/bin/sh\n")
-    s3.put_object(Bucket=bucket, Key="portcullis/bootstrap.zip", Body=package.getvalue())
+    bucket = code_bucket()
 
     cf = aws("cloudformation")
     stack = unique("portcullis")
