@@ -81,7 +81,9 @@ def test_a_stack_for_a_team_switching_keeps_its_names_secrets_and_tags_and_has_a
     the alarms seed 000 recommends."""
     environment = unique("mig").replace("-", "")[:20]
     bucket = code_bucket()
-    secret = aws("secretsmanager").create_secret(Name=unique("signing"), SecretString="s3cr3t")["ARN"]
+    secrets_manager = aws("secretsmanager")
+    secret = secrets_manager.create_secret(Name=unique("signing"), SecretString="s3cr3t")["ARN"]
+    approval = secrets_manager.create_secret(Name=unique("approval"), SecretString="https://hooks.slack.com/services/T/B/A")["ARN"]
     ec2 = aws("ec2")
     subnet = ec2.describe_subnets()["Subnets"][0]
     group = ec2.create_security_group(GroupName=unique("fn"), Description="the function's", VpcId=subnet["VpcId"])["GroupId"]
@@ -89,7 +91,7 @@ def test_a_stack_for_a_team_switching_keeps_its_names_secrets_and_tags_and_has_a
     parameters = {
         "Environment": environment, "CodeBucket": bucket, "FunctionName": name, "SigningSecretArn": secret,
         "DiscoveryTagKey": "Team", "DiscoveryTagValue": "allowlisted", "SubnetIds": subnet["SubnetId"],
-        "SecurityGroupIds": group,
+        "SecurityGroupIds": group, "ApprovalWebhookSecretArn": approval,
     }
     cf = aws("cloudformation")
     stack = unique("portcullis")
@@ -102,6 +104,7 @@ def test_a_stack_for_a_team_switching_keeps_its_names_secrets_and_tags_and_has_a
     env = fn["Environment"]["Variables"]
     assert env["SLACK_SIGNING_SECRET_ARN"] == secret, "the existing secret, not a new one"
     assert "SLACK_WEBHOOK_SECRET_ARN" not in env
+    assert env["APPROVAL_WEBHOOK_SECRET_ARN"] == approval and "MONITORING_WEBHOOK_SECRET_ARN" not in env
     assert (env["SG_DISCOVERY_TAG_KEY"], env["SG_DISCOVERY_TAG_VALUE"]) == ("Team", "allowlisted")
     assert fn["VpcConfig"]["SubnetIds"] == [subnet["SubnetId"]] and fn["VpcConfig"]["SecurityGroupIds"] == [group], fn
     logs = aws("logs").describe_log_groups(logGroupNamePrefix=f"/aws/lambda/{name}")["logGroups"]
@@ -127,6 +130,9 @@ def test_a_stack_for_a_team_switching_keeps_its_names_secrets_and_tags_and_has_a
     role = fn["Role"].split("/")[-1]
     secrets = iam.get_role_policy(RoleName=role, PolicyName="secrets")["PolicyDocument"]["Statement"][0]["Resource"]
     assert set([secrets] if isinstance(secrets, str) else secrets) == {secret}, secrets
+    guard = iam.get_role_policy(RoleName=role, PolicyName="guard-approval-webhook")["PolicyDocument"]["Statement"][0]
+    assert guard["Resource"] == approval, guard
+    assert "guard-monitoring-webhook" not in iam.list_role_policies(RoleName=role)["PolicyNames"]
 
 
 def test_the_stack_is_created_in_moto_as_declared():
