@@ -52,23 +52,7 @@ impl Grants {
     /// environments may not. A refusal is audited.
     pub async fn authorize_everywhere(&self, by: &Requester) -> Result<(), EngineError> {
         let Err(err) = by.credential.everywhere() else { return Ok(()) };
-        let event = AuditEvent {
-            id: 0,
-            at: self.clock().now(),
-            actor: by.refused_actor().name.as_str().into(),
-            interface: by.interface,
-            action: Action::Refused,
-            environment: AuditScope::All,
-            cidr: None,
-            before: None,
-            after: None,
-            reason: err.to_string(),
-            request: None,
-        };
-        if let Err(store_err) = self.store().record(event).await {
-            tracing::warn!(error = %store_err, "could not audit a refusal");
-        }
-        Err(err.into())
+        Err(self.refuse(err, AuditScope::All, None, &by.refused_actor()).await)
     }
 
     /// The known environments the requester's credentials are valid in.
@@ -76,11 +60,11 @@ impl Grants {
         self.policies().iter().filter(|(env, policy)| by.credential.covers(env, policy)).map(|(env, _)| env.clone()).collect()
     }
 
-    /// Records a refusal in a known environment, then returns it.
+    /// Records a refusal in a known environment (or for all of them), then returns it.
     pub(crate) async fn refuse(
         &self,
         err: impl Into<Rejection>,
-        env: &Environment,
+        scope: impl Into<AuditScope>,
         cidr: Option<&Cidr>,
         actor: &Actor,
     ) -> EngineError {
@@ -91,7 +75,7 @@ impl Grants {
             actor: actor.name.as_str().into(),
             interface: actor.interface,
             action: Action::Refused,
-            environment: AuditScope::from(env),
+            environment: scope.into(),
             cidr: cidr.copied(),
             before: None,
             after: None,
