@@ -77,31 +77,9 @@ impl Guarded {
         serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
     }
 
-    /// Every inbound rule of a group: (rule id, protocol, port, cidr, description).
+    /// Every inbound rule of a group (see [`rules_by_id`]).
     pub(crate) async fn rules(&self, group: &str) -> Vec<(String, i32, String, Option<String>)> {
-        let out = self
-            .world
-            .ec2
-            .describe_security_group_rules()
-            .filters(Filter::builder().name("group-id").values(group).build())
-            .send()
-            .await
-            .unwrap();
-        let mut rules: Vec<_> = out
-            .security_group_rules()
-            .iter()
-            .filter(|r| r.is_egress() != Some(true))
-            .map(|r| {
-                (
-                    r.security_group_rule_id().unwrap().to_string(),
-                    r.from_port().unwrap_or(-1),
-                    r.cidr_ipv4().unwrap_or_default().to_string(),
-                    r.description().map(str::to_string),
-                )
-            })
-            .collect();
-        rules.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
-        rules
+        rules_by_id(&self.world, group).await
     }
 
     /// Adds a rule out of band and returns its id.
@@ -158,6 +136,27 @@ pub(crate) fn added(group: &str, id: &str, cidr: &str, port: i32, by: &str) -> V
     rule["toPort"] = json!(port);
     rule.as_object_mut().unwrap().remove("description");
     e
+}
+
+/// Every inbound rule of a group: (rule id, port, cidr, description), by port and cidr.
+pub(crate) async fn rules_by_id(world: &World, group: &str) -> Vec<(String, i32, String, Option<String>)> {
+    let filter = Filter::builder().name("group-id").values(group).build();
+    let out = world.ec2.describe_security_group_rules().filters(filter).send().await.unwrap();
+    let mut rules: Vec<_> = out
+        .security_group_rules()
+        .iter()
+        .filter(|r| r.is_egress() != Some(true))
+        .map(|r| {
+            (
+                r.security_group_rule_id().unwrap().to_string(),
+                r.from_port().unwrap_or(-1),
+                r.cidr_ipv4().unwrap_or_default().to_string(),
+                r.description().map(str::to_string),
+            )
+        })
+        .collect();
+    rules.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
+    rules
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

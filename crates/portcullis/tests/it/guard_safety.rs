@@ -88,7 +88,7 @@ impl Rig {
 
     /// The group's inbound rules: (rule id, port, cidr, description), by port and cidr.
     async fn rules(&self) -> Vec<(String, i32, String, Option<String>)> {
-        rules_of(&self.world, &self.group).await
+        crate::guard::rules_by_id(&self.world, &self.group).await
     }
 
     /// The same without rule ids (a restored rule has a new one).
@@ -175,26 +175,6 @@ impl Rig {
         }
         events.len()
     }
-}
-
-async fn rules_of(world: &World, group: &str) -> Vec<(String, i32, String, Option<String>)> {
-    let filter = aws_sdk_ec2::types::Filter::builder().name("group-id").values(group).build();
-    let out = world.ec2.describe_security_group_rules().filters(filter).send().await.unwrap();
-    let mut rules: Vec<_> = out
-        .security_group_rules()
-        .iter()
-        .filter(|r| r.is_egress() != Some(true))
-        .map(|r| {
-            (
-                r.security_group_rule_id().unwrap().to_string(),
-                r.from_port().unwrap_or(-1),
-                r.cidr_ipv4().unwrap_or_default().to_string(),
-                r.description().map(str::to_string),
-            )
-        })
-        .collect();
-    rules.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
-    rules
 }
 
 fn grant(cidr: &str) -> AddRequest {

@@ -479,29 +479,8 @@ async fn slow_or_oversized_requests_are_cut_off_and_every_error_is_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_says_nosniff_and_both_listeners_bound_header_size() {
     let w = World::new().await;
-    let mut cmd = w.command(&["serve", "--listen", "127.0.0.1:0"]);
-    cmd.env("PORTCULLIS_METRICS_LISTEN", "127.0.0.1:0").stderr(Stdio::piped()).stdout(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut public, mut metrics) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while public.is_none() {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("serve said where it listens");
-        if let Some(url) = line.strip_prefix("portcullis metrics on ") {
-            metrics = Some(url.trim().to_string());
-        }
-        if let Some(url) = line.strip_prefix("portcullis listening on ") {
-            public = Some(url.trim().to_string());
-        }
-    }
-    let server = Server { child, base: public.unwrap(), metrics: None };
-    let metrics = metrics.expect("the metrics listener");
+    let server = Server::start(&w, &[("PORTCULLIS_METRICS_LISTEN", "127.0.0.1:0")]);
+    let metrics = server.metrics.clone().expect("the metrics listener");
     let http = reqwest::Client::new();
     let answers = [
         server.url("/healthz"),
