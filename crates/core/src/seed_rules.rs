@@ -3,9 +3,11 @@
 //! them over as grants that expire at that time, so switching its cleanup off leaves none open
 //! for ever.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{AppliedRule, Description, Grant, GroupChange, Owner, PlanInput, Source, Timestamp};
+use crate::{
+    AppliedRule, Description, Environment, Grant, GroupChange, Owner, PlanInput, Policy, RefusedGrant, Source, Timestamp,
+};
 
 /// The owner of grants adopted from the authenticating security group tool's rules.
 pub const ADOPTED_OWNER: &str = "adopted";
@@ -41,8 +43,16 @@ pub fn seed_expiry(description: &str) -> Option<Timestamp> {
 /// whose description is exactly the tool's, and whose address has no grant yet; a list's
 /// entries are never re-described (see `StaleDescription`). One already past its time becomes a
 /// grant that has expired, which the next sweep revokes and records.
-pub fn plan_seed_grants(input: &PlanInput<'_>) -> (Vec<Grant>, Vec<GroupChange>) {
+///
+/// The time is text anyone who edits the group could have written, so it is held to the
+/// environment's policy as any grant is (`Policy::admits`: an expiry past `max_ttl`, say): a
+/// refused one is neither stored nor marked, and is returned with the reason.
+pub fn plan_seed_grants(
+    input: &PlanInput<'_>,
+    policies: &BTreeMap<Environment, Policy>,
+) -> (Vec<Grant>, Vec<GroupChange>, Vec<RefusedGrant>) {
     let mut grants: Vec<Grant> = Vec::new();
+    let mut refused: Vec<RefusedGrant> = Vec::new();
     let mut taken: BTreeSet<(crate::Cidr, crate::Environment)> =
         input.grants.iter().map(|g| (g.cidr, g.environment.clone())).collect();
     let mut changes = Vec::new();
@@ -60,10 +70,10 @@ pub fn plan_seed_grants(input: &PlanInput<'_>) -> (Vec<Grant>, Vec<GroupChange>)
             let new = taken.insert((rule.cidr, env.clone()));
             let ours = grants.iter().any(|g| g.cidr == rule.cidr && &g.environment == env);
             if !new && !ours {
-                continue; // the address already has a grant: `plan_adoption`'s to take over
+                continue; // the address already has a grant (`plan_adoption`'s), or was refused
             }
             if new {
-                grants.push(Grant {
+                let grant = Grant {
                     cidr: rule.cidr,
                     environment: env.clone(),
                     owner: Owner::named(ADOPTED_OWNER),
@@ -71,7 +81,12 @@ pub fn plan_seed_grants(input: &PlanInput<'_>) -> (Vec<Grant>, Vec<GroupChange>)
                     description: description.clone(),
                     created_at: input.now,
                     expires_at: Some(expires_at),
-                });
+                };
+                if let Some(Err(err)) = policies.get(env).map(|p| p.admits(&grant, input.now)) {
+                    refused.push(RefusedGrant { reason: err.to_string(), grant });
+                    continue;
+                }
+                grants.push(grant);
             }
             change.update_descriptions.push(AppliedRule {
                 cidr: rule.cidr,
@@ -84,7 +99,7 @@ pub fn plan_seed_grants(input: &PlanInput<'_>) -> (Vec<Grant>, Vec<GroupChange>)
             changes.push(change);
         }
     }
-    (grants, changes)
+    (grants, changes, refused)
 }
 
 #[cfg(test)]

@@ -143,6 +143,8 @@ pub struct AdoptReport {
     /// The grants made for the authenticating security group tool's rules (`expired at …`),
     /// each expiring when its rule said (or that would be made, in a dry run).
     pub seed_grants: Vec<Grant>,
+    /// Those rules whose time the environment's policy refuses (past `max_ttl`): left as they are.
+    pub seed_refused: Vec<RefusedGrant>,
     pub dry_run: bool,
     pub outcomes: Vec<GroupOutcome>,
     pub observe_failures: Vec<ObserveFailure>,

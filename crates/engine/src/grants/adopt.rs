@@ -24,10 +24,11 @@ impl Grants {
             now: self.clock().now(),
         };
         let mut changes = plan_adoption(&input);
-        let (seed_grants, seed_changes) = plan_seed_grants(&input);
+        let (seed_grants, seed_changes, seed_refused) = plan_seed_grants(&input, self.policies());
         changes.extend(seed_changes);
         if dry_run || changes.is_empty() {
-            return Ok(AdoptReport { changes, seed_grants, dry_run, outcomes: vec![], observe_failures: observed.failures });
+            let observe_failures = observed.failures;
+            return Ok(AdoptReport { changes, seed_grants, seed_refused, dry_run, outcomes: vec![], observe_failures });
         }
         // The grants first, so that a crash before the descriptions change leaves grants whose
         // rules the next adopt (or reconcile) marks, never marked rules no grant backs.
@@ -67,6 +68,6 @@ impl Grants {
                 }
             }
         }
-        Ok(AdoptReport { changes, seed_grants, dry_run, outcomes, observe_failures: observed.failures })
+        Ok(AdoptReport { changes, seed_grants, seed_refused, dry_run, outcomes, observe_failures: observed.failures })
     }
 }

@@ -276,6 +276,9 @@ pub(super) async fn adopt(cx: &Context, a: AdoptArgs) -> Result<ExitCode, CliErr
                 g.owner.name
             );
         }
+        for r in &report.seed_refused {
+            crate::outln!("left as it is: {} in {}: {}", r.grant.cidr, r.grant.environment, r.reason);
+        }
         for c in &report.changes {
             for r in &c.update_descriptions {
                 crate::outln!("{verb} {} {} on {}: description becomes {:?}", r.ec2_cidr, r.ports, c.target, r.description);

@@ -429,6 +429,11 @@ async fn a_first_run_with_nothing_configured_says_what_would_configure_it() {
 async fn adopt_takes_the_connection_tools_rules_as_grants_that_expire_when_they_said() {
     let w = World::new().await;
     let group = w.group(true, &[]).await;
+    // The environment's policy holds grants to a day: a rule claiming three is refused.
+    let config = w.dir.path().join("portcullis.toml");
+    std::fs::write(&config, "[environments.dev]\nmax_ttl = \"1d\"\n").unwrap();
+    let config = config.display().to_string();
+    let w_cli = |args: &[&str]| w.command(args).env("PORTCULLIS_CONFIG", &config).output().unwrap();
     let later = time::OffsetDateTime::now_utc() + time::Duration::hours(2);
     let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+0000");
     let said = |at: time::OffsetDateTime| format!("expired at {}", at.format(&format).unwrap());
@@ -436,18 +441,21 @@ async fn adopt_takes_the_connection_tools_rules_as_grants_that_expire_when_they_
     w.hand_rule(&group, "198.51.100.21/32", 443, &said(time::OffsetDateTime::now_utc() - time::Duration::hours(1))).await;
     w.hand_rule(&group, "198.51.100.22/32", 443, "expired at some point").await;
     w.hand_rule(&group, "198.51.100.23/32", 22, &said(later)).await; // not a managed port
+    let too_late = said(time::OffsetDateTime::now_utc() + time::Duration::days(3));
+    w.hand_rule(&group, "198.51.100.24/32", 443, &too_late).await;
     let before = w.rules(&group).await;
 
-    let out = w.cli(&["adopt", "--dry-run"]);
+    let out = w_cli(&["adopt", "--dry-run"]);
     ok(&out);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("198.51.100.20/32 in dev") && shown.contains("198.51.100.21/32 in dev"), "{shown}");
     assert!(shown.contains("expired; the next sweep revokes it"), "{shown}");
     assert!(!shown.contains("198.51.100.22") && !shown.contains("198.51.100.23"), "{shown}");
+    assert!(shown.contains("left as it is: 198.51.100.24/32 in dev"), "a time past max_ttl is refused: {shown}");
     assert_eq!(w.rules(&group).await, before, "a dry run changes nothing");
     assert_eq!(w.grants(), serde_json::json!([]));
 
-    ok(&w.cli(&["adopt"]));
+    ok(&w_cli(&["adopt"]));
     let grants = w.grants();
     let live: Vec<(&str, &str)> =
         grants.as_array().unwrap().iter().map(|g| (g["cidr"].as_str().unwrap(), g["owner"]["name"].as_str().unwrap())).collect();
@@ -460,9 +468,10 @@ async fn adopt_takes_the_connection_tools_rules_as_grants_that_expire_when_they_
     assert!(rules.contains(&("198.51.100.20/32".into(), 443, Some("pc:dev adopted:".into()))), "{rules:?}");
     assert!(rules.contains(&("198.51.100.22/32".into(), 443, Some("expired at some point".into()))), "{rules:?}");
     assert!(rules.contains(&("198.51.100.23/32".into(), 22, Some(said(later)))), "{rules:?}");
+    assert!(rules.contains(&("198.51.100.24/32".into(), 443, Some(too_late.clone()))), "refused, left unowned: {rules:?}");
 
     // The one already past its time: the sweep revokes it and records it expired.
-    ok(&w.cli(&["sweep"]));
+    ok(&w_cli(&["sweep"]));
     assert!(!w.keys(&group).await.iter().any(|(c, _)| c == "198.51.100.21/32"), "{:?}", w.rules(&group).await);
     let audit: Value = serde_json::from_slice(&w.cli(&["audit", "--json"]).stdout).unwrap();
     let about = |cidr: &str| -> Vec<String> {
